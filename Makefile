@@ -1,0 +1,70 @@
+# Thin wrapper over meson.  `make demo` and `make check` install what is
+# missing (as root on Debian), configure, build and run.
+
+DEB_PKGS := meson ninja-build pkg-config gcc clang libsleef-dev \
+	libcriterion-dev libopenblas-dev
+MESON_CI := -Dwerror=true --buildtype=debugoptimized
+ASAN_OPTS := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+TSAN_OPTS := TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+
+.PHONY: all deps build demo check check-normal check-clang check-asan \
+	check-tsan format clean
+
+all: build
+
+deps:
+	@missing=""; \
+	for p in $(DEB_PKGS); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+			grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing:$$missing"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing || \
+			{ apt-get update && DEBIAN_FRONTEND=noninteractive \
+				apt-get install -y $$missing; } || exit 1; \
+		else \
+			echo "missing packages; run as root:"; \
+			echo "  apt-get install -y$$missing"; exit 1; \
+		fi; \
+	fi
+
+build/build.ninja:
+	meson setup build $(MESON_CI)
+
+build: deps build/build.ninja
+	ninja -C build
+
+demo: build
+	./build/examples/demo
+
+check-normal: build
+	meson test -C build --print-errorlogs --no-suite tsan
+
+check-clang: deps
+	[ -f build-clang/build.ninja ] || CC=clang meson setup build-clang $(MESON_CI)
+	ninja -C build-clang
+
+check-asan: deps
+	[ -f build-asan/build.ninja ] || meson setup build-asan $(MESON_CI) \
+		-Db_sanitize=address,undefined -Db_lundef=false
+	ninja -C build-asan
+	$(ASAN_OPTS) meson test -C build-asan --print-errorlogs --no-suite tsan \
+		--no-suite bench
+
+check-tsan: deps
+	[ -f build-tsan/build.ninja ] || CC=clang meson setup build-tsan \
+		$(MESON_CI) -Db_sanitize=thread -Db_lundef=false -Dtsan_only=true
+	ninja -C build-tsan
+	$(TSAN_OPTS) meson test -C build-tsan --print-errorlogs --suite tsan
+
+check: check-normal check-clang check-asan check-tsan
+	@echo "make check: all suites passed"
+
+format:
+	git ls-files '*.c' '*.h' | xargs clang-format -i
+
+clean:
+	rm -rf build build-clang build-asan build-tsan

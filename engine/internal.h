@@ -1,0 +1,161 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef AG_ENGINE_INTERNAL_H
+#define AG_ENGINE_INTERNAL_H
+
+/*
+ * Internal definitions shared by engine/.  Nothing here is exported from the
+ * shared library; tests link the static library and may include it.
+ */
+#include <stdatomic.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <ag/error.h>
+#include <ag/tensor.h>
+
+#define AG_HIDDEN __attribute__((visibility("hidden")))
+
+#define ag_container_of(ptr, type, member) \
+	((type *)((char *)(ptr)-offsetof(type, member)))
+
+#define AG_ALIGN 64
+
+/* ---- errors (engine/error.c) ---- */
+
+/* Sets the thread's error; returns -code so callers can `return ag__err()`. */
+int ag__err(int code, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+int ag__verr(int code, const char *fmt, va_list ap);
+/*
+ * For an op given a NULL tensor: keeps an error that is already set (the
+ * one that produced the NULL), else sets AG_EINVAL naming the argument.
+ */
+int ag__err_null(const char *fn, const char *arg);
+
+/* ---- live-object counters (tests assert they return to zero) ---- */
+
+struct ag_live {
+	atomic_long tensors;
+	atomic_long storages;
+	atomic_long bytes;
+	atomic_long nodes;
+	atomic_long hooks;
+};
+extern struct ag_live ag__live;
+
+static inline long ag__live_tensors(void)
+{
+	return atomic_load(&ag__live.tensors);
+}
+
+static inline long ag__live_storages(void)
+{
+	return atomic_load(&ag__live.storages);
+}
+
+static inline long ag__live_bytes(void)
+{
+	return atomic_load(&ag__live.bytes);
+}
+
+static inline long ag__live_nodes(void)
+{
+	return atomic_load(&ag__live.nodes);
+}
+
+/* ---- storage ---- */
+
+/*
+ * The bytes behind one or more tensors.  The version counter lives here so
+ * every view and every detached alias sees the same count.  last_writer
+ * names the in-place op that bumped it last, for the version error message.
+ */
+struct ag_storage {
+	atomic_long refcount;
+	void *data;
+	size_t nbytes;
+	void (*free_fn)(void *data, void *arg); /* NULL: aligned_alloc'd */
+	void *free_arg;
+	bool user_owned; /* from_blob: free_fn, not free() */
+	bool inference; /* no version tracking */
+	atomic_uint_least64_t version;
+	const char *_Atomic last_writer;
+};
+
+struct ag_storage *ag__storage_new(size_t nbytes);
+void ag__storage_get(struct ag_storage *s);
+void ag__storage_put(struct ag_storage *s);
+/* Bumps the version after an in-place write by op `who`. */
+void ag__storage_bump(struct ag_storage *s, const char *who);
+
+/* ---- tensors ---- */
+
+struct ag_autograd_meta; /* engine/autograd: grad_fn, .grad, hooks */
+
+struct ag_tensor {
+	atomic_long refcount;
+	enum ag_dtype dtype;
+	int ndim;
+	bool inference;
+	int64_t numel;
+	int64_t offset; /* in elements, into storage */
+	int64_t shape[AG_MAX_DIMS];
+	int64_t strides[AG_MAX_DIMS];
+	struct ag_storage *storage;
+	struct ag_autograd_meta *meta; /* NULL: plain tensor, no autograd state */
+	char *name;
+};
+
+static inline void *ag__data(const struct ag_tensor *t)
+{
+	return (char *)t->storage->data + t->offset * ag_dtype_size(t->dtype);
+}
+
+/*
+ * Checks dims and shape and computes the element count, overflow-checked
+ * (also numel * element size fits in size_t and int64_t).  fn names the
+ * caller for the message.  Returns 0 or -AG_EINVAL.
+ */
+int ag__check_shape(const char *fn, int ndim, const int64_t *shape,
+		    enum ag_dtype dt, int64_t *numel);
+int ag__check_dtype(const char *fn, enum ag_dtype dt);
+/* Formats "[3, 5]" into buf. */
+const char *ag__shape_str(char *buf, size_t n, int ndim, const int64_t *shape);
+
+/*
+ * A new tensor of the given shape with fresh contiguous storage, not
+ * recorded in a scope.  Marked inference when inference mode is on.
+ */
+struct ag_tensor *ag__tensor_new(const char *fn, enum ag_dtype dt, int ndim,
+				 const int64_t *shape);
+/*
+ * A new tensor header over s (a reference is taken) with the given geometry;
+ * plain (no autograd meta), not recorded in a scope.
+ */
+struct ag_tensor *ag__tensor_view(struct ag_tensor *base, int ndim,
+				  const int64_t *shape, const int64_t *strides,
+				  int64_t offset);
+void ag__contiguous_strides(int ndim, const int64_t *shape, int64_t *strides);
+/* Dense row-major copy of any layout into dst (numel elements). */
+void ag__copy_dense(const struct ag_tensor *t, void *dst);
+/* Element i (row-major logical index) of t as a double. */
+double ag__get(const struct ag_tensor *t, int64_t i);
+
+/*
+ * Returning a reference to the user: records it in the innermost open scope
+ * of this thread, if any.  Every public function that returns a new tensor
+ * reference passes it through here.
+ */
+struct ag_tensor *ag__ret(struct ag_tensor *t);
+
+/* ---- modes (engine/mode.c) ---- */
+
+struct ag_tls_mode {
+	bool grad;
+	int inference;
+	bool anomaly;
+};
+extern _Thread_local struct ag_tls_mode ag__mode;
+
+#endif /* AG_ENGINE_INTERNAL_H */

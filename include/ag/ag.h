@@ -1,0 +1,10 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef AG_AG_H
+#define AG_AG_H
+
+#include <ag/error.h>
+#include <ag/tensor.h>
+#include <ag/mode.h>
+#include <ag/ops.h>
+
+#endif /* AG_AG_H */

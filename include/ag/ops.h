@@ -1,0 +1,70 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef AG_OPS_H
+#define AG_OPS_H
+
+#include <ag/tensor.h>
+
+/*
+ * Differentiable operations.  Each returns a new reference, or NULL with the
+ * error set.  Two tensor operands broadcast like NumPy and must have the same
+ * dtype.  An op is recorded into the backward graph when grad mode is on and
+ * an input requires grad.
+ */
+
+/* binary */
+AG_API struct ag_tensor *ag_add(struct ag_tensor *a, struct ag_tensor *b);
+AG_API struct ag_tensor *ag_sub(struct ag_tensor *a, struct ag_tensor *b);
+AG_API struct ag_tensor *ag_mul(struct ag_tensor *a, struct ag_tensor *b);
+AG_API struct ag_tensor *ag_div(struct ag_tensor *a, struct ag_tensor *b);
+
+/* with a scalar */
+AG_API struct ag_tensor *ag_add_scalar(struct ag_tensor *a, double s);
+AG_API struct ag_tensor *ag_mul_scalar(struct ag_tensor *a, double s);
+AG_API struct ag_tensor *ag_pow_scalar(struct ag_tensor *a, double s);
+
+/* unary */
+AG_API struct ag_tensor *ag_neg(struct ag_tensor *a);
+AG_API struct ag_tensor *ag_exp(struct ag_tensor *a);
+AG_API struct ag_tensor *ag_log(struct ag_tensor *a);
+AG_API struct ag_tensor *ag_tanh(struct ag_tensor *a);
+AG_API struct ag_tensor *ag_sigmoid(struct ag_tensor *a);
+AG_API struct ag_tensor *ag_relu(struct ag_tensor *a);
+
+/* reductions */
+AG_API struct ag_tensor *ag_sum(struct ag_tensor *a);
+AG_API struct ag_tensor *ag_mean(struct ag_tensor *a);
+AG_API struct ag_tensor *ag_sum_dim(struct ag_tensor *a, int dim,
+				    bool keepdim);
+
+/*
+ * Shape.  These return views sharing a's storage (ag_reshape copies only
+ * when the strides do not allow a view).  Negative dims count from the end.
+ * A -1 in ag_reshape's shape is inferred.
+ */
+AG_API struct ag_tensor *ag_reshape(struct ag_tensor *a, int ndim,
+				    const int64_t *shape);
+AG_API struct ag_tensor *ag_transpose(struct ag_tensor *a, int d0, int d1);
+AG_API struct ag_tensor *ag_permute(struct ag_tensor *a, const int *dims);
+AG_API struct ag_tensor *ag_slice(struct ag_tensor *a, int dim, int64_t start,
+				  int64_t end, int64_t step);
+AG_API struct ag_tensor *ag_expand(struct ag_tensor *a, int ndim,
+				   const int64_t *shape);
+AG_API struct ag_tensor *ag_unsqueeze(struct ag_tensor *a, int dim);
+AG_API struct ag_tensor *ag_squeeze(struct ag_tensor *a, int dim);
+
+/* linear algebra */
+AG_API struct ag_tensor *ag_matmul(struct ag_tensor *a, struct ag_tensor *b);
+
+/* in place: return 0 or -AG_E*, bump the version, obey the leaf rule */
+AG_API int ag_add_(struct ag_tensor *self, struct ag_tensor *other);
+AG_API int ag_sub_(struct ag_tensor *self, struct ag_tensor *other);
+AG_API int ag_mul_(struct ag_tensor *self, struct ag_tensor *other);
+AG_API int ag_div_(struct ag_tensor *self, struct ag_tensor *other);
+AG_API int ag_add_scalar_(struct ag_tensor *self, double s);
+AG_API int ag_mul_scalar_(struct ag_tensor *self, double s);
+AG_API int ag_zero_(struct ag_tensor *self);
+AG_API int ag_fill_(struct ag_tensor *self, double v);
+AG_API int ag_copy_(struct ag_tensor *self, struct ag_tensor *src);
+AG_API int ag_relu_(struct ag_tensor *self);
+
+#endif /* AG_OPS_H */
