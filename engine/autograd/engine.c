@@ -120,7 +120,7 @@ static inline struct ag_node_state *state_of(struct ag_graph_task *gt,
 	return f ? &f->st : NULL;
 }
 
-static void state_init(struct ag_node_state *st, struct ag_node *n)
+static void state_init(struct ag_node_state *st)
 {
 	atomic_store_explicit(&st->deps, 0, memory_order_relaxed);
 	st->needed = true;
@@ -149,7 +149,7 @@ static struct ag_node_state *claim(struct ag_graph_task *gt, struct ag_node *n)
 		}
 		st = &f->st;
 	}
-	state_init(st, n);
+	state_init(st);
 	if (n->num_inputs > 1) {
 		st->inbuf = calloc(n->num_inputs, sizeof(*st->inbuf));
 		if (!st->inbuf) {

@@ -34,9 +34,9 @@ static struct ag_tensor *mm_fwd(const char *fn, struct ag_tensor *a,
 				struct ag_tensor *b)
 {
 	struct ag_tensor *ca = NULL, *cb = NULL, *out;
-	int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1], lda, ldb;
+	int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1], lda = 0, ldb = 0;
 	int64_t shape[2] = { m, n };
-	bool ta, tb;
+	bool ta = false, tb = false;
 
 	out = ag__tensor_new(fn, a->dtype, 2, shape);
 	if (!out)

@@ -457,10 +457,10 @@ PRINT_TEST(scalar)
 
 PRINT_TEST(empty)
 {
-	expect_print(mk(AG_F32, 1, SHAPE(0), NULL), ref_empty_1d);
-	expect_print(mk(AG_F32, 2, SHAPE(0, 3), NULL), ref_empty_2d);
-	expect_print(mk_i64(1, SHAPE(0), NULL), ref_empty_i64);
-	expect_print(mk(AG_F64, 3, SHAPE(2, 0, 4), NULL), ref_empty_f64_3d);
+	expect_print(ag_empty(AG_F32, 1, SHAPE(0)), ref_empty_1d);
+	expect_print(ag_empty(AG_F32, 2, SHAPE(0, 3)), ref_empty_2d);
+	expect_print(ag_empty(AG_I64, 1, SHAPE(0)), ref_empty_i64);
+	expect_print(ag_empty(AG_F64, 3, SHAPE(2, 0, 4)), ref_empty_f64_3d);
 }
 
 PRINT_TEST(f64)
