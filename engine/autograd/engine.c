@@ -38,6 +38,7 @@ struct ag_graph_task {
 	bool retain;
 	bool create;
 	bool prune; /* ag_grad: only nodes on a path to the inputs */
+	bool allow_unused;
 	struct ag_node **nodes; /* every node this task reached */
 	size_t n, cap;
 	struct ag_node **ready;
@@ -555,7 +556,10 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 		struct ag_node_state *st = state_of(gt, gt->caps[i].node);
 
 		if (st)
-			st->capture = true; /* else unreachable: unused */
+			st->capture = true;
+		else if (!gt->allow_unused) /* fail before running anything */
+			rc = ag__err(AG_EINVAL, "ag_grad: input %d appears to not have been used in the graph; set allow_unused if this is the desired behavior",
+				     i);
 	}
 	if (!rc && gt->prune)
 		prune(gt);
@@ -628,6 +632,7 @@ int ag_grad(struct ag_tensor *const *outputs,
 	gt.retain = o && (o->retain_graph || o->create_graph);
 	gt.create = o && o->create_graph;
 	gt.prune = true;
+	gt.allow_unused = o && o->allow_unused;
 	gt.caps = calloc(nin, sizeof(*gt.caps));
 	if (!gt.caps)
 		return ag__err(AG_ENOMEM, "ag_grad: out of memory");
