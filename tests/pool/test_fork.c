@@ -3,6 +3,8 @@
  * fork() with a running pool: the child starts a fresh pool on first use
  * and gets the right results; the parent's pool keeps working.
  */
+#include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -100,9 +102,62 @@ static int test_fork_before_first_use(void)
 	return 0;
 }
 
+static void long_chunk(int64_t b, int64_t e, void *arg)
+{
+	(void)b;
+	(void)e;
+	(void)arg;
+	burn(5000000);
+}
+
+static void *busy_user(void *arg)
+{
+	(void)arg;
+	for (;;)
+		ag_parallel_for(8, 1, long_chunk, NULL);
+	return NULL;
+}
+
+/*
+ * exit() while a user thread keeps the pool busy must not hang: the pool's
+ * exit path waits briefly for busy workers, then leaves them be.
+ */
+static int test_exit_while_busy(void)
+{
+	uint64_t t0;
+	int status = 0;
+	pid_t pid, r;
+
+	fflush(stdout);
+	pid = fork();
+	TAP_CHECK(pid >= 0);
+	if (pid == 0) {
+		pthread_t th;
+
+		if (pthread_create(&th, NULL, busy_user, NULL))
+			_exit(5);
+		usleep(50000);
+		exit(0); /* runs the pool's destructor */
+	}
+	t0 = now_ns();
+	while ((r = waitpid(pid, &status, WNOHANG)) == 0 &&
+	       now_ns() - t0 < 20000000000ull)
+		usleep(10000);
+	if (r == 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+	}
+	printf("# child exited after %.0f ms\n", (double)(now_ns() - t0) / 1e6);
+	TAP_CHECKF(r == pid, "exit() hung with a busy pool");
+	TAP_CHECKF(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		   "child status %#x", status);
+	return 0;
+}
+
 static const struct tap_test tests[] = {
 	TAP_TEST(test_fork_before_first_use),
 	TAP_TEST(test_fork_with_running_pool),
+	TAP_TEST(test_exit_while_busy),
 	{ 0 },
 };
 

@@ -8,6 +8,8 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <ag/error.h>
 #include <ag/pool.h>
@@ -275,16 +277,31 @@ static int test_threshold(void)
 	return 0;
 }
 
+/* A pool with nothing to do sleeps: no core burns while idle. */
+static int test_idle_no_cpu(void)
+{
+	struct timespec a, b;
+	double cpu_ms;
+
+	TAP_CHECK(ag_set_num_threads(4) == 0);
+	TAP_CHECK(check_cover(50000, 10) == 0);
+	usleep(20000); /* past the short spin */
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &a);
+	usleep(300000);
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &b);
+	cpu_ms = (double)(b.tv_sec - a.tv_sec) * 1e3 +
+		 (double)(b.tv_nsec - a.tv_nsec) / 1e6;
+	printf("# idle pool of 4: %.2f ms CPU in 300 ms\n", cpu_ms);
+	TAP_CHECK(cpu_ms < 30);
+	return 0;
+}
+
 static const struct tap_test tests[] = {
-	TAP_TEST(test_errors),
-	TAP_TEST(test_threshold),
-	TAP_TEST(test_cover),
-	TAP_TEST(test_nested_3_deep),
-	TAP_TEST(test_inside_tasks),
-	TAP_TEST(test_many_callers),
-	TAP_TEST(test_resize),
-	TAP_TEST(test_resize_under_load),
-	{ 0 },
+	TAP_TEST(test_idle_no_cpu),	  TAP_TEST(test_errors),
+	TAP_TEST(test_threshold),	  TAP_TEST(test_cover),
+	TAP_TEST(test_nested_3_deep),	  TAP_TEST(test_inside_tasks),
+	TAP_TEST(test_many_callers),	  TAP_TEST(test_resize),
+	TAP_TEST(test_resize_under_load), { 0 },
 };
 
 int main(void)
