@@ -10,8 +10,10 @@
  * claimed by another task running concurrently keeps that node's state in a
  * small table of its own.
  *
- * This file runs the ready nodes on the calling thread; the pool makes the
- * same loop parallel (engine/pool).
+ * Ready nodes run on the work-stealing pool (engine/pool): the thread whose
+ * decrement brings a node's count to zero runs it next, so a serial chain
+ * never touches a deque; further ready nodes are submitted for thieves.
+ * The caller waits on the task's group, helping only with this graph.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -41,8 +43,10 @@ struct ag_graph_task {
 	bool allow_unused;
 	struct ag_node **nodes; /* every node this task reached */
 	size_t n, cap;
-	struct ag_node **ready;
-	size_t nready, rcap;
+	struct ag_group group;
+	struct ag_tls_mode mode; /* installed on whoever runs a node */
+	atomic_int err; /* first error, cancels the rest */
+	char errmsg[512];
 	struct capture *caps;
 	int ncaps;
 	/* state of nodes claimed by another task: open addressing */
@@ -92,6 +96,9 @@ static struct foreign *foreign_find(struct ag_graph_task *gt,
 			while (t[i].node)
 				i = (i + 1) & (nc - 1);
 			t[i] = old[k];
+			/* a one-slot buffer lives inside the entry: re-point */
+			if (old[k].st.inbuf == &old[k].st.inbuf_one)
+				t[i].st.inbuf = &t[i].st.inbuf_one;
 		}
 		free(old);
 	}
@@ -121,9 +128,10 @@ static inline struct ag_node_state *state_of(struct ag_graph_task *gt,
 	return f ? &f->st : NULL;
 }
 
-static void state_init(struct ag_node_state *st)
+static void state_init(struct ag_node_state *st, struct ag_node *n)
 {
 	atomic_store_explicit(&st->deps, 0, memory_order_relaxed);
+	st->node = n;
 	st->needed = true;
 	st->capture = false;
 	st->queued = false;
@@ -150,7 +158,7 @@ static struct ag_node_state *claim(struct ag_graph_task *gt, struct ag_node *n)
 		}
 		st = &f->st;
 	}
-	state_init(st);
+	state_init(st, n);
 	if (n->num_inputs > 1) {
 		st->inbuf = calloc(n->num_inputs, sizeof(*st->inbuf));
 		if (!st->inbuf) {
@@ -194,7 +202,6 @@ static void task_cleanup(struct ag_graph_task *gt)
 	for (int i = 0; i < gt->ncaps; i++)
 		ag_tensor_put(gt->caps[i].grad);
 	free(gt->nodes);
-	free(gt->ready);
 	free(gt->caps);
 	free(gt->tab);
 }
@@ -329,13 +336,18 @@ int ag__grad_sum_into(struct ag_tensor **slot, struct ag_tensor *g)
 	return 0;
 }
 
-static int push_ready(struct ag_graph_task *gt, struct ag_node *n)
+static void node_task_run(struct ag_task *t);
+
+/* Hands a ready node on: run it next on this thread, or to the pool. */
+static void schedule(struct ag_graph_task *gt, struct ag_node_state *st,
+		     struct ag_node **next)
 {
-	if (gt->nready == gt->rcap &&
-	    grow((void **)&gt->ready, &gt->rcap, sizeof(*gt->ready)))
-		return -AG_ENOMEM;
-	gt->ready[gt->nready++] = n;
-	return 0;
+	if (next && !*next) {
+		*next = st->node;
+		return;
+	}
+	ag__task_init(&st->task, node_task_run);
+	ag__group_submit(&gt->group, &st->task);
 }
 
 static bool has_nonfinite(struct ag_tensor *t)
@@ -363,7 +375,8 @@ static int check_grad(struct ag_node *n, int i, struct ag_tensor *g,
 
 static int run_hooks(struct ag_node *n, struct ag_tensor **grads);
 
-static int run_node(struct ag_graph_task *gt, struct ag_node *n)
+static int run_node(struct ag_graph_task *gt, struct ag_node *n,
+		    struct ag_node **next)
 {
 	struct ag_node_state *st = state_of(gt, n);
 	struct ag_tensor *small[8], **out = small;
@@ -391,12 +404,13 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n)
 			return ag__err(AG_ENOMEM, "backward: out of memory");
 	}
 	memset(out, 0, sizeof(*out) * n->num_next);
-	{
-		struct ag_mode prev = ag_no_grad_enter();
+	if (ag__trace_on()) {
+		uint64_t t0 = ag__trace_now();
 
-		ag__mode.grad = gt->create;
 		rc = n->ops->apply(n, st->inbuf, out);
-		ag_mode_exit(prev);
+		ag__trace_slice(n->ops->name, t0, ag__trace_now());
+	} else {
+		rc = n->ops->apply(n, st->inbuf, out);
 	}
 	if (!acc && !gt->retain) {
 		atomic_store_explicit(&n->released, true, memory_order_release);
@@ -417,7 +431,11 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n)
 				     n->fwd_op ? n->fwd_op : "unknown");
 		if (rc || !c || !(cs = state_of(gt, c)) || !cs->needed)
 			continue;
+		while (atomic_flag_test_and_set_explicit(&cs->lock,
+							 memory_order_acquire))
+			; /* held for one sum; contention is two branches */
 		rc = ag__grad_sum_into(&cs->inbuf[n->next[i].input_nr], out[i]);
+		atomic_flag_clear_explicit(&cs->lock, memory_order_release);
 		out[i] = NULL;
 	}
 	for (int i = 0; i < n->num_next; i++) {
@@ -429,7 +447,7 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n)
 			continue;
 		if (atomic_fetch_sub_explicit(&cs->deps, 1,
 					      memory_order_acq_rel) == 1)
-			rc = push_ready(gt, c);
+			schedule(gt, cs, next);
 	}
 	if (out != small)
 		free(out);
@@ -510,13 +528,55 @@ static int root_grad(const char *fn, struct ag_tensor *root,
 	return 0;
 }
 
+static void fail(struct ag_graph_task *gt, int rc)
+{
+	int expected = 0;
+
+	if (atomic_compare_exchange_strong_explicit(&gt->err, &expected, -rc,
+						    memory_order_acq_rel,
+						    memory_order_acquire))
+		snprintf(gt->errmsg, sizeof(gt->errmsg), "%s", ag_errmsg());
+}
+
+/*
+ * A pool task: runs its node, then every node that became ready on the
+ * way, with the graph task's modes installed and restored after.
+ */
+static void node_task_run(struct ag_task *t)
+{
+	struct ag_node_state *st = ag_container_of(t, struct ag_node_state,
+						   task);
+	struct ag_graph_task *gt = ag_container_of(t->group,
+						   struct ag_graph_task, group);
+	struct ag_tls_mode saved = ag__mode;
+	struct ag_scope *scope = ag__scope_suspend();
+	struct ag_node *n = st->node;
+
+	ag__mode = gt->mode;
+	while (n) {
+		struct ag_node *next = NULL;
+		int rc;
+
+		if (atomic_load_explicit(&gt->err, memory_order_acquire))
+			break; /* cancelled: task_cleanup frees the buffers */
+		rc = run_node(gt, n, &next);
+		if (rc)
+			fail(gt, rc);
+		n = next;
+	}
+	ag__mode = saved;
+	ag__scope_resume(scope);
+}
+
 static int execute(struct ag_graph_task *gt)
 {
-	int rc = 0;
+	int err;
 
-	while (gt->nready && !rc)
-		rc = run_node(gt, gt->ready[--gt->nready]);
-	return rc;
+	ag__group_wait(&gt->group);
+	err = atomic_load_explicit(&gt->err, memory_order_acquire);
+	if (err)
+		return ag__err(err, "%s", gt->errmsg);
+	return 0;
 }
 
 /*
@@ -533,6 +593,10 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 
 	if (!rn)
 		return ag__err(AG_ENOMEM, "%s: out of memory", fn);
+	ag__group_init(&gt->group);
+	atomic_init(&gt->err, 0);
+	gt->mode = (struct ag_tls_mode){ .grad = gt->create,
+					 .anomaly = ag__mode.anomaly };
 	for (int i = 0; i < n && !rc; i++) {
 		struct ag_edge e;
 
@@ -581,7 +645,7 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 		if (st->needed && !st->queued &&
 		    atomic_load_explicit(&st->deps, memory_order_relaxed) == 0) {
 			st->queued = true;
-			rc = push_ready(gt, rn[i]);
+			schedule(gt, st, NULL);
 		}
 	}
 	if (!rc)

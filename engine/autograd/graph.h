@@ -17,6 +17,8 @@
  */
 #include <pthread.h>
 
+#include "../pool/pool.h"
+
 #include <ag/autograd.h>
 
 #include "../internal.h"
@@ -73,6 +75,8 @@ struct ag_hook {
 };
 
 struct ag_node_state {
+	struct ag_task task; /* runs the node on the pool */
+	struct ag_node *node;
 	atomic_long deps;
 	atomic_flag lock; /* guards inbuf while gradients are summed */
 	bool needed;
