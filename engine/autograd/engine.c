@@ -41,6 +41,7 @@ struct ag_graph_task {
 	bool create;
 	bool prune; /* ag_grad: only nodes on a path to the inputs */
 	bool allow_unused;
+	bool deterministic; /* sum each slot's gradients in a fixed order */
 	struct ag_node **nodes; /* every node this task reached */
 	size_t n, cap;
 	struct ag_group group;
@@ -137,6 +138,9 @@ static void state_init(struct ag_node_state *st, struct ag_node *n)
 	st->queued = false;
 	st->inbuf_one = NULL;
 	st->inbuf = &st->inbuf_one;
+	st->contribs = NULL;
+	st->ncontribs = 0;
+	st->ccap = 0;
 }
 
 /* Visits n for the first time in this task; NULL with an error on OOM. */
@@ -195,6 +199,11 @@ static void task_cleanup(struct ag_graph_task *gt)
 		if (st->inbuf != &st->inbuf_one)
 			free(st->inbuf);
 		st->inbuf = &st->inbuf_one;
+		for (int k = 0; k < st->ncontribs; k++)
+			ag_tensor_put(st->contribs[k].grad);
+		free(st->contribs);
+		st->contribs = NULL;
+		st->ncontribs = 0;
 		if (st == &n->st)
 			atomic_store_explicit(&n->task, NULL,
 					      memory_order_release);
@@ -338,6 +347,48 @@ int ag__grad_sum_into(struct ag_tensor **slot, struct ag_tensor *g)
 
 static void node_task_run(struct ag_task *t);
 
+/* Keeps g for slot until the node is ready; takes over g. */
+static int contrib_add(struct ag_node_state *st, uint64_t key, int slot,
+		       struct ag_tensor *g)
+{
+	if ((size_t)st->ncontribs == st->ccap &&
+	    grow((void **)&st->contribs, &st->ccap,
+		 sizeof(*st->contribs))) {
+		ag_tensor_put(g);
+		return -AG_ENOMEM;
+	}
+	st->contribs[st->ncontribs++] =
+		(struct ag_grad_contrib){ key, slot, g };
+	return 0;
+}
+
+static int cmp_contrib(const void *a, const void *b)
+{
+	const struct ag_grad_contrib *x = a, *y = b;
+
+	return x->key < y->key ? -1 : x->key > y->key;
+}
+
+/* Sums the kept gradients in key order: the same bits for any schedule. */
+static int contrib_flush(struct ag_node_state *st)
+{
+	int rc = 0;
+
+	qsort(st->contribs, st->ncontribs, sizeof(*st->contribs), cmp_contrib);
+	for (int k = 0; k < st->ncontribs; k++) {
+		if (!rc)
+			rc = ag__grad_sum_into(&st->inbuf[st->contribs[k].slot],
+					       st->contribs[k].grad);
+		else
+			ag_tensor_put(st->contribs[k].grad);
+	}
+	free(st->contribs);
+	st->contribs = NULL;
+	st->ncontribs = 0;
+	st->ccap = 0;
+	return rc;
+}
+
 /* Hands a ready node on: run it next on this thread, or to the pool. */
 static void schedule(struct ag_graph_task *gt, struct ag_node_state *st,
 		     struct ag_node **next)
@@ -434,7 +485,12 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 		while (atomic_flag_test_and_set_explicit(&cs->lock,
 							 memory_order_acquire))
 			; /* held for one sum; contention is two branches */
-		rc = ag__grad_sum_into(&cs->inbuf[n->next[i].input_nr], out[i]);
+		if (gt->deterministic)
+			rc = contrib_add(cs, (n->seq << 16) | (uint64_t)i,
+					 n->next[i].input_nr, out[i]);
+		else
+			rc = ag__grad_sum_into(&cs->inbuf[n->next[i].input_nr],
+					       out[i]);
 		atomic_flag_clear_explicit(&cs->lock, memory_order_release);
 		out[i] = NULL;
 	}
@@ -446,7 +502,11 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 		if (rc || !c || !(cs = state_of(gt, c)) || !cs->needed)
 			continue;
 		if (atomic_fetch_sub_explicit(&cs->deps, 1,
-					      memory_order_acq_rel) == 1)
+					      memory_order_acq_rel) != 1)
+			continue;
+		if (cs->ncontribs)
+			rc = contrib_flush(cs);
+		if (!rc)
 			schedule(gt, cs, next);
 	}
 	if (out != small)
@@ -655,6 +715,21 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 	return rc;
 }
 
+/* AG_DETERMINISTIC=1 in the environment: read once. */
+static bool env_deterministic(void)
+{
+	static atomic_int cached = -1;
+	int v = atomic_load_explicit(&cached, memory_order_relaxed);
+
+	if (v < 0) {
+		const char *e = getenv("AG_DETERMINISTIC");
+
+		v = e && *e && strcmp(e, "0") != 0;
+		atomic_store_explicit(&cached, v, memory_order_relaxed);
+	}
+	return v;
+}
+
 int ag_backward_many(struct ag_tensor *const *roots,
 		     struct ag_tensor *const *grads, int n,
 		     const struct ag_backward_opts *o)
@@ -667,6 +742,7 @@ int ag_backward_many(struct ag_tensor *const *roots,
 			       roots ? n : 0);
 	gt.retain = o && (o->retain_graph || o->create_graph);
 	gt.create = o && o->create_graph;
+	gt.deterministic = (o && o->deterministic) || env_deterministic();
 	rc = run_backward(&gt, "ag_backward", roots, grads, n);
 	task_cleanup(&gt);
 	return rc;
@@ -696,6 +772,7 @@ int ag_grad(struct ag_tensor *const *outputs,
 	gt.retain = o && (o->retain_graph || o->create_graph);
 	gt.create = o && o->create_graph;
 	gt.prune = true;
+	gt.deterministic = (o && o->deterministic) || env_deterministic();
 	gt.allow_unused = o && o->allow_unused;
 	gt.caps = calloc(nin, sizeof(*gt.caps));
 	if (!gt.caps)

@@ -74,6 +74,13 @@ struct ag_hook {
 	bool removed;
 };
 
+/* A gradient sent to a slot, kept until the node is ready (deterministic). */
+struct ag_grad_contrib {
+	uint64_t key; /* sender's sequence number and edge: a fixed order */
+	int slot;
+	struct ag_tensor *grad;
+};
+
 struct ag_node_state {
 	struct ag_task task; /* runs the node on the pool */
 	struct ag_node *node;
@@ -82,6 +89,9 @@ struct ag_node_state {
 	bool needed;
 	bool capture;
 	bool queued;
+	struct ag_grad_contrib *contribs; /* deterministic mode */
+	int ncontribs;
+	size_t ccap;
 	struct ag_tensor **inbuf; /* num_inputs; &inbuf_one when 1 */
 	struct ag_tensor *inbuf_one;
 };

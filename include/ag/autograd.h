@@ -18,6 +18,12 @@
 struct ag_backward_opts {
 	bool retain_graph;
 	bool create_graph;
+	/*
+	 * Sum the gradients arriving at each node in a fixed order, so results
+	 * are bitwise identical for any number of threads (also on with
+	 * AG_DETERMINISTIC=1).  Costs a sort per fan-in node.
+	 */
+	bool deterministic;
 };
 AG_API int ag_backward(struct ag_tensor *root, struct ag_tensor *grad,
 		       const struct ag_backward_opts *o);
@@ -35,6 +41,7 @@ struct ag_grad_opts {
 	bool retain_graph;
 	bool create_graph;
 	bool allow_unused;
+	bool deterministic; /* as in struct ag_backward_opts */
 };
 AG_API int ag_grad(struct ag_tensor *const *outputs,
 		   struct ag_tensor *const *grad_outputs, int nout,

@@ -6,6 +6,7 @@
  */
 #include <math.h>
 #include <pthread.h>
+#include <string.h>
 
 #include <ag/ag.h>
 #include <ag/pool.h>
@@ -169,7 +170,59 @@ static int test_error_cancels_and_pool_recovers(void)
 	return 0;
 }
 
+/*
+ * 32 branches of f32 fan into x's AccumulateGrad and into a shared mid
+ * node: with the deterministic option the sums come out bitwise equal for
+ * 1 and 8 threads.
+ */
+static int det_grad(int threads, float *out)
+{
+	struct ag_generator *g = ag_generator_new(7);
+	struct ag_backward_opts o = { .deterministic = true };
+	int64_t n = 1024;
+	struct ag_tensor *x = ag_randn(g, AG_F32, 1, &n), *loss = NULL, *gx;
+	struct ag_scope *s;
+	int rc;
+
+	ag_tensor_set_requires_grad(x, true);
+	ag_set_num_threads(threads);
+	s = ag_scope_begin();
+	{
+		struct ag_tensor *mid = ag_tanh(x);
+
+		for (int k = 0; k < 32; k++) {
+			struct ag_tensor *w = ag_randn(g, AG_F32, 1, &n);
+			struct ag_tensor *h = ag_mul(ag_sigmoid(ag_mul(mid, w)),
+						     ag_exp(ag_mul(x, w)));
+
+			loss = loss ? ag_add(loss, ag_sum(h)) : ag_sum(h);
+		}
+	}
+	rc = ag_backward(loss, NULL, &o);
+	ag_scope_end(s);
+	gx = ag_tensor_grad(x);
+	if (!rc)
+		rc = ag_tensor_copy_to(gx, out, sizeof(float) * 1024);
+	ag_tensor_put(gx);
+	ag_tensor_put(x);
+	ag_generator_free(g);
+	return rc;
+}
+
+static int test_deterministic_bitwise(void)
+{
+	static float a[1024], b[1024];
+
+	TAP_CHECK(det_grad(1, a) == 0);
+	TAP_CHECK(det_grad(8, b) == 0);
+	TAP_CHECK(memcmp(a, b, sizeof(a)) == 0);
+	ag_set_num_threads(0);
+	TAP_CHECK(ag__live_nodes() == 0 && ag__live_tensors() == 0);
+	return 0;
+}
+
 static const struct tap_test tests[] = {
+	TAP_TEST(test_deterministic_bitwise),
 	TAP_TEST(test_wide_parallel),
 	TAP_TEST(test_concurrent_independent_and_shared),
 	TAP_TEST(test_error_cancels_and_pool_recovers),
