@@ -53,8 +53,8 @@ const char *ag__shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
 
 	len += snprintf(buf + len, n - len, "[");
 	for (int d = 0; d < ndim && len < n; d++)
-		len += snprintf(buf + len, n - len, "%s%" PRId64,
-				d ? ", " : "", shape[d]);
+		len += snprintf(buf + len, n - len, "%s%" PRId64, d ? ", " : "",
+				shape[d]);
 	if (len < n)
 		snprintf(buf + len, n - len, "]");
 	return buf;
@@ -69,14 +69,17 @@ int ag__check_shape(const char *fn, int ndim, const int64_t *shape,
 	if (rc)
 		return rc;
 	if (ndim < 0 || ndim > AG_MAX_DIMS)
-		return ag__err(AG_EINVAL, "%s: %d dims requested; a tensor has 0 to %d dims",
-			       fn, ndim, AG_MAX_DIMS);
+		return ag__err(
+			AG_EINVAL,
+			"%s: %d dims requested; a tensor has 0 to %d dims", fn,
+			ndim, AG_MAX_DIMS);
 	if (ndim > 0 && !shape)
 		return ag__err(AG_EINVAL, "%s: shape is NULL for %d dims", fn,
 			       ndim);
 	for (int d = 0; d < ndim; d++) {
 		if (shape[d] < 0)
-			return ag__err(AG_EINVAL, "%s: dim %d has negative size %" PRId64,
+			return ag__err(AG_EINVAL,
+				       "%s: dim %d has negative size %" PRId64,
 				       fn, d, shape[d]);
 		if (shape[d] && n > INT64_MAX / shape[d])
 			goto overflow;
@@ -87,12 +90,14 @@ int ag__check_shape(const char *fn, int ndim, const int64_t *shape,
 		goto overflow;
 	*numel = n;
 	return 0;
-overflow: {
+overflow : {
 	char buf[200];
 
-	return ag__err(AG_EINVAL, "%s: shape %s of %s is too large: its byte size overflows",
-		       fn, ag__shape_str(buf, sizeof(buf), ndim, shape),
-		       ag_dtype_name(dt));
+	return ag__err(
+		AG_EINVAL,
+		"%s: shape %s of %s is too large: its byte size overflows", fn,
+		ag__shape_str(buf, sizeof(buf), ndim, shape),
+		ag_dtype_name(dt));
 }
 }
 
@@ -108,7 +113,7 @@ void ag__contiguous_strides(int ndim, const int64_t *shape, int64_t *strides)
 
 static struct ag_tensor *tensor_alloc(void)
 {
-	struct ag_tensor *t = calloc(1, sizeof(*t));
+	struct ag_tensor *t = ag__zalloc(sizeof(*t));
 
 	if (!t) {
 		ag__err(AG_ENOMEM, "out of memory allocating a tensor");
@@ -116,7 +121,7 @@ static struct ag_tensor *tensor_alloc(void)
 	}
 	atomic_init(&t->refcount, 1);
 	t->inference = ag__mode.inference != 0;
-	atomic_fetch_add(&ag__live.tensors, 1);
+	atomic_fetch_add_explicit(&ag__live.tensors, 1, memory_order_relaxed);
 	return t;
 }
 
@@ -187,8 +192,8 @@ void ag_tensor_put(struct ag_tensor *t)
 	ag__meta_free(t->meta);
 	ag__storage_put(t->storage);
 	free(t->name);
-	atomic_fetch_sub(&ag__live.tensors, 1);
-	free(t);
+	atomic_fetch_sub_explicit(&ag__live.tensors, 1, memory_order_relaxed);
+	ag__free(t);
 }
 
 /* ---- creation ---- */
@@ -278,14 +283,17 @@ struct ag_tensor *ag_arange(enum ag_dtype dt, double start, double end,
 	double count;
 	int64_t n;
 
-	if (!isfinite(start) || !isfinite(end) || !isfinite(step) || step == 0) {
-		ag__err(AG_EINVAL, "ag_arange: start %g, end %g, step %g: need finite values and a nonzero step",
+	if (!isfinite(start) || !isfinite(end) || !isfinite(step) ||
+	    step == 0) {
+		ag__err(AG_EINVAL,
+			"ag_arange: start %g, end %g, step %g: need finite values and a nonzero step",
 			start, end, step);
 		return NULL;
 	}
 	if ((step > 0 && end < start) || (step < 0 && end > start)) {
-		ag__err(AG_EINVAL, "ag_arange: step %g does not lead from %g to %g",
-			step, start, end);
+		ag__err(AG_EINVAL,
+			"ag_arange: step %g does not lead from %g to %g", step,
+			start, end);
 		return NULL;
 	}
 	count = ceil((end - start) / step);
@@ -332,7 +340,8 @@ struct ag_tensor *ag_from_data(enum ag_dtype dt, int ndim, const int64_t *shape,
 
 struct ag_tensor *ag_from_blob(enum ag_dtype dt, int ndim, const int64_t *shape,
 			       void *data,
-			       void (*free_fn)(void *data, void *arg), void *arg)
+			       void (*free_fn)(void *data, void *arg),
+			       void *arg)
 {
 	struct ag_storage *s;
 	struct ag_tensor *t;
@@ -345,14 +354,15 @@ struct ag_tensor *ag_from_blob(enum ag_dtype dt, int ndim, const int64_t *shape,
 		return NULL;
 	}
 	if ((uintptr_t)data % ag_dtype_size(dt)) {
-		ag__err(AG_EINVAL, "ag_from_blob: data %p is not aligned to the %zu-byte %s element",
+		ag__err(AG_EINVAL,
+			"ag_from_blob: data %p is not aligned to the %zu-byte %s element",
 			data, ag_dtype_size(dt), ag_dtype_name(dt));
 		return NULL;
 	}
-	s = calloc(1, sizeof(*s));
+	s = ag__zalloc(sizeof(*s));
 	t = tensor_alloc();
 	if (!s || !t) {
-		free(s);
+		ag__free(s);
 		ag_tensor_put(t);
 		ag__err(AG_ENOMEM, "ag_from_blob: out of memory");
 		return NULL;
@@ -446,7 +456,8 @@ int ag_tensor_set_name(struct ag_tensor *t, const char *name)
 	if (name) {
 		copy = strdup(name);
 		if (!copy)
-			return ag__err(AG_ENOMEM, "ag_tensor_set_name: out of memory");
+			return ag__err(AG_ENOMEM,
+				       "ag_tensor_set_name: out of memory");
 	}
 	free(t->name);
 	t->name = copy;
@@ -494,11 +505,12 @@ int ag_tensor_copy_to(const struct ag_tensor *t, void *dst, size_t nbytes)
 	if (nbytes != need) {
 		char buf[200];
 
-		return ag__err(AG_EINVAL, "ag_tensor_copy_to: a %s tensor of shape %s needs %zu bytes, got %zu",
-			       ag_dtype_name(t->dtype),
-			       ag__shape_str(buf, sizeof(buf), t->ndim,
-					     t->shape),
-			       need, nbytes);
+		return ag__err(
+			AG_EINVAL,
+			"ag_tensor_copy_to: a %s tensor of shape %s needs %zu bytes, got %zu",
+			ag_dtype_name(t->dtype),
+			ag__shape_str(buf, sizeof(buf), t->ndim, t->shape),
+			need, nbytes);
 	}
 	ag__copy_dense(t, dst);
 	return 0;
@@ -545,7 +557,9 @@ static bool one_element(const char *fn, const struct ag_tensor *t)
 	}
 	if (t->numel == 1)
 		return true;
-	ag__err(AG_EINVAL, "%s: a tensor of shape %s has %" PRId64 " elements; only one-element tensors convert to a scalar",
+	ag__err(AG_EINVAL,
+		"%s: a tensor of shape %s has %" PRId64
+		" elements; only one-element tensors convert to a scalar",
 		fn, ag__shape_str(buf, sizeof(buf), t->ndim, t->shape),
 		t->numel);
 	return false;
@@ -559,7 +573,9 @@ double ag_tensor_item(const struct ag_tensor *t)
 		int64_t v = get_i64(t, 0);
 
 		if (v > (1LL << 53) || v < -(1LL << 53)) {
-			ag__err(AG_EDTYPE, "ag_tensor_item: i64 value %" PRId64 " cannot be held exactly by a double; use ag_tensor_item_i64",
+			ag__err(AG_EDTYPE,
+				"ag_tensor_item: i64 value %" PRId64
+				" cannot be held exactly by a double; use ag_tensor_item_i64",
 				v);
 			return NAN;
 		}
@@ -573,7 +589,8 @@ int64_t ag_tensor_item_i64(const struct ag_tensor *t)
 	if (!one_element("ag_tensor_item_i64", t))
 		return 0;
 	if (t->dtype != AG_I64) {
-		ag__err(AG_EDTYPE, "ag_tensor_item_i64: tensor is %s, expected i64; use ag_tensor_item",
+		ag__err(AG_EDTYPE,
+			"ag_tensor_item_i64: tensor is %s, expected i64; use ag_tensor_item",
 			ag_dtype_name(t->dtype));
 		return 0;
 	}
@@ -631,8 +648,8 @@ bool ag_allclose(const struct ag_tensor *a, const struct ag_tensor *b,
 
 struct ag_tensor *ag__contiguous_copy(struct ag_tensor *t)
 {
-	struct ag_tensor *c = ag__tensor_new("ag_clone", t->dtype, t->ndim,
-					     t->shape);
+	struct ag_tensor *c =
+		ag__tensor_new("ag_clone", t->dtype, t->ndim, t->shape);
 
 	if (c)
 		ag__copy_dense(t, c->storage->data);

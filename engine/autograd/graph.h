@@ -108,7 +108,10 @@ struct ag_node_ops {
 		     struct ag_tensor **out);
 	/* Drops op-specific state beyond the saved tensors; may be NULL. */
 	void (*release)(struct ag_node *n);
-	/* Frees the container; NULL means free(n) (node at offset 0). */
+	/*
+	 * Drops op-specific resources the container points to; may be NULL.
+	 * The container itself is freed by the core.
+	 */
 	void (*destroy)(struct ag_node *n);
 	/* Names of the saved slots, in order, for ag_node_saved(). */
 	const char *const *saved_names;
@@ -117,6 +120,7 @@ struct ag_node_ops {
 struct ag_node {
 	const struct ag_node_ops *ops;
 	atomic_long refcount;
+	uint32_t mem_off; /* offset of the node in its container */
 	uint64_t seq;
 	int num_inputs;
 	int num_next;
