@@ -12,8 +12,21 @@
 #include <ag/mode.h>
 #include <ag/ops.h>
 
+#include <ag/pool.h>
+
 #include "internal.h"
 #include "autograd/graph.h"
+#include "simd.h"
+
+/*
+ * simd/ splits large kernels over the pool through this hook (it does not
+ * link against the engine).  Here because every program makes tensors, so
+ * a static link always pulls this file in.
+ */
+__attribute__((constructor)) static void register_parallel_for(void)
+{
+	ag_k_set_parallel_for(ag_parallel_for);
+}
 
 size_t ag_dtype_size(enum ag_dtype dt)
 {
