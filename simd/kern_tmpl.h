@@ -23,11 +23,36 @@
  * per-chunk overhead vanishes. */
 #define CH 512
 
+/* exp(-|x|) never overflows, so the far negative tail keeps its relative
+ * accuracy (1 / (1 + exp(-x)) would give 0 there). */
 static inline VT F(v_sigmoid)(VT v)
 {
 	VT one = V(set1)(1);
+	VT e = V(exp)(V(neg)(V(abs)(v)));
 
-	return V(div)(one, V(add)(one, V(exp)(V(neg)(v))));
+	return V(div)(V(sel)(V(ge)(v, V(set1)(0)), one, e), V(add)(one, e));
+}
+
+/* x * sigmoid(x) with one rounding fewer: x / (1 + e) or x e / (1 + e) */
+static inline VT F(v_silu)(VT v)
+{
+	VT e = V(exp)(V(neg)(V(abs)(v)));
+
+	return V(div)(V(sel)(V(ge)(v, V(set1)(0)), v, V(mul)(v, e)),
+		      V(add)(V(set1)(1), e));
+}
+
+/* SLEEF's log1p overflows to inf above about 1e38 (f32) / 1e307 (f64);
+ * there log1p(x) and log(x) are the same number. */
+static inline VT F(v_log1p)(VT v)
+{
+	VT big = V(set1)(sizeof(T) == 4 ? 0x1p100 : 0x1p1000);
+	VT r = V(log1p)(v);
+	V(m) m = V(gt)(v, big);
+
+	if (V(any)(m))
+		r = V(sel)(m, V(log)(v), r);
+	return r;
 }
 
 /* 0.5 x erfc(-x / sqrt 2) is Phi(x) x without erf's cancellation for
@@ -178,7 +203,7 @@ static void F(unary_c)(enum ag_k_unary op, int64_t n, const T *x, T *y, T p0,
 		LOOP1(n, V(log)(v));
 		break;
 	case AG_K_LOG1P:
-		LOOP1(n, V(log1p)(v));
+		LOOP1(n, F(v_log1p)(v));
 		break;
 	case AG_K_SQRT:
 		LOOP1(n, V(sqrt)(v));
@@ -214,7 +239,7 @@ static void F(unary_c)(enum ag_k_unary op, int64_t n, const T *x, T *y, T p0,
 		LOOP1(n, V(mul)(v, F(v_phi)(v)));
 		break;
 	case AG_K_SILU:
-		LOOP1(n, V(div)(v, V(add)(one, V(exp)(V(neg)(v)))));
+		LOOP1(n, F(v_silu)(v));
 		break;
 	case AG_K_SOFTPLUS:
 		LOOP1(n, F(v_softplus)(v));
