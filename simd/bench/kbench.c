@@ -108,6 +108,64 @@ int main(int argc, char **argv)
 			       12.0 * N / bwd / 1e9);
 		}
 	}
+	for (k = 0; k < 3; k++) {
+		const struct ag_k_isa *isa = ag_k_isa_by_name(isas[k]);
+		double fwd, bwd;
+
+		if (!isa || !wanted(argc, argv, "mul"))
+			continue;
+		for (i = 0; i < N; i++)
+			x[i] = g[i] = 0.5f;
+		for (r = 0; r < REPS; r++) {
+			double t0 = now();
+
+			isa->binary_f32(AG_K_MUL, N, x, 1, g, 1, y, 1);
+			t[r] = now() - t0;
+		}
+		qsort(t, REPS, sizeof(t[0]), cmp_d);
+		fwd = t[REPS / 2];
+		for (r = 0; r < REPS; r++) {
+			double t0 = now();
+
+			isa->binary_bwd_f32(AG_K_MUL, N, g, 1, x, 1, y, 1, gx,
+					    1, x, 1);
+			t[r] = now() - t0;
+		}
+		qsort(t, REPS, sizeof(t[0]), cmp_d);
+		bwd = t[REPS / 2];
+		printf("%-8s %-8s fwd %6.3f ms %6.2f GB/s                bwd %6.3f ms %6.2f GB/s\n",
+		       isa->name, "mul", fwd * 1e3, 12.0 * N / fwd / 1e9,
+		       bwd * 1e3, 20.0 * N / bwd / 1e9);
+	}
+	if (wanted(argc, argv, "triad")) {
+		/* STREAM-style a = b + s c over 3 x 64 MiB, the bandwidth the
+		 * elementwise kernels are measured against */
+		int64_t m = (64 << 20) / sizeof(float);
+		float *a3 = aligned_alloc(64, m * sizeof(float));
+		float *b3 = aligned_alloc(64, m * sizeof(float));
+		float *c3 = aligned_alloc(64, m * sizeof(float));
+
+		if (!a3 || !b3 || !c3)
+			return 1;
+		for (i = 0; i < m; i++) {
+			a3[i] = 0;
+			b3[i] = 1;
+			c3[i] = 2;
+		}
+		for (r = 0; r < REPS; r++) {
+			double t0 = now();
+
+			for (i = 0; i < m; i++)
+				a3[i] = b3[i] + 3.0f * c3[i];
+			t[r] = now() - t0;
+		}
+		qsort(t, REPS, sizeof(t[0]), cmp_d);
+		printf("triad 3x64MiB: %.2f GB/s (a[1] = %g)\n",
+		       12.0 * m / t[REPS / 2] / 1e9, a3[1]);
+		free(a3);
+		free(b3);
+		free(c3);
+	}
 	free(x);
 	free(y);
 	free(g);
