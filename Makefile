@@ -41,7 +41,7 @@ demo: build
 	./build/examples/demo
 
 check-normal: build
-	meson test -C build --print-errorlogs --no-suite tsan
+	meson test -C build --print-errorlogs
 
 check-clang: deps
 	[ -f build-clang/build.ninja ] || CC=clang meson setup build-clang $(MESON_CI)

@@ -158,4 +158,45 @@ struct ag_tls_mode {
 };
 extern _Thread_local struct ag_tls_mode ag__mode;
 
+
+/* ---- walking strided operands row by row (engine/walk.c) ---- */
+
+#define AG_WALK_MAX_OPS 4
+
+/*
+ * Visits the rows of the innermost dim of a shape for up to four operands
+ * with their own strides (0 = broadcast).  After ag__walk_init, each
+ * ag__walk_next() call that returns true sets off[k] to the element offset
+ * of the row start of operand k; a row has `inner` elements at strides
+ * inc[k].  Dims of size 1 and 0-d shapes are handled; an empty shape visits
+ * nothing.
+ */
+struct ag_walk {
+	int ndim; /* outer dims */
+	int nop;
+	bool started;
+	bool empty;
+	int64_t inner;
+	int64_t inc[AG_WALK_MAX_OPS];
+	int64_t off[AG_WALK_MAX_OPS];
+	int64_t base[AG_WALK_MAX_OPS];
+	int64_t idx[AG_MAX_DIMS];
+	int64_t shape[AG_MAX_DIMS];
+	int64_t strides[AG_WALK_MAX_OPS][AG_MAX_DIMS];
+};
+
+void ag__walk_init(struct ag_walk *w, int ndim, const int64_t *shape, int nop,
+		   const int64_t *const *strides, const int64_t *base);
+bool ag__walk_next(struct ag_walk *w);
+
+/*
+ * Library code that calls public ops internally (backward formulas, custom
+ * function forward) suspends the thread's scope so its temporaries are not
+ * recorded in the user's scope.
+ */
+struct ag_scope;
+struct ag_scope *ag__scope_suspend(void);
+void ag__scope_resume(struct ag_scope *s);
+struct ag_tensor *ag__contiguous_copy(struct ag_tensor *t);
+
 #endif /* AG_ENGINE_INTERNAL_H */

@@ -64,15 +64,17 @@ struct ag_k_params {
 unsigned ag_k_unary_bwd_needs(enum ag_k_unary op);
 
 /* y = f(x) */
-void ag_k_unary_f32(enum ag_k_unary op, int64_t n, const float *x,
-		    int64_t incx, float *y, int64_t incy,
-		    const struct ag_k_params *p);
+void ag_k_unary_f32(enum ag_k_unary op, int64_t n, const float *x, int64_t incx,
+		    float *y, int64_t incy, const struct ag_k_params *p);
 void ag_k_unary_f64(enum ag_k_unary op, int64_t n, const double *x,
 		    int64_t incx, double *y, int64_t incy,
 		    const struct ag_k_params *p);
 
 /* gx = g * f'(x), reading x and/or y as ag_k_unary_bwd_needs() says (the
- * other pointer may be NULL). */
+ * other pointer may be NULL).  In every derivative kernel an output with
+ * stride 0 is a broadcast operand's gradient: the span's contributions are
+ * summed (pairwise, in f64) and ADDED to that one element, so the caller
+ * zeroes it first; outputs with any other stride are overwritten. */
 void ag_k_unary_bwd_f32(enum ag_k_unary op, int64_t n, const float *g,
 			int64_t incg, const float *x, int64_t incx,
 			const float *y, int64_t incy, float *gx, int64_t incgx,
@@ -93,14 +95,14 @@ void ag_k_binary_f64(enum ag_k_binary op, int64_t n, const double *a,
 /* ga = g * d(a op b)/da, gb = g * d(a op b)/db; ga or gb may be NULL. */
 void ag_k_binary_bwd_f32(enum ag_k_binary op, int64_t n, const float *g,
 			 int64_t incg, const float *a, int64_t inca,
-			 const float *b, int64_t incb, float *ga,
-			 int64_t incga, float *gb, int64_t incgb);
+			 const float *b, int64_t incb, float *ga, int64_t incga,
+			 float *gb, int64_t incgb);
 void ag_k_binary_bwd_f64(enum ag_k_binary op, int64_t n, const double *g,
 			 int64_t incg, const double *a, int64_t inca,
 			 const double *b, int64_t incb, double *ga,
 			 int64_t incga, double *gb, int64_t incgb);
 
-/* Accurate sums (pairwise; see simd/README for the bound). */
+/* Accurate sums (pairwise; see docs/simd.md for the bound). */
 double ag_k_sum_f32(int64_t n, const float *x, int64_t incx);
 double ag_k_sum_f64(int64_t n, const double *x, int64_t incx);
 
@@ -127,5 +129,78 @@ void ag_k_gemm_f64(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
 
 /* "avx512", "avx2", "generic": the path chosen at first use (AG_ISA). */
 const char *ag_k_isa_name(void);
+
+/* Added beyond the first contract: reductions over one span (a row along
+ * the reduced dim) and helpers the ops and optimisers need. */
+
+/* sum(a * b), products rounded in the data type, summed pairwise in f64 */
+double ag_k_dot_f32(int64_t n, const float *a, int64_t inca, const float *b,
+		    int64_t incb);
+double ag_k_dot_f64(int64_t n, const double *a, int64_t inca, const double *b,
+		    int64_t incb);
+
+/* y += alpha * x (one fma per element) */
+void ag_k_axpy_f32(int64_t n, float alpha, const float *x, int64_t incx,
+		   float *y, int64_t incy);
+void ag_k_axpy_f64(int64_t n, double alpha, const double *x, int64_t incx,
+		   double *y, int64_t incy);
+
+/* Max of the span, NaN if any element is NaN (as torch.max); *argmax (may
+ * be NULL) gets the index of the first maximum or first NaN. n >= 1. */
+double ag_k_max_f32(int64_t n, const float *x, int64_t incx, int64_t *argmax);
+double ag_k_max_f64(int64_t n, const double *x, int64_t incx, int64_t *argmax);
+
+/* log(sum(exp(x))), shifted by the max; -inf for an all -inf span */
+double ag_k_logsumexp_f32(int64_t n, const float *x, int64_t incx);
+double ag_k_logsumexp_f64(int64_t n, const double *x, int64_t incx);
+
+/* y = softmax(x), y = log_softmax(x) over the span; y may be x */
+void ag_k_softmax_f32(int64_t n, const float *x, int64_t incx, float *y,
+		      int64_t incy);
+void ag_k_softmax_f64(int64_t n, const double *x, int64_t incx, double *y,
+		      int64_t incy);
+void ag_k_log_softmax_f32(int64_t n, const float *x, int64_t incx, float *y,
+			  int64_t incy);
+void ag_k_log_softmax_f64(int64_t n, const double *x, int64_t incx, double *y,
+			  int64_t incy);
+
+/* softmax: gx = y * (g - sum(g * y)); log_softmax: gx = g - exp(y) sum(g),
+ * y the forward output.  gx may be g. */
+void ag_k_softmax_bwd_f32(int64_t n, const float *g, int64_t incg,
+			  const float *y, int64_t incy, float *gx,
+			  int64_t incgx);
+void ag_k_softmax_bwd_f64(int64_t n, const double *g, int64_t incg,
+			  const double *y, int64_t incy, double *gx,
+			  int64_t incgx);
+void ag_k_log_softmax_bwd_f32(int64_t n, const float *g, int64_t incg,
+			      const float *y, int64_t incy, float *gx,
+			      int64_t incgx);
+void ag_k_log_softmax_bwd_f64(int64_t n, const double *g, int64_t incg,
+			      const double *y, int64_t incy, double *gx,
+			      int64_t incgx);
+
+/* Two-pass variance sum((x - mean)^2) / max(0, n - correction) in f64
+ * (correction 1 = unbiased); *mean (may be NULL) gets the mean.  Its
+ * gradient, g * 2 (x - mean) / (n - correction), is ag_k_unary with
+ * AG_K_ADD_SCALAR then AG_K_MUL_SCALAR, or one ag_k_axpy. */
+double ag_k_var_f32(int64_t n, const float *x, int64_t incx, int64_t correction,
+		    double *mean);
+double ag_k_var_f64(int64_t n, const double *x, int64_t incx,
+		    int64_t correction, double *mean);
+
+/*
+ * Intra-op parallelism.  The engine registers its ag_parallel_for() here
+ * once the pool exists (simd/ does not link against the engine).  Large
+ * elementwise spans and GEMMs are then split into parts [begin, end) run
+ * on the pool.  The function must have run every part when it returns
+ * (inline if it cannot do better); its return value is ignored.  NULL
+ * switches splitting off.
+ */
+typedef int (*ag_k_parallel_for_fn)(int64_t n, int64_t grain,
+				    void (*fn)(int64_t begin, int64_t end,
+					       void *arg),
+				    void *arg);
+void ag_k_set_parallel_for(ag_k_parallel_for_fn fn);
+ag_k_parallel_for_fn ag_k_get_parallel_for(void);
 
 #endif /* AG_SIMD_H */

@@ -6,5 +6,7 @@
 #include <ag/tensor.h>
 #include <ag/mode.h>
 #include <ag/ops.h>
+#include <ag/autograd.h>
+#include <ag/function.h>
 
 #endif /* AG_AG_H */

@@ -33,6 +33,8 @@ AG_API struct ag_tensor *ag_relu(struct ag_tensor *a);
 /* reductions */
 AG_API struct ag_tensor *ag_sum(struct ag_tensor *a);
 AG_API struct ag_tensor *ag_mean(struct ag_tensor *a);
+AG_API struct ag_tensor *ag_mean_dim(struct ag_tensor *a, int dim,
+				     bool keepdim);
 AG_API struct ag_tensor *ag_sum_dim(struct ag_tensor *a, int dim,
 				    bool keepdim);
 

@@ -1,0 +1,740 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The backward engine.
+ *
+ * A graph task first walks the graph from the roots (iteratively) and counts,
+ * for every reachable node, the edges that point at it.  A node runs when its
+ * count reaches zero: by then its input slots hold the sum of every gradient
+ * sent to it.  Per-node state lives in the node itself for the task that
+ * claims it, so the hot path does no lookups; a task that finds a node
+ * claimed by another task running concurrently keeps that node's state in a
+ * small table of its own.
+ *
+ * Ready nodes run on the work-stealing pool (engine/pool): the thread whose
+ * decrement brings a node's count to zero runs it next, so a serial chain
+ * never touches a deque; further ready nodes are submitted for thieves.
+ * The caller waits on the task's group, helping only with this graph.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <ag/mode.h>
+#include <ag/ops.h>
+
+#include "graph.h"
+#include "../ops/ops.h"
+
+struct capture {
+	struct ag_node *node;
+	int slot;
+	struct ag_tensor *grad;
+};
+
+struct foreign {
+	struct ag_node *node;
+	struct ag_node_state st;
+};
+
+struct ag_graph_task {
+	bool retain;
+	bool create;
+	bool prune; /* ag_grad: only nodes on a path to the inputs */
+	bool allow_unused;
+	struct ag_node **nodes; /* every node this task reached */
+	size_t n, cap;
+	struct ag_group group;
+	struct ag_tls_mode mode; /* installed on whoever runs a node */
+	atomic_int err; /* first error, cancels the rest */
+	char errmsg[512];
+	struct capture *caps;
+	int ncaps;
+	/* state of nodes claimed by another task: open addressing */
+	struct foreign *tab;
+	size_t tab_cap, tab_n;
+};
+
+static int grow(void **arr, size_t *cap, size_t elem)
+{
+	size_t nc = *cap ? *cap * 2 : 64;
+	void *p = realloc(*arr, nc * elem);
+
+	if (!p)
+		return ag__err(AG_ENOMEM, "backward: out of memory");
+	*arr = p;
+	*cap = nc;
+	return 0;
+}
+
+static size_t hash_ptr(const void *p, size_t cap)
+{
+	uint64_t x = (uint64_t)(uintptr_t)p;
+
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	return (size_t)x & (cap - 1);
+}
+
+static struct foreign *foreign_find(struct ag_graph_task *gt,
+				    struct ag_node *n, bool insert)
+{
+	size_t i;
+
+	if (insert && (gt->tab_n + 1) * 2 > gt->tab_cap) {
+		size_t oc = gt->tab_cap, nc = oc ? oc * 2 : 16;
+		struct foreign *old = gt->tab, *t = calloc(nc, sizeof(*t));
+
+		if (!t)
+			return NULL;
+		gt->tab = t;
+		gt->tab_cap = nc;
+		for (size_t k = 0; k < oc; k++) {
+			if (!old[k].node)
+				continue;
+			i = hash_ptr(old[k].node, nc);
+			while (t[i].node)
+				i = (i + 1) & (nc - 1);
+			t[i] = old[k];
+			/* a one-slot buffer lives inside the entry: re-point */
+			if (old[k].st.inbuf == &old[k].st.inbuf_one)
+				t[i].st.inbuf = &t[i].st.inbuf_one;
+		}
+		free(old);
+	}
+	if (!gt->tab_cap)
+		return NULL;
+	for (i = hash_ptr(n, gt->tab_cap); gt->tab[i].node;
+	     i = (i + 1) & (gt->tab_cap - 1))
+		if (gt->tab[i].node == n)
+			return &gt->tab[i];
+	if (!insert)
+		return NULL;
+	gt->tab[i].node = n;
+	atomic_init(&gt->tab[i].st.deps, 0);
+	atomic_flag_clear(&gt->tab[i].st.lock);
+	gt->tab_n++;
+	return &gt->tab[i];
+}
+
+static inline struct ag_node_state *state_of(struct ag_graph_task *gt,
+					     struct ag_node *n)
+{
+	struct foreign *f;
+
+	if (atomic_load_explicit(&n->task, memory_order_relaxed) == gt)
+		return &n->st;
+	f = foreign_find(gt, n, false);
+	return f ? &f->st : NULL;
+}
+
+static void state_init(struct ag_node_state *st, struct ag_node *n)
+{
+	atomic_store_explicit(&st->deps, 0, memory_order_relaxed);
+	st->node = n;
+	st->needed = true;
+	st->capture = false;
+	st->queued = false;
+	st->inbuf_one = NULL;
+	st->inbuf = &st->inbuf_one;
+}
+
+/* Visits n for the first time in this task; NULL with an error on OOM. */
+static struct ag_node_state *claim(struct ag_graph_task *gt, struct ag_node *n)
+{
+	struct ag_graph_task *expected = NULL;
+	struct ag_node_state *st;
+
+	if (atomic_compare_exchange_strong_explicit(&n->task, &expected, gt,
+						    memory_order_acquire,
+						    memory_order_relaxed)) {
+		st = &n->st;
+	} else {
+		struct foreign *f = foreign_find(gt, n, true);
+
+		if (!f) {
+			ag__err(AG_ENOMEM, "backward: out of memory");
+			return NULL;
+		}
+		st = &f->st;
+	}
+	state_init(st, n);
+	if (n->num_inputs > 1) {
+		st->inbuf = calloc(n->num_inputs, sizeof(*st->inbuf));
+		if (!st->inbuf) {
+			st->inbuf = &st->inbuf_one;
+			ag__err(AG_ENOMEM, "backward: out of memory");
+			goto undo;
+		}
+	}
+	if (gt->n == gt->cap &&
+	    grow((void **)&gt->nodes, &gt->cap, sizeof(*gt->nodes)))
+		goto undo_buf;
+	gt->nodes[gt->n++] = n;
+	return st;
+undo_buf:
+	if (st->inbuf != &st->inbuf_one)
+		free(st->inbuf);
+	st->inbuf = &st->inbuf_one;
+undo:
+	if (st == &n->st)
+		atomic_store_explicit(&n->task, NULL, memory_order_release);
+	return NULL;
+}
+
+static void task_cleanup(struct ag_graph_task *gt)
+{
+	for (size_t i = 0; i < gt->n; i++) {
+		struct ag_node *n = gt->nodes[i];
+		struct ag_node_state *st = state_of(gt, n);
+
+		for (int k = 0; k < n->num_inputs; k++) {
+			ag_tensor_put(st->inbuf[k]);
+			st->inbuf[k] = NULL;
+		}
+		if (st->inbuf != &st->inbuf_one)
+			free(st->inbuf);
+		st->inbuf = &st->inbuf_one;
+		if (st == &n->st)
+			atomic_store_explicit(&n->task, NULL,
+					      memory_order_release);
+	}
+	for (int i = 0; i < gt->ncaps; i++)
+		ag_tensor_put(gt->caps[i].grad);
+	free(gt->nodes);
+	free(gt->caps);
+	free(gt->tab);
+}
+
+/* Counts the edges into every node reachable from the roots. */
+static int count_deps(struct ag_graph_task *gt, struct ag_node **roots,
+		      int nroots)
+{
+	struct ag_node **stack = NULL;
+	size_t sp = 0, scap = 0;
+	int rc = 0;
+
+	for (int i = 0; i < nroots; i++) {
+		if (state_of(gt, roots[i]))
+			continue;
+		if (!claim(gt, roots[i]))
+			goto oom;
+		if (sp == scap && grow((void **)&stack, &scap, sizeof(*stack)))
+			goto oom;
+		stack[sp++] = roots[i];
+	}
+	while (sp) {
+		struct ag_node *n = stack[--sp];
+
+		for (int i = 0; i < n->num_next; i++) {
+			struct ag_node *c = n->next[i].node;
+			struct ag_node_state *st;
+
+			if (!c)
+				continue;
+			st = state_of(gt, c);
+			if (!st) {
+				st = claim(gt, c);
+				if (!st)
+					goto oom;
+				if (sp == scap &&
+				    grow((void **)&stack, &scap, sizeof(*stack)))
+					goto oom;
+				stack[sp++] = c;
+			}
+			atomic_fetch_add_explicit(&st->deps, 1,
+						  memory_order_relaxed);
+		}
+	}
+	free(stack);
+	return 0;
+oom:
+	free(stack);
+	rc = -AG_ENOMEM;
+	return rc;
+}
+
+static int cmp_seq(const void *a, const void *b)
+{
+	const struct ag_node *x = *(struct ag_node *const *)a;
+	const struct ag_node *y = *(struct ag_node *const *)b;
+
+	return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/*
+ * ag_grad: keep only nodes with a path to a captured slot, and recount the
+ * dependencies among them.  Edges always point to older nodes, so sequence
+ * order is a topological order.
+ */
+static void prune(struct ag_graph_task *gt)
+{
+	qsort(gt->nodes, gt->n, sizeof(*gt->nodes), cmp_seq);
+	for (size_t i = 0; i < gt->n; i++) {
+		struct ag_node *n = gt->nodes[i];
+		struct ag_node_state *st = state_of(gt, n);
+
+		st->needed = st->capture;
+		atomic_store_explicit(&st->deps, 0, memory_order_relaxed);
+		for (int k = 0; k < n->num_next && !st->needed; k++) {
+			struct ag_node *c = n->next[k].node;
+
+			st->needed = c && state_of(gt, c)->needed &&
+				     !(c->ops == &ag__accumulate_ops &&
+				       !state_of(gt, c)->capture);
+		}
+	}
+	for (size_t i = 0; i < gt->n; i++) {
+		struct ag_node *n = gt->nodes[i];
+
+		if (!state_of(gt, n)->needed)
+			continue;
+		for (int k = 0; k < n->num_next; k++) {
+			struct ag_node *c = n->next[k].node;
+
+			if (c && state_of(gt, c)->needed)
+				atomic_fetch_add_explicit(
+					&state_of(gt, c)->deps, 1,
+					memory_order_relaxed);
+		}
+	}
+}
+
+static bool exclusive(const struct ag_tensor *t)
+{
+	return atomic_load_explicit(&t->refcount, memory_order_acquire) == 1 &&
+	       atomic_load_explicit(&t->storage->refcount,
+				    memory_order_acquire) == 1 &&
+	       !t->meta && ag_tensor_is_contiguous(t);
+}
+
+/*
+ * slot += g, taking over the reference to g.  In place when nothing else
+ * can see the slot's tensor and no graph is being built.
+ */
+int ag__grad_sum_into(struct ag_tensor **slot, struct ag_tensor *g)
+{
+	struct ag_tensor *sum;
+
+	if (!g)
+		return 0;
+	if (!*slot) {
+		*slot = g;
+		return 0;
+	}
+	if (!ag__mode.grad && exclusive(*slot)) {
+		ag__acc_into(*slot, g);
+		ag_tensor_put(g);
+		return 0;
+	}
+	sum = ag__add_plain(*slot, g);
+	ag_tensor_put(g);
+	if (!sum)
+		return -ag_errcode();
+	ag_tensor_put(*slot);
+	*slot = sum;
+	return 0;
+}
+
+static void node_task_run(struct ag_task *t);
+
+/* Hands a ready node on: run it next on this thread, or to the pool. */
+static void schedule(struct ag_graph_task *gt, struct ag_node_state *st,
+		     struct ag_node **next)
+{
+	if (next && !*next) {
+		*next = st->node;
+		return;
+	}
+	ag__task_init(&st->task, node_task_run);
+	ag__group_submit(&gt->group, &st->task);
+}
+
+static bool has_nonfinite(struct ag_tensor *t)
+{
+	for (int64_t i = 0; i < t->numel; i++)
+		if (!isfinite(ag__get(t, i)))
+			return true;
+	return false;
+}
+
+static int check_grad(struct ag_node *n, int i, struct ag_tensor *g,
+		      const struct ag_input_meta *want)
+{
+	char a[160], b[160];
+
+	if (g->dtype == want->dtype && g->ndim == want->ndim &&
+	    !memcmp(g->shape, want->shape, sizeof(int64_t) * g->ndim))
+		return 0;
+	return ag__err(AG_ESHAPE, "%s returned an invalid gradient at index %d: got %s %s but expected %s %s",
+		       n->ops->name, i, ag_dtype_name(g->dtype),
+		       ag__shape_str(a, sizeof(a), g->ndim, g->shape),
+		       ag_dtype_name(want->dtype),
+		       ag__shape_str(b, sizeof(b), want->ndim, want->shape));
+}
+
+static int run_hooks(struct ag_node *n, struct ag_tensor **grads);
+
+static int run_node(struct ag_graph_task *gt, struct ag_node *n,
+		    struct ag_node **next)
+{
+	struct ag_node_state *st = state_of(gt, n);
+	struct ag_tensor *small[8], **out = small;
+	bool acc = n->ops == &ag__accumulate_ops;
+	int rc = 0;
+
+	if (!acc && atomic_load_explicit(&n->released, memory_order_acquire))
+		return ag__err_freed(n);
+	if (n->hooks) {
+		rc = run_hooks(n, st->inbuf);
+		if (rc)
+			return rc;
+	}
+	if (st->capture) {
+		for (int i = 0; i < gt->ncaps; i++)
+			if (gt->caps[i].node == n)
+				gt->caps[i].grad = ag_tensor_get(
+					st->inbuf[gt->caps[i].slot]);
+	}
+	if (gt->prune && acc)
+		return 0; /* ag_grad never touches .grad */
+	if (n->num_next > 8) {
+		out = calloc(n->num_next, sizeof(*out));
+		if (!out)
+			return ag__err(AG_ENOMEM, "backward: out of memory");
+	}
+	memset(out, 0, sizeof(*out) * n->num_next);
+	if (ag__trace_on()) {
+		uint64_t t0 = ag__trace_now();
+
+		rc = n->ops->apply(n, st->inbuf, out);
+		ag__trace_slice(n->ops->name, t0, ag__trace_now());
+	} else {
+		rc = n->ops->apply(n, st->inbuf, out);
+	}
+	if (!acc && !gt->retain) {
+		atomic_store_explicit(&n->released, true, memory_order_release);
+		ag__node_release(n);
+	}
+	for (int i = 0; i < n->num_next && !rc; i++) {
+		struct ag_node *c = n->next[i].node;
+		struct ag_node_state *cs;
+
+		if (!out[i])
+			continue;
+		rc = c ? check_grad(n, i, out[i],
+				    &c->in_meta[n->next[i].input_nr]) :
+			 0;
+		if (!rc && ag__mode.anomaly && has_nonfinite(out[i]))
+			rc = ag__err(AG_ENAN, "Function '%s' returned nan or inf values in its %dth output; the forward op that made it was %s",
+				     n->ops->name, i,
+				     n->fwd_op ? n->fwd_op : "unknown");
+		if (rc || !c || !(cs = state_of(gt, c)) || !cs->needed)
+			continue;
+		while (atomic_flag_test_and_set_explicit(&cs->lock,
+							 memory_order_acquire))
+			; /* held for one sum; contention is two branches */
+		rc = ag__grad_sum_into(&cs->inbuf[n->next[i].input_nr], out[i]);
+		atomic_flag_clear_explicit(&cs->lock, memory_order_release);
+		out[i] = NULL;
+	}
+	for (int i = 0; i < n->num_next; i++) {
+		struct ag_node *c = n->next[i].node;
+		struct ag_node_state *cs;
+
+		ag_tensor_put(out[i]);
+		if (rc || !c || !(cs = state_of(gt, c)) || !cs->needed)
+			continue;
+		if (atomic_fetch_sub_explicit(&cs->deps, 1,
+					      memory_order_acq_rel) == 1)
+			schedule(gt, cs, next);
+	}
+	if (out != small)
+		free(out);
+	for (int k = 0; k < n->num_inputs; k++) {
+		ag_tensor_put(st->inbuf[k]);
+		st->inbuf[k] = NULL;
+	}
+	return rc;
+}
+
+static int run_hooks(struct ag_node *n, struct ag_tensor **grads)
+{
+	struct ag_hook *h;
+	int rc = 0;
+
+	pthread_mutex_lock(n->hook_lock);
+	for (h = n->hooks; h && !rc; h = h->next) {
+		struct ag_tensor *g = grads[h->slot], *r;
+
+		if (h->removed || !g)
+			continue;
+		if (!h->fn) {
+			pthread_mutex_lock(&h->cell->lock);
+			ag_tensor_put(h->cell->grad);
+			h->cell->grad = ag__mode.grad ? ag_tensor_get(g) :
+							ag__contiguous_copy(g);
+			pthread_mutex_unlock(&h->cell->lock);
+			continue;
+		}
+		r = h->fn(g, h->arg);
+		if (!r)
+			continue;
+		rc = check_grad(n, -1, r, &n->in_meta[h->slot]);
+		if (rc) {
+			ag_tensor_put(r);
+			break;
+		}
+		ag_tensor_put(g);
+		grads[h->slot] = r;
+	}
+	pthread_mutex_unlock(n->hook_lock);
+	return rc;
+}
+
+/* Validates a root and builds its seed gradient (a new reference). */
+static int root_grad(const char *fn, struct ag_tensor *root,
+		     struct ag_tensor *grad, int i, struct ag_tensor **out)
+{
+	char a[160], b[160];
+	struct ag_tensor *g;
+
+	if (!grad) {
+		if (root->numel != 1)
+			return ag__err(AG_ESCALAR, "%s: grad can be implicitly created only for scalar outputs; root %d has shape %s, pass a gradient of that shape",
+				       fn, i,
+				       ag__shape_str(a, sizeof(a), root->ndim,
+						     root->shape));
+		g = ag__tensor_new(fn, root->dtype, root->ndim, root->shape);
+		if (!g)
+			return -AG_ENOMEM;
+		if (root->dtype == AG_F32)
+			*(float *)g->storage->data = 1.0f;
+		else
+			*(double *)g->storage->data = 1.0;
+		*out = g;
+		return 0;
+	}
+	if (grad->dtype != root->dtype || grad->ndim != root->ndim ||
+	    memcmp(grad->shape, root->shape, sizeof(int64_t) * root->ndim))
+		return ag__err(AG_ESHAPE, "%s: mismatch in shape: grad_output[%d] has %s %s and output[%d] has %s %s",
+			       fn, i, ag_dtype_name(grad->dtype),
+			       ag__shape_str(a, sizeof(a), grad->ndim,
+					     grad->shape),
+			       i, ag_dtype_name(root->dtype),
+			       ag__shape_str(b, sizeof(b), root->ndim,
+					     root->shape));
+	*out = ag_tensor_get(grad);
+	return 0;
+}
+
+static void fail(struct ag_graph_task *gt, int rc)
+{
+	int expected = 0;
+
+	if (atomic_compare_exchange_strong_explicit(&gt->err, &expected, -rc,
+						    memory_order_acq_rel,
+						    memory_order_acquire))
+		snprintf(gt->errmsg, sizeof(gt->errmsg), "%s", ag_errmsg());
+}
+
+/*
+ * A pool task: runs its node, then every node that became ready on the
+ * way, with the graph task's modes installed and restored after.
+ */
+static void node_task_run(struct ag_task *t)
+{
+	struct ag_node_state *st = ag_container_of(t, struct ag_node_state,
+						   task);
+	struct ag_graph_task *gt = ag_container_of(t->group,
+						   struct ag_graph_task, group);
+	struct ag_tls_mode saved = ag__mode;
+	struct ag_scope *scope = ag__scope_suspend();
+	struct ag_node *n = st->node;
+
+	ag__mode = gt->mode;
+	while (n) {
+		struct ag_node *next = NULL;
+		int rc;
+
+		if (atomic_load_explicit(&gt->err, memory_order_acquire))
+			break; /* cancelled: task_cleanup frees the buffers */
+		rc = run_node(gt, n, &next);
+		if (rc)
+			fail(gt, rc);
+		n = next;
+	}
+	ag__mode = saved;
+	ag__scope_resume(scope);
+}
+
+static int execute(struct ag_graph_task *gt)
+{
+	int err;
+
+	ag__group_wait(&gt->group);
+	err = atomic_load_explicit(&gt->err, memory_order_acquire);
+	if (err)
+		return ag__err(err, "%s", gt->errmsg);
+	return 0;
+}
+
+/*
+ * The core of ag_backward_many and ag_grad.  Roots' grad_fns are counted
+ * first, then the root gradients are summed into their slots.
+ */
+static int run_backward(struct ag_graph_task *gt, const char *fn,
+			struct ag_tensor *const *roots,
+			struct ag_tensor *const *grads, int n)
+{
+	struct ag_node **rn = calloc(n ? n : 1, sizeof(*rn));
+	struct ag_scope *scope;
+	int rc = 0;
+
+	if (!rn)
+		return ag__err(AG_ENOMEM, "%s: out of memory", fn);
+	ag__group_init(&gt->group);
+	atomic_init(&gt->err, 0);
+	gt->mode = (struct ag_tls_mode){ .grad = gt->create,
+					 .anomaly = ag__mode.anomaly };
+	for (int i = 0; i < n && !rc; i++) {
+		struct ag_edge e;
+
+		if (!roots[i]) {
+			rc = ag__err_null(fn, "roots[i]");
+			break;
+		}
+		if (!ag__requires_grad(roots[i])) {
+			rc = ag__err(AG_ENOGRAD, "%s: element %d of tensors does not require grad and does not have a grad_fn",
+				     fn, i);
+			break;
+		}
+		e = ag__grad_edge(roots[i]);
+		if (!e.node)
+			rc = -AG_ENOMEM;
+		rn[i] = e.node;
+	}
+	if (!rc)
+		rc = count_deps(gt, rn, n);
+	for (int i = 0; i < gt->ncaps && !rc; i++) {
+		struct ag_node_state *st = state_of(gt, gt->caps[i].node);
+
+		if (st)
+			st->capture = true;
+		else if (!gt->allow_unused) /* fail before running anything */
+			rc = ag__err(AG_EINVAL, "ag_grad: input %d appears to not have been used in the graph; set allow_unused if this is the desired behavior",
+				     i);
+	}
+	if (!rc && gt->prune)
+		prune(gt);
+	scope = ag__scope_suspend();
+	for (int i = 0; i < n && !rc; i++) {
+		struct ag_edge e = ag__grad_edge(roots[i]);
+		struct ag_node_state *st = state_of(gt, e.node);
+		struct ag_tensor *g = NULL;
+
+		rc = root_grad(fn, roots[i], grads ? grads[i] : NULL, i, &g);
+		if (!rc && st->needed)
+			rc = ag__grad_sum_into(&st->inbuf[e.input_nr], g);
+		else
+			ag_tensor_put(g);
+	}
+	for (int i = 0; i < n && !rc; i++) {
+		struct ag_node_state *st = state_of(gt, rn[i]);
+
+		if (st->needed && !st->queued &&
+		    atomic_load_explicit(&st->deps, memory_order_relaxed) == 0) {
+			st->queued = true;
+			schedule(gt, st, NULL);
+		}
+	}
+	if (!rc)
+		rc = execute(gt);
+	ag__scope_resume(scope);
+	free(rn);
+	return rc;
+}
+
+int ag_backward_many(struct ag_tensor *const *roots,
+		     struct ag_tensor *const *grads, int n,
+		     const struct ag_backward_opts *o)
+{
+	struct ag_graph_task gt = { 0 };
+	int rc;
+
+	if (!roots || n <= 0)
+		return ag__err(AG_EINVAL, "ag_backward_many: need at least one root, got %d",
+			       roots ? n : 0);
+	gt.retain = o && (o->retain_graph || o->create_graph);
+	gt.create = o && o->create_graph;
+	rc = run_backward(&gt, "ag_backward", roots, grads, n);
+	task_cleanup(&gt);
+	return rc;
+}
+
+int ag_backward(struct ag_tensor *root, struct ag_tensor *grad,
+		const struct ag_backward_opts *o)
+{
+	if (!root)
+		return ag__err_null("ag_backward", "root");
+	return ag_backward_many(&root, grad ? &grad : NULL, 1, o);
+}
+
+int ag_grad(struct ag_tensor *const *outputs,
+	    struct ag_tensor *const *grad_outputs, int nout,
+	    struct ag_tensor *const *inputs, int nin, struct ag_tensor **grads,
+	    const struct ag_grad_opts *o)
+{
+	struct ag_graph_task gt = { 0 };
+	int rc = 0;
+
+	if (!outputs || nout <= 0 || !inputs || nin <= 0 || !grads)
+		return ag__err(AG_EINVAL, "ag_grad: need outputs, inputs and a grads array (nout %d, nin %d)",
+			       nout, nin);
+	for (int i = 0; i < nin; i++)
+		grads[i] = NULL;
+	gt.retain = o && (o->retain_graph || o->create_graph);
+	gt.create = o && o->create_graph;
+	gt.prune = true;
+	gt.allow_unused = o && o->allow_unused;
+	gt.caps = calloc(nin, sizeof(*gt.caps));
+	if (!gt.caps)
+		return ag__err(AG_ENOMEM, "ag_grad: out of memory");
+	gt.ncaps = nin;
+	for (int i = 0; i < nin && !rc; i++) {
+		struct ag_edge e;
+
+		if (!inputs[i]) {
+			rc = ag__err_null("ag_grad", "inputs[i]");
+			break;
+		}
+		if (!ag__requires_grad(inputs[i])) {
+			rc = ag__err(AG_ENOGRAD, "ag_grad: input %d does not require grad; every differentiated tensor must",
+				     i);
+			break;
+		}
+		e = ag__grad_edge(inputs[i]);
+		if (!e.node) {
+			rc = -AG_ENOMEM;
+			break;
+		}
+		gt.caps[i].node = e.node;
+		gt.caps[i].slot = e.input_nr;
+	}
+	if (!rc)
+		rc = run_backward(&gt, "ag_grad", outputs, grad_outputs, nout);
+	for (int i = 0; i < nin && !rc; i++) {
+		if (gt.caps[i].grad || (o && o->allow_unused))
+			continue;
+		rc = ag__err(AG_EINVAL, "ag_grad: input %d appears to not have been used in the graph; set allow_unused if this is the desired behavior",
+			     i);
+	}
+	if (!rc) {
+		for (int i = 0; i < nin; i++) {
+			grads[i] = ag__ret(gt.caps[i].grad);
+			gt.caps[i].grad = NULL;
+		}
+	}
+	task_cleanup(&gt);
+	return rc;
+}

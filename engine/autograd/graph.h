@@ -1,0 +1,197 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef AG_ENGINE_GRAPH_H
+#define AG_ENGINE_GRAPH_H
+
+/*
+ * The backward graph.  A recorded op allocates a node embedded in an
+ * op-specific struct (found with container_of), with edges to the nodes
+ * that produced its inputs.  References point one way only, from outputs
+ * towards leaves:
+ *
+ *   non-leaf tensor --grad_fn--> node --next--> node ... --> AccumulateGrad
+ *   leaf tensor --grad_acc--> AccumulateGrad --cell--> grad cell <-- leaf
+ *
+ * The leaf's .grad lives in a small refcounted cell that both the leaf and
+ * its AccumulateGrad hold, so the graph never points back at a tensor and
+ * freeing is a plain refcount walk (iterative, see node_put).
+ */
+#include <pthread.h>
+
+#include "../pool/pool.h"
+
+#include <ag/autograd.h>
+
+#include "../internal.h"
+
+struct ag_node;
+struct ag_graph_task;
+
+struct ag_edge {
+	struct ag_node *node; /* NULL: that input needs no gradient */
+	int input_nr;
+};
+
+/* What a gradient slot must look like (an output of the forward op). */
+struct ag_input_meta {
+	enum ag_dtype dtype;
+	int ndim;
+	int64_t shape[AG_MAX_DIMS];
+};
+
+/* .grad of a leaf or a tensor that retains grad. */
+struct ag_grad_cell {
+	atomic_long refcount;
+	pthread_mutex_t lock;
+	struct ag_tensor *grad;
+};
+
+struct ag_grad_cell *ag__cell_new(void);
+void ag__cell_get(struct ag_grad_cell *c);
+void ag__cell_put(struct ag_grad_cell *c);
+
+/*
+ * A tensor kept for backward.  For an op's own output (is_output) the node
+ * keeps a plain alias sharing storage, never the tensor itself: the output
+ * owns the node, so owning the output back would be a cycle.
+ */
+struct ag_saved {
+	struct ag_tensor *t;
+	uint64_t version;
+	bool is_output;
+	bool defined;
+	int output_nr;
+	const char *producer; /* name of the node whose output t is, or NULL */
+};
+
+/* Pre-hooks on a gradient slot: user tensor hooks and retain_grad. */
+struct ag_hook {
+	struct ag_hook *next;
+	struct ag_node *node; /* borrowed: the node the hook hangs on */
+	int slot;
+	ag_tensor_hook_fn fn; /* NULL: retain_grad into cell */
+	void *arg;
+	struct ag_grad_cell *cell;
+	bool removed;
+};
+
+struct ag_node_state {
+	struct ag_task task; /* runs the node on the pool */
+	struct ag_node *node;
+	atomic_long deps;
+	atomic_flag lock; /* guards inbuf while gradients are summed */
+	bool needed;
+	bool capture;
+	bool queued;
+	struct ag_tensor **inbuf; /* num_inputs; &inbuf_one when 1 */
+	struct ag_tensor *inbuf_one;
+};
+
+struct ag_node_ops {
+	const char *name;
+	/*
+	 * grads[num_inputs] in (NULL where no gradient arrived: treat as
+	 * zero), out[num_next] to fill with new references (NULL: none).
+	 * Returns 0 or -AG_E* with the error set.  Runs with grad mode on
+	 * when the backward creates a graph.
+	 */
+	int (*apply)(struct ag_node *n, struct ag_tensor **grads,
+		     struct ag_tensor **out);
+	/* Drops op-specific state beyond the saved tensors; may be NULL. */
+	void (*release)(struct ag_node *n);
+	/* Frees the container; NULL means free(n) (node at offset 0). */
+	void (*destroy)(struct ag_node *n);
+	/* Names of the saved slots, in order, for ag_node_saved(). */
+	const char *const *saved_names;
+};
+
+struct ag_node {
+	const struct ag_node_ops *ops;
+	atomic_long refcount;
+	uint64_t seq;
+	int num_inputs;
+	int num_next;
+	int num_saved;
+	atomic_bool released;
+	const char *fwd_op; /* the forward op that recorded it, for anomaly */
+	struct ag_edge *next; /* num_next */
+	struct ag_input_meta *in_meta; /* num_inputs */
+	struct ag_saved *saved; /* num_saved, inside the container */
+	struct ag_hook *hooks; /* guarded by hook_lock */
+	pthread_mutex_t *hook_lock; /* allocated with the first hook */
+	/* AccumulateGrad only */
+	struct ag_grad_cell *cell;
+	/*
+	 * Per-backward state.  The graph task that claims the node (task) uses
+	 * st in place: no lookup per edge.  A second task running over the
+	 * same node at the same time keeps its own copy in a table.
+	 */
+	struct ag_graph_task *_Atomic task;
+	struct ag_node_state st;
+	struct ag_node *reap_next; /* free list while being destroyed */
+};
+
+/*
+ * Allocates a container of `size` bytes whose struct ag_node is at offset
+ * node_off, with room for the edge and input-meta arrays, and initialises
+ * the node.  Saved slots live inside the container: pass their address.
+ */
+struct ag_node *ag__node_alloc(const struct ag_node_ops *ops, size_t size,
+			       size_t node_off, int num_inputs, int num_next,
+			       struct ag_saved *saved, int num_saved);
+void ag__node_get(struct ag_node *n);
+void ag__node_put(struct ag_node *n);
+
+/* ---- autograd state of a tensor ---- */
+
+struct ag_autograd_meta {
+	bool requires_grad; /* leaves; non-leaves require grad iff grad_fn */
+	bool retains_grad;
+	int output_nr;
+	struct ag_node *grad_fn; /* strong; NULL for leaves */
+	struct ag_node *_Atomic grad_acc; /* leaf's AccumulateGrad, strong */
+	struct ag_grad_cell *_Atomic cell; /* .grad */
+	/* differentiable views: the base whose storage this one shares */
+	struct ag_tensor *view_base;
+};
+
+void ag__meta_free(struct ag_autograd_meta *m);
+struct ag_autograd_meta *ag__meta(struct ag_tensor *t); /* creates */
+
+static inline bool ag__requires_grad(const struct ag_tensor *t)
+{
+	return t->meta && (t->meta->requires_grad || t->meta->grad_fn);
+}
+
+/* The node and input number a gradient for t flows to; node NULL if none. */
+struct ag_edge ag__grad_edge(struct ag_tensor *t);
+
+/* ---- recording (record.c) ---- */
+
+/* True when an op over these inputs must be recorded. */
+bool ag__should_record(struct ag_tensor *const *in, int n);
+/*
+ * Connects node n: edges to the inputs' gradient edges and n as grad_fn of
+ * the outputs (output i gets output_nr i).  Takes over the caller's
+ * reference to n.  Returns 0 or -AG_E*.
+ */
+int ag__record(struct ag_node *n, struct ag_tensor *const *in, int nin,
+	       struct ag_tensor *const *out, int nout, const char *fwd_op);
+/* Saves t (an input, or output `out_nr` of n if is_output). */
+int ag__save(struct ag_node *n, int slot, struct ag_tensor *t, bool is_output,
+	     int out_nr);
+/*
+ * Unpacks saved slot `slot` of n: checks it was not released nor modified
+ * in place.  Returns a new reference; for a saved output under grad mode,
+ * one whose grad_fn is n, so double backward flows through n.
+ */
+struct ag_tensor *ag__unpack(struct ag_node *n, int slot);
+/* Frees every saved tensor of n (after it ran without retain_graph). */
+void ag__node_release(struct ag_node *n);
+/* AG_EFREED with PyTorch's retain_graph explanation. */
+int ag__err_freed(const struct ag_node *n);
+
+/* ---- engine ---- */
+
+uint64_t ag__next_seq(void);
+
+#endif /* AG_ENGINE_GRAPH_H */

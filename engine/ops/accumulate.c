@@ -1,0 +1,60 @@
+// SPDX-License-Identifier: MIT
+/*
+ * AccumulateGrad: the node of a leaf that requires grad.  It sums the
+ * incoming gradient into the leaf's grad cell.  Without create_graph it
+ * steals a gradient nothing else holds, or adds in place into .grad; with
+ * create_graph the sum is recorded so .grad stays differentiable.
+ */
+#include <ag/mode.h>
+
+#include "ops.h"
+
+static bool stealable(const struct ag_tensor *g)
+{
+	return atomic_load_explicit(&g->refcount, memory_order_acquire) == 1 &&
+	       atomic_load_explicit(&g->storage->refcount,
+				    memory_order_acquire) == 1 &&
+	       !g->meta && ag_tensor_is_contiguous(g);
+}
+
+static int accumulate_apply(struct ag_node *n, struct ag_tensor **grads,
+			    struct ag_tensor **out)
+{
+	struct ag_grad_cell *c = n->cell;
+	struct ag_tensor *g = grads[0], *old, *sum = NULL;
+	int rc = 0;
+
+	(void)out;
+	if (!g)
+		return 0;
+	pthread_mutex_lock(&c->lock);
+	old = c->grad;
+	if (!old) {
+		if (ag__mode.grad || stealable(g)) {
+			c->grad = g; /* keep its graph under create_graph */
+			grads[0] = NULL;
+		} else {
+			c->grad = ag__contiguous_copy(g);
+			rc = c->grad ? 0 : -AG_ENOMEM;
+		}
+	} else if (!ag__mode.grad && !old->meta) {
+		/* .grad += g, seen by whoever holds .grad, as in torch */
+		ag__acc_into(old, g);
+		ag__storage_bump(old->storage, "AccumulateGrad");
+	} else {
+		sum = ag_add(old, g);
+		if (sum) {
+			c->grad = sum;
+			ag_tensor_put(old);
+		} else {
+			rc = -ag_errcode();
+		}
+	}
+	pthread_mutex_unlock(&c->lock);
+	return rc;
+}
+
+const struct ag_node_ops ag__accumulate_ops = {
+	.name = "AccumulateGrad",
+	.apply = accumulate_apply,
+};

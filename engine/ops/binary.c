@@ -1,0 +1,159 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Binary elementwise ops with NumPy broadcasting.  The gradient of a
+ * broadcast operand is summed back to its shape.
+ */
+#include <string.h>
+
+#include <ag/mode.h>
+
+#include "ops.h"
+
+struct binary_node {
+	struct ag_node node;
+	enum ag_k_binary op;
+	int ndim[2];
+	int64_t shape[2][AG_MAX_DIMS];
+	struct ag_saved saved[2]; /* self, other */
+};
+
+static const char *const saved_names[] = { "self", "other" };
+
+static struct ag_tensor *reduce(struct binary_node *b, int i,
+				struct ag_tensor *g)
+{
+	struct ag_tensor *r;
+
+	if (!g)
+		return NULL;
+	r = ag__sum_to(g, b->ndim[i], b->shape[i]);
+	ag_tensor_put(g);
+	return r;
+}
+
+static int binary_apply(struct ag_node *n, struct ag_tensor **grads,
+			struct ag_tensor **out)
+{
+	struct binary_node *b = ag_container_of(n, struct binary_node, node);
+	struct ag_tensor *g = grads[0], *x = NULL, *y = NULL, *t = NULL;
+	bool need0 = n->next[0].node, need1 = n->next[1].node;
+	int rc = 0;
+
+	if (!g)
+		return 0;
+	if (b->saved[0].defined && !(x = ag__unpack(n, 0)))
+		return -ag_errcode();
+	if (b->saved[1].defined && !(y = ag__unpack(n, 1))) {
+		ag_tensor_put(x);
+		return -ag_errcode();
+	}
+	switch (b->op) {
+	case AG_K_ADD:
+		out[0] = need0 ? reduce(b, 0, ag_tensor_get(g)) : NULL;
+		out[1] = need1 ? reduce(b, 1, ag_tensor_get(g)) : NULL;
+		break;
+	case AG_K_SUB:
+		out[0] = need0 ? reduce(b, 0, ag_tensor_get(g)) : NULL;
+		out[1] = need1 ? reduce(b, 1, ag_neg(g)) : NULL;
+		break;
+	case AG_K_MUL:
+		out[0] = need0 ? reduce(b, 0, ag_mul(g, y)) : NULL;
+		out[1] = need1 ? reduce(b, 1, ag_mul(g, x)) : NULL;
+		break;
+	case AG_K_DIV: /* d/dx = g / y, d/dy = -g * x / y^2 */
+		out[0] = need0 ? reduce(b, 0, ag_div(g, y)) : NULL;
+		if (need1) {
+			struct ag_tensor *q = ag_div(x, y);
+			struct ag_tensor *gq = ag_mul(g, q);
+
+			t = ag_div(gq, y);
+			out[1] = reduce(b, 1, ag_neg(t));
+			ag_tensor_put(gq);
+			ag_tensor_put(q);
+		}
+		break;
+	default:
+		rc = ag__err(AG_EINTERNAL, "%s: unsupported", n->ops->name);
+	}
+	ag_tensor_put(t);
+	ag_tensor_put(x);
+	ag_tensor_put(y);
+	if (!rc && ((need0 && !out[0]) || (need1 && !out[1])))
+		rc = -ag_errcode();
+	return rc;
+}
+
+#define BINARY_OPS(ident, label)                                         \
+	static const struct ag_node_ops ident = {                        \
+		.name = label,                                           \
+		.apply = binary_apply,                                   \
+		.saved_names = saved_names,                              \
+	}
+
+BINARY_OPS(add_ops, "AddBackward");
+BINARY_OPS(sub_ops, "SubBackward");
+BINARY_OPS(mul_ops, "MulBackward");
+BINARY_OPS(div_ops, "DivBackward");
+
+static struct ag_tensor *binary(const char *fn, const struct ag_node_ops *ops,
+				enum ag_k_binary op, struct ag_tensor *a,
+				struct ag_tensor *b)
+{
+	struct ag_tensor *in[2] = { a, b }, *out;
+	struct binary_node *n = NULL;
+	bool save_a = false, save_b = false;
+
+	AG_CHECK_ARG(fn, a);
+	AG_CHECK_ARG(fn, b);
+	out = ag__binary_fwd(fn, op, a, b);
+	if (!out || !ag__should_record(in, 2))
+		return ag__ret(out);
+	n = (struct binary_node *)ag__node_alloc(ops, sizeof(*n), 0, 1, 2,
+						 NULL, 0);
+	if (!n)
+		goto fail;
+	n->op = op;
+	n->node.saved = n->saved;
+	n->node.num_saved = 2;
+	for (int i = 0; i < 2; i++) {
+		n->ndim[i] = in[i]->ndim;
+		memcpy(n->shape[i], in[i]->shape, sizeof(n->shape[i]));
+	}
+	/* save only what the wanted gradients read, as PyTorch does */
+	if (op == AG_K_MUL) {
+		save_a = ag__requires_grad(b);
+		save_b = ag__requires_grad(a);
+	} else if (op == AG_K_DIV) {
+		save_a = ag__requires_grad(b);
+		save_b = true;
+	}
+	if ((save_a && ag__save(&n->node, 0, a, false, 0)) ||
+	    (save_b && ag__save(&n->node, 1, b, false, 0)))
+		goto fail;
+	return ag__finish(out, &n->node, in, 2, fn);
+fail:
+	if (n)
+		ag__node_put(&n->node);
+	ag_tensor_put(out);
+	return NULL;
+}
+
+struct ag_tensor *ag_add(struct ag_tensor *a, struct ag_tensor *b)
+{
+	return binary("ag_add", &add_ops, AG_K_ADD, a, b);
+}
+
+struct ag_tensor *ag_sub(struct ag_tensor *a, struct ag_tensor *b)
+{
+	return binary("ag_sub", &sub_ops, AG_K_SUB, a, b);
+}
+
+struct ag_tensor *ag_mul(struct ag_tensor *a, struct ag_tensor *b)
+{
+	return binary("ag_mul", &mul_ops, AG_K_MUL, a, b);
+}
+
+struct ag_tensor *ag_div(struct ag_tensor *a, struct ag_tensor *b)
+{
+	return binary("ag_div", &div_ops, AG_K_DIV, a, b);
+}

@@ -1,0 +1,302 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Shared machinery of the ops: checks, broadcasting and the elementwise
+ * drivers that hand rows to simd/.
+ */
+#include <string.h>
+
+#include <ag/mode.h>
+
+#include "ops.h"
+
+int ag__check_float(const char *fn, const struct ag_tensor *t)
+{
+	if (t->dtype == AG_F32 || t->dtype == AG_F64)
+		return 0;
+	return ag__err(AG_EDTYPE, "%s: expected a floating point tensor (f32 or f64), got %s",
+		       fn, ag_dtype_name(t->dtype));
+}
+
+int ag__check_same_dtype(const char *fn, const struct ag_tensor *a,
+			 const struct ag_tensor *b)
+{
+	if (a->dtype != b->dtype)
+		return ag__err(AG_EDTYPE, "%s: expected both operands to have the same dtype, got %s and %s",
+			       fn, ag_dtype_name(a->dtype),
+			       ag_dtype_name(b->dtype));
+	return ag__check_float(fn, a);
+}
+
+int ag__wrap_dim(const char *fn, int dim, int ndim, int *out)
+{
+	int n = ndim ? ndim : 1;
+
+	if (dim < -n || dim >= n)
+		return ag__err(AG_EINVAL, "%s: dimension out of range (expected to be in range of [%d, %d], but got %d)",
+			       fn, -n, n - 1, dim);
+	*out = dim < 0 ? dim + n : dim;
+	return 0;
+}
+
+int ag__broadcast_shape(const char *fn, const struct ag_tensor *a,
+			const struct ag_tensor *b, int *ndim, int64_t *shape)
+{
+	int n = a->ndim > b->ndim ? a->ndim : b->ndim;
+
+	for (int i = 0; i < n; i++) {
+		int da = a->ndim - n + i, db = b->ndim - n + i;
+		int64_t sa = da >= 0 ? a->shape[da] : 1;
+		int64_t sb = db >= 0 ? b->shape[db] : 1;
+
+		if (sa != sb && sa != 1 && sb != 1) {
+			char x[160], y[160];
+
+			return ag__err(AG_ESHAPE, "%s: shapes %s and %s cannot be broadcast (dim %d: %ld vs %ld)",
+				       fn,
+				       ag__shape_str(x, sizeof(x), a->ndim,
+						     a->shape),
+				       ag__shape_str(y, sizeof(y), b->ndim,
+						     b->shape),
+				       i, (long)sa, (long)sb);
+		}
+		shape[i] = sa == 1 ? sb : sa;
+	}
+	*ndim = n;
+	return 0;
+}
+
+void ag__broadcast_strides(const struct ag_tensor *t, int ndim,
+			   const int64_t *shape, int64_t *strides)
+{
+	for (int i = 0; i < ndim; i++) {
+		int d = t->ndim - ndim + i;
+
+		strides[i] = (d < 0 || t->shape[d] == 1) ? 0 : t->strides[d];
+		(void)shape;
+	}
+}
+
+static void unary_rows(enum ag_k_unary op, const struct ag_k_params *p,
+		       struct ag_tensor *a, struct ag_tensor *out)
+{
+	const int64_t *strides[2] = { a->strides, out->strides };
+	int64_t base[2] = { a->offset, out->offset };
+	struct ag_walk w;
+
+	ag__walk_init(&w, a->ndim, a->shape, 2, strides, base);
+	while (ag__walk_next(&w)) {
+		if (a->dtype == AG_F32)
+			ag_k_unary_f32(op, w.inner,
+				       (float *)a->storage->data + w.off[0],
+				       w.inc[0],
+				       (float *)out->storage->data + w.off[1],
+				       w.inc[1], p);
+		else
+			ag_k_unary_f64(op, w.inner,
+				       (double *)a->storage->data + w.off[0],
+				       w.inc[0],
+				       (double *)out->storage->data + w.off[1],
+				       w.inc[1], p);
+	}
+}
+
+struct ag_tensor *ag__unary_fwd(const char *fn, enum ag_k_unary op,
+				const struct ag_k_params *p, struct ag_tensor *a)
+{
+	struct ag_tensor *out;
+
+	if (ag__check_float(fn, a))
+		return NULL;
+	out = ag__tensor_new(fn, a->dtype, a->ndim, a->shape);
+	if (out)
+		unary_rows(op, p, a, out);
+	return out;
+}
+
+void ag__unary_into(enum ag_k_unary op, const struct ag_k_params *p,
+		    struct ag_tensor *dst)
+{
+	unary_rows(op, p, dst, dst);
+}
+
+static void binary_rows(enum ag_k_binary op, int ndim, const int64_t *shape,
+			struct ag_tensor *a, const int64_t *sa,
+			struct ag_tensor *b, const int64_t *sb,
+			struct ag_tensor *out)
+{
+	const int64_t *strides[3] = { sa, sb, out->strides };
+	int64_t base[3] = { a->offset, b->offset, out->offset };
+	struct ag_walk w;
+
+	ag__walk_init(&w, ndim, shape, 3, strides, base);
+	while (ag__walk_next(&w)) {
+		if (a->dtype == AG_F32)
+			ag_k_binary_f32(op, w.inner,
+					(float *)a->storage->data + w.off[0],
+					w.inc[0],
+					(float *)b->storage->data + w.off[1],
+					w.inc[1],
+					(float *)out->storage->data + w.off[2],
+					w.inc[2]);
+		else
+			ag_k_binary_f64(op, w.inner,
+					(double *)a->storage->data + w.off[0],
+					w.inc[0],
+					(double *)b->storage->data + w.off[1],
+					w.inc[1],
+					(double *)out->storage->data + w.off[2],
+					w.inc[2]);
+	}
+}
+
+struct ag_tensor *ag__binary_fwd(const char *fn, enum ag_k_binary op,
+				 struct ag_tensor *a, struct ag_tensor *b)
+{
+	int64_t shape[AG_MAX_DIMS], sa[AG_MAX_DIMS], sb[AG_MAX_DIMS];
+	struct ag_tensor *out;
+	int ndim;
+
+	if (ag__check_same_dtype(fn, a, b) ||
+	    ag__broadcast_shape(fn, a, b, &ndim, shape))
+		return NULL;
+	out = ag__tensor_new(fn, a->dtype, ndim, shape);
+	if (!out)
+		return NULL;
+	ag__broadcast_strides(a, ndim, shape, sa);
+	ag__broadcast_strides(b, ndim, shape, sb);
+	binary_rows(op, ndim, shape, a, sa, b, sb, out);
+	return out;
+}
+
+void ag__binary_into(enum ag_k_binary op, struct ag_tensor *dst,
+		     struct ag_tensor *src)
+{
+	int64_t ss[AG_MAX_DIMS];
+
+	ag__broadcast_strides(src, dst->ndim, dst->shape, ss);
+	binary_rows(op, dst->ndim, dst->shape, dst, dst->strides, src, ss,
+		    dst);
+}
+
+void ag__acc_into(struct ag_tensor *dst, struct ag_tensor *src)
+{
+	ag__binary_into(AG_K_ADD, dst, src);
+}
+
+struct ag_tensor *ag__unary_bwd(enum ag_k_unary op, const struct ag_k_params *p,
+				struct ag_tensor *g, struct ag_tensor *x,
+				struct ag_tensor *y)
+{
+	struct ag_tensor *ref = x ? x : y;
+	struct ag_tensor *out = ag__tensor_new("backward", g->dtype, g->ndim,
+					       g->shape);
+	const int64_t *strides[4] = { g->strides, x ? x->strides : g->strides,
+				      y ? y->strides : g->strides,
+				      out->strides };
+	int64_t base[4] = { g->offset, x ? x->offset : 0, y ? y->offset : 0,
+			    0 };
+	struct ag_walk w;
+
+	(void)ref;
+	if (!out)
+		return NULL;
+	ag__walk_init(&w, g->ndim, g->shape, 4, strides, base);
+	while (ag__walk_next(&w)) {
+		if (g->dtype == AG_F32)
+			ag_k_unary_bwd_f32(
+				op, w.inner,
+				(float *)g->storage->data + w.off[0], w.inc[0],
+				x ? (float *)x->storage->data + w.off[1] : NULL,
+				w.inc[1],
+				y ? (float *)y->storage->data + w.off[2] : NULL,
+				w.inc[2],
+				(float *)out->storage->data + w.off[3],
+				w.inc[3], p);
+		else
+			ag_k_unary_bwd_f64(
+				op, w.inner,
+				(double *)g->storage->data + w.off[0], w.inc[0],
+				x ? (double *)x->storage->data + w.off[1] :
+				    NULL,
+				w.inc[1],
+				y ? (double *)y->storage->data + w.off[2] :
+				    NULL,
+				w.inc[2],
+				(double *)out->storage->data + w.off[3],
+				w.inc[3], p);
+	}
+	return out;
+}
+
+struct ag_tensor *ag__add_plain(struct ag_tensor *a, struct ag_tensor *b)
+{
+	if (ag__mode.grad)
+		return ag_add(a, b);
+	return ag__binary_fwd("ag_add", AG_K_ADD, a, b);
+}
+
+struct ag_tensor *ag__sum_to(struct ag_tensor *g, int ndim,
+			     const int64_t *shape)
+{
+	struct ag_tensor *cur = ag_tensor_get(g);
+	int lead = g->ndim - ndim;
+
+	if (g->ndim == ndim &&
+	    !memcmp(g->shape, shape, sizeof(*shape) * (size_t)ndim))
+		return cur;
+	for (int d = g->ndim - 1; d >= 0 && cur; d--) {
+		int sd = d - lead;
+		struct ag_tensor *next;
+
+		if (sd >= 0 && shape[sd] == g->shape[d])
+			continue;
+		/* leading dims vanish; broadcast dims of size 1 stay */
+		next = ag_sum_dim(cur, d, sd >= 0);
+		ag_tensor_put(cur);
+		cur = next;
+	}
+	return cur;
+}
+
+struct ag_tensor *ag__finish(struct ag_tensor *out, struct ag_node *n,
+			     struct ag_tensor *const *in, int nin,
+			     const char *fwd_op)
+{
+	if (!out) {
+		ag__node_put(n);
+		return NULL;
+	}
+	if (n && ag__record(n, in, nin, &out, 1, fwd_op)) {
+		ag_tensor_put(out);
+		return NULL;
+	}
+	return ag__ret(out);
+}
+
+/* 1 where x > 0, else 0: a constant, not recorded. */
+struct ag_tensor *ag__positive_mask(struct ag_tensor *x)
+{
+	struct ag_k_params p = { 0, 0 };
+	struct ag_tensor *m = ag__unary_fwd("relu", AG_K_RELU, &p, x);
+	struct ag_tensor *one;
+
+	if (!m)
+		return NULL;
+	/* relu(x) > 0 <=> x > 0; map positives to 1 with sign-free math */
+	one = ag__tensor_new("relu", x->dtype, x->ndim, x->shape);
+	if (!one) {
+		ag_tensor_put(m);
+		return NULL;
+	}
+	for (int64_t i = 0; i < m->numel; i++) {
+		double v = ag__get(m, i) > 0 ? 1.0 : 0.0;
+
+		if (x->dtype == AG_F32)
+			((float *)one->storage->data)[i] = (float)v;
+		else
+			((double *)one->storage->data)[i] = v;
+	}
+	ag_tensor_put(m);
+	return one;
+}
+

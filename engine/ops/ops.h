@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef AG_ENGINE_OPS_H
+#define AG_ENGINE_OPS_H
+
+/*
+ * Shared pieces of the differentiable ops: argument checks, broadcasting,
+ * elementwise drivers that feed simd/ kernels row by row, and reduction of
+ * a broadcast gradient back to an input's shape.
+ */
+#include <ag/ops.h>
+
+#include "../autograd/graph.h"
+#include "simd.h"
+
+/* NULL check for a tensor argument: keeps an earlier error (see error.h). */
+#define AG_CHECK_ARG(fn, t)                         \
+	do {                                        \
+		if (!(t)) {                         \
+			ag__err_null(fn, #t);       \
+			return NULL;                \
+		}                                   \
+	} while (0)
+
+int ag__check_float(const char *fn, const struct ag_tensor *t);
+int ag__check_same_dtype(const char *fn, const struct ag_tensor *a,
+			 const struct ag_tensor *b);
+/* Normalises a possibly negative dim for ndim dims (ndim 0 accepts 0/-1). */
+int ag__wrap_dim(const char *fn, int dim, int ndim, int *out);
+int ag__broadcast_shape(const char *fn, const struct ag_tensor *a,
+			const struct ag_tensor *b, int *ndim, int64_t *shape);
+/* Strides that read t as if it had (ndim, shape): stride 0 on broadcast dims. */
+void ag__broadcast_strides(const struct ag_tensor *t, int ndim,
+			   const int64_t *shape, int64_t *strides);
+
+/* Plain elementwise kernels (no recording); results are contiguous. */
+struct ag_tensor *ag__unary_fwd(const char *fn, enum ag_k_unary op,
+				const struct ag_k_params *p,
+				struct ag_tensor *a);
+struct ag_tensor *ag__binary_fwd(const char *fn, enum ag_k_binary op,
+				 struct ag_tensor *a, struct ag_tensor *b);
+/* dst op= src in place (src broadcast to dst), no recording, no bump. */
+void ag__binary_into(enum ag_k_binary op, struct ag_tensor *dst,
+		     struct ag_tensor *src);
+void ag__unary_into(enum ag_k_unary op, const struct ag_k_params *p,
+		    struct ag_tensor *dst);
+/* gx = g * f'(x, y) with the fused kernel; contiguous result. */
+struct ag_tensor *ag__unary_bwd(enum ag_k_unary op, const struct ag_k_params *p,
+				struct ag_tensor *g, struct ag_tensor *x,
+				struct ag_tensor *y);
+
+/* dst += src, same shape; dst contiguous and exclusively owned. */
+void ag__acc_into(struct ag_tensor *dst, struct ag_tensor *src);
+/* a + b through the recorded op when grad mode is on. */
+struct ag_tensor *ag__add_plain(struct ag_tensor *a, struct ag_tensor *b);
+/* Sums a broadcast gradient down to (ndim, shape); differentiable. */
+struct ag_tensor *ag__sum_to(struct ag_tensor *g, int ndim,
+			     const int64_t *shape);
+int ag__grad_sum_into(struct ag_tensor **slot, struct ag_tensor *g);
+
+extern const struct ag_node_ops ag__accumulate_ops;
+
+/* 1 where x > 0, else 0, as a plain (unrecorded) tensor. */
+struct ag_tensor *ag__positive_mask(struct ag_tensor *x);
+
+/*
+ * Finishing an op: with rec true, records node n (already holding its
+ * saved tensors) for inputs in[nin] and the single output out.  On error
+ * puts out and returns NULL.  Passes the result through the scope.
+ */
+struct ag_tensor *ag__finish(struct ag_tensor *out, struct ag_node *n,
+			     struct ag_tensor *const *in, int nin,
+			     const char *fwd_op);
+
+/* The in-place rule shared by every op_: checks and version bump. */
+int ag__inplace_check(const char *fn, struct ag_tensor *self);
+
+#endif /* AG_ENGINE_OPS_H */

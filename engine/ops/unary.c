@@ -1,0 +1,211 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Unary elementwise ops.  One node type serves them all: it saves the
+ * input ("self") and/or the output ("result") as the op's derivative needs.
+ * Backward uses the fused simd/ derivative kernel; when the backward itself
+ * is being recorded (create_graph) it composes the formula from ops so that
+ * it can be differentiated again.
+ */
+#include <math.h>
+
+#include <ag/mode.h>
+
+#include "ops.h"
+
+struct unary_node {
+	struct ag_node node;
+	enum ag_k_unary op;
+	struct ag_k_params p;
+	struct ag_saved saved[2]; /* self, result */
+};
+
+static struct unary_node *to_unary(struct ag_node *n)
+{
+	return ag_container_of(n, struct unary_node, node);
+}
+
+static struct ag_tensor *mul_scalar_or_null(struct ag_tensor *t, double s)
+{
+	return t ? ag_mul_scalar(t, s) : NULL;
+}
+
+/* The derivative as ops, for create_graph. */
+static struct ag_tensor *composite(struct unary_node *u, struct ag_tensor *g,
+				   struct ag_tensor *x, struct ag_tensor *y)
+{
+	struct ag_tensor *a = NULL, *b = NULL, *r = NULL;
+
+	switch (u->op) {
+	case AG_K_NEG:
+		return ag_neg(g);
+	case AG_K_EXP:
+		return ag_mul(g, y);
+	case AG_K_LOG:
+		return ag_div(g, x);
+	case AG_K_TANH: /* g * (1 - y^2) = g - g * y^2 */
+		a = ag_mul(y, y);
+		b = ag_mul(g, a);
+		r = ag_sub(g, b);
+		break;
+	case AG_K_SIGMOID: /* g * (y - y^2) */
+		a = ag_mul(y, y);
+		b = ag_sub(y, a);
+		r = ag_mul(g, b);
+		break;
+	case AG_K_RELU:
+		a = ag__positive_mask(x);
+		r = a ? ag_mul(g, a) : NULL;
+		break;
+	case AG_K_POW_SCALAR: /* g * p * x^(p-1) */
+		if (u->p.p0 == 0.0)
+			return ag_mul_scalar(g, 0.0);
+		a = ag_pow_scalar(x, u->p.p0 - 1.0);
+		b = mul_scalar_or_null(a, u->p.p0);
+		r = b ? ag_mul(g, b) : NULL;
+		break;
+	case AG_K_MUL_SCALAR:
+		return ag_mul_scalar(g, u->p.p0);
+	case AG_K_ADD_SCALAR:
+		return ag_tensor_get(g);
+	default:
+		ag__err(AG_EINTERNAL, "%s: no composite derivative",
+			u->node.ops->name);
+		return NULL;
+	}
+	/* the temporaries of a chain: put all, errors propagate as NULL */
+	ag_tensor_put(a);
+	ag_tensor_put(b);
+	return r;
+}
+
+static int unary_apply(struct ag_node *n, struct ag_tensor **grads,
+		       struct ag_tensor **out)
+{
+	struct unary_node *u = to_unary(n);
+	unsigned needs = ag_k_unary_bwd_needs(u->op);
+	struct ag_tensor *x = NULL, *y = NULL;
+	int rc = 0;
+
+	if (!grads[0] || !n->next[0].node)
+		return 0;
+	if (needs & AG_K_NEEDS_X) {
+		x = ag__unpack(n, 0);
+		if (!x)
+			return -ag_errcode();
+	}
+	if (needs & AG_K_NEEDS_Y) {
+		y = ag__unpack(n, 1);
+		if (!y) {
+			ag_tensor_put(x);
+			return -ag_errcode();
+		}
+	}
+	if (ag__mode.grad)
+		out[0] = composite(u, grads[0], x, y);
+	else
+		out[0] = ag__unary_bwd(u->op, &u->p, grads[0], x, y);
+	if (!out[0])
+		rc = -ag_errcode();
+	ag_tensor_put(x);
+	ag_tensor_put(y);
+	return rc;
+}
+
+static const char *const saved_self[] = { "self", "result" };
+
+#define UNARY_OPS(ident, label)                                          \
+	static const struct ag_node_ops ident = {                        \
+		.name = label,                                           \
+		.apply = unary_apply,                                    \
+		.saved_names = saved_self,                               \
+	}
+
+UNARY_OPS(neg_ops, "NegBackward");
+UNARY_OPS(exp_ops, "ExpBackward");
+UNARY_OPS(log_ops, "LogBackward");
+UNARY_OPS(tanh_ops, "TanhBackward");
+UNARY_OPS(sigmoid_ops, "SigmoidBackward");
+UNARY_OPS(relu_ops, "ReluBackward");
+UNARY_OPS(pow_ops, "PowBackward");
+UNARY_OPS(mul_scalar_ops, "MulBackward");
+UNARY_OPS(add_scalar_ops, "AddBackward");
+
+static struct ag_tensor *unary(const char *fn, const struct ag_node_ops *ops,
+			       enum ag_k_unary op, double p0,
+			       struct ag_tensor *a)
+{
+	struct ag_k_params p = { p0, 0 };
+	struct unary_node *u = NULL;
+	struct ag_tensor *out;
+	unsigned needs;
+
+	AG_CHECK_ARG(fn, a);
+	out = ag__unary_fwd(fn, op, &p, a);
+	if (!out || !ag__should_record(&a, 1))
+		return ag__ret(out);
+	u = (struct unary_node *)ag__node_alloc(ops, sizeof(*u), 0, 1, 1,
+						NULL, 0);
+	if (!u)
+		goto fail;
+	u->op = op;
+	u->p = p;
+	u->node.saved = u->saved;
+	needs = ag_k_unary_bwd_needs(op);
+	/* slots are fixed (self 0, result 1) so names line up */
+	u->node.num_saved = (needs & AG_K_NEEDS_Y) ? 2 : (needs ? 1 : 0);
+	if ((needs & AG_K_NEEDS_X) && ag__save(&u->node, 0, a, false, 0))
+		goto fail;
+	if ((needs & AG_K_NEEDS_Y) && ag__save(&u->node, 1, out, true, 0))
+		goto fail;
+	return ag__finish(out, &u->node, &a, 1, fn);
+fail:
+	if (u)
+		ag__node_put(&u->node);
+	ag_tensor_put(out);
+	return NULL;
+}
+
+struct ag_tensor *ag_neg(struct ag_tensor *a)
+{
+	return unary("ag_neg", &neg_ops, AG_K_NEG, 0, a);
+}
+
+struct ag_tensor *ag_exp(struct ag_tensor *a)
+{
+	return unary("ag_exp", &exp_ops, AG_K_EXP, 0, a);
+}
+
+struct ag_tensor *ag_log(struct ag_tensor *a)
+{
+	return unary("ag_log", &log_ops, AG_K_LOG, 0, a);
+}
+
+struct ag_tensor *ag_tanh(struct ag_tensor *a)
+{
+	return unary("ag_tanh", &tanh_ops, AG_K_TANH, 0, a);
+}
+
+struct ag_tensor *ag_sigmoid(struct ag_tensor *a)
+{
+	return unary("ag_sigmoid", &sigmoid_ops, AG_K_SIGMOID, 0, a);
+}
+
+struct ag_tensor *ag_relu(struct ag_tensor *a)
+{
+	return unary("ag_relu", &relu_ops, AG_K_RELU, 0, a);
+}
+
+struct ag_tensor *ag_pow_scalar(struct ag_tensor *a, double s)
+{
+	return unary("ag_pow_scalar", &pow_ops, AG_K_POW_SCALAR, s, a);
+}
+
+struct ag_tensor *ag_mul_scalar(struct ag_tensor *a, double s)
+{
+	return unary("ag_mul_scalar", &mul_scalar_ops, AG_K_MUL_SCALAR, s, a);
+}
+
+struct ag_tensor *ag_add_scalar(struct ag_tensor *a, double s)
+{
+	return unary("ag_add_scalar", &add_scalar_ops, AG_K_ADD_SCALAR, s, a);
+}

@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Scopes: an autorelease pool per thread.  ag__ret() is the one place every
+ * returned tensor reference passes, so recording costs one TLS load when no
+ * scope is open.
+ */
+#include <stdlib.h>
+
+#include "internal.h"
+
+struct ag_scope {
+	struct ag_scope *parent;
+	struct ag_tensor **refs;
+	size_t n, cap;
+};
+
+static _Thread_local struct ag_scope *scope_top;
+
+struct ag_scope *ag_scope_begin(void)
+{
+	struct ag_scope *s = calloc(1, sizeof(*s));
+
+	if (!s) {
+		ag__err(AG_ENOMEM, "ag_scope_begin: out of memory");
+		return NULL;
+	}
+	s->parent = scope_top;
+	scope_top = s;
+	return s;
+}
+
+void ag_scope_end(struct ag_scope *s)
+{
+	if (!s) {
+		ag__err(AG_EINVAL, "ag_scope_end: scope is NULL");
+		return;
+	}
+	if (s != scope_top) {
+		ag__err(AG_EINVAL, "ag_scope_end: %s; end the innermost scope first",
+			scope_top ? "this is not the innermost open scope of this thread" : "no scope is open on this thread");
+		return;
+	}
+	scope_top = s->parent;
+	/* newest first, as a stack of temporaries unwinds */
+	while (s->n)
+		ag_tensor_put(s->refs[--s->n]);
+	free(s->refs);
+	free(s);
+}
+
+struct ag_tensor *ag__ret(struct ag_tensor *t)
+{
+	struct ag_scope *s = scope_top;
+
+	if (!t || !s)
+		return t;
+	if (s->n == s->cap) {
+		size_t cap = s->cap ? s->cap * 2 : 64;
+		struct ag_tensor **r = realloc(s->refs, cap * sizeof(*r));
+
+		if (!r) {
+			ag_tensor_put(t);
+			ag__err(AG_ENOMEM, "out of memory recording a tensor in the open scope");
+			return NULL;
+		}
+		s->refs = r;
+		s->cap = cap;
+	}
+	s->refs[s->n++] = t;
+	return t;
+}
+
+struct ag_scope *ag__scope_suspend(void)
+{
+	struct ag_scope *s = scope_top;
+
+	scope_top = NULL;
+	return s;
+}
+
+void ag__scope_resume(struct ag_scope *s)
+{
+	scope_top = s;
+}

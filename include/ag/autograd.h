@@ -1,0 +1,91 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef AG_AUTOGRAD_H
+#define AG_AUTOGRAD_H
+
+#include <stdio.h>
+#include <ag/tensor.h>
+
+/*
+ * Backward.
+ *
+ * ag_backward() sums d(root)/d(leaf) * grad into the .grad of every leaf
+ * that requires grad and is reachable from root.  grad may be NULL only for
+ * a one-element root (an implicit 1).  Unless retain_graph, the saved
+ * tensors of every node that ran are freed: a second backward through them
+ * fails with AG_EFREED.  With create_graph the backward itself is recorded,
+ * so the gradients can be differentiated again.
+ */
+struct ag_backward_opts {
+	bool retain_graph;
+	bool create_graph;
+};
+AG_API int ag_backward(struct ag_tensor *root, struct ag_tensor *grad,
+		       const struct ag_backward_opts *o);
+AG_API int ag_backward_many(struct ag_tensor *const *roots,
+			    struct ag_tensor *const *grads, int n,
+			    const struct ag_backward_opts *o);
+
+/*
+ * The gradients of outputs with respect to inputs, returned in grads[nin]
+ * (new references), without touching any .grad.  Only nodes on a path from
+ * the outputs to the inputs run.  An input the outputs do not depend on is
+ * an error unless allow_unused, when its gradient is NULL.
+ */
+struct ag_grad_opts {
+	bool retain_graph;
+	bool create_graph;
+	bool allow_unused;
+};
+AG_API int ag_grad(struct ag_tensor *const *outputs,
+		   struct ag_tensor *const *grad_outputs, int nout,
+		   struct ag_tensor *const *inputs, int nin,
+		   struct ag_tensor **grads, const struct ag_grad_opts *o);
+
+/* Introspection.  Nodes are borrowed from the tensors that lead to them. */
+struct ag_node;
+AG_API const char *ag_node_name(const struct ag_node *n);
+AG_API int ag_node_num_next(const struct ag_node *n);
+AG_API struct ag_node *ag_node_next(const struct ag_node *n, int i,
+				    int *input_nr);
+/* A saved tensor by name ("self", "other", "result"); new reference. */
+AG_API struct ag_tensor *ag_node_saved(struct ag_node *n, const char *name);
+AG_API int ag_node_saved_names(const struct ag_node *n,
+			       const char *const **names);
+
+/*
+ * Tensor hooks run on the gradient of t when it is computed, before it is
+ * used; a hook may return a replacement (a new reference) or NULL to keep
+ * the gradient.  On a leaf they run before accumulation into .grad.
+ */
+typedef struct ag_tensor *(*ag_tensor_hook_fn)(struct ag_tensor *grad,
+					       void *arg);
+struct ag_hook;
+AG_API struct ag_hook *ag_tensor_register_hook(struct ag_tensor *t,
+					       ag_tensor_hook_fn fn, void *arg);
+AG_API void ag_hook_remove(struct ag_hook *h);
+
+/* Anomaly mode, per thread: a NaN/Inf gradient fails with AG_ENAN. */
+AG_API void ag_set_detect_anomaly(bool on);
+AG_API bool ag_is_anomaly_enabled(void);
+
+/*
+ * Gradient checks against central finite differences in f64.  f computes
+ * one output from nin inputs (inputs that require grad are checked).
+ * Options NULL: PyTorch's defaults eps 1e-6, atol 1e-5, rtol 1e-3.
+ * Returns 0, or -AG_EINVAL with a message naming the input, the element
+ * and both values when they disagree.
+ */
+typedef int (*ag_fn)(struct ag_tensor *const *in, int nin,
+		     struct ag_tensor **out, void *arg);
+struct ag_gradcheck_opts {
+	double eps, atol, rtol;
+};
+AG_API int ag_gradcheck(ag_fn f, void *arg, struct ag_tensor *const *in,
+			int nin, const struct ag_gradcheck_opts *o);
+AG_API int ag_gradgradcheck(ag_fn f, void *arg, struct ag_tensor *const *in,
+			    int nin, const struct ag_gradcheck_opts *o);
+
+/* Writes the backward graph reachable from root in Graphviz dot. */
+AG_API int ag_graph_dot(struct ag_tensor *root, FILE *out);
+
+#endif /* AG_AUTOGRAD_H */

@@ -1,0 +1,1136 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The kernels, written once over the vector layer in vec.h.  kernels.c
+ * includes this file twice, with
+ *   T     the element type (float, double)
+ *   V(x)  the vector layer's name for x at that type (vf_x, vd_x)
+ *   W     lanes per vector
+ *   F(x)  x with the type suffix (x_f32, x_f64)
+ * No include guard on purpose.
+ *
+ * Every public kernel takes spans (base, stride).  The work is done by a
+ * contiguous kernel ("_c") that runs whole vectors and one masked tail.
+ * Spans that are not contiguous go through small on-stack chunks: strided
+ * inputs are gathered, a broadcast input (stride 0) fills its chunk once,
+ * strided outputs are scattered back.  A gradient output with stride 0 is a
+ * broadcast operand's gradient: the span's contributions are summed
+ * (pairwise, in f64) and added to that one element.
+ */
+
+#define VT V(t)
+
+/* Elements per on-stack chunk: small enough for L1, large enough that the
+ * per-chunk overhead vanishes. */
+#define CH 512
+
+static inline VT F(v_sigmoid)(VT v)
+{
+	VT one = V(set1)(1);
+
+	return V(div)(one, V(add)(one, V(exp)(V(neg)(v))));
+}
+
+/* 0.5 x erfc(-x / sqrt 2) is Phi(x) x without erf's cancellation for
+ * negative x; equal to torch's exact form 0.5 x (1 + erf(x / sqrt 2)). */
+static inline VT F(v_phi)(VT v)
+{
+	return V(mul)(V(set1)(0.5),
+		      V(erfc)(V(mul)(v, V(set1)(-0.70710678118654752440))));
+}
+
+static inline VT F(v_softplus)(VT v)
+{
+	return V(sel)(V(gt)(v, V(set1)(20)), v, V(log1p)(V(exp)(v)));
+}
+
+static inline VT F(v_relu)(VT v)
+{
+	/* NaN compares false and passes through, as torch's relu does. */
+	return V(sel)(V(le)(v, V(set1)(0)), V(set1)(0), v);
+}
+
+static inline VT F(v_clamp)(VT v, VT lo, VT hi)
+{
+	/* min(max(x, lo), hi) keeping NaN; lo > hi gives hi, as torch. */
+	VT t = V(sel)(V(lt)(v, lo), lo, v);
+
+	return V(sel)(V(gt)(t, hi), hi, t);
+}
+
+static inline VT F(v_max)(VT a, VT b)
+{
+	return V(sel)(V(isnan)(a), a, V(sel)(V(gt)(a, b), a, b));
+}
+
+static inline VT F(v_min)(VT a, VT b)
+{
+	return V(sel)(V(isnan)(a), a, V(sel)(V(lt)(a, b), a, b));
+}
+
+/* Contiguous loops: whole vectors, then one masked tail. */
+#define LOOP1(n, EXPR)                                     \
+	do {                                               \
+		int64_t i_ = 0;                            \
+		for (; i_ + W <= (n); i_ += W) {           \
+			VT v = V(load)(x + i_);            \
+			V(store)(y + i_, (EXPR));          \
+		}                                          \
+		if (i_ < (n)) {                            \
+			VT v = V(loadn)(x + i_, (n)-i_);   \
+			V(storen)(y + i_, (EXPR), (n)-i_); \
+		}                                          \
+	} while (0)
+
+#ifndef AG_K_POW_KIND
+#define AG_K_POW_KIND
+enum pow_kind {
+	POW_GEN,
+	POW_0,
+	POW_1,
+	POW_2,
+	POW_3,
+	POW_H,
+	POW_M1,
+	POW_M2,
+	POW_MH
+};
+#endif
+
+static enum pow_kind F(pow_kind)(double e)
+{
+	/* The exponents torch special-cases, so results match it. */
+	if (e == 0)
+		return POW_0;
+	if (e == 1)
+		return POW_1;
+	if (e == 2)
+		return POW_2;
+	if (e == 3)
+		return POW_3;
+	if (e == 0.5)
+		return POW_H;
+	if (e == -1)
+		return POW_M1;
+	if (e == -2)
+		return POW_M2;
+	if (e == -0.5)
+		return POW_MH;
+	return POW_GEN;
+}
+
+static void F(pow_c)(int64_t n, const T *x, T *y, T e)
+{
+	VT one = V(set1)(1);
+	VT ve = V(set1)(e);
+
+	switch (F(pow_kind)(e)) {
+	case POW_0:
+		LOOP1(n, (v = one));
+		break;
+	case POW_1:
+		LOOP1(n, v);
+		break;
+	case POW_2:
+		LOOP1(n, V(mul)(v, v));
+		break;
+	case POW_3:
+		LOOP1(n, V(mul)(V(mul)(v, v), v));
+		break;
+	case POW_H:
+		LOOP1(n, V(sqrt)(v));
+		break;
+	case POW_M1:
+		LOOP1(n, V(div)(one, v));
+		break;
+	case POW_M2:
+		LOOP1(n, V(div)(one, V(mul)(v, v)));
+		break;
+	case POW_MH:
+		LOOP1(n, V(div)(one, V(sqrt)(v)));
+		break;
+	default:
+		LOOP1(n, V(pow)(v, ve));
+		break;
+	}
+}
+
+static void F(unary_c)(enum ag_k_unary op, int64_t n, const T *x, T *y, T p0,
+		       T p1)
+{
+	VT one = V(set1)(1);
+	VT vp0 = V(set1)(p0);
+	VT vp1 = V(set1)(p1);
+
+	switch (op) {
+	case AG_K_NEG:
+		LOOP1(n, V(neg)(v));
+		break;
+	case AG_K_ABS:
+		LOOP1(n, V(abs)(v));
+		break;
+	case AG_K_EXP:
+		LOOP1(n, V(exp)(v));
+		break;
+	case AG_K_EXPM1:
+		LOOP1(n, V(expm1)(v));
+		break;
+	case AG_K_LOG:
+		LOOP1(n, V(log)(v));
+		break;
+	case AG_K_LOG1P:
+		LOOP1(n, V(log1p)(v));
+		break;
+	case AG_K_SQRT:
+		LOOP1(n, V(sqrt)(v));
+		break;
+	case AG_K_RSQRT:
+		LOOP1(n, V(div)(one, V(sqrt)(v)));
+		break;
+	case AG_K_SQUARE:
+		LOOP1(n, V(mul)(v, v));
+		break;
+	case AG_K_RECIPROCAL:
+		LOOP1(n, V(div)(one, v));
+		break;
+	case AG_K_SIN:
+		LOOP1(n, V(sin)(v));
+		break;
+	case AG_K_COS:
+		LOOP1(n, V(cos)(v));
+		break;
+	case AG_K_TAN:
+		LOOP1(n, V(tan)(v));
+		break;
+	case AG_K_TANH:
+		LOOP1(n, V(tanh)(v));
+		break;
+	case AG_K_SIGMOID:
+		LOOP1(n, F(v_sigmoid)(v));
+		break;
+	case AG_K_RELU:
+		LOOP1(n, F(v_relu)(v));
+		break;
+	case AG_K_GELU:
+		LOOP1(n, V(mul)(v, F(v_phi)(v)));
+		break;
+	case AG_K_SILU:
+		LOOP1(n, V(div)(v, V(add)(one, V(exp)(V(neg)(v)))));
+		break;
+	case AG_K_SOFTPLUS:
+		LOOP1(n, F(v_softplus)(v));
+		break;
+	case AG_K_ERF:
+		LOOP1(n, V(erf)(v));
+		break;
+	case AG_K_ATAN:
+		LOOP1(n, V(atan)(v));
+		break;
+	case AG_K_CLAMP:
+		LOOP1(n, F(v_clamp)(v, vp0, vp1));
+		break;
+	case AG_K_LEAKY_RELU:
+		LOOP1(n, V(sel)(V(gt)(v, V(set1)(0)), v, V(mul)(v, vp0)));
+		break;
+	case AG_K_POW_SCALAR:
+		F(pow_c)(n, x, y, p0);
+		break;
+	case AG_K_ADD_SCALAR:
+		LOOP1(n, V(add)(v, vp0));
+		break;
+	case AG_K_MUL_SCALAR:
+		LOOP1(n, V(mul)(v, vp0));
+		break;
+	case AG_K_RSUB_SCALAR:
+		LOOP1(n, V(sub)(vp0, v));
+		break;
+	case AG_K_UNARY_COUNT:
+		break;
+	}
+}
+
+/* Pairwise sums.  A block of up to SUM_BLK elements is summed in four
+ * vector accumulators (f32 widened to f64 lanes first); blocks are combined
+ * by halving, so the error is O((SUM_BLK / (4 W) + log2 n) u sum |x|). */
+#define SUM_BLK 256
+
+static double F(sum_block)(int64_t n, const T *x)
+{
+	vw_t a0 = vw_zero(), a1 = vw_zero(), a2 = vw_zero(), a3 = vw_zero();
+	double s;
+	int64_t i = 0;
+
+#if W == 1 || VW_W == W
+	/* f64, or one-lane generic: the elements are the wide lanes. */
+	for (; i + 4 * VW_W <= n; i += 4 * VW_W) {
+		a0 = vw_add(a0, (vw_t)V(load)(x + i));
+		a1 = vw_add(a1, (vw_t)V(load)(x + i + VW_W));
+		a2 = vw_add(a2, (vw_t)V(load)(x + i + 2 * VW_W));
+		a3 = vw_add(a3, (vw_t)V(load)(x + i + 3 * VW_W));
+	}
+#else
+	for (; i + 4 * VW_W <= n; i += 4 * VW_W) {
+		a0 = vw_add(a0, vw_loadf((const float *)x + i));
+		a1 = vw_add(a1, vw_loadf((const float *)x + i + VW_W));
+		a2 = vw_add(a2, vw_loadf((const float *)x + i + 2 * VW_W));
+		a3 = vw_add(a3, vw_loadf((const float *)x + i + 3 * VW_W));
+	}
+#endif
+	s = vw_hsum(vw_add(vw_add(a0, a1), vw_add(a2, a3)));
+	for (; i < n; i++)
+		s += (double)x[i];
+	return s;
+}
+
+static double F(sum_c)(int64_t n, const T *x)
+{
+	int64_t h;
+
+	if (n <= SUM_BLK)
+		return F(sum_block)(n, x);
+	/* Split at a block boundary so every leaf but the last is full. */
+	h = ((n / SUM_BLK + 1) / 2) * SUM_BLK;
+	return F(sum_c)(h, x) + F(sum_c)(n - h, x + h);
+}
+
+/* Chunked operands. */
+struct F(src) {
+	const T *p;
+	int64_t inc;
+	T *buf;
+};
+
+static void F(src_init)(struct F(src) * s, const T *p, int64_t inc, T *buf,
+			int64_t n)
+{
+	int64_t j;
+
+	s->p = p;
+	s->inc = inc;
+	s->buf = buf;
+	if (p && inc == 0) {
+		T v = p[0];
+
+		for (j = 0; j < n && j < CH; j++)
+			buf[j] = v;
+	}
+}
+
+static const T *F(src_get)(const struct F(src) * s, int64_t i, int64_t len)
+{
+	const T *p;
+	int64_t j;
+
+	if (!s->p)
+		return NULL;
+	if (s->inc == 1)
+		return s->p + i;
+	if (s->inc == 0)
+		return s->buf;
+	p = s->p + i * s->inc;
+	for (j = 0; j < len; j++)
+		s->buf[j] = p[j * s->inc];
+	return s->buf;
+}
+
+struct F(dst) {
+	T *p;
+	int64_t inc;
+	T *buf;
+	bool reduce;
+	double acc;
+};
+
+static void F(dst_init)(struct F(dst) * d, T *p, int64_t inc, T *buf,
+			bool reduce)
+{
+	d->p = p;
+	d->inc = inc;
+	d->buf = buf;
+	d->reduce = reduce && inc == 0;
+	d->acc = 0;
+}
+
+static T *F(dst_get)(const struct F(dst) * d, int64_t i)
+{
+	if (!d->p)
+		return NULL;
+	return d->inc == 1 ? d->p + i : d->buf;
+}
+
+static void F(dst_put)(struct F(dst) * d, int64_t i, int64_t len)
+{
+	T *p;
+	int64_t j;
+
+	if (!d->p || d->inc == 1)
+		return;
+	if (d->reduce) {
+		d->acc += F(sum_c)(len, d->buf);
+		return;
+	}
+	p = d->p + i * d->inc;
+	for (j = 0; j < len; j++)
+		p[j * d->inc] = d->buf[j];
+}
+
+static void F(dst_done)(struct F(dst) * d)
+{
+	if (d->reduce)
+		d->p[0] += (T)d->acc;
+}
+
+#define CHLEN(i, n) ((n) - (i) < CH ? (n) - (i) : CH)
+
+static void F(unary)(enum ag_k_unary op, int64_t n, const T *x, int64_t incx,
+		     T *y, int64_t incy, const struct ag_k_params *p)
+{
+	_Alignas(64) T bx[CH];
+	_Alignas(64) T by[CH];
+	T p0 = p ? (T)p->p0 : 0;
+	T p1 = p ? (T)p->p1 : 0;
+	struct F(src) sx;
+	struct F(dst) dy;
+	int64_t i;
+
+	if (n <= 0)
+		return;
+	if (incx == 1 && incy == 1) {
+		F(unary_c)(op, n, x, y, p0, p1);
+		return;
+	}
+	if (incx == 0) {
+		/* One value for the whole span. */
+		F(unary_c)(op, 1, x, by, p0, p1);
+		for (i = 0; i < n; i++)
+			y[i * incy] = by[0];
+		return;
+	}
+	F(src_init)(&sx, x, incx, bx, n);
+	F(dst_init)(&dy, y, incy, by, false);
+	for (i = 0; i < n; i += CH) {
+		int64_t len = CHLEN(i, n);
+
+		F(unary_c)
+		(op, len, F(src_get)(&sx, i, len), F(dst_get)(&dy, i), p0, p1);
+		F(dst_put)(&dy, i, len);
+	}
+}
+
+/* Derivative loops: g always, x or y as the op needs. */
+#define LOOPB(n, LX, LY, EXPR)                             \
+	do {                                               \
+		int64_t i_ = 0;                            \
+		for (; i_ + W <= (n); i_ += W) {           \
+			VT gv = V(load)(g + i_);           \
+			VT xv = gv, yv = gv;               \
+			if (LX)                            \
+				xv = V(load)(x + i_);      \
+			if (LY)                            \
+				yv = V(load)(y + i_);      \
+			(void)xv;                          \
+			(void)yv;                          \
+			V(store)(gx + i_, (EXPR));         \
+		}                                          \
+		if (i_ < (n)) {                            \
+			int64_t r_ = (n)-i_;               \
+			VT gv = V(loadn)(g + i_, r_);      \
+			(void)r_;                          \
+			VT xv = gv, yv = gv;               \
+			if (LX)                            \
+				xv = V(loadn)(x + i_, r_); \
+			if (LY)                            \
+				yv = V(loadn)(y + i_, r_); \
+			(void)xv;                          \
+			(void)yv;                          \
+			V(storen)(gx + i_, (EXPR), r_);    \
+		}                                          \
+	} while (0)
+
+#define LOOPG(n, EXPR) LOOPB(n, 0, 0, EXPR)
+#define LOOPX(n, EXPR) LOOPB(n, 1, 0, EXPR)
+#define LOOPY(n, EXPR) LOOPB(n, 0, 1, EXPR)
+
+static void F(pow_bwd_c)(int64_t n, const T *g, const T *x, T *gx, T e)
+{
+	VT ve = V(set1)(e);
+	VT vem1 = V(set1)(e - 1);
+	VT two = V(set1)(2);
+	VT three = V(set1)(3);
+	VT hf = V(set1)(0.5);
+	const T *y = NULL; /* LOOPX names it; never read */
+
+	/* torch: exponent 0 gives zeros; else g * e * x^(e-1), with the
+	 * power computed as the forward special cases would. */
+	switch (F(pow_kind)(e)) {
+	case POW_0:
+		LOOPG(n, V(set1)(0));
+		break;
+	case POW_1:
+		LOOPG(n, gv);
+		break;
+	case POW_2:
+		LOOPX(n, V(mul)(gv, V(mul)(two, xv)));
+		break;
+	case POW_3:
+		LOOPX(n, V(mul)(gv, V(mul)(three, V(mul)(xv, xv))));
+		break;
+	case POW_H:
+		LOOPX(n, V(mul)(gv, V(mul)(hf, V(pow)(xv, V(set1)(-0.5)))));
+		break;
+	default:
+		LOOPX(n, V(mul)(gv, V(mul)(ve, V(pow)(xv, vem1))));
+		break;
+	}
+}
+
+static void F(unary_bwd_c)(enum ag_k_unary op, int64_t n, const T *g,
+			   const T *x, const T *y, T *gx, T p0, T p1)
+{
+	VT zero = V(set1)(0);
+	VT one = V(set1)(1);
+	VT two = V(set1)(2);
+	VT vp0 = V(set1)(p0);
+	VT vp1 = V(set1)(p1);
+
+	switch (op) {
+	case AG_K_NEG:
+		LOOPG(n, V(neg)(gv));
+		break;
+	case AG_K_ABS:
+		/* sign(x), 0 at 0 and NaN, as torch's sgn for reals */
+		LOOPX(n, V(sel)(V(gt)(xv, zero), gv,
+				V(sel)(V(lt)(xv, zero), V(neg)(gv), zero)));
+		break;
+	case AG_K_EXP:
+		LOOPY(n, V(mul)(gv, yv));
+		break;
+	case AG_K_EXPM1:
+		LOOPY(n, V(mul)(gv, V(add)(yv, one)));
+		break;
+	case AG_K_LOG:
+		LOOPX(n, V(div)(gv, xv));
+		break;
+	case AG_K_LOG1P:
+		LOOPX(n, V(div)(gv, V(add)(xv, one)));
+		break;
+	case AG_K_SQRT:
+		LOOPY(n, V(div)(gv, V(mul)(two, yv)));
+		break;
+	case AG_K_RSQRT:
+		/* torch: -0.5 * g * y^3 */
+		LOOPY(n, V(mul)(V(mul)(V(set1)(-0.5), gv),
+				V(mul)(V(mul)(yv, yv), yv)));
+		break;
+	case AG_K_SQUARE:
+		LOOPX(n, V(mul)(gv, V(mul)(two, xv)));
+		break;
+	case AG_K_RECIPROCAL:
+		LOOPY(n, V(mul)(V(neg)(gv), V(mul)(yv, yv)));
+		break;
+	case AG_K_SIN:
+		LOOPX(n, V(mul)(gv, V(cos)(xv)));
+		break;
+	case AG_K_COS:
+		LOOPX(n, V(mul)(gv, V(neg)(V(sin)(xv))));
+		break;
+	case AG_K_TAN:
+		LOOPY(n, V(mul)(gv, V(fma)(yv, yv, one)));
+		break;
+	case AG_K_TANH:
+		LOOPY(n, V(mul)(gv, V(sub)(one, V(mul)(yv, yv))));
+		break;
+	case AG_K_SIGMOID:
+		LOOPY(n, V(mul)(gv, V(mul)(yv, V(sub)(one, yv))));
+		break;
+	case AG_K_RELU:
+		LOOPY(n, V(sel)(V(gt)(yv, zero), gv, zero));
+		break;
+	case AG_K_GELU:
+		/* Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi) */
+		LOOPX(n,
+		      V(mul)(gv,
+			     V(fma)(V(mul)(xv, V(set1)(0.39894228040143267794)),
+				    V(exp)(V(mul)(V(mul)(xv, xv),
+						  V(set1)(-0.5))),
+				    F(v_phi)(xv))));
+		break;
+	case AG_K_SILU:
+		/* torch: g * s * (1 + x * (1 - s)) */
+		LOOPX(n,
+		      V(mul)(V(mul)(gv, F(v_sigmoid)(xv)),
+			     V(fma)(xv, V(sub)(one, F(v_sigmoid)(xv)), one)));
+		break;
+	case AG_K_SOFTPLUS:
+		/* torch: x > 20 ? g : g * z / (z + 1), z = exp(x) */
+		LOOPX(n, V(sel)(V(gt)(xv, V(set1)(20)), gv,
+				V(mul)(gv, V(div)(V(exp)(xv),
+						  V(add)(V(exp)(xv), one)))));
+		break;
+	case AG_K_ERF:
+		/* 2 / sqrt(pi) exp(-x^2) */
+		LOOPX(n, V(mul)(V(mul)(gv, V(set1)(1.12837916709551257390)),
+				V(exp)(V(neg)(V(mul)(xv, xv)))));
+		break;
+	case AG_K_ATAN:
+		LOOPX(n, V(div)(gv, V(fma)(xv, xv, one)));
+		break;
+	case AG_K_CLAMP:
+		/* torch 1.13: the gradient passes where lo <= x <= hi */
+		LOOPX(n,
+		      V(sel)(V(and)(V(ge)(xv, vp0), V(le)(xv, vp1)), gv, zero));
+		break;
+	case AG_K_LEAKY_RELU:
+		LOOPX(n, V(sel)(V(gt)(xv, zero), gv, V(mul)(gv, vp0)));
+		break;
+	case AG_K_POW_SCALAR:
+		F(pow_bwd_c)(n, g, x, gx, p0);
+		break;
+	case AG_K_ADD_SCALAR:
+		LOOPG(n, gv);
+		break;
+	case AG_K_MUL_SCALAR:
+		LOOPG(n, V(mul)(gv, vp0));
+		break;
+	case AG_K_RSUB_SCALAR:
+		LOOPG(n, V(neg)(gv));
+		break;
+	case AG_K_UNARY_COUNT:
+		break;
+	}
+}
+
+static void F(unary_bwd)(enum ag_k_unary op, int64_t n, const T *g,
+			 int64_t incg, const T *x, int64_t incx, const T *y,
+			 int64_t incy, T *gx, int64_t incgx,
+			 const struct ag_k_params *p)
+{
+	_Alignas(64) T bg[CH];
+	_Alignas(64) T bx[CH];
+	_Alignas(64) T by[CH];
+	_Alignas(64) T bo[CH];
+	T p0 = p ? (T)p->p0 : 0;
+	T p1 = p ? (T)p->p1 : 0;
+	unsigned needs = ag_k_unary_bwd_needs(op);
+	struct F(src) sg, sx, sy;
+	struct F(dst) dgx;
+	int64_t i;
+
+	if (n <= 0)
+		return;
+	if (!(needs & AG_K_NEEDS_X))
+		x = NULL;
+	if (!(needs & AG_K_NEEDS_Y))
+		y = NULL;
+	if (incg == 1 && (!x || incx == 1) && (!y || incy == 1) && incgx == 1) {
+		F(unary_bwd_c)(op, n, g, x, y, gx, p0, p1);
+		return;
+	}
+	F(src_init)(&sg, g, incg, bg, n);
+	F(src_init)(&sx, x, incx, bx, n);
+	F(src_init)(&sy, y, incy, by, n);
+	F(dst_init)(&dgx, gx, incgx, bo, true);
+	for (i = 0; i < n; i += CH) {
+		int64_t len = CHLEN(i, n);
+
+		F(unary_bwd_c)
+		(op, len, F(src_get)(&sg, i, len), F(src_get)(&sx, i, len),
+		 F(src_get)(&sy, i, len), F(dst_get)(&dgx, i), p0, p1);
+		F(dst_put)(&dgx, i, len);
+	}
+	F(dst_done)(&dgx);
+}
+
+#define LOOP2(n, EXPR)                                     \
+	do {                                               \
+		int64_t i_ = 0;                            \
+		for (; i_ + W <= (n); i_ += W) {           \
+			VT av = V(load)(a + i_);           \
+			VT bv = V(load)(b + i_);           \
+			V(store)(y + i_, (EXPR));          \
+		}                                          \
+		if (i_ < (n)) {                            \
+			VT av = V(loadn)(a + i_, (n)-i_);  \
+			VT bv = V(loadn)(b + i_, (n)-i_);  \
+			V(storen)(y + i_, (EXPR), (n)-i_); \
+		}                                          \
+	} while (0)
+
+static void F(binary_c)(enum ag_k_binary op, int64_t n, const T *a, const T *b,
+			T *y)
+{
+	switch (op) {
+	case AG_K_ADD:
+		LOOP2(n, V(add)(av, bv));
+		break;
+	case AG_K_SUB:
+		LOOP2(n, V(sub)(av, bv));
+		break;
+	case AG_K_MUL:
+		LOOP2(n, V(mul)(av, bv));
+		break;
+	case AG_K_DIV:
+		LOOP2(n, V(div)(av, bv));
+		break;
+	case AG_K_POW:
+		LOOP2(n, V(pow)(av, bv));
+		break;
+	case AG_K_MAXIMUM:
+		LOOP2(n, F(v_max)(av, bv));
+		break;
+	case AG_K_MINIMUM:
+		LOOP2(n, F(v_min)(av, bv));
+		break;
+	case AG_K_BINARY_COUNT:
+		break;
+	}
+}
+
+static void F(binary)(enum ag_k_binary op, int64_t n, const T *a, int64_t inca,
+		      const T *b, int64_t incb, T *y, int64_t incy)
+{
+	_Alignas(64) T ba[CH];
+	_Alignas(64) T bb[CH];
+	_Alignas(64) T by[CH];
+	struct F(src) sa, sb;
+	struct F(dst) dy;
+	int64_t i;
+
+	if (n <= 0)
+		return;
+	if (inca == 1 && incb == 1 && incy == 1) {
+		F(binary_c)(op, n, a, b, y);
+		return;
+	}
+	F(src_init)(&sa, a, inca, ba, n);
+	F(src_init)(&sb, b, incb, bb, n);
+	F(dst_init)(&dy, y, incy, by, false);
+	for (i = 0; i < n; i += CH) {
+		int64_t len = CHLEN(i, n);
+
+		F(binary_c)
+		(op, len, F(src_get)(&sa, i, len), F(src_get)(&sb, i, len),
+		 F(dst_get)(&dy, i));
+		F(dst_put)(&dy, i, len);
+	}
+}
+
+/*
+ * Both gradients in one pass; each output is written only if asked for.
+ * Everything is loaded before anything is stored, so ga or gb may alias g.
+ */
+#define LOOP2B(n, EA, EB)                                     \
+	do {                                                  \
+		int64_t i_ = 0;                               \
+		for (; i_ + W <= (n); i_ += W) {              \
+			VT gv = V(load)(g + i_);              \
+			VT av = V(load)(a + i_);              \
+			VT bv = V(load)(b + i_);              \
+			(void)av;                             \
+			(void)bv;                             \
+			if (ga)                               \
+				V(store)(ga + i_, (EA));      \
+			if (gb)                               \
+				V(store)(gb + i_, (EB));      \
+		}                                             \
+		if (i_ < (n)) {                               \
+			int64_t r_ = (n)-i_;                  \
+			VT gv = V(loadn)(g + i_, r_);         \
+			VT av = V(loadn)(a + i_, r_);         \
+			VT bv = V(loadn)(b + i_, r_);         \
+			(void)r_;                             \
+			(void)av;                             \
+			(void)bv;                             \
+			if (ga)                               \
+				V(storen)(ga + i_, (EA), r_); \
+			if (gb)                               \
+				V(storen)(gb + i_, (EB), r_); \
+		}                                             \
+	} while (0)
+
+static inline VT F(v_half_if_eq)(VT gv, VT av, VT bv)
+{
+	return V(sel)(V(eq)(av, bv), V(mul)(gv, V(set1)(0.5)), gv);
+}
+
+static void F(binary_bwd_c)(enum ag_k_binary op, int64_t n, const T *g,
+			    const T *a, const T *b, T *ga, T *gb)
+{
+	VT zero = V(set1)(0);
+	VT one = V(set1)(1);
+
+	switch (op) {
+	case AG_K_ADD:
+		LOOP2B(n, gv, gv);
+		break;
+	case AG_K_SUB:
+		LOOP2B(n, gv, V(neg)(gv));
+		break;
+	case AG_K_MUL:
+		LOOP2B(n, V(mul)(gv, bv), V(mul)(gv, av));
+		break;
+	case AG_K_DIV:
+		/* torch: g / b and -g * ((a / b) / b) */
+		LOOP2B(n, V(div)(gv, bv),
+		       V(mul)(V(neg)(gv), V(div)(V(div)(av, bv), bv)));
+		break;
+	case AG_K_POW:
+		/* torch: b == 0 ? 0 : g b a^(b-1);
+		 * a == 0 && b >= 0 ? 0 : g a^b log(a) */
+		LOOP2B(n,
+		       V(sel)(V(eq)(bv, zero), zero,
+			      V(mul)(gv,
+				     V(mul)(bv, V(pow)(av, V(sub)(bv, one))))),
+		       V(sel)(V(and)(V(eq)(av, zero), V(ge)(bv, zero)), zero,
+			      V(mul)(gv, V(mul)(V(pow)(av, bv), V(log)(av)))));
+		break;
+	case AG_K_MAXIMUM:
+		/* torch 1.13: ties split the gradient in halves */
+		LOOP2B(n,
+		       V(sel)(V(lt)(av, bv), zero, F(v_half_if_eq)(gv, av, bv)),
+		       V(sel)(V(gt)(av, bv), zero,
+			      F(v_half_if_eq)(gv, av, bv)));
+		break;
+	case AG_K_MINIMUM:
+		LOOP2B(n,
+		       V(sel)(V(gt)(av, bv), zero, F(v_half_if_eq)(gv, av, bv)),
+		       V(sel)(V(lt)(av, bv), zero,
+			      F(v_half_if_eq)(gv, av, bv)));
+		break;
+	case AG_K_BINARY_COUNT:
+		break;
+	}
+}
+
+static void F(binary_bwd)(enum ag_k_binary op, int64_t n, const T *g,
+			  int64_t incg, const T *a, int64_t inca, const T *b,
+			  int64_t incb, T *ga, int64_t incga, T *gb,
+			  int64_t incgb)
+{
+	_Alignas(64) T bg[CH];
+	_Alignas(64) T ba[CH];
+	_Alignas(64) T bb[CH];
+	_Alignas(64) T boa[CH];
+	_Alignas(64) T bob[CH];
+	struct F(src) sg, sa, sb;
+	struct F(dst) dga, dgb;
+	int64_t i;
+
+	if (n <= 0 || (!ga && !gb))
+		return;
+	if (incg == 1 && inca == 1 && incb == 1 && (!ga || incga == 1) &&
+	    (!gb || incgb == 1)) {
+		F(binary_bwd_c)(op, n, g, a, b, ga, gb);
+		return;
+	}
+	F(src_init)(&sg, g, incg, bg, n);
+	F(src_init)(&sa, a, inca, ba, n);
+	F(src_init)(&sb, b, incb, bb, n);
+	F(dst_init)(&dga, ga, incga, boa, true);
+	F(dst_init)(&dgb, gb, incgb, bob, true);
+	for (i = 0; i < n; i += CH) {
+		int64_t len = CHLEN(i, n);
+
+		F(binary_bwd_c)
+		(op, len, F(src_get)(&sg, i, len), F(src_get)(&sa, i, len),
+		 F(src_get)(&sb, i, len), F(dst_get)(&dga, i),
+		 F(dst_get)(&dgb, i));
+		F(dst_put)(&dga, i, len);
+		F(dst_put)(&dgb, i, len);
+	}
+	F(dst_done)(&dga);
+	F(dst_done)(&dgb);
+}
+
+static double F(sum)(int64_t n, const T *x, int64_t incx)
+{
+	_Alignas(64) T bx[CH];
+	int64_t h, j;
+
+	if (n <= 0)
+		return 0;
+	if (incx == 1)
+		return F(sum_c)(n, x);
+	if (incx == 0)
+		return (double)n * (double)x[0];
+	if (n <= CH) {
+		for (j = 0; j < n; j++)
+			bx[j] = x[j * incx];
+		return F(sum_c)(n, bx);
+	}
+	h = ((n / CH + 1) / 2) * CH;
+	return F(sum)(h, x, incx) + F(sum)(n - h, x + h * incx, incx);
+}
+
+/* Elementwise product chunk by chunk, each chunk summed pairwise. */
+static double F(dot)(int64_t n, const T *a, int64_t inca, const T *b,
+		     int64_t incb)
+{
+	_Alignas(64) T ba[CH];
+	_Alignas(64) T bb[CH];
+	_Alignas(64) T bp[CH];
+	struct F(src) sa, sb;
+	double s = 0;
+	int64_t i;
+
+	if (n <= 0)
+		return 0;
+	F(src_init)(&sa, a, inca, ba, n);
+	F(src_init)(&sb, b, incb, bb, n);
+	for (i = 0; i < n; i += CH) {
+		int64_t len = CHLEN(i, n);
+
+		F(binary_c)
+		(AG_K_MUL, len, F(src_get)(&sa, i, len),
+		 F(src_get)(&sb, i, len), bp);
+		s += F(sum_c)(len, bp);
+	}
+	return s;
+}
+
+/* y += alpha x */
+static void F(axpy)(int64_t n, T alpha, const T *x, int64_t incx, T *y,
+		    int64_t incy)
+{
+	int64_t i;
+
+	if (n <= 0)
+		return;
+	if (incx == 1 && incy == 1) {
+		VT va = V(set1)(alpha);
+
+		/* LOOP1 reads x and writes y; here y is also read. */
+		for (i = 0; i + W <= n; i += W)
+			V(store)
+			(y + i, V(fma)(va, V(load)(x + i), V(load)(y + i)));
+		if (i < n)
+			V(storen)
+			(y + i,
+			 V(fma)(va, V(loadn)(x + i, n - i),
+				V(loadn)(y + i, n - i)),
+			 n - i);
+		return;
+	}
+	for (i = 0; i < n; i++)
+		y[i * incy] += alpha * x[i * incx];
+}
+
+/* NaN-propagating max; argmax is the first maximum (or first NaN). */
+static double F(max)(int64_t n, const T *x, int64_t incx, int64_t *argmax)
+{
+	T m;
+	int64_t i, k = 0;
+
+	if (n <= 0) {
+		if (argmax)
+			*argmax = -1;
+		return NAN;
+	}
+	m = x[0];
+	for (i = 1; i < n && !isnan(m); i++) {
+		T v = x[i * incx];
+
+		if (v > m || isnan(v)) {
+			m = v;
+			k = i;
+		}
+	}
+	if (argmax)
+		*argmax = k;
+	return m;
+}
+
+/* Subtract the max, exponentiate chunk by chunk, sum pairwise. */
+static double F(sumexp_shift)(int64_t n, const T *x, int64_t incx, T m)
+{
+	_Alignas(64) T bx[CH];
+	_Alignas(64) T be[CH];
+	struct F(src) sx;
+	double s = 0;
+	int64_t i;
+
+	F(src_init)(&sx, x, incx, bx, n);
+	for (i = 0; i < n; i += CH) {
+		int64_t len = CHLEN(i, n);
+		const T *xc = F(src_get)(&sx, i, len);
+
+		F(unary_c)(AG_K_ADD_SCALAR, len, xc, be, -m, 0);
+		F(unary_c)(AG_K_EXP, len, be, be, 0, 0);
+		s += F(sum_c)(len, be);
+	}
+	return s;
+}
+
+static double F(logsumexp)(int64_t n, const T *x, int64_t incx)
+{
+	T m;
+
+	if (n <= 0)
+		return -INFINITY;
+	m = (T)F(max)(n, x, incx, NULL);
+	/* all -inf, any +inf, or NaN: the shift would make NaN */
+	if (isinf(m) || isnan(m))
+		return m;
+	return (double)m + log(F(sumexp_shift)(n, x, incx, m));
+}
+
+static void F(softmax)(int64_t n, const T *x, int64_t incx, T *y, int64_t incy)
+{
+	_Alignas(64) T bx[CH];
+	_Alignas(64) T by[CH];
+	struct F(src) sx;
+	struct F(dst) dy;
+	double s = 0;
+	T m, r;
+	int64_t i;
+
+	if (n <= 0)
+		return;
+	m = (T)F(max)(n, x, incx, NULL);
+	F(src_init)(&sx, x, incx, bx, n);
+	F(dst_init)(&dy, y, incy, by, false);
+	for (i = 0; i < n; i += CH) {
+		int64_t len = CHLEN(i, n);
+		T *yc = F(dst_get)(&dy, i);
+
+		F(unary_c)
+		(AG_K_ADD_SCALAR, len, F(src_get)(&sx, i, len), yc, -m, 0);
+		F(unary_c)(AG_K_EXP, len, yc, yc, 0, 0);
+		s += F(sum_c)(len, yc);
+		F(dst_put)(&dy, i, len);
+	}
+	/* one rounding of 1/s in f64, then one multiply: <= 1 ulp + 1/2 */
+	r = (T)(1.0 / s);
+	F(unary)
+	(AG_K_MUL_SCALAR, n, y, incy, y, incy,
+	 &(struct ag_k_params){ .p0 = r });
+}
+
+static void F(log_softmax)(int64_t n, const T *x, int64_t incx, T *y,
+			   int64_t incy)
+{
+	double lse;
+	T m;
+
+	if (n <= 0)
+		return;
+	m = (T)F(max)(n, x, incx, NULL);
+	lse = (double)m + log(F(sumexp_shift)(n, x, incx, m));
+	if (isinf(m))
+		lse = m;
+	/* x - lse; with an infinite max this is NaN or -inf, as torch */
+	F(unary)
+	(AG_K_ADD_SCALAR, n, x, incx, y, incy,
+	 &(struct ag_k_params){ .p0 = -lse });
+}
+
+/* gx = y * (g - sum(g * y)) */
+static void F(softmax_bwd)(int64_t n, const T *g, int64_t incg, const T *y,
+			   int64_t incy, T *gx, int64_t incgx)
+{
+	_Alignas(64) T bg[CH];
+	_Alignas(64) T by[CH];
+	_Alignas(64) T bo[CH];
+	struct F(src) sg, sy;
+	struct F(dst) dgx;
+	T d;
+	int64_t i;
+
+	if (n <= 0)
+		return;
+	d = (T)F(dot)(n, g, incg, y, incy);
+	F(src_init)(&sg, g, incg, bg, n);
+	F(src_init)(&sy, y, incy, by, n);
+	F(dst_init)(&dgx, gx, incgx, bo, false);
+	for (i = 0; i < n; i += CH) {
+		int64_t len = CHLEN(i, n);
+		const T *gc = F(src_get)(&sg, i, len);
+		const T *yc = F(src_get)(&sy, i, len);
+		T *oc = F(dst_get)(&dgx, i);
+		int64_t j;
+
+		for (j = 0; j < len; j++)
+			oc[j] = yc[j] * (gc[j] - d);
+		F(dst_put)(&dgx, i, len);
+	}
+}
+
+/* gx = g - exp(y) * sum(g) */
+static void F(log_softmax_bwd)(int64_t n, const T *g, int64_t incg, const T *y,
+			       int64_t incy, T *gx, int64_t incgx)
+{
+	_Alignas(64) T bg[CH];
+	_Alignas(64) T by[CH];
+	_Alignas(64) T be[CH];
+	_Alignas(64) T bo[CH];
+	struct F(src) sg, sy;
+	struct F(dst) dgx;
+	T s;
+	int64_t i;
+
+	if (n <= 0)
+		return;
+	s = (T)F(sum)(n, g, incg);
+	F(src_init)(&sg, g, incg, bg, n);
+	F(src_init)(&sy, y, incy, by, n);
+	F(dst_init)(&dgx, gx, incgx, bo, false);
+	for (i = 0; i < n; i += CH) {
+		int64_t len = CHLEN(i, n);
+		const T *gc = F(src_get)(&sg, i, len);
+		const T *yc = F(src_get)(&sy, i, len);
+		T *oc = F(dst_get)(&dgx, i);
+		int64_t j;
+
+		F(unary_c)(AG_K_EXP, len, yc, be, 0, 0);
+		for (j = 0; j < len; j++)
+			oc[j] = gc[j] - be[j] * s;
+		F(dst_put)(&dgx, i, len);
+	}
+}
+
+/* Two-pass variance: sum((x - mean)^2) / max(0, n - correction). */
+static double F(var)(int64_t n, const T *x, int64_t incx, int64_t correction,
+		     double *mean)
+{
+	_Alignas(64) T bx[CH];
+	struct F(src) sx;
+	double mu, ss = 0;
+	int64_t i, dof;
+
+	if (n <= 0) {
+		if (mean)
+			*mean = NAN;
+		return NAN;
+	}
+	mu = F(sum)(n, x, incx) / (double)n;
+	if (mean)
+		*mean = mu;
+	F(src_init)(&sx, x, incx, bx, n);
+	for (i = 0; i < n; i += CH) {
+		int64_t len = CHLEN(i, n);
+		const T *xc = F(src_get)(&sx, i, len);
+		double c = 0;
+		int64_t j;
+
+		/* in f64 so f32 data loses nothing to the subtraction */
+		for (j = 0; j < len; j++) {
+			double d = (double)xc[j] - mu;
+
+			c += d * d;
+		}
+		ss += c;
+	}
+	dof = n - correction;
+	return ss / (double)(dof > 0 ? dof : 0);
+}
+
+#undef VT
+#undef CH
+#undef SUM_BLK
+#undef CHLEN
+#undef LOOP1
+#undef LOOPB
+#undef LOOPG
+#undef LOOPX
+#undef LOOPY
+#undef LOOP2
+#undef LOOP2B
