@@ -15,6 +15,17 @@
 
 #include "tap.h"
 #include "internal.h"
+#include "../pool/util.h"
+
+#if UNDER_TSAN
+/* The child of test_backward_after_fork starts a fresh pool: see
+ * tests/pool/test_fork.c for why this is safe. */
+const char *__tsan_default_options(void);
+const char *__tsan_default_options(void)
+{
+	return "die_after_fork=0";
+}
+#endif
 
 #define K 8
 #define L 6
