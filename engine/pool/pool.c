@@ -539,7 +539,7 @@ static void stop_locked(void)
 {
 	atomic_store_explicit(&pool.running, 0, memory_order_seq_cst);
 	atomic_store_explicit(&pool.stop, 1, memory_order_seq_cst);
-	ag__ec_notify(&pool.idle, INT_MAX);
+	ag__ec_wake_all(&pool.idle);
 	for (int i = 0; i < pool.nstarted; i++)
 		pthread_join(pool.w[i]->thread, NULL);
 	pool.nstarted = 0;
@@ -654,7 +654,7 @@ __attribute__((destructor)) static void pool_fini(void)
 	if (atomic_load_explicit(&pool.running, memory_order_relaxed)) {
 		atomic_store_explicit(&pool.running, 0, memory_order_seq_cst);
 		atomic_store_explicit(&pool.stop, 1, memory_order_seq_cst);
-		ag__ec_notify(&pool.idle, INT_MAX);
+		ag__ec_wake_all(&pool.idle);
 		clock_gettime(CLOCK_REALTIME, &dl);
 		dl.tv_nsec += EXIT_JOIN_NS;
 		if (dl.tv_nsec >= 1000000000L) {
