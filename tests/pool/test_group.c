@@ -252,6 +252,46 @@ static int test_isolation_many_callers(void)
 	return 0;
 }
 
+/*
+ * More outside threads than there are outside deque slots (64) at once:
+ * the rest submit through the injection queue.
+ */
+static pthread_barrier_t crowd_barrier;
+
+static void *crowd_member(void *arg)
+{
+	long rc = 0;
+
+	(void)arg;
+	pthread_barrier_wait(&crowd_barrier);
+	for (int rep = 0; rep < 3 && !rc; rep++)
+		rc = run_tree(5);
+	/* Hold the slots until everyone is done. */
+	pthread_barrier_wait(&crowd_barrier);
+	return (void *)rc;
+}
+
+static int test_more_threads_than_slots(void)
+{
+	enum { T = 72 };
+	pthread_t th[T];
+
+	TAP_CHECK(ag_set_num_threads(2) == 0);
+	TAP_CHECK(pthread_barrier_init(&crowd_barrier, NULL, T) == 0);
+	for (int j = 0; j < T; j++)
+		TAP_CHECK(pthread_create(&th[j], NULL, crowd_member, NULL) ==
+			  0);
+	for (int j = 0; j < T; j++) {
+		void *rc;
+
+		pthread_join(th[j], &rc);
+		TAP_CHECK(rc == NULL);
+	}
+	pthread_barrier_destroy(&crowd_barrier);
+	TAP_CHECK(atomic_load(&violations) == 0);
+	return 0;
+}
+
 /* ---- worker identity and errors ---- */
 
 struct id_task {
@@ -357,6 +397,7 @@ static const struct tap_test tests[] = {
 	TAP_TEST(test_nested_depth_100),
 	TAP_TEST(test_nested_from_many_tasks),
 	TAP_TEST(test_isolation_many_callers),
+	TAP_TEST(test_more_threads_than_slots),
 	{ 0 },
 };
 
