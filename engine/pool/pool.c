@@ -46,6 +46,8 @@
 #define PF_MAX_CHUNKS 1024
 #define PF_STACK_CHUNKS 16
 
+#define WORKER_STACK (8u << 20)
+
 /* On exit, how long to wait for busy workers before leaving them be. */
 #define EXIT_JOIN_NS 100000000L
 
@@ -511,7 +513,10 @@ static struct ag_worker *worker_slot(int i)
 /* Under pool.lock. */
 static void start_locked(int nworkers)
 {
-	sigset_t all, old;
+	static const int sync_signals[] = { SIGSEGV, SIGBUS,  SIGFPE, SIGILL,
+					    SIGTRAP, SIGABRT, SIGSYS };
+	pthread_attr_t attr;
+	sigset_t mask, old;
 	int i, n;
 
 	for (n = 0; n < nworkers; n++)
@@ -519,13 +524,26 @@ static void start_locked(int nworkers)
 			break;
 	atomic_store_explicit(&pool.stop, 0, memory_order_relaxed);
 	atomic_store_explicit(&pool.nworkers, n, memory_order_release);
-	/* Workers inherit a mask that keeps the user's signals off them. */
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
+	/*
+	 * Workers inherit a mask that keeps the user's asynchronous signals
+	 * off them; faults still reach their handlers (sanitizers, crash
+	 * reporters).
+	 */
+	sigfillset(&mask);
+	for (i = 0; i < (int)(sizeof(sync_signals) / sizeof(int)); i++)
+		sigdelset(&mask, sync_signals[i]);
+	pthread_sigmask(SIG_SETMASK, &mask, &old);
+	/*
+	 * A fixed stack, not RLIMIT_STACK's: re-entrant backward nests
+	 * group waits (depth 100 is tested) whatever ulimit -s says.
+	 */
+	pthread_attr_init(&attr);
+	pthread_attr_setstacksize(&attr, WORKER_STACK);
 	for (i = 0; i < n; i++)
-		if (pthread_create(&pool.w[i]->thread, NULL, worker_main,
+		if (pthread_create(&pool.w[i]->thread, &attr, worker_main,
 				   pool.w[i]))
 			break;
+	pthread_attr_destroy(&attr);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	/* Fewer threads than asked for is slower, not wrong. */
 	pool.nstarted = i;
@@ -539,7 +557,7 @@ static void stop_locked(void)
 {
 	atomic_store_explicit(&pool.running, 0, memory_order_seq_cst);
 	atomic_store_explicit(&pool.stop, 1, memory_order_seq_cst);
-	ag__ec_notify(&pool.idle, INT_MAX);
+	ag__ec_wake_all(&pool.idle);
 	for (int i = 0; i < pool.nstarted; i++)
 		pthread_join(pool.w[i]->thread, NULL);
 	pool.nstarted = 0;
@@ -654,7 +672,7 @@ __attribute__((destructor)) static void pool_fini(void)
 	if (atomic_load_explicit(&pool.running, memory_order_relaxed)) {
 		atomic_store_explicit(&pool.running, 0, memory_order_seq_cst);
 		atomic_store_explicit(&pool.stop, 1, memory_order_seq_cst);
-		ag__ec_notify(&pool.idle, INT_MAX);
+		ag__ec_wake_all(&pool.idle);
 		clock_gettime(CLOCK_REALTIME, &dl);
 		dl.tv_nsec += EXIT_JOIN_NS;
 		if (dl.tv_nsec >= 1000000000L) {
