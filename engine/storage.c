@@ -54,9 +54,9 @@ void ag__storage_put(struct ag_storage *s)
 			s->free_fn(s->data, s->free_arg);
 	} else {
 		free(s->data);
+		atomic_fetch_sub(&ag__live.bytes, (long)s->nbytes);
 	}
 	atomic_fetch_sub(&ag__live.storages, 1);
-	atomic_fetch_sub(&ag__live.bytes, (long)s->nbytes);
 	free(s);
 }
 
