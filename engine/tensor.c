@@ -114,7 +114,9 @@ void ag__contiguous_strides(int ndim, const int64_t *shape, int64_t *strides)
 
 	for (int d = ndim - 1; d >= 0; d--) {
 		strides[d] = s;
-		s *= shape[d] ? shape[d] : 1;
+		/* overflows only for an empty tensor, never indexed */
+		if (__builtin_mul_overflow(s, shape[d] ? shape[d] : 1, &s))
+			s = INT64_MAX;
 	}
 }
 
@@ -163,6 +165,7 @@ struct ag_tensor *ag__tensor_view(struct ag_tensor *base, int ndim,
 				  int64_t offset)
 {
 	struct ag_tensor *t = tensor_alloc();
+	bool empty = false;
 
 	if (!t)
 		return NULL;
@@ -176,8 +179,14 @@ struct ag_tensor *ag__tensor_view(struct ag_tensor *base, int ndim,
 	for (int d = 0; d < ndim; d++) {
 		t->shape[d] = shape[d];
 		t->strides[d] = strides[d];
-		t->numel *= shape[d];
+		if (!shape[d])
+			empty = true;
 	}
+	/* an empty shape's other dims may overflow when multiplied */
+	for (int d = 0; d < ndim && !empty; d++)
+		t->numel *= shape[d];
+	if (empty)
+		t->numel = 0;
 	return t;
 }
 
@@ -433,6 +442,8 @@ bool ag_tensor_is_contiguous(const struct ag_tensor *t)
 
 	if (!t)
 		return false;
+	if (!t->numel)
+		return true; /* as torch: nothing to lay out */
 	for (int d = t->ndim - 1; d >= 0; d--) {
 		if (t->shape[d] != 1 && t->strides[d] != s)
 			return false;

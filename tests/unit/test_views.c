@@ -166,7 +166,7 @@ Test(reshape, bad_shapes)
 	cr_assert_null(ag_reshape(a, -1, s16));
 	AG_ASSERT_ERR(AG_EINVAL, "-1 dims requested");
 	cr_assert_null(ag_reshape(a, 1, NULL));
-	AG_ASSERT_ERR(AG_EINVAL, "ag_reshape");
+	AG_ASSERT_ERR(AG_EINVAL, "ag_reshape: shape is NULL for 1 dims");
 	cr_assert_null(ag_reshape(NULL, 1, s16));
 	AG_ASSERT_ERR(AG_EINVAL, "ag_reshape: argument 'a' is NULL");
 	ag_tensor_put(a);
@@ -534,5 +534,50 @@ Test(write, no_grad_write_to_a_leaf_view)
 	cr_assert_eq(ag_tensor_version(row), 1);
 	ag_tensor_put(row);
 	ag_tensor_put(w);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* ---- empty tensors ---- */
+
+Test(empty, views_of_huge_empty_shapes)
+{
+	/* numel 0, but the other dims multiply past INT64_MAX: nothing may
+	 * overflow (UBSan checks) */
+	int64_t shape[3] = { INT64_MAX / 2, 3, 0 }, flat[1] = { 0 };
+	int64_t back[3] = { INT64_MAX / 2, 3, 0 }, amb[2] = { 0, -1 };
+	struct ag_tensor *a = ag_zeros(AG_F32, 3, shape);
+	struct ag_tensor *v[6];
+
+	cr_assert_not_null(a, "%s", ag_errmsg());
+	cr_assert(ag_tensor_is_contiguous(a));
+	v[0] = ag_detach(a);
+	v[1] = ag_transpose(a, 1, 2);
+	v[2] = ag_unsqueeze(a, 0);
+	v[3] = ag_reshape(a, 1, flat);
+	v[4] = ag_reshape(v[3], 3, back);
+	v[5] = ag_slice(a, 0, 5, 10, 2);
+	for (int i = 0; i < 6; i++) {
+		cr_assert_not_null(v[i], "%d: %s", i, ag_errmsg());
+		cr_assert_eq(ag_tensor_numel(v[i]), 0, "view %d", i);
+		cr_assert(ag_tensor_is_contiguous(v[i]), "view %d", i);
+	}
+	cr_assert_null(ag_reshape(a, 2, amb));
+	AG_ASSERT_ERR(AG_ESHAPE, "shape [0, -1] is invalid");
+	for (int i = 0; i < 6; i++)
+		ag_tensor_put(v[i]);
+	ag_tensor_put(a);
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(empty, inner_zero_is_contiguous)
+{
+	int64_t shape[3] = { 2, 0, 3 };
+	struct ag_tensor *a = ag_empty(AG_F64, 3, shape);
+	struct ag_tensor *c = ag_contiguous(a);
+
+	cr_assert(ag_tensor_is_contiguous(a));
+	cr_assert_eq(c, a, "already contiguous: no copy");
+	ag_tensor_put(c);
+	ag_tensor_put(a);
 	AG_ASSERT_NO_LEAKS();
 }
