@@ -85,7 +85,7 @@ LD_LIBRARY_PATH=$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} "$stage/prog"
 
 # The installed library exports only ag_* names.
 so=$(find "$libdir" -name 'libag.so.*' -type f | head -n 1)
-sh "$here/symbols.sh" "$so"
+sh "$here/symbols.sh" "$so" "$(pkg-config --variable=includedir ag)/ag"
 
 # A static link needs ag.pc to name libag's own dependencies.  libag.a is
 # named by path; its -lag is dropped so the shared one cannot sneak in.
