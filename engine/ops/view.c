@@ -309,7 +309,11 @@ struct ag_tensor *ag_slice(struct ag_tensor *a, int dim, int64_t start,
 		end += size;
 	start = start < 0 ? 0 : (start > size ? size : start);
 	end = end < start ? start : (end > size ? size : end);
-	len = (end - start + step - 1) / step;
+	len = end > start ? (end - start - 1) / step + 1 : 0;
+	/* one element or none: the step is never taken, and a huge one
+	 * would overflow the stride (and the backward's) */
+	if (len <= 1)
+		step = 1;
 	memcpy(sh, a->shape, sizeof(sh));
 	memcpy(st, a->strides, sizeof(st));
 	sh[dim] = len;

@@ -281,6 +281,43 @@ Test(slice, python_rules)
 	check_slice(a, 5, 2, 1, NULL, 0); /* end before start: empty */
 	check_slice(a, 20, 30, 1, NULL, 0); /* past the end: empty */
 	check_slice(a, 9, 10, 100, last, 1);
+	check_slice(a, -1, INT64_MAX, INT64_MAX, last, 1); /* no overflow */
+	check_slice(a, INT64_MIN, INT64_MAX, INT64_MAX, head, 1);
+	ag_tensor_put(a);
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(slice, huge_step_on_a_strided_dim)
+{
+	int64_t s34[2] = { 3, 4 };
+	const double want[4] = { 0, 1, 2, 3 };
+	struct ag_tensor *a = iota(2, s34);
+	struct ag_tensor *s = ag_slice(a, 0, 0, 3, INT64_MAX / 2);
+
+	cr_assert_not_null(s, "%s", ag_errmsg());
+	cr_assert_eq(ag_tensor_shape(s)[0], 1);
+	assert_values(s, want, 4);
+	ag_tensor_put(a);
+	ag_tensor_put(s);
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(slice, huge_step_backward)
+{
+	int64_t s34[2] = { 3, 4 };
+	struct ag_tensor *a = ag_ones(AG_F64, 2, s34);
+	struct ag_tensor *s, *l, *g;
+
+	ag_tensor_set_requires_grad(a, true);
+	s = ag_slice(a, 0, 1, 3, INT64_MAX);
+	l = ag_sum(s);
+	cr_assert_eq(ag_backward(l, NULL, NULL), 0, "%s", ag_errmsg());
+	g = ag_tensor_grad(a);
+	for (int i = 0; i < 12; i++)
+		cr_assert_eq(ag__get(g, i), i / 4 == 1 ? 1.0 : 0.0, "%d", i);
+	ag_tensor_put(g);
+	ag_tensor_put(l);
+	ag_tensor_put(s);
 	ag_tensor_put(a);
 	AG_ASSERT_NO_LEAKS();
 }
