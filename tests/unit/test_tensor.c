@@ -590,6 +590,33 @@ Test(copy, copy_to_dense_and_strided)
 	AG_ASSERT_NO_LEAKS();
 }
 
+Test(copy, copy_to_expanded_and_stepped)
+{
+	int64_t s31[2] = { 3, 1 }, s34[2] = { 3, 4 };
+	const int64_t want_e[12] = { 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2 };
+	const int64_t want_s[2] = { 0, 2 };
+	int64_t out[12];
+	struct ag_tensor *a = ag_arange(AG_I64, 0, 3, 1);
+	struct ag_tensor *col = ag_reshape(a, 2, s31);
+	struct ag_tensor *e = ag_expand(col, 2, s34);
+	struct ag_tensor *st = ag_slice(e, 0, 0, 3, 2);
+	struct ag_tensor *stc = ag_slice(st, 1, 1, 2, 1);
+
+	cr_assert_eq(ag_tensor_strides(e)[1], 0);
+	cr_assert_eq(ag_tensor_copy_to(e, out, sizeof(out)), 0, "%s",
+		     ag_errmsg());
+	cr_assert_arr_eq(out, want_e, sizeof(out));
+	cr_assert_eq(ag_tensor_copy_to(stc, out, 2 * sizeof(int64_t)), 0, "%s",
+		     ag_errmsg());
+	cr_assert_arr_eq(out, want_s, sizeof(want_s));
+	ag_tensor_put(a);
+	ag_tensor_put(col);
+	ag_tensor_put(e);
+	ag_tensor_put(st);
+	ag_tensor_put(stc);
+	AG_ASSERT_NO_LEAKS();
+}
+
 Test(copy, copy_to_bad)
 {
 	float out[6];

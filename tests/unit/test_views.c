@@ -618,3 +618,104 @@ Test(empty, inner_zero_is_contiguous)
 	ag_tensor_put(a);
 	AG_ASSERT_NO_LEAKS();
 }
+
+/* ---- reshape of arbitrary views against a contiguous reference ---- */
+
+static int64_t pick(struct ag_generator *g, int64_t n)
+{
+	return (int64_t)(ag_generator_next(g) % (uint64_t)n);
+}
+
+/* A random view of a fresh tensor: permuted, sliced, maybe expanded. */
+static struct ag_tensor *random_view(struct ag_generator *g)
+{
+	int64_t shape[4];
+	int nd = 1 + (int)pick(g, 4);
+	struct ag_tensor *t, *u;
+	int perm[4];
+
+	for (int d = 0; d < nd; d++)
+		shape[d] = 1 + pick(g, 4);
+	t = iota(nd, shape);
+	for (int d = 0; d < nd; d++)
+		perm[d] = d;
+	for (int d = nd - 1; d > 0; d--) {
+		int k = (int)pick(g, d + 1), x = perm[d];
+
+		perm[d] = perm[k];
+		perm[k] = x;
+	}
+	u = ag_permute(t, perm);
+	ag_tensor_put(t);
+	if (pick(g, 2)) {
+		int d = (int)pick(g, nd);
+		int64_t n = ag_tensor_shape(u)[d];
+
+		t = ag_slice(u, d, pick(g, n), n, 1 + pick(g, 2));
+		ag_tensor_put(u);
+		u = t;
+	}
+	if (pick(g, 3) == 0) {
+		int64_t sh[5] = { 2 };
+
+		memcpy(sh + 1, ag_tensor_shape(u), sizeof(int64_t) * nd);
+		t = ag_expand(u, nd + 1, sh);
+		ag_tensor_put(u);
+		u = t;
+	}
+	cr_assert_not_null(u, "%s", ag_errmsg());
+	return u;
+}
+
+/* A random shape with numel elements: split numel's factors over dims. */
+static int random_shape(struct ag_generator *g, int64_t numel, int64_t *shape)
+{
+	int nd = 1 + (int)pick(g, 4);
+
+	for (int d = 0; d < nd; d++)
+		shape[d] = 1;
+	for (int64_t f = 2; numel > 1;) {
+		if (numel % f) {
+			f++;
+			continue;
+		}
+		shape[pick(g, nd)] *= f;
+		numel /= f;
+	}
+	if (pick(g, 2))
+		shape[pick(g, nd)] = -1;
+	return nd;
+}
+
+Test(reshape, random_views_match_reference)
+{
+	struct ag_generator *g = ag_generator_new(11);
+	int views = 0;
+
+	for (int it = 0; it < 500; it++) {
+		struct ag_tensor *v = random_view(g);
+		struct ag_tensor *ref = ag_contiguous(v);
+		int64_t shape[4], numel = ag_tensor_numel(v);
+		int nd = random_shape(g, numel, shape);
+		struct ag_tensor *r = ag_reshape(v, nd, shape);
+		struct ag_tensor *rr = ag_reshape(ref, nd, shape);
+
+		cr_assert_not_null(r, "%s", ag_errmsg());
+		cr_assert(ag_equal(r, rr), "iteration %d", it);
+		views += r->storage == v->storage;
+		/* a view must see a later write; a copy must not */
+		cr_assert_eq(ag_fill_(v, -1), 0, "%s", ag_errmsg());
+		if (r->storage == v->storage)
+			cr_assert_eq(ag__get(r, numel - 1), -1.0);
+		else
+			cr_assert(ag_equal(r, rr));
+		ag_tensor_put(v);
+		ag_tensor_put(ref);
+		ag_tensor_put(r);
+		ag_tensor_put(rr);
+	}
+	cr_assert_gt(views, 100, "only %d of 500 reshapes were views", views);
+	cr_assert_lt(views, 500, "no reshape needed a copy");
+	ag_generator_free(g);
+	AG_ASSERT_NO_LEAKS();
+}
