@@ -54,11 +54,14 @@ void ag__storage_put(struct ag_storage *s)
 	if (atomic_fetch_sub_explicit(&s->refcount, 1, memory_order_acq_rel) !=
 	    1)
 		return;
-	if (s->user_owned && s->free_fn)
-		s->free_fn(s->data, s->free_arg);
+	if (s->user_owned) {
+		if (s->free_fn)
+			s->free_fn(s->data, s->free_arg);
+	} else {
+		atomic_fetch_sub_explicit(&ag__live.bytes, (long)s->nbytes,
+					  memory_order_relaxed);
+	}
 	atomic_fetch_sub_explicit(&ag__live.storages, 1, memory_order_relaxed);
-	atomic_fetch_sub_explicit(&ag__live.bytes, (long)s->nbytes,
-				  memory_order_relaxed);
 	ag__free(s);
 }
 

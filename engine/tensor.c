@@ -77,6 +77,7 @@ int ag__check_shape(const char *fn, int ndim, const int64_t *shape,
 		    enum ag_dtype dt, int64_t *numel)
 {
 	int64_t n = 1;
+	bool empty = false;
 	int rc = ag__check_dtype(fn, dt);
 
 	if (rc)
@@ -94,10 +95,16 @@ int ag__check_shape(const char *fn, int ndim, const int64_t *shape,
 			return ag__err(AG_EINVAL,
 				       "%s: dim %d has negative size %" PRId64,
 				       fn, d, shape[d]);
-		if (shape[d] && n > INT64_MAX / shape[d])
+		if (!shape[d])
+			empty = true;
+	}
+	for (int d = 0; d < ndim && !empty; d++) {
+		if (n > INT64_MAX / shape[d])
 			goto overflow;
 		n *= shape[d];
 	}
+	if (empty)
+		n = 0;
 	if ((uint64_t)n > SIZE_MAX / ag_dtype_size(dt) ||
 	    n > INT64_MAX / (int64_t)ag_dtype_size(dt))
 		goto overflow;
@@ -120,7 +127,9 @@ void ag__contiguous_strides(int ndim, const int64_t *shape, int64_t *strides)
 
 	for (int d = ndim - 1; d >= 0; d--) {
 		strides[d] = s;
-		s *= shape[d] ? shape[d] : 1;
+		/* overflows only for an empty tensor, never indexed */
+		if (__builtin_mul_overflow(s, shape[d] ? shape[d] : 1, &s))
+			s = INT64_MAX;
 	}
 }
 
@@ -169,6 +178,7 @@ struct ag_tensor *ag__tensor_view(struct ag_tensor *base, int ndim,
 				  int64_t offset)
 {
 	struct ag_tensor *t = tensor_alloc();
+	bool empty = false;
 
 	if (!t)
 		return NULL;
@@ -182,8 +192,14 @@ struct ag_tensor *ag__tensor_view(struct ag_tensor *base, int ndim,
 	for (int d = 0; d < ndim; d++) {
 		t->shape[d] = shape[d];
 		t->strides[d] = strides[d];
-		t->numel *= shape[d];
+		if (!shape[d])
+			empty = true;
 	}
+	/* an empty shape's other dims may overflow when multiplied */
+	for (int d = 0; d < ndim && !empty; d++)
+		t->numel *= shape[d];
+	if (empty)
+		t->numel = 0;
 	return t;
 }
 
@@ -315,6 +331,11 @@ struct ag_tensor *ag_arange(enum ag_dtype dt, double start, double end,
 		return NULL;
 	}
 	n = (int64_t)count;
+	/* the ends bound every value: check them before any cast to i64 */
+	if (n &&
+	    (!int_value_ok("ag_arange", dt, start) ||
+	     !int_value_ok("ag_arange", dt, start + (double)(n - 1) * step)))
+		return NULL;
 	t = ag__tensor_new("ag_arange", dt, 1, &n);
 	if (!t)
 		return NULL;
@@ -391,7 +412,6 @@ struct ag_tensor *ag_from_blob(enum ag_dtype dt, int ndim, const int64_t *shape,
 	s->inference = t->inference;
 	/* user bytes are not ours: count the storage, not its bytes */
 	atomic_fetch_add(&ag__live.storages, 1);
-	atomic_fetch_sub(&ag__live.bytes, (long)s->nbytes);
 	t->storage = s;
 	t->dtype = dt;
 	t->ndim = ndim;
@@ -435,6 +455,8 @@ bool ag_tensor_is_contiguous(const struct ag_tensor *t)
 
 	if (!t)
 		return false;
+	if (!t->numel)
+		return true; /* as torch: nothing to lay out */
 	for (int d = t->ndim - 1; d >= 0; d--) {
 		if (t->shape[d] != 1 && t->strides[d] != s)
 			return false;
@@ -639,6 +661,46 @@ bool ag_equal(const struct ag_tensor *a, const struct ag_tensor *b)
 	return true;
 }
 
+/* b can be read with a's shape: its dims, aligned right, are 1 or a's. */
+static bool broadcasts_to(const struct ag_tensor *b, const struct ag_tensor *a)
+{
+	if (b->ndim > a->ndim)
+		return false;
+	for (int d = 0; d < b->ndim; d++) {
+		int64_t n = b->shape[d], want = a->shape[a->ndim - b->ndim + d];
+
+		if (n != want && n != 1)
+			return false;
+	}
+	return true;
+}
+
+/* Element of b at the row-major index i of a's shape, b broadcast to a. */
+static double get_broadcast(const struct ag_tensor *b,
+			    const struct ag_tensor *a, int64_t i)
+{
+	int64_t off = 0;
+
+	for (int d = a->ndim - 1; d >= 0; d--) {
+		int bd = d - (a->ndim - b->ndim);
+		int64_t idx = i % a->shape[d];
+
+		i /= a->shape[d];
+		if (bd >= 0 && b->shape[bd] != 1)
+			off += idx * b->strides[bd];
+	}
+	switch (b->dtype) {
+	case AG_F32:
+		return ((const float *)b->storage->data)[b->offset + off];
+	case AG_F64:
+		return ((const double *)b->storage->data)[b->offset + off];
+	case AG_I64:
+		return (double)((const int64_t *)
+					b->storage->data)[b->offset + off];
+	}
+	return NAN;
+}
+
 bool ag_allclose(const struct ag_tensor *a, const struct ag_tensor *b,
 		 double rtol, double atol)
 {
@@ -646,13 +708,15 @@ bool ag_allclose(const struct ag_tensor *a, const struct ag_tensor *b,
 		ag__err_null("ag_allclose", !a ? "a" : "b");
 		return false;
 	}
-	if (!same_shape(a, b))
+	if (!broadcasts_to(b, a))
 		return false;
 	for (int64_t i = 0; i < a->numel; i++) {
-		double x = ag__get(a, i), y = ag__get(b, i);
+		double x = ag__get(a, i), y = get_broadcast(b, a, i);
 
 		if (x == y)
 			continue; /* also equal infinities */
+		if (isinf(x) || isinf(y))
+			return false; /* inf - finite is inf, rtol * inf too */
 		if (!(fabs(x - y) <= atol + rtol * fabs(y)))
 			return false;
 	}
