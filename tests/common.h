@@ -8,6 +8,7 @@
  * counters must be back to zero.
  */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <string.h>
 
 #include <ag/ag.h>
