@@ -439,6 +439,28 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n)
 	return rc;
 }
 
+/*
+ * retain_grad: .grad = g the first time, .grad + g after that, as torch
+ * accumulates a retained gradient across backward calls.
+ */
+static int retain_grad(struct ag_grad_cell *c, struct ag_tensor *g)
+{
+	struct ag_tensor *old, *r;
+
+	pthread_mutex_lock(&c->lock);
+	old = c->grad;
+	if (!old)
+		r = ag__mode.grad ? ag_tensor_get(g) : ag__contiguous_copy(g);
+	else
+		r = ag__add_plain(old, g);
+	if (r) {
+		c->grad = r;
+		ag_tensor_put(old);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return r ? 0 : -ag_errcode();
+}
+
 static int run_hooks(struct ag_node *n, struct ag_tensor **grads)
 {
 	struct ag_hook *h;
@@ -451,11 +473,7 @@ static int run_hooks(struct ag_node *n, struct ag_tensor **grads)
 		if (h->removed || !g)
 			continue;
 		if (!h->fn) {
-			pthread_mutex_lock(&h->cell->lock);
-			ag_tensor_put(h->cell->grad);
-			h->cell->grad = ag__mode.grad ? ag_tensor_get(g) :
-							ag__contiguous_copy(g);
-			pthread_mutex_unlock(&h->cell->lock);
+			rc = retain_grad(h->cell, g);
 			continue;
 		}
 		r = h->fn(g, h->arg);

@@ -61,7 +61,12 @@ struct ag_saved {
 	const char *producer; /* name of the node whose output t is, or NULL */
 };
 
-/* Pre-hooks on a gradient slot: user tensor hooks and retain_grad. */
+/*
+ * Pre-hooks on a gradient slot: user tensor hooks and retain_grad.  The
+ * node's list owns one reference; a user hook's handle owns a second one,
+ * dropped by ag_hook_remove(), so removing stays safe after the graph is
+ * gone (hooks.c).
+ */
 struct ag_hook {
 	struct ag_hook *next;
 	struct ag_node *node; /* borrowed: the node the hook hangs on */
@@ -69,8 +74,12 @@ struct ag_hook {
 	ag_tensor_hook_fn fn; /* NULL: retain_grad into cell */
 	void *arg;
 	struct ag_grad_cell *cell;
-	bool removed;
+	atomic_bool removed;
+	atomic_int refs;
 };
+
+/* Drops the node's references to its hooks (node_free). */
+void ag__hooks_free(struct ag_node *n);
 
 struct ag_node_state {
 	atomic_long deps;
@@ -152,6 +161,8 @@ struct ag_autograd_meta {
 
 void ag__meta_free(struct ag_autograd_meta *m);
 struct ag_autograd_meta *ag__meta(struct ag_tensor *t); /* creates */
+/* The tensor's grad cell (.grad), created on first use; NULL on OOM. */
+struct ag_grad_cell *ag__meta_cell(struct ag_autograd_meta *m);
 
 static inline bool ag__requires_grad(const struct ag_tensor *t)
 {
