@@ -448,6 +448,10 @@ static int retain_grad(struct ag_grad_cell *c, struct ag_tensor *g)
 	struct ag_tensor *old, *r;
 
 	pthread_mutex_lock(&c->lock);
+	if (c->orphan) { /* the tensor is gone */
+		pthread_mutex_unlock(&c->lock);
+		return 0;
+	}
 	old = c->grad;
 	if (!old)
 		r = ag__mode.grad ? ag_tensor_get(g) : ag__contiguous_copy(g);

@@ -36,11 +36,18 @@ struct ag_input_meta {
 	int64_t shape[AG_MAX_DIMS];
 };
 
-/* .grad of a leaf or a tensor that retains grad. */
+/*
+ * .grad of a leaf or a tensor that retains grad.  When the tensor dies its
+ * cell is orphaned: the gradient is dropped and nothing is stored into it
+ * any more.  Nobody can read it then, and a gradient built with
+ * create_graph may lead back to the node that holds the cell: keeping it
+ * would be a reference cycle.
+ */
 struct ag_grad_cell {
 	atomic_long refcount;
 	pthread_mutex_t lock;
 	struct ag_tensor *grad;
+	bool orphan; /* under lock */
 };
 
 struct ag_grad_cell *ag__cell_new(void);

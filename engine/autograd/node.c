@@ -156,11 +156,23 @@ struct ag_autograd_meta *ag__meta(struct ag_tensor *t)
 
 void ag__meta_free(struct ag_autograd_meta *m)
 {
+	struct ag_grad_cell *c;
+	struct ag_tensor *g;
+
 	if (!m)
 		return;
+	c = atomic_load(&m->cell);
+	if (c) {
+		pthread_mutex_lock(&c->lock);
+		g = c->grad;
+		c->grad = NULL;
+		c->orphan = true;
+		pthread_mutex_unlock(&c->lock);
+		ag_tensor_put(g);
+	}
 	ag__node_put(m->grad_fn);
 	ag__node_put(atomic_load(&m->grad_acc));
-	ag__cell_put(atomic_load(&m->cell));
+	ag__cell_put(c);
 	ag_tensor_put(m->view_base);
 	free(m);
 }
