@@ -371,7 +371,7 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n)
 
 	if (!acc && atomic_load_explicit(&n->released, memory_order_acquire))
 		return ag__err_freed(n);
-	if (n->hooks) {
+	if (atomic_load_explicit(&n->hooks, memory_order_acquire)) {
 		rc = run_hooks(n, st->inbuf);
 		if (rc)
 			return rc;

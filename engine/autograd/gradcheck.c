@@ -453,10 +453,19 @@ int ag_gradgradcheck(ag_fn f, void *arg, struct ag_tensor *const *in, int nin,
 	struct ag_tensor **all = NULL, *y = NULL, *v = NULL;
 	struct ag_scope *scope;
 	struct ag_mode prev;
-	int nout = 0, rc = check_args(who, f, in, nin);
+	int nout = 0, nreq = 0, rc = check_args(who, f, in, nin);
 
 	if (rc)
 		return rc;
+	for (int i = 0; i < nin; i++) {
+		if (!in[i])
+			return ag__err(AG_EINVAL, "%s: input %d is NULL", who,
+				       i);
+		nreq += ag_tensor_requires_grad(in[i]);
+	}
+	if (!nreq)
+		return ag__err(AG_EINVAL,
+			       "%s: at least one input must require grad", who);
 	scope = ag__scope_suspend();
 	prev = ag_enable_grad_enter();
 	rc = user_call(&u, in, nin, &y, &nout);

@@ -128,7 +128,8 @@ struct ag_node {
 	struct ag_edge *next; /* num_next */
 	struct ag_input_meta *in_meta; /* num_inputs */
 	struct ag_saved *saved; /* num_saved, inside the container */
-	struct ag_hook *hooks; /* guarded by hook_lock */
+	/* appended under hook_lock; atomic so the engine may peek without it */
+	struct ag_hook *_Atomic hooks;
 	pthread_mutex_t *hook_lock; /* allocated with the first hook */
 	/* AccumulateGrad only */
 	struct ag_grad_cell *cell;

@@ -83,16 +83,21 @@ static pthread_mutex_t *hook_lock(struct ag_node *n)
 static int attach(struct ag_edge e, struct ag_hook *h)
 {
 	pthread_mutex_t *lk = hook_lock(e.node);
-	struct ag_hook **pp;
+	struct ag_hook *last;
 
 	if (!lk)
 		return -AG_ENOMEM;
 	h->node = e.node;
 	h->slot = e.input_nr;
 	pthread_mutex_lock(lk);
-	for (pp = &e.node->hooks; *pp; pp = &(*pp)->next)
-		;
-	*pp = h;
+	last = atomic_load_explicit(&e.node->hooks, memory_order_relaxed);
+	if (!last) {
+		atomic_store_explicit(&e.node->hooks, h, memory_order_release);
+	} else {
+		while (last->next)
+			last = last->next;
+		last->next = h;
+	}
 	pthread_mutex_unlock(lk);
 	return 0;
 }
@@ -107,7 +112,7 @@ void ag__hooks_free(struct ag_node *n)
 		h->node = NULL;
 		hook_put(h);
 	}
-	n->hooks = NULL;
+	atomic_store_explicit(&n->hooks, NULL, memory_order_relaxed);
 	if (n->hook_lock) {
 		pthread_mutex_destroy(n->hook_lock);
 		free(n->hook_lock);

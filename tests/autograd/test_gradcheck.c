@@ -611,6 +611,8 @@ Test(gradcheck, errors)
 	ag_clear_error();
 	cr_assert_eq(ag_gradcheck(f_tanh, NULL, &c, 1, NULL), -AG_EINVAL);
 	AG_ASSERT_ERR(AG_EINVAL, "at least one input must require grad");
+	cr_assert_eq(ag_gradgradcheck(f_tanh, NULL, &c, 1, NULL), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "at least one input must require grad");
 	ag_tensor_set_requires_grad(e, true);
 	cr_assert_eq(ag_gradcheck(f_tanh, NULL, &e, 1, NULL), -AG_EINVAL);
 	AG_ASSERT_ERR(AG_EINVAL, "overlapping memory");
