@@ -634,3 +634,93 @@ Test(gradcheck, errors)
 	ag_tensor_put(e);
 	AG_ASSERT_NO_LEAKS();
 }
+
+/* ---- shapes at the edges: 0-d, size-1 dims, 3-d views ---- */
+
+static int f_expand_row(struct ag_tensor *const *in, int nin,
+			struct ag_tensor **out, void *arg)
+{
+	(void)nin;
+	(void)arg;
+	return ret(ag_expand(in[0], 2, SHAPE(3, 4)), out);
+}
+
+static int f_slice3(struct ag_tensor *const *in, int nin,
+		    struct ag_tensor **out, void *arg)
+{
+	(void)nin;
+	(void)arg;
+	return ret(ag_slice(in[0], 0, 1, 7, 3), out);
+}
+
+static int f_transpose3(struct ag_tensor *const *in, int nin,
+			struct ag_tensor **out, void *arg)
+{
+	struct ag_tensor *t = ag_transpose(in[0], 0, 2);
+	struct ag_tensor *r = ag_reshape(t, 2, SHAPE(4, 6));
+
+	(void)nin;
+	(void)arg;
+	ag_tensor_put(t);
+	return ret(r, out);
+}
+
+Test(gradcheck, edge_shapes)
+{
+	struct dim_arg d0 = { 0, false }, d0k = { 0, true };
+	struct ag_tensor *in[2];
+
+	in[0] = input(0, NULL, 0.5, 1.5);
+	in[1] = IN(3);
+	check(f_mul, NULL, in, 2, "0-d * [3]");
+	in[0] = input(0, NULL, 0.5, 1.5);
+	in[1] = input(0, NULL, 0.5, 1.5);
+	check(f_div, NULL, in, 2, "0-d / 0-d");
+	in[0] = input(0, NULL, 0.5, 1.5);
+	check(f_tanh, NULL, in, 1, "tanh 0-d");
+	in[0] = IN(5);
+	check(f_sum_dim, &d0, in, 1, "sum_dim [5] -> 0-d");
+	in[0] = IN(5);
+	check(f_mean_dim, &d0k, in, 1, "mean_dim [5] keepdim");
+	in[0] = IN(4);
+	check(f_expand_row, NULL, in, 1, "expand [4] -> [3,4]");
+	in[0] = IN(8, 2);
+	check(f_slice3, NULL, in, 1, "slice 1:7:3");
+	in[0] = IN(2, 3, 4);
+	check(f_transpose3, NULL, in, 1, "transpose 3-d then reshape");
+	in[0] = IN(1, 4);
+	in[1] = IN(4, 1);
+	check(f_matmul, NULL, in, 2, "[1,4] @ [4,1]");
+	AG_ASSERT_NO_LEAKS();
+}
+
+static int f_identity(struct ag_tensor *const *in, int nin,
+		      struct ag_tensor **out, void *arg)
+{
+	(void)nin;
+	(void)arg;
+	*out = ag_tensor_get(in[0]);
+	return 0;
+}
+
+static int f_constant(struct ag_tensor *const *in, int nin,
+		      struct ag_tensor **out, void *arg)
+{
+	(void)in;
+	(void)nin;
+	(void)arg;
+	return ret(ag_ones(AG_F64, 1, SHAPE(2)), out);
+}
+
+Test(gradcheck, identity_and_constant)
+{
+	struct ag_tensor *in[1] = { IN(3) };
+
+	/* the output is the input itself: a leaf as root */
+	check(f_identity, NULL, in, 1, "identity");
+	in[0] = IN(3);
+	cr_assert_eq(ag_gradcheck(f_constant, NULL, in, 1, NULL), 0, "%s",
+		     ag_errmsg());
+	ag_tensor_put(in[0]);
+	AG_ASSERT_NO_LEAKS();
+}
