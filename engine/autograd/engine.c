@@ -439,6 +439,23 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n)
 	return rc;
 }
 
+static int check_hook_grad(struct ag_node *n, int slot, struct ag_tensor *r)
+{
+	const struct ag_input_meta *want = &n->in_meta[slot];
+	char a[160], b[160];
+
+	if (r->dtype == want->dtype && r->ndim == want->ndim &&
+	    !memcmp(r->shape, want->shape, sizeof(int64_t) * r->ndim))
+		return 0;
+	return ag__err(
+		AG_ESHAPE,
+		"a tensor hook on %s (gradient slot %d) returned an invalid gradient: got %s %s but expected %s %s",
+		n->ops->name, slot, ag_dtype_name(r->dtype),
+		ag__shape_str(a, sizeof(a), r->ndim, r->shape),
+		ag_dtype_name(want->dtype),
+		ag__shape_str(b, sizeof(b), want->ndim, want->shape));
+}
+
 /*
  * retain_grad: .grad = g the first time, .grad + g after that, as torch
  * accumulates a retained gradient across backward calls.
@@ -483,7 +500,7 @@ static int run_hooks(struct ag_node *n, struct ag_tensor **grads)
 		r = h->fn(g, h->arg);
 		if (!r)
 			continue;
-		rc = check_grad(n, -1, r, &n->in_meta[h->slot]);
+		rc = check_hook_grad(n, h->slot, r);
 		if (rc) {
 			ag_tensor_put(r);
 			break;

@@ -289,9 +289,84 @@ Test(hooks, hook_returning_a_wrong_shape_fails_backward)
 	loss = forward(x, &y);
 	h = ag_tensor_register_hook(y, bad_shape_hook, NULL);
 	cr_assert_eq(ag_backward(loss, NULL, NULL), -AG_ESHAPE);
-	AG_ASSERT_ERR(AG_ESHAPE, "invalid gradient");
+	AG_ASSERT_ERR(
+		AG_ESHAPE,
+		"a tensor hook on MulBackward (gradient slot 0) returned an invalid gradient: got f64 [] but expected f64 [4]");
 	ag_hook_remove(h);
 	ag_tensor_put(loss);
+	ag_tensor_put(y);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+struct seen_grad {
+	int n;
+	double first;
+};
+
+static struct ag_tensor *record_hook(struct ag_tensor *g, void *arg)
+{
+	struct seen_grad *s = arg;
+
+	s->n++;
+	s->first = ag__get(g, 0);
+	return NULL;
+}
+
+Test(hooks, fan_out_hook_sees_the_summed_gradient_once)
+{
+	double v[2] = { 1.5, -2 };
+	struct ag_tensor *x = leaf_of(v, 2);
+	struct ag_tensor *y = ag_mul_scalar(x, 2);
+	struct ag_tensor *a = ag_mul_scalar(y, 3), *b = ag_mul(y, y);
+	struct ag_tensor *s = ag_add(a, b), *l = ag_sum(s);
+	struct seen_grad sy = { 0, 0 }, sx = { 0, 0 };
+	struct ag_hook *hy = ag_tensor_register_hook(y, record_hook, &sy);
+	struct ag_hook *hx = ag_tensor_register_hook(x, record_hook, &sx);
+
+	cr_assert_eq(ag_backward(l, NULL, NULL), 0, "%s", ag_errmsg());
+	/* dl/dy = 3 + 2y, y = 3 */
+	cr_assert_eq(sy.n, 1);
+	cr_assert_float_eq(sy.first, 9.0, 1e-12);
+	cr_assert_eq(sx.n, 1);
+	cr_assert_float_eq(sx.first, 18.0, 1e-12);
+	ag_hook_remove(hy);
+	ag_hook_remove(hx);
+	ag_tensor_put(l);
+	ag_tensor_put(s);
+	ag_tensor_put(a);
+	ag_tensor_put(b);
+	ag_tensor_put(y);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(hooks, replacement_is_differentiable_under_create_graph)
+{
+	double v[2] = { 0.5, -1 };
+	struct ag_tensor *x = leaf_of(v, 2), *y, *l, *g, *gs, *gg;
+	struct ag_grad_opts cg = { .create_graph = true };
+	struct calls c = { 0, 2.0 };
+	struct ag_hook *h;
+
+	y = ag_pow_scalar(x, 3);
+	l = ag_sum(y);
+	h = ag_tensor_register_hook(y, scale_hook, &c);
+	/* g = 2 * 3x^2; d(sum g)/dx = 12x */
+	cr_assert_eq(ag_grad(&l, NULL, 1, &x, 1, &g, &cg), 0, "%s",
+		     ag_errmsg());
+	gs = ag_sum(g);
+	cr_assert_eq(ag_grad(&gs, NULL, 1, &x, 1, &gg, NULL), 0, "%s",
+		     ag_errmsg());
+	for (int i = 0; i < 2; i++) {
+		cr_assert_float_eq(ag__get(g, i), 6 * v[i] * v[i], 1e-12);
+		cr_assert_float_eq(ag__get(gg, i), 12 * v[i], 1e-12);
+	}
+	ag_hook_remove(h);
+	ag_tensor_put(gg);
+	ag_tensor_put(gs);
+	ag_tensor_put(g);
+	ag_tensor_put(l);
 	ag_tensor_put(y);
 	ag_tensor_put(x);
 	AG_ASSERT_NO_LEAKS();
