@@ -71,6 +71,11 @@ static inline long ag__live_nodes(void)
 	return atomic_load(&ag__live.nodes);
 }
 
+static inline long ag__live_hooks(void)
+{
+	return atomic_load(&ag__live.hooks);
+}
+
 /* ---- storage ---- */
 
 /*

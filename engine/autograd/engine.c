@@ -437,7 +437,7 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 
 	if (!acc && atomic_load_explicit(&n->released, memory_order_acquire))
 		return ag__err_freed(n);
-	if (n->hooks) {
+	if (atomic_load_explicit(&n->hooks, memory_order_acquire)) {
 		rc = run_hooks(n, st->inbuf);
 		if (rc)
 			return rc;
@@ -521,6 +521,49 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 	return rc;
 }
 
+static int check_hook_grad(struct ag_node *n, int slot, struct ag_tensor *r)
+{
+	const struct ag_input_meta *want = &n->in_meta[slot];
+	char a[160], b[160];
+
+	if (r->dtype == want->dtype && r->ndim == want->ndim &&
+	    !memcmp(r->shape, want->shape, sizeof(int64_t) * r->ndim))
+		return 0;
+	return ag__err(
+		AG_ESHAPE,
+		"a tensor hook on %s (gradient slot %d) returned an invalid gradient: got %s %s but expected %s %s",
+		n->ops->name, slot, ag_dtype_name(r->dtype),
+		ag__shape_str(a, sizeof(a), r->ndim, r->shape),
+		ag_dtype_name(want->dtype),
+		ag__shape_str(b, sizeof(b), want->ndim, want->shape));
+}
+
+/*
+ * retain_grad: .grad = g the first time, .grad + g after that, as torch
+ * accumulates a retained gradient across backward calls.
+ */
+static int retain_grad(struct ag_grad_cell *c, struct ag_tensor *g)
+{
+	struct ag_tensor *old, *r;
+
+	pthread_mutex_lock(&c->lock);
+	if (c->orphan) { /* the tensor is gone */
+		pthread_mutex_unlock(&c->lock);
+		return 0;
+	}
+	old = c->grad;
+	if (!old)
+		r = ag__mode.grad ? ag_tensor_get(g) : ag__contiguous_copy(g);
+	else
+		r = ag__add_plain(old, g);
+	if (r) {
+		c->grad = r;
+		ag_tensor_put(old);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return r ? 0 : -ag_errcode();
+}
+
 static int run_hooks(struct ag_node *n, struct ag_tensor **grads)
 {
 	struct ag_hook *h;
@@ -533,17 +576,13 @@ static int run_hooks(struct ag_node *n, struct ag_tensor **grads)
 		if (h->removed || !g)
 			continue;
 		if (!h->fn) {
-			pthread_mutex_lock(&h->cell->lock);
-			ag_tensor_put(h->cell->grad);
-			h->cell->grad = ag__mode.grad ? ag_tensor_get(g) :
-							ag__contiguous_copy(g);
-			pthread_mutex_unlock(&h->cell->lock);
+			rc = retain_grad(h->cell, g);
 			continue;
 		}
 		r = h->fn(g, h->arg);
 		if (!r)
 			continue;
-		rc = check_grad(n, -1, r, &n->in_meta[h->slot]);
+		rc = check_hook_grad(n, h->slot, r);
 		if (rc) {
 			ag_tensor_put(r);
 			break;

@@ -65,21 +65,10 @@ static _Thread_local bool reaping;
 
 static void node_free(struct ag_node *n)
 {
-	struct ag_hook *h, *hn;
-
 	for (int i = 0; i < n->num_next; i++)
 		ag__node_put(n->next[i].node);
 	ag__node_release(n);
-	for (h = n->hooks; h; h = hn) {
-		hn = h->next;
-		ag__cell_put(h->cell);
-		free(h);
-		atomic_fetch_sub(&ag__live.hooks, 1);
-	}
-	if (n->hook_lock) {
-		pthread_mutex_destroy(n->hook_lock);
-		free(n->hook_lock);
-	}
+	ag__hooks_free(n);
 	ag__cell_put(n->cell);
 	atomic_fetch_sub(&ag__live.nodes, 1);
 	if (n->ops->destroy)
@@ -166,11 +155,23 @@ struct ag_autograd_meta *ag__meta(struct ag_tensor *t)
 
 void ag__meta_free(struct ag_autograd_meta *m)
 {
+	struct ag_grad_cell *c;
+	struct ag_tensor *g;
+
 	if (!m)
 		return;
+	c = atomic_load(&m->cell);
+	if (c) {
+		pthread_mutex_lock(&c->lock);
+		g = c->grad;
+		c->grad = NULL;
+		c->orphan = true;
+		pthread_mutex_unlock(&c->lock);
+		ag_tensor_put(g);
+	}
 	ag__node_put(m->grad_fn);
 	ag__node_put(atomic_load(&m->grad_acc));
-	ag__cell_put(atomic_load(&m->cell));
+	ag__cell_put(c);
 	ag_tensor_put(m->view_base);
 	ag__free(m);
 }
@@ -215,7 +216,7 @@ int ag_tensor_set_requires_grad(struct ag_tensor *t, bool on)
 	return 0;
 }
 
-static struct ag_grad_cell *meta_cell(struct ag_autograd_meta *m)
+struct ag_grad_cell *ag__meta_cell(struct ag_autograd_meta *m)
 {
 	struct ag_grad_cell *c =
 		atomic_load_explicit(&m->cell, memory_order_acquire);
@@ -291,7 +292,7 @@ static struct ag_node *grad_accumulator(struct ag_tensor *t)
 
 	if (n)
 		return n;
-	c = meta_cell(m);
+	c = ag__meta_cell(m);
 	if (!c)
 		return NULL;
 	n = ag__node_alloc(&ag__accumulate_ops, sizeof(*n), 0, 1, 0, NULL, 0);
