@@ -173,8 +173,7 @@ Test(function, outputs_go_to_the_scope)
 
 	cr_assert_eq(ag_function_apply(&legendre, &x, 1, &y, 1, NULL), 0);
 	cr_assert_eq(ag_backward(ag_sum(y), NULL, NULL), 0, "%s", ag_errmsg());
-	ag_tensor_put(x); /* ag_from_data does not go to the scope */
-	ag_scope_end(s);
+	ag_scope_end(s); /* x, y, the sum */
 	AG_ASSERT_NO_LEAKS();
 }
 
@@ -239,6 +238,90 @@ Test(function, save_output_freed_without_backward)
 	struct ag_tensor *y = apply1(&exp_fn, x, NULL);
 
 	cr_assert_eq(ag__live_nodes(), 2); /* MyExpBackward, AccumulateGrad */
+	ag_tensor_put(y);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(function, save_output_double_backward)
+{
+	double v[3] = { -1.0, 0.0, 0.5 }, want[3];
+	struct ag_tensor *x = vec(v, 3, true);
+	struct ag_tensor *y = apply1(&exp_fn, x, NULL);
+	struct ag_tensor *l = ag_sum(y), *gx = NULL, *gl;
+	struct ag_grad_opts o = { .create_graph = true };
+
+	cr_assert_eq(ag_grad(&l, NULL, 1, &x, 1, &gx, &o), 0, "%s",
+		     ag_errmsg());
+	for (int i = 0; i < 3; i++)
+		want[i] = exp(v[i]);
+	assert_values(gx, want, 3, 1e-15);
+	/* gx = g * y, and y leads back through MyExpBackward */
+	gl = ag_sum(gx);
+	cr_assert_eq(ag_backward(gl, NULL, NULL), 0, "%s", ag_errmsg());
+	assert_grad(x, want, 3);
+	ag_tensor_put(gl);
+	ag_tensor_put(gx);
+	ag_tensor_put(l);
+	ag_tensor_put(y);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* cube: saves 3 x^2, a temporary of forward, and a NULL */
+static int cube_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
+		    struct ag_tensor **out, int nout)
+{
+	struct ag_tensor *x2 = ag_mul(in[0], in[0]);
+	struct ag_tensor *d = ag_mul_scalar(x2, 3.0);
+	struct ag_tensor *keep[2] = { d, NULL };
+	int rc;
+
+	(void)nin;
+	(void)nout;
+	out[0] = ag_mul(x2, in[0]);
+	rc = ag_ctx_save_for_backward(ctx, keep, 2);
+	ag_tensor_put(x2);
+	ag_tensor_put(d);
+	return rc;
+}
+
+static int cube_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
+		    struct ag_tensor **gi, int nin)
+{
+	struct ag_tensor **s, **s2;
+	int n, rc = ag_ctx_saved_tensors(ctx, &s, &n);
+
+	(void)nout;
+	(void)nin;
+	if (rc)
+		return rc;
+	cr_assert_eq(n, 2);
+	cr_assert_null(s[1]);
+	/* a second call gives the same borrowed array */
+	cr_assert_eq(ag_ctx_saved_tensors(ctx, &s2, &n), 0);
+	cr_assert_eq(s, s2);
+	gi[0] = ag_mul(g[0], s[0]);
+	return 0;
+}
+
+static const struct ag_function_ops cube_fn = {
+	.name = "Cube",
+	.forward = cube_fwd,
+	.backward = cube_bwd,
+};
+
+Test(function, save_intermediate_and_null)
+{
+	double v[3] = { -1.0, 0.5, 2.0 }, want[3];
+	struct ag_tensor *x = vec(v, 3, true);
+	struct ag_tensor *y = apply1(&cube_fn, x, NULL), *l = ag_sum(y);
+
+	for (int i = 0; i < 3; i++)
+		want[i] = 3 * v[i] * v[i];
+	cr_assert_eq(ag_backward(l, NULL, NULL), 0, "%s", ag_errmsg());
+	assert_grad(x, want, 3);
+	ag_tensor_put(l);
 	ag_tensor_put(y);
 	ag_tensor_put(x);
 	AG_ASSERT_NO_LEAKS();
