@@ -76,7 +76,8 @@ struct fn_input {
 
 struct ag_ctx {
 	const struct ag_function_ops *f;
-	const char *name;
+	const char *name; /* interned: see fn_names() */
+	const struct fn_names *names;
 	void *arg;
 	struct ag_node *node; /* NULL: the call is not recorded */
 	int nin, nout;
@@ -93,9 +94,7 @@ struct fn_node {
 	struct ag_node_ops ops; /* own copy: the name is the function's */
 	struct ag_ctx ctx;
 	void *saved_block; /* saved slots and their names */
-	const char *fwd_name;
 	struct fn_input ins[];
-	/* followed by "<name>Backward\0<name>\0" */
 };
 
 static struct fn_node *to_fn(struct ag_node *n)
@@ -122,40 +121,74 @@ static struct bwd_frame *find_frame(const struct ag_ctx *ctx)
 }
 
 /*
- * The storage remembers the last in-place writer by pointer, and may
- * outlive the function's node: keep "<name> (ag_ctx_mark_dirty)" for the
- * life of the process.
+ * Names.  A node's name is read after the node is gone: the trace keeps
+ * slice names by pointer until it is written, and a storage remembers its
+ * last in-place writer.  So each distinct function name gets one record for
+ * the life of the process, with the three strings the library needs.  A
+ * small per-thread cache keeps the lock off the path of repeated applies.
  */
-struct interned {
-	struct interned *next;
-	char s[];
+struct fn_names {
+	struct fn_names *next;
+	const char *fwd; /* "LegendrePolynomial" */
+	const char *bwd; /* "LegendrePolynomialBackward" */
+	const char *dirty; /* "LegendrePolynomial (ag_ctx_mark_dirty)" */
+	char buf[];
 };
 
-static pthread_mutex_t intern_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct interned *interned;
+#define NAME_CACHE 8
 
-static const char *dirty_writer(const char *name)
+static pthread_mutex_t names_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct fn_names *names_list;
+static _Thread_local struct fn_names *names_cache[NAME_CACHE];
+
+static struct fn_names *names_new(const char *name)
 {
-	static const char fallback[] = "ag_ctx_mark_dirty";
-	static const char suffix[] = " (ag_ctx_mark_dirty)";
-	size_t len = strlen(name) + sizeof(suffix);
-	struct interned *i;
+	static const char bwd[] = "Backward", dirty[] = " (ag_ctx_mark_dirty)";
+	size_t len = strlen(name);
+	struct fn_names *r =
+		malloc(sizeof(*r) + 3 * len + sizeof(bwd) + sizeof(dirty) + 1);
+	char *s;
 
-	pthread_mutex_lock(&intern_lock);
-	for (i = interned; i; i = i->next)
-		if (!strncmp(i->s, name, len - sizeof(suffix)) &&
-		    !strcmp(i->s + len - sizeof(suffix), suffix))
-			break;
-	if (!i) {
-		i = malloc(sizeof(*i) + len);
-		if (i) {
-			snprintf(i->s, len, "%s%s", name, suffix);
-			i->next = interned;
-			interned = i;
+	if (!r)
+		return NULL;
+	s = r->buf;
+	r->fwd = s;
+	memcpy(s, name, len + 1);
+	s += len + 1;
+	r->bwd = s;
+	memcpy(s, name, len);
+	memcpy(s + len, bwd, sizeof(bwd));
+	s += len + sizeof(bwd);
+	r->dirty = s;
+	memcpy(s, name, len);
+	memcpy(s + len, dirty, sizeof(dirty));
+	return r;
+}
+
+static const struct fn_names *fn_names(const char *name)
+{
+	size_t h = ((uintptr_t)name >> 3) % NAME_CACHE;
+	struct fn_names *r = names_cache[h];
+
+	if (r && !strcmp(r->fwd, name))
+		return r;
+	pthread_mutex_lock(&names_lock);
+	for (r = names_list; r && strcmp(r->fwd, name); r = r->next)
+		;
+	if (!r) {
+		r = names_new(name);
+		if (r) {
+			r->next = names_list;
+			names_list = r;
 		}
 	}
-	pthread_mutex_unlock(&intern_lock);
-	return i ? i->s : fallback;
+	pthread_mutex_unlock(&names_lock);
+	if (!r) {
+		ag__err(AG_ENOMEM, "ag_function_apply: out of memory");
+		return NULL;
+	}
+	names_cache[h] = r;
+	return r;
 }
 
 /*
@@ -312,7 +345,7 @@ int ag_ctx_mark_dirty(struct ag_ctx *ctx, struct ag_tensor *t)
 				"%s: %s: inplace update to inference tensor outside InferenceMode is not allowed",
 				fn, ctx->name));
 	/* the write has happened: count it whatever follows */
-	ag__storage_bump(t->storage, dirty_writer(ctx->name));
+	ag__storage_bump(t->storage, ctx->names->dirty);
 	if (ctx->grad_mode && ag__requires_grad(t) && ag_tensor_is_leaf(t) &&
 	    !t->meta->view_base)
 		return ctx_fail(
@@ -473,28 +506,21 @@ static const struct ag_node_ops fn_proto_ops = {
 	.destroy = fn_destroy,
 };
 
-static struct fn_node *
-fn_node_new(const char *name, struct ag_tensor *const *in, int nin, int nout)
+static struct fn_node *fn_node_new(const struct fn_names *names,
+				   struct ag_tensor *const *in, int nin,
+				   int nout)
 {
-	size_t len = strlen(name);
 	size_t size = offsetof(struct fn_node, ins) +
-		      (size_t)nin * sizeof(struct fn_input) + 2 * len +
-		      sizeof("Backward") + 1;
+		      (size_t)nin * sizeof(struct fn_input);
 	struct fn_node *fn;
-	char *s;
 
 	fn = (struct fn_node *)ag__node_alloc(&fn_proto_ops, size,
 					      offsetof(struct fn_node, node),
 					      nout, nin, NULL, 0);
 	if (!fn)
 		return NULL;
-	s = (char *)&fn->ins[nin];
-	memcpy(s, name, len);
-	memcpy(s + len, "Backward", sizeof("Backward"));
-	fn->fwd_name = s + len + sizeof("Backward");
-	memcpy(s + len + sizeof("Backward"), name, len + 1);
 	fn->ops = fn_proto_ops;
-	fn->ops.name = s;
+	fn->ops.name = names->bwd;
 	fn->node.ops = &fn->ops;
 	fn->ctx.node = &fn->node;
 	fn->ctx.ins = fn->ins;
@@ -667,12 +693,6 @@ static int save_all(struct fn_node *fn, struct ag_tensor **out, int nout,
 			rc = ag__save(n, i, t, true, j);
 		} else {
 			rc = ag__save(n, i, t, false, 0);
-			/*
-			 * Only an input's producer is kept alive (by our
-			 * edge) as long as the name is needed.
-			 */
-			if (!is_input(ctx, t) || tlist_has(&ctx->dirty, t))
-				saved[i].producer = NULL;
 		}
 		if (rc)
 			return rc;
@@ -724,7 +744,7 @@ static int connect(struct fn_node *fn, struct ag_tensor **out, int nout)
 	if (rc)
 		goto out;
 	ag__node_get(n);
-	rc = ag__record(n, ctx->in, ctx->nin, NULL, 0, fn->fwd_name);
+	rc = ag__record(n, ctx->in, ctx->nin, NULL, 0, ctx->name);
 	if (rc)
 		goto out;
 	/* nothing fails from here: histories are rewritten */
@@ -759,23 +779,26 @@ int ag_function_apply(const struct ag_function_ops *f,
 		      struct ag_tensor **out, int nout, void *arg)
 {
 	struct ag_ctx local = { 0 }, *ctx = &local;
-	const char *name;
+	const struct fn_names *names;
 	struct fn_node *fn = NULL;
 	int rc = check_args(f, in, nin, out, nout);
 
 	if (rc)
 		return rc;
-	name = f->name ? f->name : FN_DEFAULT_NAME;
 	for (int j = 0; j < nout; j++)
 		out[j] = NULL;
+	names = fn_names(f->name ? f->name : FN_DEFAULT_NAME);
+	if (!names)
+		return -AG_ENOMEM;
 	if (ag__should_record(in, nin)) {
-		fn = fn_node_new(name, in, nin, nout);
+		fn = fn_node_new(names, in, nin, nout);
 		if (!fn)
 			return -ag_errcode();
 		ctx = &fn->ctx;
 	}
 	ctx->f = f;
-	ctx->name = name;
+	ctx->names = names;
+	ctx->name = names->fwd;
 	ctx->arg = arg;
 	ctx->nin = nin;
 	ctx->nout = nout;
