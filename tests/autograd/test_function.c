@@ -1043,6 +1043,142 @@ Test(function, reentrant_backward_100_deep)
 	AG_ASSERT_NO_LEAKS();
 }
 
+/* ---- checkpointing: backward recomputes forward and differentiates it ---- */
+
+static int ckpt_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
+		    struct ag_tensor **out, int nout)
+{
+	(void)nin;
+	(void)nout;
+	out[0] = ag_tanh(in[0]); /* nothing recorded: grad mode is off */
+	return ag_ctx_save_for_backward(ctx, in, 1);
+}
+
+static int ckpt_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
+		    struct ag_tensor **gi, int nin)
+{
+	struct ag_tensor **s, *xd, *y;
+	int n, rc = ag_ctx_saved_tensors(ctx, &s, &n);
+
+	(void)nout;
+	(void)nin;
+	if (rc)
+		return rc;
+	AG_ENABLE_GRAD_SCOPE();
+	xd = ag_detach(s[0]);
+	ag_tensor_set_requires_grad(xd, true);
+	y = ag_tanh(xd);
+	rc = ag_grad(&y, g, 1, &xd, 1, &gi[0], NULL);
+	ag_tensor_put(y);
+	ag_tensor_put(xd);
+	return rc;
+}
+
+static const struct ag_function_ops ckpt_fn = {
+	.name = "Checkpoint",
+	.forward = ckpt_fwd,
+	.backward = ckpt_bwd,
+};
+
+Test(function, checkpoint_with_ag_grad_inside_backward)
+{
+	double v[3] = { -0.5, 0.1, 1.5 }, w[3] = { 2.0, 3.0, 4.0 }, want[3];
+	struct ag_tensor *x = vec(v, 3, true), *c = vec(w, 3, false);
+	struct ag_tensor *y = apply1(&ckpt_fn, x, NULL), *p = ag_mul(y, c);
+	struct ag_tensor *l = ag_sum(p);
+
+	cr_assert_eq(ag_backward(l, NULL, NULL), 0, "%s", ag_errmsg());
+	for (int i = 0; i < 3; i++)
+		want[i] = w[i] * (1 - tanh(v[i]) * tanh(v[i]));
+	assert_grad(x, want, 3);
+	ag_tensor_put(l);
+	ag_tensor_put(p);
+	ag_tensor_put(y);
+	ag_tensor_put(c);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* ---- anomaly mode names the custom function ---- */
+
+static int nan_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
+		   struct ag_tensor **gi, int nin)
+{
+	(void)ctx;
+	(void)nout;
+	(void)nin;
+	gi[0] = ag_mul_scalar(g[0], NAN);
+	return 0;
+}
+
+static const struct ag_function_ops nan_fn = {
+	.name = "MakesNan",
+	.forward = ident_fwd,
+	.backward = nan_bwd,
+};
+
+Test(function, anomaly_names_the_function)
+{
+	double v[2] = { 1.0, 2.0 };
+	struct ag_tensor *x = vec(v, 2, true);
+	struct ag_tensor *y = apply1(&nan_fn, x, NULL), *l = ag_sum(y);
+
+	ag_set_detect_anomaly(true);
+	cr_assert_eq(ag_backward(l, NULL, NULL), -AG_ENAN);
+	ag_set_detect_anomaly(false);
+	cr_assert(strstr(ag_errmsg(), "MakesNanBackward"), "%s", ag_errmsg());
+	AG_ASSERT_ERR(AG_ENAN, "the forward op that made it was MakesNan");
+	ag_tensor_put(l);
+	ag_tensor_put(y);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* ---- a long chain of custom functions builds, runs and frees ---- */
+
+static int twice_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
+		     struct ag_tensor **out, int nout)
+{
+	(void)ctx;
+	(void)nin;
+	(void)nout;
+	out[0] = ag_mul_scalar(in[0], 1.0);
+	return 0;
+}
+
+static int twice_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
+		     struct ag_tensor **gi, int nin)
+{
+	(void)ctx;
+	(void)nout;
+	(void)nin;
+	gi[0] = ag_tensor_get(g[0]);
+	return 0;
+}
+
+static const struct ag_function_ops chain_fn = {
+	.name = "Link",
+	.forward = twice_fwd,
+	.backward = twice_bwd,
+};
+
+Test(function, chain_of_200000, .timeout = 120)
+{
+	double v[1] = { 0.5 }, one[1] = { 1.0 };
+	struct ag_tensor *x = vec(v, 1, true), *h = ag_tensor_get(x), *y;
+
+	for (int i = 0; i < 200000; i++) {
+		y = apply1(&chain_fn, h, NULL);
+		ag_tensor_put(h);
+		h = y;
+	}
+	cr_assert_eq(ag_backward(h, NULL, NULL), 0, "%s", ag_errmsg());
+	assert_grad(x, one, 1);
+	ag_tensor_put(h); /* frees 200000 nodes without recursion */
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
 /* ---- apply's own checks ---- */
 
 static int nofill_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
