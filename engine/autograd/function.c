@@ -431,6 +431,7 @@ static int fn_apply(struct ag_node *n, struct ag_tensor **grads,
 	struct ag_tensor **g = gsmall, **gi = ismall;
 	struct bwd_frame fr = { .ctx = ctx };
 	struct ag_scope *scope;
+	struct ag_tls_mode mode;
 	int nin = ctx->nin, nout = ctx->nout, rc = 0;
 
 	if (nout > 8)
@@ -456,8 +457,10 @@ static int fn_apply(struct ag_node *n, struct ag_tensor **grads,
 	fr.prev = bwd_top;
 	bwd_top = &fr;
 	scope = ag__scope_suspend();
+	mode = ag__mode;
 	ag_clear_error();
 	rc = ctx->f->backward(ctx, g, nout, gi, nin);
+	ag__mode = mode; /* a mode left changed must not leak to other nodes */
 	ag__scope_resume(scope);
 	bwd_top = fr.prev;
 	if (!rc && fr.err) /* the saved tensors failed; backward went on */

@@ -729,6 +729,66 @@ Test(function, mark_dirty_not_returned)
 	AG_ASSERT_NO_LEAKS();
 }
 
+/* x += w in place: a plain leaf x takes on the history of w */
+static int addinto_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
+		       struct ag_tensor **out, int nout)
+{
+	int rc;
+
+	(void)nin;
+	(void)nout;
+	rc = ag_add_(in[0], in[1]); /* bumps the version itself, no-grad */
+	if (!rc)
+		rc = ag_ctx_mark_dirty(ctx, in[0]);
+	out[0] = ag_tensor_get(in[0]);
+	return rc;
+}
+
+static int addinto_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
+		       struct ag_tensor **gi, int nin)
+{
+	(void)nout;
+	(void)nin;
+	cr_assert_not(ag_ctx_needs_input_grad(ctx, 0));
+	cr_assert(ag_ctx_needs_input_grad(ctx, 1));
+	gi[1] = ag_tensor_get(g[0]);
+	return 0;
+}
+
+static const struct ag_function_ops addinto_fn = {
+	.name = "AddInto",
+	.forward = addinto_fwd,
+	.backward = addinto_bwd,
+};
+
+Test(function, mark_dirty_plain_leaf_takes_history)
+{
+	double v[2] = { 1.0, 2.0 }, w[2] = { 0.5, 0.25 }, want[2];
+	struct ag_tensor *in[2] = { vec(v, 2, false), vec(w, 2, true) };
+	struct ag_tensor *y = NULL, *sq, *l;
+
+	cr_assert_eq(ag_function_apply(&addinto_fn, in, 2, &y, 1, NULL), 0,
+		     "%s", ag_errmsg());
+	cr_assert_eq(y, in[0]);
+	cr_assert_eq(ag_tensor_version(in[0]), 2, "ag_add_ and mark_dirty");
+	cr_assert(ag_tensor_requires_grad(in[0]));
+	cr_assert_not(ag_tensor_is_leaf(in[0]));
+	cr_assert_str_eq(ag_node_name(ag_tensor_grad_fn(in[0])),
+			 "AddIntoBackward");
+	sq = ag_mul(y, y);
+	l = ag_sum(sq);
+	cr_assert_eq(ag_backward(l, NULL, NULL), 0, "%s", ag_errmsg());
+	for (int i = 0; i < 2; i++)
+		want[i] = 2 * (v[i] + w[i]);
+	assert_grad(in[1], want, 2);
+	ag_tensor_put(l);
+	ag_tensor_put(sq);
+	ag_tensor_put(y);
+	ag_tensor_put(in[0]);
+	ag_tensor_put(in[1]);
+	AG_ASSERT_NO_LEAKS();
+}
+
 /* ---- an input returned as it is (not dirty) ---- */
 
 static int ident_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
