@@ -495,12 +495,10 @@ out:
 	return rc;
 }
 
+/* The core frees the container. */
 static void fn_destroy(struct ag_node *n)
 {
-	struct fn_node *fn = to_fn(n);
-
-	free(fn->saved_block);
-	free(fn);
+	free(to_fn(n)->saved_block);
 }
 
 static const struct ag_node_ops fn_proto_ops = {
