@@ -763,15 +763,19 @@ static void wide_check(struct wide_state *st, const struct config *c,
 /*
  * 784-512-512-10 with ReLU; cross-entropy composed from the available ops:
  *   logp = z - log(sum_dim(exp(z), 1, keepdim))
- *   loss = -(1/B) * sum(logp * onehot)
+ *   loss = sum(logp * mask),  mask = -(1/B) * onehot(targets)
  * (no max subtraction: there is no max op yet; the logits stay small).
+ * The -1/B lives in the constant mask rather than in a mul_scalar on the
+ * 0-d sum: that is the same loss, and it keeps the step clear of a libag
+ * bug where the backward of a unary op on a 0-d tensor adds into an
+ * uninitialised buffer (reported with the branch).
  * SGD: under no-grad, g *= lr; p -= g; then p.grad is dropped.
  */
 struct mlp {
 	enum ag_dtype dt;
 	int64_t dims[4], b;
 	struct ag_tensor *p[6]; /* W1 b1 W2 b2 W3 b3; W is [in, out] */
-	struct ag_tensor *x, *onehot;
+	struct ag_tensor *x, *onehot; /* onehot: scaled by -1/B */
 	char case_name[64];
 };
 
@@ -802,6 +806,8 @@ static void mlp_init(struct mlp *m, enum ag_dtype dt, const int64_t *dims,
 	for (int64_t i = 0; i < b; i++)
 		oh[i * dims[3] +
 		   (int64_t)(ag_generator_next(g) % (uint64_t)dims[3])] = 1;
+	for (int64_t i = 0; i < b * dims[3]; i++)
+		oh[i] *= -1.0 / (double)b;
 	if (dt == AG_F64) {
 		m->onehot = NN(ag_from_data(AG_F64, 2, os, oh));
 	} else {
@@ -843,8 +849,7 @@ static struct ag_tensor *mlp_loss(struct mlp *m)
 	lse = t ? ag_log(t) : NULL;
 	logp = lse ? ag_sub(h, lse) : NULL;
 	t = logp ? ag_mul(logp, m->onehot) : NULL;
-	t = t ? ag_sum(t) : NULL;
-	return t ? ag_mul_scalar(t, -1.0 / (double)m->b) : NULL;
+	return t ? ag_sum(t) : NULL;
 }
 
 /* One training step; returns the loss before the update. */
