@@ -1165,6 +1165,31 @@ static long peak_rss_kib(void)
 	return ru.ru_maxrss;
 }
 
+/* The 1-minute load average, or -1: a busy machine explains slow figures. */
+static double load_avg(void)
+{
+	FILE *f = fopen("/proc/loadavg", "r");
+	double v = -1;
+
+	if (f) {
+		if (fscanf(f, "%lf", &v) != 1)
+			v = -1;
+		fclose(f);
+	}
+	return v;
+}
+
+/* CPU time used by this process so far, user + system, in seconds. */
+static double cpu_seconds(void)
+{
+	struct rusage ru;
+
+	if (getrusage(RUSAGE_SELF, &ru))
+		return 0;
+	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 +
+	       (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
+}
+
 static void json_str(FILE *f, const char *s)
 {
 	fputc('"', f);
@@ -1182,6 +1207,8 @@ static void json_str(FILE *f, const char *s)
 }
 
 struct machine {
+	double load_start, load_end; /* 1-minute load averages */
+	double cpu_s, wall_s; /* of the timed repetitions */
 	char cpu[256];
 	char blas[512];
 	const char *isa;
@@ -1214,8 +1241,10 @@ static void write_json(const char *path, const struct machine *mc,
 		c->quick ? "true" : "false", c->reps, c->warmup,
 		HAVE_POOL ? "true" : "false");
 	json_str(f, mc->coretype ? mc->coretype : "");
-	fprintf(f, ", \"peak_rss_kib\": %ld},\n  \"results\": [",
-		peak_rss_kib());
+	fprintf(f,
+		", \"peak_rss_kib\": %ld, \"load_avg_start\": %.2f, \"load_avg_end\": %.2f, \"cpu_per_wall\": %.3f},\n  \"results\": [",
+		peak_rss_kib(), mc->load_start, mc->load_end,
+		mc->wall_s > 0 ? mc->cpu_s / mc->wall_s : 0);
 	for (int i = 0; i < n_series; i++) {
 		const struct series *s = &all_series[i];
 
@@ -1306,6 +1335,13 @@ static void print_table(const struct machine *mc, const struct config *c)
 	}
 	printf("peak RSS: %.1f MiB (getrusage; includes the triad's arrays)\n",
 	       (double)peak_rss_kib() / 1024);
+	printf("machine load: 1-min load average %.2f at start, %.2f at end on %ld CPUs; this process got %.2f CPU-s per wall-s while measuring%s\n",
+	       mc->load_start, mc->load_end, mc->cores,
+	       mc->wall_s > 0 ? mc->cpu_s / mc->wall_s : 0,
+	       mc->load_start > (double)mc->cores ||
+			       mc->load_end > (double)mc->cores ?
+		       " (busy machine: figures are pessimistic)" :
+		       "");
 }
 
 /* ---------------------------------------------------------- main loop */
@@ -1541,6 +1577,9 @@ int main(int argc, char **argv)
 		}
 	}
 
+	mc.load_start = load_avg();
+	mc.cpu_s = cpu_seconds();
+	mc.wall_s = now_s();
 	total = (c.warmup + c.reps) * c.n_threads;
 	for (int rep = -c.warmup; rep < c.reps; rep++) {
 		recording = rep >= 0;
@@ -1571,6 +1610,9 @@ int main(int argc, char **argv)
 				gemm_run(&gemm, t);
 		}
 	}
+	mc.cpu_s = cpu_seconds() - mc.cpu_s;
+	mc.wall_s = now_s() - mc.wall_s;
+	mc.load_end = load_avg();
 	if (tty)
 		fputc('\n', stderr);
 
