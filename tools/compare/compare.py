@@ -53,6 +53,30 @@ def find_torch_python():
     return None
 
 
+def build_cpp():
+    """Builds torch_bench.cpp against libtorch (cached); None on failure."""
+    src = os.path.join(HERE, "torch_bench.cpp")
+    inc = "/usr/include/torch/csrc/api/include"
+    gxx = shutil.which("g++")
+    if not gxx or not os.path.isdir(inc):
+        print("compare.py: no g++ or libtorch headers (%s); skipping the "
+              "C++ variant" % inc, file=sys.stderr)
+        return None
+    out = os.path.join(tempfile.gettempdir(), "ag-compare-torch_bench")
+    if os.path.exists(out) and os.path.getmtime(out) > os.path.getmtime(src):
+        return out
+    cmd = [gxx, "-O2", "-std=c++17", "-I" + inc, src, "-ltorch",
+           "-ltorch_cpu", "-lc10", "-o", out]
+    print("compare.py: building the libtorch variant: %s" % " ".join(cmd),
+          file=sys.stderr)
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        print(r.stderr[-3000:] + "\ncompare.py: the libtorch variant did "
+              "not build; skipping it", file=sys.stderr)
+        return None
+    return out
+
+
 def find_ag_bench(arg):
     if arg:
         return arg if os.access(arg, os.X_OK) else None
@@ -191,21 +215,20 @@ def build_rows(res, order_keys, configs):
     return rows
 
 
-def table_text(rows, best):
-    hdr = ["workload", "case", "thr", "metric", "unit", "libag", "torch",
-           "libag/torch"]
-    if best:
-        hdr += ["libag-best", "torch-best", "best ratio"]
+def table_text(rows, mine, others):
+    """One table: libag config `mine` against each of `others`."""
+    hdr = ["workload", "case", "thr", "metric", "unit", mine] + others + \
+        ["%s/%s" % (mine, o) for o in others]
     lines = [hdr]
     for key, unit, e in rows:
+        if all(e.get(c) is None for c in [mine] + others):
+            continue
         wl, case, thr, metric = key
-        r = ratio(e.get("libag"), e.get("torch"))
-        line = [wl, case, str(thr), metric, unit, cell(e.get("libag")),
-                cell(e.get("torch")), "-" if r is None else "%.2f" % r]
-        if best:
-            rb = ratio(e.get("libag-best"), e.get("torch-best"))
-            line += [cell(e.get("libag-best")), cell(e.get("torch-best")),
-                     "-" if rb is None else "%.2f" % rb]
+        line = [wl, case, str(thr), metric, unit, cell(e.get(mine))]
+        line += [cell(e.get(o)) for o in others]
+        for o in others:
+            r = ratio(e.get(mine), e.get(o))
+            line.append("-" if r is None else "%.2f" % r)
         lines.append(line)
     return lines
 
@@ -232,28 +255,31 @@ def chart(rows, res, configs, threads, png):
     except ImportError:
         print("compare.py: matplotlib not found; no chart", file=sys.stderr)
         return False
-    labels, sp, spb = [], [], []
+    pairs = [(m, o) for m, o in (("libag", "torch"), ("libag", "libtorch"),
+                                 ("libag-best", "torch-best"),
+                                 ("libag-best", "libtorch-best"))
+             if m in configs and o in configs]
+    labels, sp = [], {p: [] for p in pairs}
     t1 = threads[0]
     for key, unit, e in rows:
         wl, case, thr, metric = key
         if thr != t1 or metric in ("step_ms", "fwd_gbps", "bwd_gbps"):
             continue
-        s = speedup(e.get("libag"), e.get("torch"), unit)
-        if s is None:
+        v = {p: speedup(e.get(p[0]), e.get(p[1]), unit) for p in pairs}
+        if all(x is None for x in v.values()):
             continue
         labels.append("%s %s %s" % (wl, case, metric))
-        sp.append(s)
-        spb.append(speedup(e.get("libag-best"), e.get("torch-best"), unit))
-    fig, axes = plt.subplots(1, 2, figsize=(15, 0.32 * len(labels) + 2.5),
+        for p in pairs:
+            sp[p].append(v[p] if v[p] is not None else float("nan"))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 0.4 * len(labels) + 2.5),
                              gridspec_kw={"width_ratios": [3, 2]})
     ax = axes[0]
     y = list(range(len(labels)))
-    h = 0.4 if "torch-best" in configs else 0.8
-    ax.barh([v - h / 2 for v in y] if h < 0.8 else y, sp, height=h,
-            label="libag vs torch (stock)", color="#4477aa")
-    if "torch-best" in configs:
-        ax.barh([v + h / 2 for v in y], [v or 0 for v in spb], height=h,
-                label="libag-best vs torch-best", color="#ee6677")
+    h = 0.8 / max(1, len(pairs))
+    colors = ["#4477aa", "#66ccee", "#ee6677", "#ccbb44"]
+    for i, p in enumerate(pairs):
+        ax.barh([v - 0.4 + h * (i + 0.5) for v in y], sp[p], height=h,
+                label="%s vs %s" % p, color=colors[i % len(colors)])
     ax.set_yticks(y)
     ax.set_yticklabels(labels, fontsize=8)
     ax.invert_yaxis()
@@ -280,7 +306,9 @@ def chart(rows, res, configs, threads, png):
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    ax.set_title("wide: K=16 branches x 32 tanh, n=65536")
+    wcase = next((k[1] for c in configs for k in res[c] if k[0] == "wide"),
+                 "")
+    ax.set_title("wide %s: backward against threads" % wcase)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     return True
@@ -357,6 +385,8 @@ def main():
     ap.add_argument("--workload", action="append", choices=WORKLOADS)
     ap.add_argument("--quick", action="store_true",
                     help="tiny sizes (a smoke test of this script)")
+    ap.add_argument("--no-cpp", action="store_true",
+                    help="skip the libtorch C++ variant")
     ap.add_argument("--no-best", action="store_true",
                     help="skip the AVX-512 configurations")
     ap.add_argument("--md", default=os.path.join(ROOT, "docs", "perf.md"))
@@ -395,9 +425,12 @@ def main():
     if args.quick:
         common.append("--quick")
     tb = os.path.join(HERE, "torch_bench.py")
+    cpp = None if args.no_cpp else build_cpp()
 
-    configs = ["libag", "torch"] + (["libag-best", "torch-best"]
-                                    if avx512 else [])
+    configs = ["libag", "torch"] + (["libtorch"] if cpp else [])
+    if avx512:
+        configs += ["libag-best", "torch-best"] + (
+            ["libtorch-best"] if cpp else [])
     best_env = {"OPENBLAS_CORETYPE": "SkylakeX"}
     runs = {}
     thr_arg = ",".join(str(t) for t in threads)
@@ -415,6 +448,16 @@ def main():
                 dict(best_env, ATEN_CPU_CAPABILITY="avx512",
                      OMP_NUM_THREADS=str(t), OPENBLAS_NUM_THREADS=str(t)))
             for t in threads]
+    for c in ("libtorch", "libtorch-best"):
+        if c not in configs:
+            continue
+        envb = dict(best_env, ATEN_CPU_CAPABILITY="avx512") \
+            if c.endswith("best") else {}
+        runs[c] = [Run(c, [cpp, "--threads", str(t)] +
+                       [a for a in common],
+                       dict(envb, OMP_NUM_THREADS=str(t),
+                            OPENBLAS_NUM_THREADS=str(t)))
+                   for t in threads]
 
     docs = {c: [] for c in configs}
     machine = {}
@@ -444,11 +487,17 @@ def main():
     keys.sort(key=lambda k: (wl.index(k[0]) if k[0] in wl else 99,
                              k[2], ))
     rows = build_rows(res, keys, configs)
-    lines = table_text(rows, avx512)
+    tables = [("stock", table_text(rows, "libag", [c for c in (
+        "torch", "libtorch") if c in configs]))]
+    if avx512:
+        tables.append(("best", table_text(rows, "libag-best", [
+            c for c in ("torch-best", "libtorch-best") if c in configs])))
     print()
     print("ratio = libag / PyTorch per figure (times: < 1 means libag is "
           "faster; GB/s, steps/s, GFLOP/s: > 1 means libag is faster)")
-    print_table(lines)
+    for name, lines in tables:
+        print("\n%s configurations:" % name)
+        print_table(lines)
     if args.no_write:
         return 0
 
@@ -493,6 +542,10 @@ def main():
     md.append("- PyTorch: %s, ATen CPU capability `%s`, BLAS %s" % (
         machine["torch"]["version"], machine["torch"]["isa"],
         machine["torch"]["blas"]))
+    if "libtorch" in machine:
+        md.append("- libtorch: the same library through its C++ API "
+                  "(tools/compare/torch_bench.cpp, built with g++ -O2), "
+                  "without Python's per-op overhead")
     if "torch-best" in machine:
         md.append("- torch-best: ATen CPU capability `%s`, BLAS %s" % (
             machine["torch-best"]["isa"], machine["torch-best"]["blas"]))
@@ -522,7 +575,13 @@ def main():
               "libag is faster.  `best` = `OPENBLAS_CORETYPE=SkylakeX` for "
               "both and `ATEN_CPU_CAPABILITY=avx512` for PyTorch.\n" %
               (args.rounds, args.reps))
-    md.append(md_table(lines) + "\n")
+    for name, lines in tables:
+        if name == "stock":
+            md.append("### Stock: as installed\n")
+        else:
+            md.append("### Best: AVX-512 kernels and the SkylakeX BLAS "
+                      "core\n")
+        md.append(md_table(lines) + "\n")
     if wide_sp:
         md.append("**wide backward speedup** with threads: " +
                   "; ".join(wide_sp) + ".\n")
@@ -537,9 +596,11 @@ def main():
     else:
         md.append("- nothing: every workload ran")
     md.append("- `ag-bench --trace`: needs ag/trace.h (libag's pool branch)")
-    md.append("- the libtorch C++ variant of the comparison is not written "
-              "yet; PyTorch's figures here include Python's per-op "
-              "overhead, which matters for `chain` and `wide` forward\n")
+    if "libtorch" not in configs:
+        md.append("- the libtorch C++ variant (skipped in this run: no g++ "
+                  "or libtorch headers, or --no-cpp)")
+    md.append("- libtorch C++ variant: no triad and no `idiomatic` MLP "
+              "(the Python columns have them)\n")
     md.append(METHOD)
     with open(args.md, "w") as f:
         f.write("\n".join(md))
