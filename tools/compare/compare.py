@@ -315,6 +315,36 @@ def chart(rows, res, configs, threads, png):
 
 
 METHOD = """\
+## ag-bench
+
+`ag-bench` (tools/ag-bench.c, installed with libag) runs the workloads of
+BENCHMARKS.md with libag's public API only and prints a table with median,
+min and max per figure, the CPU model, the ISA path (`AG_ISA` or `auto`),
+the BLAS and its core, `OPENBLAS_CORETYPE`, the thread counts, the peak
+RSS and the machine load while it measured.
+
+```
+ag-bench                        every workload, threads 1 and all CPUs,
+                                7 repetitions after 1 warm-up (< 2 min)
+ag-bench --workload mlp --workload wide --threads 1,2 --reps 15
+ag-bench --json out.json        the same figures for scripts
+ag-bench --trace wide.json      Chrome/Perfetto trace of one wide backward
+                                (needs ag/trace.h; says so otherwise)
+ag-bench --quick                tiny sizes plus gradient checks; exit 1 on
+                                a mismatch (meson test --suite bench)
+```
+
+`--quick` checks libag's gradients on every workload: chain against the
+f64 recurrence `d = prod_k (1 + 0.001 (1 - tanh(y_k)^2))`; elementwise
+against the closed-form derivatives (and `dx = w`, `dw = x` for mul); wide
+against `sum_k w_k prod_j (1 - h_j^2)` for x and `x prod_j (...)` for w_0;
+mlp by central finite differences in f64 on the largest-gradient element
+of each parameter, then by the loss falling over 31 SGD steps in f32; the
+triad and the GEMM against plain loops.  Ops that do not exist yet (today:
+`sin`) are reported as unavailable (`"status": "unavailable"` in the JSON),
+never as a figure.  Without ag/pool.h libag runs on one thread, and
+ag-bench says so and skips its figures at higher thread counts.
+
 ## What is measured
 
 All tensors are float32, inputs uniform in [-1, 1) (log: [0.5, 2)), fixed
