@@ -585,7 +585,8 @@ def main():
               (ag_run.get("peak_rss_kib", 0) / 1024))
     md.append("## Commands\n")
     md.append("```")
-    md.append("meson setup build && ninja -C build")
+    md.append("meson setup build -Dtests=false && ninja -C build   "
+              "# the default buildtype, debugoptimized")
     md.append(" ".join(shlex.quote(a) for a in
                        [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]))
     md.append("# which ran, %d round(s), rotating the order each round:" %
