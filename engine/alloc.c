@@ -92,7 +92,8 @@ static void make_key(void)
 	pthread_key_create(&exit_key, thread_exit);
 }
 
-static void register_thread(struct cache *tc)
+/* unused when sanitizers make the allocator a passthrough */
+__attribute__((unused)) static void register_thread(struct cache *tc)
 {
 	pthread_once(&exit_once, make_key);
 	pthread_setspecific(exit_key, tc);
@@ -100,7 +101,7 @@ static void register_thread(struct cache *tc)
 }
 
 /* Takes up to BATCH blocks of class c from the global list. */
-static void refill(struct cache *tc, int c)
+__attribute__((unused)) static void refill(struct cache *tc, int c)
 {
 	struct free_block *b;
 
@@ -175,5 +176,6 @@ void ag__free(void *ptr)
 	}
 #endif
 	(void)tc;
+	(void)c;
 	free(p);
 }
