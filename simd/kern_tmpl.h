@@ -120,15 +120,17 @@ static inline VT F(v_tanh)(VT v)
 {
 	VT one = V(set1)(1);
 	VT a, x2, p, e, big;
+	V(m) mid;
 
 	if (sizeof(T) == 8)
 		return V(tanh)(v);
 	a = V(abs)(v);
 	a = V(sel)(V(gt)(a, V(set1)(10)), V(set1)(10), a);
 	e = V(exp)(V(add)(a, a));
-	big = V(sel)(V(lt)(a, V(set1)(4)),
-		     V(div)(V(sub)(e, one), V(add)(e, one)),
-		     V(sub)(one, V(div)(V(set1)(2), V(add)(e, one))));
+	/* one division serves both: (e - 1) / (e + 1) or 2 / (e + 1) */
+	mid = V(lt)(a, V(set1)(4));
+	big = V(div)(V(sel)(mid, V(sub)(e, one), V(set1)(2)), V(add)(e, one));
+	big = V(sel)(mid, big, V(sub)(one, big));
 	x2 = V(mul)(v, v);
 	p = V(set1)(0.000590027440945585981378075993700);
 	p = V(fma)(p, x2, V(set1)(-0.00145583438705131826824948518070));
