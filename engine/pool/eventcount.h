@@ -13,16 +13,28 @@
  *	else
  *		ag__ec_commit(ec, key);
  *
- * No lost wake-up: prepare increments waiters (seq_cst RMW) before it
- * re-checks for work with seq_cst loads, and the notifier loads waiters
- * (seq_cst) after its seq_cst publication.  In the single total order of
- * seq_cst operations either the notifier's load follows the increment, so it
- * sees a waiter and bumps seq (and commit's futex_wait then returns at once
- * because seq no longer equals key), or it precedes it, and then the
- * publication precedes the waiter's re-check, which sees the work.
+ * seq is the futex word.  An odd seq means "a wake-up is on its way": only
+ * a notifier makes it odd (even -> odd, then futex_wake), only a waiter
+ * makes it even again (when it leaves commit, or in prepare), and a waiter
+ * never sleeps on an odd key.  While it is odd, further notifies cost two
+ * loads and no syscall: a burst of submits wakes a sleeper once, not once
+ * per submit while the sleeper is being scheduled.
  *
- * The futex only puts threads to sleep; all memory ordering is carried by
- * the atomics, which is what ThreadSanitizer checks.
+ * No lost wake-up.  Let X sleep on key k (even) after its re-check missed a
+ * publication P.  X's increment of waiters, its load of k and its re-check
+ * all precede P in the single total order S of seq_cst operations, and the
+ * notifier's loads of waiters and seq follow P.  So the notifier sees X
+ * counted and reads seq == k or a later value.  From k the only change is a
+ * notifier's CAS k -> k + 1 followed by its futex_wake; whether the CAS is
+ * ours or another notifier's, it comes after X read k, so X's futex_wait
+ * either finds seq != k and returns, or is asleep and is woken.  With
+ * n == INT_MAX every sleeper is woken.  With n == 1 (free workers, which are
+ * interchangeable) the one woken may be another thread Y; Y clears the odd
+ * bit after the notifier read it (or the notifier would have seen it even
+ * and woken someone itself), so Y's next scan follows P.
+ *
+ * The futex only sleeps; all memory ordering is carried by the atomics,
+ * which is what ThreadSanitizer checks.
  */
 #include <limits.h>
 #include <stdatomic.h>
@@ -44,8 +56,19 @@ static inline void ag__ec_init(struct ag_ec *ec)
 
 static inline unsigned ag__ec_prepare(struct ag_ec *ec)
 {
+	unsigned key;
+
 	atomic_fetch_add_explicit(&ec->waiters, 1, memory_order_seq_cst);
-	return atomic_load_explicit(&ec->seq, memory_order_seq_cst);
+	key = atomic_load_explicit(&ec->seq, memory_order_seq_cst);
+	/*
+	 * A wake-up in flight: take it (the caller re-checks anyway) so
+	 * that we never sleep on an odd key.
+	 */
+	while ((key & 1) && !atomic_compare_exchange_weak_explicit(
+				    &ec->seq, &key, key + 1,
+				    memory_order_seq_cst, memory_order_seq_cst))
+		;
+	return key & 1 ? key + 1 : key;
 }
 
 static inline void ag__ec_cancel(struct ag_ec *ec)
@@ -55,21 +78,60 @@ static inline void ag__ec_cancel(struct ag_ec *ec)
 
 static inline void ag__ec_commit(struct ag_ec *ec, unsigned key)
 {
+	unsigned v;
+
 	/* atomic_uint has the layout of the kernel's u32 futex word. */
-	while (atomic_load_explicit(&ec->seq, memory_order_acquire) == key)
+	while ((v = atomic_load_explicit(&ec->seq, memory_order_acquire)) ==
+	       key)
 		syscall(SYS_futex, (unsigned *)&ec->seq, FUTEX_WAIT_PRIVATE,
 			key, NULL, NULL, 0);
+	/* The wake-up arrived: let the next notify send another. */
+	if (v & 1)
+		atomic_compare_exchange_strong_explicit(&ec->seq, &v, v + 1,
+							memory_order_seq_cst,
+							memory_order_relaxed);
 	atomic_fetch_sub_explicit(&ec->waiters, 1, memory_order_relaxed);
 }
 
-/* Wakes up to n sleepers (INT_MAX: all) if any thread is preparing. */
+/*
+ * Wakes up to n sleepers (INT_MAX: all) if any thread is preparing.  Every
+ * notify of one eventcount must use the same n: skipping while a wake-up
+ * is in flight is only right if that wake-up reaches as many threads.
+ */
 static inline void ag__ec_notify(struct ag_ec *ec, int n)
 {
+	unsigned v;
+
 	if (!atomic_load_explicit(&ec->waiters, memory_order_seq_cst))
 		return;
-	atomic_fetch_add_explicit(&ec->seq, 1, memory_order_seq_cst);
+	v = atomic_load_explicit(&ec->seq, memory_order_seq_cst);
+	/*
+	 * Odd, or the CAS fails (only a notifier moves seq off an even
+	 * value): a wake-up is already on its way.
+	 */
+	if ((v & 1) || !atomic_compare_exchange_strong_explicit(
+			       &ec->seq, &v, v + 1, memory_order_seq_cst,
+			       memory_order_relaxed))
+		return;
 	syscall(SYS_futex, (unsigned *)&ec->seq, FUTEX_WAKE_PRIVATE, n, NULL,
 		NULL, 0);
+}
+
+/*
+ * Wakes every sleeper, whatever is in flight (shutting down an eventcount
+ * whose notifies wake one).
+ */
+static inline void ag__ec_wake_all(struct ag_ec *ec)
+{
+	unsigned v = atomic_load_explicit(&ec->seq, memory_order_seq_cst);
+
+	/* Sleepers hold even keys: make seq differ from all of them. */
+	if (!(v & 1))
+		atomic_compare_exchange_strong_explicit(&ec->seq, &v, v + 1,
+							memory_order_seq_cst,
+							memory_order_relaxed);
+	syscall(SYS_futex, (unsigned *)&ec->seq, FUTEX_WAKE_PRIVATE, INT_MAX,
+		NULL, NULL, 0);
 }
 
 #endif /* AG_POOL_EVENTCOUNT_H */

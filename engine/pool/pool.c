@@ -46,13 +46,24 @@
 #define PF_MAX_CHUNKS 1024
 #define PF_STACK_CHUNKS 16
 
+#define WORKER_STACK (8u << 20)
+
 /* On exit, how long to wait for busy workers before leaving them be. */
 #define EXIT_JOIN_NS 100000000L
 
+/*
+ * Threads outside the pool that submit get a deque of their own, so their
+ * submits are lock-free pushes too; past this many at once they fall back
+ * to the injection queue.
+ */
+#define MAX_EXT 64
+
+/* A deque and its owner: a pool worker, or a thread outside the pool. */
 struct ag_worker {
 	struct ag_deque dq;
-	pthread_t thread;
-	int id;
+	pthread_t thread; /* workers */
+	int id; /* workers: 0..; outside threads: -1 */
+	atomic_int claimed; /* outside threads' slots: owned by a thread */
 };
 
 static struct {
@@ -65,6 +76,11 @@ static struct {
 	/* Slots are never freed: a slow thief may still read a deque. */
 	struct ag_worker *w[AG_POOL_MAX_WORKERS];
 
+	/* Deques of threads outside the pool; next_ext only grows. */
+	pthread_mutex_t ext_lock;
+	atomic_int next_ext;
+	struct ag_worker *ext[MAX_EXT];
+
 	/* Tasks submitted by threads that are not workers. */
 	pthread_mutex_t inj_lock;
 	struct ag_task *inj_head, *inj_tail;
@@ -75,9 +91,13 @@ static struct {
 } pool = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
 	.inj_lock = PTHREAD_MUTEX_INITIALIZER,
+	.ext_lock = PTHREAD_MUTEX_INITIALIZER,
 };
 
-static _Thread_local struct ag_worker *self;
+static _Thread_local struct ag_worker *self; /* this pool worker */
+static _Thread_local struct ag_worker *mine; /* the deque this thread owns */
+static pthread_once_t ext_once = PTHREAD_ONCE_INIT;
+static pthread_key_t ext_key;
 static _Thread_local uint32_t rng_state;
 
 static uint32_t rng_next(void)
@@ -174,10 +194,14 @@ static struct ag_task *inj_take(const struct ag_group *g)
 
 /* ---- finding work ---- */
 
-/* Steals a top task of g (any task if g is NULL) from some worker. */
+/*
+ * Steals a top task of g (any task if g is NULL) from some worker or some
+ * outside thread's deque, starting at a random victim.
+ */
 static struct ag_task *steal(const struct ag_group *g)
 {
-	int n = atomic_load_explicit(&pool.nworkers, memory_order_acquire);
+	int nw = atomic_load_explicit(&pool.nworkers, memory_order_acquire);
+	int n = nw + atomic_load_explicit(&pool.next_ext, memory_order_acquire);
 	struct ag_task *t;
 	int start;
 
@@ -185,9 +209,10 @@ static struct ag_task *steal(const struct ag_group *g)
 		return NULL;
 	start = (int)(rng_next() % (uint32_t)n);
 	for (int i = 0; i < n; i++) {
-		struct ag_worker *v = pool.w[(start + i) % n];
+		int j = (start + i) % n;
+		struct ag_worker *v = j < nw ? pool.w[j] : pool.ext[j - nw];
 
-		if (v == self)
+		if (v == mine)
 			continue;
 		for (int tries = 0; tries < 8; tries++) {
 			enum ag_steal r = ag__deque_steal(&v->dq, g, &t);
@@ -218,8 +243,8 @@ static struct ag_task *find_group(const struct ag_group *g)
 {
 	struct ag_task *t = NULL;
 
-	if (self)
-		t = ag__deque_pop(&self->dq, g);
+	if (mine)
+		t = ag__deque_pop(&mine->dq, g);
 	if (!t)
 		t = inj_take(g);
 	if (!t)
@@ -266,6 +291,7 @@ static void *worker_main(void *arg)
 	char name[16];
 
 	self = w;
+	mine = w;
 	snprintf(name, sizeof(name), "ag-worker-%d", w->id);
 	pthread_setname_np(pthread_self(), name);
 	for (;;) {
@@ -281,29 +307,105 @@ static void *worker_main(void *arg)
 			task_run(t);
 	}
 	self = NULL;
+	mine = NULL;
 	return NULL;
 }
 
 /* ---- groups ---- */
 
+/* ---- deques of threads outside the pool ---- */
+
+/* Thread exit: give the slot back if nothing is left in it. */
+static void ext_release(void *arg)
+{
+	struct ag_worker *e = arg;
+
+	if (e != mine)
+		return; /* not ours any more (fork child) */
+	mine = NULL;
+	/*
+	 * Tasks left behind (submitted, never waited for) stay stealable;
+	 * the slot then stays claimed for good.
+	 */
+	if (ag__deque_maybe_nonempty(&e->dq))
+		return;
+	/* Release: the next owner sees this one's indices. */
+	atomic_store_explicit(&e->claimed, 0, memory_order_release);
+}
+
+static void ext_key_init(void)
+{
+	pthread_key_create(&ext_key, ext_release);
+}
+
+/* A deque for this thread outside the pool, or NULL if none is free. */
+static struct ag_worker *ext_claim(void)
+{
+	int n = atomic_load_explicit(&pool.next_ext, memory_order_acquire);
+	struct ag_worker *e = NULL;
+
+	pthread_once(&ext_once, ext_key_init);
+	for (int i = 0; i < n; i++) {
+		int zero = 0;
+
+		if (atomic_compare_exchange_strong_explicit(
+			    &pool.ext[i]->claimed, &zero, 1,
+			    memory_order_acquire, memory_order_relaxed)) {
+			e = pool.ext[i];
+			goto out;
+		}
+	}
+	pthread_mutex_lock(&pool.ext_lock);
+	n = atomic_load_explicit(&pool.next_ext, memory_order_relaxed);
+	if (n < MAX_EXT) {
+		e = aligned_alloc(64, (sizeof(*e) + 63) & ~(size_t)63);
+		if (e) {
+			memset(e, 0, sizeof(*e));
+			if (ag__deque_init(&e->dq)) {
+				free(e);
+				e = NULL;
+			}
+		}
+		if (e) {
+			e->id = -1;
+			atomic_init(&e->claimed, 1);
+			pool.ext[n] = e;
+			/* Release: thieves that see n + 1 see the slot. */
+			atomic_store_explicit(&pool.next_ext, n + 1,
+					      memory_order_release);
+		}
+	}
+	pthread_mutex_unlock(&pool.ext_lock);
+	if (!e)
+		return NULL;
+out:
+	pthread_setspecific(ext_key, e);
+	mine = e;
+	return e;
+}
+
 void ag__group_submit(struct ag_group *g, struct ag_task *t)
 {
-	struct ag_worker *w = self;
+	struct ag_worker *d = mine;
 
 	t->group = g;
 	/*
-	 * Relaxed: whoever finishes t acquired it through the deque or the
+	 * Relaxed: whoever finishes t acquired it through a deque or the
 	 * queue, so the decrement follows this increment.
 	 */
 	atomic_fetch_add_explicit(&g->pending, 1, memory_order_relaxed);
-	if (w) {
-		if (ag__deque_push(&w->dq, t, g)) {
+	if (!self) {
+		ag__pool_ensure();
+		if (!d)
+			d = ext_claim();
+	}
+	if (d) {
+		if (ag__deque_push(&d->dq, t, g)) {
 			/* Full and cannot grow: running it now is correct. */
 			task_run(t);
 			return;
 		}
 	} else {
-		ag__pool_ensure();
 		inj_push(t);
 	}
 	ag__ec_notify(&pool.idle, 1);
@@ -411,7 +513,10 @@ static struct ag_worker *worker_slot(int i)
 /* Under pool.lock. */
 static void start_locked(int nworkers)
 {
-	sigset_t all, old;
+	static const int sync_signals[] = { SIGSEGV, SIGBUS,  SIGFPE, SIGILL,
+					    SIGTRAP, SIGABRT, SIGSYS };
+	pthread_attr_t attr;
+	sigset_t mask, old;
 	int i, n;
 
 	for (n = 0; n < nworkers; n++)
@@ -419,13 +524,26 @@ static void start_locked(int nworkers)
 			break;
 	atomic_store_explicit(&pool.stop, 0, memory_order_relaxed);
 	atomic_store_explicit(&pool.nworkers, n, memory_order_release);
-	/* Workers inherit a mask that keeps the user's signals off them. */
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
+	/*
+	 * Workers inherit a mask that keeps the user's asynchronous signals
+	 * off them; faults still reach their handlers (sanitizers, crash
+	 * reporters).
+	 */
+	sigfillset(&mask);
+	for (i = 0; i < (int)(sizeof(sync_signals) / sizeof(int)); i++)
+		sigdelset(&mask, sync_signals[i]);
+	pthread_sigmask(SIG_SETMASK, &mask, &old);
+	/*
+	 * A fixed stack, not RLIMIT_STACK's: re-entrant backward nests
+	 * group waits (depth 100 is tested) whatever ulimit -s says.
+	 */
+	pthread_attr_init(&attr);
+	pthread_attr_setstacksize(&attr, WORKER_STACK);
 	for (i = 0; i < n; i++)
-		if (pthread_create(&pool.w[i]->thread, NULL, worker_main,
+		if (pthread_create(&pool.w[i]->thread, &attr, worker_main,
 				   pool.w[i]))
 			break;
+	pthread_attr_destroy(&attr);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	/* Fewer threads than asked for is slower, not wrong. */
 	pool.nstarted = i;
@@ -439,7 +557,7 @@ static void stop_locked(void)
 {
 	atomic_store_explicit(&pool.running, 0, memory_order_seq_cst);
 	atomic_store_explicit(&pool.stop, 1, memory_order_seq_cst);
-	ag__ec_notify(&pool.idle, INT_MAX);
+	ag__ec_wake_all(&pool.idle);
 	for (int i = 0; i < pool.nstarted; i++)
 		pthread_join(pool.w[i]->thread, NULL);
 	pool.nstarted = 0;
@@ -516,6 +634,17 @@ static void atfork_child(void)
 	for (int i = 0; i < AG_POOL_MAX_WORKERS; i++)
 		if (pool.w[i])
 			ag__deque_reset(&pool.w[i]->dq);
+	pthread_mutex_init(&pool.ext_lock, NULL);
+	for (int i = 0; i < MAX_EXT; i++) {
+		if (!pool.ext[i])
+			continue;
+		ag__deque_reset(&pool.ext[i]->dq);
+		atomic_store_explicit(&pool.ext[i]->claimed, 0,
+				      memory_order_relaxed);
+	}
+	if (mine && mine->id < 0)
+		pthread_setspecific(ext_key, NULL);
+	mine = NULL;
 	ag__ec_init(&pool.idle);
 	for (int i = 0; i < WAIT_SLOTS; i++)
 		ag__ec_init(&pool.wait[i]);
@@ -543,7 +672,7 @@ __attribute__((destructor)) static void pool_fini(void)
 	if (atomic_load_explicit(&pool.running, memory_order_relaxed)) {
 		atomic_store_explicit(&pool.running, 0, memory_order_seq_cst);
 		atomic_store_explicit(&pool.stop, 1, memory_order_seq_cst);
-		ag__ec_notify(&pool.idle, INT_MAX);
+		ag__ec_wake_all(&pool.idle);
 		clock_gettime(CLOCK_REALTIME, &dl);
 		dl.tv_nsec += EXIT_JOIN_NS;
 		if (dl.tv_nsec >= 1000000000L) {

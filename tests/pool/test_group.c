@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <ag/error.h>
 #include <ag/pool.h>
@@ -251,6 +252,46 @@ static int test_isolation_many_callers(void)
 	return 0;
 }
 
+/*
+ * More outside threads than there are outside deque slots (64) at once:
+ * the rest submit through the injection queue.
+ */
+static pthread_barrier_t crowd_barrier;
+
+static void *crowd_member(void *arg)
+{
+	long rc = 0;
+
+	(void)arg;
+	pthread_barrier_wait(&crowd_barrier);
+	for (int rep = 0; rep < 3 && !rc; rep++)
+		rc = run_tree(5);
+	/* Hold the slots until everyone is done. */
+	pthread_barrier_wait(&crowd_barrier);
+	return (void *)rc;
+}
+
+static int test_more_threads_than_slots(void)
+{
+	enum { T = 72 };
+	pthread_t th[T];
+
+	TAP_CHECK(ag_set_num_threads(2) == 0);
+	TAP_CHECK(pthread_barrier_init(&crowd_barrier, NULL, T) == 0);
+	for (int j = 0; j < T; j++)
+		TAP_CHECK(pthread_create(&th[j], NULL, crowd_member, NULL) ==
+			  0);
+	for (int j = 0; j < T; j++) {
+		void *rc;
+
+		pthread_join(th[j], &rc);
+		TAP_CHECK(rc == NULL);
+	}
+	pthread_barrier_destroy(&crowd_barrier);
+	TAP_CHECK(atomic_load(&violations) == 0);
+	return 0;
+}
+
 /* ---- worker identity and errors ---- */
 
 struct id_task {
@@ -299,12 +340,64 @@ static int test_worker_identity(void)
 	return 0;
 }
 
+/* ---- sleeping and waking, many times ---- */
+
+struct nap_task {
+	struct ag_task task;
+	int us;
+	atomic_int *ran;
+};
+
+static void nap_run(struct ag_task *t)
+{
+	struct nap_task *n = ag_container_of(t, struct nap_task, task);
+
+	if (n->us)
+		usleep((useconds_t)n->us);
+	atomic_fetch_add(n->ran, 1);
+}
+
+/*
+ * Tasks that sleep past the spin, with gaps, so owners and workers park
+ * and wake thousands of times: a lost wake-up hangs here (meson's timeout
+ * catches it).
+ */
+static int test_park_unpark(void)
+{
+	unsigned seed = 7;
+
+	for (unsigned i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		TAP_CHECK(ag_set_num_threads(sizes[i]) == 0);
+		for (int rep = 0; rep < SCALE(300); rep++) {
+			struct nap_task n[3];
+			struct ag_group g;
+			atomic_int ran = 0;
+			int k = 1 + (int)(rand_r(&seed) % 3);
+
+			ag__group_init(&g);
+			for (int j = 0; j < k; j++) {
+				ag__task_init(&n[j].task, nap_run);
+				n[j].us = (int)(rand_r(&seed) % 120);
+				n[j].ran = &ran;
+				ag__group_submit(&g, &n[j].task);
+			}
+			wait_group(&g);
+			TAP_CHECK(atomic_load(&ran) == k);
+			if (rep % 4 == 0)
+				usleep(rand_r(&seed) % 200);
+		}
+	}
+	return 0;
+}
+
 static const struct tap_test tests[] = {
+	TAP_TEST(test_park_unpark),
 	TAP_TEST(test_worker_identity),
 	TAP_TEST(test_tree),
 	TAP_TEST(test_nested_depth_100),
 	TAP_TEST(test_nested_from_many_tasks),
 	TAP_TEST(test_isolation_many_callers),
+	TAP_TEST(test_more_threads_than_slots),
 	{ 0 },
 };
 
