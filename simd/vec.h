@@ -403,7 +403,9 @@ typedef bool vd_m;
 #define vf_and(m1, m2) ((m1) && (m2))
 #define vf_or(m1, m2) ((m1) || (m2))
 #define vf_sel(m, a, b) ((m) ? (a) : (b))
-#define vf_qbit(q, b) ((((int32_t)(q)) & (b)) != 0)
+/* out-of-range lanes (huge, inf, NaN) are never used; the guard only keeps
+ * the conversion defined */
+#define vf_qbit(q, b) (fabsf(q) < 0x1p30f && (((int32_t)(q)) & (b)) != 0)
 #define vf_exp(a) Sleef_expf_u10(a)
 #define vf_expm1(a) Sleef_expm1f_u10(a)
 #define vf_log(a) Sleef_logf_u10(a)
@@ -442,7 +444,7 @@ typedef bool vd_m;
 #define vd_and(m1, m2) ((m1) && (m2))
 #define vd_or(m1, m2) ((m1) || (m2))
 #define vd_sel(m, a, b) ((m) ? (a) : (b))
-#define vd_qbit(q, b) ((((int64_t)(q)) & (b)) != 0)
+#define vd_qbit(q, b) (fabs(q) < 0x1p62 && (((int64_t)(q)) & (b)) != 0)
 #define vd_exp(a) Sleef_exp_u10(a)
 #define vd_expm1(a) Sleef_expm1_u10(a)
 #define vd_log(a) Sleef_log_u10(a)
