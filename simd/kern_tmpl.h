@@ -522,7 +522,7 @@ static void F(dst_init)(struct F(dst) * d, T *p, int64_t inc, T *buf,
 	d->p = p;
 	d->inc = inc;
 	d->buf = buf;
-	d->reduce = reduce && inc == 0;
+	d->reduce = reduce && inc == 0 && p;
 	d->acc = 0;
 }
 

@@ -309,6 +309,18 @@ Test(reduce, gemm)
 	gemm_case(true, false, 130, 70, 40, -0.5, 1, &r);
 }
 
+/* an absent gradient may come with any stride, 0 included */
+Test(reduce, absent_gradient_any_stride)
+{
+	float g[5] = { 1, 2, 3, 4, 5 }, a[5] = { 1, 1, 1, 1, 1 };
+	float b[5] = { 2, 2, 2, 2, 2 }, gb = 0;
+
+	ag_k_binary_bwd_f32(AG_K_MUL, 5, g, 1, a, 1, b, 1, NULL, 0, &gb, 0);
+	cr_assert(gb == 15);
+	ag_k_binary_bwd_f32(AG_K_MUL, 5, g, 1, a, 1, b, 1, &gb, 0, NULL, 0);
+	cr_assert(gb == 45);
+}
+
 /* a single row may come with any leading dimension */
 Test(reduce, gemm_one_row_any_ld)
 {
