@@ -5,7 +5,9 @@
  * runs, against libm's double functions (< 1 ULP of f64, i.e. 2^-29 ULP of
  * f32).  Takes minutes; not a test.
  *
- *   ./build/simd/exhaustive [limit]      (default 8192; tanh: all floats)
+ *   ./build/simd/exhaustive [limit [sin|cos|tanh]]
+ *	limit for sin and cos, default 8192 (tanh: every float); naming a
+ *	function checks only it, on the best path only
  */
 #include <math.h>
 #include <stdint.h>
@@ -79,6 +81,7 @@ int main(int argc, char **argv)
 {
 	static const char *const isas[] = { "avx512", "avx2", "generic" };
 	float limit = argc > 1 ? strtof(argv[1], NULL) : 8192;
+	const char *only = argc > 2 ? argv[2] : NULL;
 	int k;
 
 	for (k = 0; k < 3; k++) {
@@ -86,10 +89,13 @@ int main(int argc, char **argv)
 
 		if (!t)
 			continue;
-		run(t, "sin", AG_K_SIN, sin, limit);
-		run(t, "cos", AG_K_COS, cos, limit);
-		run(t, "tanh", AG_K_TANH, tanh, 3.4e38f);
-		if (argc > 2)
+		if (!only || !strcmp(only, "sin"))
+			run(t, "sin", AG_K_SIN, sin, limit);
+		if (!only || !strcmp(only, "cos"))
+			run(t, "cos", AG_K_COS, cos, limit);
+		if (!only || !strcmp(only, "tanh"))
+			run(t, "tanh", AG_K_TANH, tanh, 3.4e38f);
+		if (only)
 			break;
 	}
 	return 0;
