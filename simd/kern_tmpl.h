@@ -1100,6 +1100,29 @@ static double F(max)(int64_t n, const T *x, int64_t incx, int64_t *argmax)
 			*argmax = -1;
 		return NAN;
 	}
+	if (incx == 1 && n >= 2 * W) {
+		/* vector pass for the value, then the first index holding it */
+		VT vm = V(load)(x);
+		V(m) seen = V(isnan)(vm);
+
+		for (i = W; i + W <= n; i += W) {
+			VT v = V(load)(x + i);
+
+			seen = V(or)(seen, V(isnan)(v));
+			vm = V(sel)(V(gt)(v, vm), v, vm);
+		}
+		m = V(hmax)(vm);
+		for (; i < n; i++)
+			m = x[i] > m || isnan(x[i]) ? x[i] : m;
+		if (!V(any)(seen) && !isnan(m)) {
+			for (k = 0; k < n && !(x[k] == m); k++)
+				;
+			if (argmax)
+				*argmax = k;
+			return x[k];
+		}
+		/* a NaN somewhere: the scalar scan finds the first one */
+	}
 	m = x[0];
 	for (i = 1; i < n && !isnan(m); i++) {
 		T v = x[i * incx];
