@@ -42,6 +42,7 @@ demo: build
 
 check-normal: build
 	meson test -C build --print-errorlogs
+	sh tests/install_check.sh build
 
 check-clang: deps
 	[ -f build-clang/build.ninja ] || CC=clang meson setup build-clang $(MESON_CI)

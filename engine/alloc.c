@@ -26,6 +26,11 @@
 #endif
 #endif
 
+#ifndef AG_ALLOC_PASSTHROUGH
+#define AG_ALLOC_PASSTHROUGH 0
+#endif
+static const bool passthrough = AG_ALLOC_PASSTHROUGH;
+
 #define HEADER 16
 #define CACHE_MAX 1024
 #define BATCH 256
@@ -120,8 +125,7 @@ void *ag__alloc(size_t size)
 	int c = class_of(size);
 	unsigned char *p;
 
-#ifndef AG_ALLOC_PASSTHROUGH
-	if (c != LARGE) {
+	if (!passthrough && c != LARGE) {
 		struct free_block *b;
 
 		if (!tc->head[c])
@@ -133,12 +137,10 @@ void *ag__alloc(size_t size)
 			return b; /* lists link user areas; headers stay */
 		}
 	}
-#endif
 	p = malloc(HEADER + (c == LARGE ? size : class_size[c]));
 	if (!p)
 		return NULL;
 	*(int *)p = c;
-	(void)tc;
 	return p + HEADER;
 }
 
@@ -161,8 +163,7 @@ void ag__free(void *ptr)
 		return;
 	p = (unsigned char *)ptr - HEADER;
 	c = *(int *)p;
-#ifndef AG_ALLOC_PASSTHROUGH
-	if (c != LARGE) {
+	if (!passthrough && c != LARGE) {
 		struct free_block *b = ptr;
 
 		if (!tc->registered)
@@ -173,7 +174,5 @@ void ag__free(void *ptr)
 			spill(tc, c, CACHE_MAX / 2);
 		return;
 	}
-#endif
-	(void)tc;
 	free(p);
 }

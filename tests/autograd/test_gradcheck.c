@@ -724,3 +724,62 @@ Test(gradcheck, identity_and_constant)
 	ag_tensor_put(in[0]);
 	AG_ASSERT_NO_LEAKS();
 }
+
+/* ---- a custom function with a wrong backward ---- */
+
+/* forward y = x^2, backward claims grad * x (the truth is grad * 2x) */
+static int square_forward(struct ag_ctx *ctx, struct ag_tensor *const *in,
+			  int nin, struct ag_tensor **out, int nout)
+{
+	(void)nin;
+	(void)nout;
+	out[0] = ag_mul(in[0], in[0]);
+	if (!out[0])
+		return -ag_errcode();
+	return ag_ctx_save_for_backward(ctx, in, 1);
+}
+
+static int square_wrong_backward(struct ag_ctx *ctx,
+				 struct ag_tensor *const *grad_out, int nout,
+				 struct ag_tensor **grad_in, int nin)
+{
+	struct ag_tensor **saved;
+	int n, rc;
+
+	(void)nout;
+	(void)nin;
+	rc = ag_ctx_saved_tensors(ctx, &saved, &n);
+	if (rc)
+		return rc;
+	grad_in[0] = ag_mul(grad_out[0], saved[0]);
+	return grad_in[0] ? 0 : -ag_errcode();
+}
+
+static const struct ag_function_ops square_wrong = {
+	.name = "SquareWrong",
+	.forward = square_forward,
+	.backward = square_wrong_backward,
+};
+
+static int f_square_wrong(struct ag_tensor *const *in, int nin,
+			  struct ag_tensor **out, void *arg)
+{
+	(void)nin;
+	(void)arg;
+	return ag_function_apply(&square_wrong, in, 1, out, 1, NULL);
+}
+
+Test(gradcheck, wrong_custom_function_fails)
+{
+	static const double xv[3] = { 0.5, -1.0, 2.0 };
+	struct ag_tensor *x = ag_from_data(AG_F64, 1, SHAPE(3), xv);
+
+	ag_tensor_set_requires_grad(x, true);
+	cr_assert_eq(ag_gradcheck(f_square_wrong, NULL, &x, 1, NULL),
+		     -AG_EINVAL);
+	AG_ASSERT_ERR(
+		AG_EINVAL,
+		"ag_gradcheck: Jacobian mismatch for output 0 with respect to input 0, element 0: numerical 1, analytical 0.5");
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
