@@ -206,6 +206,52 @@ Test(reduce, max_logsumexp_softmax_var)
 	}
 }
 
+/* the vector max against a plain scan: ties, NaN anywhere, +-0, tails */
+Test(reduce, max_random)
+{
+	struct rng r = { 2024 };
+	float x[300];
+	double xd[300];
+	int k, trial;
+
+	for (trial = 0; trial < 400; trial++) {
+		int n = 1 + (int)(rng_next(&r) % 300), i, want = 0;
+
+		for (i = 0; i < n; i++) {
+			x[i] = (float)floor(rng_range(&r, -50, 50));
+			if (trial % 3 == 0)
+				x[i] = -fabsf(x[i]) - 1;
+			xd[i] = x[i];
+		}
+		if (trial % 5 == 1)
+			x[rng_next(&r) % n] = NAN;
+		for (i = 0; i < n; i++)
+			xd[i] = x[i];
+		for (i = 1; i < n && !isnan(x[want]); i++)
+			if (x[i] > x[want] || isnan(x[i]))
+				want = i;
+		for (k = 0; k < TEST_NISA; k++) {
+			const struct ag_k_isa *t = test_isa(k);
+			int64_t am32, am64;
+			double m32, m64;
+
+			if (!t)
+				continue;
+			m32 = t->max_f32(n, x, 1, &am32);
+			m64 = t->max_f64(n, xd, 1, &am64);
+			cr_assert(am32 == want && am64 == want,
+				  "%s n=%d: argmax %lld/%lld, want %d", t->name,
+				  n, (long long)am32, (long long)am64, want);
+			cr_assert((isnan(m32) && isnan(x[want])) ||
+					  m32 == x[want],
+				  "%s n=%d max", t->name, n);
+			cr_assert((isnan(m64) && isnan(x[want])) ||
+					  m64 == x[want],
+				  "%s n=%d max f64", t->name, n);
+		}
+	}
+}
+
 static long double cref(bool ta, bool tb, int64_t i, int64_t j, int64_t k,
 			const double *a, int64_t lda, const double *b,
 			int64_t ldb, long double *mag)
@@ -307,6 +353,18 @@ Test(reduce, gemm)
 	gemm_case(false, false, 5, 7, 0, 1, 0.5, &r);
 	gemm_case(false, true, 5, 7, 9, 0, 2, &r);
 	gemm_case(true, false, 130, 70, 40, -0.5, 1, &r);
+}
+
+/* an absent gradient may come with any stride, 0 included */
+Test(reduce, absent_gradient_any_stride)
+{
+	float g[5] = { 1, 2, 3, 4, 5 }, a[5] = { 1, 1, 1, 1, 1 };
+	float b[5] = { 2, 2, 2, 2, 2 }, gb = 0;
+
+	ag_k_binary_bwd_f32(AG_K_MUL, 5, g, 1, a, 1, b, 1, NULL, 0, &gb, 0);
+	cr_assert(gb == 15);
+	ag_k_binary_bwd_f32(AG_K_MUL, 5, g, 1, a, 1, b, 1, &gb, 0, NULL, 0);
+	cr_assert(gb == 45);
 }
 
 /* a single row may come with any leading dimension */
