@@ -11,7 +11,7 @@
  *   vf_t, vf_m, VF_W      vector, mask, lanes
  *   load/loadn/store/storen   (the _n forms touch only the first n lanes,
  *                              so a tail never reads or writes past the end)
- *   set1 add sub mul div fma sqrt abs neg max_nan lt le gt ge eq isnan
+ *   set1 add sub mul div fma sqrt abs neg copysign lt le gt ge eq isnan
  *   and/or sel(m, a, b) = m ? a : b
  *   exp expm1 log log1p sin cos tan tanh erf erfc atan pow   (SLEEF u10;
  *   erfc is SLEEF's u15, the most accurate it has)
@@ -66,6 +66,9 @@ static inline __mmask8 vd_tailmask(int64_t n)
 #define vf_sqrt(a) _mm512_sqrt_ps(a)
 #define vf_abs(a) _mm512_abs_ps(a)
 #define vf_neg(a) _mm512_xor_ps(a, _mm512_set1_ps(-0.0f))
+#define vf_copysign(m, s)                                        \
+	_mm512_or_ps(_mm512_andnot_ps(_mm512_set1_ps(-0.0f), m), \
+		     _mm512_and_ps(_mm512_set1_ps(-0.0f), s))
 #define vf_lt(a, b) _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ)
 #define vf_le(a, b) _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ)
 #define vf_gt(a, b) _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ)
@@ -101,6 +104,9 @@ static inline __mmask8 vd_tailmask(int64_t n)
 #define vd_sqrt(a) _mm512_sqrt_pd(a)
 #define vd_abs(a) _mm512_abs_pd(a)
 #define vd_neg(a) _mm512_xor_pd(a, _mm512_set1_pd(-0.0))
+#define vd_copysign(m, s)                                       \
+	_mm512_or_pd(_mm512_andnot_pd(_mm512_set1_pd(-0.0), m), \
+		     _mm512_and_pd(_mm512_set1_pd(-0.0), s))
 #define vd_lt(a, b) _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ)
 #define vd_le(a, b) _mm512_cmp_pd_mask(a, b, _CMP_LE_OQ)
 #define vd_gt(a, b) _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ)
@@ -204,6 +210,9 @@ static inline __m256i vd_tailmask(int64_t n)
 #define vf_sqrt(a) _mm256_sqrt_ps(a)
 #define vf_abs(a) _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a)
 #define vf_neg(a) _mm256_xor_ps(a, _mm256_set1_ps(-0.0f))
+#define vf_copysign(m, s)                                        \
+	_mm256_or_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), m), \
+		     _mm256_and_ps(_mm256_set1_ps(-0.0f), s))
 #define vf_lt(a, b) _mm256_cmp_ps(a, b, _CMP_LT_OQ)
 #define vf_le(a, b) _mm256_cmp_ps(a, b, _CMP_LE_OQ)
 #define vf_gt(a, b) _mm256_cmp_ps(a, b, _CMP_GT_OQ)
@@ -239,6 +248,9 @@ static inline __m256i vd_tailmask(int64_t n)
 #define vd_sqrt(a) _mm256_sqrt_pd(a)
 #define vd_abs(a) _mm256_andnot_pd(_mm256_set1_pd(-0.0), a)
 #define vd_neg(a) _mm256_xor_pd(a, _mm256_set1_pd(-0.0))
+#define vd_copysign(m, s)                                       \
+	_mm256_or_pd(_mm256_andnot_pd(_mm256_set1_pd(-0.0), m), \
+		     _mm256_and_pd(_mm256_set1_pd(-0.0), s))
 #define vd_lt(a, b) _mm256_cmp_pd(a, b, _CMP_LT_OQ)
 #define vd_le(a, b) _mm256_cmp_pd(a, b, _CMP_LE_OQ)
 #define vd_gt(a, b) _mm256_cmp_pd(a, b, _CMP_GT_OQ)
@@ -340,10 +352,13 @@ typedef bool vd_m;
 #define vf_sub(a, b) ((a) - (b))
 #define vf_mul(a, b) ((a) * (b))
 #define vf_div(a, b) ((a) / (b))
-#define vf_fma(a, b, c) ((a) * (b) + (c))
+/* fused, as on the vector paths, so generic gives the same results (glibc
+ * picks the hardware instruction when the CPU has one) */
+#define vf_fma(a, b, c) fmaf(a, b, c)
 #define vf_sqrt(a) sqrtf(a)
 #define vf_abs(a) fabsf(a)
 #define vf_neg(a) (-(a))
+#define vf_copysign(m, s) copysignf(m, s)
 #define vf_lt(a, b) ((a) < (b))
 #define vf_le(a, b) ((a) <= (b))
 #define vf_gt(a, b) ((a) > (b))
@@ -375,10 +390,11 @@ typedef bool vd_m;
 #define vd_sub(a, b) ((a) - (b))
 #define vd_mul(a, b) ((a) * (b))
 #define vd_div(a, b) ((a) / (b))
-#define vd_fma(a, b, c) ((a) * (b) + (c))
+#define vd_fma(a, b, c) fma(a, b, c)
 #define vd_sqrt(a) sqrt(a)
 #define vd_abs(a) fabs(a)
 #define vd_neg(a) (-(a))
+#define vd_copysign(m, s) copysign(m, s)
 #define vd_lt(a, b) ((a) < (b))
 #define vd_le(a, b) ((a) <= (b))
 #define vd_gt(a, b) ((a) > (b))

@@ -6,12 +6,26 @@
  */
 #include <math.h>
 #include <pthread.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <ag/ag.h>
 #include <ag/pool.h>
 
 #include "tap.h"
 #include "internal.h"
+#include "../pool/util.h"
+
+#if UNDER_TSAN
+/* The child of test_backward_after_fork starts a fresh pool: see
+ * tests/pool/test_fork.c for why this is safe. */
+const char *__tsan_default_options(void);
+const char *__tsan_default_options(void)
+{
+	return "die_after_fork=0";
+}
+#endif
 
 #define K 8
 #define L 6
@@ -169,7 +183,115 @@ static int test_error_cancels_and_pool_recovers(void)
 	return 0;
 }
 
+/*
+ * 32 branches of f32 fan into x's AccumulateGrad and into a shared mid
+ * node: with the deterministic option the sums come out bitwise equal for
+ * 1 and 8 threads.
+ */
+static int det_grad(int threads, float *out)
+{
+	struct ag_generator *g = ag_generator_new(7);
+	struct ag_backward_opts o = { .deterministic = true };
+	int64_t n = 1024;
+	struct ag_tensor *x = ag_randn(g, AG_F32, 1, &n), *loss = NULL, *gx;
+	struct ag_scope *s;
+	int rc;
+
+	ag_tensor_set_requires_grad(x, true);
+	ag_set_num_threads(threads);
+	s = ag_scope_begin();
+	{
+		struct ag_tensor *mid = ag_tanh(x);
+
+		for (int k = 0; k < 32; k++) {
+			struct ag_tensor *w = ag_randn(g, AG_F32, 1, &n);
+			struct ag_tensor *h = ag_mul(ag_sigmoid(ag_mul(mid, w)),
+						     ag_exp(ag_mul(x, w)));
+
+			loss = loss ? ag_add(loss, ag_sum(h)) : ag_sum(h);
+		}
+	}
+	rc = ag_backward(loss, NULL, &o);
+	ag_scope_end(s);
+	gx = ag_tensor_grad(x);
+	if (!rc)
+		rc = ag_tensor_copy_to(gx, out, sizeof(float) * 1024);
+	ag_tensor_put(gx);
+	ag_tensor_put(x);
+	ag_generator_free(g);
+	return rc;
+}
+
+static int test_deterministic_bitwise(void)
+{
+	static float a[1024], b[1024];
+
+	TAP_CHECK(det_grad(1, a) == 0);
+	TAP_CHECK(det_grad(8, b) == 0);
+	TAP_CHECK(memcmp(a, b, sizeof(a)) == 0);
+	ag_set_num_threads(0);
+	TAP_CHECK(ag__live_nodes() == 0 && ag__live_tensors() == 0);
+	return 0;
+}
+
+/* After fork() the child gets a fresh pool and backward works there. */
+static int test_backward_after_fork(void)
+{
+	struct ag_tensor *x, *w[K];
+	int status;
+	pid_t pid;
+
+	ag_set_num_threads(2);
+	make_leaves(&x, w, 5);
+	TAP_CHECK(wide_once(x, w) == 0); /* the parent's pool is running */
+	pid = fork();
+	TAP_CHECK(pid >= 0);
+	if (pid == 0) {
+		ag_tensor_zero_grad(x);
+		_exit(wide_once(x, w) == 0 && check_grad(x, w, 1) == 0 ? 0 :
+									  1);
+	}
+	TAP_CHECK(waitpid(pid, &status, 0) == pid);
+	TAP_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	put_leaves(x, w);
+	return 0;
+}
+
+/*
+ * The caller's no-grad mode does not reach the workers: a create_graph
+ * backward records there, and the caller's mode is intact afterwards.
+ */
+static int test_modes_installed_per_task(void)
+{
+	struct ag_tensor *x, *w[K], *g = NULL, *loss = NULL;
+	struct ag_grad_opts o = { .create_graph = true };
+	struct ag_scope *s;
+	int rc;
+
+	ag_set_num_threads(4);
+	make_leaves(&x, w, 6);
+	s = ag_scope_begin();
+	for (int k = 0; k < K; k++) {
+		struct ag_tensor *h = ag_sum(ag_tanh(ag_mul(x, w[k])));
+
+		loss = loss ? ag_add(loss, h) : h;
+	}
+	ag_set_grad_enabled(false);
+	rc = ag_grad(&loss, NULL, 1, &x, 1, &g, &o);
+	TAP_CHECK(!ag_is_grad_enabled());
+	ag_set_grad_enabled(true);
+	TAP_CHECK(rc == 0);
+	TAP_CHECK(ag_tensor_requires_grad(g)); /* recorded on the workers */
+	ag_scope_end(s);
+	put_leaves(x, w);
+	TAP_CHECK(ag__live_nodes() == 0);
+	return 0;
+}
+
 static const struct tap_test tests[] = {
+	TAP_TEST(test_backward_after_fork),
+	TAP_TEST(test_modes_installed_per_task),
+	TAP_TEST(test_deterministic_bitwise),
 	TAP_TEST(test_wide_parallel),
 	TAP_TEST(test_concurrent_independent_and_shared),
 	TAP_TEST(test_error_cancels_and_pool_recovers),

@@ -1,0 +1,643 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""libag against PyTorch on the BENCHMARKS.md workloads, in one run.
+
+Runs `ag-bench --json` and tools/compare/torch_bench.py (the same workloads
+in PyTorch) interleaved: in each round every configuration runs once, the
+order rotating between rounds, so a slow phase of a shared machine spreads
+over all of them.  Configurations:
+
+  libag        ag-bench in the inherited environment
+  torch        PyTorch as installed (its default ATen kernels and BLAS core)
+  libag-best   ag-bench with OPENBLAS_CORETYPE=SkylakeX (CPUs with AVX-512)
+  torch-best   PyTorch with ATEN_CPU_CAPABILITY=avx512 and
+               OPENBLAS_CORETYPE=SkylakeX (CPUs with AVX-512)
+
+PyTorch runs with torch.set_num_threads(T) and OMP/OPENBLAS_NUM_THREADS=T
+for each thread count T.  Prints the ratio table (libag / PyTorch per
+figure) and writes docs/perf.md and docs/perf.png.
+
+Needs: Python 3 standard library, PyTorch (Debian: python3-torch) and
+matplotlib (python3-matplotlib) for the chart.  Nothing in libag's build or
+tests needs this script.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+RATES = {"GB/s", "steps/s", "GFLOP/s"}  # higher is better
+WORKLOADS = ["chain", "elementwise", "wide", "mlp", "limits"]
+
+
+def find_torch_python():
+    """An interpreter that can import torch: this one, else the system's."""
+    cands = [sys.executable, "/usr/bin/python3", shutil.which("python3")]
+    seen = set()
+    for py in cands:
+        if not py or py in seen or not os.path.exists(py):
+            continue
+        seen.add(py)
+        r = subprocess.run([py, "-c", "import torch"], capture_output=True)
+        if r.returncode == 0:
+            return py
+    return None
+
+
+def build_cpp():
+    """Builds torch_bench.cpp against libtorch (cached); None on failure."""
+    src = os.path.join(HERE, "torch_bench.cpp")
+    inc = "/usr/include/torch/csrc/api/include"
+    gxx = shutil.which("g++")
+    if not gxx or not os.path.isdir(inc):
+        print("compare.py: no g++ or libtorch headers (%s); skipping the "
+              "C++ variant" % inc, file=sys.stderr)
+        return None
+    out = os.path.join(tempfile.gettempdir(), "ag-compare-torch_bench")
+    if os.path.exists(out) and os.path.getmtime(out) > os.path.getmtime(src):
+        return out
+    cmd = [gxx, "-O2", "-std=c++17", "-I" + inc, src, "-ltorch",
+           "-ltorch_cpu", "-lc10", "-o", out]
+    print("compare.py: building the libtorch variant: %s" % " ".join(cmd),
+          file=sys.stderr)
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        print(r.stderr[-3000:] + "\ncompare.py: the libtorch variant did "
+              "not build; skipping it", file=sys.stderr)
+        return None
+    return out
+
+
+def find_ag_bench(arg):
+    if arg:
+        return arg if os.access(arg, os.X_OK) else None
+    for d in ["build", "builddir", "build-release"]:
+        p = os.path.join(ROOT, d, "tools", "ag-bench")
+        if os.access(p, os.X_OK):
+            return p
+    return shutil.which("ag-bench")
+
+
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def env_str(env_add):
+    return " ".join("%s=%s" % (k, shlex.quote(v))
+                    for k, v in sorted(env_add.items()))
+
+
+class Run:
+    """One command of one configuration; its JSON is read after it ends."""
+
+    def __init__(self, config, argv, env_add):
+        self.config = config
+        self.argv = argv
+        self.env_add = env_add
+
+    def command(self):
+        e = env_str(self.env_add)
+        return (e + " " if e else "") + " ".join(
+            shlex.quote(a) for a in self.argv)
+
+
+def run_one(run, json_path, log):
+    env = dict(os.environ)
+    env.update(run.env_add)
+    argv = run.argv + ["--json", json_path]
+    print("  [%s] %s" % (run.config, run.command()), file=log, flush=True)
+    r = subprocess.run(argv, env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        sys.stderr.write(r.stdout[-2000:] + r.stderr[-4000:])
+        raise SystemExit("compare.py: %s failed with status %d" %
+                         (run.command(), r.returncode))
+    with open(json_path) as f:
+        return json.load(f)
+
+
+def merge(rounds):
+    """{key: dict} over rounds: median of the round medians, min, max."""
+    acc = {}
+    order = []
+    for doc in rounds:
+        for r in doc["results"]:
+            key = (r["workload"], r["case"], r["threads"], r["metric"])
+            if key not in acc:
+                acc[key] = {"unit": r["unit"], "med": [], "min": [],
+                            "max": [], "reps": 0, "status": None,
+                            "reason": None}
+                order.append(key)
+            a = acc[key]
+            if r.get("status") == "unavailable" or r.get("median") is None:
+                a["status"] = "unavailable"
+                a["reason"] = r.get("reason", "unavailable")
+                continue
+            a["med"].append(r["median"])
+            a["min"].append(r["min"])
+            a["max"].append(r["max"])
+            a["reps"] += r["reps"]
+    out = {}
+    for key in order:
+        a = acc[key]
+        if a["med"]:
+            out[key] = {"unit": a["unit"],
+                        "median": statistics.median(a["med"]),
+                        "min": min(a["min"]), "max": max(a["max"]),
+                        "reps": a["reps"]}
+        else:
+            out[key] = {"unit": a["unit"], "status": "unavailable",
+                        "reason": a["reason"]}
+    return out, order
+
+
+def fmt(v):
+    if v is None:
+        return "-"
+    if v >= 1000:
+        return "%.0f" % v
+    if v >= 100:
+        return "%.1f" % v
+    if v >= 10:
+        return "%.2f" % v
+    return "%.3g" % v
+
+
+def cell(e):
+    """The median and the best value seen (min for times, max for rates)."""
+    if e is None:
+        return "-"
+    if e.get("status") == "unavailable":
+        return "unavailable"
+    best = e["max"] if e["unit"] in RATES else e["min"]
+    return "%s (best %s)" % (fmt(e["median"]), fmt(best))
+
+
+def ratio(a, b):
+    if not a or not b or "median" not in a or "median" not in b:
+        return None
+    if b["median"] == 0:
+        return None
+    return a["median"] / b["median"]
+
+
+def speedup(a, b, unit):
+    """How many times faster libag (a) is than PyTorch (b)."""
+    r = ratio(a, b)
+    if r is None or r == 0:
+        return None
+    return r if unit in RATES else 1 / r
+
+
+def build_rows(res, order_keys, configs):
+    rows = []
+    for key in order_keys:
+        wl, case, thr, metric = key
+        ents = {c: res[c].get(key) for c in configs}
+        unit = next(e["unit"] for e in ents.values() if e)
+        rows.append((key, unit, ents))
+    return rows
+
+
+def table_text(rows, mine, others):
+    """One table: libag config `mine` against each of `others`."""
+    hdr = ["workload", "case", "thr", "metric", "unit", mine] + others + \
+        ["%s/%s" % (mine, o) for o in others]
+    lines = [hdr]
+    for key, unit, e in rows:
+        if all(e.get(c) is None for c in [mine] + others):
+            continue
+        wl, case, thr, metric = key
+        line = [wl, case, str(thr), metric, unit, cell(e.get(mine))]
+        line += [cell(e.get(o)) for o in others]
+        for o in others:
+            r = ratio(e.get(mine), e.get(o))
+            line.append("-" if r is None else "%.2f" % r)
+        lines.append(line)
+    return lines
+
+
+def print_table(lines):
+    w = [max(len(l[i]) for l in lines) for i in range(len(lines[0]))]
+    for l in lines:
+        print("  ".join(s.ljust(w[i]) for i, s in enumerate(l)))
+
+
+def md_table(lines):
+    out = ["| " + " | ".join(lines[0]) + " |",
+           "|" + "|".join("---" for _ in lines[0]) + "|"]
+    for l in lines[1:]:
+        out.append("| " + " | ".join(l) + " |")
+    return "\n".join(out)
+
+
+def chart(rows, res, configs, threads, png):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("compare.py: matplotlib not found; no chart", file=sys.stderr)
+        return False
+    pairs = [(m, o) for m, o in (("libag", "torch"), ("libag", "libtorch"),
+                                 ("libag-best", "torch-best"),
+                                 ("libag-best", "libtorch-best"))
+             if m in configs and o in configs]
+    labels, sp = [], {p: [] for p in pairs}
+    t1 = threads[0]
+    for key, unit, e in rows:
+        wl, case, thr, metric = key
+        if thr != t1 or metric in ("step_ms", "fwd_gbps", "bwd_gbps"):
+            continue
+        v = {p: speedup(e.get(p[0]), e.get(p[1]), unit) for p in pairs}
+        if all(x is None for x in v.values()):
+            continue
+        labels.append("%s %s %s" % (wl, case, metric))
+        for p in pairs:
+            sp[p].append(v[p] if v[p] is not None else float("nan"))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 0.4 * len(labels) + 2.5),
+                             gridspec_kw={"width_ratios": [3, 2]})
+    ax = axes[0]
+    y = list(range(len(labels)))
+    h = 0.8 / max(1, len(pairs))
+    colors = ["#4477aa", "#66ccee", "#ee6677", "#ccbb44"]
+    for i, p in enumerate(pairs):
+        ax.barh([v - 0.4 + h * (i + 0.5) for v in y], sp[p], height=h,
+                label="%s vs %s" % p, color=colors[i % len(colors)])
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(1, color="k", lw=0.8)
+    ax.set_xlabel("speedup of libag over PyTorch (>1: libag faster), "
+                  "%d thread%s" % (t1, "" if t1 == 1 else "s"))
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="x", which="both", alpha=0.3)
+    ax = axes[1]
+    for c in configs:
+        xs, ys = [], []
+        for t in threads:
+            for key, e in res[c].items():
+                if key[0] == "wide" and key[3] == "bwd_ms" and key[2] == t \
+                        and "median" in e:
+                    xs.append(t)
+                    ys.append(e["median"])
+        if xs:
+            ax.plot(xs, ys, marker="o", label=c)
+    ax.set_xlabel("threads")
+    ax.set_ylabel("wide backward, ms (median)")
+    ax.set_xticks(threads)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    wcase = next((k[1] for c in configs for k in res[c] if k[0] == "wide"),
+                 "")
+    ax.set_title("wide %s: backward against threads" % wcase)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    return True
+
+
+METHOD = """\
+## ag-bench
+
+`ag-bench` (tools/ag-bench.c, installed with libag) runs the workloads of
+BENCHMARKS.md with libag's public API only and prints a table with median,
+min and max per figure, the CPU model, the ISA path (`AG_ISA` or `auto`),
+the BLAS and its core, `OPENBLAS_CORETYPE`, the thread counts, the peak
+RSS and the machine load while it measured.
+
+```
+ag-bench                        every workload, threads 1 and all CPUs,
+                                7 repetitions after 1 warm-up (< 2 min)
+ag-bench --workload mlp --workload wide --threads 1,2 --reps 15
+ag-bench --json out.json        the same figures for scripts
+ag-bench --trace wide.json      Chrome/Perfetto trace of one wide backward
+                                (needs ag/trace.h; says so otherwise)
+ag-bench --quick                tiny sizes plus gradient checks; exit 1 on
+                                a mismatch (meson test --suite bench)
+```
+
+`--quick` checks libag's gradients on every workload: chain against the
+f64 recurrence `d = prod_k (1 + 0.001 (1 - tanh(y_k)^2))`; elementwise
+against the closed-form derivatives (and `dx = w`, `dw = x` for mul); wide
+against `sum_k w_k prod_j (1 - h_j^2)` for x and `x prod_j (...)` for w_0;
+mlp by central finite differences in f64 on the largest-gradient element
+of each parameter, then by the loss falling over 31 SGD steps in f32; the
+triad and the GEMM against plain loops.  Ops that do not exist yet (today:
+`sin`) are reported as unavailable (`"status": "unavailable"` in the JSON),
+never as a figure.  Without ag/pool.h libag runs on one thread, and
+ag-bench says so and skips its figures at higher thread counts.
+
+## What is measured
+
+All tensors are float32, inputs uniform in [-1, 1) (log: [0.5, 2)), fixed
+seeds.  Each figure is the median over repetitions after a warm-up; the
+table shows the median of the per-round medians and the smallest value
+seen (min), because noise on a shared machine only ever adds time.
+Repetitions are interleaved inside `ag-bench` (every workload and thread
+count once per repetition) and the configurations are interleaved by
+`compare.py` (one run of each per round, rotating the order).
+
+| workload | timed | figure |
+|---|---|---|
+| chain | forward: building `y = y + 0.001 * tanh(y)` N = 10000 times and `sum`; backward: `backward()` | ns per node, nodes = 3N + 1 |
+| elementwise | forward: `y = op(x)` alone; backward: the whole `backward()` of `sum(y)` (the SumBackward expand, the op's derivative and the accumulation into `x.grad`) | ms, and GB/s = nominal bytes of the op's own kernels / time |
+| wide | forward: K = 16 branches `h = x * w_k`, 32 x `tanh`, `sum`, summed; backward: `backward()` | ms |
+| mlp | one step: forward + backward + SGD update + dropping the grads | steps/s, ms |
+| limits | triad: one pass of `a = b + 3 c` over three 64 MiB f64 arrays; GEMM: one 1024^3 f32 product | GB/s (3 x 64 MiB / time), GFLOP/s (2 n^3 / time) |
+
+**Bytes behind GB/s** (f32, per element of x): a unary forward reads x and
+writes y, 8 B; its backward kernel reads the incoming gradient and one saved
+tensor (x for log/sin, the result for exp/tanh/sigmoid) and writes the input
+gradient, 12 B.  `mul` (x * w) reads two and writes one, 12 B, forward; its
+backward runs two such kernels (g * w and g * x), 24 B.  These are nominal
+counts: the backward time includes the SumBackward expand and the gradient
+accumulation, so the backward GB/s understate the kernel itself, the same
+way for both libraries.
+
+**The MLP step** is composed from the ops libag has today, and PyTorch runs
+the very same graph:
+```
+h1 = relu(x @ W1 + b1)          x: [128, 784], W: [in, out], b broadcast
+h2 = relu(h1 @ W2 + b2)
+z  = h2 @ W3 + b3               z: [128, 10]
+logp = z - log(sum_dim(exp(z), 1, keepdim))     log-softmax without the
+                                                max shift (no max op yet;
+                                                the logits stay small)
+loss = sum(logp * mask)         mask = -(1/B) * onehot(targets): NLL mean
+backward(loss)
+under no-grad, for each parameter p: g = p.grad; g *= 0.01; p -= g;
+drop p.grad (set to None)
+```
+The -1/B is folded into the constant mask instead of a `mul_scalar` on the
+0-d sum: the same loss, and it avoids a libag bug found by `ag-bench
+--quick` (the backward of a unary op on a 0-d tensor accumulates into an
+uninitialised buffer).  The `mlp ...,idiomatic` rows are PyTorch only: what
+a PyTorch user would write (`F.linear` + `F.cross_entropy`, fused kernels),
+for reference.
+
+**Triad** is ag-bench's own C loop (POSIX threads for more than one
+thread); the PyTorch column is `torch.add(b, c, alpha=3, out=a)` on f64
+tensors of the same size.  **GEMM** is `ag_matmul` (OpenBLAS, which libag
+runs one thread per call and splits over its own pool when it has one)
+against `torch.mm`.
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser(
+        description="libag vs PyTorch on the BENCHMARKS.md workloads")
+    ap.add_argument("--ag-bench", help="path to ag-bench "
+                    "(default: build/tools/ag-bench, then $PATH)")
+    ap.add_argument("--threads", default=None,
+                    help="thread counts, e.g. 1,2 (default: 1 and all CPUs)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5,
+                    help="repetitions per configuration and round")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--workload", action="append", choices=WORKLOADS)
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny sizes (a smoke test of this script)")
+    ap.add_argument("--no-cpp", action="store_true",
+                    help="skip the libtorch C++ variant")
+    ap.add_argument("--no-best", action="store_true",
+                    help="skip the AVX-512 configurations")
+    ap.add_argument("--md", default=os.path.join(ROOT, "docs", "perf.md"))
+    ap.add_argument("--png", default=os.path.join(ROOT, "docs", "perf.png"))
+    ap.add_argument("--no-write", action="store_true",
+                    help="print the table only")
+    args = ap.parse_args()
+
+    py = find_torch_python()
+    if py and py != sys.executable and not os.environ.get("AG_COMPARE_REEXEC"):
+        # this interpreter lacks torch (e.g. a pyenv shim): rerun under the
+        # one that has it, which is also where Debian puts matplotlib
+        os.environ["AG_COMPARE_REEXEC"] = "1"
+        os.execv(py, [py] + sys.argv)
+    if not py:
+        print("compare.py: PyTorch is not installed (no python3 here can "
+              "`import torch`).\nInstall it (Debian: apt-get install "
+              "python3-torch) to compare; libag itself does not need it.",
+              file=sys.stderr)
+        return 2
+    agb = find_ag_bench(args.ag_bench)
+    if not agb:
+        print("compare.py: ag-bench not found; build it (meson setup build "
+              "&& ninja -C build) or pass --ag-bench PATH", file=sys.stderr)
+        return 2
+    ncpu = os.cpu_count() or 1
+    if args.threads:
+        threads = [int(t) for t in args.threads.split(",")]
+    else:
+        threads = [1] + ([ncpu] if ncpu > 1 else [])
+    avx512 = "avx512f" in cpu_flags() and not args.no_best
+    wl = args.workload or WORKLOADS
+    common = ["--reps", str(args.reps), "--warmup", str(args.warmup)]
+    for w in wl:
+        common += ["--workload", w]
+    if args.quick:
+        common.append("--quick")
+    tb = os.path.join(HERE, "torch_bench.py")
+    cpp = None if args.no_cpp else build_cpp()
+
+    configs = ["libag", "torch"] + (["libtorch"] if cpp else [])
+    if avx512:
+        configs += ["libag-best", "torch-best"] + (
+            ["libtorch-best"] if cpp else [])
+    best_env = {"OPENBLAS_CORETYPE": "SkylakeX"}
+    runs = {}
+    thr_arg = ",".join(str(t) for t in threads)
+    runs["libag"] = [Run("libag", [agb, "--threads", thr_arg] + common, {})]
+    runs["torch"] = [Run("torch", [py, tb, "--threads", str(t)] + common,
+                         {"OMP_NUM_THREADS": str(t),
+                          "OPENBLAS_NUM_THREADS": str(t)})
+                     for t in threads]
+    if avx512:
+        runs["libag-best"] = [Run("libag-best",
+                                  [agb, "--threads", thr_arg] + common,
+                                  dict(best_env))]
+        runs["torch-best"] = [
+            Run("torch-best", [py, tb, "--threads", str(t)] + common,
+                dict(best_env, ATEN_CPU_CAPABILITY="avx512",
+                     OMP_NUM_THREADS=str(t), OPENBLAS_NUM_THREADS=str(t)))
+            for t in threads]
+    for c in ("libtorch", "libtorch-best"):
+        if c not in configs:
+            continue
+        envb = dict(best_env, ATEN_CPU_CAPABILITY="avx512") \
+            if c.endswith("best") else {}
+        runs[c] = [Run(c, [cpp, "--threads", str(t)] +
+                       [a for a in common],
+                       dict(envb, OMP_NUM_THREADS=str(t),
+                            OPENBLAS_NUM_THREADS=str(t)))
+                   for t in threads]
+
+    docs = {c: [] for c in configs}
+    machine = {}
+    start = datetime.datetime.now(datetime.timezone.utc)
+    with tempfile.TemporaryDirectory() as tmp:
+        n = 0
+        for rnd in range(args.rounds):
+            print("round %d/%d" % (rnd + 1, args.rounds), file=sys.stderr)
+            k = rnd % len(configs)
+            for c in configs[k:] + configs[:k]:
+                for r in runs[c]:
+                    n += 1
+                    d = run_one(r, os.path.join(tmp, "%d.json" % n),
+                                sys.stderr)
+                    docs[c].append(d)
+                    machine.setdefault(c, d["machine"])
+    end = datetime.datetime.now(datetime.timezone.utc)
+
+    res, orders = {}, {}
+    for c in configs:
+        res[c], orders[c] = merge(docs[c])
+    keys = list(orders["libag"])
+    for c in configs:
+        for key in orders[c]:
+            if key not in keys:
+                keys.append(key)
+    keys.sort(key=lambda k: (wl.index(k[0]) if k[0] in wl else 99,
+                             k[2], ))
+    rows = build_rows(res, keys, configs)
+    tables = [("stock", table_text(rows, "libag", [c for c in (
+        "torch", "libtorch") if c in configs]))]
+    if avx512:
+        tables.append(("best", table_text(rows, "libag-best", [
+            c for c in ("torch-best", "libtorch-best") if c in configs])))
+    print()
+    print("ratio = libag / PyTorch per figure (times: < 1 means libag is "
+          "faster; GB/s, steps/s, GFLOP/s: > 1 means libag is faster)")
+    for name, lines in tables:
+        print("\n%s configurations:" % name)
+        print_table(lines)
+    if args.no_write:
+        return 0
+
+    os.makedirs(os.path.dirname(args.md), exist_ok=True)
+    have_png = chart(rows, res, configs, threads, args.png)
+    cmds = [r.command() for c in configs for r in runs[c]]
+    m = machine["libag"]
+    ag_run = docs["libag"][0].get("run", {})
+    unav = sorted({"%s %s: %s" % (k[0], k[1], e.get("reason", ""))
+                   for k, e in res["libag"].items()
+                   if e.get("status") == "unavailable"})
+    wide_sp = []
+    for c in configs:
+        b = {k[2]: e["median"] for k, e in res[c].items()
+             if k[0] == "wide" and k[3] == "bwd_ms" and "median" in e}
+        if 1 in b and len(b) > 1:
+            for t in sorted(b):
+                if t != 1:
+                    wide_sp.append("%s: %.2fx (1 -> %d threads)" %
+                                   (c, b[1] / b[t], t))
+    md = []
+    md.append("# Performance: libag against PyTorch\n")
+    md.append("Generated by `tools/compare/compare.py` on %s UTC (run took "
+              "%.0f s).  Every figure below is from that one run.\n" %
+              (start.strftime("%Y-%m-%d %H:%M"),
+               (end - start).total_seconds()))
+    md.append("## Machine\n")
+    md.append("- CPU: %s, %s logical CPUs online" % (m["cpu"], m["cores"]))
+    md.append("- libag %s: ISA path `%s` (AG_ISA %s; libag has no public "
+              "ISA query yet, so `auto` is the run-time dispatcher's pick), "
+              "BLAS %s" % (m["version"], m["isa"],
+                           "=" + os.environ["AG_ISA"]
+                           if "AG_ISA" in os.environ else "unset",
+                           m["blas"]))
+    md.append("- libag threads: %s" % (
+        "libag's pool (ag/pool.h)" if ag_run.get("pool") else
+        "**1 only** -- ag/pool.h is not in this build yet, so the libag "
+        "figures at more than one thread are missing (the triad, which is "
+        "the tool's own loop, still runs on all of them)"))
+    if "libag-best" in machine:
+        md.append("- libag-best: BLAS %s" % machine["libag-best"]["blas"])
+    md.append("- PyTorch: %s, ATen CPU capability `%s`, BLAS %s" % (
+        machine["torch"]["version"], machine["torch"]["isa"],
+        machine["torch"]["blas"]))
+    if "libtorch" in machine:
+        md.append("- libtorch: the same library through its C++ API "
+                  "(tools/compare/torch_bench.cpp, built with g++ -O2), "
+                  "without Python's per-op overhead")
+    if "torch-best" in machine:
+        md.append("- torch-best: ATen CPU capability `%s`, BLAS %s" % (
+            machine["torch-best"]["isa"], machine["torch-best"]["blas"]))
+    md.append("- OPENBLAS_CORETYPE in the environment: %s" %
+              os.environ.get("OPENBLAS_CORETYPE", "unset"))
+    md.append("- ag-bench peak RSS (first round): %.0f MiB\n" %
+              (ag_run.get("peak_rss_kib", 0) / 1024))
+    md.append("## Commands\n")
+    md.append("```")
+    md.append("meson setup build -Dtests=false && ninja -C build   "
+              "# the default buildtype, debugoptimized")
+    md.append(" ".join(shlex.quote(a) for a in
+                       [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]))
+    md.append("# which ran, %d round(s), rotating the order each round:" %
+              args.rounds)
+    for cmd in cmds:
+        md.append(cmd.replace(ROOT + "/", "").replace(
+            os.path.dirname(agb) + "/", os.path.relpath(
+                os.path.dirname(agb), ROOT) + "/"
+            if os.path.dirname(agb).startswith(ROOT) else
+            os.path.dirname(agb) + "/"))
+    md.append("```\n")
+    md.append("## Results\n")
+    md.append("Median over %d round(s) x %d repetition(s) (median of the "
+              "round medians), with the best value seen.  **ratio = "
+              "libag / PyTorch**: for times (ns, ms) below 1 means libag is "
+              "faster; for rates (GB/s, steps/s, GFLOP/s) above 1 means "
+              "libag is faster.  `best` = `OPENBLAS_CORETYPE=SkylakeX` for "
+              "both and `ATEN_CPU_CAPABILITY=avx512` for PyTorch.\n" %
+              (args.rounds, args.reps))
+    for name, lines in tables:
+        if name == "stock":
+            md.append("### Stock: as installed\n")
+        else:
+            md.append("### Best: AVX-512 kernels and the SkylakeX BLAS "
+                      "core\n")
+        md.append(md_table(lines) + "\n")
+    if wide_sp:
+        md.append("**wide backward speedup** with threads: " +
+                  "; ".join(wide_sp) + ".\n")
+    if have_png:
+        md.append("![speedup of libag over PyTorch; wide backward against "
+                  "threads](%s)\n" % os.path.relpath(
+                      args.png, os.path.dirname(args.md)))
+    md.append("## Unavailable\n")
+    if unav:
+        for u in unav:
+            md.append("- " + u)
+    else:
+        md.append("- nothing: every workload ran")
+    md.append("- `ag-bench --trace`: needs ag/trace.h (libag's pool branch)")
+    if "libtorch" not in configs:
+        md.append("- the libtorch C++ variant (skipped in this run: no g++ "
+                  "or libtorch headers, or --no-cpp)")
+    md.append("- libtorch C++ variant: no triad and no `idiomatic` MLP "
+              "(the Python columns have them)\n")
+    md.append(METHOD)
+    with open(args.md, "w") as f:
+        f.write("\n".join(md))
+    print("\nwrote %s%s" % (args.md, " and " + args.png if have_png else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,368 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The BENCHMARKS.md workloads through libtorch's C++ API: the same graphs,
+ * sizes, timing boundaries and JSON as ag-bench and torch_bench.py, without
+ * Python's per-op overhead.  Built and run by compare.py (--cpp):
+ *
+ *   g++ -O2 -std=c++17 -I/usr/include/torch/csrc/api/include
+ *       torch_bench.cpp -ltorch -ltorch_cpu -lc10 -o torch_bench
+ *   torch_bench --threads T --reps R --warmup W [--quick] --json FILE
+ *               [--workload NAME]...
+ */
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <thread>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace
+{
+
+double now()
+{
+	using namespace std::chrono;
+	return duration<double>(steady_clock::now().time_since_epoch())
+		.count();
+}
+
+struct Series {
+	std::string workload, cas, metric, unit;
+	int threads;
+	std::vector<double> v;
+};
+
+struct Results {
+	std::vector<Series> s;
+	bool recording = false;
+
+	void record(const std::string &w, const std::string &c, int t,
+		    const std::string &m, const std::string &u, double v)
+	{
+		for (auto &x : s)
+			if (x.workload == w && x.cas == c && x.threads == t &&
+			    x.metric == m) {
+				if (recording)
+					x.v.push_back(v);
+				return;
+			}
+		s.push_back({ w, c, m, u, t, {} });
+		if (recording)
+			s.back().v.push_back(v);
+	}
+};
+
+struct Config {
+	int64_t chain_n, chain_s[2], ew_n, wide_k, wide_l, wide_n;
+	int64_t dims[4], b;
+	int steps;
+	int64_t gemm_n;
+};
+
+torch::Tensor uniform(torch::IntArrayRef shape, double lo, double hi,
+		      bool grad = false)
+{
+	auto t = torch::rand(shape) * (hi - lo) + lo;
+	return t.set_requires_grad(grad);
+}
+
+void chain(Results &r, const Config &c, int t)
+{
+	double nodes = 3.0 * (double)c.chain_n + 1;
+
+	for (int i = 0; i < 2; i++) {
+		auto x = uniform({ c.chain_s[i] }, -1, 1, true);
+		double t0 = now(), t1, t2;
+		{
+			auto y = x;
+			for (int64_t k = 0; k < c.chain_n; k++)
+				y = y + 0.001 * torch::tanh(y);
+			auto loss = y.sum();
+			t1 = now();
+			loss.backward();
+			t2 = now();
+		}
+		std::string cs = "S=" + std::to_string(c.chain_s[i]);
+		r.record("chain", cs, t, "fwd_ns_per_node", "ns",
+			 (t1 - t0) * 1e9 / nodes);
+		r.record("chain", cs, t, "bwd_ns_per_node", "ns",
+			 (t2 - t1) * 1e9 / nodes);
+	}
+}
+
+struct EwOp {
+	const char *name;
+	double lo, hi;
+	int fb, bb;
+};
+
+const EwOp ew_ops[] = {
+	{ "exp", -1, 1, 8, 12 },     { "log", 0.5, 2, 8, 12 },
+	{ "sin", -1, 1, 8, 12 },     { "tanh", -1, 1, 8, 12 },
+	{ "sigmoid", -1, 1, 8, 12 }, { "mul", -1, 1, 12, 24 },
+};
+
+torch::Tensor ew_apply(int i, const torch::Tensor &x, const torch::Tensor &w)
+{
+	switch (i) {
+	case 0:
+		return torch::exp(x);
+	case 1:
+		return torch::log(x);
+	case 2:
+		return torch::sin(x);
+	case 3:
+		return torch::tanh(x);
+	case 4:
+		return torch::sigmoid(x);
+	default:
+		return x * w;
+	}
+}
+
+void elementwise(Results &r, const Config &c, std::vector<torch::Tensor> &xs,
+		 torch::Tensor &w, int t)
+{
+	double n = (double)c.ew_n;
+
+	for (int i = 0; i < 6; i++) {
+		double t0, t1, t2, t3;
+		{
+			t0 = now();
+			auto y = ew_apply(i, xs[i], w);
+			t1 = now();
+			auto loss = y.sum();
+			t2 = now();
+			loss.backward();
+			t3 = now();
+		}
+		xs[i].mutable_grad() = torch::Tensor();
+		w.mutable_grad() = torch::Tensor();
+		double f = t1 - t0, b = t3 - t2;
+		const EwOp &op = ew_ops[i];
+		r.record("elementwise", op.name, t, "fwd_ms", "ms", f * 1e3);
+		r.record("elementwise", op.name, t, "bwd_ms", "ms", b * 1e3);
+		r.record("elementwise", op.name, t, "fwd_gbps", "GB/s",
+			 op.fb * n / f * 1e-9);
+		r.record("elementwise", op.name, t, "bwd_gbps", "GB/s",
+			 op.bb * n / b * 1e-9);
+	}
+}
+
+void wide(Results &r, const Config &c, torch::Tensor &x,
+	  std::vector<torch::Tensor> &ws, int t)
+{
+	double t0 = now(), t1, t2;
+	{
+		torch::Tensor loss;
+		for (int64_t k = 0; k < c.wide_k; k++) {
+			auto h = x * ws[k];
+			for (int64_t j = 0; j < c.wide_l; j++)
+				h = torch::tanh(h);
+			h = h.sum();
+			loss = loss.defined() ? loss + h : h;
+		}
+		t1 = now();
+		loss.backward();
+		t2 = now();
+	}
+	x.mutable_grad() = torch::Tensor();
+	for (auto &w : ws)
+		w.mutable_grad() = torch::Tensor();
+	std::string cs = "K=" + std::to_string(c.wide_k) +
+			 ",L=" + std::to_string(c.wide_l) +
+			 ",n=" + std::to_string(c.wide_n);
+	r.record("wide", cs, t, "fwd_ms", "ms", (t1 - t0) * 1e3);
+	r.record("wide", cs, t, "bwd_ms", "ms", (t2 - t1) * 1e3);
+}
+
+void mlp(Results &r, const Config &c, std::vector<torch::Tensor> &p,
+	 const torch::Tensor &x, const torch::Tensor &mask, int t)
+{
+	double t0 = now();
+
+	for (int s = 0; s < c.steps; s++) {
+		auto h = x;
+		for (int l = 0; l < 3; l++) {
+			h = torch::matmul(h, p[2 * l]) + p[2 * l + 1];
+			if (l < 2)
+				h = torch::relu(h);
+		}
+		auto lse = torch::log(torch::exp(h).sum(1, true));
+		((h - lse) * mask).sum().backward();
+		torch::NoGradGuard ng;
+		for (auto &q : p) {
+			auto g = q.grad();
+			g.mul_(0.01);
+			q.sub_(g);
+			q.mutable_grad() = torch::Tensor();
+		}
+	}
+	double st = (now() - t0) / c.steps;
+	std::string cs = std::to_string(c.dims[0]) + "-" +
+			 std::to_string(c.dims[1]) + "-" +
+			 std::to_string(c.dims[2]) + "-" +
+			 std::to_string(c.dims[3]) + ",B=" + std::to_string(c.b);
+	r.record("mlp", cs, t, "steps_per_s", "steps/s", 1 / st);
+	r.record("mlp", cs, t, "step_ms", "ms", st * 1e3);
+}
+
+void gemm(Results &r, const Config &c, const torch::Tensor &a,
+	  const torch::Tensor &b, int t)
+{
+	torch::NoGradGuard ng;
+	double t0 = now();
+	auto y = torch::mm(a, b);
+	double s = now() - t0;
+	double n = (double)c.gemm_n;
+	r.record("limits", std::to_string(c.gemm_n) + "^3", t, "gemm_gflops",
+		 "GFLOP/s", 2 * n * n * n / s * 1e-9);
+}
+
+std::string jstr(const std::string &s)
+{
+	std::string o = "\"";
+	for (char ch : s) {
+		if (ch == '"' || ch == '\\')
+			o += '\\';
+		o += ch;
+	}
+	return o + "\"";
+}
+
+std::string cpu_model()
+{
+	std::ifstream f("/proc/cpuinfo");
+	std::string line;
+	while (std::getline(f, line))
+		if (line.rfind("model name", 0) == 0) {
+			auto p = line.find(':');
+			auto v = line.substr(p + 1);
+			v.erase(0, v.find_first_not_of(" \t"));
+			return v;
+		}
+	return "unknown";
+}
+
+} // namespace
+
+int main(int argc, char **argv)
+{
+	int threads = 1, reps = 7, warmup = 1;
+	bool quick = false;
+	std::string json;
+	std::set<std::string> sel;
+
+	for (int i = 1; i < argc; i++) {
+		std::string a = argv[i];
+		auto next = [&]() -> std::string {
+			if (i + 1 >= argc) {
+				fprintf(stderr, "torch_bench: %s needs a value\n",
+					a.c_str());
+				exit(2);
+			}
+			return argv[++i];
+		};
+		if (a == "--threads")
+			threads = std::atoi(next().c_str());
+		else if (a == "--reps")
+			reps = std::atoi(next().c_str());
+		else if (a == "--warmup")
+			warmup = std::atoi(next().c_str());
+		else if (a == "--json")
+			json = next();
+		else if (a == "--workload")
+			sel.insert(next());
+		else if (a == "--quick")
+			quick = true;
+		else {
+			fprintf(stderr, "torch_bench: unknown option %s\n",
+				a.c_str());
+			return 2;
+		}
+	}
+	if (sel.empty())
+		sel = { "chain", "elementwise", "wide", "mlp", "limits" };
+	if (json.empty()) {
+		fprintf(stderr, "torch_bench: --json FILE is required\n");
+		return 2;
+	}
+	torch::set_num_threads(threads);
+	torch::manual_seed(20260101);
+	Config c = quick ? Config{ 1000, { 1, 16 }, 4096, 16, 32, 256,
+				   { 32, 64, 64, 10 }, 16, 2, 96 } :
+			   Config{ 10000, { 1, 1024 }, 1 << 22, 16, 32, 65536,
+				   { 784, 512, 512, 10 }, 128, 5, 1024 };
+
+	std::vector<torch::Tensor> ew_x, wide_w, mp;
+	torch::Tensor ew_w, wide_x, mlp_x, mask, ga, gb;
+	for (auto &op : ew_ops)
+		ew_x.push_back(uniform({ c.ew_n }, op.lo, op.hi, true));
+	ew_w = uniform({ c.ew_n }, -1, 1, true);
+	wide_x = uniform({ c.wide_n }, -1, 1, true);
+	for (int64_t k = 0; k < c.wide_k; k++)
+		wide_w.push_back(uniform({ c.wide_n }, -1, 1, true));
+	for (int l = 0; l < 3; l++) {
+		double r = 1 / std::sqrt((double)c.dims[l]);
+		mp.push_back(uniform({ c.dims[l], c.dims[l + 1] }, -r, r, true));
+		mp.push_back(uniform({ c.dims[l + 1] }, -r, r, true));
+	}
+	mlp_x = uniform({ c.b, c.dims[0] }, -1, 1);
+	auto tgt = torch::randint(0, c.dims[3], { c.b }, torch::kLong);
+	mask = torch::zeros({ c.b, c.dims[3] });
+	mask.index_put_({ torch::arange(c.b), tgt }, -1.0 / (double)c.b);
+	ga = uniform({ c.gemm_n, c.gemm_n }, -1, 1);
+	gb = uniform({ c.gemm_n, c.gemm_n }, -1, 1);
+
+	Results r;
+	for (int rep = -warmup; rep < reps; rep++) {
+		r.recording = rep >= 0;
+		if (sel.count("chain"))
+			chain(r, c, threads);
+		if (sel.count("elementwise"))
+			elementwise(r, c, ew_x, ew_w, threads);
+		if (sel.count("wide"))
+			wide(r, c, wide_x, wide_w, threads);
+		if (sel.count("mlp"))
+			mlp(r, c, mp, mlp_x, mask, threads);
+		if (sel.count("limits") || sel.count("gemm"))
+			gemm(r, c, ga, gb, threads);
+	}
+
+	FILE *f = fopen(json.c_str(), "w");
+	if (!f) {
+		perror(json.c_str());
+		return 1;
+	}
+	const char *cap = getenv("ATEN_CPU_CAPABILITY");
+	fprintf(f,
+		"{\n  \"machine\": {\"cpu\": %s, \"cores\": %d, \"isa\": %s, \"blas\": \"OpenBLAS via libtorch\", \"version\": \"libtorch C++\"},\n  \"results\": [",
+		jstr(cpu_model()).c_str(), (int)std::thread::hardware_concurrency(),
+		jstr(cap ? cap : "default").c_str());
+	bool first = true;
+	for (auto &s : r.s) {
+		if (s.v.empty())
+			continue;
+		auto v = s.v;
+		std::sort(v.begin(), v.end());
+		size_t n = v.size();
+		double med = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+		fprintf(f,
+			"%s\n    {\"workload\": %s, \"case\": %s, \"threads\": %d, \"metric\": %s, \"unit\": %s, \"median\": %.6g, \"min\": %.6g, \"max\": %.6g, \"reps\": %zu}",
+			first ? "" : ",", jstr(s.workload).c_str(),
+			jstr(s.cas).c_str(), s.threads, jstr(s.metric).c_str(),
+			jstr(s.unit).c_str(), med, v[0], v[n - 1], n);
+		first = false;
+	}
+	fprintf(f, "\n  ]\n}\n");
+	fclose(f);
+	return 0;
+}
