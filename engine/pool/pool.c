@@ -288,6 +288,7 @@ static struct ag_task *idle_wait(struct ag_worker *w)
 static void *worker_main(void *arg)
 {
 	struct ag_worker *w = arg;
+	bool woken = false;
 	char name[16];
 
 	self = w;
@@ -297,11 +298,21 @@ static void *worker_main(void *arg)
 	for (;;) {
 		struct ag_task *t = find_any(w);
 
+		if (t && woken) {
+			/*
+			 * A burst of submits wakes one sleeper; each one
+			 * that finds work wakes the next, so a burst that
+			 * ended before we woke still reaches every thread.
+			 */
+			ag__ec_notify(&pool.idle, 1);
+		}
+		woken = false;
 		if (!t) {
 			/* Drain before leaving: nothing queued is lost. */
 			if (stopping())
 				break;
 			t = idle_wait(w);
+			woken = !t;
 		}
 		if (t)
 			task_run(t);

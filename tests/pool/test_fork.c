@@ -6,7 +6,9 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -102,6 +104,43 @@ static int test_fork_before_first_use(void)
 	return 0;
 }
 
+/*
+ * AG_TRACE in a process that exits normally: the trace is written by the
+ * pool's exit path.  Run in a child, which has not used the pool yet.
+ */
+static int test_env_trace_written_at_exit(void)
+{
+	char path[64], buf[1 << 16];
+	size_t n;
+	int status;
+	FILE *f;
+	pid_t pid;
+
+	snprintf(path, sizeof(path), "/tmp/ag-exit-trace-%d.json",
+		 (int)getpid());
+	fflush(stdout);
+	pid = fork();
+	TAP_CHECK(pid >= 0);
+	if (pid == 0) {
+		setenv("AG_TRACE", path, 1);
+		if (psum(100000) != 100000LL * 99999 / 2)
+			_exit(1);
+		exit(0); /* not _exit: destructors write the trace */
+	}
+	TAP_CHECK(waitpid(pid, &status, 0) == pid);
+	TAP_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	f = fopen(path, "r");
+	TAP_CHECK(f);
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	unlink(path);
+	buf[n] = 0;
+	TAP_CHECK(strstr(buf, "\"traceEvents\""));
+	TAP_CHECK(strstr(buf, "\"name\":\"parallel_for\""));
+	TAP_CHECK(n >= 3 && !strcmp(buf + n - 3, "]}\n"));
+	return 0;
+}
+
 static void long_chunk(int64_t b, int64_t e, void *arg)
 {
 	(void)b;
@@ -156,6 +195,7 @@ static int test_exit_while_busy(void)
 
 static const struct tap_test tests[] = {
 	TAP_TEST(test_fork_before_first_use),
+	TAP_TEST(test_env_trace_written_at_exit),
 	TAP_TEST(test_fork_with_running_pool),
 	TAP_TEST(test_exit_while_busy),
 	{ 0 },

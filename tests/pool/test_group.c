@@ -292,6 +292,52 @@ static int test_more_threads_than_slots(void)
 	return 0;
 }
 
+/*
+ * A burst of submits must reach every sleeping worker, not just the first
+ * one woken: N tasks that only finish once all N run at the same time.
+ */
+struct meet_task {
+	struct ag_task task;
+	atomic_int *arrived;
+	int n;
+	bool met;
+};
+
+static void meet_run(struct ag_task *t)
+{
+	struct meet_task *m = ag_container_of(t, struct meet_task, task);
+	uint64_t t0 = now_ns();
+
+	atomic_fetch_add(m->arrived, 1);
+	while (atomic_load(m->arrived) < m->n && now_ns() - t0 < 5000000000ull)
+		usleep(100);
+	m->met = atomic_load(m->arrived) >= m->n;
+}
+
+static int test_burst_wakes_all(void)
+{
+	enum { N = 4 }; /* the caller and three workers */
+	struct meet_task m[N];
+	struct ag_group g;
+	atomic_int arrived = 0;
+
+	TAP_CHECK(ag_set_num_threads(N) == 0);
+	TAP_CHECK(run_tree(3) == 0); /* start the pool */
+	usleep(50000); /* let every worker fall asleep */
+	ag__group_init(&g);
+	for (int i = 0; i < N; i++) {
+		ag__task_init(&m[i].task, meet_run);
+		m[i].arrived = &arrived;
+		m[i].n = N;
+		m[i].met = false;
+		ag__group_submit(&g, &m[i].task);
+	}
+	wait_group(&g);
+	for (int i = 0; i < N; i++)
+		TAP_CHECK(m[i].met);
+	return 0;
+}
+
 /* ---- worker identity and errors ---- */
 
 struct id_task {
@@ -398,6 +444,7 @@ static const struct tap_test tests[] = {
 	TAP_TEST(test_nested_from_many_tasks),
 	TAP_TEST(test_isolation_many_callers),
 	TAP_TEST(test_more_threads_than_slots),
+	TAP_TEST(test_burst_wakes_all),
 	{ 0 },
 };
 
