@@ -6,9 +6,9 @@
  *   backward  dx = grad * 1.5 * (5 x^2 - 1)
  *
  * forward saves its input for backward.  The gradient is checked against
- * central finite differences of the forward in f64 (and against
- * ag_gradcheck when the library has it); the program prints x, y and the
- * gradient and exits non-zero on a mismatch.
+ * central finite differences of the forward in f64 (and with
+ * ag_gradcheck and ag_gradgradcheck when the library has them); the
+ * program prints x, y and the gradient and exits non-zero on a mismatch.
  */
 #include <math.h>
 #include <stdio.h>
@@ -139,6 +139,14 @@ int main(void)
 		bad++;
 	} else {
 		printf("ag_gradcheck: ok\n");
+	}
+	/* backward is made of ops, so it can be differentiated again */
+	if (ag_gradgradcheck(p3, NULL, &x, 1, NULL)) {
+		fprintf(stderr, "legendre: ag_gradgradcheck: %s\n",
+			ag_errmsg());
+		bad++;
+	} else {
+		printf("ag_gradgradcheck: ok\n");
 	}
 #endif
 	ag_tensor_put(grad);
