@@ -50,8 +50,8 @@
 struct ag_ctx;
 struct ag_function_ops {
 	const char *name;
-	int (*forward)(struct ag_ctx *ctx, struct ag_tensor *const *in,
-		       int nin, struct ag_tensor **out, int nout);
+	int (*forward)(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
+		       struct ag_tensor **out, int nout);
 	int (*backward)(struct ag_ctx *ctx, struct ag_tensor *const *grad_out,
 			int nout, struct ag_tensor **grad_in, int nin);
 };
