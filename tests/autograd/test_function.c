@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* Custom functions: ag_function_apply and the ctx. */
+#include <stdlib.h>
+
 #include "common.h"
 
 static struct ag_tensor *vec(const double *v, int64_t n, bool rg)
@@ -1235,6 +1237,86 @@ Test(function, chain_of_200000, .timeout = 120)
 	cr_assert_eq(ag_backward(h, NULL, NULL), 0, "%s", ag_errmsg());
 	assert_grad(x, one, 1);
 	ag_tensor_put(h); /* frees 200000 nodes without recursion */
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* ---- per-call data for backward ---- */
+
+static int data_freed;
+
+static void data_free(void *p)
+{
+	data_freed++;
+	free(p);
+}
+
+/* y = s x with s chosen in forward (the first element of x) */
+static int scale_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
+		     struct ag_tensor **out, int nout)
+{
+	double *s = malloc(sizeof(*s));
+	int rc;
+
+	(void)nin;
+	(void)nout;
+	*s = ag__get(in[0], 0);
+	rc = ag_ctx_set_data(ctx, s, data_free);
+	cr_assert_eq(rc, 0);
+	cr_assert_eq(ag_ctx_data(ctx), s);
+	if (ag_ctx_arg(ctx))
+		return ag__err(AG_EINVAL, "scale: told to fail");
+	out[0] = ag_mul_scalar(in[0], *s);
+	return 0;
+}
+
+static int scale_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
+		     struct ag_tensor **gi, int nin)
+{
+	double *s = ag_ctx_data(ctx);
+
+	(void)nout;
+	(void)nin;
+	cr_assert_eq(ag_ctx_set_data(ctx, NULL, NULL), -AG_EINVAL);
+	ag_clear_error();
+	gi[0] = ag_mul_scalar(g[0], *s);
+	return 0;
+}
+
+static const struct ag_function_ops scale_fn = {
+	.name = "Scale",
+	.forward = scale_fwd,
+	.backward = scale_bwd,
+};
+
+Test(function, ctx_data_lives_with_the_node)
+{
+	double v[2] = { 3.0, 2.0 }, three[2] = { 3, 3 };
+	struct ag_tensor *x = vec(v, 2, true), *y, *l;
+
+	data_freed = 0;
+	y = apply1(&scale_fn, x, NULL);
+	l = ag_sum(y);
+	cr_assert_eq(ag_backward(l, NULL, NULL), 0, "%s", ag_errmsg());
+	assert_grad(x, three, 2);
+	cr_assert_eq(data_freed, 0);
+	ag_tensor_put(l);
+	ag_tensor_put(y);
+	cr_assert_eq(data_freed, 1, "freed with the node");
+	/* not recorded: freed as apply returns */
+	{
+		AG_NO_GRAD_SCOPE();
+		y = apply1(&scale_fn, x, NULL);
+	}
+	cr_assert_eq(data_freed, 2);
+	ag_tensor_put(y);
+	/* a failed forward frees it too */
+	y = (void *)1;
+	cr_assert_eq(ag_function_apply(&scale_fn, &x, 1, &y, 1, (void *)1),
+		     -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "told to fail");
+	cr_assert_null(y);
+	cr_assert_eq(data_freed, 3);
 	ag_tensor_put(x);
 	AG_ASSERT_NO_LEAKS();
 }
