@@ -1321,6 +1321,65 @@ Test(function, ctx_data_lives_with_the_node)
 	AG_ASSERT_NO_LEAKS();
 }
 
+/* ---- gradcheck and gradgradcheck through custom functions ---- */
+
+struct gc_arg {
+	const struct ag_function_ops *f;
+	void *arg;
+};
+
+static int gc_call(struct ag_tensor *const *in, int nin, struct ag_tensor **out,
+		   void *arg)
+{
+	struct gc_arg *a = arg;
+
+	return ag_function_apply(a->f, in, nin, out, 1, a->arg);
+}
+
+static int bad_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
+		   struct ag_tensor **gi, int nin)
+{
+	int rc = legendre_bwd(ctx, g, nout, gi, nin);
+	struct ag_tensor *t;
+
+	if (rc)
+		return rc;
+	t = gi[0];
+	gi[0] = ag_mul_scalar(t, 1.01); /* 1% off */
+	ag_tensor_put(t);
+	return 0;
+}
+
+static const struct ag_function_ops bad_legendre = {
+	.name = "BadLegendre",
+	.forward = legendre_fwd,
+	.backward = bad_bwd,
+};
+
+Test(function, gradcheck_and_gradgradcheck)
+{
+	double v[5] = { -0.9, -0.3, 0.05, 0.4, 1.1 },
+	       w[5] = { 2, -1, 3, .5, 1 };
+	struct ag_tensor *x = vec(v, 5, true), *in[2] = { x, vec(w, 5, true) };
+	struct needs_rec r = { 0 };
+	struct gc_arg leg = { &legendre, NULL }, mul = { &mul_fn, &r };
+	struct gc_arg bad = { &bad_legendre, NULL };
+
+	cr_assert_eq(ag_gradcheck(gc_call, &leg, &x, 1, NULL), 0, "%s",
+		     ag_errmsg());
+	cr_assert_eq(ag_gradgradcheck(gc_call, &leg, &x, 1, NULL), 0, "%s",
+		     ag_errmsg());
+	cr_assert_eq(ag_gradcheck(gc_call, &mul, in, 2, NULL), 0, "%s",
+		     ag_errmsg());
+	cr_assert_eq(ag_gradgradcheck(gc_call, &mul, in, 2, NULL), 0, "%s",
+		     ag_errmsg());
+	cr_assert_eq(ag_gradcheck(gc_call, &bad, &x, 1, NULL), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "with respect to input 0");
+	ag_tensor_put(in[1]);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
 /* ---- apply's own checks ---- */
 
 static int nofill_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
