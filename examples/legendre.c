@@ -6,9 +6,9 @@
  *   backward  dx = grad * 1.5 * (5 x^2 - 1)
  *
  * forward saves its input for backward.  The gradient is checked against
- * central finite differences of the forward in f64 (and against
- * ag_gradcheck when the library has it); the program prints x, y and the
- * gradient and exits non-zero on a mismatch.
+ * central finite differences of the forward in f64, and with ag_gradcheck
+ * and ag_gradgradcheck; the program prints x, y and the gradient and exits
+ * non-zero on a mismatch.
  */
 #include <math.h>
 #include <stdio.h>
@@ -133,14 +133,20 @@ int main(void)
 		       num[i], ok ? "" : "  MISMATCH");
 		bad += !ok;
 	}
-#ifdef AG_HAVE_GRADCHECK
 	if (ag_gradcheck(p3, NULL, &x, 1, NULL)) {
 		fprintf(stderr, "legendre: ag_gradcheck: %s\n", ag_errmsg());
 		bad++;
 	} else {
 		printf("ag_gradcheck: ok\n");
 	}
-#endif
+	/* backward is made of ops, so it can be differentiated again */
+	if (ag_gradgradcheck(p3, NULL, &x, 1, NULL)) {
+		fprintf(stderr, "legendre: ag_gradgradcheck: %s\n",
+			ag_errmsg());
+		bad++;
+	} else {
+		printf("ag_gradgradcheck: ok\n");
+	}
 	ag_tensor_put(grad);
 	ag_tensor_put(loss);
 	ag_tensor_put(out);

@@ -87,6 +87,8 @@ struct ag_ctx {
 	struct ag_tensor *const *in; /* during forward */
 	struct fn_input *ins; /* nin, recorded calls only */
 	struct tlist save, dirty, nondiff; /* during forward */
+	void *data; /* ag_ctx_set_data() */
+	void (*data_free)(void *data);
 };
 
 struct fn_node {
@@ -393,6 +395,32 @@ void *ag_ctx_arg(struct ag_ctx *ctx)
 	return ctx ? ctx->arg : NULL;
 }
 
+static void ctx_data_free(struct ag_ctx *ctx)
+{
+	if (ctx->data_free)
+		ctx->data_free(ctx->data);
+	ctx->data = NULL;
+	ctx->data_free = NULL;
+}
+
+int ag_ctx_set_data(struct ag_ctx *ctx, void *data, void (*free_fn)(void *data))
+{
+	int rc = need_forward(ctx, "ag_ctx_set_data");
+
+	if (rc)
+		return rc;
+	if (ctx->data != data || ctx->data_free != free_fn)
+		ctx_data_free(ctx);
+	ctx->data = data;
+	ctx->data_free = free_fn;
+	return 0;
+}
+
+void *ag_ctx_data(struct ag_ctx *ctx)
+{
+	return ctx ? ctx->data : NULL;
+}
+
 /* ---- the backward node ---- */
 
 static struct ag_tensor *zeros_like_meta(const struct ag_input_meta *m)
@@ -498,7 +526,10 @@ out:
 /* The core frees the container. */
 static void fn_destroy(struct ag_node *n)
 {
-	free(to_fn(n)->saved_block);
+	struct fn_node *fn = to_fn(n);
+
+	ctx_data_free(&fn->ctx);
+	free(fn->saved_block);
 }
 
 static const struct ag_node_ops fn_proto_ops = {
@@ -813,7 +844,9 @@ int ag_function_apply(const struct ag_function_ops *f,
 	tlist_clear(&ctx->dirty);
 	tlist_clear(&ctx->nondiff);
 	ctx->in = NULL;
-	if (fn)
+	if (!fn)
+		ctx_data_free(ctx); /* nothing will run backward */
+	else
 		ag__node_put(&fn->node);
 	for (int j = 0; j < nout; j++) {
 		if (rc) {

@@ -30,8 +30,9 @@
  *    distinct name.
  *
  * The ctx calls:
- *  - ag_ctx_save_for_backward, ag_ctx_mark_dirty and
- *    ag_ctx_mark_non_differentiable only from forward (else AG_EINVAL).  A
+ *  - ag_ctx_save_for_backward, ag_ctx_mark_dirty,
+ *    ag_ctx_mark_non_differentiable and ag_ctx_set_data only from forward
+ *    (else AG_EINVAL).  A
  *    second save_for_backward replaces the first; NULL entries are kept.
  *    Saving an output creates no reference cycle.
  *  - ag_ctx_saved_tensors only from backward, on the thread backward was
@@ -50,8 +51,8 @@
 struct ag_ctx;
 struct ag_function_ops {
 	const char *name;
-	int (*forward)(struct ag_ctx *ctx, struct ag_tensor *const *in,
-		       int nin, struct ag_tensor **out, int nout);
+	int (*forward)(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
+		       struct ag_tensor **out, int nout);
 	int (*backward)(struct ag_ctx *ctx, struct ag_tensor *const *grad_out,
 			int nout, struct ag_tensor **grad_in, int nin);
 };
@@ -68,5 +69,14 @@ AG_API int ag_ctx_mark_dirty(struct ag_ctx *ctx, struct ag_tensor *t);
 AG_API int ag_ctx_mark_non_differentiable(struct ag_ctx *ctx,
 					  struct ag_tensor *t);
 AG_API void *ag_ctx_arg(struct ag_ctx *ctx);
+/*
+ * Per-call state for backward that is not a tensor (PyTorch's
+ * ctx.attr = value), set from forward: free_fn (may be NULL) frees it with
+ * the node, or as apply returns when the call is not recorded or fails.
+ * Setting it again frees the previous data.
+ */
+AG_API int ag_ctx_set_data(struct ag_ctx *ctx, void *data,
+			   void (*free_fn)(void *data));
+AG_API void *ag_ctx_data(struct ag_ctx *ctx);
 
 #endif /* AG_FUNCTION_H */

@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* Custom functions: ag_function_apply and the ctx. */
+#include <stdlib.h>
+
 #include "common.h"
 
 static struct ag_tensor *vec(const double *v, int64_t n, bool rg)
@@ -1235,6 +1237,145 @@ Test(function, chain_of_200000, .timeout = 120)
 	cr_assert_eq(ag_backward(h, NULL, NULL), 0, "%s", ag_errmsg());
 	assert_grad(x, one, 1);
 	ag_tensor_put(h); /* frees 200000 nodes without recursion */
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* ---- per-call data for backward ---- */
+
+static int data_freed;
+
+static void data_free(void *p)
+{
+	data_freed++;
+	free(p);
+}
+
+/* y = s x with s chosen in forward (the first element of x) */
+static int scale_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
+		     struct ag_tensor **out, int nout)
+{
+	double *s = malloc(sizeof(*s));
+	int rc;
+
+	(void)nin;
+	(void)nout;
+	*s = ag__get(in[0], 0);
+	rc = ag_ctx_set_data(ctx, s, data_free);
+	cr_assert_eq(rc, 0);
+	cr_assert_eq(ag_ctx_data(ctx), s);
+	if (ag_ctx_arg(ctx))
+		return ag__err(AG_EINVAL, "scale: told to fail");
+	out[0] = ag_mul_scalar(in[0], *s);
+	return 0;
+}
+
+static int scale_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
+		     struct ag_tensor **gi, int nin)
+{
+	double *s = ag_ctx_data(ctx);
+
+	(void)nout;
+	(void)nin;
+	cr_assert_eq(ag_ctx_set_data(ctx, NULL, NULL), -AG_EINVAL);
+	ag_clear_error();
+	gi[0] = ag_mul_scalar(g[0], *s);
+	return 0;
+}
+
+static const struct ag_function_ops scale_fn = {
+	.name = "Scale",
+	.forward = scale_fwd,
+	.backward = scale_bwd,
+};
+
+Test(function, ctx_data_lives_with_the_node)
+{
+	double v[2] = { 3.0, 2.0 }, three[2] = { 3, 3 };
+	struct ag_tensor *x = vec(v, 2, true), *y, *l;
+
+	data_freed = 0;
+	y = apply1(&scale_fn, x, NULL);
+	l = ag_sum(y);
+	cr_assert_eq(ag_backward(l, NULL, NULL), 0, "%s", ag_errmsg());
+	assert_grad(x, three, 2);
+	cr_assert_eq(data_freed, 0);
+	ag_tensor_put(l);
+	ag_tensor_put(y);
+	cr_assert_eq(data_freed, 1, "freed with the node");
+	/* not recorded: freed as apply returns */
+	{
+		AG_NO_GRAD_SCOPE();
+		y = apply1(&scale_fn, x, NULL);
+	}
+	cr_assert_eq(data_freed, 2);
+	ag_tensor_put(y);
+	/* a failed forward frees it too */
+	y = (void *)1;
+	cr_assert_eq(ag_function_apply(&scale_fn, &x, 1, &y, 1, (void *)1),
+		     -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "told to fail");
+	cr_assert_null(y);
+	cr_assert_eq(data_freed, 3);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* ---- gradcheck and gradgradcheck through custom functions ---- */
+
+struct gc_arg {
+	const struct ag_function_ops *f;
+	void *arg;
+};
+
+static int gc_call(struct ag_tensor *const *in, int nin, struct ag_tensor **out,
+		   void *arg)
+{
+	struct gc_arg *a = arg;
+
+	return ag_function_apply(a->f, in, nin, out, 1, a->arg);
+}
+
+static int bad_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
+		   struct ag_tensor **gi, int nin)
+{
+	int rc = legendre_bwd(ctx, g, nout, gi, nin);
+	struct ag_tensor *t;
+
+	if (rc)
+		return rc;
+	t = gi[0];
+	gi[0] = ag_mul_scalar(t, 1.01); /* 1% off */
+	ag_tensor_put(t);
+	return 0;
+}
+
+static const struct ag_function_ops bad_legendre = {
+	.name = "BadLegendre",
+	.forward = legendre_fwd,
+	.backward = bad_bwd,
+};
+
+Test(function, gradcheck_and_gradgradcheck)
+{
+	double v[5] = { -0.9, -0.3, 0.05, 0.4, 1.1 },
+	       w[5] = { 2, -1, 3, .5, 1 };
+	struct ag_tensor *x = vec(v, 5, true), *in[2] = { x, vec(w, 5, true) };
+	struct needs_rec r = { 0 };
+	struct gc_arg leg = { &legendre, NULL }, mul = { &mul_fn, &r };
+	struct gc_arg bad = { &bad_legendre, NULL };
+
+	cr_assert_eq(ag_gradcheck(gc_call, &leg, &x, 1, NULL), 0, "%s",
+		     ag_errmsg());
+	cr_assert_eq(ag_gradgradcheck(gc_call, &leg, &x, 1, NULL), 0, "%s",
+		     ag_errmsg());
+	cr_assert_eq(ag_gradcheck(gc_call, &mul, in, 2, NULL), 0, "%s",
+		     ag_errmsg());
+	cr_assert_eq(ag_gradgradcheck(gc_call, &mul, in, 2, NULL), 0, "%s",
+		     ag_errmsg());
+	cr_assert_eq(ag_gradcheck(gc_call, &bad, &x, 1, NULL), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "with respect to input 0");
+	ag_tensor_put(in[1]);
 	ag_tensor_put(x);
 	AG_ASSERT_NO_LEAKS();
 }
