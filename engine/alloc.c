@@ -38,11 +38,93 @@ static const bool passthrough = AG_ALLOC_PASSTHROUGH;
 static const size_t class_size[] = { 64,  128, 192,  256,  384,
 				     512, 768, 1024, 1536, 2048 };
 #define NCLASS (sizeof(class_size) / sizeof(class_size[0]))
-#define LARGE NCLASS
+#define LARGE ((int)NCLASS)
 
 struct free_block {
 	struct free_block *next;
 };
+
+/*
+ * Big blocks (over 2 KiB) would come from mmap past glibc's threshold, and
+ * every fresh page then faults in on first touch: on the machines measured
+ * that made a forward of 65536-element ops cost ten times its math.  They
+ * are kept on global lists instead, in classes of 8 steps per power of two
+ * (at most 12.5% slack), up to BIG_CACHE_MAX bytes in all.
+ */
+#define BIG_BASE 100 /* header class of the first big class */
+#define BIG_MIN_SHIFT 11
+#define BIG_MAX_SHIFT 31
+#define BIG_NCLASS ((BIG_MAX_SHIFT - BIG_MIN_SHIFT) * 8)
+#define BIG_CACHE_MAX ((size_t)512 << 20)
+
+static pthread_mutex_t big_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct free_block *big_head[BIG_NCLASS];
+static size_t big_cached;
+
+/* Big class index for size (> 2048), or -1 past the largest class. */
+static int big_class(size_t size, size_t *class_bytes)
+{
+	int shift = 63 - __builtin_clzll((unsigned long long)size);
+	size_t step, sub;
+
+	if (shift >= BIG_MAX_SHIFT)
+		return -1;
+	step = (size_t)1 << (shift - 3);
+	sub = (size - ((size_t)1 << shift) + step - 1) / step;
+	*class_bytes = ((size_t)1 << shift) + sub * step;
+	return (shift - BIG_MIN_SHIFT) * 8 + (int)sub;
+}
+
+static size_t big_bytes(int k)
+{
+	int shift = BIG_MIN_SHIFT + k / 8;
+
+	return ((size_t)1 << shift) +
+	       (size_t)(k % 8) * ((size_t)1 << (shift - 3));
+}
+
+static void *big_alloc(size_t size)
+{
+	size_t bytes = size;
+	int k = big_class(size, &bytes);
+	unsigned char *p = NULL;
+
+	if (k >= 0 && !passthrough) {
+		pthread_mutex_lock(&big_lock);
+		if (big_head[k]) {
+			struct free_block *b = big_head[k];
+
+			big_head[k] = b->next;
+			big_cached -= bytes;
+			pthread_mutex_unlock(&big_lock);
+			return b;
+		}
+		pthread_mutex_unlock(&big_lock);
+	}
+	p = malloc(HEADER + bytes);
+	if (!p)
+		return NULL;
+	*(int *)p = k >= 0 ? BIG_BASE + k : LARGE;
+	return p + HEADER;
+}
+
+static void big_free(void *ptr, int c)
+{
+	struct free_block *b = ptr;
+	int k = c - BIG_BASE;
+	size_t bytes = big_bytes(k);
+
+	pthread_mutex_lock(&big_lock);
+	if (big_cached + bytes <= BIG_CACHE_MAX) {
+		b->next = big_head[k];
+		big_head[k] = b;
+		big_cached += bytes;
+		b = NULL;
+	}
+	pthread_mutex_unlock(&big_lock);
+	if (b)
+		free((unsigned char *)ptr - HEADER);
+}
 
 struct cache {
 	struct free_block *head[NCLASS];
@@ -125,7 +207,9 @@ void *ag__alloc(size_t size)
 	int c = class_of(size);
 	unsigned char *p;
 
-	if (!passthrough && c != LARGE) {
+	if (c == LARGE)
+		return big_alloc(size);
+	if (!passthrough) {
 		struct free_block *b;
 
 		if (!tc->head[c])
@@ -137,7 +221,7 @@ void *ag__alloc(size_t size)
 			return b; /* lists link user areas; headers stay */
 		}
 	}
-	p = malloc(HEADER + (c == LARGE ? size : class_size[c]));
+	p = malloc(HEADER + class_size[c]);
 	if (!p)
 		return NULL;
 	*(int *)p = c;
@@ -163,6 +247,10 @@ void ag__free(void *ptr)
 		return;
 	p = (unsigned char *)ptr - HEADER;
 	c = *(int *)p;
+	if (c >= BIG_BASE && !passthrough) {
+		big_free(ptr, c);
+		return;
+	}
 	if (!passthrough && c != LARGE) {
 		struct free_block *b = ptr;
 
