@@ -117,7 +117,21 @@ class Run:
             shlex.quote(a) for a in self.argv)
 
 
+def load_avg():
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+LOADS = []
+
+
 def run_one(run, json_path, log):
+    la = load_avg()
+    if la is not None:
+        LOADS.append(la)
     env = dict(os.environ)
     env.update(run.env_add)
     argv = run.argv + ["--json", json_path]
@@ -345,6 +359,21 @@ triad and the GEMM against plain loops.  Ops that do not exist yet (today:
 never as a figure.  Without ag/pool.h libag runs on one thread, and
 ag-bench says so and skips its figures at higher thread counts.
 
+## Reading these figures
+
+On a shared machine the other tenants' load lengthens every figure, and
+page faults get expensive: when this was written, libag's `elementwise`
+figures were dominated by the kernel faulting in a fresh 16 MiB buffer for
+every output and gradient (glibc returns such blocks to the system on
+`free`, so the next tensor faults them in again).  The same libag binary
+with glibc keeping freed memory,
+`GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296
+ag-bench --workload elementwise --threads 1 --reps 3`, ran `exp` forward
+in 2.0 ms instead of 340 ms and `exp` backward in 0.9 ms instead of 333 ms
+(load average 13 on 2 CPUs; 111k instead of 246k minor faults).  A caching
+allocator in libag (or `mallopt` thresholds) would remove that cost; PyTorch
+avoids most of it.
+
 ## What is measured
 
 All tensors are float32, inputs uniform in [-1, 1) (log: [0.5, 2)), fixed
@@ -421,6 +450,8 @@ def main():
                     help="skip the AVX-512 configurations")
     ap.add_argument("--md", default=os.path.join(ROOT, "docs", "perf.md"))
     ap.add_argument("--png", default=os.path.join(ROOT, "docs", "perf.png"))
+    ap.add_argument("--save-json", metavar="DIR",
+                    help="keep every run's JSON in DIR")
     ap.add_argument("--no-write", action="store_true",
                     help="print the table only")
     args = ap.parse_args()
@@ -500,8 +531,10 @@ def main():
             for c in configs[k:] + configs[:k]:
                 for r in runs[c]:
                     n += 1
-                    d = run_one(r, os.path.join(tmp, "%d.json" % n),
-                                sys.stderr)
+                    jdir = args.save_json or tmp
+                    os.makedirs(jdir, exist_ok=True)
+                    d = run_one(r, os.path.join(
+                        jdir, "%02d-%s.json" % (n, r.config)), sys.stderr)
                     docs[c].append(d)
                     machine.setdefault(c, d["machine"])
     end = datetime.datetime.now(datetime.timezone.utc)
@@ -581,8 +614,23 @@ def main():
             machine["torch-best"]["isa"], machine["torch-best"]["blas"]))
     md.append("- OPENBLAS_CORETYPE in the environment: %s" %
               os.environ.get("OPENBLAS_CORETYPE", "unset"))
-    md.append("- ag-bench peak RSS (first round): %.0f MiB\n" %
+    md.append("- ag-bench peak RSS (first round): %.0f MiB" %
               (ag_run.get("peak_rss_kib", 0) / 1024))
+    if LOADS:
+        cpw = [d.get("run", {}).get("cpu_per_wall") for d in docs["libag"]]
+        cpw = [v for v in cpw if v]
+        md.append("- **machine load** (1-minute load average when each of "
+                  "the %d runs started): min %.1f, median %.1f, max %.1f on "
+                  "%s CPUs%s%s" % (
+                      len(LOADS), min(LOADS), statistics.median(LOADS),
+                      max(LOADS), m["cores"],
+                      "; ag-bench got %.2f CPU-seconds per wall-second "
+                      "(median over rounds)" % statistics.median(cpw)
+                      if cpw else "",
+                      ".  The machine was shared and busy: every figure is "
+                      "pessimistic, and the `best` values say more than the "
+                      "medians" if max(LOADS) > (m["cores"] or 1) else ""))
+    md.append("")
     md.append("## Commands\n")
     md.append("```")
     md.append("meson setup build -Dtests=false && ninja -C build   "
