@@ -292,7 +292,9 @@ def chart(rows, res, configs, threads, png):
     h = 0.8 / max(1, len(pairs))
     colors = ["#4477aa", "#66ccee", "#ee6677", "#ccbb44"]
     for i, p in enumerate(pairs):
-        ax.barh([v - 0.4 + h * (i + 0.5) for v in y], sp[p], height=h,
+        # bars grow from 1 (parity): right when libag is faster
+        ax.barh([v - 0.4 + h * (i + 0.5) for v in y],
+                [v - 1 for v in sp[p]], left=1, height=h,
                 label="%s vs %s" % p, color=colors[i % len(colors)])
     ax.set_yticks(y)
     ax.set_yticklabels(labels, fontsize=8)
@@ -450,6 +452,10 @@ def main():
                     help="skip the AVX-512 configurations")
     ap.add_argument("--md", default=os.path.join(ROOT, "docs", "perf.md"))
     ap.add_argument("--png", default=os.path.join(ROOT, "docs", "perf.png"))
+    ap.add_argument("--from-json", metavar="DIR",
+                    help="run nothing: redraw from a --save-json directory")
+    ap.add_argument("--png-only", action="store_true",
+                    help="write the chart only, not docs/perf.md")
     ap.add_argument("--save-json", metavar="DIR",
                     help="keep every run's JSON in DIR")
     ap.add_argument("--no-write", action="store_true",
@@ -486,7 +492,7 @@ def main():
     if args.quick:
         common.append("--quick")
     tb = os.path.join(HERE, "torch_bench.py")
-    cpp = None if args.no_cpp else build_cpp()
+    cpp = None if args.no_cpp or args.from_json else build_cpp()
 
     configs = ["libag", "torch"] + (["libtorch"] if cpp else [])
     if avx512:
@@ -523,9 +529,25 @@ def main():
     docs = {c: [] for c in configs}
     machine = {}
     start = datetime.datetime.now(datetime.timezone.utc)
+    if args.from_json:
+        # redraw from a saved run (--save-json): NN-config.json files
+        docs = {}
+        for fn in sorted(os.listdir(args.from_json)):
+            if not fn.endswith(".json") or "-" not in fn:
+                continue
+            c = fn[:-5].split("-", 1)[1]
+            with open(os.path.join(args.from_json, fn)) as f:
+                d = json.load(f)
+            docs.setdefault(c, []).append(d)
+            machine.setdefault(c, d["machine"])
+        configs = [c for c in ("libag", "torch", "libtorch", "libag-best",
+                               "torch-best", "libtorch-best") if c in docs]
+        if not configs:
+            raise SystemExit("compare.py: no NN-config.json in %s" %
+                             args.from_json)
     with tempfile.TemporaryDirectory() as tmp:
         n = 0
-        for rnd in range(args.rounds):
+        for rnd in range(0 if args.from_json else args.rounds):
             print("round %d/%d" % (rnd + 1, args.rounds), file=sys.stderr)
             k = rnd % len(configs)
             for c in configs[k:] + configs[:k]:
@@ -566,7 +588,10 @@ def main():
 
     os.makedirs(os.path.dirname(args.md), exist_ok=True)
     have_png = chart(rows, res, configs, threads, args.png)
-    cmds = [r.command() for c in configs for r in runs[c]]
+    if args.png_only:
+        print("\nwrote %s" % args.png)
+        return 0
+    cmds = [r.command() for c in configs for r in runs.get(c, [])]
     m = machine["libag"]
     ag_run = docs["libag"][0].get("run", {})
     unav = sorted({"%s %s: %s" % (k[0], k[1], e.get("reason", ""))
