@@ -41,7 +41,8 @@ demo: build
 	./build/examples/demo
 
 check-normal: build
-	meson test -C build --print-errorlogs --no-suite tsan
+	meson test -C build --print-errorlogs
+	sh tests/install_check.sh build
 
 check-clang: deps
 	[ -f build-clang/build.ninja ] || CC=clang meson setup build-clang $(MESON_CI)

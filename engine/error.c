@@ -72,9 +72,10 @@ const char *ag_strerror(int code)
 		[AG_EINTERNAL] = "AG_EINTERNAL",
 	};
 
-	if (code < 0)
-		code = -code;
-	if (code >= (int)(sizeof(names) / sizeof(names[0])))
+	const int n = (int)(sizeof(names) / sizeof(names[0]));
+
+	/* -INT_MIN would overflow: compare before negating */
+	if (code <= -n || code >= n)
 		return "AG_E?";
-	return names[code];
+	return names[code < 0 ? -code : code];
 }

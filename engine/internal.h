@@ -33,6 +33,13 @@ int ag__verr(int code, const char *fmt, va_list ap);
  */
 int ag__err_null(const char *fn, const char *arg);
 
+/* ---- small-object allocator (engine/alloc.c) ---- */
+
+/* Blocks are 16-byte aligned; ag__free takes any block from any thread. */
+void *ag__alloc(size_t size);
+void *ag__zalloc(size_t size);
+void ag__free(void *p);
+
 /* ---- live-object counters (tests assert they return to zero) ---- */
 
 struct ag_live {
@@ -64,6 +71,11 @@ static inline long ag__live_nodes(void)
 	return atomic_load(&ag__live.nodes);
 }
 
+static inline long ag__live_hooks(void)
+{
+	return atomic_load(&ag__live.hooks);
+}
+
 /* ---- storage ---- */
 
 /*
@@ -75,7 +87,7 @@ struct ag_storage {
 	atomic_long refcount;
 	void *data;
 	size_t nbytes;
-	void (*free_fn)(void *data, void *arg); /* NULL: aligned_alloc'd */
+	void (*free_fn)(void *data, void *arg); /* from_blob only */
 	void *free_arg;
 	bool user_owned; /* from_blob: free_fn, not free() */
 	bool inference; /* no version tracking */

@@ -111,7 +111,6 @@ static size_t pb_last_line(const struct pbuf *b)
 }
 
 struct formatter {
-	enum ag_dtype dtype;
 	bool int_mode;
 	bool sci_mode;
 	int width;
@@ -256,11 +255,10 @@ static void formatter_init(struct printer *p)
 	struct formatter *f = &p->fmt;
 	struct scan s = { .f = f };
 
-	f->dtype = p->t->dtype;
 	f->int_mode = true;
 	f->sci_mode = false;
 	f->width = 1;
-	if (f->dtype != AG_I64) {
+	if (p->t->dtype != AG_I64) {
 		visit(p, 0, p->t->offset, scan_range, &s);
 		if (!s.any)
 			return;

@@ -10,28 +10,33 @@
 
 struct ag_live ag__live;
 
+/*
+ * One allocation holds the header and the data, aligned by hand, from the
+ * small-object lists when it fits (engine/alloc.c); aligned_alloc of many
+ * small blocks fragmented glibc's heap and dominated the chain workload.
+ */
 struct ag_storage *ag__storage_new(size_t nbytes)
 {
-	struct ag_storage *s = calloc(1, sizeof(*s));
-	/* aligned_alloc wants a multiple of the alignment, and never 0 */
-	size_t alloc = (nbytes + AG_ALIGN - 1) / AG_ALIGN * AG_ALIGN;
+	size_t head = sizeof(struct ag_storage);
+	struct ag_storage *s;
+	uintptr_t p;
 
+	if (nbytes > SIZE_MAX - head - AG_ALIGN)
+		goto oom;
+	s = ag__alloc(head + AG_ALIGN + nbytes);
 	if (!s)
 		goto oom;
-	if (alloc == 0)
-		alloc = AG_ALIGN;
-	s->data = aligned_alloc(AG_ALIGN, alloc);
-	if (!s->data)
-		goto oom_free;
+	memset(s, 0, head);
+	p = ((uintptr_t)s + head + AG_ALIGN - 1) & ~(uintptr_t)(AG_ALIGN - 1);
+	s->data = (void *)p;
 	atomic_init(&s->refcount, 1);
 	atomic_init(&s->version, 0);
 	atomic_init(&s->last_writer, NULL);
 	s->nbytes = nbytes;
-	atomic_fetch_add(&ag__live.storages, 1);
-	atomic_fetch_add(&ag__live.bytes, (long)nbytes);
+	atomic_fetch_add_explicit(&ag__live.storages, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&ag__live.bytes, (long)nbytes,
+				  memory_order_relaxed);
 	return s;
-oom_free:
-	free(s);
 oom:
 	ag__err(AG_ENOMEM, "out of memory allocating %zu bytes", nbytes);
 	return NULL;
@@ -53,11 +58,11 @@ void ag__storage_put(struct ag_storage *s)
 		if (s->free_fn)
 			s->free_fn(s->data, s->free_arg);
 	} else {
-		free(s->data);
+		atomic_fetch_sub_explicit(&ag__live.bytes, (long)s->nbytes,
+					  memory_order_relaxed);
 	}
-	atomic_fetch_sub(&ag__live.storages, 1);
-	atomic_fetch_sub(&ag__live.bytes, (long)s->nbytes);
-	free(s);
+	atomic_fetch_sub_explicit(&ag__live.storages, 1, memory_order_relaxed);
+	ag__free(s);
 }
 
 void ag__storage_bump(struct ag_storage *s, const char *who)

@@ -12,8 +12,21 @@
 #include <ag/mode.h>
 #include <ag/ops.h>
 
+#include <ag/pool.h>
+
 #include "internal.h"
 #include "autograd/graph.h"
+#include "simd.h"
+
+/*
+ * simd/ splits large kernels over the pool through this hook (it does not
+ * link against the engine).  Here because every program makes tensors, so
+ * a static link always pulls this file in.
+ */
+__attribute__((constructor)) static void register_parallel_for(void)
+{
+	ag_k_set_parallel_for(ag_parallel_for);
+}
 
 size_t ag_dtype_size(enum ag_dtype dt)
 {
@@ -53,8 +66,8 @@ const char *ag__shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
 
 	len += snprintf(buf + len, n - len, "[");
 	for (int d = 0; d < ndim && len < n; d++)
-		len += snprintf(buf + len, n - len, "%s%" PRId64,
-				d ? ", " : "", shape[d]);
+		len += snprintf(buf + len, n - len, "%s%" PRId64, d ? ", " : "",
+				shape[d]);
 	if (len < n)
 		snprintf(buf + len, n - len, "]");
 	return buf;
@@ -64,35 +77,47 @@ int ag__check_shape(const char *fn, int ndim, const int64_t *shape,
 		    enum ag_dtype dt, int64_t *numel)
 {
 	int64_t n = 1;
+	bool empty = false;
 	int rc = ag__check_dtype(fn, dt);
 
 	if (rc)
 		return rc;
 	if (ndim < 0 || ndim > AG_MAX_DIMS)
-		return ag__err(AG_EINVAL, "%s: %d dims requested; a tensor has 0 to %d dims",
-			       fn, ndim, AG_MAX_DIMS);
+		return ag__err(
+			AG_EINVAL,
+			"%s: %d dims requested; a tensor has 0 to %d dims", fn,
+			ndim, AG_MAX_DIMS);
 	if (ndim > 0 && !shape)
 		return ag__err(AG_EINVAL, "%s: shape is NULL for %d dims", fn,
 			       ndim);
 	for (int d = 0; d < ndim; d++) {
 		if (shape[d] < 0)
-			return ag__err(AG_EINVAL, "%s: dim %d has negative size %" PRId64,
+			return ag__err(AG_EINVAL,
+				       "%s: dim %d has negative size %" PRId64,
 				       fn, d, shape[d]);
-		if (shape[d] && n > INT64_MAX / shape[d])
+		if (!shape[d])
+			empty = true;
+	}
+	for (int d = 0; d < ndim && !empty; d++) {
+		if (n > INT64_MAX / shape[d])
 			goto overflow;
 		n *= shape[d];
 	}
+	if (empty)
+		n = 0;
 	if ((uint64_t)n > SIZE_MAX / ag_dtype_size(dt) ||
 	    n > INT64_MAX / (int64_t)ag_dtype_size(dt))
 		goto overflow;
 	*numel = n;
 	return 0;
-overflow: {
+overflow : {
 	char buf[200];
 
-	return ag__err(AG_EINVAL, "%s: shape %s of %s is too large: its byte size overflows",
-		       fn, ag__shape_str(buf, sizeof(buf), ndim, shape),
-		       ag_dtype_name(dt));
+	return ag__err(
+		AG_EINVAL,
+		"%s: shape %s of %s is too large: its byte size overflows", fn,
+		ag__shape_str(buf, sizeof(buf), ndim, shape),
+		ag_dtype_name(dt));
 }
 }
 
@@ -102,13 +127,15 @@ void ag__contiguous_strides(int ndim, const int64_t *shape, int64_t *strides)
 
 	for (int d = ndim - 1; d >= 0; d--) {
 		strides[d] = s;
-		s *= shape[d] ? shape[d] : 1;
+		/* overflows only for an empty tensor, never indexed */
+		if (__builtin_mul_overflow(s, shape[d] ? shape[d] : 1, &s))
+			s = INT64_MAX;
 	}
 }
 
 static struct ag_tensor *tensor_alloc(void)
 {
-	struct ag_tensor *t = calloc(1, sizeof(*t));
+	struct ag_tensor *t = ag__zalloc(sizeof(*t));
 
 	if (!t) {
 		ag__err(AG_ENOMEM, "out of memory allocating a tensor");
@@ -116,7 +143,7 @@ static struct ag_tensor *tensor_alloc(void)
 	}
 	atomic_init(&t->refcount, 1);
 	t->inference = ag__mode.inference != 0;
-	atomic_fetch_add(&ag__live.tensors, 1);
+	atomic_fetch_add_explicit(&ag__live.tensors, 1, memory_order_relaxed);
 	return t;
 }
 
@@ -151,6 +178,7 @@ struct ag_tensor *ag__tensor_view(struct ag_tensor *base, int ndim,
 				  int64_t offset)
 {
 	struct ag_tensor *t = tensor_alloc();
+	bool empty = false;
 
 	if (!t)
 		return NULL;
@@ -164,8 +192,14 @@ struct ag_tensor *ag__tensor_view(struct ag_tensor *base, int ndim,
 	for (int d = 0; d < ndim; d++) {
 		t->shape[d] = shape[d];
 		t->strides[d] = strides[d];
-		t->numel *= shape[d];
+		if (!shape[d])
+			empty = true;
 	}
+	/* an empty shape's other dims may overflow when multiplied */
+	for (int d = 0; d < ndim && !empty; d++)
+		t->numel *= shape[d];
+	if (empty)
+		t->numel = 0;
 	return t;
 }
 
@@ -187,8 +221,8 @@ void ag_tensor_put(struct ag_tensor *t)
 	ag__meta_free(t->meta);
 	ag__storage_put(t->storage);
 	free(t->name);
-	atomic_fetch_sub(&ag__live.tensors, 1);
-	free(t);
+	atomic_fetch_sub_explicit(&ag__live.tensors, 1, memory_order_relaxed);
+	ag__free(t);
 }
 
 /* ---- creation ---- */
@@ -278,14 +312,17 @@ struct ag_tensor *ag_arange(enum ag_dtype dt, double start, double end,
 	double count;
 	int64_t n;
 
-	if (!isfinite(start) || !isfinite(end) || !isfinite(step) || step == 0) {
-		ag__err(AG_EINVAL, "ag_arange: start %g, end %g, step %g: need finite values and a nonzero step",
+	if (!isfinite(start) || !isfinite(end) || !isfinite(step) ||
+	    step == 0) {
+		ag__err(AG_EINVAL,
+			"ag_arange: start %g, end %g, step %g: need finite values and a nonzero step",
 			start, end, step);
 		return NULL;
 	}
 	if ((step > 0 && end < start) || (step < 0 && end > start)) {
-		ag__err(AG_EINVAL, "ag_arange: step %g does not lead from %g to %g",
-			step, start, end);
+		ag__err(AG_EINVAL,
+			"ag_arange: step %g does not lead from %g to %g", step,
+			start, end);
 		return NULL;
 	}
 	count = ceil((end - start) / step);
@@ -294,6 +331,11 @@ struct ag_tensor *ag_arange(enum ag_dtype dt, double start, double end,
 		return NULL;
 	}
 	n = (int64_t)count;
+	/* the ends bound every value: check them before any cast to i64 */
+	if (n &&
+	    (!int_value_ok("ag_arange", dt, start) ||
+	     !int_value_ok("ag_arange", dt, start + (double)(n - 1) * step)))
+		return NULL;
 	t = ag__tensor_new("ag_arange", dt, 1, &n);
 	if (!t)
 		return NULL;
@@ -332,7 +374,8 @@ struct ag_tensor *ag_from_data(enum ag_dtype dt, int ndim, const int64_t *shape,
 
 struct ag_tensor *ag_from_blob(enum ag_dtype dt, int ndim, const int64_t *shape,
 			       void *data,
-			       void (*free_fn)(void *data, void *arg), void *arg)
+			       void (*free_fn)(void *data, void *arg),
+			       void *arg)
 {
 	struct ag_storage *s;
 	struct ag_tensor *t;
@@ -345,14 +388,15 @@ struct ag_tensor *ag_from_blob(enum ag_dtype dt, int ndim, const int64_t *shape,
 		return NULL;
 	}
 	if ((uintptr_t)data % ag_dtype_size(dt)) {
-		ag__err(AG_EINVAL, "ag_from_blob: data %p is not aligned to the %zu-byte %s element",
+		ag__err(AG_EINVAL,
+			"ag_from_blob: data %p is not aligned to the %zu-byte %s element",
 			data, ag_dtype_size(dt), ag_dtype_name(dt));
 		return NULL;
 	}
-	s = calloc(1, sizeof(*s));
+	s = ag__zalloc(sizeof(*s));
 	t = tensor_alloc();
 	if (!s || !t) {
-		free(s);
+		ag__free(s);
 		ag_tensor_put(t);
 		ag__err(AG_ENOMEM, "ag_from_blob: out of memory");
 		return NULL;
@@ -368,7 +412,6 @@ struct ag_tensor *ag_from_blob(enum ag_dtype dt, int ndim, const int64_t *shape,
 	s->inference = t->inference;
 	/* user bytes are not ours: count the storage, not its bytes */
 	atomic_fetch_add(&ag__live.storages, 1);
-	atomic_fetch_sub(&ag__live.bytes, (long)s->nbytes);
 	t->storage = s;
 	t->dtype = dt;
 	t->ndim = ndim;
@@ -412,6 +455,8 @@ bool ag_tensor_is_contiguous(const struct ag_tensor *t)
 
 	if (!t)
 		return false;
+	if (!t->numel)
+		return true; /* as torch: nothing to lay out */
 	for (int d = t->ndim - 1; d >= 0; d--) {
 		if (t->shape[d] != 1 && t->strides[d] != s)
 			return false;
@@ -446,7 +491,8 @@ int ag_tensor_set_name(struct ag_tensor *t, const char *name)
 	if (name) {
 		copy = strdup(name);
 		if (!copy)
-			return ag__err(AG_ENOMEM, "ag_tensor_set_name: out of memory");
+			return ag__err(AG_ENOMEM,
+				       "ag_tensor_set_name: out of memory");
 	}
 	free(t->name);
 	t->name = copy;
@@ -494,11 +540,12 @@ int ag_tensor_copy_to(const struct ag_tensor *t, void *dst, size_t nbytes)
 	if (nbytes != need) {
 		char buf[200];
 
-		return ag__err(AG_EINVAL, "ag_tensor_copy_to: a %s tensor of shape %s needs %zu bytes, got %zu",
-			       ag_dtype_name(t->dtype),
-			       ag__shape_str(buf, sizeof(buf), t->ndim,
-					     t->shape),
-			       need, nbytes);
+		return ag__err(
+			AG_EINVAL,
+			"ag_tensor_copy_to: a %s tensor of shape %s needs %zu bytes, got %zu",
+			ag_dtype_name(t->dtype),
+			ag__shape_str(buf, sizeof(buf), t->ndim, t->shape),
+			need, nbytes);
 	}
 	ag__copy_dense(t, dst);
 	return 0;
@@ -545,7 +592,9 @@ static bool one_element(const char *fn, const struct ag_tensor *t)
 	}
 	if (t->numel == 1)
 		return true;
-	ag__err(AG_EINVAL, "%s: a tensor of shape %s has %" PRId64 " elements; only one-element tensors convert to a scalar",
+	ag__err(AG_EINVAL,
+		"%s: a tensor of shape %s has %" PRId64
+		" elements; only one-element tensors convert to a scalar",
 		fn, ag__shape_str(buf, sizeof(buf), t->ndim, t->shape),
 		t->numel);
 	return false;
@@ -559,7 +608,9 @@ double ag_tensor_item(const struct ag_tensor *t)
 		int64_t v = get_i64(t, 0);
 
 		if (v > (1LL << 53) || v < -(1LL << 53)) {
-			ag__err(AG_EDTYPE, "ag_tensor_item: i64 value %" PRId64 " cannot be held exactly by a double; use ag_tensor_item_i64",
+			ag__err(AG_EDTYPE,
+				"ag_tensor_item: i64 value %" PRId64
+				" cannot be held exactly by a double; use ag_tensor_item_i64",
 				v);
 			return NAN;
 		}
@@ -573,7 +624,8 @@ int64_t ag_tensor_item_i64(const struct ag_tensor *t)
 	if (!one_element("ag_tensor_item_i64", t))
 		return 0;
 	if (t->dtype != AG_I64) {
-		ag__err(AG_EDTYPE, "ag_tensor_item_i64: tensor is %s, expected i64; use ag_tensor_item",
+		ag__err(AG_EDTYPE,
+			"ag_tensor_item_i64: tensor is %s, expected i64; use ag_tensor_item",
 			ag_dtype_name(t->dtype));
 		return 0;
 	}
@@ -609,6 +661,46 @@ bool ag_equal(const struct ag_tensor *a, const struct ag_tensor *b)
 	return true;
 }
 
+/* b can be read with a's shape: its dims, aligned right, are 1 or a's. */
+static bool broadcasts_to(const struct ag_tensor *b, const struct ag_tensor *a)
+{
+	if (b->ndim > a->ndim)
+		return false;
+	for (int d = 0; d < b->ndim; d++) {
+		int64_t n = b->shape[d], want = a->shape[a->ndim - b->ndim + d];
+
+		if (n != want && n != 1)
+			return false;
+	}
+	return true;
+}
+
+/* Element of b at the row-major index i of a's shape, b broadcast to a. */
+static double get_broadcast(const struct ag_tensor *b,
+			    const struct ag_tensor *a, int64_t i)
+{
+	int64_t off = 0;
+
+	for (int d = a->ndim - 1; d >= 0; d--) {
+		int bd = d - (a->ndim - b->ndim);
+		int64_t idx = i % a->shape[d];
+
+		i /= a->shape[d];
+		if (bd >= 0 && b->shape[bd] != 1)
+			off += idx * b->strides[bd];
+	}
+	switch (b->dtype) {
+	case AG_F32:
+		return ((const float *)b->storage->data)[b->offset + off];
+	case AG_F64:
+		return ((const double *)b->storage->data)[b->offset + off];
+	case AG_I64:
+		return (double)((const int64_t *)
+					b->storage->data)[b->offset + off];
+	}
+	return NAN;
+}
+
 bool ag_allclose(const struct ag_tensor *a, const struct ag_tensor *b,
 		 double rtol, double atol)
 {
@@ -616,13 +708,15 @@ bool ag_allclose(const struct ag_tensor *a, const struct ag_tensor *b,
 		ag__err_null("ag_allclose", !a ? "a" : "b");
 		return false;
 	}
-	if (!same_shape(a, b))
+	if (!broadcasts_to(b, a))
 		return false;
 	for (int64_t i = 0; i < a->numel; i++) {
-		double x = ag__get(a, i), y = ag__get(b, i);
+		double x = ag__get(a, i), y = get_broadcast(b, a, i);
 
 		if (x == y)
 			continue; /* also equal infinities */
+		if (isinf(x) || isinf(y))
+			return false; /* inf - finite is inf, rtol * inf too */
 		if (!(fabs(x - y) <= atol + rtol * fabs(y)))
 			return false;
 	}
@@ -631,8 +725,8 @@ bool ag_allclose(const struct ag_tensor *a, const struct ag_tensor *b,
 
 struct ag_tensor *ag__contiguous_copy(struct ag_tensor *t)
 {
-	struct ag_tensor *c = ag__tensor_new("ag_clone", t->dtype, t->ndim,
-					     t->shape);
+	struct ag_tensor *c =
+		ag__tensor_new("ag_clone", t->dtype, t->ndim, t->shape);
 
 	if (c)
 		ag__copy_dense(t, c->storage->data);

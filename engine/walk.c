@@ -16,10 +16,15 @@ void ag__walk_init(struct ag_walk *w, int ndim, const int64_t *shape, int nop,
 		if (shape[d] == 0)
 			w->empty = true;
 	if (ndim == 0) {
+		/*
+		 * One element.  Its increment is 1, not 0: the kernels read
+		 * an output increment of 0 as "sum the span into one place"
+		 * (+=), which would add into an uninitialised output.
+		 */
 		w->ndim = 0;
 		w->inner = 1;
 		for (int k = 0; k < nop; k++) {
-			w->inc[k] = 0;
+			w->inc[k] = 1;
 			w->base[k] = base ? base[k] : 0;
 		}
 		return;

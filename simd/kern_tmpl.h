@@ -23,19 +23,195 @@
  * per-chunk overhead vanishes. */
 #define CH 512
 
+/* exp(-|x|) never overflows, so the far negative tail keeps its relative
+ * accuracy (1 / (1 + exp(-x)) would give 0 there). */
 static inline VT F(v_sigmoid)(VT v)
 {
 	VT one = V(set1)(1);
+	VT e = V(exp)(V(neg)(V(abs)(v)));
 
-	return V(div)(one, V(add)(one, V(exp)(V(neg)(v))));
+	return V(div)(V(sel)(V(ge)(v, V(set1)(0)), one, e), V(add)(one, e));
 }
 
-/* 0.5 x erfc(-x / sqrt 2) is Phi(x) x without erf's cancellation for
- * negative x; equal to torch's exact form 0.5 x (1 + erf(x / sqrt 2)). */
+/* x * sigmoid(x) with one rounding fewer: x / (1 + e) or x e / (1 + e) */
+static inline VT F(v_silu)(VT v)
+{
+	VT e = V(exp)(V(neg)(V(abs)(v)));
+
+	return V(div)(V(sel)(V(ge)(v, V(set1)(0)), v, V(mul)(v, e)),
+		      V(add)(V(set1)(1), e));
+}
+
+/* SLEEF's f64 exp returns inf for the last few x below log(DBL_MAX)
+ * (709.782712893384 gives inf, not 1.7976931348622e308); exp(x - 1) e is
+ * within 2 ULP there (x - 1 is exact). */
+static inline VT F(v_exp)(VT v)
+{
+	VT r = V(exp)(v);
+	V(m) m;
+
+	if (sizeof(T) == 4)
+		return r;
+	m = V(gt)(v, V(set1)(709.78));
+	if (V(any)(m))
+		r = V(sel)(m,
+			   V(mul)(V(exp)(V(sub)(v, V(set1)(1))),
+				  V(set1)(2.71828182845904523536)),
+			   r);
+	return r;
+}
+
+/* SLEEF's log1p overflows to inf above about 1e38 (f32) / 1e307 (f64);
+ * there log1p(x) and log(x) are the same number. */
+static inline VT F(v_log1p)(VT v)
+{
+	VT big = V(set1)(sizeof(T) == 4 ? 0x1p100 : 0x1p1000);
+	VT r = V(log1p)(v);
+	V(m) m = V(gt)(v, big);
+
+	if (V(any)(m))
+		r = V(sel)(m, V(log)(v), r);
+	return r;
+}
+
+/*
+ * Phi(x) = 0.5 erfc(-x / sqrt 2): no cancellation for negative x, where
+ * torch's 0.5 (1 + erf(x / sqrt 2)) loses everything.  erfc's condition
+ * number grows like 2 z^2, so the rounding of u = x / sqrt 2 alone would
+ * cost ~10 ULP near x = -3; the rounding error u_lo (exact with an fma) is
+ * folded back in to first order with d log erfc(z) / dz ~ -(z + sqrt(z^2 +
+ * 4 / pi)), an approximation within 5%, which is plenty for a correction.
+ */
 static inline VT F(v_phi)(VT v)
 {
-	return V(mul)(V(set1)(0.5),
-		      V(erfc)(V(mul)(v, V(set1)(-0.70710678118654752440))));
+	const T c_hi = (T)0.70710678118654752440084436210484903L;
+	const T c_lo =
+		(T)(0.70710678118654752440084436210484903L - (long double)c_hi);
+	VT u = V(mul)(v, V(set1)(c_hi));
+	VT u_lo = V(fma)(v, V(set1)(c_lo), V(fma)(v, V(set1)(c_hi), V(neg)(u)));
+	/* |u| <= 30 keeps u^2 finite and u_lo a number (inf - inf is NaN);
+	 * erfc is 0 or 2 well before that */
+	V(m) far = V(gt)(V(abs)(u), V(set1)(30));
+	VT uc = V(sel)(far, V(copysign)(V(set1)(30), u), u);
+	VT r = V(sub)(V(sqrt)(V(fma)(uc, uc, V(set1)(1.27323954473516268615))),
+		      uc);
+	VT e = V(erfc)(V(neg)(u));
+
+	u_lo = V(sel)(far, V(set1)(0), u_lo);
+	return V(mul)(V(mul)(V(set1)(0.5), e), V(fma)(u_lo, r, V(set1)(1)));
+}
+
+/*
+ * f32 tanh, 4x cheaper than SLEEF's tanhf_u10 (expm1 is the slow part of
+ * that, so (expm1(2x) / (expm1(2x) + 2) does not help), within 2 ULP:
+ *   |x| <  0.5: x + x^3 p(x^2), p the Taylor series of (tanh x - x) / x^3
+ *               to x^16 (a_k from (2k + 1) a_k = -sum_{i+j=k-1} a_i a_j,
+ *               tanh' = 1 - tanh^2); the tail is < 2^-26 relative.
+ *   |x| >= 0.5: (e - 1) / (e + 1), e = exp(2 |x|): e - 1 is exact for
+ *               2^0.5 <= e < 2^24 and exp's error reaches the quotient
+ *               damped by 2e / (e^2 - 1) <= 0.85, so <= 0.85 + 0.5 + 0.5
+ *               ULP;
+ *   |x| >= 4:   1 - 2 / (e + 1), since e - 1 rounds once e >= 2^24 and
+ *               2 / (e + 1) < 7e-4 contributes almost nothing.
+ * |x| is capped where tanh is 1 in f32 so e stays finite; NaN passes
+ * (compares are false).  f64 keeps SLEEF's tanh_u10.
+ */
+static inline VT F(v_tanh)(VT v)
+{
+	VT one = V(set1)(1);
+	VT a, x2, p, e, big;
+	V(m) mid;
+
+	if (sizeof(T) == 8)
+		return V(tanh)(v);
+	a = V(abs)(v);
+	a = V(sel)(V(gt)(a, V(set1)(10)), V(set1)(10), a);
+	e = V(exp)(V(add)(a, a));
+	/* one division serves both: (e - 1) / (e + 1) or 2 / (e + 1) */
+	mid = V(lt)(a, V(set1)(4));
+	big = V(div)(V(sel)(mid, V(sub)(e, one), V(set1)(2)), V(add)(e, one));
+	big = V(sel)(mid, big, V(sub)(one, big));
+	x2 = V(mul)(v, v);
+	p = V(set1)(0.000590027440945585981378075993700);
+	p = V(fma)(p, x2, V(set1)(-0.00145583438705131826824948518070));
+	p = V(fma)(p, x2, V(set1)(0.00359212803657248101692546136991));
+	p = V(fma)(p, x2, V(set1)(-0.00886323552990219656886323552990));
+	p = V(fma)(p, x2, V(set1)(0.0218694885361552028218694885362));
+	p = V(fma)(p, x2, V(set1)(-0.0539682539682539682539682539683));
+	p = V(fma)(p, x2, V(set1)(0.133333333333333333333333333333));
+	p = V(fma)(p, x2, V(set1)(-0.333333333333333333333333333333));
+	p = V(fma)(V(mul)(v, x2), p, v);
+	return V(sel)(V(lt)(a, V(set1)(0.5)), p, V(copysign)(big, v));
+}
+
+/*
+ * f32 sin and cos, about 2x cheaper than SLEEF's u10 and within 1 ULP
+ * (checked for every float with |x| <= 8192 by simd/bench/exhaustive.c;
+ * docs/simd.md has the figures).  Larger |x|, inf and NaN take SLEEF.
+ *   q = rint(x 2/pi), r = x - q pi/2 in [-pi/4, pi/4], and by q mod 4
+ *   sin x = sin r, cos r, -sin r, -cos r (cos: q + 1).
+ * pi/2 is split in three floats c1 + c2 + c3 (Cody-Waite).  For |x| <=
+ * 8192, q c1 and x lie on a common grid of 2^-23 (or |x| < 1 and q is 0
+ * or +-1 on 2^-24), so r1 = x - q c1 is exact in one fma; r = r1 - q c2
+ * rounds once, relative to r itself, however much r1 and q c2 cancel near
+ * a multiple of pi/2; r_lo = -q c3 enters the polynomials to first order.
+ * Taylor polynomials: sin to r^9, cos to r^10 (truncation < 3e-9
+ * relative on [-pi/4, pi/4]).
+ */
+static inline VT F(v_sinf_fast)(VT v, bool cosine)
+{
+	const VT one = V(set1)(1);
+	const VT c2 = V(set1)(-4.371138828673793e-08);
+	VT q, mq, r1, r, rl, s, ps, pc, sn, cs, res;
+	V(m) odd, neg, far;
+
+	q = V(rint)(V(mul)(v, V(set1)(0.63661977236758134308)));
+	mq = V(neg)(q);
+	r1 = V(fma)(mq, V(set1)(1.5707963705062866), v);
+	r = V(fma)(mq, c2, r1);
+	rl = V(mul)(mq, V(set1)(-1.7151245100058819e-15));
+	s = V(mul)(r, r);
+	ps = V(set1)(1.0 / 362880.0);
+	ps = V(fma)(ps, s, V(set1)(-1.0 / 5040.0));
+	ps = V(fma)(ps, s, V(set1)(1.0 / 120.0));
+	ps = V(fma)(ps, s, V(set1)(-1.0 / 6.0));
+	/* sin(r + rl) ~ r + r^3 ps + rl (1 - r^2 / 2) */
+	sn = V(add)(r, V(fma)(V(mul)(r, s), ps,
+			      V(mul)(rl, V(fma)(s, V(set1)(-0.5), one))));
+	pc = V(set1)(-1.0 / 3628800.0);
+	pc = V(fma)(pc, s, V(set1)(1.0 / 40320.0));
+	pc = V(fma)(pc, s, V(set1)(-1.0 / 720.0));
+	pc = V(fma)(pc, s, V(set1)(1.0 / 24.0));
+	pc = V(fma)(pc, s, V(set1)(-0.5));
+	/* cos(r + rl) ~ 1 + r^2 pc - rl r */
+	cs = V(add)(one, V(fma)(s, pc, V(neg)(V(mul)(rl, r))));
+	if (cosine)
+		q = V(add)(q, one);
+	/* q mod 4: odd picks cos, 2 and 3 negate (|q| <= 5216) */
+	odd = V(qbit)(q, 1);
+	neg = V(qbit)(q, 2);
+	res = V(sel)(odd, cs, sn);
+	res = V(sel)(neg, V(neg)(res), res);
+	if (!cosine) /* sin(-0) = -0; tiny x are their own sine */
+		res = V(sel)(V(lt)(V(abs)(v), V(set1)(0x1p-12)), v, res);
+	far = V(gt)(V(abs)(v), V(set1)(8192));
+	if (V(any)(far))
+		res = V(sel)(far, cosine ? V(cos)(v) : V(sin)(v), res);
+	return res;
+}
+
+static inline VT F(v_sin)(VT v)
+{
+	if (sizeof(T) == 4)
+		return F(v_sinf_fast)(v, false);
+	return V(sin)(v);
+}
+
+static inline VT F(v_cos)(VT v)
+{
+	if (sizeof(T) == 4)
+		return F(v_sinf_fast)(v, true);
+	return V(cos)(v);
 }
 
 static inline VT F(v_softplus)(VT v)
@@ -169,7 +345,7 @@ static void F(unary_c)(enum ag_k_unary op, int64_t n, const T *x, T *y, T p0,
 		LOOP1(n, V(abs)(v));
 		break;
 	case AG_K_EXP:
-		LOOP1(n, V(exp)(v));
+		LOOP1(n, F(v_exp)(v));
 		break;
 	case AG_K_EXPM1:
 		LOOP1(n, V(expm1)(v));
@@ -178,7 +354,7 @@ static void F(unary_c)(enum ag_k_unary op, int64_t n, const T *x, T *y, T p0,
 		LOOP1(n, V(log)(v));
 		break;
 	case AG_K_LOG1P:
-		LOOP1(n, V(log1p)(v));
+		LOOP1(n, F(v_log1p)(v));
 		break;
 	case AG_K_SQRT:
 		LOOP1(n, V(sqrt)(v));
@@ -193,16 +369,16 @@ static void F(unary_c)(enum ag_k_unary op, int64_t n, const T *x, T *y, T p0,
 		LOOP1(n, V(div)(one, v));
 		break;
 	case AG_K_SIN:
-		LOOP1(n, V(sin)(v));
+		LOOP1(n, F(v_sin)(v));
 		break;
 	case AG_K_COS:
-		LOOP1(n, V(cos)(v));
+		LOOP1(n, F(v_cos)(v));
 		break;
 	case AG_K_TAN:
 		LOOP1(n, V(tan)(v));
 		break;
 	case AG_K_TANH:
-		LOOP1(n, V(tanh)(v));
+		LOOP1(n, F(v_tanh)(v));
 		break;
 	case AG_K_SIGMOID:
 		LOOP1(n, F(v_sigmoid)(v));
@@ -214,7 +390,7 @@ static void F(unary_c)(enum ag_k_unary op, int64_t n, const T *x, T *y, T p0,
 		LOOP1(n, V(mul)(v, F(v_phi)(v)));
 		break;
 	case AG_K_SILU:
-		LOOP1(n, V(div)(v, V(add)(one, V(exp)(V(neg)(v)))));
+		LOOP1(n, F(v_silu)(v));
 		break;
 	case AG_K_SOFTPLUS:
 		LOOP1(n, F(v_softplus)(v));
@@ -346,7 +522,7 @@ static void F(dst_init)(struct F(dst) * d, T *p, int64_t inc, T *buf,
 	d->p = p;
 	d->inc = inc;
 	d->buf = buf;
-	d->reduce = reduce && inc == 0;
+	d->reduce = reduce && inc == 0 && p;
 	d->acc = 0;
 }
 
@@ -528,10 +704,10 @@ static void F(unary_bwd_c)(enum ag_k_unary op, int64_t n, const T *g,
 		LOOPY(n, V(mul)(V(neg)(gv), V(mul)(yv, yv)));
 		break;
 	case AG_K_SIN:
-		LOOPX(n, V(mul)(gv, V(cos)(xv)));
+		LOOPX(n, V(mul)(gv, F(v_cos)(xv)));
 		break;
 	case AG_K_COS:
-		LOOPX(n, V(mul)(gv, V(neg)(V(sin)(xv))));
+		LOOPX(n, V(mul)(gv, V(neg)(F(v_sin)(xv))));
 		break;
 	case AG_K_TAN:
 		LOOPY(n, V(mul)(gv, V(fma)(yv, yv, one)));
@@ -901,13 +1077,12 @@ static void F(axpy)(int64_t n, T alpha, const T *x, int64_t incx, T *y,
 		/* LOOP1 reads x and writes y; here y is also read. */
 		for (i = 0; i + W <= n; i += W)
 			V(store)
-			(y + i, V(fma)(va, V(load)(x + i), V(load)(y + i)));
+		(y + i, V(fma)(va, V(load)(x + i), V(load)(y + i)));
 		if (i < n)
 			V(storen)
-			(y + i,
-			 V(fma)(va, V(loadn)(x + i, n - i),
-				V(loadn)(y + i, n - i)),
-			 n - i);
+		(y + i,
+		 V(fma)(va, V(loadn)(x + i, n - i), V(loadn)(y + i, n - i)),
+		 n - i);
 		return;
 	}
 	for (i = 0; i < n; i++)
@@ -924,6 +1099,29 @@ static double F(max)(int64_t n, const T *x, int64_t incx, int64_t *argmax)
 		if (argmax)
 			*argmax = -1;
 		return NAN;
+	}
+	if (incx == 1 && n >= 2 * W) {
+		/* vector pass for the value, then the first index holding it */
+		VT vm = V(load)(x);
+		V(m) seen = V(isnan)(vm);
+
+		for (i = W; i + W <= n; i += W) {
+			VT v = V(load)(x + i);
+
+			seen = V(or)(seen, V(isnan)(v));
+			vm = V(sel)(V(gt)(v, vm), v, vm);
+		}
+		m = V(hmax)(vm);
+		for (; i < n; i++)
+			m = x[i] > m || isnan(x[i]) ? x[i] : m;
+		if (!V(any)(seen) && !isnan(m)) {
+			for (k = 0; k < n && !(x[k] == m); k++)
+				;
+			if (argmax)
+				*argmax = k;
+			return x[k];
+		}
+		/* a NaN somewhere: the scalar scan finds the first one */
 	}
 	m = x[0];
 	for (i = 1; i < n && !isnan(m); i++) {

@@ -11,8 +11,9 @@
  *   vf_t, vf_m, VF_W      vector, mask, lanes
  *   load/loadn/store/storen   (the _n forms touch only the first n lanes,
  *                              so a tail never reads or writes past the end)
- *   set1 add sub mul div fma sqrt abs neg max_nan lt le gt ge eq isnan
- *   and/or sel(m, a, b) = m ? a : b
+ *   set1 add sub mul div fma sqrt rint (to nearest even) floor abs neg copysign
+ *   lt le gt ge eq isnan
+ *   and/or sel(m, a, b) = m ? a : b, qbit(q, b): bit b of integral q
  *   exp expm1 log log1p sin cos tan tanh erf erfc atan pow   (SLEEF u10;
  *   erfc is SLEEF's u15, the most accurate it has)
  *   hsum -> double (horizontal sum), hmax
@@ -64,8 +65,15 @@ static inline __mmask8 vd_tailmask(int64_t n)
 #define vf_div(a, b) _mm512_div_ps(a, b)
 #define vf_fma(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define vf_sqrt(a) _mm512_sqrt_ps(a)
+#define vf_rint(a) \
+	_mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define vf_floor(a) \
+	_mm512_roundscale_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC)
 #define vf_abs(a) _mm512_abs_ps(a)
 #define vf_neg(a) _mm512_xor_ps(a, _mm512_set1_ps(-0.0f))
+#define vf_copysign(m, s)                                        \
+	_mm512_or_ps(_mm512_andnot_ps(_mm512_set1_ps(-0.0f), m), \
+		     _mm512_and_ps(_mm512_set1_ps(-0.0f), s))
 #define vf_lt(a, b) _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ)
 #define vf_le(a, b) _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ)
 #define vf_gt(a, b) _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ)
@@ -75,6 +83,9 @@ static inline __mmask8 vd_tailmask(int64_t n)
 #define vf_and(m1, m2) ((__mmask16)((m1) & (m2)))
 #define vf_or(m1, m2) ((__mmask16)((m1) | (m2)))
 #define vf_sel(m, a, b) _mm512_mask_blend_ps(m, b, a)
+/* lanes whose integral value q has bit b set (|q| < 2^31) */
+#define vf_qbit(q, b) \
+	_mm512_test_epi32_mask(_mm512_cvtps_epi32(q), _mm512_set1_epi32(b))
 #define vf_exp(a) Sleef_expf16_u10avx512f(a)
 #define vf_expm1(a) Sleef_expm1f16_u10avx512f(a)
 #define vf_log(a) Sleef_logf16_u10avx512f(a)
@@ -99,8 +110,15 @@ static inline __mmask8 vd_tailmask(int64_t n)
 #define vd_div(a, b) _mm512_div_pd(a, b)
 #define vd_fma(a, b, c) _mm512_fmadd_pd(a, b, c)
 #define vd_sqrt(a) _mm512_sqrt_pd(a)
+#define vd_rint(a) \
+	_mm512_roundscale_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define vd_floor(a) \
+	_mm512_roundscale_pd(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC)
 #define vd_abs(a) _mm512_abs_pd(a)
 #define vd_neg(a) _mm512_xor_pd(a, _mm512_set1_pd(-0.0))
+#define vd_copysign(m, s)                                       \
+	_mm512_or_pd(_mm512_andnot_pd(_mm512_set1_pd(-0.0), m), \
+		     _mm512_and_pd(_mm512_set1_pd(-0.0), s))
 #define vd_lt(a, b) _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ)
 #define vd_le(a, b) _mm512_cmp_pd_mask(a, b, _CMP_LE_OQ)
 #define vd_gt(a, b) _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ)
@@ -110,6 +128,8 @@ static inline __mmask8 vd_tailmask(int64_t n)
 #define vd_and(m1, m2) ((__mmask8)((m1) & (m2)))
 #define vd_or(m1, m2) ((__mmask8)((m1) | (m2)))
 #define vd_sel(m, a, b) _mm512_mask_blend_pd(m, b, a)
+#define vd_qbit(q, b) \
+	_mm512_test_epi64_mask(_mm512_cvtpd_epi64(q), _mm512_set1_epi64(b))
 #define vd_exp(a) Sleef_expd8_u10avx512f(a)
 #define vd_expm1(a) Sleef_expm1d8_u10avx512f(a)
 #define vd_log(a) Sleef_logd8_u10avx512f(a)
@@ -202,8 +222,14 @@ static inline __m256i vd_tailmask(int64_t n)
 #define vf_div(a, b) _mm256_div_ps(a, b)
 #define vf_fma(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define vf_sqrt(a) _mm256_sqrt_ps(a)
+#define vf_rint(a) \
+	_mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define vf_floor(a) _mm256_floor_ps(a)
 #define vf_abs(a) _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a)
 #define vf_neg(a) _mm256_xor_ps(a, _mm256_set1_ps(-0.0f))
+#define vf_copysign(m, s)                                        \
+	_mm256_or_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), m), \
+		     _mm256_and_ps(_mm256_set1_ps(-0.0f), s))
 #define vf_lt(a, b) _mm256_cmp_ps(a, b, _CMP_LT_OQ)
 #define vf_le(a, b) _mm256_cmp_ps(a, b, _CMP_LE_OQ)
 #define vf_gt(a, b) _mm256_cmp_ps(a, b, _CMP_GT_OQ)
@@ -213,6 +239,10 @@ static inline __m256i vd_tailmask(int64_t n)
 #define vf_and(m1, m2) _mm256_and_ps(m1, m2)
 #define vf_or(m1, m2) _mm256_or_ps(m1, m2)
 #define vf_sel(m, a, b) _mm256_blendv_ps(b, a, m)
+#define vf_qbit(q, b)                                                          \
+	_mm256_castsi256_ps(_mm256_cmpeq_epi32(                                \
+		_mm256_and_si256(_mm256_cvtps_epi32(q), _mm256_set1_epi32(b)), \
+		_mm256_set1_epi32(b)))
 #define vf_exp(a) Sleef_expf8_u10avx2(a)
 #define vf_expm1(a) Sleef_expm1f8_u10avx2(a)
 #define vf_log(a) Sleef_logf8_u10avx2(a)
@@ -237,8 +267,14 @@ static inline __m256i vd_tailmask(int64_t n)
 #define vd_div(a, b) _mm256_div_pd(a, b)
 #define vd_fma(a, b, c) _mm256_fmadd_pd(a, b, c)
 #define vd_sqrt(a) _mm256_sqrt_pd(a)
+#define vd_rint(a) \
+	_mm256_round_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define vd_floor(a) _mm256_floor_pd(a)
 #define vd_abs(a) _mm256_andnot_pd(_mm256_set1_pd(-0.0), a)
 #define vd_neg(a) _mm256_xor_pd(a, _mm256_set1_pd(-0.0))
+#define vd_copysign(m, s)                                       \
+	_mm256_or_pd(_mm256_andnot_pd(_mm256_set1_pd(-0.0), m), \
+		     _mm256_and_pd(_mm256_set1_pd(-0.0), s))
 #define vd_lt(a, b) _mm256_cmp_pd(a, b, _CMP_LT_OQ)
 #define vd_le(a, b) _mm256_cmp_pd(a, b, _CMP_LE_OQ)
 #define vd_gt(a, b) _mm256_cmp_pd(a, b, _CMP_GT_OQ)
@@ -248,6 +284,15 @@ static inline __m256i vd_tailmask(int64_t n)
 #define vd_and(m1, m2) _mm256_and_pd(m1, m2)
 #define vd_or(m1, m2) _mm256_or_pd(m1, m2)
 #define vd_sel(m, a, b) _mm256_blendv_pd(b, a, m)
+/* AVX2 has no double -> int64 conversion; q - 2 floor(q / 2) etc. */
+static inline __m256d vd_qbit(__m256d q, int b)
+{
+	__m256d h = _mm256_floor_pd(_mm256_div_pd(q, _mm256_set1_pd(b)));
+	__m256d f = _mm256_floor_pd(_mm256_mul_pd(h, _mm256_set1_pd(0.5)));
+
+	return _mm256_cmp_pd(_mm256_mul_pd(f, _mm256_set1_pd(2)), h,
+			     _CMP_NEQ_OQ);
+}
 #define vd_exp(a) Sleef_expd4_u10avx2(a)
 #define vd_expm1(a) Sleef_expm1d4_u10avx2(a)
 #define vd_log(a) Sleef_logd4_u10avx2(a)
@@ -340,10 +385,15 @@ typedef bool vd_m;
 #define vf_sub(a, b) ((a) - (b))
 #define vf_mul(a, b) ((a) * (b))
 #define vf_div(a, b) ((a) / (b))
-#define vf_fma(a, b, c) ((a) * (b) + (c))
+/* fused, as on the vector paths, so generic gives the same results (glibc
+ * picks the hardware instruction when the CPU has one) */
+#define vf_fma(a, b, c) fmaf(a, b, c)
 #define vf_sqrt(a) sqrtf(a)
+#define vf_rint(a) nearbyintf(a)
+#define vf_floor(a) floorf(a)
 #define vf_abs(a) fabsf(a)
 #define vf_neg(a) (-(a))
+#define vf_copysign(m, s) copysignf(m, s)
 #define vf_lt(a, b) ((a) < (b))
 #define vf_le(a, b) ((a) <= (b))
 #define vf_gt(a, b) ((a) > (b))
@@ -353,6 +403,9 @@ typedef bool vd_m;
 #define vf_and(m1, m2) ((m1) && (m2))
 #define vf_or(m1, m2) ((m1) || (m2))
 #define vf_sel(m, a, b) ((m) ? (a) : (b))
+/* out-of-range lanes (huge, inf, NaN) are never used; the guard only keeps
+ * the conversion defined */
+#define vf_qbit(q, b) (fabsf(q) < 0x1p30f && (((int32_t)(q)) & (b)) != 0)
 #define vf_exp(a) Sleef_expf_u10(a)
 #define vf_expm1(a) Sleef_expm1f_u10(a)
 #define vf_log(a) Sleef_logf_u10(a)
@@ -375,10 +428,13 @@ typedef bool vd_m;
 #define vd_sub(a, b) ((a) - (b))
 #define vd_mul(a, b) ((a) * (b))
 #define vd_div(a, b) ((a) / (b))
-#define vd_fma(a, b, c) ((a) * (b) + (c))
+#define vd_fma(a, b, c) fma(a, b, c)
 #define vd_sqrt(a) sqrt(a)
+#define vd_rint(a) nearbyint(a)
+#define vd_floor(a) floor(a)
 #define vd_abs(a) fabs(a)
 #define vd_neg(a) (-(a))
+#define vd_copysign(m, s) copysign(m, s)
 #define vd_lt(a, b) ((a) < (b))
 #define vd_le(a, b) ((a) <= (b))
 #define vd_gt(a, b) ((a) > (b))
@@ -388,6 +444,7 @@ typedef bool vd_m;
 #define vd_and(m1, m2) ((m1) && (m2))
 #define vd_or(m1, m2) ((m1) || (m2))
 #define vd_sel(m, a, b) ((m) ? (a) : (b))
+#define vd_qbit(q, b) (fabs(q) < 0x1p62 && (((int64_t)(q)) & (b)) != 0)
 #define vd_exp(a) Sleef_exp_u10(a)
 #define vd_expm1(a) Sleef_expm1_u10(a)
 #define vd_log(a) Sleef_log_u10(a)

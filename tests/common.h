@@ -8,22 +8,25 @@
  * counters must be back to zero.
  */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <string.h>
 
 #include <ag/ag.h>
 
 #include "internal.h"
 
-#define AG_ASSERT_NO_LEAKS()                                                   \
-	do {                                                                   \
-		cr_assert_eq(ag__live_tensors(), 0, "%ld tensors leaked",      \
-			     ag__live_tensors());                              \
-		cr_assert_eq(ag__live_storages(), 0, "%ld storages leaked",    \
-			     ag__live_storages());                             \
-		cr_assert_eq(ag__live_bytes(), 0, "%ld bytes leaked",          \
-			     ag__live_bytes());                                \
-		cr_assert_eq(ag__live_nodes(), 0, "%ld nodes leaked",          \
-			     ag__live_nodes());                                \
+#define AG_ASSERT_NO_LEAKS()                                                \
+	do {                                                                \
+		cr_assert_eq(ag__live_tensors(), 0, "%ld tensors leaked",   \
+			     ag__live_tensors());                           \
+		cr_assert_eq(ag__live_storages(), 0, "%ld storages leaked", \
+			     ag__live_storages());                          \
+		cr_assert_eq(ag__live_bytes(), 0, "%ld bytes leaked",       \
+			     ag__live_bytes());                             \
+		cr_assert_eq(ag__live_nodes(), 0, "%ld nodes leaked",       \
+			     ag__live_nodes());                             \
+		cr_assert_eq(ag__live_hooks(), 0, "%ld hooks leaked",       \
+			     ag__live_hooks());                             \
 	} while (0)
 
 /* The last error has this code and its message contains this text. */

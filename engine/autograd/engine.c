@@ -10,8 +10,10 @@
  * claimed by another task running concurrently keeps that node's state in a
  * small table of its own.
  *
- * This file runs the ready nodes on the calling thread; the pool makes the
- * same loop parallel (engine/pool).
+ * Ready nodes run on the work-stealing pool (engine/pool): the thread whose
+ * decrement brings a node's count to zero runs it next, so a serial chain
+ * never touches a deque; further ready nodes are submitted for thieves.
+ * The caller waits on the task's group, helping only with this graph.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -38,10 +40,14 @@ struct ag_graph_task {
 	bool retain;
 	bool create;
 	bool prune; /* ag_grad: only nodes on a path to the inputs */
+	bool allow_unused;
+	bool deterministic; /* sum each slot's gradients in a fixed order */
 	struct ag_node **nodes; /* every node this task reached */
 	size_t n, cap;
-	struct ag_node **ready;
-	size_t nready, rcap;
+	struct ag_group group;
+	struct ag_tls_mode mode; /* installed on whoever runs a node */
+	atomic_int err; /* first error, cancels the rest */
+	char errmsg[512];
 	struct capture *caps;
 	int ncaps;
 	/* state of nodes claimed by another task: open addressing */
@@ -71,8 +77,8 @@ static size_t hash_ptr(const void *p, size_t cap)
 	return (size_t)x & (cap - 1);
 }
 
-static struct foreign *foreign_find(struct ag_graph_task *gt,
-				    struct ag_node *n, bool insert)
+static struct foreign *foreign_find(struct ag_graph_task *gt, struct ag_node *n,
+				    bool insert)
 {
 	size_t i;
 
@@ -91,6 +97,9 @@ static struct foreign *foreign_find(struct ag_graph_task *gt,
 			while (t[i].node)
 				i = (i + 1) & (nc - 1);
 			t[i] = old[k];
+			/* a one-slot buffer lives inside the entry: re-point */
+			if (old[k].st.inbuf == &old[k].st.inbuf_one)
+				t[i].st.inbuf = &t[i].st.inbuf_one;
 		}
 		free(old);
 	}
@@ -120,14 +129,18 @@ static inline struct ag_node_state *state_of(struct ag_graph_task *gt,
 	return f ? &f->st : NULL;
 }
 
-static void state_init(struct ag_node_state *st)
+static void state_init(struct ag_node_state *st, struct ag_node *n)
 {
 	atomic_store_explicit(&st->deps, 0, memory_order_relaxed);
+	st->node = n;
 	st->needed = true;
 	st->capture = false;
 	st->queued = false;
 	st->inbuf_one = NULL;
 	st->inbuf = &st->inbuf_one;
+	st->contribs = NULL;
+	st->ncontribs = 0;
+	st->ccap = 0;
 }
 
 /* Visits n for the first time in this task; NULL with an error on OOM. */
@@ -149,7 +162,7 @@ static struct ag_node_state *claim(struct ag_graph_task *gt, struct ag_node *n)
 		}
 		st = &f->st;
 	}
-	state_init(st);
+	state_init(st, n);
 	if (n->num_inputs > 1) {
 		st->inbuf = calloc(n->num_inputs, sizeof(*st->inbuf));
 		if (!st->inbuf) {
@@ -186,6 +199,11 @@ static void task_cleanup(struct ag_graph_task *gt)
 		if (st->inbuf != &st->inbuf_one)
 			free(st->inbuf);
 		st->inbuf = &st->inbuf_one;
+		for (int k = 0; k < st->ncontribs; k++)
+			ag_tensor_put(st->contribs[k].grad);
+		free(st->contribs);
+		st->contribs = NULL;
+		st->ncontribs = 0;
 		if (st == &n->st)
 			atomic_store_explicit(&n->task, NULL,
 					      memory_order_release);
@@ -193,7 +211,6 @@ static void task_cleanup(struct ag_graph_task *gt)
 	for (int i = 0; i < gt->ncaps; i++)
 		ag_tensor_put(gt->caps[i].grad);
 	free(gt->nodes);
-	free(gt->ready);
 	free(gt->caps);
 	free(gt->tab);
 }
@@ -229,8 +246,8 @@ static int count_deps(struct ag_graph_task *gt, struct ag_node **roots,
 				st = claim(gt, c);
 				if (!st)
 					goto oom;
-				if (sp == scap &&
-				    grow((void **)&stack, &scap, sizeof(*stack)))
+				if (sp == scap && grow((void **)&stack, &scap,
+						       sizeof(*stack)))
 					goto oom;
 				stack[sp++] = c;
 			}
@@ -328,13 +345,59 @@ int ag__grad_sum_into(struct ag_tensor **slot, struct ag_tensor *g)
 	return 0;
 }
 
-static int push_ready(struct ag_graph_task *gt, struct ag_node *n)
+static void node_task_run(struct ag_task *t);
+
+/* Keeps g for slot until the node is ready; takes over g. */
+static int contrib_add(struct ag_node_state *st, uint64_t key, int slot,
+		       struct ag_tensor *g)
 {
-	if (gt->nready == gt->rcap &&
-	    grow((void **)&gt->ready, &gt->rcap, sizeof(*gt->ready)))
+	if ((size_t)st->ncontribs == st->ccap &&
+	    grow((void **)&st->contribs, &st->ccap, sizeof(*st->contribs))) {
+		ag_tensor_put(g);
 		return -AG_ENOMEM;
-	gt->ready[gt->nready++] = n;
+	}
+	st->contribs[st->ncontribs++] =
+		(struct ag_grad_contrib){ key, slot, g };
 	return 0;
+}
+
+static int cmp_contrib(const void *a, const void *b)
+{
+	const struct ag_grad_contrib *x = a, *y = b;
+
+	return x->key < y->key ? -1 : x->key > y->key;
+}
+
+/* Sums the kept gradients in key order: the same bits for any schedule. */
+static int contrib_flush(struct ag_node_state *st)
+{
+	int rc = 0;
+
+	qsort(st->contribs, st->ncontribs, sizeof(*st->contribs), cmp_contrib);
+	for (int k = 0; k < st->ncontribs; k++) {
+		if (!rc)
+			rc = ag__grad_sum_into(&st->inbuf[st->contribs[k].slot],
+					       st->contribs[k].grad);
+		else
+			ag_tensor_put(st->contribs[k].grad);
+	}
+	free(st->contribs);
+	st->contribs = NULL;
+	st->ncontribs = 0;
+	st->ccap = 0;
+	return rc;
+}
+
+/* Hands a ready node on: run it next on this thread, or to the pool. */
+static void schedule(struct ag_graph_task *gt, struct ag_node_state *st,
+		     struct ag_node **next)
+{
+	if (next && !*next) {
+		*next = st->node;
+		return;
+	}
+	ag__task_init(&st->task, node_task_run);
+	ag__group_submit(&gt->group, &st->task);
 }
 
 static bool has_nonfinite(struct ag_tensor *t)
@@ -353,16 +416,19 @@ static int check_grad(struct ag_node *n, int i, struct ag_tensor *g,
 	if (g->dtype == want->dtype && g->ndim == want->ndim &&
 	    !memcmp(g->shape, want->shape, sizeof(int64_t) * g->ndim))
 		return 0;
-	return ag__err(AG_ESHAPE, "%s returned an invalid gradient at index %d: got %s %s but expected %s %s",
-		       n->ops->name, i, ag_dtype_name(g->dtype),
-		       ag__shape_str(a, sizeof(a), g->ndim, g->shape),
-		       ag_dtype_name(want->dtype),
-		       ag__shape_str(b, sizeof(b), want->ndim, want->shape));
+	return ag__err(
+		AG_ESHAPE,
+		"%s returned an invalid gradient at index %d: got %s %s but expected %s %s",
+		n->ops->name, i, ag_dtype_name(g->dtype),
+		ag__shape_str(a, sizeof(a), g->ndim, g->shape),
+		ag_dtype_name(want->dtype),
+		ag__shape_str(b, sizeof(b), want->ndim, want->shape));
 }
 
 static int run_hooks(struct ag_node *n, struct ag_tensor **grads);
 
-static int run_node(struct ag_graph_task *gt, struct ag_node *n)
+static int run_node(struct ag_graph_task *gt, struct ag_node *n,
+		    struct ag_node **next)
 {
 	struct ag_node_state *st = state_of(gt, n);
 	struct ag_tensor *small[8], **out = small;
@@ -371,7 +437,7 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n)
 
 	if (!acc && atomic_load_explicit(&n->released, memory_order_acquire))
 		return ag__err_freed(n);
-	if (n->hooks) {
+	if (atomic_load_explicit(&n->hooks, memory_order_acquire)) {
 		rc = run_hooks(n, st->inbuf);
 		if (rc)
 			return rc;
@@ -390,12 +456,13 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n)
 			return ag__err(AG_ENOMEM, "backward: out of memory");
 	}
 	memset(out, 0, sizeof(*out) * n->num_next);
-	{
-		struct ag_mode prev = ag_no_grad_enter();
+	if (ag__trace_on()) {
+		uint64_t t0 = ag__trace_now();
 
-		ag__mode.grad = gt->create;
 		rc = n->ops->apply(n, st->inbuf, out);
-		ag_mode_exit(prev);
+		ag__trace_slice(n->ops->name, t0, ag__trace_now());
+	} else {
+		rc = n->ops->apply(n, st->inbuf, out);
 	}
 	if (!acc && !gt->retain) {
 		atomic_store_explicit(&n->released, true, memory_order_release);
@@ -411,12 +478,23 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n)
 				    &c->in_meta[n->next[i].input_nr]) :
 			 0;
 		if (!rc && ag__mode.anomaly && has_nonfinite(out[i]))
-			rc = ag__err(AG_ENAN, "Function '%s' returned nan or inf values in its %dth output; the forward op that made it was %s",
-				     n->ops->name, i,
-				     n->fwd_op ? n->fwd_op : "unknown");
+			rc = ag__err(
+				AG_ENAN,
+				"Function '%s' returned nan or inf values in its %dth output; the forward op that made it was %s",
+				n->ops->name, i,
+				n->fwd_op ? n->fwd_op : "unknown");
 		if (rc || !c || !(cs = state_of(gt, c)) || !cs->needed)
 			continue;
-		rc = ag__grad_sum_into(&cs->inbuf[n->next[i].input_nr], out[i]);
+		while (atomic_flag_test_and_set_explicit(&cs->lock,
+							 memory_order_acquire))
+			; /* held for one sum; contention is two branches */
+		if (gt->deterministic)
+			rc = contrib_add(cs, (n->seq << 16) | (uint64_t)i,
+					 n->next[i].input_nr, out[i]);
+		else
+			rc = ag__grad_sum_into(&cs->inbuf[n->next[i].input_nr],
+					       out[i]);
+		atomic_flag_clear_explicit(&cs->lock, memory_order_release);
 		out[i] = NULL;
 	}
 	for (int i = 0; i < n->num_next; i++) {
@@ -427,8 +505,12 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n)
 		if (rc || !c || !(cs = state_of(gt, c)) || !cs->needed)
 			continue;
 		if (atomic_fetch_sub_explicit(&cs->deps, 1,
-					      memory_order_acq_rel) == 1)
-			rc = push_ready(gt, c);
+					      memory_order_acq_rel) != 1)
+			continue;
+		if (cs->ncontribs)
+			rc = contrib_flush(cs);
+		if (!rc)
+			schedule(gt, cs, next);
 	}
 	if (out != small)
 		free(out);
@@ -437,6 +519,49 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n)
 		st->inbuf[k] = NULL;
 	}
 	return rc;
+}
+
+static int check_hook_grad(struct ag_node *n, int slot, struct ag_tensor *r)
+{
+	const struct ag_input_meta *want = &n->in_meta[slot];
+	char a[160], b[160];
+
+	if (r->dtype == want->dtype && r->ndim == want->ndim &&
+	    !memcmp(r->shape, want->shape, sizeof(int64_t) * r->ndim))
+		return 0;
+	return ag__err(
+		AG_ESHAPE,
+		"a tensor hook on %s (gradient slot %d) returned an invalid gradient: got %s %s but expected %s %s",
+		n->ops->name, slot, ag_dtype_name(r->dtype),
+		ag__shape_str(a, sizeof(a), r->ndim, r->shape),
+		ag_dtype_name(want->dtype),
+		ag__shape_str(b, sizeof(b), want->ndim, want->shape));
+}
+
+/*
+ * retain_grad: .grad = g the first time, .grad + g after that, as torch
+ * accumulates a retained gradient across backward calls.
+ */
+static int retain_grad(struct ag_grad_cell *c, struct ag_tensor *g)
+{
+	struct ag_tensor *old, *r;
+
+	pthread_mutex_lock(&c->lock);
+	if (c->orphan) { /* the tensor is gone */
+		pthread_mutex_unlock(&c->lock);
+		return 0;
+	}
+	old = c->grad;
+	if (!old)
+		r = ag__mode.grad ? ag_tensor_get(g) : ag__contiguous_copy(g);
+	else
+		r = ag__add_plain(old, g);
+	if (r) {
+		c->grad = r;
+		ag_tensor_put(old);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return r ? 0 : -ag_errcode();
 }
 
 static int run_hooks(struct ag_node *n, struct ag_tensor **grads)
@@ -451,17 +576,13 @@ static int run_hooks(struct ag_node *n, struct ag_tensor **grads)
 		if (h->removed || !g)
 			continue;
 		if (!h->fn) {
-			pthread_mutex_lock(&h->cell->lock);
-			ag_tensor_put(h->cell->grad);
-			h->cell->grad = ag__mode.grad ? ag_tensor_get(g) :
-							ag__contiguous_copy(g);
-			pthread_mutex_unlock(&h->cell->lock);
+			rc = retain_grad(h->cell, g);
 			continue;
 		}
 		r = h->fn(g, h->arg);
 		if (!r)
 			continue;
-		rc = check_grad(n, -1, r, &n->in_meta[h->slot]);
+		rc = check_hook_grad(n, h->slot, r);
 		if (rc) {
 			ag_tensor_put(r);
 			break;
@@ -482,10 +603,12 @@ static int root_grad(const char *fn, struct ag_tensor *root,
 
 	if (!grad) {
 		if (root->numel != 1)
-			return ag__err(AG_ESCALAR, "%s: grad can be implicitly created only for scalar outputs; root %d has shape %s, pass a gradient of that shape",
-				       fn, i,
-				       ag__shape_str(a, sizeof(a), root->ndim,
-						     root->shape));
+			return ag__err(
+				AG_ESCALAR,
+				"%s: grad can be implicitly created only for scalar outputs; root %d has shape %s, pass a gradient of that shape",
+				fn, i,
+				ag__shape_str(a, sizeof(a), root->ndim,
+					      root->shape));
 		g = ag__tensor_new(fn, root->dtype, root->ndim, root->shape);
 		if (!g)
 			return -AG_ENOMEM;
@@ -498,24 +621,66 @@ static int root_grad(const char *fn, struct ag_tensor *root,
 	}
 	if (grad->dtype != root->dtype || grad->ndim != root->ndim ||
 	    memcmp(grad->shape, root->shape, sizeof(int64_t) * root->ndim))
-		return ag__err(AG_ESHAPE, "%s: mismatch in shape: grad_output[%d] has %s %s and output[%d] has %s %s",
-			       fn, i, ag_dtype_name(grad->dtype),
-			       ag__shape_str(a, sizeof(a), grad->ndim,
-					     grad->shape),
-			       i, ag_dtype_name(root->dtype),
-			       ag__shape_str(b, sizeof(b), root->ndim,
-					     root->shape));
+		return ag__err(
+			AG_ESHAPE,
+			"%s: mismatch in shape: grad_output[%d] has %s %s and output[%d] has %s %s",
+			fn, i, ag_dtype_name(grad->dtype),
+			ag__shape_str(a, sizeof(a), grad->ndim, grad->shape), i,
+			ag_dtype_name(root->dtype),
+			ag__shape_str(b, sizeof(b), root->ndim, root->shape));
 	*out = ag_tensor_get(grad);
 	return 0;
 }
 
+static void fail(struct ag_graph_task *gt, int rc)
+{
+	int expected = 0;
+
+	if (atomic_compare_exchange_strong_explicit(&gt->err, &expected, -rc,
+						    memory_order_acq_rel,
+						    memory_order_acquire))
+		snprintf(gt->errmsg, sizeof(gt->errmsg), "%s", ag_errmsg());
+}
+
+/*
+ * A pool task: runs its node, then every node that became ready on the
+ * way, with the graph task's modes installed and restored after.
+ */
+static void node_task_run(struct ag_task *t)
+{
+	struct ag_node_state *st =
+		ag_container_of(t, struct ag_node_state, task);
+	struct ag_graph_task *gt =
+		ag_container_of(t->group, struct ag_graph_task, group);
+	struct ag_tls_mode saved = ag__mode;
+	struct ag_scope *scope = ag__scope_suspend();
+	struct ag_node *n = st->node;
+
+	ag__mode = gt->mode;
+	while (n) {
+		struct ag_node *next = NULL;
+		int rc;
+
+		if (atomic_load_explicit(&gt->err, memory_order_acquire))
+			break; /* cancelled: task_cleanup frees the buffers */
+		rc = run_node(gt, n, &next);
+		if (rc)
+			fail(gt, rc);
+		n = next;
+	}
+	ag__mode = saved;
+	ag__scope_resume(scope);
+}
+
 static int execute(struct ag_graph_task *gt)
 {
-	int rc = 0;
+	int err;
 
-	while (gt->nready && !rc)
-		rc = run_node(gt, gt->ready[--gt->nready]);
-	return rc;
+	ag__group_wait(&gt->group);
+	err = atomic_load_explicit(&gt->err, memory_order_acquire);
+	if (err)
+		return ag__err(err, "%s", gt->errmsg);
+	return 0;
 }
 
 /*
@@ -532,6 +697,10 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 
 	if (!rn)
 		return ag__err(AG_ENOMEM, "%s: out of memory", fn);
+	ag__group_init(&gt->group);
+	atomic_init(&gt->err, 0);
+	gt->mode = (struct ag_tls_mode){ .grad = gt->create,
+					 .anomaly = ag__mode.anomaly };
 	for (int i = 0; i < n && !rc; i++) {
 		struct ag_edge e;
 
@@ -540,8 +709,10 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 			break;
 		}
 		if (!ag__requires_grad(roots[i])) {
-			rc = ag__err(AG_ENOGRAD, "%s: element %d of tensors does not require grad and does not have a grad_fn",
-				     fn, i);
+			rc = ag__err(
+				AG_ENOGRAD,
+				"%s: element %d of tensors does not require grad and does not have a grad_fn",
+				fn, i);
 			break;
 		}
 		e = ag__grad_edge(roots[i]);
@@ -555,7 +726,12 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 		struct ag_node_state *st = state_of(gt, gt->caps[i].node);
 
 		if (st)
-			st->capture = true; /* else unreachable: unused */
+			st->capture = true;
+		else if (!gt->allow_unused) /* fail before running anything */
+			rc = ag__err(
+				AG_EINVAL,
+				"ag_grad: input %d appears to not have been used in the graph; set allow_unused if this is the desired behavior",
+				i);
 	}
 	if (!rc && gt->prune)
 		prune(gt);
@@ -575,9 +751,10 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 		struct ag_node_state *st = state_of(gt, rn[i]);
 
 		if (st->needed && !st->queued &&
-		    atomic_load_explicit(&st->deps, memory_order_relaxed) == 0) {
+		    atomic_load_explicit(&st->deps, memory_order_relaxed) ==
+			    0) {
 			st->queued = true;
-			rc = push_ready(gt, rn[i]);
+			schedule(gt, st, NULL);
 		}
 	}
 	if (!rc)
@@ -585,6 +762,21 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 	ag__scope_resume(scope);
 	free(rn);
 	return rc;
+}
+
+/* AG_DETERMINISTIC=1 in the environment: read once. */
+static bool env_deterministic(void)
+{
+	static atomic_int cached = -1;
+	int v = atomic_load_explicit(&cached, memory_order_relaxed);
+
+	if (v < 0) {
+		const char *e = getenv("AG_DETERMINISTIC");
+
+		v = e && *e && strcmp(e, "0") != 0;
+		atomic_store_explicit(&cached, v, memory_order_relaxed);
+	}
+	return v;
 }
 
 int ag_backward_many(struct ag_tensor *const *roots,
@@ -595,10 +787,13 @@ int ag_backward_many(struct ag_tensor *const *roots,
 	int rc;
 
 	if (!roots || n <= 0)
-		return ag__err(AG_EINVAL, "ag_backward_many: need at least one root, got %d",
-			       roots ? n : 0);
+		return ag__err(
+			AG_EINVAL,
+			"ag_backward_many: need at least one root, got %d",
+			roots ? n : 0);
 	gt.retain = o && (o->retain_graph || o->create_graph);
 	gt.create = o && o->create_graph;
+	gt.deterministic = (o && o->deterministic) || env_deterministic();
 	rc = run_backward(&gt, "ag_backward", roots, grads, n);
 	task_cleanup(&gt);
 	return rc;
@@ -621,13 +816,17 @@ int ag_grad(struct ag_tensor *const *outputs,
 	int rc = 0;
 
 	if (!outputs || nout <= 0 || !inputs || nin <= 0 || !grads)
-		return ag__err(AG_EINVAL, "ag_grad: need outputs, inputs and a grads array (nout %d, nin %d)",
-			       nout, nin);
+		return ag__err(
+			AG_EINVAL,
+			"ag_grad: need outputs, inputs and a grads array (nout %d, nin %d)",
+			nout, nin);
 	for (int i = 0; i < nin; i++)
 		grads[i] = NULL;
 	gt.retain = o && (o->retain_graph || o->create_graph);
 	gt.create = o && o->create_graph;
 	gt.prune = true;
+	gt.deterministic = (o && o->deterministic) || env_deterministic();
+	gt.allow_unused = o && o->allow_unused;
 	gt.caps = calloc(nin, sizeof(*gt.caps));
 	if (!gt.caps)
 		return ag__err(AG_ENOMEM, "ag_grad: out of memory");
@@ -640,8 +839,10 @@ int ag_grad(struct ag_tensor *const *outputs,
 			break;
 		}
 		if (!ag__requires_grad(inputs[i])) {
-			rc = ag__err(AG_ENOGRAD, "ag_grad: input %d does not require grad; every differentiated tensor must",
-				     i);
+			rc = ag__err(
+				AG_ENOGRAD,
+				"ag_grad: input %d does not require grad; every differentiated tensor must",
+				i);
 			break;
 		}
 		e = ag__grad_edge(inputs[i]);
@@ -657,8 +858,10 @@ int ag_grad(struct ag_tensor *const *outputs,
 	for (int i = 0; i < nin && !rc; i++) {
 		if (gt.caps[i].grad || (o && o->allow_unused))
 			continue;
-		rc = ag__err(AG_EINVAL, "ag_grad: input %d appears to not have been used in the graph; set allow_unused if this is the desired behavior",
-			     i);
+		rc = ag__err(
+			AG_EINVAL,
+			"ag_grad: input %d appears to not have been used in the graph; set allow_unused if this is the desired behavior",
+			i);
 	}
 	if (!rc) {
 		for (int i = 0; i < nin; i++) {

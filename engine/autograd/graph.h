@@ -17,6 +17,8 @@
  */
 #include <pthread.h>
 
+#include "../pool/pool.h"
+
 #include <ag/autograd.h>
 
 #include "../internal.h"
@@ -36,11 +38,18 @@ struct ag_input_meta {
 	int64_t shape[AG_MAX_DIMS];
 };
 
-/* .grad of a leaf or a tensor that retains grad. */
+/*
+ * .grad of a leaf or a tensor that retains grad.  When the tensor dies its
+ * cell is orphaned: the gradient is dropped and nothing is stored into it
+ * any more.  Nobody can read it then, and a gradient built with
+ * create_graph may lead back to the node that holds the cell: keeping it
+ * would be a reference cycle.
+ */
 struct ag_grad_cell {
 	atomic_long refcount;
 	pthread_mutex_t lock;
 	struct ag_tensor *grad;
+	bool orphan; /* under lock */
 };
 
 struct ag_grad_cell *ag__cell_new(void);
@@ -61,7 +70,12 @@ struct ag_saved {
 	const char *producer; /* name of the node whose output t is, or NULL */
 };
 
-/* Pre-hooks on a gradient slot: user tensor hooks and retain_grad. */
+/*
+ * Pre-hooks on a gradient slot: user tensor hooks and retain_grad.  The
+ * node's list owns one reference; a user hook's handle owns a second one,
+ * dropped by ag_hook_remove(), so removing stays safe after the graph is
+ * gone (hooks.c).
+ */
 struct ag_hook {
 	struct ag_hook *next;
 	struct ag_node *node; /* borrowed: the node the hook hangs on */
@@ -69,15 +83,31 @@ struct ag_hook {
 	ag_tensor_hook_fn fn; /* NULL: retain_grad into cell */
 	void *arg;
 	struct ag_grad_cell *cell;
-	bool removed;
+	atomic_bool removed;
+	atomic_int refs;
 };
 
+/* A gradient sent to a slot, kept until the node is ready (deterministic). */
+struct ag_grad_contrib {
+	uint64_t key; /* sender's sequence number and edge: a fixed order */
+	int slot;
+	struct ag_tensor *grad;
+};
+
+/* Drops the node's references to its hooks (node_free). */
+void ag__hooks_free(struct ag_node *n);
+
 struct ag_node_state {
+	struct ag_task task; /* runs the node on the pool */
+	struct ag_node *node;
 	atomic_long deps;
 	atomic_flag lock; /* guards inbuf while gradients are summed */
 	bool needed;
 	bool capture;
 	bool queued;
+	struct ag_grad_contrib *contribs; /* deterministic mode */
+	int ncontribs;
+	size_t ccap;
 	struct ag_tensor **inbuf; /* num_inputs; &inbuf_one when 1 */
 	struct ag_tensor *inbuf_one;
 };
@@ -94,7 +124,10 @@ struct ag_node_ops {
 		     struct ag_tensor **out);
 	/* Drops op-specific state beyond the saved tensors; may be NULL. */
 	void (*release)(struct ag_node *n);
-	/* Frees the container; NULL means free(n) (node at offset 0). */
+	/*
+	 * Drops op-specific resources the container points to; may be NULL.
+	 * The container itself is freed by the core.
+	 */
 	void (*destroy)(struct ag_node *n);
 	/* Names of the saved slots, in order, for ag_node_saved(). */
 	const char *const *saved_names;
@@ -103,6 +136,7 @@ struct ag_node_ops {
 struct ag_node {
 	const struct ag_node_ops *ops;
 	atomic_long refcount;
+	uint32_t mem_off; /* offset of the node in its container */
 	uint64_t seq;
 	int num_inputs;
 	int num_next;
@@ -112,7 +146,8 @@ struct ag_node {
 	struct ag_edge *next; /* num_next */
 	struct ag_input_meta *in_meta; /* num_inputs */
 	struct ag_saved *saved; /* num_saved, inside the container */
-	struct ag_hook *hooks; /* guarded by hook_lock */
+	/* appended under hook_lock; atomic so the engine may peek without it */
+	struct ag_hook *_Atomic hooks;
 	pthread_mutex_t *hook_lock; /* allocated with the first hook */
 	/* AccumulateGrad only */
 	struct ag_grad_cell *cell;
@@ -152,6 +187,8 @@ struct ag_autograd_meta {
 
 void ag__meta_free(struct ag_autograd_meta *m);
 struct ag_autograd_meta *ag__meta(struct ag_tensor *t); /* creates */
+/* The tensor's grad cell (.grad), created on first use; NULL on OOM. */
+struct ag_grad_cell *ag__meta_cell(struct ag_autograd_meta *m);
 
 static inline bool ag__requires_grad(const struct ag_tensor *t)
 {

@@ -29,7 +29,7 @@ struct ag_node *ag__node_alloc(const struct ag_node_ops *ops, size_t size,
 	size_t edges = (size_t)num_next * sizeof(struct ag_edge);
 	size_t metas = (size_t)num_inputs * sizeof(struct ag_input_meta);
 	size_t head = (size + 15) / 16 * 16;
-	char *mem = calloc(1, head + edges + metas);
+	char *mem = ag__zalloc(head + edges + metas);
 	struct ag_node *n;
 
 	if (!mem) {
@@ -38,6 +38,7 @@ struct ag_node *ag__node_alloc(const struct ag_node_ops *ops, size_t size,
 	}
 	n = (struct ag_node *)(mem + node_off);
 	n->ops = ops;
+	n->mem_off = (uint32_t)node_off;
 	atomic_init(&n->refcount, 1);
 	n->seq = ag__next_seq();
 	n->num_inputs = num_inputs;
@@ -64,27 +65,15 @@ static _Thread_local bool reaping;
 
 static void node_free(struct ag_node *n)
 {
-	struct ag_hook *h, *hn;
-
 	for (int i = 0; i < n->num_next; i++)
 		ag__node_put(n->next[i].node);
 	ag__node_release(n);
-	for (h = n->hooks; h; h = hn) {
-		hn = h->next;
-		ag__cell_put(h->cell);
-		free(h);
-		atomic_fetch_sub(&ag__live.hooks, 1);
-	}
-	if (n->hook_lock) {
-		pthread_mutex_destroy(n->hook_lock);
-		free(n->hook_lock);
-	}
+	ag__hooks_free(n);
 	ag__cell_put(n->cell);
 	atomic_fetch_sub(&ag__live.nodes, 1);
 	if (n->ops->destroy)
 		n->ops->destroy(n);
-	else
-		free(n);
+	ag__free((char *)n - n->mem_off);
 }
 
 void ag__node_put(struct ag_node *n)
@@ -122,7 +111,7 @@ void ag__node_release(struct ag_node *n)
 
 struct ag_grad_cell *ag__cell_new(void)
 {
-	struct ag_grad_cell *c = calloc(1, sizeof(*c));
+	struct ag_grad_cell *c = ag__zalloc(sizeof(*c));
 
 	if (!c) {
 		ag__err(AG_ENOMEM, "out of memory");
@@ -140,13 +129,12 @@ void ag__cell_get(struct ag_grad_cell *c)
 
 void ag__cell_put(struct ag_grad_cell *c)
 {
-	if (!c ||
-	    atomic_fetch_sub_explicit(&c->refcount, 1, memory_order_acq_rel) !=
-		    1)
+	if (!c || atomic_fetch_sub_explicit(&c->refcount, 1,
+					    memory_order_acq_rel) != 1)
 		return;
 	ag_tensor_put(c->grad);
 	pthread_mutex_destroy(&c->lock);
-	free(c);
+	ag__free(c);
 }
 
 /* ---- autograd state of tensors ---- */
@@ -154,7 +142,7 @@ void ag__cell_put(struct ag_grad_cell *c)
 struct ag_autograd_meta *ag__meta(struct ag_tensor *t)
 {
 	if (!t->meta) {
-		t->meta = calloc(1, sizeof(*t->meta));
+		t->meta = ag__zalloc(sizeof(*t->meta));
 		if (!t->meta) {
 			ag__err(AG_ENOMEM, "out of memory");
 			return NULL;
@@ -167,13 +155,25 @@ struct ag_autograd_meta *ag__meta(struct ag_tensor *t)
 
 void ag__meta_free(struct ag_autograd_meta *m)
 {
+	struct ag_grad_cell *c;
+	struct ag_tensor *g;
+
 	if (!m)
 		return;
+	c = atomic_load(&m->cell);
+	if (c) {
+		pthread_mutex_lock(&c->lock);
+		g = c->grad;
+		c->grad = NULL;
+		c->orphan = true;
+		pthread_mutex_unlock(&c->lock);
+		ag_tensor_put(g);
+	}
 	ag__node_put(m->grad_fn);
 	ag__node_put(atomic_load(&m->grad_acc));
-	ag__cell_put(atomic_load(&m->cell));
+	ag__cell_put(c);
 	ag_tensor_put(m->view_base);
-	free(m);
+	ag__free(m);
 }
 
 bool ag_tensor_requires_grad(const struct ag_tensor *t)
@@ -196,12 +196,18 @@ int ag_tensor_set_requires_grad(struct ag_tensor *t, bool on)
 	if (!t)
 		return ag__err_null("ag_tensor_set_requires_grad", "t");
 	if (!ag_tensor_is_leaf(t))
-		return ag__err(AG_EINVAL, "ag_tensor_set_requires_grad: you can only change requires_grad of leaf tensors; this one is an output of %s (use ag_detach to get a leaf)",
-			       t->meta->grad_fn->ops->name);
+		return ag__err(
+			AG_EINVAL,
+			"ag_tensor_set_requires_grad: you can only change requires_grad of leaf tensors; this one is an output of %s (use ag_detach to get a leaf)",
+			t->meta->grad_fn->ops->name);
 	if (on && t->dtype == AG_I64)
-		return ag__err(AG_EDTYPE, "ag_tensor_set_requires_grad: only floating point tensors (f32, f64) can require gradients, not i64");
+		return ag__err(
+			AG_EDTYPE,
+			"ag_tensor_set_requires_grad: only floating point tensors (f32, f64) can require gradients, not i64");
 	if (on && t->inference)
-		return ag__err(AG_EINFERENCE, "ag_tensor_set_requires_grad: setting requires_grad on an inference tensor outside inference mode is not allowed");
+		return ag__err(
+			AG_EINFERENCE,
+			"ag_tensor_set_requires_grad: setting requires_grad on an inference tensor outside inference mode is not allowed");
 	if (!on && !t->meta)
 		return 0;
 	if (!ag__meta(t))
@@ -210,10 +216,10 @@ int ag_tensor_set_requires_grad(struct ag_tensor *t, bool on)
 	return 0;
 }
 
-static struct ag_grad_cell *meta_cell(struct ag_autograd_meta *m)
+struct ag_grad_cell *ag__meta_cell(struct ag_autograd_meta *m)
 {
-	struct ag_grad_cell *c = atomic_load_explicit(&m->cell,
-						      memory_order_acquire);
+	struct ag_grad_cell *c =
+		atomic_load_explicit(&m->cell, memory_order_acquire);
 	struct ag_grad_cell *expected = NULL;
 
 	if (c)
@@ -279,14 +285,14 @@ extern const struct ag_node_ops ag__accumulate_ops;
 static struct ag_node *grad_accumulator(struct ag_tensor *t)
 {
 	struct ag_autograd_meta *m = t->meta;
-	struct ag_node *n = atomic_load_explicit(&m->grad_acc,
-						 memory_order_acquire);
+	struct ag_node *n =
+		atomic_load_explicit(&m->grad_acc, memory_order_acquire);
 	struct ag_node *expected = NULL;
 	struct ag_grad_cell *c;
 
 	if (n)
 		return n;
-	c = meta_cell(m);
+	c = ag__meta_cell(m);
 	if (!c)
 		return NULL;
 	n = ag__node_alloc(&ag__accumulate_ops, sizeof(*n), 0, 1, 0, NULL, 0);
@@ -297,8 +303,8 @@ static struct ag_node *grad_accumulator(struct ag_tensor *t)
 	n->in_meta[0].dtype = t->dtype;
 	n->in_meta[0].ndim = t->ndim;
 	memcpy(n->in_meta[0].shape, t->shape, sizeof(t->shape));
-	if (!atomic_compare_exchange_strong_explicit(&m->grad_acc, &expected,
-						     n, memory_order_acq_rel,
+	if (!atomic_compare_exchange_strong_explicit(&m->grad_acc, &expected, n,
+						     memory_order_acq_rel,
 						     memory_order_acquire)) {
 		ag__node_put(n);
 		return expected;
@@ -342,7 +348,8 @@ struct ag_node *ag_node_next(const struct ag_node *n, int i, int *input_nr)
 		return NULL;
 	}
 	if (i < 0 || i >= n->num_next) {
-		ag__err(AG_EINVAL, "ag_node_next: %s has %d next edges; index %d is out of range",
+		ag__err(AG_EINVAL,
+			"ag_node_next: %s has %d next edges; index %d is out of range",
 			n->ops->name, n->num_next, i);
 		return NULL;
 	}

@@ -29,7 +29,9 @@ static int accumulate_apply(struct ag_node *n, struct ag_tensor **grads,
 		return 0;
 	pthread_mutex_lock(&c->lock);
 	old = c->grad;
-	if (!old) {
+	if (c->orphan) {
+		/* the leaf is gone: nobody can read its .grad */
+	} else if (!old) {
 		if (ag__mode.grad || stealable(g)) {
 			c->grad = g; /* keep its graph under create_graph */
 			grads[0] = NULL;

@@ -31,6 +31,59 @@ static struct ag_tensor *reduce(struct binary_node *b, int i,
 	return r;
 }
 
+static bool dense_as(const struct ag_tensor *t, const struct ag_tensor *g)
+{
+	return !t || (t->ndim == g->ndim &&
+		      !memcmp(t->shape, g->shape, sizeof(int64_t) * g->ndim) &&
+		      ag_tensor_is_contiguous(t));
+}
+
+/*
+ * One pass of the fused simd/ derivative kernel when nothing is broadcast
+ * and no graph is being built; 1 when it does not apply.
+ */
+static int fused(struct ag_node *n, struct ag_tensor *g, struct ag_tensor *x,
+		 struct ag_tensor *y, struct ag_tensor **out)
+{
+	struct binary_node *b = ag_container_of(n, struct binary_node, node);
+	struct ag_tensor *ga = NULL, *gb = NULL;
+
+	if (ag__mode.grad || !dense_as(g, g) || !dense_as(x, g) ||
+	    !dense_as(y, g))
+		return 1;
+	for (int i = 0; i < 2; i++)
+		if (b->ndim[i] != g->ndim ||
+		    memcmp(b->shape[i], g->shape, sizeof(int64_t) * g->ndim))
+			return 1;
+	/* the kernel reads a only for gb and b only for ga (mul, div) */
+	if ((b->op == AG_K_MUL || b->op == AG_K_DIV) &&
+	    ((n->next[0].node && !y) || (n->next[1].node && (!x || !y))))
+		return 1;
+	if (n->next[0].node &&
+	    !(ga = ag__tensor_new("backward", g->dtype, g->ndim, g->shape)))
+		return -AG_ENOMEM;
+	if (n->next[1].node &&
+	    !(gb = ag__tensor_new("backward", g->dtype, g->ndim, g->shape))) {
+		ag_tensor_put(ga);
+		return -AG_ENOMEM;
+	}
+	if (g->dtype == AG_F32)
+		ag_k_binary_bwd_f32(b->op, g->numel, ag__data(g), 1,
+				    x ? ag__data(x) : ag__data(g), 1,
+				    y ? ag__data(y) : ag__data(g), 1,
+				    ga ? ag__data(ga) : NULL, 1,
+				    gb ? ag__data(gb) : NULL, 1);
+	else
+		ag_k_binary_bwd_f64(b->op, g->numel, ag__data(g), 1,
+				    x ? ag__data(x) : ag__data(g), 1,
+				    y ? ag__data(y) : ag__data(g), 1,
+				    ga ? ag__data(ga) : NULL, 1,
+				    gb ? ag__data(gb) : NULL, 1);
+	out[0] = ga;
+	out[1] = gb;
+	return 0;
+}
+
 static int binary_apply(struct ag_node *n, struct ag_tensor **grads,
 			struct ag_tensor **out)
 {
@@ -47,6 +100,13 @@ static int binary_apply(struct ag_node *n, struct ag_tensor **grads,
 		ag_tensor_put(x);
 		return -ag_errcode();
 	}
+	rc = fused(n, g, x, y, out);
+	if (rc <= 0) {
+		ag_tensor_put(x);
+		ag_tensor_put(y);
+		return rc;
+	}
+	rc = 0;
 	switch (b->op) {
 	case AG_K_ADD:
 		out[0] = need0 ? reduce(b, 0, ag_tensor_get(g)) : NULL;
@@ -83,11 +143,11 @@ static int binary_apply(struct ag_node *n, struct ag_tensor **grads,
 	return rc;
 }
 
-#define BINARY_OPS(ident, label)                                         \
-	static const struct ag_node_ops ident = {                        \
-		.name = label,                                           \
-		.apply = binary_apply,                                   \
-		.saved_names = saved_names,                              \
+#define BINARY_OPS(ident, label)                  \
+	static const struct ag_node_ops ident = { \
+		.name = label,                    \
+		.apply = binary_apply,            \
+		.saved_names = saved_names,       \
 	}
 
 BINARY_OPS(add_ops, "AddBackward");
@@ -108,8 +168,8 @@ static struct ag_tensor *binary(const char *fn, const struct ag_node_ops *ops,
 	out = ag__binary_fwd(fn, op, a, b);
 	if (!out || !ag__should_record(in, 2))
 		return ag__ret(out);
-	n = (struct binary_node *)ag__node_alloc(ops, sizeof(*n), 0, 1, 2,
-						 NULL, 0);
+	n = (struct binary_node *)ag__node_alloc(ops, sizeof(*n), 0, 1, 2, NULL,
+						 0);
 	if (!n)
 		goto fail;
 	n->op = op;

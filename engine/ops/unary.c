@@ -52,8 +52,8 @@ static struct ag_tensor *composite(struct unary_node *u, struct ag_tensor *g,
 		b = ag_sub(y, a);
 		r = ag_mul(g, b);
 		break;
-	case AG_K_RELU:
-		a = ag__positive_mask(x);
+	case AG_K_RELU: /* the kernel saves only y; y > 0 <=> x > 0 */
+		a = ag__positive_mask(x ? x : y);
 		r = a ? ag_mul(g, a) : NULL;
 		break;
 	case AG_K_POW_SCALAR: /* g * p * x^(p-1) */

@@ -13,8 +13,14 @@
 
 #include "ops.h"
 
-enum view_kind { V_RESHAPE, V_TRANSPOSE, V_PERMUTE, V_SLICE, V_EXPAND,
-		 V_CLONE };
+enum view_kind {
+	V_RESHAPE,
+	V_TRANSPOSE,
+	V_PERMUTE,
+	V_SLICE,
+	V_EXPAND,
+	V_CLONE
+};
 
 struct view_node {
 	struct ag_node node;
@@ -65,10 +71,10 @@ static int view_apply(struct ag_node *n, struct ag_tensor **grads,
 	return out[0] ? 0 : -ag_errcode();
 }
 
-#define VIEW_OPS(ident, label)                                           \
-	static const struct ag_node_ops ident = {                        \
-		.name = label,                                           \
-		.apply = view_apply,                                     \
+#define VIEW_OPS(ident, label)                    \
+	static const struct ag_node_ops ident = { \
+		.name = label,                    \
+		.apply = view_apply,              \
 	}
 
 VIEW_OPS(reshape_ops, "ViewBackward");
@@ -81,19 +87,17 @@ VIEW_OPS(unsqueeze_ops, "UnsqueezeBackward");
 VIEW_OPS(clone_ops, "CloneBackward");
 
 /* Records node kind for out = view(a); takes over out. */
-static struct ag_tensor *finish_view(const char *fn,
-				     const struct ag_node_ops *ops,
-				     struct ag_tensor *a, struct ag_tensor *out,
-				     const struct view_node *proto, bool is_view)
+static struct ag_tensor *
+finish_view(const char *fn, const struct ag_node_ops *ops, struct ag_tensor *a,
+	    struct ag_tensor *out, const struct view_node *proto, bool is_view)
 {
 	struct view_node *v;
 
 	if (!out)
 		return NULL;
 	if (is_view) {
-		struct ag_tensor *base = a->meta && a->meta->view_base ?
-						 a->meta->view_base :
-						 a;
+		struct ag_tensor *base =
+			a->meta && a->meta->view_base ? a->meta->view_base : a;
 
 		if (!ag__meta(out)) {
 			ag_tensor_put(out);
@@ -109,7 +113,8 @@ static struct ag_tensor *finish_view(const char *fn,
 		ag_tensor_put(out);
 		return NULL;
 	}
-	memcpy((char *)v + sizeof(v->node), (const char *)proto + sizeof(v->node),
+	memcpy((char *)v + sizeof(v->node),
+	       (const char *)proto + sizeof(v->node),
 	       sizeof(*v) - sizeof(v->node));
 	v->ndim = a->ndim;
 	memcpy(v->shape, a->shape, sizeof(v->shape));
@@ -132,13 +137,13 @@ static bool view_strides(const struct ag_tensor *a, int ndim,
 	chunk_base_stride = a->strides[a->ndim - 1];
 	for (int d = a->ndim - 1; d >= 0; d--) {
 		tensor_numel *= a->shape[d];
-		if (d == 0 || (a->shape[d - 1] != 1 &&
-			       a->strides[d - 1] !=
-				       tensor_numel * chunk_base_stride)) {
-			while (view_d >= 0 &&
-			       (view_numel < tensor_numel ||
-				shape[view_d] == 1)) {
-				strides[view_d] = view_numel * chunk_base_stride;
+		if (d == 0 ||
+		    (a->shape[d - 1] != 1 &&
+		     a->strides[d - 1] != tensor_numel * chunk_base_stride)) {
+			while (view_d >= 0 && (view_numel < tensor_numel ||
+					       shape[view_d] == 1)) {
+				strides[view_d] =
+					view_numel * chunk_base_stride;
 				view_numel *= shape[view_d];
 				view_d--;
 			}
@@ -160,22 +165,39 @@ struct ag_tensor *ag_reshape(struct ag_tensor *a, int ndim,
 	int64_t sh[AG_MAX_DIMS], st[AG_MAX_DIMS], known = 1;
 	struct view_node proto = { .kind = V_RESHAPE };
 	struct ag_tensor *out, *c;
+	bool zero = false;
 	int infer = -1;
 	char buf[200];
 
 	AG_CHECK_ARG("ag_reshape", a);
-	if (ndim < 0 || ndim > AG_MAX_DIMS || (ndim && !shape)) {
-		ag__err(AG_EINVAL, "ag_reshape: %d dims requested; a tensor has 0 to %d dims",
+	if (ndim < 0 || ndim > AG_MAX_DIMS) {
+		ag__err(AG_EINVAL,
+			"ag_reshape: %d dims requested; a tensor has 0 to %d dims",
 			ndim, AG_MAX_DIMS);
 		return NULL;
 	}
+	if (ndim && !shape) {
+		ag__err(AG_EINVAL, "ag_reshape: shape is NULL for %d dims",
+			ndim);
+		return NULL;
+	}
+	/* with a 0 anywhere the count is 0, however large the other dims */
+	for (int d = 0; d < ndim; d++)
+		if (!shape[d])
+			zero = true;
 	for (int d = 0; d < ndim; d++) {
 		sh[d] = shape[d];
 		if (shape[d] == -1 && infer < 0) {
 			infer = d;
 			continue;
 		}
-		if (shape[d] < 0 || (shape[d] && known > INT64_MAX / shape[d]))
+		if (shape[d] < 0)
+			goto bad;
+		if (zero) {
+			known = 0;
+			continue;
+		}
+		if (known > INT64_MAX / shape[d])
 			goto bad;
 		known *= shape[d];
 	}
@@ -200,7 +222,9 @@ struct ag_tensor *ag_reshape(struct ag_tensor *a, int ndim,
 	ag_tensor_put(c);
 	return finish_view("ag_reshape", &reshape_ops, a, out, &proto, false);
 bad:
-	ag__err(AG_ESHAPE, "ag_reshape: shape %s is invalid for a tensor of %" PRId64 " elements",
+	ag__err(AG_ESHAPE,
+		"ag_reshape: shape %s is invalid for a tensor of %" PRId64
+		" elements",
 		ag__shape_str(buf, sizeof(buf), ndim, shape), a->numel);
 	return NULL;
 }
@@ -244,7 +268,8 @@ struct ag_tensor *ag_permute(struct ag_tensor *a, const int *dims)
 		if (ag__wrap_dim("ag_permute", dims[d], a->ndim, &s))
 			return NULL;
 		if (seen[s]) {
-			ag__err(AG_EINVAL, "ag_permute: dim %d is repeated in the permutation",
+			ag__err(AG_EINVAL,
+				"ag_permute: dim %d is repeated in the permutation",
 				s);
 			return NULL;
 		}
@@ -272,8 +297,8 @@ struct ag_tensor *ag_slice(struct ag_tensor *a, int dim, int64_t start,
 	if (ag__wrap_dim("ag_slice", dim, a->ndim, &dim))
 		return NULL;
 	if (step <= 0) {
-		ag__err(AG_EINVAL, "ag_slice: step must be positive, got %" PRId64,
-			step);
+		ag__err(AG_EINVAL,
+			"ag_slice: step must be positive, got %" PRId64, step);
 		return NULL;
 	}
 	size = a->shape[dim];
@@ -284,7 +309,11 @@ struct ag_tensor *ag_slice(struct ag_tensor *a, int dim, int64_t start,
 		end += size;
 	start = start < 0 ? 0 : (start > size ? size : start);
 	end = end < start ? start : (end > size ? size : end);
-	len = (end - start + step - 1) / step;
+	len = end > start ? (end - start - 1) / step + 1 : 0;
+	/* one element or none: the step is never taken, and a huge one
+	 * would overflow the stride (and the backward's) */
+	if (len <= 1)
+		step = 1;
 	memcpy(sh, a->shape, sizeof(sh));
 	memcpy(st, a->strides, sizeof(st));
 	sh[dim] = len;
@@ -298,8 +327,7 @@ struct ag_tensor *ag_slice(struct ag_tensor *a, int dim, int64_t start,
 			   &proto, true);
 }
 
-struct ag_tensor *ag_expand(struct ag_tensor *a, int ndim,
-			    const int64_t *shape)
+struct ag_tensor *ag_expand(struct ag_tensor *a, int ndim, const int64_t *shape)
 {
 	struct view_node proto = { .kind = V_EXPAND };
 	int64_t sh[AG_MAX_DIMS], st[AG_MAX_DIMS];
@@ -307,7 +335,8 @@ struct ag_tensor *ag_expand(struct ag_tensor *a, int ndim,
 
 	AG_CHECK_ARG("ag_expand", a);
 	if (ndim < a->ndim || ndim > AG_MAX_DIMS || (ndim && !shape)) {
-		ag__err(AG_EINVAL, "ag_expand: cannot expand a %d-dim tensor to %d dims",
+		ag__err(AG_EINVAL,
+			"ag_expand: cannot expand a %d-dim tensor to %d dims",
 			a->ndim, ndim);
 		return NULL;
 	}
@@ -333,7 +362,8 @@ struct ag_tensor *ag_expand(struct ag_tensor *a, int ndim,
 			   ag__tensor_view(a, ndim, sh, st, a->offset), &proto,
 			   true);
 bad:
-	ag__err(AG_ESHAPE, "ag_expand: the shape %s cannot be expanded to %s (only size-1 dims expand)",
+	ag__err(AG_ESHAPE,
+		"ag_expand: the shape %s cannot be expanded to %s (only size-1 dims expand)",
 		ag__shape_str(x, sizeof(x), a->ndim, a->shape),
 		ag__shape_str(y, sizeof(y), ndim, shape));
 	return NULL;
@@ -346,7 +376,8 @@ struct ag_tensor *ag_unsqueeze(struct ag_tensor *a, int dim)
 
 	AG_CHECK_ARG("ag_unsqueeze", a);
 	if (a->ndim == AG_MAX_DIMS) {
-		ag__err(AG_EINVAL, "ag_unsqueeze: a tensor already has the maximum of %d dims",
+		ag__err(AG_EINVAL,
+			"ag_unsqueeze: a tensor already has the maximum of %d dims",
 			AG_MAX_DIMS);
 		return NULL;
 	}
@@ -355,7 +386,12 @@ struct ag_tensor *ag_unsqueeze(struct ag_tensor *a, int dim)
 	for (int d = 0, s = 0; d <= a->ndim; d++) {
 		if (d == dim) {
 			sh[d] = 1;
-			st[d] = s < a->ndim ? a->strides[s] * a->shape[s] : 1;
+			st[d] = 1;
+			/* overflows only when empty: a size-1 stride is unused */
+			if (s < a->ndim &&
+			    __builtin_mul_overflow(a->strides[s], a->shape[s],
+						   &st[d]))
+				st[d] = INT64_MAX;
 			continue;
 		}
 		sh[d] = a->shape[s];
@@ -407,8 +443,8 @@ struct ag_tensor *ag_contiguous(struct ag_tensor *a)
 struct ag_tensor *ag_detach(struct ag_tensor *a)
 {
 	AG_CHECK_ARG("ag_detach", a);
-	return ag__ret(ag__tensor_view(a, a->ndim, a->shape, a->strides,
-				       a->offset));
+	return ag__ret(
+		ag__tensor_view(a, a->ndim, a->shape, a->strides, a->offset));
 }
 
 /* ---- the gradient of a slice, itself differentiable ---- */
@@ -440,8 +476,8 @@ static struct ag_tensor *slice_scatter(struct ag_tensor *g, int ndim,
 				       const int64_t *shape, int dim,
 				       int64_t start, int64_t step)
 {
-	struct ag_tensor *z = ag__tensor_new("SliceBackward", g->dtype, ndim,
-					     shape);
+	struct ag_tensor *z =
+		ag__tensor_new("SliceBackward", g->dtype, ndim, shape);
 	struct ag_tensor *view;
 	struct scatter_node *s;
 	int64_t st[AG_MAX_DIMS];

@@ -18,6 +18,12 @@
 struct ag_backward_opts {
 	bool retain_graph;
 	bool create_graph;
+	/*
+	 * Sum the gradients arriving at each node in a fixed order, so results
+	 * are bitwise identical for any number of threads (also on with
+	 * AG_DETERMINISTIC=1).  Costs a sort per fan-in node.
+	 */
+	bool deterministic;
 };
 AG_API int ag_backward(struct ag_tensor *root, struct ag_tensor *grad,
 		       const struct ag_backward_opts *o);
@@ -35,6 +41,7 @@ struct ag_grad_opts {
 	bool retain_graph;
 	bool create_graph;
 	bool allow_unused;
+	bool deterministic; /* as in struct ag_backward_opts */
 };
 AG_API int ag_grad(struct ag_tensor *const *outputs,
 		   struct ag_tensor *const *grad_outputs, int nout,
@@ -55,7 +62,21 @@ AG_API int ag_node_saved_names(const struct ag_node *n,
 /*
  * Tensor hooks run on the gradient of t when it is computed, before it is
  * used; a hook may return a replacement (a new reference) or NULL to keep
- * the gradient.  On a leaf they run before accumulation into .grad.
+ * the gradient.  On a leaf they run before accumulation into .grad.  Hooks
+ * of one tensor run in registration order; t must require grad (else NULL,
+ * AG_EINVAL).  The hook hangs on the graph, not on t: on a non-leaf it
+ * stays as long as t's grad_fn, on a leaf as long as the leaf.
+ *
+ * The returned handle is released by ag_hook_remove(), which must be called
+ * exactly once per handle: it stops the hook (if the graph still exists)
+ * and frees the handle.  It is safe at any time: during a backward, from
+ * another thread or from inside a hook, and after the tensor and its graph
+ * are gone.  A handle never removed keeps a few bytes alive.
+ *
+ * ag_tensor_retain_grad() (ag/tensor.h) makes a non-leaf keep its gradient
+ * in .grad after backward, accumulated across backward calls like a
+ * leaf's; it is a no-op on a leaf and AG_EINVAL on a tensor that does not
+ * require grad.
  */
 typedef struct ag_tensor *(*ag_tensor_hook_fn)(struct ag_tensor *grad,
 					       void *arg);
@@ -70,10 +91,23 @@ AG_API bool ag_is_anomaly_enabled(void);
 
 /*
  * Gradient checks against central finite differences in f64.  f computes
- * one output from nin inputs (inputs that require grad are checked).
- * Options NULL: PyTorch's defaults eps 1e-6, atol 1e-5, rtol 1e-3.
- * Returns 0, or -AG_EINVAL with a message naming the input, the element
- * and both values when they disagree.
+ * one output from nin inputs (inputs that require grad are checked; they
+ * must be f64, else AG_EDTYPE, and may be non-contiguous but not expanded).
+ * f is called with grad mode on, several times, and must be deterministic;
+ * the inputs are perturbed in place and restored.  Options NULL: PyTorch's
+ * defaults eps 1e-6, atol 1e-5, rtol 1e-3; an element passes when
+ * |analytical - numerical| <= atol + rtol * |numerical|.  Returns 0, or
+ * -AG_EINVAL with a message naming the input, the element and both values
+ * when they disagree:
+ *   "ag_gradcheck: Jacobian mismatch for output 0 with respect to input 1,
+ *    element 3: numerical 0.5, analytical 0.25 (output element 3; ...)"
+ * An error from f is returned as is.
+ *
+ * ag_gradgradcheck checks the first derivatives the same way, as torch
+ * does: the function (inputs, v) -> d(sum(f(inputs) * v))/d(inputs) built
+ * with create_graph, where v is a fixed pseudo-random grad_output (uniform
+ * in [-1, 1)) that is checked as one more input (index nin).  "output k"
+ * in its message is the k-th input that requires grad and is used.
  */
 typedef int (*ag_fn)(struct ag_tensor *const *in, int nin,
 		     struct ag_tensor **out, void *arg);
@@ -85,7 +119,13 @@ AG_API int ag_gradcheck(ag_fn f, void *arg, struct ag_tensor *const *in,
 AG_API int ag_gradgradcheck(ag_fn f, void *arg, struct ag_tensor *const *in,
 			    int nin, const struct ag_gradcheck_opts *o);
 
-/* Writes the backward graph reachable from root in Graphviz dot. */
+/*
+ * Writes the backward graph reachable from root in Graphviz dot: one box
+ * per node labelled with its name (AccumulateGrad also with the leaf's
+ * dtype and shape), an edge to each next node (labelled with the input
+ * number when that node takes several).  For a leaf, its AccumulateGrad.
+ * AG_ENOGRAD if root does not require grad, AG_EIO on a write error.
+ */
 AG_API int ag_graph_dot(struct ag_tensor *root, FILE *out);
 
 #endif /* AG_AUTOGRAD_H */

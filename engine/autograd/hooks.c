@@ -1,0 +1,193 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Tensor hooks and retain_grad.
+ *
+ * A hook hangs on the gradient slot a tensor's gradient flows into: slot
+ * output_nr of its grad_fn, or slot 0 of a leaf's AccumulateGrad, where it
+ * runs before accumulation.  The engine runs a node's hooks in registration
+ * order under the node's hook_lock, just before the node's apply.
+ *
+ * Lifetime.  The node's list owns a reference to each hook and drops it when
+ * the node is freed.  A user hook has a second reference, owned by the
+ * handle returned to the caller and dropped by ag_hook_remove().  So remove
+ * is safe at any time: before backward, from another thread or from inside a
+ * hook while a backward runs (it only sets a flag and drops a count, taking
+ * no lock), and after the graph is gone (the handle then only frees itself).
+ * The flip side is the C one: every handle must be passed to ag_hook_remove()
+ * exactly once, even if the hook should stay until the graph dies.
+ *
+ * retain_grad is a hook without a function: the engine stores the slot's
+ * gradient into the tensor's grad cell.  It has no handle.
+ */
+#include <stdlib.h>
+
+#include "graph.h"
+
+/* Guards the lazy allocation of a node's hook_lock. */
+static pthread_mutex_t alloc_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static struct ag_hook *hook_new(ag_tensor_hook_fn fn, void *arg, int refs)
+{
+	struct ag_hook *h = calloc(1, sizeof(*h));
+
+	if (!h) {
+		ag__err(AG_ENOMEM, "out of memory registering a hook");
+		return NULL;
+	}
+	h->fn = fn;
+	h->arg = arg;
+	atomic_init(&h->removed, false);
+	atomic_init(&h->refs, refs);
+	atomic_fetch_add(&ag__live.hooks, 1);
+	return h;
+}
+
+static void hook_put(struct ag_hook *h)
+{
+	if (atomic_fetch_sub_explicit(&h->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	ag__cell_put(h->cell);
+	free(h);
+	atomic_fetch_sub(&ag__live.hooks, 1);
+}
+
+/*
+ * The node's hook lock, created on first use.  Recursive, so a hook may
+ * register another hook on the node that is running it.
+ */
+static pthread_mutex_t *hook_lock(struct ag_node *n)
+{
+	pthread_mutex_t *lk;
+	pthread_mutexattr_t attr;
+
+	pthread_mutex_lock(&alloc_lock);
+	lk = n->hook_lock;
+	if (!lk) {
+		lk = malloc(sizeof(*lk));
+		if (lk) {
+			pthread_mutexattr_init(&attr);
+			pthread_mutexattr_settype(&attr,
+						  PTHREAD_MUTEX_RECURSIVE);
+			pthread_mutex_init(lk, &attr);
+			pthread_mutexattr_destroy(&attr);
+			n->hook_lock = lk;
+		}
+	}
+	pthread_mutex_unlock(&alloc_lock);
+	if (!lk)
+		ag__err(AG_ENOMEM, "out of memory registering a hook");
+	return lk;
+}
+
+/* Appends h to the hooks of e.node, slot e.input_nr. */
+static int attach(struct ag_edge e, struct ag_hook *h)
+{
+	pthread_mutex_t *lk = hook_lock(e.node);
+	struct ag_hook *last;
+
+	if (!lk)
+		return -AG_ENOMEM;
+	h->node = e.node;
+	h->slot = e.input_nr;
+	pthread_mutex_lock(lk);
+	last = atomic_load_explicit(&e.node->hooks, memory_order_relaxed);
+	if (!last) {
+		atomic_store_explicit(&e.node->hooks, h, memory_order_release);
+	} else {
+		while (last->next)
+			last = last->next;
+		last->next = h;
+	}
+	pthread_mutex_unlock(lk);
+	return 0;
+}
+
+void ag__hooks_free(struct ag_node *n)
+{
+	struct ag_hook *h, *hn;
+
+	for (h = n->hooks; h; h = hn) {
+		hn = h->next;
+		h->next = NULL;
+		h->node = NULL;
+		hook_put(h);
+	}
+	atomic_store_explicit(&n->hooks, NULL, memory_order_relaxed);
+	if (n->hook_lock) {
+		pthread_mutex_destroy(n->hook_lock);
+		free(n->hook_lock);
+		n->hook_lock = NULL;
+	}
+}
+
+struct ag_hook *ag_tensor_register_hook(struct ag_tensor *t,
+					ag_tensor_hook_fn fn, void *arg)
+{
+	struct ag_hook *h;
+	struct ag_edge e;
+
+	if (!t) {
+		ag__err_null("ag_tensor_register_hook", "t");
+		return NULL;
+	}
+	if (!fn) {
+		ag__err(AG_EINVAL, "ag_tensor_register_hook: fn is NULL");
+		return NULL;
+	}
+	if (!ag__requires_grad(t)) {
+		ag__err(AG_EINVAL,
+			"ag_tensor_register_hook: cannot register a hook on a tensor that doesn't require gradient");
+		return NULL;
+	}
+	e = ag__grad_edge(t);
+	if (!e.node)
+		return NULL;
+	h = hook_new(fn, arg, 2);
+	if (!h)
+		return NULL;
+	if (attach(e, h)) {
+		atomic_store(&h->refs, 1);
+		hook_put(h);
+		return NULL;
+	}
+	return h;
+}
+
+void ag_hook_remove(struct ag_hook *h)
+{
+	if (!h)
+		return;
+	atomic_store_explicit(&h->removed, true, memory_order_release);
+	hook_put(h);
+}
+
+int ag_tensor_retain_grad(struct ag_tensor *t)
+{
+	struct ag_grad_cell *c;
+	struct ag_hook *h;
+	struct ag_edge e;
+
+	if (!t)
+		return ag__err_null("ag_tensor_retain_grad", "t");
+	if (!ag__requires_grad(t))
+		return ag__err(
+			AG_EINVAL,
+			"ag_tensor_retain_grad: can't retain_grad on a tensor that doesn't require gradient");
+	if (ag_tensor_is_leaf(t) || t->meta->retains_grad)
+		return 0; /* a leaf keeps .grad anyway */
+	c = ag__meta_cell(t->meta);
+	if (!c)
+		return -AG_ENOMEM;
+	h = hook_new(NULL, NULL, 1);
+	if (!h)
+		return -AG_ENOMEM;
+	ag__cell_get(c);
+	h->cell = c;
+	e = ag__grad_edge(t);
+	if (attach(e, h)) {
+		hook_put(h);
+		return -AG_ENOMEM;
+	}
+	t->meta->retains_grad = true;
+	return 0;
+}

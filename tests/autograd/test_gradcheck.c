@@ -1,0 +1,785 @@
+// SPDX-License-Identifier: MIT
+/*
+ * ag_gradcheck and ag_gradgradcheck over the first op set, with
+ * broadcasting and non-contiguous inputs, and checks that fail when the
+ * backward is wrong.
+ */
+#include "common.h"
+#include "torch_refs.h"
+
+static struct ag_generator *gen;
+
+static void setup(void)
+{
+	gen = ag_generator_new(1234);
+}
+
+static void teardown(void)
+{
+	ag_generator_free(gen);
+}
+
+TestSuite(gradcheck, .init = setup, .fini = teardown);
+
+/* A leaf requiring grad, uniform in [lo, hi); away from 0 if lo < 0 < hi. */
+static struct ag_tensor *input(int ndim, const int64_t *shape, double lo,
+			       double hi)
+{
+	struct ag_tensor *t = ag_rand(gen, AG_F64, ndim, shape);
+	double *p = ag_tensor_data(t);
+
+	for (int64_t i = 0; i < ag_tensor_numel(t); i++) {
+		p[i] = lo + (hi - lo) * p[i];
+		if (lo < 0 && hi > 0 && fabs(p[i]) < 0.1)
+			p[i] = p[i] < 0 ? -0.1 - p[i] : 0.1 + p[i];
+	}
+	cr_assert_eq(ag_tensor_set_requires_grad(t, true), 0);
+	return t;
+}
+
+#define SHAPE(...) ((const int64_t[]){ __VA_ARGS__ })
+#define IN(...)                                             \
+	input(sizeof(SHAPE(__VA_ARGS__)) / sizeof(int64_t), \
+	      SHAPE(__VA_ARGS__), -1, 1)
+
+static void check(ag_fn f, void *arg, struct ag_tensor **in, int nin,
+		  const char *what)
+{
+	int rc = ag_gradcheck(f, arg, in, nin, NULL);
+
+	cr_assert_eq(rc, 0, "%s: gradcheck: %s", what, ag_errmsg());
+	rc = ag_gradgradcheck(f, arg, in, nin, NULL);
+	cr_assert_eq(rc, 0, "%s: gradgradcheck: %s", what, ag_errmsg());
+	for (int i = 0; i < nin; i++)
+		ag_tensor_put(in[i]);
+}
+
+static int ret(struct ag_tensor *t, struct ag_tensor **out)
+{
+	*out = t;
+	return t ? 0 : -ag_errcode();
+}
+
+/* ---- binary ops, broadcasting ---- */
+
+#define BINARY(name, op)                                      \
+	static int name(struct ag_tensor *const *in, int nin, \
+			struct ag_tensor **out, void *arg)    \
+	{                                                     \
+		(void)nin;                                    \
+		(void)arg;                                    \
+		return ret(op(in[0], in[1]), out);            \
+	}
+
+BINARY(f_add, ag_add)
+BINARY(f_sub, ag_sub)
+BINARY(f_mul, ag_mul)
+BINARY(f_div, ag_div)
+BINARY(f_matmul, ag_matmul)
+
+Test(gradcheck, add_broadcast)
+{
+	struct ag_tensor *in[2] = { IN(3, 4), IN(4) };
+
+	check(f_add, NULL, in, 2, "[3,4] + [4]");
+	in[0] = IN(3, 1);
+	in[1] = IN(1, 4);
+	check(f_add, NULL, in, 2, "[3,1] + [1,4]");
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(gradcheck, sub_broadcast)
+{
+	struct ag_tensor *in[2] = { IN(3, 4), IN(3, 1) };
+
+	check(f_sub, NULL, in, 2, "[3,4] - [3,1]");
+	in[0] = IN(4);
+	in[1] = IN(2, 4);
+	check(f_sub, NULL, in, 2, "[4] - [2,4]");
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(gradcheck, mul_broadcast)
+{
+	struct ag_tensor *in[2] = { IN(3, 1), IN(1, 4) };
+
+	check(f_mul, NULL, in, 2, "[3,1] * [1,4]");
+	in[0] = IN(3, 4);
+	in[1] = IN(3, 4);
+	check(f_mul, NULL, in, 2, "[3,4] * [3,4]");
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(gradcheck, div_broadcast)
+{
+	struct ag_tensor *in[2] = { IN(3, 4), input(1, SHAPE(4), 0.5, 1.5) };
+
+	check(f_div, NULL, in, 2, "[3,4] / [4]");
+	in[0] = IN(3, 1);
+	in[1] = input(2, SHAPE(1, 4), -1.5, -0.5);
+	check(f_div, NULL, in, 2, "[3,1] / [1,4]");
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(gradcheck, matmul)
+{
+	struct ag_tensor *in[2] = { IN(3, 4), IN(4, 2) };
+
+	check(f_matmul, NULL, in, 2, "[3,4] @ [4,2]");
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(gradcheck, constant_input_is_not_checked)
+{
+	struct ag_tensor *in[2] = { IN(3, 4), IN(4) };
+
+	ag_tensor_set_requires_grad(in[1], false);
+	check(f_mul, NULL, in, 2, "[3,4] * constant [4]");
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* ---- unary ops ---- */
+
+#define UNARY(name, expr)                                     \
+	static int name(struct ag_tensor *const *in, int nin, \
+			struct ag_tensor **out, void *arg)    \
+	{                                                     \
+		struct ag_tensor *a = in[0];                  \
+		double s = arg ? *(const double *)arg : 0;    \
+		(void)nin;                                    \
+		(void)s;                                      \
+		return ret(expr, out);                        \
+	}
+
+UNARY(f_neg, ag_neg(a))
+UNARY(f_exp, ag_exp(a))
+UNARY(f_log, ag_log(a))
+UNARY(f_tanh, ag_tanh(a))
+UNARY(f_sigmoid, ag_sigmoid(a))
+UNARY(f_relu, ag_relu(a))
+UNARY(f_pow, ag_pow_scalar(a, s))
+UNARY(f_mul_scalar, ag_mul_scalar(a, s))
+UNARY(f_add_scalar, ag_add_scalar(a, s))
+
+Test(gradcheck, unary)
+{
+	struct ag_tensor *in[1];
+
+	in[0] = IN(3, 4);
+	check(f_neg, NULL, in, 1, "neg");
+	in[0] = IN(3, 4);
+	check(f_exp, NULL, in, 1, "exp");
+	in[0] = input(2, SHAPE(3, 4), 0.5, 2);
+	check(f_log, NULL, in, 1, "log");
+	in[0] = IN(3, 4);
+	check(f_tanh, NULL, in, 1, "tanh");
+	in[0] = input(2, SHAPE(3, 4), -3, 3);
+	check(f_sigmoid, NULL, in, 1, "sigmoid");
+	in[0] = IN(3, 4); /* |x| >= 0.1: away from the kink */
+	check(f_relu, NULL, in, 1, "relu");
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(gradcheck, with_scalar)
+{
+	static const double pows[] = { 2, 3, 0.5, -1.5, 1 };
+	struct ag_tensor *in[1];
+	double s;
+
+	for (size_t i = 0; i < sizeof(pows) / sizeof(pows[0]); i++) {
+		s = pows[i];
+		in[0] = s == 2 || s == 3 || s == 1 ?
+				IN(3, 4) :
+				input(2, SHAPE(3, 4), 0.5, 2);
+		check(f_pow, &s, in, 1, "pow_scalar");
+	}
+	s = 2.5;
+	in[0] = IN(3, 4);
+	check(f_mul_scalar, &s, in, 1, "mul_scalar");
+	s = -1.5;
+	in[0] = IN(3, 4);
+	check(f_add_scalar, &s, in, 1, "add_scalar");
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* ---- reductions ---- */
+
+struct dim_arg {
+	int dim;
+	bool keepdim;
+};
+
+static int f_sum(struct ag_tensor *const *in, int nin, struct ag_tensor **out,
+		 void *arg)
+{
+	(void)nin;
+	(void)arg;
+	return ret(ag_sum(in[0]), out);
+}
+
+static int f_mean(struct ag_tensor *const *in, int nin, struct ag_tensor **out,
+		  void *arg)
+{
+	(void)nin;
+	(void)arg;
+	return ret(ag_mean(in[0]), out);
+}
+
+static int f_sum_dim(struct ag_tensor *const *in, int nin,
+		     struct ag_tensor **out, void *arg)
+{
+	const struct dim_arg *d = arg;
+
+	(void)nin;
+	return ret(ag_sum_dim(in[0], d->dim, d->keepdim), out);
+}
+
+static int f_mean_dim(struct ag_tensor *const *in, int nin,
+		      struct ag_tensor **out, void *arg)
+{
+	const struct dim_arg *d = arg;
+
+	(void)nin;
+	return ret(ag_mean_dim(in[0], d->dim, d->keepdim), out);
+}
+
+Test(gradcheck, reductions)
+{
+	static const struct dim_arg dims[] = {
+		{ 0, false }, { 1, true }, { -1, false }, { 0, true }
+	};
+	struct ag_tensor *in[1];
+
+	in[0] = IN(3, 4);
+	check(f_sum, NULL, in, 1, "sum");
+	in[0] = IN(3, 4);
+	check(f_mean, NULL, in, 1, "mean");
+	for (size_t i = 0; i < sizeof(dims) / sizeof(dims[0]); i++) {
+		struct dim_arg d = dims[i];
+
+		in[0] = IN(3, 4);
+		check(f_sum_dim, &d, in, 1, "sum_dim");
+		in[0] = IN(2, 3, 4);
+		check(f_mean_dim, &d, in, 1, "mean_dim");
+	}
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* ---- views ---- */
+
+static int f_reshape(struct ag_tensor *const *in, int nin,
+		     struct ag_tensor **out, void *arg)
+{
+	(void)nin;
+	(void)arg;
+	return ret(ag_reshape(in[0], 2, SHAPE(2, 6)), out);
+}
+
+static int f_transpose(struct ag_tensor *const *in, int nin,
+		       struct ag_tensor **out, void *arg)
+{
+	(void)nin;
+	(void)arg;
+	return ret(ag_transpose(in[0], 0, 1), out);
+}
+
+static int f_expand(struct ag_tensor *const *in, int nin,
+		    struct ag_tensor **out, void *arg)
+{
+	(void)nin;
+	(void)arg;
+	return ret(ag_expand(in[0], 3, SHAPE(2, 3, 4)), out);
+}
+
+static int f_slice(struct ag_tensor *const *in, int nin, struct ag_tensor **out,
+		   void *arg)
+{
+	(void)nin;
+	(void)arg;
+	return ret(ag_slice(in[0], 1, 1, 5, 2), out);
+}
+
+/* a view, then an op that reads it through its strides */
+static int f_transpose_tanh(struct ag_tensor *const *in, int nin,
+			    struct ag_tensor **out, void *arg)
+{
+	struct ag_tensor *t = ag_transpose(in[0], 0, 1);
+	struct ag_tensor *r = ag_tanh(t);
+
+	(void)nin;
+	(void)arg;
+	ag_tensor_put(t);
+	return ret(r, out);
+}
+
+Test(gradcheck, views)
+{
+	struct ag_tensor *in[1];
+
+	in[0] = IN(3, 4);
+	check(f_reshape, NULL, in, 1, "reshape");
+	in[0] = IN(3, 4);
+	check(f_transpose, NULL, in, 1, "transpose");
+	in[0] = IN(3, 1);
+	check(f_expand, NULL, in, 1, "expand [3,1] -> [2,3,4]");
+	in[0] = IN(3, 5);
+	check(f_slice, NULL, in, 1, "slice 1:5:2");
+	in[0] = IN(3, 4);
+	check(f_transpose_tanh, NULL, in, 1, "tanh(transpose)");
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* ---- non-contiguous inputs ---- */
+
+/* A leaf requiring grad that is a transposed view: [rows, cols]. */
+static struct ag_tensor *transposed_input(int64_t rows, int64_t cols)
+{
+	struct ag_tensor *base = ag_rand(gen, AG_F64, 2, SHAPE(cols, rows));
+	struct ag_tensor *t = ag_transpose(base, 0, 1);
+
+	ag_tensor_put(base);
+	cr_assert(!ag_tensor_is_contiguous(t));
+	cr_assert(ag_tensor_is_leaf(t));
+	cr_assert_eq(ag_tensor_set_requires_grad(t, true), 0);
+	return t;
+}
+
+/* A leaf requiring grad that is every other column of a [rows, 2 cols]. */
+static struct ag_tensor *strided_input(int64_t rows, int64_t cols)
+{
+	struct ag_tensor *base =
+		ag_randn(gen, AG_F64, 2, SHAPE(rows, 2 * cols));
+	struct ag_tensor *t = ag_slice(base, 1, 0, 2 * cols, 2);
+
+	ag_tensor_put(base);
+	cr_assert(!ag_tensor_is_contiguous(t));
+	cr_assert_eq(ag_tensor_set_requires_grad(t, true), 0);
+	return t;
+}
+
+Test(gradcheck, non_contiguous_inputs)
+{
+	struct ag_tensor *in[2];
+	struct dim_arg d = { 1, false };
+	double s = 3;
+
+	in[0] = transposed_input(3, 4);
+	check(f_tanh, NULL, in, 1, "tanh of a transposed leaf");
+	in[0] = transposed_input(3, 4);
+	in[1] = IN(4);
+	check(f_mul, NULL, in, 2, "transposed [3,4] * [4]");
+	in[0] = transposed_input(3, 4);
+	in[1] = transposed_input(4, 2);
+	check(f_matmul, NULL, in, 2, "transposed @ transposed");
+	in[0] = transposed_input(3, 4);
+	check(f_sum_dim, &d, in, 1, "sum_dim of a transposed leaf");
+	in[0] = strided_input(3, 4);
+	check(f_pow, &s, in, 1, "pow of a strided leaf");
+	in[0] = strided_input(3, 4);
+	in[1] = transposed_input(3, 4);
+	check(f_div, NULL, in, 2, "strided / transposed");
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* ---- a composite, against torch ---- */
+
+/* sum(sigmoid(x)^3 * x): first and second derivative as gen_refs.py */
+static int f_sig3(struct ag_tensor *const *in, int nin, struct ag_tensor **out,
+		  void *arg)
+{
+	struct ag_tensor *s = ag_sigmoid(in[0]);
+	struct ag_tensor *c = ag_pow_scalar(s, 3);
+	struct ag_tensor *m = ag_mul(c, in[0]);
+
+	(void)nin;
+	(void)arg;
+	*out = ag_sum(m);
+	ag_tensor_put(s);
+	ag_tensor_put(c);
+	ag_tensor_put(m);
+	return *out ? 0 : -ag_errcode();
+}
+
+Test(gradcheck, composite_matches_torch)
+{
+	int64_t n = 4;
+	struct ag_tensor *x = ag_from_data(AG_F64, 1, &n, REF_X);
+	struct ag_tensor *y, *g, *gs, *gg;
+	struct ag_grad_opts cg = { .create_graph = true };
+
+	ag_tensor_set_requires_grad(x, true);
+	cr_assert_eq(ag_gradcheck(f_sig3, NULL, &x, 1, NULL), 0, "%s",
+		     ag_errmsg());
+	cr_assert_eq(ag_gradgradcheck(f_sig3, NULL, &x, 1, NULL), 0, "%s",
+		     ag_errmsg());
+	cr_assert_eq(f_sig3(&x, 1, &y, NULL), 0);
+	cr_assert_eq(ag_grad(&y, NULL, 1, &x, 1, &g, &cg), 0, "%s",
+		     ag_errmsg());
+	gs = ag_sum(g);
+	cr_assert_eq(ag_grad(&gs, NULL, 1, &x, 1, &gg, NULL), 0, "%s",
+		     ag_errmsg());
+	for (int i = 0; i < 4; i++) {
+		cr_assert_float_eq(ag__get(g, i), REF_GRAD1[i], 1e-13);
+		cr_assert_float_eq(ag__get(gg, i), REF_GRAD2[i], 1e-13);
+	}
+	ag_tensor_put(gg);
+	ag_tensor_put(gs);
+	ag_tensor_put(g);
+	ag_tensor_put(y);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* mean(exp(W @ reshape(x, [4,1]) + reshape(b, [2,1]))), as gen_refs.py */
+static int f_mm_chain(struct ag_tensor *const *in, int nin,
+		      struct ag_tensor **out, void *arg)
+{
+	struct ag_tensor *xc = ag_reshape(in[1], 2, SHAPE(4, 1));
+	struct ag_tensor *bc = ag_reshape(in[2], 2, SHAPE(2, 1));
+	struct ag_tensor *m = ag_matmul(in[0], xc);
+	struct ag_tensor *a = ag_add(m, bc);
+	struct ag_tensor *e = ag_exp(a);
+
+	(void)nin;
+	(void)arg;
+	*out = ag_mean(e);
+	ag_tensor_put(xc);
+	ag_tensor_put(bc);
+	ag_tensor_put(m);
+	ag_tensor_put(a);
+	ag_tensor_put(e);
+	return *out ? 0 : -ag_errcode();
+}
+
+Test(gradcheck, matmul_chain_matches_torch)
+{
+	struct ag_tensor *in[3] = {
+		ag_from_data(AG_F64, 2, SHAPE(2, 4), REF_W),
+		ag_from_data(AG_F64, 1, SHAPE(4), REF_X),
+		ag_from_data(AG_F64, 1, SHAPE(2), REF_B),
+	};
+	static const double *want[3] = { REF_MM_WGRAD, REF_MM_XGRAD,
+					 REF_MM_BGRAD };
+	struct ag_tensor *r;
+
+	for (int i = 0; i < 3; i++)
+		ag_tensor_set_requires_grad(in[i], true);
+	cr_assert_eq(f_mm_chain(in, 3, &r, NULL), 0);
+	cr_assert_eq(ag_backward(r, NULL, NULL), 0, "%s", ag_errmsg());
+	for (int i = 0; i < 3; i++) {
+		struct ag_tensor *g = ag_tensor_grad(in[i]);
+
+		for (int64_t k = 0; k < ag_tensor_numel(g); k++)
+			cr_assert_float_eq(ag__get(g, k), want[i][k], 1e-13,
+					   "input %d element %lld", i,
+					   (long long)k);
+		ag_tensor_put(g);
+		ag_tensor_zero_grad(in[i]);
+	}
+	ag_tensor_put(r);
+	check(f_mm_chain, NULL, in, 3, "matmul chain");
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* ---- wrong gradients must fail ---- */
+
+/* a + b * detach(b): backward sees d/db = b, the truth is 2b */
+static int f_detached(struct ag_tensor *const *in, int nin,
+		      struct ag_tensor **out, void *arg)
+{
+	struct ag_tensor *d = ag_detach(in[1]);
+	struct ag_tensor *m = ag_mul(in[1], d);
+
+	(void)nin;
+	(void)arg;
+	*out = ag_add(in[0], m);
+	ag_tensor_put(d);
+	ag_tensor_put(m);
+	return *out ? 0 : -ag_errcode();
+}
+
+Test(gradcheck, wrong_gradient_fails_with_message)
+{
+	static const double av[4] = { 0.3, -0.2, 0.7, 1.1 };
+	static const double bv[4] = { 0, 0, 0, 0.25 };
+	struct ag_tensor *in[2] = {
+		ag_from_data(AG_F64, 1, SHAPE(4), av),
+		ag_from_data(AG_F64, 1, SHAPE(4), bv),
+	};
+
+	ag_tensor_set_requires_grad(in[0], true);
+	ag_tensor_set_requires_grad(in[1], true);
+	cr_assert_eq(ag_gradcheck(f_detached, NULL, in, 2, NULL), -AG_EINVAL);
+	AG_ASSERT_ERR(
+		AG_EINVAL,
+		"ag_gradcheck: Jacobian mismatch for output 0 with respect to input 1, element 3: numerical 0.5, analytical 0.25");
+	/* the values are restored after the perturbations */
+	for (int i = 0; i < 4; i++) {
+		cr_assert_eq(ag__get(in[0], i), av[i]);
+		cr_assert_eq(ag__get(in[1], i), bv[i]);
+	}
+	/*
+	 * Second order: the first derivatives are (v, v * detach(b)); the
+	 * analytical d/db of the second misses the v * 1 the numerical finds.
+	 */
+	cr_assert_eq(ag_gradgradcheck(f_detached, NULL, in, 2, NULL),
+		     -AG_EINVAL);
+	AG_ASSERT_ERR(
+		AG_EINVAL,
+		"ag_gradgradcheck: Jacobian mismatch for output 1 with respect to input 1, element 0");
+	ag_tensor_put(in[0]);
+	ag_tensor_put(in[1]);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* first derivative right, second wrong: x^2 computed as x * detach(x) * 2 - x * detach(x) ... */
+static int f_bad_second(struct ag_tensor *const *in, int nin,
+			struct ag_tensor **out, void *arg)
+{
+	/*
+	 * y = x^3 / 3 in value; its backward is taken through
+	 * x^2 * detach-free ops, but the forward splits x^3 as
+	 * detach(x)^2 * x - detach(x)^3 * 2/3: first derivative
+	 * detach(x)^2 = x^2 (right), second derivative 0 (wrong: 2x).
+	 */
+	struct ag_tensor *d = ag_detach(in[0]);
+	struct ag_tensor *d2 = ag_mul(d, d);
+	struct ag_tensor *d3 = ag_mul(d2, d);
+	struct ag_tensor *a = ag_mul(d2, in[0]);
+	struct ag_tensor *b = ag_mul_scalar(d3, 2.0 / 3.0);
+
+	(void)nin;
+	(void)arg;
+	*out = ag_sub(a, b);
+	ag_tensor_put(d);
+	ag_tensor_put(d2);
+	ag_tensor_put(d3);
+	ag_tensor_put(a);
+	ag_tensor_put(b);
+	return *out ? 0 : -ag_errcode();
+}
+
+Test(gradcheck, wrong_second_derivative_fails_gradgradcheck_only)
+{
+	struct ag_tensor *x = input(1, SHAPE(3), 0.5, 1.5);
+
+	cr_assert_eq(ag_gradcheck(f_bad_second, NULL, &x, 1, NULL), 0, "%s",
+		     ag_errmsg());
+	cr_assert_eq(ag_gradgradcheck(f_bad_second, NULL, &x, 1, NULL),
+		     -AG_EINVAL);
+	AG_ASSERT_ERR(
+		AG_EINVAL,
+		"ag_gradgradcheck: Jacobian mismatch for output 0 with respect to input 0, element 0");
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* ---- argument errors ---- */
+
+static int f_fail(struct ag_tensor *const *in, int nin, struct ag_tensor **out,
+		  void *arg)
+{
+	(void)in;
+	(void)nin;
+	(void)out;
+	(void)arg;
+	return ag__err(AG_ESHAPE, "f_fail: deliberate");
+}
+
+static int f_to_f32_sum(struct ag_tensor *const *in, int nin,
+			struct ag_tensor **out, void *arg)
+{
+	(void)nin;
+	(void)arg;
+	*out = ag_zeros(AG_F32, 0, NULL);
+	(void)in;
+	return *out ? 0 : -ag_errcode();
+}
+
+Test(gradcheck, errors)
+{
+	struct ag_tensor *x = IN(3);
+	struct ag_tensor *f = ag_zeros(AG_F32, 1, SHAPE(3));
+	struct ag_tensor *c = ag_zeros(AG_F64, 1, SHAPE(3));
+	struct ag_tensor *e = ag_expand(c, 2, SHAPE(2, 3));
+	struct ag_gradcheck_opts bad = { 0, 1e-5, 1e-3 };
+
+	ag_tensor_set_requires_grad(f, true);
+	cr_assert_eq(ag_gradcheck(f_tanh, NULL, &f, 1, NULL), -AG_EDTYPE);
+	AG_ASSERT_ERR(AG_EDTYPE, "input 0 is f32");
+	cr_assert_eq(ag_gradgradcheck(f_tanh, NULL, &f, 1, NULL), -AG_EDTYPE);
+	ag_clear_error();
+	cr_assert_eq(ag_gradcheck(f_tanh, NULL, &c, 1, NULL), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "at least one input must require grad");
+	cr_assert_eq(ag_gradgradcheck(f_tanh, NULL, &c, 1, NULL), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "at least one input must require grad");
+	ag_tensor_set_requires_grad(e, true);
+	cr_assert_eq(ag_gradcheck(f_tanh, NULL, &e, 1, NULL), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "overlapping memory");
+	cr_assert_eq(ag_gradcheck(f_fail, NULL, &x, 1, NULL), -AG_ESHAPE);
+	AG_ASSERT_ERR(AG_ESHAPE, "deliberate");
+	cr_assert_eq(ag_gradgradcheck(f_fail, NULL, &x, 1, NULL), -AG_ESHAPE);
+	AG_ASSERT_ERR(AG_ESHAPE, "deliberate");
+	cr_assert_eq(ag_gradcheck(f_to_f32_sum, NULL, &x, 1, NULL), -AG_EDTYPE);
+	AG_ASSERT_ERR(AG_EDTYPE, "f64 outputs");
+	cr_assert_eq(ag_gradcheck(f_tanh, NULL, &x, 1, &bad), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "eps > 0");
+	cr_assert_eq(ag_gradcheck(NULL, NULL, &x, 1, NULL), -AG_EINVAL);
+	ag_clear_error();
+	cr_assert_eq(ag_gradcheck(f_tanh, NULL, NULL, 0, NULL), -AG_EINVAL);
+	ag_clear_error();
+	ag_tensor_put(x);
+	ag_tensor_put(f);
+	ag_tensor_put(c);
+	ag_tensor_put(e);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* ---- shapes at the edges: 0-d, size-1 dims, 3-d views ---- */
+
+static int f_expand_row(struct ag_tensor *const *in, int nin,
+			struct ag_tensor **out, void *arg)
+{
+	(void)nin;
+	(void)arg;
+	return ret(ag_expand(in[0], 2, SHAPE(3, 4)), out);
+}
+
+static int f_slice3(struct ag_tensor *const *in, int nin,
+		    struct ag_tensor **out, void *arg)
+{
+	(void)nin;
+	(void)arg;
+	return ret(ag_slice(in[0], 0, 1, 7, 3), out);
+}
+
+static int f_transpose3(struct ag_tensor *const *in, int nin,
+			struct ag_tensor **out, void *arg)
+{
+	struct ag_tensor *t = ag_transpose(in[0], 0, 2);
+	struct ag_tensor *r = ag_reshape(t, 2, SHAPE(4, 6));
+
+	(void)nin;
+	(void)arg;
+	ag_tensor_put(t);
+	return ret(r, out);
+}
+
+Test(gradcheck, edge_shapes)
+{
+	struct dim_arg d0 = { 0, false }, d0k = { 0, true };
+	struct ag_tensor *in[2];
+
+	in[0] = input(0, NULL, 0.5, 1.5);
+	in[1] = IN(3);
+	check(f_mul, NULL, in, 2, "0-d * [3]");
+	in[0] = input(0, NULL, 0.5, 1.5);
+	in[1] = input(0, NULL, 0.5, 1.5);
+	check(f_div, NULL, in, 2, "0-d / 0-d");
+	in[0] = input(0, NULL, 0.5, 1.5);
+	check(f_tanh, NULL, in, 1, "tanh 0-d");
+	in[0] = IN(5);
+	check(f_sum_dim, &d0, in, 1, "sum_dim [5] -> 0-d");
+	in[0] = IN(5);
+	check(f_mean_dim, &d0k, in, 1, "mean_dim [5] keepdim");
+	in[0] = IN(4);
+	check(f_expand_row, NULL, in, 1, "expand [4] -> [3,4]");
+	in[0] = IN(8, 2);
+	check(f_slice3, NULL, in, 1, "slice 1:7:3");
+	in[0] = IN(2, 3, 4);
+	check(f_transpose3, NULL, in, 1, "transpose 3-d then reshape");
+	in[0] = IN(1, 4);
+	in[1] = IN(4, 1);
+	check(f_matmul, NULL, in, 2, "[1,4] @ [4,1]");
+	AG_ASSERT_NO_LEAKS();
+}
+
+static int f_identity(struct ag_tensor *const *in, int nin,
+		      struct ag_tensor **out, void *arg)
+{
+	(void)nin;
+	(void)arg;
+	*out = ag_tensor_get(in[0]);
+	return 0;
+}
+
+static int f_constant(struct ag_tensor *const *in, int nin,
+		      struct ag_tensor **out, void *arg)
+{
+	(void)in;
+	(void)nin;
+	(void)arg;
+	return ret(ag_ones(AG_F64, 1, SHAPE(2)), out);
+}
+
+Test(gradcheck, identity_and_constant)
+{
+	struct ag_tensor *in[1] = { IN(3) };
+
+	/* the output is the input itself: a leaf as root */
+	check(f_identity, NULL, in, 1, "identity");
+	in[0] = IN(3);
+	cr_assert_eq(ag_gradcheck(f_constant, NULL, in, 1, NULL), 0, "%s",
+		     ag_errmsg());
+	ag_tensor_put(in[0]);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* ---- a custom function with a wrong backward ---- */
+
+/* forward y = x^2, backward claims grad * x (the truth is grad * 2x) */
+static int square_forward(struct ag_ctx *ctx, struct ag_tensor *const *in,
+			  int nin, struct ag_tensor **out, int nout)
+{
+	(void)nin;
+	(void)nout;
+	out[0] = ag_mul(in[0], in[0]);
+	if (!out[0])
+		return -ag_errcode();
+	return ag_ctx_save_for_backward(ctx, in, 1);
+}
+
+static int square_wrong_backward(struct ag_ctx *ctx,
+				 struct ag_tensor *const *grad_out, int nout,
+				 struct ag_tensor **grad_in, int nin)
+{
+	struct ag_tensor **saved;
+	int n, rc;
+
+	(void)nout;
+	(void)nin;
+	rc = ag_ctx_saved_tensors(ctx, &saved, &n);
+	if (rc)
+		return rc;
+	grad_in[0] = ag_mul(grad_out[0], saved[0]);
+	return grad_in[0] ? 0 : -ag_errcode();
+}
+
+static const struct ag_function_ops square_wrong = {
+	.name = "SquareWrong",
+	.forward = square_forward,
+	.backward = square_wrong_backward,
+};
+
+static int f_square_wrong(struct ag_tensor *const *in, int nin,
+			  struct ag_tensor **out, void *arg)
+{
+	(void)nin;
+	(void)arg;
+	return ag_function_apply(&square_wrong, in, 1, out, 1, NULL);
+}
+
+Test(gradcheck, wrong_custom_function_fails)
+{
+	static const double xv[3] = { 0.5, -1.0, 2.0 };
+	struct ag_tensor *x = ag_from_data(AG_F64, 1, SHAPE(3), xv);
+
+	ag_tensor_set_requires_grad(x, true);
+	cr_assert_eq(ag_gradcheck(f_square_wrong, NULL, &x, 1, NULL),
+		     -AG_EINVAL);
+	AG_ASSERT_ERR(
+		AG_EINVAL,
+		"ag_gradcheck: Jacobian mismatch for output 0 with respect to input 0, element 0: numerical 1, analytical 0.5");
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}

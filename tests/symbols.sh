@@ -1,0 +1,65 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT
+#
+# Usage: symbols.sh LIBRARY [HEADER_DIR [NM]]
+#
+# Fails if the shared library exports a defined dynamic symbol outside the
+# public namespace: only ag_* and AG_* names may be exported, besides the
+# linker's own markers.  Internal helpers are named ag__* and must stay
+# hidden.  With HEADER_DIR (include/ag), every exported name must also be
+# declared in one of its headers, so internal ag_* helpers (the simd
+# kernels, ag_k_*) cannot leak out either.
+set -eu
+
+lib=${1:?usage: symbols.sh LIBRARY [HEADER_DIR [NM]]}
+hdrs=${2:-}
+nm=${3:-nm}
+
+if [ ! -f "$lib" ]; then
+	echo "symbols.sh: $lib: no such file" >&2
+	exit 1
+fi
+
+syms=$("$nm" -D --defined-only "$lib" |
+	awk 'NF >= 3 { print $3 } NF == 2 { print $2 }')
+
+bad=$(printf '%s\n' "$syms" | grep -v -E \
+	-e '^(ag|AG)_' \
+	-e '^(_init|_fini|_edata|_end|__bss_start|_DYNAMIC|_GLOBAL_OFFSET_TABLE_)$' \
+	-e '^$' || true)
+internal=$(printf '%s\n' "$syms" | grep -E '^(ag|AG)__' || true)
+count=$(printf '%s\n' "$syms" | grep -c -E '^(ag|AG)_' || true)
+undeclared=
+if [ -n "$hdrs" ]; then
+	for s in $(printf '%s\n' "$syms" | grep -E '^(ag|AG)_[^_]' || true); do
+		grep -q -w -r --include='*.h' -e "$s" "$hdrs" ||
+			undeclared="$undeclared $s"
+	done
+fi
+
+status=0
+if [ -n "$bad" ]; then
+	echo "symbols.sh: $lib exports symbols outside ag_*/AG_*:"
+	printf '%s\n' "$bad" | sed 's/^/  /'
+	status=1
+fi
+if [ -n "$internal" ]; then
+	echo "symbols.sh: $lib exports internal ag__* symbols:"
+	printf '%s\n' "$internal" | sed 's/^/  /'
+	status=1
+fi
+if [ -n "$undeclared" ]; then
+	echo "symbols.sh: $lib exports names no header in $hdrs declares:"
+	for s in $undeclared; do
+		echo "  $s"
+	done
+	status=1
+fi
+if [ "$count" -eq 0 ]; then
+	echo "symbols.sh: $lib exports no ag_* symbol at all"
+	status=1
+fi
+if [ "$status" -eq 0 ]; then
+	echo "symbols.sh: $count ag_* symbols, nothing else"
+fi
+exit "$status"
