@@ -418,9 +418,9 @@ under no-grad, for each parameter p: g = p.grad; g *= 0.01; p -= g;
 drop p.grad (set to None)
 ```
 The -1/B is folded into the constant mask instead of a `mul_scalar` on the
-0-d sum: the same loss, and it avoids a libag bug found by `ag-bench
---quick` (the backward of a unary op on a 0-d tensor accumulates into an
-uninitialised buffer).  The `mlp ...,idiomatic` rows are PyTorch only: what
+0-d sum: the same loss with one node fewer.  (It first avoided a libag bug
+that `ag-bench --quick` found, since fixed: the backward of a unary op on
+a 0-d tensor accumulated into an uninitialised buffer.)  The `mlp ...,idiomatic` rows are PyTorch only: what
 a PyTorch user would write (`F.linear` + `F.cross_entropy`, fused kernels),
 for reference.
 
