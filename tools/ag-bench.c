@@ -766,9 +766,10 @@ static void wide_check(struct wide_state *st, const struct config *c,
  *   loss = sum(logp * mask),  mask = -(1/B) * onehot(targets)
  * (no max subtraction: there is no max op yet; the logits stay small).
  * The -1/B lives in the constant mask rather than in a mul_scalar on the
- * 0-d sum: that is the same loss, and it keeps the step clear of a libag
- * bug where the backward of a unary op on a 0-d tensor adds into an
- * uninitialised buffer (reported with the branch).
+ * 0-d sum: the same loss with one node fewer.  (It first kept the step
+ * clear of a bug, fixed by "walk: a 0-d walk has increment 1, not 0",
+ * where a unary backward on a 0-d tensor added into an uninitialised
+ * buffer; the f64 finite-difference check below caught it.)
  * SGD: under no-grad, g *= lr; p -= g; then p.grad is dropped.
  */
 struct mlp {

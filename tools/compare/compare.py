@@ -117,7 +117,21 @@ class Run:
             shlex.quote(a) for a in self.argv)
 
 
+def load_avg():
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+LOADS = []
+
+
 def run_one(run, json_path, log):
+    la = load_avg()
+    if la is not None:
+        LOADS.append(la)
     env = dict(os.environ)
     env.update(run.env_add)
     argv = run.argv + ["--json", json_path]
@@ -278,7 +292,9 @@ def chart(rows, res, configs, threads, png):
     h = 0.8 / max(1, len(pairs))
     colors = ["#4477aa", "#66ccee", "#ee6677", "#ccbb44"]
     for i, p in enumerate(pairs):
-        ax.barh([v - 0.4 + h * (i + 0.5) for v in y], sp[p], height=h,
+        # bars grow from 1 (parity): right when libag is faster
+        ax.barh([v - 0.4 + h * (i + 0.5) for v in y],
+                [v - 1 for v in sp[p]], left=1, height=h,
                 label="%s vs %s" % p, color=colors[i % len(colors)])
     ax.set_yticks(y)
     ax.set_yticklabels(labels, fontsize=8)
@@ -345,6 +361,25 @@ triad and the GEMM against plain loops.  Ops that do not exist yet (today:
 never as a figure.  Without ag/pool.h libag runs on one thread, and
 ag-bench says so and skips its figures at higher thread counts.
 
+## Reading these figures
+
+On a shared machine the other tenants' load lengthens every figure, and
+page faults get expensive: when this was written, libag's `elementwise`
+figures were dominated by the kernel faulting in a fresh 16 MiB buffer for
+every output and gradient (glibc returns such blocks to the system on
+`free`, so the next tensor faults them in again).  The same libag binary
+with glibc keeping freed memory,
+`GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296
+ag-bench --workload elementwise --threads 1 --reps 3`, ran `exp` forward
+in 2.0 ms instead of 340 ms and `exp` backward in 0.9 ms instead of 333 ms
+(load average 13 on 2 CPUs; 111k instead of 246k minor faults).  The
+same cost shows in `wide` and `chain S=1024` forward: 32 chained `tanh` on
+65536 elements cost 9-10 ns per element while the heap is cold and
+0.3-0.5 ns once glibc keeps the pages (perf puts the faults inside
+`unary_c_f32`, which touches each fresh output page first).  A caching
+allocator in libag (or `mallopt` thresholds) would remove that cost; PyTorch
+avoids most of it.
+
 ## What is measured
 
 All tensors are float32, inputs uniform in [-1, 1) (log: [0.5, 2)), fixed
@@ -387,9 +422,9 @@ under no-grad, for each parameter p: g = p.grad; g *= 0.01; p -= g;
 drop p.grad (set to None)
 ```
 The -1/B is folded into the constant mask instead of a `mul_scalar` on the
-0-d sum: the same loss, and it avoids a libag bug found by `ag-bench
---quick` (the backward of a unary op on a 0-d tensor accumulates into an
-uninitialised buffer).  The `mlp ...,idiomatic` rows are PyTorch only: what
+0-d sum: the same loss with one node fewer.  (It first avoided a libag bug
+that `ag-bench --quick` found, since fixed: the backward of a unary op on
+a 0-d tensor accumulated into an uninitialised buffer.)  The `mlp ...,idiomatic` rows are PyTorch only: what
 a PyTorch user would write (`F.linear` + `F.cross_entropy`, fused kernels),
 for reference.
 
@@ -421,6 +456,12 @@ def main():
                     help="skip the AVX-512 configurations")
     ap.add_argument("--md", default=os.path.join(ROOT, "docs", "perf.md"))
     ap.add_argument("--png", default=os.path.join(ROOT, "docs", "perf.png"))
+    ap.add_argument("--from-json", metavar="DIR",
+                    help="run nothing: redraw from a --save-json directory")
+    ap.add_argument("--png-only", action="store_true",
+                    help="write the chart only, not docs/perf.md")
+    ap.add_argument("--save-json", metavar="DIR",
+                    help="keep every run's JSON in DIR")
     ap.add_argument("--no-write", action="store_true",
                     help="print the table only")
     args = ap.parse_args()
@@ -455,7 +496,7 @@ def main():
     if args.quick:
         common.append("--quick")
     tb = os.path.join(HERE, "torch_bench.py")
-    cpp = None if args.no_cpp else build_cpp()
+    cpp = None if args.no_cpp or args.from_json else build_cpp()
 
     configs = ["libag", "torch"] + (["libtorch"] if cpp else [])
     if avx512:
@@ -492,16 +533,34 @@ def main():
     docs = {c: [] for c in configs}
     machine = {}
     start = datetime.datetime.now(datetime.timezone.utc)
+    if args.from_json:
+        # redraw from a saved run (--save-json): NN-config.json files
+        docs = {}
+        for fn in sorted(os.listdir(args.from_json)):
+            if not fn.endswith(".json") or "-" not in fn:
+                continue
+            c = fn[:-5].split("-", 1)[1]
+            with open(os.path.join(args.from_json, fn)) as f:
+                d = json.load(f)
+            docs.setdefault(c, []).append(d)
+            machine.setdefault(c, d["machine"])
+        configs = [c for c in ("libag", "torch", "libtorch", "libag-best",
+                               "torch-best", "libtorch-best") if c in docs]
+        if not configs:
+            raise SystemExit("compare.py: no NN-config.json in %s" %
+                             args.from_json)
     with tempfile.TemporaryDirectory() as tmp:
         n = 0
-        for rnd in range(args.rounds):
+        for rnd in range(0 if args.from_json else args.rounds):
             print("round %d/%d" % (rnd + 1, args.rounds), file=sys.stderr)
             k = rnd % len(configs)
             for c in configs[k:] + configs[:k]:
                 for r in runs[c]:
                     n += 1
-                    d = run_one(r, os.path.join(tmp, "%d.json" % n),
-                                sys.stderr)
+                    jdir = args.save_json or tmp
+                    os.makedirs(jdir, exist_ok=True)
+                    d = run_one(r, os.path.join(
+                        jdir, "%02d-%s.json" % (n, r.config)), sys.stderr)
                     docs[c].append(d)
                     machine.setdefault(c, d["machine"])
     end = datetime.datetime.now(datetime.timezone.utc)
@@ -533,7 +592,10 @@ def main():
 
     os.makedirs(os.path.dirname(args.md), exist_ok=True)
     have_png = chart(rows, res, configs, threads, args.png)
-    cmds = [r.command() for c in configs for r in runs[c]]
+    if args.png_only:
+        print("\nwrote %s" % args.png)
+        return 0
+    cmds = [r.command() for c in configs for r in runs.get(c, [])]
     m = machine["libag"]
     ag_run = docs["libag"][0].get("run", {})
     unav = sorted({"%s %s: %s" % (k[0], k[1], e.get("reason", ""))
@@ -581,8 +643,23 @@ def main():
             machine["torch-best"]["isa"], machine["torch-best"]["blas"]))
     md.append("- OPENBLAS_CORETYPE in the environment: %s" %
               os.environ.get("OPENBLAS_CORETYPE", "unset"))
-    md.append("- ag-bench peak RSS (first round): %.0f MiB\n" %
+    md.append("- ag-bench peak RSS (first round): %.0f MiB" %
               (ag_run.get("peak_rss_kib", 0) / 1024))
+    if LOADS:
+        cpw = [d.get("run", {}).get("cpu_per_wall") for d in docs["libag"]]
+        cpw = [v for v in cpw if v]
+        md.append("- **machine load** (1-minute load average when each of "
+                  "the %d runs started): min %.1f, median %.1f, max %.1f on "
+                  "%s CPUs%s%s" % (
+                      len(LOADS), min(LOADS), statistics.median(LOADS),
+                      max(LOADS), m["cores"],
+                      "; ag-bench got %.2f CPU-seconds per wall-second "
+                      "(median over rounds)" % statistics.median(cpw)
+                      if cpw else "",
+                      ".  The machine was shared and busy: every figure is "
+                      "pessimistic, and the `best` values say more than the "
+                      "medians" if max(LOADS) > (m["cores"] or 1) else ""))
+    md.append("")
     md.append("## Commands\n")
     md.append("```")
     md.append("meson setup build -Dtests=false && ninja -C build   "
