@@ -170,7 +170,6 @@ struct ag_tls_mode {
 };
 extern _Thread_local struct ag_tls_mode ag__mode;
 
-
 /* ---- walking strided operands row by row (engine/walk.c) ---- */
 
 #define AG_WALK_MAX_OPS 4

@@ -76,7 +76,8 @@ static struct ag_tensor *random_tensor(const char *fn, struct ag_generator *g,
 		return NULL;
 	}
 	if (dt == AG_I64) {
-		ag__err(AG_EDTYPE, "%s: random values need a floating dtype (f32 or f64), not i64",
+		ag__err(AG_EDTYPE,
+			"%s: random values need a floating dtype (f32 or f64), not i64",
 			fn);
 		return NULL;
 	}

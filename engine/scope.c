@@ -36,8 +36,11 @@ void ag_scope_end(struct ag_scope *s)
 		return;
 	}
 	if (s != scope_top) {
-		ag__err(AG_EINVAL, "ag_scope_end: %s; end the innermost scope first",
-			scope_top ? "this is not the innermost open scope of this thread" : "no scope is open on this thread");
+		ag__err(AG_EINVAL,
+			"ag_scope_end: %s; end the innermost scope first",
+			scope_top ?
+				"this is not the innermost open scope of this thread" :
+				"no scope is open on this thread");
 		return;
 	}
 	scope_top = s->parent;
@@ -60,7 +63,8 @@ struct ag_tensor *ag__ret(struct ag_tensor *t)
 
 		if (!r) {
 			ag_tensor_put(t);
-			ag__err(AG_ENOMEM, "out of memory recording a tensor in the open scope");
+			ag__err(AG_ENOMEM,
+				"out of memory recording a tensor in the open scope");
 			return NULL;
 		}
 		s->refs = r;

@@ -30,15 +30,15 @@
 	} while (0)
 
 /* The last error has this code and its message contains this text. */
-#define AG_ASSERT_ERR(code, substr)                                            \
-	do {                                                                   \
-		cr_assert_eq(ag_errcode(), (code), "error %s (%s), want %s",   \
-			     ag_strerror(ag_errcode()), ag_errmsg(),           \
-			     ag_strerror(code));                               \
-		cr_assert(strstr(ag_errmsg(), (substr)) != NULL,               \
-			  "message \"%s\" lacks \"%s\"", ag_errmsg(),          \
-			  (substr));                                           \
-		ag_clear_error();                                              \
+#define AG_ASSERT_ERR(code, substr)                                          \
+	do {                                                                 \
+		cr_assert_eq(ag_errcode(), (code), "error %s (%s), want %s", \
+			     ag_strerror(ag_errcode()), ag_errmsg(),         \
+			     ag_strerror(code));                             \
+		cr_assert(strstr(ag_errmsg(), (substr)) != NULL,             \
+			  "message \"%s\" lacks \"%s\"", ag_errmsg(),        \
+			  (substr));                                         \
+		ag_clear_error();                                            \
 	} while (0)
 
 #endif /* AG_TESTS_COMMON_H */

@@ -36,8 +36,10 @@ int ag__record(struct ag_node *n, struct ag_tensor *const *in, int nin,
 		if (in[i]) {
 			if (ag__requires_grad(in[i]) && in[i]->inference) {
 				ag__node_put(n);
-				return ag__err(AG_EINFERENCE, "%s: inference tensors cannot be used in a computation that autograd records; clone it outside inference mode first",
-					       fwd_op);
+				return ag__err(
+					AG_EINFERENCE,
+					"%s: inference tensors cannot be used in a computation that autograd records; clone it outside inference mode first",
+					fwd_op);
 			}
 			e = ag__grad_edge(in[i]);
 			if (ag__requires_grad(in[i]) && !e.node) {
@@ -79,8 +81,10 @@ int ag__save(struct ag_node *n, int slot, struct ag_tensor *t, bool is_output,
 		return 0;
 	}
 	if (t->inference)
-		return ag__err(AG_EINFERENCE, "%s: inference tensors cannot be saved for backward; make a clone outside inference mode to use it in autograd",
-			       n->ops->name);
+		return ag__err(
+			AG_EINFERENCE,
+			"%s: inference tensors cannot be saved for backward; make a clone outside inference mode to use it in autograd",
+			n->ops->name);
 	s->defined = true;
 	s->is_output = is_output;
 	s->output_nr = out_nr;
@@ -122,9 +126,13 @@ static int version_error(const struct ag_saved *s, uint64_t now)
 	if (s->producer)
 		snprintf(who, sizeof(who), ", which is output %d of %s",
 			 s->output_nr, s->producer);
-	return ag__err(AG_EVERSION, "one of the variables needed for gradient computation has been modified by an inplace operation: [%s %s]%s, is at version %" PRIu64 "; expected version %" PRIu64 " instead. It was last modified in place by %s. Hint: do that write out of place (or on a clone), or after backward.",
-		       ag_dtype_name(t->dtype), shape, who, now, s->version,
-		       writer ? writer : "a write through ag_tensor_data");
+	return ag__err(
+		AG_EVERSION,
+		"one of the variables needed for gradient computation has been modified by an inplace operation: [%s %s]%s, is at version %" PRIu64
+		"; expected version %" PRIu64
+		" instead. It was last modified in place by %s. Hint: do that write out of place (or on a clone), or after backward.",
+		ag_dtype_name(t->dtype), shape, who, now, s->version,
+		writer ? writer : "a write through ag_tensor_data");
 }
 
 struct ag_tensor *ag__unpack(struct ag_node *n, int slot)

@@ -13,17 +13,20 @@ int ag__check_float(const char *fn, const struct ag_tensor *t)
 {
 	if (t->dtype == AG_F32 || t->dtype == AG_F64)
 		return 0;
-	return ag__err(AG_EDTYPE, "%s: expected a floating point tensor (f32 or f64), got %s",
-		       fn, ag_dtype_name(t->dtype));
+	return ag__err(
+		AG_EDTYPE,
+		"%s: expected a floating point tensor (f32 or f64), got %s", fn,
+		ag_dtype_name(t->dtype));
 }
 
 int ag__check_same_dtype(const char *fn, const struct ag_tensor *a,
 			 const struct ag_tensor *b)
 {
 	if (a->dtype != b->dtype)
-		return ag__err(AG_EDTYPE, "%s: expected both operands to have the same dtype, got %s and %s",
-			       fn, ag_dtype_name(a->dtype),
-			       ag_dtype_name(b->dtype));
+		return ag__err(
+			AG_EDTYPE,
+			"%s: expected both operands to have the same dtype, got %s and %s",
+			fn, ag_dtype_name(a->dtype), ag_dtype_name(b->dtype));
 	return ag__check_float(fn, a);
 }
 
@@ -32,8 +35,10 @@ int ag__wrap_dim(const char *fn, int dim, int ndim, int *out)
 	int n = ndim ? ndim : 1;
 
 	if (dim < -n || dim >= n)
-		return ag__err(AG_EINVAL, "%s: dimension out of range (expected to be in range of [%d, %d], but got %d)",
-			       fn, -n, n - 1, dim);
+		return ag__err(
+			AG_EINVAL,
+			"%s: dimension out of range (expected to be in range of [%d, %d], but got %d)",
+			fn, -n, n - 1, dim);
 	*out = dim < 0 ? dim + n : dim;
 	return 0;
 }
@@ -51,13 +56,13 @@ int ag__broadcast_shape(const char *fn, const struct ag_tensor *a,
 		if (sa != sb && sa != 1 && sb != 1) {
 			char x[160], y[160];
 
-			return ag__err(AG_ESHAPE, "%s: shapes %s and %s cannot be broadcast (dim %d: %ld vs %ld)",
-				       fn,
-				       ag__shape_str(x, sizeof(x), a->ndim,
-						     a->shape),
-				       ag__shape_str(y, sizeof(y), b->ndim,
-						     b->shape),
-				       i, (long)sa, (long)sb);
+			return ag__err(
+				AG_ESHAPE,
+				"%s: shapes %s and %s cannot be broadcast (dim %d: %ld vs %ld)",
+				fn,
+				ag__shape_str(x, sizeof(x), a->ndim, a->shape),
+				ag__shape_str(y, sizeof(y), b->ndim, b->shape),
+				i, (long)sa, (long)sb);
 		}
 		shape[i] = sa == 1 ? sb : sa;
 	}
@@ -101,7 +106,8 @@ static void unary_rows(enum ag_k_unary op, const struct ag_k_params *p,
 }
 
 struct ag_tensor *ag__unary_fwd(const char *fn, enum ag_k_unary op,
-				const struct ag_k_params *p, struct ag_tensor *a)
+				const struct ag_k_params *p,
+				struct ag_tensor *a)
 {
 	struct ag_tensor *out;
 
@@ -174,8 +180,7 @@ void ag__binary_into(enum ag_k_binary op, struct ag_tensor *dst,
 	int64_t ss[AG_MAX_DIMS];
 
 	ag__broadcast_strides(src, dst->ndim, dst->shape, ss);
-	binary_rows(op, dst->ndim, dst->shape, dst, dst->strides, src, ss,
-		    dst);
+	binary_rows(op, dst->ndim, dst->shape, dst, dst->strides, src, ss, dst);
 }
 
 void ag__acc_into(struct ag_tensor *dst, struct ag_tensor *src)
@@ -188,8 +193,8 @@ struct ag_tensor *ag__unary_bwd(enum ag_k_unary op, const struct ag_k_params *p,
 				struct ag_tensor *y)
 {
 	struct ag_tensor *ref = x ? x : y;
-	struct ag_tensor *out = ag__tensor_new("backward", g->dtype, g->ndim,
-					       g->shape);
+	struct ag_tensor *out =
+		ag__tensor_new("backward", g->dtype, g->ndim, g->shape);
 	const int64_t *strides[4] = { g->strides, x ? x->strides : g->strides,
 				      y ? y->strides : g->strides,
 				      out->strides };
@@ -299,4 +304,3 @@ struct ag_tensor *ag__positive_mask(struct ag_tensor *x)
 	ag_tensor_put(m);
 	return one;
 }
-

@@ -16,14 +16,18 @@
 int ag__inplace_check(const char *fn, struct ag_tensor *self)
 {
 	if (self->inference && !ag__mode.inference)
-		return ag__err(AG_EINFERENCE, "%s: inplace update to inference tensor outside InferenceMode is not allowed; make a clone to get a normal tensor first",
-			       fn);
+		return ag__err(
+			AG_EINFERENCE,
+			"%s: inplace update to inference tensor outside InferenceMode is not allowed; make a clone to get a normal tensor first",
+			fn);
 	if (!ag__mode.grad)
 		return 0;
 	if (ag__requires_grad(self) && ag_tensor_is_leaf(self) &&
 	    !(self->meta && self->meta->view_base))
-		return ag__err(AG_ELEAF, "%s: a leaf tensor that requires grad is being used in an in-place operation; do it under no-grad (AG_NO_GRAD_SCOPE) or on a clone",
-			       fn);
+		return ag__err(
+			AG_ELEAF,
+			"%s: a leaf tensor that requires grad is being used in an in-place operation; do it under no-grad (AG_NO_GRAD_SCOPE) or on a clone",
+			fn);
 	return 0;
 }
 
@@ -35,10 +39,14 @@ static int view_check(const char *fn, struct ag_tensor *self, bool record)
 		return 0;
 	base = self->meta->view_base;
 	if (ag__requires_grad(base) && ag_tensor_is_leaf(base))
-		return ag__err(AG_ELEAF, "%s: a view of a leaf tensor that requires grad is being used in an in-place operation",
-			       fn);
-	return ag__err(AG_EINVAL, "%s: in-place write through a view of a tensor that autograd tracks is not supported (it needs CopySlices); write to the base tensor, or use out-of-place ops",
-		       fn);
+		return ag__err(
+			AG_ELEAF,
+			"%s: a view of a leaf tensor that requires grad is being used in an in-place operation",
+			fn);
+	return ag__err(
+		AG_EINVAL,
+		"%s: in-place write through a view of a tensor that autograd tracks is not supported (it needs CopySlices); write to the base tensor, or use out-of-place ops",
+		fn);
 }
 
 struct inplace_node {
@@ -57,8 +65,8 @@ static int inplace_apply(struct ag_node *n, struct ag_tensor **grads,
 {
 	struct inplace_node *p = ag_container_of(n, struct inplace_node, node);
 	struct ag_tensor *g = grads[0], *x = NULL, *y = NULL, *t = NULL;
-	bool need0 = n->next[0].node, need1 = n->num_next > 1 &&
-					      n->next[1].node;
+	bool need0 = n->next[0].node,
+	     need1 = n->num_next > 1 && n->next[1].node;
 	int rc = 0;
 
 	if (!g)
@@ -123,11 +131,11 @@ static int inplace_apply(struct ag_node *n, struct ag_tensor **grads,
 	return rc;
 }
 
-#define INPLACE_OPS(ident, label)                                        \
-	static const struct ag_node_ops ident = {                        \
-		.name = label,                                           \
-		.apply = inplace_apply,                                  \
-		.saved_names = inplace_saved,                            \
+#define INPLACE_OPS(ident, label)                 \
+	static const struct ag_node_ops ident = { \
+		.name = label,                    \
+		.apply = inplace_apply,           \
+		.saved_names = inplace_saved,     \
 	}
 
 INPLACE_OPS(add_ops, "AddBackward");
@@ -210,10 +218,12 @@ static int binary_(const char *fn, const struct ag_node_ops *ops,
 	    memcmp(shape, self->shape, sizeof(int64_t) * ndim)) {
 		char a[160], b[160];
 
-		return ag__err(AG_ESHAPE, "%s: output with shape %s doesn't match the broadcast shape %s",
-			       fn, ag__shape_str(a, sizeof(a), self->ndim,
-						 self->shape),
-			       ag__shape_str(b, sizeof(b), ndim, shape));
+		return ag__err(
+			AG_ESHAPE,
+			"%s: output with shape %s doesn't match the broadcast shape %s",
+			fn,
+			ag__shape_str(a, sizeof(a), self->ndim, self->shape),
+			ag__shape_str(b, sizeof(b), ndim, shape));
 	}
 	rc = ag__inplace_check(fn, self);
 	if (rc)
@@ -353,11 +363,11 @@ int ag_copy_(struct ag_tensor *self, struct ag_tensor *src)
 	    memcmp(shape, self->shape, sizeof(int64_t) * ndim)) {
 		char a[160], b[160];
 
-		return ag__err(AG_ESHAPE, "ag_copy_: source of shape %s cannot be broadcast to %s",
-			       ag__shape_str(a, sizeof(a), src->ndim,
-					     src->shape),
-			       ag__shape_str(b, sizeof(b), self->ndim,
-					     self->shape));
+		return ag__err(
+			AG_ESHAPE,
+			"ag_copy_: source of shape %s cannot be broadcast to %s",
+			ag__shape_str(a, sizeof(a), src->ndim, src->shape),
+			ag__shape_str(b, sizeof(b), self->ndim, self->shape));
 	}
 	rc = ag__inplace_check("ag_copy_", self);
 	if (rc)

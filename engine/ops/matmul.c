@@ -17,12 +17,14 @@ static const char *const mm_saved[] = { "self", "mat2" };
 /* A 2-D operand GEMM can read in place: (transposed?, leading dim). */
 static bool gemm_layout(const struct ag_tensor *t, bool *trans, int64_t *ld)
 {
-	if (t->strides[1] == 1 && t->strides[0] >= (t->shape[1] ? t->shape[1] : 1)) {
+	if (t->strides[1] == 1 &&
+	    t->strides[0] >= (t->shape[1] ? t->shape[1] : 1)) {
 		*trans = false;
 		*ld = t->strides[0];
 		return true;
 	}
-	if (t->strides[0] == 1 && t->strides[1] >= (t->shape[0] ? t->shape[0] : 1)) {
+	if (t->strides[0] == 1 &&
+	    t->strides[1] >= (t->shape[0] ? t->shape[0] : 1)) {
 		*trans = true;
 		*ld = t->strides[1];
 		return true;
@@ -34,7 +36,8 @@ static struct ag_tensor *mm_fwd(const char *fn, struct ag_tensor *a,
 				struct ag_tensor *b)
 {
 	struct ag_tensor *ca = NULL, *cb = NULL, *out;
-	int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1], lda = 0, ldb = 0;
+	int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1], lda = 0,
+		ldb = 0;
 	int64_t shape[2] = { m, n };
 	bool ta = false, tb = false;
 
@@ -116,7 +119,8 @@ struct ag_tensor *ag_matmul(struct ag_tensor *a, struct ag_tensor *b)
 	if (ag__check_same_dtype("ag_matmul", a, b))
 		return NULL;
 	if (a->ndim != 2 || b->ndim != 2 || a->shape[1] != b->shape[0]) {
-		ag__err(AG_ESHAPE, "ag_matmul: mat1 and mat2 shapes cannot be multiplied (%s and %s); 2-D operands with matching inner size are supported",
+		ag__err(AG_ESHAPE,
+			"ag_matmul: mat1 and mat2 shapes cannot be multiplied (%s and %s); 2-D operands with matching inner size are supported",
 			ag__shape_str(x, sizeof(x), a->ndim, a->shape),
 			ag__shape_str(y, sizeof(y), b->ndim, b->shape));
 		return NULL;
@@ -124,8 +128,8 @@ struct ag_tensor *ag_matmul(struct ag_tensor *a, struct ag_tensor *b)
 	out = mm_fwd("ag_matmul", a, b);
 	if (!out || !ag__should_record(in, 2))
 		return ag__ret(out);
-	n = (struct mm_node *)ag__node_alloc(&mm_ops, sizeof(*n), 0, 1, 2,
-					     NULL, 0);
+	n = (struct mm_node *)ag__node_alloc(&mm_ops, sizeof(*n), 0, 1, 2, NULL,
+					     0);
 	if (!n)
 		goto fail;
 	n->node.saved = n->saved;

@@ -13,12 +13,12 @@
 #include "simd.h"
 
 /* NULL check for a tensor argument: keeps an earlier error (see error.h). */
-#define AG_CHECK_ARG(fn, t)                         \
-	do {                                        \
-		if (!(t)) {                         \
-			ag__err_null(fn, #t);       \
-			return NULL;                \
-		}                                   \
+#define AG_CHECK_ARG(fn, t)                   \
+	do {                                  \
+		if (!(t)) {                   \
+			ag__err_null(fn, #t); \
+			return NULL;          \
+		}                             \
 	} while (0)
 
 int ag__check_float(const char *fn, const struct ag_tensor *t);

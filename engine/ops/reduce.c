@@ -72,8 +72,7 @@ static struct ag_tensor *sum_fwd(const char *fn, struct ag_tensor *a, int dim,
 		for (int64_t i = 0; i < w.inner; i++)
 			store(out, w.off[1] + i * w.inc[1],
 			      scale * row_sum(a, w.off[0] + i * w.inc[0],
-					      a->shape[dim],
-					      a->strides[dim]));
+					      a->shape[dim], a->strides[dim]));
 	return out;
 }
 
@@ -127,8 +126,8 @@ static struct ag_tensor *reduce(const char *fn, const struct ag_node_ops *ops,
 	out = sum_fwd(fn, a, dim, keepdim, scale);
 	if (!out || !ag__should_record(&a, 1))
 		return ag__ret(out);
-	r = (struct reduce_node *)ag__node_alloc(ops, sizeof(*r), 0, 1, 1,
-						 NULL, 0);
+	r = (struct reduce_node *)ag__node_alloc(ops, sizeof(*r), 0, 1, 1, NULL,
+						 0);
 	if (!r) {
 		ag_tensor_put(out);
 		return NULL;

@@ -113,11 +113,11 @@ static int unary_apply(struct ag_node *n, struct ag_tensor **grads,
 
 static const char *const saved_self[] = { "self", "result" };
 
-#define UNARY_OPS(ident, label)                                          \
-	static const struct ag_node_ops ident = {                        \
-		.name = label,                                           \
-		.apply = unary_apply,                                    \
-		.saved_names = saved_self,                               \
+#define UNARY_OPS(ident, label)                   \
+	static const struct ag_node_ops ident = { \
+		.name = label,                    \
+		.apply = unary_apply,             \
+		.saved_names = saved_self,        \
 	}
 
 UNARY_OPS(neg_ops, "NegBackward");
@@ -143,8 +143,8 @@ static struct ag_tensor *unary(const char *fn, const struct ag_node_ops *ops,
 	out = ag__unary_fwd(fn, op, &p, a);
 	if (!out || !ag__should_record(&a, 1))
 		return ag__ret(out);
-	u = (struct unary_node *)ag__node_alloc(ops, sizeof(*u), 0, 1, 1,
-						NULL, 0);
+	u = (struct unary_node *)ag__node_alloc(ops, sizeof(*u), 0, 1, 1, NULL,
+						0);
 	if (!u)
 		goto fail;
 	u->op = op;

@@ -33,8 +33,8 @@ static inline void ag__mode_guard_exit(struct ag_mode *m)
 
 #define AG__CONCAT2(a, b) a##b
 #define AG__CONCAT(a, b) AG__CONCAT2(a, b)
-#define AG__MODE_GUARD(enter)                                            \
-	struct ag_mode AG__CONCAT(ag__mode_guard_, __LINE__)             \
+#define AG__MODE_GUARD(enter)                                           \
+	struct ag_mode AG__CONCAT(ag__mode_guard_, __LINE__)            \
 		__attribute__((cleanup(ag__mode_guard_exit), unused)) = \
 			enter()
 

@@ -35,8 +35,7 @@ AG_API struct ag_tensor *ag_sum(struct ag_tensor *a);
 AG_API struct ag_tensor *ag_mean(struct ag_tensor *a);
 AG_API struct ag_tensor *ag_mean_dim(struct ag_tensor *a, int dim,
 				     bool keepdim);
-AG_API struct ag_tensor *ag_sum_dim(struct ag_tensor *a, int dim,
-				    bool keepdim);
+AG_API struct ag_tensor *ag_sum_dim(struct ag_tensor *a, int dim, bool keepdim);
 
 /*
  * Shape.  These return views sharing a's storage (ag_reshape copies only

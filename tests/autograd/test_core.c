@@ -150,8 +150,8 @@ Test(core, retain_graph_twice_then_freed)
 Test(core, root_errors)
 {
 	double v[2] = { 0.5, 1.5 };
-	struct ag_tensor *x = leaf(v, 2), *c = ag_from_data(AG_F64, 1,
-							   (int64_t[]){ 2 }, v);
+	struct ag_tensor *x = leaf(v, 2),
+			 *c = ag_from_data(AG_F64, 1, (int64_t[]){ 2 }, v);
 	struct ag_tensor *y = ag_exp(x);
 
 	cr_assert_eq(ag_backward(y, NULL, NULL), -AG_ESCALAR);

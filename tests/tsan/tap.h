@@ -20,26 +20,29 @@ struct tap_test {
 	int (*fn)(void);
 };
 
-#define TAP_TEST(f) { #f, f }
+#define TAP_TEST(f)   \
+	{             \
+#f, f \
+	}
 
-#define TAP_CHECK(cond)                                                    \
-	do {                                                               \
-		if (!(cond)) {                                             \
-			printf("# %s:%d: check failed: %s\n", __FILE__,    \
-			       __LINE__, #cond);                           \
-			return 1;                                          \
-		}                                                          \
+#define TAP_CHECK(cond)                                                 \
+	do {                                                            \
+		if (!(cond)) {                                          \
+			printf("# %s:%d: check failed: %s\n", __FILE__, \
+			       __LINE__, #cond);                        \
+			return 1;                                       \
+		}                                                       \
 	} while (0)
 
-#define TAP_CHECKF(cond, ...)                                              \
-	do {                                                               \
-		if (!(cond)) {                                             \
-			printf("# %s:%d: check failed: %s: ", __FILE__,    \
-			       __LINE__, #cond);                           \
-			printf(__VA_ARGS__);                               \
-			printf("\n");                                      \
-			return 1;                                          \
-		}                                                          \
+#define TAP_CHECKF(cond, ...)                                           \
+	do {                                                            \
+		if (!(cond)) {                                          \
+			printf("# %s:%d: check failed: %s: ", __FILE__, \
+			       __LINE__, #cond);                        \
+			printf(__VA_ARGS__);                            \
+			printf("\n");                                   \
+			return 1;                                       \
+		}                                                       \
 	} while (0)
 
 static inline int tap_run(const struct tap_test *tests)

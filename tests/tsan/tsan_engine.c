@@ -248,8 +248,7 @@ static int test_backward_after_fork(void)
 	TAP_CHECK(pid >= 0);
 	if (pid == 0) {
 		ag_tensor_zero_grad(x);
-		_exit(wide_once(x, w) == 0 && check_grad(x, w, 1) == 0 ? 0 :
-									  1);
+		_exit(wide_once(x, w) == 0 && check_grad(x, w, 1) == 0 ? 0 : 1);
 	}
 	TAP_CHECK(waitpid(pid, &status, 0) == pid);
 	TAP_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
