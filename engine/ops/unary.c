@@ -63,6 +63,15 @@ static struct ag_tensor *composite(struct unary_node *u, struct ag_tensor *g,
 		b = mul_scalar_or_null(a, u->p.p0);
 		r = b ? ag_mul(g, b) : NULL;
 		break;
+	case AG_K_SIN: /* g * cos(x) */
+		a = ag_cos(x);
+		r = ag_mul(g, a);
+		break;
+	case AG_K_COS: /* -g * sin(x) */
+		a = ag_sin(x);
+		b = ag_mul(g, a);
+		r = ag_neg(b);
+		break;
 	case AG_K_MUL_SCALAR:
 		return ag_mul_scalar(g, u->p.p0);
 	case AG_K_ADD_SCALAR:
@@ -124,6 +133,8 @@ UNARY_OPS(neg_ops, "NegBackward");
 UNARY_OPS(exp_ops, "ExpBackward");
 UNARY_OPS(log_ops, "LogBackward");
 UNARY_OPS(tanh_ops, "TanhBackward");
+UNARY_OPS(sin_ops, "SinBackward");
+UNARY_OPS(cos_ops, "CosBackward");
 UNARY_OPS(sigmoid_ops, "SigmoidBackward");
 UNARY_OPS(relu_ops, "ReluBackward");
 UNARY_OPS(pow_ops, "PowBackward");
@@ -183,6 +194,16 @@ struct ag_tensor *ag_log(struct ag_tensor *a)
 struct ag_tensor *ag_tanh(struct ag_tensor *a)
 {
 	return unary("ag_tanh", &tanh_ops, AG_K_TANH, 0, a);
+}
+
+struct ag_tensor *ag_sin(struct ag_tensor *a)
+{
+	return unary("ag_sin", &sin_ops, AG_K_SIN, 0, a);
+}
+
+struct ag_tensor *ag_cos(struct ag_tensor *a)
+{
+	return unary("ag_cos", &cos_ops, AG_K_COS, 0, a);
 }
 
 struct ag_tensor *ag_sigmoid(struct ag_tensor *a)

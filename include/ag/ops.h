@@ -27,6 +27,8 @@ AG_API struct ag_tensor *ag_neg(struct ag_tensor *a);
 AG_API struct ag_tensor *ag_exp(struct ag_tensor *a);
 AG_API struct ag_tensor *ag_log(struct ag_tensor *a);
 AG_API struct ag_tensor *ag_tanh(struct ag_tensor *a);
+AG_API struct ag_tensor *ag_sin(struct ag_tensor *a);
+AG_API struct ag_tensor *ag_cos(struct ag_tensor *a);
 AG_API struct ag_tensor *ag_sigmoid(struct ag_tensor *a);
 AG_API struct ag_tensor *ag_relu(struct ag_tensor *a);
 

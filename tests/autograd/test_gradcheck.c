@@ -155,6 +155,8 @@ UNARY(f_neg, ag_neg(a))
 UNARY(f_exp, ag_exp(a))
 UNARY(f_log, ag_log(a))
 UNARY(f_tanh, ag_tanh(a))
+UNARY(f_sin, ag_sin(a))
+UNARY(f_cos, ag_cos(a))
 UNARY(f_sigmoid, ag_sigmoid(a))
 UNARY(f_relu, ag_relu(a))
 UNARY(f_pow, ag_pow_scalar(a, s))
@@ -173,6 +175,10 @@ Test(gradcheck, unary)
 	check(f_log, NULL, in, 1, "log");
 	in[0] = IN(3, 4);
 	check(f_tanh, NULL, in, 1, "tanh");
+	in[0] = input(2, SHAPE(3, 4), -3, 3);
+	check(f_sin, NULL, in, 1, "sin");
+	in[0] = input(2, SHAPE(3, 4), -3, 3);
+	check(f_cos, NULL, in, 1, "cos");
 	in[0] = input(2, SHAPE(3, 4), -3, 3);
 	check(f_sigmoid, NULL, in, 1, "sigmoid");
 	in[0] = IN(3, 4); /* |x| >= 0.1: away from the kink */
