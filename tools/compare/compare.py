@@ -363,22 +363,16 @@ ag-bench says so and skips its figures at higher thread counts.
 
 ## Reading these figures
 
-On a shared machine the other tenants' load lengthens every figure, and
-page faults get expensive: when this was written, libag's `elementwise`
-figures were dominated by the kernel faulting in a fresh 16 MiB buffer for
-every output and gradient (glibc returns such blocks to the system on
-`free`, so the next tensor faults them in again).  The same libag binary
-with glibc keeping freed memory,
-`GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296
-ag-bench --workload elementwise --threads 1 --reps 3`, ran `exp` forward
-in 2.0 ms instead of 340 ms and `exp` backward in 0.9 ms instead of 333 ms
-(load average 13 on 2 CPUs; 111k instead of 246k minor faults).  The
-same cost shows in `wide` and `chain S=1024` forward: 32 chained `tanh` on
-65536 elements cost 9-10 ns per element while the heap is cold and
-0.3-0.5 ns once glibc keeps the pages (perf puts the faults inside
-`unary_c_f32`, which touches each fresh output page first).  A caching
-allocator in libag (or `mallopt` thresholds) would remove that cost; PyTorch
-avoids most of it.
+On a shared machine the other tenants' load lengthens every figure (the
+load line above says how busy it was), and page faults get expensive.
+Before libag cached big blocks (commit "alloc: cache big blocks"), its
+`elementwise`, `wide` and `chain S=1024` figures were dominated by the
+kernel faulting in fresh pages for every output and gradient: `exp`
+forward on 2^22 elements took 340 ms against 2.0 ms with glibc told to
+keep freed memory, and 32 chained `tanh` on 65536 elements 9-10 ns per
+element against 0.3-0.5 ns.  PyTorch's columns can still show that effect
+where its allocator returns memory (its medians far above its best
+values).
 
 ## What is measured
 
