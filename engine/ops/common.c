@@ -192,19 +192,20 @@ struct ag_tensor *ag__unary_bwd(enum ag_k_unary op, const struct ag_k_params *p,
 				struct ag_tensor *g, struct ag_tensor *x,
 				struct ag_tensor *y)
 {
-	struct ag_tensor *ref = x ? x : y;
 	struct ag_tensor *out =
 		ag__tensor_new("backward", g->dtype, g->ndim, g->shape);
-	const int64_t *strides[4] = { g->strides, x ? x->strides : g->strides,
-				      y ? y->strides : g->strides,
-				      out->strides };
+	const int64_t *strides[4];
 	int64_t base[4] = { g->offset, x ? x->offset : 0, y ? y->offset : 0,
 			    0 };
 	struct ag_walk w;
 
-	(void)ref;
 	if (!out)
 		return NULL;
+	/* absent operands walk g's geometry; the kernel does not read them */
+	strides[0] = g->strides;
+	strides[1] = x ? x->strides : g->strides;
+	strides[2] = y ? y->strides : g->strides;
+	strides[3] = out->strides;
 	ag__walk_init(&w, g->ndim, g->shape, 4, strides, base);
 	while (ag__walk_next(&w)) {
 		if (g->dtype == AG_F32)
