@@ -151,6 +151,8 @@ struct ag_tensor *ag__tensor_view(struct ag_tensor *base, int ndim,
 void ag__contiguous_strides(int ndim, const int64_t *shape, int64_t *strides);
 /* Dense row-major copy of any layout into dst (numel elements). */
 void ag__copy_dense(const struct ag_tensor *t, void *dst);
+/* Storage offset of element i (row-major logical index) of t. */
+int64_t ag__elem_offset(const struct ag_tensor *t, int64_t i);
 /* Element i (row-major logical index) of t as a double. */
 double ag__get(const struct ag_tensor *t, int64_t i);
 

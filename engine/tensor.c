@@ -551,15 +551,22 @@ int ag_tensor_copy_to(const struct ag_tensor *t, void *dst, size_t nbytes)
 	return 0;
 }
 
-double ag__get(const struct ag_tensor *t, int64_t i)
+int64_t ag__elem_offset(const struct ag_tensor *t, int64_t i)
 {
 	int64_t off = t->offset;
-	const void *p = t->storage->data;
 
 	for (int d = t->ndim - 1; d >= 0; d--) {
 		off += (i % t->shape[d]) * t->strides[d];
 		i /= t->shape[d];
 	}
+	return off;
+}
+
+double ag__get(const struct ag_tensor *t, int64_t i)
+{
+	int64_t off = ag__elem_offset(t, i);
+	const void *p = t->storage->data;
+
 	switch (t->dtype) {
 	case AG_F32:
 		return ((const float *)p)[off];
@@ -573,13 +580,7 @@ double ag__get(const struct ag_tensor *t, int64_t i)
 
 static int64_t get_i64(const struct ag_tensor *t, int64_t i)
 {
-	int64_t off = t->offset;
-
-	for (int d = t->ndim - 1; d >= 0; d--) {
-		off += (i % t->shape[d]) * t->strides[d];
-		i /= t->shape[d];
-	}
-	return ((const int64_t *)t->storage->data)[off];
+	return ((const int64_t *)t->storage->data)[ag__elem_offset(t, i)];
 }
 
 static bool one_element(const char *fn, const struct ag_tensor *t)

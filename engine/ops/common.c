@@ -282,26 +282,18 @@ struct ag_tensor *ag__finish(struct ag_tensor *out, struct ag_node *n,
 /* 1 where x > 0, else 0: a constant, not recorded. */
 struct ag_tensor *ag__positive_mask(struct ag_tensor *x)
 {
-	struct ag_k_params p = { 0, 0 };
-	struct ag_tensor *m = ag__unary_fwd("relu", AG_K_RELU, &p, x);
-	struct ag_tensor *one;
+	struct ag_tensor *one =
+		ag__tensor_new("relu", x->dtype, x->ndim, x->shape);
 
-	if (!m)
+	if (!one)
 		return NULL;
-	/* relu(x) > 0 <=> x > 0; map positives to 1 with sign-free math */
-	one = ag__tensor_new("relu", x->dtype, x->ndim, x->shape);
-	if (!one) {
-		ag_tensor_put(m);
-		return NULL;
-	}
-	for (int64_t i = 0; i < m->numel; i++) {
-		double v = ag__get(m, i) > 0 ? 1.0 : 0.0;
+	for (int64_t i = 0; i < x->numel; i++) {
+		double v = ag__get(x, i) > 0 ? 1.0 : 0.0;
 
 		if (x->dtype == AG_F32)
 			((float *)one->storage->data)[i] = (float)v;
 		else
 			((double *)one->storage->data)[i] = v;
 	}
-	ag_tensor_put(m);
 	return one;
 }

@@ -290,12 +290,8 @@ static int unary_(const char *fn, const struct ag_node_ops *ops,
 	}
 	if (ops == &fill_ops) {
 		for (int64_t i = 0; i < self->numel; i++) {
-			int64_t off = self->offset, r = i;
+			int64_t off = ag__elem_offset(self, i);
 
-			for (int d = self->ndim - 1; d >= 0; d--) {
-				off += (r % self->shape[d]) * self->strides[d];
-				r /= self->shape[d];
-			}
 			if (self->dtype == AG_F32)
 				((float *)self->storage->data)[off] = (float)s;
 			else if (self->dtype == AG_F64)
