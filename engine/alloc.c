@@ -5,12 +5,17 @@
  * thousands of them and the next forward makes them again; through glibc
  * that churn cost more than the math (bin consolidation on every batch).
  *
- * Blocks come in size classes; a 16-byte header keeps the class.  A freed
- * block goes on the freeing thread's list, whoever allocated it; past
- * CACHE_MAX a list spills half to a global list (one mutex), where other
- * threads refill in batches.  Memory is kept for reuse, never returned,
- * so the peak is bounded by the peak of live objects.  Under
- * AddressSanitizer the lists are bypassed so that use-after-free is caught.
+ * Blocks come in size classes; a 16-byte header keeps the class, and a
+ * header plus its class is a whole number of cache lines.  Each thread
+ * keeps two magazines (arrays of free blocks) per class and pops and
+ * pushes there without touching the blocks themselves: a free list linked
+ * through the blocks made every allocation wait on a cache miss to read
+ * the next link, one after another.  A full or empty magazine is traded
+ * with a global depot under one mutex, once per MAG_SIZE operations.  New
+ * blocks are carved in order from per-thread slabs, so a forward pass
+ * writes its objects as one stream.  Memory is kept for reuse, never
+ * returned, so the peak is bounded by the peak of live objects.  Under
+ * AddressSanitizer all of it is bypassed so that use-after-free is caught.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -32,11 +37,11 @@
 static const bool passthrough = AG_ALLOC_PASSTHROUGH;
 
 #define HEADER 16
-#define CACHE_MAX 1024
-#define BATCH 256
-
-static const size_t class_size[] = { 64,  128, 192,  256,  384,
-				     512, 768, 1024, 1536, 2048 };
+/* blocks of header + class size are whole cache lines */
+static const size_t class_size[] = { 48,  112, 176,  240,  368,
+				     496, 752, 1008, 1520, 2032 };
+#define MAG_SIZE 254 /* a magazine is 2 KiB */
+#define SLAB_BYTES ((size_t)256 << 10)
 #define NCLASS (sizeof(class_size) / sizeof(class_size[0]))
 #define LARGE ((int)NCLASS)
 
@@ -45,7 +50,7 @@ struct free_block {
 };
 
 /*
- * Big blocks (over 2 KiB) would come from mmap past glibc's threshold, and
+ * Big blocks (over 2032 bytes) would come from mmap past glibc's threshold, and
  * every fresh page then faults in on first touch: on the machines measured
  * that made a forward of 65536-element ops cost ten times its math.  They
  * are kept on global lists instead, in classes of 8 steps per power of two
@@ -61,7 +66,7 @@ static pthread_mutex_t big_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct free_block *big_head[BIG_NCLASS];
 static size_t big_cached;
 
-/* Big class index for size (> 2048), or -1 past the largest class. */
+/* Big class index for size (>= 2048), or -1 past the largest class. */
 static int big_class(size_t size, size_t *class_bytes)
 {
 	int shift = 63 - __builtin_clzll((unsigned long long)size);
@@ -85,9 +90,12 @@ static size_t big_bytes(int k)
 
 static void *big_alloc(size_t size)
 {
-	size_t bytes = size;
-	int k = big_class(size, &bytes);
+	size_t bytes, min = (size_t)1 << BIG_MIN_SHIFT;
 	unsigned char *p = NULL;
+	int k;
+
+	size = bytes = size < min ? min : size;
+	k = big_class(size, &bytes);
 
 	if (k >= 0 && !passthrough) {
 		pthread_mutex_lock(&big_lock);
@@ -126,52 +134,75 @@ static void big_free(void *ptr, int c)
 		free((unsigned char *)ptr - HEADER);
 }
 
+struct magazine {
+	struct magazine *next; /* on a depot list */
+	int n;
+	void *p[MAG_SIZE];
+};
+
 struct cache {
-	struct free_block *head[NCLASS];
-	int count[NCLASS];
+	struct magazine *loaded[NCLASS];
+	struct magazine *prev[NCLASS];
+	unsigned char *slab; /* fresh blocks are carved from here */
+	size_t slab_left;
 	bool registered;
 };
 
-static _Thread_local struct cache tcache;
+/*
+ * The depot, under global_lock: per class, magazines holding blocks and
+ * empty ones; blocks that found no magazine (its malloc failed) on an
+ * intrusive list; and every slab ever carved, so that none is lost.
+ */
+struct depot {
+	struct magazine *full[NCLASS];
+	struct magazine *empty[NCLASS];
+	struct free_block *loose[NCLASS];
+	struct free_block *slabs;
+};
+
+static AG_TLS struct cache tcache;
 static pthread_mutex_t global_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct free_block *global_head[NCLASS];
+static struct depot depot;
 static pthread_key_t exit_key;
 static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
 
+/*
+ * The class whose block (header + class) holds size bytes: blocks run
+ * 64..256 in steps of 64, then two per power of two up to 2048.
+ */
 static int class_of(size_t size)
 {
-	for (size_t c = 0; c < NCLASS; c++)
-		if (size <= class_size[c])
-			return (int)c;
-	return LARGE;
-}
+	size_t b = size + HEADER - 1;
+	int shift;
 
-/* Moves up to n blocks of class c from this thread to the global list. */
-static void spill(struct cache *tc, int c, int n)
-{
-	struct free_block *first = tc->head[c], *last = first;
-	int k = 1;
-
-	while (k < n && last->next) {
-		last = last->next;
-		k++;
-	}
-	tc->head[c] = last->next;
-	tc->count[c] -= k;
-	pthread_mutex_lock(&global_lock);
-	last->next = global_head[c];
-	global_head[c] = first;
-	pthread_mutex_unlock(&global_lock);
+	if (size > class_size[NCLASS - 1])
+		return LARGE;
+	if (b < 256)
+		return (int)(b / 64);
+	shift = 63 - __builtin_clzll((unsigned long long)b);
+	return 4 + (shift - 8) * 2 + (int)((b >> (shift - 1)) & 1);
 }
 
 static void thread_exit(void *arg)
 {
-	struct cache *tc = &tcache;
+	struct cache *tc = arg;
 
-	(void)arg;
-	for (size_t c = 0; c < NCLASS; c++)
-		if (tc->head[c])
-			spill(tc, (int)c, tc->count[c]);
+	pthread_mutex_lock(&global_lock);
+	for (size_t c = 0; c < NCLASS; c++) {
+		struct magazine *m[2] = { tc->loaded[c], tc->prev[c] };
+
+		for (int i = 0; i < 2; i++) {
+			struct magazine **list;
+
+			if (!m[i])
+				continue;
+			list = m[i]->n ? &depot.full[c] : &depot.empty[c];
+			m[i]->next = *list;
+			*list = m[i];
+		}
+		tc->loaded[c] = tc->prev[c] = NULL;
+	}
+	pthread_mutex_unlock(&global_lock);
 }
 
 static void make_key(void)
@@ -186,46 +217,143 @@ static void register_thread(struct cache *tc)
 	tc->registered = true;
 }
 
-/* Takes up to BATCH blocks of class c from the global list. */
-static void refill(struct cache *tc, int c)
+/* A fresh block of class c, carved from this thread's slab. */
+static void *carve(struct cache *tc, int c)
 {
-	struct free_block *b;
+	size_t bytes = HEADER + class_size[c];
+	unsigned char *p;
 
+	if (tc->slab_left < bytes) {
+		struct free_block *s = aligned_alloc(AG_ALIGN, SLAB_BYTES);
+
+		if (!s)
+			return NULL;
+		pthread_mutex_lock(&global_lock);
+		s->next = depot.slabs;
+		depot.slabs = s;
+		pthread_mutex_unlock(&global_lock);
+		/* the first line keeps the slab list link */
+		tc->slab = (unsigned char *)s + AG_ALIGN;
+		tc->slab_left = SLAB_BYTES - AG_ALIGN;
+	}
+	p = tc->slab;
+	tc->slab += bytes;
+	tc->slab_left -= bytes;
+	*(int *)p = c;
+	return p + HEADER;
+}
+
+/*
+ * The loaded magazine of class c is empty: swap in the previous one if it
+ * has blocks, else trade the empty one for a depot magazine with blocks,
+ * else carve.
+ */
+static void *alloc_slow(struct cache *tc, int c)
+{
+	struct magazine *m = tc->prev[c];
+	void *b = NULL;
+
+	if (!tc->registered)
+		register_thread(tc);
+	if (m && m->n) {
+		tc->prev[c] = tc->loaded[c];
+		tc->loaded[c] = m;
+		return m->p[--m->n];
+	}
 	pthread_mutex_lock(&global_lock);
-	for (int i = 0; i < BATCH && (b = global_head[c]); i++) {
-		global_head[c] = b->next;
-		b->next = tc->head[c];
-		tc->head[c] = b;
-		tc->count[c]++;
+	m = depot.full[c];
+	if (m) {
+		depot.full[c] = m->next;
+		if (tc->loaded[c]) {
+			tc->loaded[c]->next = depot.empty[c];
+			depot.empty[c] = tc->loaded[c];
+		}
+		tc->loaded[c] = m;
+		b = m->p[--m->n];
+	} else if (depot.loose[c]) {
+		struct free_block *f = depot.loose[c];
+
+		depot.loose[c] = f->next;
+		b = f;
 	}
 	pthread_mutex_unlock(&global_lock);
+	return b ? b : carve(tc, c);
+}
+
+/* An empty magazine from the depot or malloc; NULL when out of memory. */
+static struct magazine *empty_magazine(int c)
+{
+	struct magazine *m;
+
+	pthread_mutex_lock(&global_lock);
+	m = depot.empty[c];
+	if (m)
+		depot.empty[c] = m->next;
+	pthread_mutex_unlock(&global_lock);
+	if (!m) {
+		m = malloc(sizeof(*m));
+		if (m)
+			m->n = 0;
+	}
+	return m;
+}
+
+/*
+ * The loaded magazine of class c is full (or missing): swap in the
+ * previous one if it has room, else send the previous one to the depot and
+ * start an empty one.
+ */
+static void free_slow(struct cache *tc, int c, void *ptr)
+{
+	struct magazine *m = tc->prev[c], *e;
+
+	if (!tc->registered)
+		register_thread(tc);
+	if (m && m->n < MAG_SIZE) {
+		tc->prev[c] = tc->loaded[c];
+		tc->loaded[c] = m;
+		m->p[m->n++] = ptr;
+		return;
+	}
+	e = empty_magazine(c);
+	pthread_mutex_lock(&global_lock);
+	if (!e) {
+		struct free_block *f = ptr;
+
+		f->next = depot.loose[c];
+		depot.loose[c] = f;
+	} else if (m) {
+		m->next = depot.full[c];
+		depot.full[c] = m;
+	}
+	pthread_mutex_unlock(&global_lock);
+	if (!e)
+		return;
+	tc->prev[c] = tc->loaded[c];
+	tc->loaded[c] = e;
+	e->p[e->n++] = ptr;
 }
 
 void *ag__alloc(size_t size)
 {
 	struct cache *tc = &tcache;
 	int c = class_of(size);
+	struct magazine *m;
 	unsigned char *p;
 
 	if (c == LARGE)
 		return big_alloc(size);
-	if (!passthrough) {
-		struct free_block *b;
-
-		if (!tc->head[c])
-			refill(tc, c);
-		b = tc->head[c];
-		if (b) {
-			tc->head[c] = b->next;
-			tc->count[c]--;
-			return b; /* lists link user areas; headers stay */
-		}
+	if (passthrough) {
+		p = malloc(HEADER + class_size[c]);
+		if (!p)
+			return NULL;
+		*(int *)p = c;
+		return p + HEADER;
 	}
-	p = malloc(HEADER + class_size[c]);
-	if (!p)
-		return NULL;
-	*(int *)p = c;
-	return p + HEADER;
+	m = tc->loaded[c];
+	if (m && m->n)
+		return m->p[--m->n];
+	return alloc_slow(tc, c);
 }
 
 void *ag__zalloc(size_t size)
@@ -240,6 +368,7 @@ void *ag__zalloc(size_t size)
 void ag__free(void *ptr)
 {
 	struct cache *tc = &tcache;
+	struct magazine *m;
 	unsigned char *p;
 	int c;
 
@@ -251,16 +380,32 @@ void ag__free(void *ptr)
 		big_free(ptr, c);
 		return;
 	}
-	if (!passthrough && c != LARGE) {
-		struct free_block *b = ptr;
-
-		if (!tc->registered)
-			register_thread(tc);
-		b->next = tc->head[c];
-		tc->head[c] = b;
-		if (++tc->count[c] > CACHE_MAX)
-			spill(tc, c, CACHE_MAX / 2);
+	if (passthrough || c == LARGE) {
+		free(p);
 		return;
 	}
-	free(p);
+	m = tc->loaded[c];
+	if (m && m->n < MAG_SIZE) {
+		m->p[m->n++] = ptr;
+		return;
+	}
+	free_slow(tc, c, ptr);
+}
+
+/* A child of fork() must not inherit a lock some other thread held. */
+static void atfork_prepare(void)
+{
+	pthread_mutex_lock(&big_lock);
+	pthread_mutex_lock(&global_lock);
+}
+
+static void atfork_release(void)
+{
+	pthread_mutex_unlock(&global_lock);
+	pthread_mutex_unlock(&big_lock);
+}
+
+__attribute__((constructor)) static void alloc_init(void)
+{
+	pthread_atfork(atfork_prepare, atfork_release, atfork_release);
 }

@@ -10,7 +10,7 @@
 
 #define AG_ERRMSG_MAX 512
 
-static _Thread_local int err_code;
+static AG_TLS int err_code;
 static _Thread_local char err_msg[AG_ERRMSG_MAX];
 
 int ag__verr(int code, const char *fmt, va_list ap)

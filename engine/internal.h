@@ -21,6 +21,15 @@
 
 #define AG_ALIGN 64
 
+/*
+ * Thread-local state read on every op.  The default model for a shared
+ * library calls __tls_get_addr on each access (7% of a small-tensor chain's
+ * instructions); initial-exec is one %fs-relative load.  It draws on the
+ * static TLS surplus when libag is dlopen()ed, so only small variables use
+ * it; the error message buffer stays on the default model.
+ */
+#define AG_TLS _Thread_local __attribute__((tls_model("initial-exec")))
+
 /* ---- errors (engine/error.c) ---- */
 
 /* Sets the thread's error; returns -code so callers can `return ag__err()`. */
@@ -91,11 +100,20 @@ struct ag_storage {
 	void *free_arg;
 	bool user_owned; /* from_blob: free_fn, not free() */
 	bool inference; /* no version tracking */
+	bool in_tensor; /* allocated right after its first tensor */
 	atomic_uint_least64_t version;
 	const char *_Atomic last_writer;
 };
 
 struct ag_storage *ag__storage_new(size_t nbytes);
+/* Bytes a storage of nbytes takes in one block; 0 on overflow. */
+size_t ag__storage_bytes(size_t nbytes);
+/*
+ * Initialises a storage in mem (ag__storage_bytes(nbytes) long).  in_tensor:
+ * mem follows a struct ag_tensor in the same block, and the block is freed
+ * with the storage, whichever of the two goes last.
+ */
+struct ag_storage *ag__storage_init(void *mem, size_t nbytes, bool in_tensor);
 void ag__storage_get(struct ag_storage *s);
 void ag__storage_put(struct ag_storage *s);
 /* Bumps the version after an in-place write by op `who`. */
@@ -170,7 +188,7 @@ struct ag_tls_mode {
 	int inference;
 	bool anomaly;
 };
-extern _Thread_local struct ag_tls_mode ag__mode;
+extern AG_TLS struct ag_tls_mode ag__mode;
 
 /* ---- walking strided operands row by row (engine/walk.c) ---- */
 

@@ -8,7 +8,7 @@
 
 #include "internal.h"
 
-_Thread_local struct ag_tls_mode ag__mode = { .grad = true };
+AG_TLS struct ag_tls_mode ag__mode = { .grad = true };
 
 bool ag_is_grad_enabled(void)
 {

@@ -14,7 +14,7 @@ struct ag_scope {
 	size_t n, cap;
 };
 
-static _Thread_local struct ag_scope *scope_top;
+static AG_TLS struct ag_scope *scope_top;
 
 struct ag_scope *ag_scope_begin(void)
 {

@@ -10,25 +10,22 @@
 
 struct ag_live ag__live;
 
-/*
- * One allocation holds the header and the data, aligned by hand, from the
- * small-object lists when it fits (engine/alloc.c); aligned_alloc of many
- * small blocks fragmented glibc's heap and dominated the chain workload.
- */
-struct ag_storage *ag__storage_new(size_t nbytes)
+size_t ag__storage_bytes(size_t nbytes)
 {
-	size_t head = sizeof(struct ag_storage);
-	struct ag_storage *s;
-	uintptr_t p;
+	size_t head = sizeof(struct ag_storage) + AG_ALIGN;
 
-	if (nbytes > SIZE_MAX - head - AG_ALIGN)
-		goto oom;
-	s = ag__alloc(head + AG_ALIGN + nbytes);
-	if (!s)
-		goto oom;
-	memset(s, 0, head);
-	p = ((uintptr_t)s + head + AG_ALIGN - 1) & ~(uintptr_t)(AG_ALIGN - 1);
+	return nbytes > SIZE_MAX - head - AG_ALIGN ? 0 : head + nbytes;
+}
+
+struct ag_storage *ag__storage_init(void *mem, size_t nbytes, bool in_tensor)
+{
+	struct ag_storage *s = mem;
+	uintptr_t p = (uintptr_t)(s + 1);
+
+	memset(s, 0, sizeof(*s));
+	p = (p + AG_ALIGN - 1) & ~(uintptr_t)(AG_ALIGN - 1);
 	s->data = (void *)p;
+	s->in_tensor = in_tensor;
 	atomic_init(&s->refcount, 1);
 	atomic_init(&s->version, 0);
 	atomic_init(&s->last_writer, NULL);
@@ -37,9 +34,24 @@ struct ag_storage *ag__storage_new(size_t nbytes)
 	atomic_fetch_add_explicit(&ag__live.bytes, (long)nbytes,
 				  memory_order_relaxed);
 	return s;
-oom:
-	ag__err(AG_ENOMEM, "out of memory allocating %zu bytes", nbytes);
-	return NULL;
+}
+
+/*
+ * One allocation holds the header and the data, aligned by hand, from the
+ * small-object lists when it fits (engine/alloc.c); aligned_alloc of many
+ * small blocks fragmented glibc's heap and dominated the chain workload.
+ */
+struct ag_storage *ag__storage_new(size_t nbytes)
+{
+	size_t bytes = ag__storage_bytes(nbytes);
+	void *mem = bytes ? ag__alloc(bytes) : NULL;
+
+	if (!mem) {
+		ag__err(AG_ENOMEM, "out of memory allocating %zu bytes",
+			nbytes);
+		return NULL;
+	}
+	return ag__storage_init(mem, nbytes, false);
 }
 
 void ag__storage_get(struct ag_storage *s)
@@ -62,7 +74,8 @@ void ag__storage_put(struct ag_storage *s)
 					  memory_order_relaxed);
 	}
 	atomic_fetch_sub_explicit(&ag__live.storages, 1, memory_order_relaxed);
-	ag__free(s);
+	/* a tensor made with its storage in one block went before it */
+	ag__free(s->in_tensor ? (void *)((struct ag_tensor *)s - 1) : s);
 }
 
 void ag__storage_bump(struct ag_storage *s, const char *who)

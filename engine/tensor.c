@@ -133,36 +133,52 @@ void ag__contiguous_strides(int ndim, const int64_t *shape, int64_t *strides)
 	}
 }
 
+static void tensor_init(struct ag_tensor *t)
+{
+	memset(t, 0, sizeof(*t));
+	atomic_init(&t->refcount, 1);
+	t->inference = ag__mode.inference != 0;
+	atomic_fetch_add_explicit(&ag__live.tensors, 1, memory_order_relaxed);
+}
+
 static struct ag_tensor *tensor_alloc(void)
 {
-	struct ag_tensor *t = ag__zalloc(sizeof(*t));
+	struct ag_tensor *t = ag__alloc(sizeof(*t));
 
 	if (!t) {
 		ag__err(AG_ENOMEM, "out of memory allocating a tensor");
 		return NULL;
 	}
-	atomic_init(&t->refcount, 1);
-	t->inference = ag__mode.inference != 0;
-	atomic_fetch_add_explicit(&ag__live.tensors, 1, memory_order_relaxed);
+	tensor_init(t);
 	return t;
 }
 
+/*
+ * The tensor and its storage come in one block: one allocation instead of
+ * two, and the header and data of a small tensor share cache lines.  The
+ * block lives as long as the storage (views may outlive the tensor).
+ */
 struct ag_tensor *ag__tensor_new(const char *fn, enum ag_dtype dt, int ndim,
 				 const int64_t *shape)
 {
 	struct ag_tensor *t;
 	int64_t numel;
+	size_t nbytes, sbytes;
 
 	if (ag__check_shape(fn, ndim, shape, dt, &numel))
 		return NULL;
-	t = tensor_alloc();
-	if (!t)
-		return NULL;
-	t->storage = ag__storage_new((size_t)numel * ag_dtype_size(dt));
-	if (!t->storage) {
-		ag_tensor_put(t);
+	nbytes = (size_t)numel * ag_dtype_size(dt);
+	sbytes = ag__storage_bytes(nbytes);
+	t = sbytes && sbytes <= SIZE_MAX - sizeof(*t) ?
+		    ag__alloc(sizeof(*t) + sbytes) :
+		    NULL;
+	if (!t) {
+		ag__err(AG_ENOMEM, "out of memory allocating %zu bytes",
+			nbytes);
 		return NULL;
 	}
+	tensor_init(t);
+	t->storage = ag__storage_init(t + 1, nbytes, true);
 	t->storage->inference = t->inference;
 	t->dtype = dt;
 	t->ndim = ndim;
@@ -219,9 +235,13 @@ void ag_tensor_put(struct ag_tensor *t)
 	    1)
 		return;
 	ag__meta_free(t->meta);
-	ag__storage_put(t->storage);
 	free(t->name);
 	atomic_fetch_sub_explicit(&ag__live.tensors, 1, memory_order_relaxed);
+	if ((void *)t->storage == (void *)(t + 1)) {
+		ag__storage_put(t->storage); /* frees t with it, maybe later */
+		return;
+	}
+	ag__storage_put(t->storage);
 	ag__free(t);
 }
 

@@ -6,16 +6,41 @@
  */
 #include "internal.h"
 
+/*
+ * Dims of size 1 are dropped and neighbouring dims that every operand
+ * steps through as one run are merged, so a contiguous operand of any
+ * shape is one row: one kernel call, no odometer.
+ */
 void ag__walk_init(struct ag_walk *w, int ndim, const int64_t *shape, int nop,
 		   const int64_t *const *strides, const int64_t *base)
 {
+	int64_t size[AG_MAX_DIMS], st[AG_WALK_MAX_OPS][AG_MAX_DIMS];
+	int n = 0; /* merged dims, innermost first */
+
 	w->nop = nop;
 	w->started = false;
 	w->empty = false;
-	for (int d = 0; d < ndim; d++)
+	for (int k = 0; k < nop; k++)
+		w->base[k] = base ? base[k] : 0;
+	for (int d = ndim - 1; d >= 0; d--) {
+		bool merge = n > 0;
+
 		if (shape[d] == 0)
 			w->empty = true;
-	if (ndim == 0) {
+		if (shape[d] <= 1)
+			continue;
+		for (int k = 0; k < nop && merge; k++)
+			merge = strides[k][d] == st[k][n - 1] * size[n - 1];
+		if (merge) {
+			size[n - 1] *= shape[d];
+			continue;
+		}
+		size[n] = shape[d];
+		for (int k = 0; k < nop; k++)
+			st[k][n] = strides[k][d];
+		n++;
+	}
+	if (n == 0) {
 		/*
 		 * One element.  Its increment is 1, not 0: the kernels read
 		 * an output increment of 0 as "sum the span into one place"
@@ -23,22 +48,20 @@ void ag__walk_init(struct ag_walk *w, int ndim, const int64_t *shape, int nop,
 		 */
 		w->ndim = 0;
 		w->inner = 1;
-		for (int k = 0; k < nop; k++) {
+		for (int k = 0; k < nop; k++)
 			w->inc[k] = 1;
-			w->base[k] = base ? base[k] : 0;
-		}
 		return;
 	}
-	w->ndim = ndim - 1;
-	w->inner = shape[ndim - 1];
+	w->ndim = n - 1;
+	w->inner = size[0];
 	for (int k = 0; k < nop; k++) {
-		w->inc[k] = strides[k][ndim - 1];
-		w->base[k] = base ? base[k] : 0;
-		for (int d = 0; d < ndim - 1; d++)
-			w->strides[k][d] = strides[k][d];
+		w->inc[k] = st[k][0];
+		/* outer dims outermost first, as the odometer expects */
+		for (int d = 0; d < n - 1; d++)
+			w->strides[k][d] = st[k][n - 1 - d];
 	}
-	for (int d = 0; d < ndim - 1; d++) {
-		w->shape[d] = shape[d];
+	for (int d = 0; d < n - 1; d++) {
+		w->shape[d] = size[n - 1 - d];
 		w->idx[d] = 0;
 	}
 }

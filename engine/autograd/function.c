@@ -112,7 +112,7 @@ struct bwd_frame {
 	int err; /* unpacking failed */
 };
 
-static _Thread_local struct bwd_frame *bwd_top;
+static AG_TLS struct bwd_frame *bwd_top;
 
 static struct bwd_frame *find_frame(const struct ag_ctx *ctx)
 {

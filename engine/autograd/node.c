@@ -60,8 +60,8 @@ void ag__node_get(struct ag_node *n)
 	atomic_fetch_add_explicit(&n->refcount, 1, memory_order_relaxed);
 }
 
-static _Thread_local struct ag_node *reap_list;
-static _Thread_local bool reaping;
+static AG_TLS struct ag_node *reap_list;
+static AG_TLS bool reaping;
 
 static void node_free(struct ag_node *n)
 {

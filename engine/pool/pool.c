@@ -94,11 +94,11 @@ static struct {
 	.ext_lock = PTHREAD_MUTEX_INITIALIZER,
 };
 
-static _Thread_local struct ag_worker *self; /* this pool worker */
-static _Thread_local struct ag_worker *mine; /* the deque this thread owns */
+static AG_TLS struct ag_worker *self; /* this pool worker */
+static AG_TLS struct ag_worker *mine; /* the deque this thread owns */
 static pthread_once_t ext_once = PTHREAD_ONCE_INIT;
 static pthread_key_t ext_key;
-static _Thread_local uint32_t rng_state;
+static AG_TLS uint32_t rng_state;
 
 static uint32_t rng_next(void)
 {
