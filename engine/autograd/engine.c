@@ -44,6 +44,7 @@ struct ag_graph_task {
 	bool deterministic; /* sum each slot's gradients in a fixed order */
 	struct ag_node **nodes; /* every node this task reached */
 	size_t n, cap;
+	atomic_size_t unclaimed; /* nodes run_node handed back already */
 	struct ag_group group;
 	struct ag_tls_mode mode; /* installed on whoever runs a node */
 	atomic_int err; /* first error, cancels the rest */
@@ -186,12 +187,34 @@ undo:
 	return NULL;
 }
 
+/*
+ * A node that ran is done with this task: hand it back at once, while it
+ * is still in cache, so task_cleanup need not visit every node again.  No
+ * one in this task looks at its state after this (its senders have all
+ * sent), so a concurrent task may claim it.
+ */
+static void unclaim(struct ag_graph_task *gt, struct ag_node *n,
+		    struct ag_node_state *st)
+{
+	if (st->inbuf != &st->inbuf_one)
+		free(st->inbuf);
+	st->inbuf = &st->inbuf_one;
+	if (st == &n->st)
+		atomic_store_explicit(&n->task, NULL, memory_order_release);
+	atomic_fetch_add_explicit(&gt->unclaimed, 1, memory_order_relaxed);
+}
+
 static void task_cleanup(struct ag_graph_task *gt)
 {
-	for (size_t i = 0; i < gt->n; i++) {
+	bool all = atomic_load_explicit(&gt->unclaimed, memory_order_relaxed) ==
+		   gt->n;
+
+	for (size_t i = 0; i < gt->n && !all; i++) {
 		struct ag_node *n = gt->nodes[i];
 		struct ag_node_state *st = state_of(gt, n);
 
+		if (!st)
+			continue; /* unclaimed by run_node */
 		for (int k = 0; k < n->num_inputs; k++) {
 			ag_tensor_put(st->inbuf[k]);
 			st->inbuf[k] = NULL;
@@ -518,6 +541,8 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 		ag_tensor_put(st->inbuf[k]);
 		st->inbuf[k] = NULL;
 	}
+	if (!rc)
+		unclaim(gt, n, st);
 	return rc;
 }
 
@@ -747,16 +772,22 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 		else
 			ag_tensor_put(g);
 	}
+	/*
+	 * Pick the ready roots before starting any: once one runs, a root
+	 * reachable from it may reach zero and run on that thread.
+	 */
 	for (int i = 0; i < n && !rc; i++) {
 		struct ag_node_state *st = state_of(gt, rn[i]);
 
 		if (st->needed && !st->queued &&
-		    atomic_load_explicit(&st->deps, memory_order_relaxed) ==
-			    0) {
+		    atomic_load_explicit(&st->deps, memory_order_relaxed) == 0)
 			st->queued = true;
-			schedule(gt, st, NULL);
-		}
+		else
+			rn[i] = NULL;
 	}
+	for (int i = 0; i < n && !rc; i++)
+		if (rn[i])
+			schedule(gt, state_of(gt, rn[i]), NULL);
 	if (!rc)
 		rc = execute(gt);
 	ag__scope_resume(scope);

@@ -48,8 +48,9 @@ static int fused(struct ag_node *n, struct ag_tensor *g, struct ag_tensor *x,
 	struct binary_node *b = ag_container_of(n, struct binary_node, node);
 	struct ag_tensor *ga = NULL, *gb = NULL;
 
-	if (ag__mode.grad || !dense_as(g, g) || !dense_as(x, g) ||
-	    !dense_as(y, g))
+	/* add's gradient is g itself: passed on by reference, no copy */
+	if (b->op == AG_K_ADD || ag__mode.grad || !dense_as(g, g) ||
+	    !dense_as(x, g) || !dense_as(y, g))
 		return 1;
 	for (int i = 0; i < 2; i++)
 		if (b->ndim[i] != g->ndim ||
