@@ -121,7 +121,20 @@ void ag__storage_bump(struct ag_storage *s, const char *who);
 
 /* ---- tensors ---- */
 
-struct ag_autograd_meta; /* engine/autograd: grad_fn, .grad, hooks */
+struct ag_node;
+struct ag_grad_cell;
+
+/* Autograd state of a tensor, used by engine/autograd. */
+struct ag_autograd_meta {
+	bool requires_grad; /* leaves; non-leaves require grad iff grad_fn */
+	bool retains_grad;
+	int output_nr;
+	struct ag_node *grad_fn; /* strong; NULL for leaves */
+	struct ag_node *_Atomic grad_acc; /* leaf's AccumulateGrad, strong */
+	struct ag_grad_cell *_Atomic cell; /* .grad */
+	/* differentiable views: the base whose storage this one shares */
+	struct ag_tensor *view_base;
+};
 
 struct ag_tensor {
 	atomic_long refcount;
@@ -135,6 +148,8 @@ struct ag_tensor {
 	struct ag_storage *storage;
 	struct ag_autograd_meta *meta; /* NULL: plain tensor, no autograd state */
 	char *name;
+	/* meta points here once set: one block less per recorded output */
+	struct ag_autograd_meta meta_store;
 };
 
 static inline void *ag__data(const struct ag_tensor *t)

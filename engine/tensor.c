@@ -234,7 +234,7 @@ void ag_tensor_put(struct ag_tensor *t)
 	if (atomic_fetch_sub_explicit(&t->refcount, 1, memory_order_acq_rel) !=
 	    1)
 		return;
-	ag__meta_free(t->meta);
+	ag__meta_clear(t->meta);
 	free(t->name);
 	atomic_fetch_sub_explicit(&ag__live.tensors, 1, memory_order_relaxed);
 	if ((void *)t->storage == (void *)(t + 1)) {

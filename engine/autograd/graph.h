@@ -174,18 +174,8 @@ void ag__node_put(struct ag_node *n);
 
 /* ---- autograd state of a tensor ---- */
 
-struct ag_autograd_meta {
-	bool requires_grad; /* leaves; non-leaves require grad iff grad_fn */
-	bool retains_grad;
-	int output_nr;
-	struct ag_node *grad_fn; /* strong; NULL for leaves */
-	struct ag_node *_Atomic grad_acc; /* leaf's AccumulateGrad, strong */
-	struct ag_grad_cell *_Atomic cell; /* .grad */
-	/* differentiable views: the base whose storage this one shares */
-	struct ag_tensor *view_base;
-};
-
-void ag__meta_free(struct ag_autograd_meta *m);
+/* Drops what the tensor's autograd state holds (the state lives in it). */
+void ag__meta_clear(struct ag_autograd_meta *m);
 struct ag_autograd_meta *ag__meta(struct ag_tensor *t); /* creates */
 /* The tensor's grad cell (.grad), created on first use; NULL on OOM. */
 struct ag_grad_cell *ag__meta_cell(struct ag_autograd_meta *m);

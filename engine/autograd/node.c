@@ -142,18 +142,15 @@ void ag__cell_put(struct ag_grad_cell *c)
 struct ag_autograd_meta *ag__meta(struct ag_tensor *t)
 {
 	if (!t->meta) {
-		t->meta = ag__zalloc(sizeof(*t->meta));
-		if (!t->meta) {
-			ag__err(AG_ENOMEM, "out of memory");
-			return NULL;
-		}
+		t->meta = &t->meta_store;
+		memset(t->meta, 0, sizeof(*t->meta));
 		atomic_init(&t->meta->grad_acc, NULL);
 		atomic_init(&t->meta->cell, NULL);
 	}
 	return t->meta;
 }
 
-void ag__meta_free(struct ag_autograd_meta *m)
+void ag__meta_clear(struct ag_autograd_meta *m)
 {
 	struct ag_grad_cell *c;
 	struct ag_tensor *g;
@@ -173,7 +170,6 @@ void ag__meta_free(struct ag_autograd_meta *m)
 	ag__node_put(atomic_load(&m->grad_acc));
 	ag__cell_put(c);
 	ag_tensor_put(m->view_base);
-	ag__free(m);
 }
 
 bool ag_tensor_requires_grad(const struct ag_tensor *t)

@@ -12,10 +12,17 @@
 struct binary_node {
 	struct ag_node node;
 	enum ag_k_binary op;
+	bool bcast; /* an input's shape differs from the output's */
 	int ndim[2];
-	int64_t shape[2][AG_MAX_DIMS];
 	struct ag_saved saved[2]; /* self, other */
+	/* the inputs' shapes, only when bcast: else the output's (in_meta) */
+	int64_t shape[][AG_MAX_DIMS];
 };
+
+static const int64_t *in_shape(struct binary_node *b, int i)
+{
+	return b->bcast ? b->shape[i] : b->node.in_meta[0].shape;
+}
 
 static const char *const saved_names[] = { "self", "other" };
 
@@ -26,7 +33,7 @@ static struct ag_tensor *reduce(struct binary_node *b, int i,
 
 	if (!g)
 		return NULL;
-	r = ag__sum_to(g, b->ndim[i], b->shape[i]);
+	r = ag__sum_to(g, b->ndim[i], in_shape(b, i));
 	ag_tensor_put(g);
 	return r;
 }
@@ -54,7 +61,7 @@ static int fused(struct ag_node *n, struct ag_tensor *g, struct ag_tensor *x,
 		return 1;
 	for (int i = 0; i < 2; i++)
 		if (b->ndim[i] != g->ndim ||
-		    memcmp(b->shape[i], g->shape, sizeof(int64_t) * g->ndim))
+		    memcmp(in_shape(b, i), g->shape, sizeof(int64_t) * g->ndim))
 			return 1;
 	/* the kernel reads a only for gb and b only for ga (mul, div) */
 	if ((b->op == AG_K_MUL || b->op == AG_K_DIV) &&
@@ -144,6 +151,12 @@ static int binary_apply(struct ag_node *n, struct ag_tensor **grads,
 	return rc;
 }
 
+static bool same_shape(const struct ag_tensor *a, const struct ag_tensor *b)
+{
+	return a->ndim == b->ndim &&
+	       !memcmp(a->shape, b->shape, sizeof(int64_t) * a->ndim);
+}
+
 #define BINARY_OPS(ident, label)                  \
 	static const struct ag_node_ops ident = { \
 		.name = label,                    \
@@ -162,23 +175,27 @@ static struct ag_tensor *binary(const char *fn, const struct ag_node_ops *ops,
 {
 	struct ag_tensor *in[2] = { a, b }, *out;
 	struct binary_node *n = NULL;
-	bool save_a = false, save_b = false;
+	bool save_a = false, save_b = false, bcast;
 
 	AG_CHECK_ARG(fn, a);
 	AG_CHECK_ARG(fn, b);
 	out = ag__binary_fwd(fn, op, a, b);
 	if (!out || !ag__should_record(in, 2))
 		return ag__ret(out);
-	n = (struct binary_node *)ag__node_alloc(ops, sizeof(*n), 0, 1, 2, NULL,
-						 0);
+	bcast = !same_shape(a, out) || !same_shape(b, out);
+	n = (struct binary_node *)ag__node_alloc(
+		ops, sizeof(*n) + (bcast ? sizeof(n->shape[0]) * 2 : 0), 0, 1,
+		2, NULL, 0);
 	if (!n)
 		goto fail;
 	n->op = op;
+	n->bcast = bcast;
 	n->node.saved = n->saved;
 	n->node.num_saved = 2;
 	for (int i = 0; i < 2; i++) {
 		n->ndim[i] = in[i]->ndim;
-		memcpy(n->shape[i], in[i]->shape, sizeof(n->shape[i]));
+		if (bcast)
+			memcpy(n->shape[i], in[i]->shape, sizeof(n->shape[i]));
 	}
 	/* save only what the wanted gradients read, as PyTorch does */
 	if (op == AG_K_MUL) {

@@ -12,11 +12,15 @@
 
 #include "ops.h"
 
+/*
+ * Every derivative reads the input ("self") or the output ("result"), never
+ * both: one saved slot at most, sized in the allocation.
+ */
 struct unary_node {
 	struct ag_node node;
 	enum ag_k_unary op;
 	struct ag_k_params p;
-	struct ag_saved saved[2]; /* self, result */
+	struct ag_saved saved[];
 };
 
 static struct unary_node *to_unary(struct ag_node *n)
@@ -97,18 +101,12 @@ static int unary_apply(struct ag_node *n, struct ag_tensor **grads,
 
 	if (!grads[0] || !n->next[0].node)
 		return 0;
-	if (needs & AG_K_NEEDS_X) {
+	if (needs & AG_K_NEEDS_X)
 		x = ag__unpack(n, 0);
-		if (!x)
-			return -ag_errcode();
-	}
-	if (needs & AG_K_NEEDS_Y) {
-		y = ag__unpack(n, 1);
-		if (!y) {
-			ag_tensor_put(x);
-			return -ag_errcode();
-		}
-	}
+	else if (needs & AG_K_NEEDS_Y)
+		y = ag__unpack(n, 0);
+	if (needs && !x && !y)
+		return -ag_errcode();
 	if (ag__mode.grad)
 		out[0] = composite(u, grads[0], x, y);
 	else
@@ -120,26 +118,27 @@ static int unary_apply(struct ag_node *n, struct ag_tensor **grads,
 	return rc;
 }
 
-static const char *const saved_self[] = { "self", "result" };
+static const char *const saved_self[] = { "self" };
+static const char *const saved_result[] = { "result" };
 
-#define UNARY_OPS(ident, label)                   \
+#define UNARY_OPS(ident, label, names)            \
 	static const struct ag_node_ops ident = { \
 		.name = label,                    \
 		.apply = unary_apply,             \
-		.saved_names = saved_self,        \
+		.saved_names = names,             \
 	}
 
-UNARY_OPS(neg_ops, "NegBackward");
-UNARY_OPS(exp_ops, "ExpBackward");
-UNARY_OPS(log_ops, "LogBackward");
-UNARY_OPS(tanh_ops, "TanhBackward");
-UNARY_OPS(sin_ops, "SinBackward");
-UNARY_OPS(cos_ops, "CosBackward");
-UNARY_OPS(sigmoid_ops, "SigmoidBackward");
-UNARY_OPS(relu_ops, "ReluBackward");
-UNARY_OPS(pow_ops, "PowBackward");
-UNARY_OPS(mul_scalar_ops, "MulBackward");
-UNARY_OPS(add_scalar_ops, "AddBackward");
+UNARY_OPS(neg_ops, "NegBackward", NULL);
+UNARY_OPS(exp_ops, "ExpBackward", saved_result);
+UNARY_OPS(log_ops, "LogBackward", saved_self);
+UNARY_OPS(tanh_ops, "TanhBackward", saved_result);
+UNARY_OPS(sin_ops, "SinBackward", saved_self);
+UNARY_OPS(cos_ops, "CosBackward", saved_self);
+UNARY_OPS(sigmoid_ops, "SigmoidBackward", saved_result);
+UNARY_OPS(relu_ops, "ReluBackward", saved_result);
+UNARY_OPS(pow_ops, "PowBackward", saved_self);
+UNARY_OPS(mul_scalar_ops, "MulBackward", NULL);
+UNARY_OPS(add_scalar_ops, "AddBackward", NULL);
 
 static struct ag_tensor *unary(const char *fn, const struct ag_node_ops *ops,
 			       enum ag_k_unary op, double p0,
@@ -154,19 +153,19 @@ static struct ag_tensor *unary(const char *fn, const struct ag_node_ops *ops,
 	out = ag__unary_fwd(fn, op, &p, a);
 	if (!out || !ag__should_record(&a, 1))
 		return ag__ret(out);
-	u = (struct unary_node *)ag__node_alloc(ops, sizeof(*u), 0, 1, 1, NULL,
-						0);
+	needs = ag_k_unary_bwd_needs(op);
+	u = (struct unary_node *)ag__node_alloc(
+		ops, sizeof(*u) + (needs ? sizeof(u->saved[0]) : 0), 0, 1, 1,
+		NULL, 0);
 	if (!u)
 		goto fail;
 	u->op = op;
 	u->p = p;
 	u->node.saved = u->saved;
-	needs = ag_k_unary_bwd_needs(op);
-	/* slots are fixed (self 0, result 1) so names line up */
-	u->node.num_saved = (needs & AG_K_NEEDS_Y) ? 2 : (needs ? 1 : 0);
+	u->node.num_saved = needs ? 1 : 0;
 	if ((needs & AG_K_NEEDS_X) && ag__save(&u->node, 0, a, false, 0))
 		goto fail;
-	if ((needs & AG_K_NEEDS_Y) && ag__save(&u->node, 1, out, true, 0))
+	if ((needs & AG_K_NEEDS_Y) && ag__save(&u->node, 0, out, true, 0))
 		goto fail;
 	return ag__finish(out, &u->node, &a, 1, fn);
 fail:
