@@ -287,7 +287,43 @@ static int test_modes_installed_per_task(void)
 	return 0;
 }
 
+/*
+ * Roots where one is reachable from the other: the reachable one must run
+ * once, after the other sent to it, even when the pool starts the first
+ * root before the caller has looked at the second.
+ */
+static int test_roots_reachable_from_each_other(void)
+{
+	int64_t shape[1] = { 4 };
+	struct ag_tensor *x = ag_ones(AG_F64, 1, shape);
+
+	ag_set_num_threads(4);
+	TAP_CHECK(x && ag_tensor_set_requires_grad(x, true) == 0);
+	for (int it = 0; it < 300; it++) {
+		struct ag_scope *s = ag_scope_begin();
+		struct ag_tensor *y = ag_sum(ag_mul_scalar(x, 2.0));
+		struct ag_tensor *z = ag_mul_scalar(ag_tanh(y), 3.0);
+		struct ag_tensor *roots[2] = { z, y }, *g;
+		double want = 2.0 + 3.0 * (1.0 - tanh(8.0) * tanh(8.0)) * 2.0;
+
+		TAP_CHECK(ag_backward_many(roots, NULL, 2, NULL) == 0);
+		g = ag_tensor_grad(x);
+		TAP_CHECK(g);
+		for (int i = 0; i < 4; i++)
+			TAP_CHECKF(fabs(ag__get(g, i) - want) < 1e-12,
+				   "iteration %d: x.grad[%d] = %.17g, want %.17g",
+				   it, i, ag__get(g, i), want);
+		ag_tensor_put(g);
+		ag_tensor_zero_grad(x);
+		ag_scope_end(s);
+	}
+	ag_tensor_put(x);
+	TAP_CHECK(ag__live_nodes() == 0 && ag__live_tensors() == 0);
+	return 0;
+}
+
 static const struct tap_test tests[] = {
+	TAP_TEST(test_roots_reachable_from_each_other),
 	TAP_TEST(test_backward_after_fork),
 	TAP_TEST(test_modes_installed_per_task),
 	TAP_TEST(test_deterministic_bitwise),
