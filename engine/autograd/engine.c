@@ -332,14 +332,6 @@ static void prune(struct ag_graph_task *gt)
 	}
 }
 
-static bool exclusive(const struct ag_tensor *t)
-{
-	return atomic_load_explicit(&t->refcount, memory_order_acquire) == 1 &&
-	       atomic_load_explicit(&t->storage->refcount,
-				    memory_order_acquire) == 1 &&
-	       !t->meta && ag_tensor_is_contiguous(t);
-}
-
 /*
  * slot += g, taking over the reference to g.  In place when nothing else
  * can see the slot's tensor and no graph is being built.
@@ -354,7 +346,7 @@ int ag__grad_sum_into(struct ag_tensor **slot, struct ag_tensor *g)
 		*slot = g;
 		return 0;
 	}
-	if (!ag__mode.grad && exclusive(*slot)) {
+	if (!ag__mode.grad && ag__exclusive(*slot)) {
 		ag__acc_into(*slot, g);
 		ag_tensor_put(g);
 		return 0;

@@ -188,19 +188,37 @@ void ag__acc_into(struct ag_tensor *dst, struct ag_tensor *src)
 	ag__binary_into(AG_K_ADD, dst, src);
 }
 
+bool ag__exclusive(const struct ag_tensor *t)
+{
+	return atomic_load_explicit(&t->refcount, memory_order_acquire) == 1 &&
+	       atomic_load_explicit(&t->storage->refcount,
+				    memory_order_acquire) == 1 &&
+	       !t->meta && ag_tensor_is_contiguous(t);
+}
+
 struct ag_tensor *ag__unary_bwd(enum ag_k_unary op, const struct ag_k_params *p,
-				struct ag_tensor *g, struct ag_tensor *x,
+				struct ag_tensor **gp, struct ag_tensor *x,
 				struct ag_tensor *y)
 {
-	struct ag_tensor *out =
-		ag__tensor_new("backward", g->dtype, g->ndim, g->shape);
+	struct ag_tensor *g = *gp, *out;
 	const int64_t *strides[4];
 	int64_t base[4] = { g->offset, x ? x->offset : 0, y ? y->offset : 0,
 			    0 };
 	struct ag_walk w;
 
-	if (!out)
-		return NULL;
+	/*
+	 * A gradient nobody else can see is overwritten with the result and
+	 * passed on: a chain of elementwise nodes then runs in one buffer.
+	 * The kernels are elementwise, so out aliasing g is safe.
+	 */
+	if (ag__exclusive(g)) {
+		out = g;
+		*gp = NULL;
+	} else {
+		out = ag__tensor_new("backward", g->dtype, g->ndim, g->shape);
+		if (!out)
+			return NULL;
+	}
 	/* absent operands walk g's geometry; the kernel does not read them */
 	strides[0] = g->strides;
 	strides[1] = x ? x->strides : g->strides;

@@ -43,9 +43,17 @@ void ag__binary_into(enum ag_k_binary op, struct ag_tensor *dst,
 		     struct ag_tensor *src);
 void ag__unary_into(enum ag_k_unary op, const struct ag_k_params *p,
 		    struct ag_tensor *dst);
-/* gx = g * f'(x, y) with the fused kernel; contiguous result. */
+/*
+ * True when no one but the holder of this one reference can see t: the
+ * engine may then write into it (contiguous, plain, storage unshared).
+ */
+bool ag__exclusive(const struct ag_tensor *t);
+/*
+ * gx = g * f'(x, y) with the fused kernel; contiguous result.  Takes *gp
+ * over (and sets it NULL) when it is exclusive and writes gx into it.
+ */
 struct ag_tensor *ag__unary_bwd(enum ag_k_unary op, const struct ag_k_params *p,
-				struct ag_tensor *g, struct ag_tensor *x,
+				struct ag_tensor **gp, struct ag_tensor *x,
 				struct ag_tensor *y);
 
 /* dst += src, same shape; dst contiguous and exclusively owned. */

@@ -109,8 +109,10 @@ static int unary_apply(struct ag_node *n, struct ag_tensor **grads,
 		return -ag_errcode();
 	if (ag__mode.grad)
 		out[0] = composite(u, grads[0], x, y);
+	else if (u->op == AG_K_ADD_SCALAR)
+		out[0] = ag_tensor_get(grads[0]);
 	else
-		out[0] = ag__unary_bwd(u->op, &u->p, grads[0], x, y);
+		out[0] = ag__unary_bwd(u->op, &u->p, &grads[0], x, y);
 	if (!out[0])
 		rc = -ag_errcode();
 	ag_tensor_put(x);
