@@ -81,6 +81,15 @@ void ag__broadcast_strides(const struct ag_tensor *t, int ndim,
 	}
 }
 
+/*
+ * Operands that are all contiguous are one span: a single kernel call,
+ * without setting up the row walker (most of the cost of a small op).
+ */
+static bool flat2(const struct ag_tensor *a, const struct ag_tensor *b)
+{
+	return ag_tensor_is_contiguous(a) && ag_tensor_is_contiguous(b);
+}
+
 static void unary_rows(enum ag_k_unary op, const struct ag_k_params *p,
 		       struct ag_tensor *a, struct ag_tensor *out)
 {
@@ -88,6 +97,15 @@ static void unary_rows(enum ag_k_unary op, const struct ag_k_params *p,
 	int64_t base[2] = { a->offset, out->offset };
 	struct ag_walk w;
 
+	if (flat2(a, out)) {
+		if (a->dtype == AG_F32)
+			ag_k_unary_f32(op, a->numel, ag__data(a), 1,
+				       ag__data(out), 1, p);
+		else
+			ag_k_unary_f64(op, a->numel, ag__data(a), 1,
+				       ag__data(out), 1, p);
+		return;
+	}
 	ag__walk_init(&w, a->ndim, a->shape, 2, strides, base);
 	while (ag__walk_next(&w)) {
 		if (a->dtype == AG_F32)
@@ -134,6 +152,17 @@ static void binary_rows(enum ag_k_binary op, int ndim, const int64_t *shape,
 	int64_t base[3] = { a->offset, b->offset, out->offset };
 	struct ag_walk w;
 
+	/* same shape (no broadcast) and all contiguous: one span */
+	if (a->numel == out->numel && b->numel == out->numel && flat2(a, b) &&
+	    ag_tensor_is_contiguous(out)) {
+		if (a->dtype == AG_F32)
+			ag_k_binary_f32(op, out->numel, ag__data(a), 1,
+					ag__data(b), 1, ag__data(out), 1);
+		else
+			ag_k_binary_f64(op, out->numel, ag__data(a), 1,
+					ag__data(b), 1, ag__data(out), 1);
+		return;
+	}
 	ag__walk_init(&w, ndim, shape, 3, strides, base);
 	while (ag__walk_next(&w)) {
 		if (a->dtype == AG_F32)
@@ -218,6 +247,20 @@ struct ag_tensor *ag__unary_bwd(enum ag_k_unary op, const struct ag_k_params *p,
 		out = ag__tensor_new("backward", g->dtype, g->ndim, g->shape);
 		if (!out)
 			return NULL;
+	}
+	if (flat2(g, out) && (!x || ag_tensor_is_contiguous(x)) &&
+	    (!y || ag_tensor_is_contiguous(y))) {
+		if (g->dtype == AG_F32)
+			ag_k_unary_bwd_f32(op, g->numel, ag__data(g), 1,
+					   x ? ag__data(x) : NULL, 1,
+					   y ? ag__data(y) : NULL, 1,
+					   ag__data(out), 1, p);
+		else
+			ag_k_unary_bwd_f64(op, g->numel, ag__data(g), 1,
+					   x ? ag__data(x) : NULL, 1,
+					   y ? ag__data(y) : NULL, 1,
+					   ag__data(out), 1, p);
+		return out;
 	}
 	/* absent operands walk g's geometry; the kernel does not read them */
 	strides[0] = g->strides;
