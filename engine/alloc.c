@@ -359,9 +359,12 @@ void *ag__alloc(size_t size)
 		if (m->n > 1) {
 			char *next = m->p[m->n - 2];
 
-			for (size_t off = 0; off < class_size[c] && off < 512;
-			     off += 64)
-				__builtin_prefetch(next + off, 1);
+			/* the lines an op writes first: header, shape, storage */
+			__builtin_prefetch(next, 1);
+			__builtin_prefetch(next + 64, 1);
+			__builtin_prefetch(next + 128, 1);
+			__builtin_prefetch(next + 192, 1);
+			__builtin_prefetch(next + 256, 1);
 		}
 		return m->p[--m->n];
 	}

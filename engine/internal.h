@@ -174,6 +174,8 @@ const char *ag__shape_str(char *buf, size_t n, int ndim, const int64_t *shape);
  */
 struct ag_tensor *ag__tensor_new(const char *fn, enum ag_dtype dt, int ndim,
 				 const int64_t *shape);
+/* A new contiguous tensor of t's dtype and shape (already checked). */
+struct ag_tensor *ag__tensor_like(const struct ag_tensor *t);
 /*
  * A new tensor header over s (a reference is taken) with the given geometry;
  * plain (no autograd meta), not recorded in a scope.

@@ -158,15 +158,12 @@ static struct ag_tensor *tensor_alloc(void)
  * two, and the header and data of a small tensor share cache lines.  The
  * block lives as long as the storage (views may outlive the tensor).
  */
-struct ag_tensor *ag__tensor_new(const char *fn, enum ag_dtype dt, int ndim,
-				 const int64_t *shape)
+static struct ag_tensor *tensor_make(enum ag_dtype dt, int ndim,
+				     const int64_t *shape, int64_t numel)
 {
 	struct ag_tensor *t;
-	int64_t numel;
 	size_t nbytes, sbytes;
 
-	if (ag__check_shape(fn, ndim, shape, dt, &numel))
-		return NULL;
 	nbytes = (size_t)numel * ag_dtype_size(dt);
 	sbytes = ag__storage_bytes(nbytes);
 	t = sbytes && sbytes <= SIZE_MAX - sizeof(*t) ?
@@ -187,6 +184,21 @@ struct ag_tensor *ag__tensor_new(const char *fn, enum ag_dtype dt, int ndim,
 		memcpy(t->shape, shape, sizeof(*shape) * ndim);
 	ag__contiguous_strides(ndim, t->shape, t->strides);
 	return t;
+}
+
+struct ag_tensor *ag__tensor_new(const char *fn, enum ag_dtype dt, int ndim,
+				 const int64_t *shape)
+{
+	int64_t numel;
+
+	if (ag__check_shape(fn, ndim, shape, dt, &numel))
+		return NULL;
+	return tensor_make(dt, ndim, shape, numel);
+}
+
+struct ag_tensor *ag__tensor_like(const struct ag_tensor *t)
+{
+	return tensor_make(t->dtype, t->ndim, t->shape, t->numel);
 }
 
 struct ag_tensor *ag__tensor_view(struct ag_tensor *base, int ndim,

@@ -131,7 +131,7 @@ struct ag_tensor *ag__unary_fwd(const char *fn, enum ag_k_unary op,
 
 	if (ag__check_float(fn, a))
 		return NULL;
-	out = ag__tensor_new(fn, a->dtype, a->ndim, a->shape);
+	out = ag__tensor_like(a);
 	if (out)
 		unary_rows(op, p, a, out);
 	return out;
@@ -244,7 +244,7 @@ struct ag_tensor *ag__unary_bwd(enum ag_k_unary op, const struct ag_k_params *p,
 		out = g;
 		*gp = NULL;
 	} else {
-		out = ag__tensor_new("backward", g->dtype, g->ndim, g->shape);
+		out = ag__tensor_like(g);
 		if (!out)
 			return NULL;
 	}
