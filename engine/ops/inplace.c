@@ -31,6 +31,22 @@ int ag__inplace_check(const char *fn, struct ag_tensor *self)
 	return 0;
 }
 
+/*
+ * An expanded view has elements sharing one memory location: a read-modify
+ * write through it would apply the op several times to the same element.
+ * Filling is idempotent and stays allowed, as in torch.
+ */
+static int overlap_check(const char *fn, const struct ag_tensor *self)
+{
+	for (int d = 0; d < self->ndim; d++)
+		if (self->strides[d] == 0 && self->shape[d] > 1)
+			return ag__err(
+				AG_EINVAL,
+				"%s: unsupported operation: more than one element of the written-to tensor refers to a single memory location; clone the tensor before performing the operation",
+				fn);
+	return 0;
+}
+
 static int view_check(const char *fn, struct ag_tensor *self, bool record)
 {
 	struct ag_tensor *base;
@@ -226,6 +242,8 @@ static int binary_(const char *fn, const struct ag_node_ops *ops,
 			ag__shape_str(b, sizeof(b), ndim, shape));
 	}
 	rc = ag__inplace_check(fn, self);
+	if (!rc)
+		rc = overlap_check(fn, self);
 	if (rc)
 		return rc;
 	record = ag__should_record(in, 2);
@@ -277,6 +295,8 @@ static int unary_(const char *fn, const struct ag_node_ops *ops,
 	if (self->dtype == AG_I64 && ops != &fill_ops)
 		return ag__check_float(fn, self);
 	rc = ag__inplace_check(fn, self);
+	if (!rc && ops != &fill_ops)
+		rc = overlap_check(fn, self);
 	if (rc)
 		return rc;
 	record = ag__should_record(&self, 1);
@@ -366,6 +386,8 @@ int ag_copy_(struct ag_tensor *self, struct ag_tensor *src)
 			ag__shape_str(b, sizeof(b), self->ndim, self->shape));
 	}
 	rc = ag__inplace_check("ag_copy_", self);
+	if (!rc)
+		rc = overlap_check("ag_copy_", self);
 	if (rc)
 		return rc;
 	record = ag__should_record(in, 2);

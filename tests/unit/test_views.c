@@ -386,6 +386,36 @@ Test(expand, stride_zero)
 	AG_ASSERT_NO_LEAKS();
 }
 
+/* As torch: read-modify-write through an expanded view is refused. */
+Test(expand, inplace_write_overlaps)
+{
+	int64_t s31[2] = { 3, 1 }, s34[2] = { 3, 4 };
+	struct ag_tensor *a = iota(2, s31);
+	struct ag_tensor *e = ag_expand(a, 2, s34);
+	struct ag_tensor *o = ag_ones(AG_F64, 2, s34);
+	struct ag_tensor *row =
+		ag_slice(e, 1, 0, 1, 1); /* [3, 1]: no overlap */
+
+	cr_assert_eq(ag_mul_scalar_(e, 2), -AG_EINVAL);
+	AG_ASSERT_ERR(
+		AG_EINVAL,
+		"ag_mul_scalar_: unsupported operation: more than one element of the written-to tensor refers to a single memory location");
+	cr_assert_eq(ag_add_(e, o), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "ag_add_: unsupported operation");
+	cr_assert_eq(ag_copy_(e, o), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "ag_copy_: unsupported operation");
+	for (int i = 0; i < 3; i++) /* nothing was written */
+		cr_assert_eq(ag__get(a, i), (double)i);
+	cr_assert_eq(ag_fill_(e, 7), 0); /* idempotent: allowed */
+	cr_assert_eq(ag_mul_scalar_(row, 2), 0);
+	cr_assert_eq(ag__get(a, 2), 14.0);
+	ag_tensor_put(row);
+	ag_tensor_put(o);
+	ag_tensor_put(e);
+	ag_tensor_put(a);
+	AG_ASSERT_NO_LEAKS();
+}
+
 Test(expand, bad)
 {
 	int64_t s31[2] = { 3, 1 }, s24[2] = { 2, 4 }, s4[1] = { 4 };
