@@ -37,9 +37,16 @@
 static const bool passthrough = AG_ALLOC_PASSTHROUGH;
 
 #define HEADER 16
-/* blocks of header + class size are whole cache lines */
-static const size_t class_size[] = { 48,  112, 176,  240,  368,
-				     496, 752, 1008, 1520, 2032 };
+/*
+ * A header plus its class is a whole number of cache lines: every line up
+ * to 512 bytes, then four steps per power of two.  Fine steps matter: the
+ * objects of a small-tensor op are a few hundred bytes each, and the
+ * footprint of a long graph decides whether backward runs from cache.
+ */
+static const size_t class_size[] = {
+	48,  112, 176, 240,  304,  368,	 432,  496,
+	624, 752, 880, 1008, 1264, 1520, 1776, 2032
+};
 #define MAG_SIZE 254 /* a magazine is 2 KiB */
 #define SLAB_BYTES ((size_t)256 << 10)
 #define NCLASS (sizeof(class_size) / sizeof(class_size[0]))
@@ -166,10 +173,7 @@ static struct depot depot;
 static pthread_key_t exit_key;
 static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
 
-/*
- * The class whose block (header + class) holds size bytes: blocks run
- * 64..256 in steps of 64, then two per power of two up to 2048.
- */
+/* The class whose block (header + class) holds size bytes. */
 static int class_of(size_t size)
 {
 	size_t b = size + HEADER - 1;
@@ -177,10 +181,11 @@ static int class_of(size_t size)
 
 	if (size > class_size[NCLASS - 1])
 		return LARGE;
-	if (b < 256)
+	if (b < 512)
 		return (int)(b / 64);
 	shift = 63 - __builtin_clzll((unsigned long long)b);
-	return 4 + (shift - 8) * 2 + (int)((b >> (shift - 1)) & 1);
+	return 8 + (shift - 9) * 4 +
+	       (int)((b - ((size_t)1 << shift)) >> (shift - 2));
 }
 
 static void thread_exit(void *arg)

@@ -14,14 +14,22 @@ struct binary_node {
 	enum ag_k_binary op;
 	bool bcast; /* an input's shape differs from the output's */
 	int ndim[2];
-	struct ag_saved saved[2]; /* self, other */
-	/* the inputs' shapes, only when bcast: else the output's (in_meta) */
-	int64_t shape[][AG_MAX_DIMS];
+	/*
+	 * self and other for mul and div, nothing for add and sub; then,
+	 * only when bcast, the inputs' shapes (else they are the output's).
+	 */
+	struct ag_saved saved[];
 };
+
+/* Row i of the broadcast shapes kept after the saved slots. */
+static int64_t *bcast_shape(struct binary_node *b, int i)
+{
+	return (int64_t *)(b->saved + b->node.num_saved) + i * AG_MAX_DIMS;
+}
 
 static const int64_t *in_shape(struct binary_node *b, int i)
 {
-	return b->bcast ? b->shape[i] : b->node.in_meta[0].shape;
+	return b->bcast ? bcast_shape(b, i) : b->node.in_meta[0].shape;
 }
 
 static const char *const saved_names[] = { "self", "other" };
@@ -102,9 +110,9 @@ static int binary_apply(struct ag_node *n, struct ag_tensor **grads,
 
 	if (!g)
 		return 0;
-	if (b->saved[0].defined && !(x = ag__unpack(n, 0)))
+	if (n->num_saved && b->saved[0].defined && !(x = ag__unpack(n, 0)))
 		return -ag_errcode();
-	if (b->saved[1].defined && !(y = ag__unpack(n, 1))) {
+	if (n->num_saved && b->saved[1].defined && !(y = ag__unpack(n, 1))) {
 		ag_tensor_put(x);
 		return -ag_errcode();
 	}
@@ -176,6 +184,7 @@ static struct ag_tensor *binary(const char *fn, const struct ag_node_ops *ops,
 	struct ag_tensor *in[2] = { a, b }, *out;
 	struct binary_node *n = NULL;
 	bool save_a = false, save_b = false, bcast;
+	size_t nsaved;
 
 	AG_CHECK_ARG(fn, a);
 	AG_CHECK_ARG(fn, b);
@@ -183,19 +192,23 @@ static struct ag_tensor *binary(const char *fn, const struct ag_node_ops *ops,
 	if (!out || !ag__should_record(in, 2))
 		return ag__ret(out);
 	bcast = !same_shape(a, out) || !same_shape(b, out);
+	nsaved = op == AG_K_MUL || op == AG_K_DIV ? 2 : 0;
 	n = (struct binary_node *)ag__node_alloc(
-		ops, sizeof(*n) + (bcast ? sizeof(n->shape[0]) * 2 : 0), 0, 1,
-		2, NULL, 0);
+		ops,
+		sizeof(*n) + nsaved * sizeof(n->saved[0]) +
+			(bcast ? 2 * AG_MAX_DIMS * sizeof(int64_t) : 0),
+		0, 1, 2, NULL, 0);
 	if (!n)
 		goto fail;
 	n->op = op;
 	n->bcast = bcast;
 	n->node.saved = n->saved;
-	n->node.num_saved = 2;
+	n->node.num_saved = nsaved;
 	for (int i = 0; i < 2; i++) {
 		n->ndim[i] = in[i]->ndim;
 		if (bcast)
-			memcpy(n->shape[i], in[i]->shape, sizeof(n->shape[i]));
+			memcpy(bcast_shape(n, i), in[i]->shape,
+			       AG_MAX_DIMS * sizeof(int64_t));
 	}
 	/* save only what the wanted gradients read, as PyTorch does */
 	if (op == AG_K_MUL) {
