@@ -140,8 +140,6 @@ static void state_init(struct ag_node_state *st, struct ag_node *n)
 	st->inbuf_one = NULL;
 	st->inbuf = &st->inbuf_one;
 	st->contribs = NULL;
-	st->ncontribs = 0;
-	st->ccap = 0;
 }
 
 /* Visits n for the first time in this task; NULL with an error on OOM. */
@@ -204,6 +202,8 @@ static void unclaim(struct ag_graph_task *gt, struct ag_node *n,
 	atomic_fetch_add_explicit(&gt->unclaimed, 1, memory_order_relaxed);
 }
 
+static void contribs_free(struct ag_node_state *st);
+
 static void task_cleanup(struct ag_graph_task *gt)
 {
 	bool all = atomic_load_explicit(&gt->unclaimed, memory_order_relaxed) ==
@@ -222,11 +222,7 @@ static void task_cleanup(struct ag_graph_task *gt)
 		if (st->inbuf != &st->inbuf_one)
 			free(st->inbuf);
 		st->inbuf = &st->inbuf_one;
-		for (int k = 0; k < st->ncontribs; k++)
-			ag_tensor_put(st->contribs[k].grad);
-		free(st->contribs);
-		st->contribs = NULL;
-		st->ncontribs = 0;
+		contribs_free(st);
 		if (st == &n->st)
 			atomic_store_explicit(&n->task, NULL,
 					      memory_order_release);
@@ -362,17 +358,40 @@ int ag__grad_sum_into(struct ag_tensor **slot, struct ag_tensor *g)
 
 static void node_task_run(struct ag_task *t);
 
+/* Drops the kept gradients of a node that will not run (errors). */
+static void contribs_free(struct ag_node_state *st)
+{
+	struct ag_contribs *c = st->contribs;
+
+	if (!c)
+		return;
+	for (int k = 0; k < c->n; k++)
+		ag_tensor_put(c->v[k].grad);
+	free(c->v);
+	free(c);
+	st->contribs = NULL;
+}
+
 /* Keeps g for slot until the node is ready; takes over g. */
 static int contrib_add(struct ag_node_state *st, uint64_t key, int slot,
 		       struct ag_tensor *g)
 {
-	if ((size_t)st->ncontribs == st->ccap &&
-	    grow((void **)&st->contribs, &st->ccap, sizeof(*st->contribs))) {
+	struct ag_contribs *c = st->contribs;
+
+	if (!c) {
+		c = calloc(1, sizeof(*c));
+		if (!c) {
+			ag_tensor_put(g);
+			return ag__err(AG_ENOMEM, "backward: out of memory");
+		}
+		st->contribs = c;
+	}
+	if ((size_t)c->n == c->cap &&
+	    grow((void **)&c->v, &c->cap, sizeof(*c->v))) {
 		ag_tensor_put(g);
 		return -AG_ENOMEM;
 	}
-	st->contribs[st->ncontribs++] =
-		(struct ag_grad_contrib){ key, slot, g };
+	c->v[c->n++] = (struct ag_grad_contrib){ key, slot, g };
 	return 0;
 }
 
@@ -386,20 +405,19 @@ static int cmp_contrib(const void *a, const void *b)
 /* Sums the kept gradients in key order: the same bits for any schedule. */
 static int contrib_flush(struct ag_node_state *st)
 {
+	struct ag_contribs *c = st->contribs;
 	int rc = 0;
 
-	qsort(st->contribs, st->ncontribs, sizeof(*st->contribs), cmp_contrib);
-	for (int k = 0; k < st->ncontribs; k++) {
+	qsort(c->v, c->n, sizeof(*c->v), cmp_contrib);
+	for (int k = 0; k < c->n; k++) {
 		if (!rc)
-			rc = ag__grad_sum_into(&st->inbuf[st->contribs[k].slot],
-					       st->contribs[k].grad);
+			rc = ag__grad_sum_into(&st->inbuf[c->v[k].slot],
+					       c->v[k].grad);
 		else
-			ag_tensor_put(st->contribs[k].grad);
+			ag_tensor_put(c->v[k].grad);
 	}
-	free(st->contribs);
-	st->contribs = NULL;
-	st->ncontribs = 0;
-	st->ccap = 0;
+	c->n = 0; /* the sums took the references */
+	contribs_free(st);
 	return rc;
 }
 
@@ -522,7 +540,7 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 		if (atomic_fetch_sub_explicit(&cs->deps, 1,
 					      memory_order_acq_rel) != 1)
 			continue;
-		if (cs->ncontribs)
+		if (cs->contribs)
 			rc = contrib_flush(cs);
 		if (!rc)
 			schedule(gt, cs, next);
@@ -583,11 +601,13 @@ static int retain_grad(struct ag_grad_cell *c, struct ag_tensor *g)
 
 static int run_hooks(struct ag_node *n, struct ag_tensor **grads)
 {
+	struct ag_hook_list *l =
+		atomic_load_explicit(&n->hooks, memory_order_acquire);
 	struct ag_hook *h;
 	int rc = 0;
 
-	pthread_mutex_lock(n->hook_lock);
-	for (h = n->hooks; h && !rc; h = h->next) {
+	pthread_mutex_lock(&l->lock);
+	for (h = l->head; h && !rc; h = h->next) {
 		struct ag_tensor *g = grads[h->slot], *r;
 
 		if (h->removed || !g)
@@ -607,7 +627,7 @@ static int run_hooks(struct ag_node *n, struct ag_tensor **grads)
 		ag_tensor_put(g);
 		grads[h->slot] = r;
 	}
-	pthread_mutex_unlock(n->hook_lock);
+	pthread_mutex_unlock(&l->lock);
 	return rc;
 }
 

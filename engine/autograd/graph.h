@@ -94,22 +94,38 @@ struct ag_grad_contrib {
 	struct ag_tensor *grad;
 };
 
+/*
+ * A node's hooks, allocated with the first one: most nodes never have any,
+ * and every byte of a node counts against the cache in a long backward.
+ * The lock is recursive, so a hook may register another hook on the node
+ * that is running it.
+ */
+struct ag_hook_list {
+	pthread_mutex_t lock;
+	struct ag_hook *head; /* appended under lock */
+};
+
 /* Drops the node's references to its hooks (node_free). */
 void ag__hooks_free(struct ag_node *n);
+
+/* Gradients kept per slot until the node is ready (deterministic mode). */
+struct ag_contribs {
+	struct ag_grad_contrib *v;
+	int n;
+	size_t cap;
+};
 
 struct ag_node_state {
 	struct ag_task task; /* runs the node on the pool */
 	struct ag_node *node;
 	atomic_long deps;
+	struct ag_contribs *contribs; /* deterministic mode, on first use */
+	struct ag_tensor **inbuf; /* num_inputs; &inbuf_one when 1 */
+	struct ag_tensor *inbuf_one;
 	atomic_flag lock; /* guards inbuf while gradients are summed */
 	bool needed;
 	bool capture;
 	bool queued;
-	struct ag_grad_contrib *contribs; /* deterministic mode */
-	int ncontribs;
-	size_t ccap;
-	struct ag_tensor **inbuf; /* num_inputs; &inbuf_one when 1 */
-	struct ag_tensor *inbuf_one;
 };
 
 struct ag_node_ops {
@@ -133,24 +149,29 @@ struct ag_node_ops {
 	const char *const *saved_names;
 };
 
+/*
+ * Kept small: a long graph is walked twice per backward, and whether its
+ * nodes fit in cache decides the cost per node.  Rarely used parts (hooks,
+ * deterministic sums) hang off pointers.
+ */
 struct ag_node {
 	const struct ag_node_ops *ops;
 	atomic_long refcount;
-	uint32_t mem_off; /* offset of the node in its container */
 	uint64_t seq;
+	uint16_t mem_off; /* offset of the node in its container */
+	atomic_bool released;
 	int num_inputs;
 	int num_next;
 	int num_saved;
-	atomic_bool released;
 	const char *fwd_op; /* the forward op that recorded it, for anomaly */
 	struct ag_edge *next; /* num_next */
-	struct ag_input_meta *in_meta; /* num_inputs */
+	union {
+		struct ag_input_meta *in_meta; /* num_inputs */
+		struct ag_node *reap_next; /* once dead: the free list */
+	};
 	struct ag_saved *saved; /* num_saved, inside the container */
-	/* appended under hook_lock; atomic so the engine may peek without it */
-	struct ag_hook *_Atomic hooks;
-	pthread_mutex_t *hook_lock; /* allocated with the first hook */
-	/* AccumulateGrad only */
-	struct ag_grad_cell *cell;
+	/* set once with the first hook; atomic so the engine may peek */
+	struct ag_hook_list *_Atomic hooks;
 	/*
 	 * Per-backward state.  The graph task that claims the node (task) uses
 	 * st in place: no lookup per edge.  A second task running over the
@@ -158,7 +179,6 @@ struct ag_node {
 	 */
 	struct ag_graph_task *_Atomic task;
 	struct ag_node_state st;
-	struct ag_node *reap_next; /* free list while being destroyed */
 };
 
 /*
@@ -171,6 +191,9 @@ struct ag_node *ag__node_alloc(const struct ag_node_ops *ops, size_t size,
 			       struct ag_saved *saved, int num_saved);
 void ag__node_get(struct ag_node *n);
 void ag__node_put(struct ag_node *n);
+
+/* A leaf's AccumulateGrad node, summing into cell (ops/accumulate.c). */
+struct ag_node *ag__accumulate_new(struct ag_tensor *t, struct ag_grad_cell *c);
 
 /* ---- autograd state of a tensor ---- */
 

@@ -5,7 +5,7 @@
  * A hook hangs on the gradient slot a tensor's gradient flows into: slot
  * output_nr of its grad_fn, or slot 0 of a leaf's AccumulateGrad, where it
  * runs before accumulation.  The engine runs a node's hooks in registration
- * order under the node's hook_lock, just before the node's apply.
+ * order under the lock of the node's hook list, just before its apply.
  *
  * Lifetime.  The node's list owns a reference to each hook and drops it when
  * the node is freed.  A user hook has a second reference, owned by the
@@ -23,7 +23,7 @@
 
 #include "graph.h"
 
-/* Guards the lazy allocation of a node's hook_lock. */
+/* Guards the lazy allocation of a node's hook list. */
 static pthread_mutex_t alloc_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static struct ag_hook *hook_new(ag_tensor_hook_fn fn, void *arg, int refs)
@@ -51,73 +51,67 @@ static void hook_put(struct ag_hook *h)
 	atomic_fetch_sub(&ag__live.hooks, 1);
 }
 
-/*
- * The node's hook lock, created on first use.  Recursive, so a hook may
- * register another hook on the node that is running it.
- */
-static pthread_mutex_t *hook_lock(struct ag_node *n)
+/* The node's hook list, created on first use. */
+static struct ag_hook_list *hook_list(struct ag_node *n)
 {
-	pthread_mutex_t *lk;
+	struct ag_hook_list *l;
 	pthread_mutexattr_t attr;
 
 	pthread_mutex_lock(&alloc_lock);
-	lk = n->hook_lock;
-	if (!lk) {
-		lk = malloc(sizeof(*lk));
-		if (lk) {
+	l = atomic_load_explicit(&n->hooks, memory_order_relaxed);
+	if (!l) {
+		l = calloc(1, sizeof(*l));
+		if (l) {
 			pthread_mutexattr_init(&attr);
 			pthread_mutexattr_settype(&attr,
 						  PTHREAD_MUTEX_RECURSIVE);
-			pthread_mutex_init(lk, &attr);
+			pthread_mutex_init(&l->lock, &attr);
 			pthread_mutexattr_destroy(&attr);
-			n->hook_lock = lk;
+			atomic_store_explicit(&n->hooks, l,
+					      memory_order_release);
 		}
 	}
 	pthread_mutex_unlock(&alloc_lock);
-	if (!lk)
+	if (!l)
 		ag__err(AG_ENOMEM, "out of memory registering a hook");
-	return lk;
+	return l;
 }
 
 /* Appends h to the hooks of e.node, slot e.input_nr. */
 static int attach(struct ag_edge e, struct ag_hook *h)
 {
-	pthread_mutex_t *lk = hook_lock(e.node);
-	struct ag_hook *last;
+	struct ag_hook_list *l = hook_list(e.node);
+	struct ag_hook **last;
 
-	if (!lk)
+	if (!l)
 		return -AG_ENOMEM;
 	h->node = e.node;
 	h->slot = e.input_nr;
-	pthread_mutex_lock(lk);
-	last = atomic_load_explicit(&e.node->hooks, memory_order_relaxed);
-	if (!last) {
-		atomic_store_explicit(&e.node->hooks, h, memory_order_release);
-	} else {
-		while (last->next)
-			last = last->next;
-		last->next = h;
-	}
-	pthread_mutex_unlock(lk);
+	pthread_mutex_lock(&l->lock);
+	for (last = &l->head; *last; last = &(*last)->next)
+		;
+	*last = h;
+	pthread_mutex_unlock(&l->lock);
 	return 0;
 }
 
 void ag__hooks_free(struct ag_node *n)
 {
+	struct ag_hook_list *l =
+		atomic_load_explicit(&n->hooks, memory_order_acquire);
 	struct ag_hook *h, *hn;
 
-	for (h = n->hooks; h; h = hn) {
+	if (!l)
+		return;
+	for (h = l->head; h; h = hn) {
 		hn = h->next;
 		h->next = NULL;
 		h->node = NULL;
 		hook_put(h);
 	}
+	pthread_mutex_destroy(&l->lock);
+	free(l);
 	atomic_store_explicit(&n->hooks, NULL, memory_order_relaxed);
-	if (n->hook_lock) {
-		pthread_mutex_destroy(n->hook_lock);
-		free(n->hook_lock);
-		n->hook_lock = NULL;
-	}
 }
 
 struct ag_hook *ag_tensor_register_hook(struct ag_tensor *t,

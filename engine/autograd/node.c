@@ -29,16 +29,22 @@ struct ag_node *ag__node_alloc(const struct ag_node_ops *ops, size_t size,
 	size_t edges = (size_t)num_next * sizeof(struct ag_edge);
 	size_t metas = (size_t)num_inputs * sizeof(struct ag_input_meta);
 	size_t head = (size + 15) / 16 * 16;
-	char *mem = ag__zalloc(head + edges + metas);
+	char *mem;
 	struct ag_node *n;
 
+	if (node_off > UINT16_MAX) {
+		ag__err(AG_EINTERNAL, "%s: node at offset %zu of its container",
+			ops->name, node_off);
+		return NULL;
+	}
+	mem = ag__zalloc(head + edges + metas);
 	if (!mem) {
 		ag__err(AG_ENOMEM, "out of memory recording %s", ops->name);
 		return NULL;
 	}
 	n = (struct ag_node *)(mem + node_off);
 	n->ops = ops;
-	n->mem_off = (uint32_t)node_off;
+	n->mem_off = (uint16_t)node_off;
 	atomic_init(&n->refcount, 1);
 	n->seq = ag__next_seq();
 	n->num_inputs = num_inputs;
@@ -69,7 +75,6 @@ static void node_free(struct ag_node *n)
 		ag__node_put(n->next[i].node);
 	ag__node_release(n);
 	ag__hooks_free(n);
-	ag__cell_put(n->cell);
 	atomic_fetch_sub(&ag__live.nodes, 1);
 	if (n->ops->destroy)
 		n->ops->destroy(n);
@@ -291,14 +296,9 @@ static struct ag_node *grad_accumulator(struct ag_tensor *t)
 	c = ag__meta_cell(m);
 	if (!c)
 		return NULL;
-	n = ag__node_alloc(&ag__accumulate_ops, sizeof(*n), 0, 1, 0, NULL, 0);
+	n = ag__accumulate_new(t, c);
 	if (!n)
 		return NULL;
-	ag__cell_get(c);
-	n->cell = c;
-	n->in_meta[0].dtype = t->dtype;
-	n->in_meta[0].ndim = t->ndim;
-	memcpy(n->in_meta[0].shape, t->shape, sizeof(t->shape));
 	if (!atomic_compare_exchange_strong_explicit(&m->grad_acc, &expected, n,
 						     memory_order_acq_rel,
 						     memory_order_acquire)) {

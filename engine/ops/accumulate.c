@@ -5,6 +5,8 @@
  * steals a gradient nothing else holds, or adds in place into .grad; with
  * create_graph the sum is recorded so .grad stays differentiable.
  */
+#include <string.h>
+
 #include <ag/mode.h>
 
 #include "ops.h"
@@ -17,10 +19,16 @@ static bool stealable(const struct ag_tensor *g)
 	       !g->meta && ag_tensor_is_contiguous(g);
 }
 
+struct acc_node {
+	struct ag_node node;
+	struct ag_grad_cell *cell; /* the leaf's .grad, shared with it */
+};
+
 static int accumulate_apply(struct ag_node *n, struct ag_tensor **grads,
 			    struct ag_tensor **out)
 {
-	struct ag_grad_cell *c = n->cell;
+	struct ag_grad_cell *c =
+		ag_container_of(n, struct acc_node, node)->cell;
 	struct ag_tensor *g = grads[0], *old, *sum = NULL;
 	int rc = 0;
 
@@ -56,7 +64,28 @@ static int accumulate_apply(struct ag_node *n, struct ag_tensor **grads,
 	return rc;
 }
 
+static void accumulate_destroy(struct ag_node *n)
+{
+	ag__cell_put(ag_container_of(n, struct acc_node, node)->cell);
+}
+
 const struct ag_node_ops ag__accumulate_ops = {
 	.name = "AccumulateGrad",
 	.apply = accumulate_apply,
+	.destroy = accumulate_destroy,
 };
+
+struct ag_node *ag__accumulate_new(struct ag_tensor *t, struct ag_grad_cell *c)
+{
+	struct acc_node *a = (struct acc_node *)ag__node_alloc(
+		&ag__accumulate_ops, sizeof(*a), 0, 1, 0, NULL, 0);
+
+	if (!a)
+		return NULL;
+	ag__cell_get(c);
+	a->cell = c;
+	a->node.in_meta[0].dtype = t->dtype;
+	a->node.in_meta[0].ndim = t->ndim;
+	memcpy(a->node.in_meta[0].shape, t->shape, sizeof(t->shape));
+	return &a->node;
+}
