@@ -183,6 +183,12 @@ struct ag_tensor *ag__tensor_like(const struct ag_tensor *t);
 struct ag_tensor *ag__tensor_view(struct ag_tensor *base, int ndim,
 				  const int64_t *shape, const int64_t *strides,
 				  int64_t offset);
+/*
+ * A new plain tensor over all of storage s (a reference is taken), dense,
+ * of a dtype and shape that fill it exactly.
+ */
+struct ag_tensor *ag__tensor_on(struct ag_storage *s, enum ag_dtype dt,
+				int ndim, const int64_t *shape);
 void ag__contiguous_strides(int ndim, const int64_t *shape, int64_t *strides);
 /* Dense row-major copy of any layout into dst (numel elements). */
 void ag__copy_dense(const struct ag_tensor *t, void *dst);

@@ -231,6 +231,27 @@ struct ag_tensor *ag__tensor_view(struct ag_tensor *base, int ndim,
 	return t;
 }
 
+struct ag_tensor *ag__tensor_on(struct ag_storage *s, enum ag_dtype dt,
+				int ndim, const int64_t *shape)
+{
+	struct ag_tensor *t = tensor_alloc();
+
+	if (!t)
+		return NULL;
+	t->inference = s->inference;
+	t->storage = s;
+	ag__storage_get(s);
+	t->dtype = dt;
+	t->ndim = ndim;
+	t->numel = 1;
+	for (int d = 0; d < ndim; d++) {
+		t->shape[d] = shape[d];
+		t->numel *= shape[d];
+	}
+	ag__contiguous_strides(ndim, t->shape, t->strides);
+	return t;
+}
+
 struct ag_tensor *ag_tensor_get(struct ag_tensor *t)
 {
 	if (t)

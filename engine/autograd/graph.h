@@ -62,13 +62,29 @@ void ag__cell_put(struct ag_grad_cell *c);
  * owns the node, so owning the output back would be a cycle.
  */
 struct ag_saved {
-	struct ag_tensor *t;
+	/*
+	 * compact: an output that is all of its storage, dense, is kept as
+	 * the storage alone; its dtype and shape are in_meta[output_nr].
+	 * Unpacking makes the tensor.  That spares a tensor header per saved
+	 * output between forward and backward.
+	 */
+	union {
+		struct ag_tensor *t;
+		struct ag_storage *storage; /* compact */
+	};
 	uint64_t version;
 	bool is_output;
 	bool defined;
+	bool compact;
 	int output_nr;
 	const char *producer; /* name of the node whose output t is, or NULL */
 };
+
+/* The storage a saved tensor reads. */
+static inline struct ag_storage *ag__saved_storage(const struct ag_saved *s)
+{
+	return s->compact ? s->storage : s->t->storage;
+}
 
 /*
  * Pre-hooks on a gradient slot: user tensor hooks and retain_grad.  The

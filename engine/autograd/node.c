@@ -105,8 +105,14 @@ void ag__node_put(struct ag_node *n)
 void ag__node_release(struct ag_node *n)
 {
 	for (int i = 0; i < n->num_saved; i++) {
-		ag_tensor_put(n->saved[i].t);
-		n->saved[i].t = NULL;
+		struct ag_saved *s = &n->saved[i];
+
+		if (s->compact)
+			ag__storage_put(s->storage);
+		else
+			ag_tensor_put(s->t);
+		s->t = NULL;
+		s->compact = false;
 	}
 	if (n->ops->release)
 		n->ops->release(n);

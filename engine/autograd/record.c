@@ -91,13 +91,20 @@ int ag__save(struct ag_node *n, int slot, struct ag_tensor *t, bool is_output,
 	s->version = atomic_load_explicit(&t->storage->version,
 					  memory_order_acquire);
 	if (is_output) {
-		/* an alias without autograd state: no reference back to us */
+		/* no reference to the output itself: it owns n */
+		s->producer = n->ops->name;
+		if (!t->offset && ag_tensor_is_contiguous(t) &&
+		    (size_t)t->numel * ag_dtype_size(t->dtype) ==
+			    t->storage->nbytes) {
+			s->compact = true;
+			s->storage = t->storage;
+			ag__storage_get(s->storage);
+			return 0;
+		}
+		/* else an alias without autograd state */
 		s->t = ag__tensor_view(t, t->ndim, t->shape, t->strides,
 				       t->offset);
-		if (!s->t)
-			return -AG_ENOMEM;
-		s->producer = n->ops->name;
-		return 0;
+		return s->t ? 0 : -AG_ENOMEM;
 	}
 	s->t = ag_tensor_get(t);
 	if (t->meta && t->meta->grad_fn) {
@@ -115,14 +122,14 @@ int ag__err_freed(const struct ag_node *n)
 	return ag__err(AG_EFREED, "%s: %s", n->ops->name, freed_msg);
 }
 
-static int version_error(const struct ag_saved *s, uint64_t now)
+static int version_error(const struct ag_saved *s, int ndim,
+			 const int64_t *dims, enum ag_dtype dtype, uint64_t now)
 {
 	char shape[160], who[160] = "";
-	const struct ag_tensor *t = s->t;
-	const char *writer = atomic_load_explicit(&t->storage->last_writer,
-						  memory_order_relaxed);
+	const char *writer = atomic_load_explicit(
+		&ag__saved_storage(s)->last_writer, memory_order_relaxed);
 
-	ag__shape_str(shape, sizeof(shape), t->ndim, t->shape);
+	ag__shape_str(shape, sizeof(shape), ndim, dims);
 	if (s->producer)
 		snprintf(who, sizeof(who), ", which is output %d of %s",
 			 s->output_nr, s->producer);
@@ -131,8 +138,19 @@ static int version_error(const struct ag_saved *s, uint64_t now)
 		"one of the variables needed for gradient computation has been modified by an inplace operation: [%s %s]%s, is at version %" PRIu64
 		"; expected version %" PRIu64
 		" instead. It was last modified in place by %s. Hint: do that write out of place (or on a clone), or after backward.",
-		ag_dtype_name(t->dtype), shape, who, now, s->version,
+		ag_dtype_name(dtype), shape, who, now, s->version,
 		writer ? writer : "a write through ag_tensor_data");
+}
+
+/* A new plain tensor over what s keeps. */
+static struct ag_tensor *saved_tensor(struct ag_node *n, struct ag_saved *s)
+{
+	const struct ag_input_meta *im = &n->in_meta[s->output_nr];
+
+	if (!s->compact)
+		return ag__tensor_view(s->t, s->t->ndim, s->t->shape,
+				       s->t->strides, s->t->offset);
+	return ag__tensor_on(s->storage, im->dtype, im->ndim, im->shape);
 }
 
 struct ag_tensor *ag__unpack(struct ag_node *n, int slot)
@@ -147,17 +165,24 @@ struct ag_tensor *ag__unpack(struct ag_node *n, int slot)
 	}
 	if (!s->defined)
 		return NULL;
-	now = atomic_load_explicit(&s->t->storage->version,
+	now = atomic_load_explicit(&ag__saved_storage(s)->version,
 				   memory_order_acquire);
 	if (now != s->version) {
-		version_error(s, now);
+		const struct ag_input_meta *im = &n->in_meta[s->output_nr];
+
+		if (s->compact)
+			version_error(s, im->ndim, im->shape, im->dtype, now);
+		else
+			version_error(s, s->t->ndim, s->t->shape, s->t->dtype,
+				      now);
 		return NULL;
 	}
-	if (!s->is_output || !ag__mode.grad)
+	if (!s->is_output)
 		return ag_tensor_get(s->t);
+	if (!ag__mode.grad)
+		return s->compact ? saved_tensor(n, s) : ag_tensor_get(s->t);
 	/* double backward through our own output: it must lead back to n */
-	t = ag__tensor_view(s->t, s->t->ndim, s->t->shape, s->t->strides,
-			    s->t->offset);
+	t = saved_tensor(n, s);
 	if (!t || !ag__meta(t)) {
 		ag_tensor_put(t);
 		return NULL;
