@@ -483,6 +483,18 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 	}
 	if (gt->prune && acc)
 		return 0; /* ag_grad never touches .grad */
+	/*
+	 * The children were last touched when the dependencies were counted
+	 * and are out of cache by now: start their loads while apply runs.
+	 */
+	for (int i = 0; i < n->num_next && i < 4; i++) {
+		struct ag_node *c = n->next[i].node;
+
+		if (c) {
+			__builtin_prefetch(&c->in_meta);
+			__builtin_prefetch(&c->st.deps, 1);
+		}
+	}
 	if (n->num_next > 8) {
 		out = calloc(n->num_next, sizeof(*out));
 		if (!out)
