@@ -65,6 +65,8 @@ static inline __mmask8 vd_tailmask(int64_t n)
 #define vf_div(a, b) _mm512_div_ps(a, b)
 #define vf_fma(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define vf_sqrt(a) _mm512_sqrt_ps(a)
+/* p 2^k, k integral (vscalef: exact, NaN passes) */
+#define vf_scale2(p, k) _mm512_scalef_ps(p, k)
 #define vf_rint(a) \
 	_mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define vf_floor(a) \
@@ -110,6 +112,7 @@ static inline __mmask8 vd_tailmask(int64_t n)
 #define vd_div(a, b) _mm512_div_pd(a, b)
 #define vd_fma(a, b, c) _mm512_fmadd_pd(a, b, c)
 #define vd_sqrt(a) _mm512_sqrt_pd(a)
+#define vd_scale2(p, k) _mm512_scalef_pd(p, k)
 #define vd_rint(a) \
 	_mm512_roundscale_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define vd_floor(a) \
@@ -222,6 +225,14 @@ static inline __m256i vd_tailmask(int64_t n)
 #define vf_div(a, b) _mm256_div_ps(a, b)
 #define vf_fma(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define vf_sqrt(a) _mm256_sqrt_ps(a)
+/* p 2^k for integral k with p 2^k normal (k added to the exponent field);
+ * a NaN k converts to INT_MIN, whose shifted value is 0: NaN p passes */
+static inline __m256 vf_scale2(__m256 p, __m256 k)
+{
+	__m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(k), 23);
+
+	return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+}
 #define vf_rint(a) \
 	_mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define vf_floor(a) _mm256_floor_ps(a)
@@ -267,6 +278,13 @@ static inline __m256i vd_tailmask(int64_t n)
 #define vd_div(a, b) _mm256_div_pd(a, b)
 #define vd_fma(a, b, c) _mm256_fmadd_pd(a, b, c)
 #define vd_sqrt(a) _mm256_sqrt_pd(a)
+static inline __m256d vd_scale2(__m256d p, __m256d k)
+{
+	__m256i e = _mm256_slli_epi64(
+		_mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(k)), 52);
+
+	return _mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(p), e));
+}
 #define vd_rint(a) \
 	_mm256_round_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define vd_floor(a) _mm256_floor_pd(a)
@@ -389,6 +407,8 @@ typedef bool vd_m;
  * picks the hardware instruction when the CPU has one) */
 #define vf_fma(a, b, c) fmaf(a, b, c)
 #define vf_sqrt(a) sqrtf(a)
+/* the guard keeps the conversion defined; NaN k gives NaN */
+#define vf_scale2(p, k) (fabsf(k) < 256 ? ldexpf(p, (int)(k)) : (p) * (k))
 #define vf_rint(a) nearbyintf(a)
 #define vf_floor(a) floorf(a)
 #define vf_abs(a) fabsf(a)
@@ -430,6 +450,7 @@ typedef bool vd_m;
 #define vd_div(a, b) ((a) / (b))
 #define vd_fma(a, b, c) fma(a, b, c)
 #define vd_sqrt(a) sqrt(a)
+#define vd_scale2(p, k) (fabs(k) < 4096 ? ldexp(p, (int)(k)) : (p) * (k))
 #define vd_rint(a) nearbyint(a)
 #define vd_floor(a) floor(a)
 #define vd_abs(a) fabs(a)
