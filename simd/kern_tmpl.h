@@ -893,19 +893,67 @@ static void F(unary_bwd)(enum ag_k_unary op, int64_t n, const T *g,
 	F(dst_done)(&dgx);
 }
 
+/*
+ * Binary outputs of at least AG_K_NT_MIN bytes are written with streaming
+ * (non-temporal) stores.  An ordinary store to a line that is not cached
+ * first reads it (read for ownership), so x * w over buffers far larger
+ * than the caches moves four streams for three; streaming stores skip
+ * that read.  But the output then is not in cache for the op that reads
+ * it next, which costs more than it saves for outputs the caches could
+ * have kept: with x * w followed by a sum of the product (one thread,
+ * AVX-512, Zen 4) streaming lost at 1 MiB, tied at 2 MiB and won from
+ * 4 MiB (mul alone: 40 against 27 GB/s at 16 MiB).  The unary kernels
+ * keep ordinary stores: streaming measured slower for every one tried
+ * (exp, sin, tanh, neg; 2^22 elements, inputs and outputs hot or cold).
+ * A part of a split kernel is judged by its own length.
+ */
+#ifndef AG_K_NT_MIN
+#define AG_K_NT_MIN (4 << 20)
+#endif
+
+/* -1: ordinary stores; else the elements before y + h is vector-aligned
+ * (0 .. W - 1), which LOOP2 writes with one masked store first. */
+static inline int64_t F(nt_head)(const T *y, int64_t n)
+{
+	const uintptr_t al = W * sizeof(T);
+	uintptr_t a = (uintptr_t)y;
+
+	if (W == 1 || n < (int64_t)(AG_K_NT_MIN / sizeof(T)) || a % sizeof(T))
+		return -1;
+	return (int64_t)(((al - a % al) % al) / sizeof(T));
+}
+
+/* Two loops rather than a branch per vector: the branch cost the L1-sized
+ * products ~10 %. */
 #define LOOP2(n, EXPR)                                     \
 	do {                                               \
-		int64_t i_ = 0;                            \
-		for (; i_ + W <= (n); i_ += W) {           \
-			VT av = V(load)(a + i_);           \
-			VT bv = V(load)(b + i_);           \
-			V(store)(y + i_, (EXPR));          \
+		int64_t i_ = 0, h_ = F(nt_head)(y, (n));   \
+		if (h_ > 0) {                              \
+			VT av = V(loadn)(a, h_);           \
+			VT bv = V(loadn)(b, h_);           \
+			V(storen)(y, (EXPR), h_);          \
+			i_ = h_;                           \
+		}                                          \
+		if (h_ >= 0) {                             \
+			for (; i_ + W <= (n); i_ += W) {   \
+				VT av = V(load)(a + i_);   \
+				VT bv = V(load)(b + i_);   \
+				V(stream)(y + i_, (EXPR)); \
+			}                                  \
+		} else {                                   \
+			for (; i_ + W <= (n); i_ += W) {   \
+				VT av = V(load)(a + i_);   \
+				VT bv = V(load)(b + i_);   \
+				V(store)(y + i_, (EXPR));  \
+			}                                  \
 		}                                          \
 		if (i_ < (n)) {                            \
 			VT av = V(loadn)(a + i_, (n)-i_);  \
 			VT bv = V(loadn)(b + i_, (n)-i_);  \
 			V(storen)(y + i_, (EXPR), (n)-i_); \
 		}                                          \
+		if (h_ >= 0)                               \
+			V(sfence)();                       \
 	} while (0)
 
 static void F(binary_c)(enum ag_k_binary op, int64_t n, const T *a, const T *b,

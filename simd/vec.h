@@ -11,7 +11,9 @@
  *   vf_t, vf_m, VF_W      vector, mask, lanes
  *   load/loadn/store/storen   (the _n forms touch only the first n lanes,
  *                              so a tail never reads or writes past the end)
+ *   stream (non-temporal store to an aligned vector), sfence
  *   set1 add sub mul div fma sqrt rint (to nearest even) floor abs neg copysign
+ *   scale2(p, k) = p 2^k for integral k
  *   lt le gt ge eq isnan
  *   and/or sel(m, a, b) = m ? a : b, qbit(q, b): bit b of integral q
  *   exp expm1 log log1p sin cos tan tanh erf erfc atan pow   (SLEEF u10;
@@ -58,6 +60,10 @@ static inline __mmask8 vd_tailmask(int64_t n)
 #define vf_loadn(p, n) _mm512_maskz_loadu_ps(vf_tailmask(n), p)
 #define vf_store(p, v) _mm512_storeu_ps(p, v)
 #define vf_storen(p, v, n) _mm512_mask_storeu_ps(p, vf_tailmask(n), v)
+/* streaming (non-temporal) store, p aligned to the vector; weakly ordered,
+ * so a kernel that streams ends with sfence */
+#define vf_stream(p, v) _mm512_stream_ps(p, v)
+#define vf_sfence() _mm_sfence()
 #define vf_set1(s) _mm512_set1_ps(s)
 #define vf_add(a, b) _mm512_add_ps(a, b)
 #define vf_sub(a, b) _mm512_sub_ps(a, b)
@@ -105,6 +111,8 @@ static inline __mmask8 vd_tailmask(int64_t n)
 #define vd_loadn(p, n) _mm512_maskz_loadu_pd(vd_tailmask(n), p)
 #define vd_store(p, v) _mm512_storeu_pd(p, v)
 #define vd_storen(p, v, n) _mm512_mask_storeu_pd(p, vd_tailmask(n), v)
+#define vd_stream(p, v) _mm512_stream_pd(p, v)
+#define vd_sfence() _mm_sfence()
 #define vd_set1(s) _mm512_set1_pd(s)
 #define vd_add(a, b) _mm512_add_pd(a, b)
 #define vd_sub(a, b) _mm512_sub_pd(a, b)
@@ -218,6 +226,8 @@ static inline __m256i vd_tailmask(int64_t n)
 #define vf_loadn(p, n) _mm256_maskload_ps(p, vf_tailmask(n))
 #define vf_store(p, v) _mm256_storeu_ps(p, v)
 #define vf_storen(p, v, n) _mm256_maskstore_ps(p, vf_tailmask(n), v)
+#define vf_stream(p, v) _mm256_stream_ps(p, v)
+#define vf_sfence() _mm_sfence()
 #define vf_set1(s) _mm256_set1_ps(s)
 #define vf_add(a, b) _mm256_add_ps(a, b)
 #define vf_sub(a, b) _mm256_sub_ps(a, b)
@@ -271,6 +281,8 @@ static inline __m256 vf_scale2(__m256 p, __m256 k)
 #define vd_loadn(p, n) _mm256_maskload_pd(p, vd_tailmask(n))
 #define vd_store(p, v) _mm256_storeu_pd(p, v)
 #define vd_storen(p, v, n) _mm256_maskstore_pd(p, vd_tailmask(n), v)
+#define vd_stream(p, v) _mm256_stream_pd(p, v)
+#define vd_sfence() _mm_sfence()
 #define vd_set1(s) _mm256_set1_pd(s)
 #define vd_add(a, b) _mm256_add_pd(a, b)
 #define vd_sub(a, b) _mm256_sub_pd(a, b)
@@ -398,6 +410,8 @@ typedef bool vd_m;
 #define vf_loadn(p, n) (*(p))
 #define vf_store(p, v) (*(p) = (v))
 #define vf_storen(p, v, n) (*(p) = (v))
+#define vf_stream(p, v) (*(p) = (v))
+#define vf_sfence() ((void)0)
 #define vf_set1(s) ((float)(s))
 #define vf_add(a, b) ((a) + (b))
 #define vf_sub(a, b) ((a) - (b))
@@ -443,6 +457,8 @@ typedef bool vd_m;
 #define vd_loadn(p, n) (*(p))
 #define vd_store(p, v) (*(p) = (v))
 #define vd_storen(p, v, n) (*(p) = (v))
+#define vd_stream(p, v) (*(p) = (v))
+#define vd_sfence() ((void)0)
 #define vd_set1(s) ((double)(s))
 #define vd_add(a, b) ((a) + (b))
 #define vd_sub(a, b) ((a) - (b))
