@@ -102,19 +102,49 @@ static inline VT F(v_phi)(VT v)
 }
 
 /*
- * f32 tanh, 4x cheaper than SLEEF's tanhf_u10 (expm1 is the slow part of
- * that, so (expm1(2x) / (expm1(2x) + 2) does not help), within 2 ULP:
- *   |x| <  0.5: x + x^3 p(x^2), p the Taylor series of (tanh x - x) / x^3
- *               to x^16 (a_k from (2k + 1) a_k = -sum_{i+j=k-1} a_i a_j,
- *               tanh' = 1 - tanh^2); the tail is < 2^-26 relative.
- *   |x| >= 0.5: (e - 1) / (e + 1), e = exp(2 |x|): e - 1 is exact for
- *               2^0.5 <= e < 2^24 and exp's error reaches the quotient
- *               damped by 2e / (e^2 - 1) <= 0.85, so <= 0.85 + 0.5 + 0.5
- *               ULP;
+ * e^t for 0 <= t <= 20 (or NaN), f32, inline: SLEEF's exp is a call into
+ * libsleef, and around a call every vector register the caller keeps live
+ * is spilled (the SysV ABI saves none of them), which cost tanh more than
+ * the exp itself.  k = rint(t / ln 2), r = t - k ln 2 in [-ln2/2, ln2/2]
+ * with ln 2 = l1 + l2 in floats: t - k l1 is exact in one fma (t and k l1
+ * lie on a common grid of 2^-25 here and |r| < 0.5), - k l2 rounds once.
+ * e^r by its Taylor series to r^7 (truncation < 6e-9), then times 2^k,
+ * exact.  Within 0.7 ULP; only tanh uses it, so no range checks.
+ */
+static inline VT F(v_exp_0_20)(VT t)
+{
+	VT k = V(rint)(V(mul)(t, V(set1)(1.44269502162933349609375)));
+	VT r = V(fma)(V(neg)(k), V(set1)(0.693147182464599609375), t);
+	VT p;
+
+	r = V(fma)(V(neg)(k), V(set1)(-1.904654212125933636e-09), r);
+	p = V(set1)(1.0 / 5040);
+	p = V(fma)(p, r, V(set1)(1.0 / 720));
+	p = V(fma)(p, r, V(set1)(1.0 / 120));
+	p = V(fma)(p, r, V(set1)(1.0 / 24));
+	p = V(fma)(p, r, V(set1)(1.0 / 6));
+	p = V(fma)(p, r, V(set1)(0.5));
+	p = V(fma)(p, r, V(set1)(1));
+	p = V(fma)(p, r, V(set1)(1));
+	return V(scale2)(p, k);
+}
+
+/*
+ * f32 tanh, about 5x cheaper than SLEEF's tanhf_u10 (expm1 is the slow
+ * part of that, so (expm1(2x) / (expm1(2x) + 2) does not help), within 2
+ * ULP:
+ *   |x| <  0.5: x + x^3 p(x^2), p of degree 4 fitted to (tanh x - x) / x^3
+ *               on [0, 0.25] (interpolation at Chebyshev nodes, then
+ *               rounded to floats; adds < 0.07 ULP to the final rounding).
+ *   |x| >= 0.5: (e - 1) / (e + 1), e = exp(2 |x|) (v_exp_0_20): e - 1 is
+ *               exact for 2^0.5 <= e < 2^24 and exp's error reaches the
+ *               quotient damped by 2e / (e^2 - 1) <= 0.85;
  *   |x| >= 4:   1 - 2 / (e + 1), since e - 1 rounds once e >= 2^24 and
  *               2 / (e + 1) < 7e-4 contributes almost nothing.
  * |x| is capped where tanh is 1 in f32 so e stays finite; NaN passes
- * (compares are false).  f64 keeps SLEEF's tanh_u10.
+ * (compares are false).  The division stays a division: a 14-bit
+ * reciprocal with a residual correction measured slower on Zen 4.  f64
+ * keeps SLEEF's tanh_u10.
  */
 static inline VT F(v_tanh)(VT v)
 {
@@ -126,26 +156,23 @@ static inline VT F(v_tanh)(VT v)
 		return V(tanh)(v);
 	a = V(abs)(v);
 	a = V(sel)(V(gt)(a, V(set1)(10)), V(set1)(10), a);
-	e = V(exp)(V(add)(a, a));
+	e = F(v_exp_0_20)(V(add)(a, a));
 	/* one division serves both: (e - 1) / (e + 1) or 2 / (e + 1) */
 	mid = V(lt)(a, V(set1)(4));
 	big = V(div)(V(sel)(mid, V(sub)(e, one), V(set1)(2)), V(add)(e, one));
 	big = V(sel)(mid, big, V(sub)(one, big));
 	x2 = V(mul)(v, v);
-	p = V(set1)(0.000590027440945585981378075993700);
-	p = V(fma)(p, x2, V(set1)(-0.00145583438705131826824948518070));
-	p = V(fma)(p, x2, V(set1)(0.00359212803657248101692546136991));
-	p = V(fma)(p, x2, V(set1)(-0.00886323552990219656886323552990));
-	p = V(fma)(p, x2, V(set1)(0.0218694885361552028218694885362));
-	p = V(fma)(p, x2, V(set1)(-0.0539682539682539682539682539683));
-	p = V(fma)(p, x2, V(set1)(0.133333333333333333333333333333));
-	p = V(fma)(p, x2, V(set1)(-0.333333333333333333333333333333));
+	p = V(set1)(-0.006942941807210445);
+	p = V(fma)(p, x2, V(set1)(0.021470682695508003));
+	p = V(fma)(p, x2, V(set1)(-0.05393346771597862));
+	p = V(fma)(p, x2, V(set1)(0.1333322525024414));
+	p = V(fma)(p, x2, V(set1)(-0.3333333134651184));
 	p = V(fma)(V(mul)(v, x2), p, v);
 	return V(sel)(V(lt)(a, V(set1)(0.5)), p, V(copysign)(big, v));
 }
 
 /*
- * f32 sin and cos, about 2x cheaper than SLEEF's u10 and within 1 ULP
+ * f32 sin and cos, about 2x cheaper than SLEEF's u10 and within 2 ULP
  * (checked for every float with |x| <= 8192 by simd/bench/exhaustive.c;
  * docs/simd.md has the figures).  Larger |x|, inf and NaN take SLEEF.
  *   q = rint(x 2/pi), r = x - q pi/2 in [-pi/4, pi/4], and by q mod 4
@@ -155,15 +182,18 @@ static inline VT F(v_tanh)(VT v)
  * or +-1 on 2^-24), so r1 = x - q c1 is exact in one fma; r = r1 - q c2
  * rounds once, relative to r itself, however much r1 and q c2 cancel near
  * a multiple of pi/2; r_lo = -q c3 enters the polynomials to first order.
- * Taylor polynomials: sin to r^9, cos to r^10 (truncation < 3e-9
- * relative on [-pi/4, pi/4]).
+ * Polynomials fitted at Chebyshev nodes on r^2 in [0, (pi/4)^2] and
+ * rounded to floats: sin r = r + r^3 ps(r^2), ps of degree 2 (adds < 0.14
+ * ULP), cos r = 1 + r^2 pc(r^2), pc of degree 3 (< 0.02 ULP); one term
+ * fewer each than the Taylor series to r^9 and r^10 they replace.
+ * Lanes past 8192 come out wrong here; v_sinf_far says which they are.
  */
-static inline VT F(v_sinf_fast)(VT v, bool cosine)
+static inline VT F(v_sinf_core)(VT v, bool cosine)
 {
 	const VT one = V(set1)(1);
 	const VT c2 = V(set1)(-4.371138828673793e-08);
 	VT q, mq, r1, r, rl, s, ps, pc, sn, cs, res;
-	V(m) odd, neg, far;
+	V(m) odd, neg;
 
 	q = V(rint)(V(mul)(v, V(set1)(0.63661977236758134308)));
 	mq = V(neg)(q);
@@ -171,17 +201,15 @@ static inline VT F(v_sinf_fast)(VT v, bool cosine)
 	r = V(fma)(mq, c2, r1);
 	rl = V(mul)(mq, V(set1)(-1.7151245100058819e-15));
 	s = V(mul)(r, r);
-	ps = V(set1)(1.0 / 362880.0);
-	ps = V(fma)(ps, s, V(set1)(-1.0 / 5040.0));
-	ps = V(fma)(ps, s, V(set1)(1.0 / 120.0));
-	ps = V(fma)(ps, s, V(set1)(-1.0 / 6.0));
+	ps = V(set1)(-0.00019587890710681677);
+	ps = V(fma)(ps, s, V(set1)(0.008332747966051102));
+	ps = V(fma)(ps, s, V(set1)(-0.166666641831398));
 	/* sin(r + rl) ~ r + r^3 ps + rl (1 - r^2 / 2) */
 	sn = V(add)(r, V(fma)(V(mul)(r, s), ps,
 			      V(mul)(rl, V(fma)(s, V(set1)(-0.5), one))));
-	pc = V(set1)(-1.0 / 3628800.0);
-	pc = V(fma)(pc, s, V(set1)(1.0 / 40320.0));
-	pc = V(fma)(pc, s, V(set1)(-1.0 / 720.0));
-	pc = V(fma)(pc, s, V(set1)(1.0 / 24.0));
+	pc = V(set1)(2.4463788577122614e-05);
+	pc = V(fma)(pc, s, V(set1)(-0.0013887588866055012));
+	pc = V(fma)(pc, s, V(set1)(0.04166664928197861));
 	pc = V(fma)(pc, s, V(set1)(-0.5));
 	/* cos(r + rl) ~ 1 + r^2 pc - rl r */
 	cs = V(add)(one, V(fma)(s, pc, V(neg)(V(mul)(rl, r))));
@@ -194,7 +222,21 @@ static inline VT F(v_sinf_fast)(VT v, bool cosine)
 	res = V(sel)(neg, V(neg)(res), res);
 	if (!cosine) /* sin(-0) = -0; tiny x are their own sine */
 		res = V(sel)(V(lt)(V(abs)(v), V(set1)(0x1p-12)), v, res);
-	far = V(gt)(V(abs)(v), V(set1)(8192));
+	return res;
+}
+
+/* Lanes v_sinf_core leaves to SLEEF: |x| > 8192 (inf included; NaN
+ * lanes come out NaN from the core already). */
+static inline V(m) F(v_sinf_far)(VT v)
+{
+	return V(gt)(V(abs)(v), V(set1)(8192));
+}
+
+static inline VT F(v_sinf_fast)(VT v, bool cosine)
+{
+	VT res = F(v_sinf_core)(v, cosine);
+	V(m) far = F(v_sinf_far)(v);
+
 	if (V(any)(far))
 		res = V(sel)(far, cosine ? V(cos)(v) : V(sin)(v), res);
 	return res;
@@ -330,6 +372,43 @@ static void F(pow_c)(int64_t n, const T *x, T *y, T e)
 	}
 }
 
+/*
+ * sin and cos forward.  A call in the loop (SLEEF, for the rare |x| >
+ * 8192) costs every vector even when not taken: no vector register
+ * survives a call, so the compiler reloads or spills what the loop keeps
+ * in them (7 % of the f32 kernel in L1).  So the loop only notes whether
+ * any lane was far, and a second pass redoes those vectors from x.  In
+ * place (y == x) the input is gone by then: there each vector is fixed
+ * as it goes.
+ */
+static void F(sincos_c)(int64_t n, const T *x, T *y, bool cosine)
+{
+	V(m) far = V(lt)(V(set1)(0), V(set1)(0));
+	int64_t i;
+
+	if (sizeof(T) == 8 || x == y) {
+		LOOP1(n, cosine ? F(v_cos)(v) : F(v_sin)(v));
+		return;
+	}
+	LOOP1(n,
+	      (far = V(or)(far, F(v_sinf_far)(v)), F(v_sinf_core)(v, cosine)));
+	if (!V(any)(far))
+		return;
+	for (i = 0; i < n; i += W) {
+		int64_t len = n - i < W ? n - i : W;
+		VT v = V(loadn)(x + i, len);
+		V(m) m = F(v_sinf_far)(v);
+		VT r;
+
+		(void)len; /* the generic loadn ignores it */
+		if (!V(any)(m))
+			continue;
+		r = V(sel)(m, cosine ? V(cos)(v) : V(sin)(v),
+			   V(loadn)(y + i, len));
+		V(storen)(y + i, r, len);
+	}
+}
+
 static void F(unary_c)(enum ag_k_unary op, int64_t n, const T *x, T *y, T p0,
 		       T p1)
 {
@@ -369,10 +448,8 @@ static void F(unary_c)(enum ag_k_unary op, int64_t n, const T *x, T *y, T p0,
 		LOOP1(n, V(div)(one, v));
 		break;
 	case AG_K_SIN:
-		LOOP1(n, F(v_sin)(v));
-		break;
 	case AG_K_COS:
-		LOOP1(n, F(v_cos)(v));
+		F(sincos_c)(n, x, y, op == AG_K_COS);
 		break;
 	case AG_K_TAN:
 		LOOP1(n, V(tan)(v));
@@ -816,19 +893,67 @@ static void F(unary_bwd)(enum ag_k_unary op, int64_t n, const T *g,
 	F(dst_done)(&dgx);
 }
 
+/*
+ * Binary outputs of at least AG_K_NT_MIN bytes are written with streaming
+ * (non-temporal) stores.  An ordinary store to a line that is not cached
+ * first reads it (read for ownership), so x * w over buffers far larger
+ * than the caches moves four streams for three; streaming stores skip
+ * that read.  But the output then is not in cache for the op that reads
+ * it next, which costs more than it saves for outputs the caches could
+ * have kept: with x * w followed by a sum of the product (one thread,
+ * AVX-512, Zen 4) streaming lost at 1 MiB, tied at 2 MiB and won from
+ * 4 MiB (mul alone: 40 against 27 GB/s at 16 MiB).  The unary kernels
+ * keep ordinary stores: streaming measured slower for every one tried
+ * (exp, sin, tanh, neg; 2^22 elements, inputs and outputs hot or cold).
+ * A part of a split kernel is judged by its own length.
+ */
+#ifndef AG_K_NT_MIN
+#define AG_K_NT_MIN (4 << 20)
+#endif
+
+/* -1: ordinary stores; else the elements before y + h is vector-aligned
+ * (0 .. W - 1), which LOOP2 writes with one masked store first. */
+static inline int64_t F(nt_head)(const T *y, int64_t n)
+{
+	const uintptr_t al = W * sizeof(T);
+	uintptr_t a = (uintptr_t)y;
+
+	if (W == 1 || n < (int64_t)(AG_K_NT_MIN / sizeof(T)) || a % sizeof(T))
+		return -1;
+	return (int64_t)(((al - a % al) % al) / sizeof(T));
+}
+
+/* Two loops rather than a branch per vector: the branch cost the L1-sized
+ * products ~10 %. */
 #define LOOP2(n, EXPR)                                     \
 	do {                                               \
-		int64_t i_ = 0;                            \
-		for (; i_ + W <= (n); i_ += W) {           \
-			VT av = V(load)(a + i_);           \
-			VT bv = V(load)(b + i_);           \
-			V(store)(y + i_, (EXPR));          \
+		int64_t i_ = 0, h_ = F(nt_head)(y, (n));   \
+		if (h_ > 0) {                              \
+			VT av = V(loadn)(a, h_);           \
+			VT bv = V(loadn)(b, h_);           \
+			V(storen)(y, (EXPR), h_);          \
+			i_ = h_;                           \
+		}                                          \
+		if (h_ >= 0) {                             \
+			for (; i_ + W <= (n); i_ += W) {   \
+				VT av = V(load)(a + i_);   \
+				VT bv = V(load)(b + i_);   \
+				V(stream)(y + i_, (EXPR)); \
+			}                                  \
+		} else {                                   \
+			for (; i_ + W <= (n); i_ += W) {   \
+				VT av = V(load)(a + i_);   \
+				VT bv = V(load)(b + i_);   \
+				V(store)(y + i_, (EXPR));  \
+			}                                  \
 		}                                          \
 		if (i_ < (n)) {                            \
 			VT av = V(loadn)(a + i_, (n)-i_);  \
 			VT bv = V(loadn)(b + i_, (n)-i_);  \
 			V(storen)(y + i_, (EXPR), (n)-i_); \
 		}                                          \
+		if (h_ >= 0)                               \
+			V(sfence)();                       \
 	} while (0)
 
 static void F(binary_c)(enum ag_k_binary op, int64_t n, const T *a, const T *b,

@@ -11,7 +11,9 @@
  *   vf_t, vf_m, VF_W      vector, mask, lanes
  *   load/loadn/store/storen   (the _n forms touch only the first n lanes,
  *                              so a tail never reads or writes past the end)
+ *   stream (non-temporal store to an aligned vector), sfence
  *   set1 add sub mul div fma sqrt rint (to nearest even) floor abs neg copysign
+ *   scale2(p, k) = p 2^k for integral k
  *   lt le gt ge eq isnan
  *   and/or sel(m, a, b) = m ? a : b, qbit(q, b): bit b of integral q
  *   exp expm1 log log1p sin cos tan tanh erf erfc atan pow   (SLEEF u10;
@@ -58,6 +60,10 @@ static inline __mmask8 vd_tailmask(int64_t n)
 #define vf_loadn(p, n) _mm512_maskz_loadu_ps(vf_tailmask(n), p)
 #define vf_store(p, v) _mm512_storeu_ps(p, v)
 #define vf_storen(p, v, n) _mm512_mask_storeu_ps(p, vf_tailmask(n), v)
+/* streaming (non-temporal) store, p aligned to the vector; weakly ordered,
+ * so a kernel that streams ends with sfence */
+#define vf_stream(p, v) _mm512_stream_ps(p, v)
+#define vf_sfence() _mm_sfence()
 #define vf_set1(s) _mm512_set1_ps(s)
 #define vf_add(a, b) _mm512_add_ps(a, b)
 #define vf_sub(a, b) _mm512_sub_ps(a, b)
@@ -65,6 +71,8 @@ static inline __mmask8 vd_tailmask(int64_t n)
 #define vf_div(a, b) _mm512_div_ps(a, b)
 #define vf_fma(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define vf_sqrt(a) _mm512_sqrt_ps(a)
+/* p 2^k, k integral (vscalef: exact, NaN passes) */
+#define vf_scale2(p, k) _mm512_scalef_ps(p, k)
 #define vf_rint(a) \
 	_mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define vf_floor(a) \
@@ -103,6 +111,8 @@ static inline __mmask8 vd_tailmask(int64_t n)
 #define vd_loadn(p, n) _mm512_maskz_loadu_pd(vd_tailmask(n), p)
 #define vd_store(p, v) _mm512_storeu_pd(p, v)
 #define vd_storen(p, v, n) _mm512_mask_storeu_pd(p, vd_tailmask(n), v)
+#define vd_stream(p, v) _mm512_stream_pd(p, v)
+#define vd_sfence() _mm_sfence()
 #define vd_set1(s) _mm512_set1_pd(s)
 #define vd_add(a, b) _mm512_add_pd(a, b)
 #define vd_sub(a, b) _mm512_sub_pd(a, b)
@@ -110,6 +120,7 @@ static inline __mmask8 vd_tailmask(int64_t n)
 #define vd_div(a, b) _mm512_div_pd(a, b)
 #define vd_fma(a, b, c) _mm512_fmadd_pd(a, b, c)
 #define vd_sqrt(a) _mm512_sqrt_pd(a)
+#define vd_scale2(p, k) _mm512_scalef_pd(p, k)
 #define vd_rint(a) \
 	_mm512_roundscale_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define vd_floor(a) \
@@ -215,6 +226,8 @@ static inline __m256i vd_tailmask(int64_t n)
 #define vf_loadn(p, n) _mm256_maskload_ps(p, vf_tailmask(n))
 #define vf_store(p, v) _mm256_storeu_ps(p, v)
 #define vf_storen(p, v, n) _mm256_maskstore_ps(p, vf_tailmask(n), v)
+#define vf_stream(p, v) _mm256_stream_ps(p, v)
+#define vf_sfence() _mm_sfence()
 #define vf_set1(s) _mm256_set1_ps(s)
 #define vf_add(a, b) _mm256_add_ps(a, b)
 #define vf_sub(a, b) _mm256_sub_ps(a, b)
@@ -222,6 +235,14 @@ static inline __m256i vd_tailmask(int64_t n)
 #define vf_div(a, b) _mm256_div_ps(a, b)
 #define vf_fma(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define vf_sqrt(a) _mm256_sqrt_ps(a)
+/* p 2^k for integral k with p 2^k normal (k added to the exponent field);
+ * a NaN k converts to INT_MIN, whose shifted value is 0: NaN p passes */
+static inline __m256 vf_scale2(__m256 p, __m256 k)
+{
+	__m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(k), 23);
+
+	return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+}
 #define vf_rint(a) \
 	_mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define vf_floor(a) _mm256_floor_ps(a)
@@ -260,6 +281,8 @@ static inline __m256i vd_tailmask(int64_t n)
 #define vd_loadn(p, n) _mm256_maskload_pd(p, vd_tailmask(n))
 #define vd_store(p, v) _mm256_storeu_pd(p, v)
 #define vd_storen(p, v, n) _mm256_maskstore_pd(p, vd_tailmask(n), v)
+#define vd_stream(p, v) _mm256_stream_pd(p, v)
+#define vd_sfence() _mm_sfence()
 #define vd_set1(s) _mm256_set1_pd(s)
 #define vd_add(a, b) _mm256_add_pd(a, b)
 #define vd_sub(a, b) _mm256_sub_pd(a, b)
@@ -267,6 +290,13 @@ static inline __m256i vd_tailmask(int64_t n)
 #define vd_div(a, b) _mm256_div_pd(a, b)
 #define vd_fma(a, b, c) _mm256_fmadd_pd(a, b, c)
 #define vd_sqrt(a) _mm256_sqrt_pd(a)
+static inline __m256d vd_scale2(__m256d p, __m256d k)
+{
+	__m256i e = _mm256_slli_epi64(
+		_mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(k)), 52);
+
+	return _mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(p), e));
+}
 #define vd_rint(a) \
 	_mm256_round_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define vd_floor(a) _mm256_floor_pd(a)
@@ -380,6 +410,8 @@ typedef bool vd_m;
 #define vf_loadn(p, n) (*(p))
 #define vf_store(p, v) (*(p) = (v))
 #define vf_storen(p, v, n) (*(p) = (v))
+#define vf_stream(p, v) (*(p) = (v))
+#define vf_sfence() ((void)0)
 #define vf_set1(s) ((float)(s))
 #define vf_add(a, b) ((a) + (b))
 #define vf_sub(a, b) ((a) - (b))
@@ -389,6 +421,8 @@ typedef bool vd_m;
  * picks the hardware instruction when the CPU has one) */
 #define vf_fma(a, b, c) fmaf(a, b, c)
 #define vf_sqrt(a) sqrtf(a)
+/* the guard keeps the conversion defined; NaN k gives NaN */
+#define vf_scale2(p, k) (fabsf(k) < 256 ? ldexpf(p, (int)(k)) : (p) * (k))
 #define vf_rint(a) nearbyintf(a)
 #define vf_floor(a) floorf(a)
 #define vf_abs(a) fabsf(a)
@@ -423,6 +457,8 @@ typedef bool vd_m;
 #define vd_loadn(p, n) (*(p))
 #define vd_store(p, v) (*(p) = (v))
 #define vd_storen(p, v, n) (*(p) = (v))
+#define vd_stream(p, v) (*(p) = (v))
+#define vd_sfence() ((void)0)
 #define vd_set1(s) ((double)(s))
 #define vd_add(a, b) ((a) + (b))
 #define vd_sub(a, b) ((a) - (b))
@@ -430,6 +466,7 @@ typedef bool vd_m;
 #define vd_div(a, b) ((a) / (b))
 #define vd_fma(a, b, c) fma(a, b, c)
 #define vd_sqrt(a) sqrt(a)
+#define vd_scale2(p, k) (fabs(k) < 4096 ? ldexp(p, (int)(k)) : (p) * (k))
 #define vd_rint(a) nearbyint(a)
 #define vd_floor(a) floor(a)
 #define vd_abs(a) fabs(a)

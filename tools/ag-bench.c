@@ -888,6 +888,75 @@ static void mlp_run(struct mlp *m, const struct config *c, int threads)
 	record("mlp", m->case_name, threads, "step_ms", "ms", t * 1e3);
 }
 
+/*
+ * The GEMMs of one step, alone: the same shapes and operand layouts
+ * (transposes as strided views, which ag_matmul hands to the BLAS as
+ * flags) as the step's forward and backward, on operands of the step's
+ * sizes.  Per layer l with input h [B, in], weight W [in, out] and output
+ * gradient g [B, out]: h W forward; g W^T (except for the first layer,
+ * whose input needs no gradient) and h^T g backward.  This is the GEMM
+ * rate the step gets, to hold against limits' 1024^3 figure.
+ */
+struct mlp_gemm {
+	struct ag_tensor *h[3], *g[3], *ht[3], *wt[3];
+	double flops;
+};
+
+static void mlp_gemm_init(struct mlp_gemm *mg, struct mlp *m,
+			  struct ag_generator *g)
+{
+	struct ag_mode md = ag_no_grad_enter();
+
+	mg->flops = 0;
+	for (int l = 0; l < 3; l++) {
+		int64_t in = m->dims[l], out = m->dims[l + 1];
+		int64_t hs[2] = { m->b, in }, gs[2] = { m->b, out };
+
+		mg->h[l] = l ? uniform(g, m->dt, 2, hs, 0, 1, false) :
+			       ag_tensor_get(m->x);
+		mg->g[l] = uniform(g, m->dt, 2, gs, -1, 1, false);
+		mg->ht[l] = NN(ag_transpose(mg->h[l], 0, 1));
+		mg->wt[l] = NN(ag_transpose(m->p[2 * l], 0, 1));
+		mg->flops += 2.0 * (double)(m->b * in * out) * (l ? 3 : 2);
+	}
+	ag_mode_exit(md);
+}
+
+static void mlp_gemm_free(struct mlp_gemm *mg)
+{
+	for (int l = 0; l < 3; l++) {
+		ag_tensor_put(mg->h[l]);
+		ag_tensor_put(mg->g[l]);
+		ag_tensor_put(mg->ht[l]);
+		ag_tensor_put(mg->wt[l]);
+	}
+}
+
+static void mlp_gemm_run(struct mlp_gemm *mg, struct mlp *m,
+			 const struct config *c, int threads)
+{
+	struct ag_mode md = ag_no_grad_enter();
+	double t0, t;
+
+	t0 = now_s();
+	for (int i = 0; i < c->mlp_steps; i++) {
+		struct ag_scope *s = ag_scope_begin();
+
+		for (int l = 0; l < 3; l++) {
+			NN(ag_matmul(mg->h[l], m->p[2 * l]));
+			if (l)
+				NN(ag_matmul(mg->g[l], mg->wt[l]));
+			NN(ag_matmul(mg->ht[l], mg->g[l]));
+		}
+		ag_scope_end(s);
+	}
+	t = (now_s() - t0) / c->mlp_steps;
+	ag_mode_exit(md);
+	record("mlp", m->case_name, threads, "gemm_ms", "ms", t * 1e3);
+	record("mlp", m->case_name, threads, "gemm_gflops", "GFLOP/s",
+	       mg->flops / t * 1e-9);
+}
+
 static double mlp_loss_value(struct mlp *m)
 {
 	struct ag_scope *s = ag_scope_begin();
@@ -1334,6 +1403,27 @@ static void print_table(const struct machine *mc, const struct config *c)
 			       t->threads, m1 / mt);
 		}
 	}
+	/* mlp: its GEMMs' rate against the 1024^3 rate at the same count */
+	for (int i = 0; i < n_series; i++) {
+		const struct series *mg = &all_series[i];
+		double gm, lm, a, b;
+
+		if (strcmp(mg->workload, "mlp") ||
+		    strcmp(mg->metric, "gemm_gflops") || !mg->n)
+			continue;
+		series_stats(mg, &gm, &a, &b);
+		for (int j = 0; j < n_series; j++) {
+			const struct series *l = &all_series[j];
+
+			if (strcmp(l->workload, "limits") ||
+			    strcmp(l->metric, "gemm_gflops") ||
+			    l->threads != mg->threads || !l->n)
+				continue;
+			series_stats(l, &lm, &a, &b);
+			printf("mlp GEMMs, %d thread(s): %.0f%% of the %s rate (medians)\n",
+			       mg->threads, 100 * gm / lm, l->case_name);
+		}
+	}
 	printf("peak RSS: %.1f MiB (getrusage; includes the triad's arrays)\n",
 	       (double)peak_rss_kib() / 1024);
 	printf("machine load: 1-min load average %.2f at start, %.2f at end on %ld CPUs; this process got %.2f CPU-s per wall-s while measuring%s\n",
@@ -1442,6 +1532,7 @@ int main(int argc, char **argv)
 	struct ew_state ew = { 0 };
 	struct wide_state wide = { 0 };
 	struct mlp mlp = { 0 };
+	struct mlp_gemm mlp_gemm = { 0 };
 	struct triad_state triad = { 0 };
 	struct gemm_state gemm = { 0 };
 	struct ag_generator *g;
@@ -1546,8 +1637,10 @@ int main(int argc, char **argv)
 		ew_setup(&ew, &c, g);
 	if (sel & W_WIDE)
 		wide_setup(&wide, &c, g);
-	if (sel & W_MLP)
+	if (sel & W_MLP) {
 		mlp_init(&mlp, AG_F32, c.mlp_dims, c.mlp_b, g);
+		mlp_gemm_init(&mlp_gemm, &mlp, g);
+	}
 	if (sel & W_TRIAD)
 		triad_setup(&triad, &c);
 	if (sel & W_GEMM)
@@ -1603,8 +1696,10 @@ int main(int argc, char **argv)
 				ew_run(&ew, &c, t);
 			if (lib && (sel & W_WIDE))
 				wide_run(&wide, &c, t);
-			if (lib && (sel & W_MLP))
+			if (lib && (sel & W_MLP)) {
 				mlp_run(&mlp, &c, t);
+				mlp_gemm_run(&mlp_gemm, &mlp, &c, t);
+			}
 			if (sel & W_TRIAD)
 				triad_run(&triad, t);
 			if (lib && (sel & W_GEMM))
@@ -1643,8 +1738,10 @@ int main(int argc, char **argv)
 	for (int64_t i = 0; i < wide.k; i++)
 		ag_tensor_put(wide.w[i]);
 	free(wide.w);
-	if (sel & W_MLP)
+	if (sel & W_MLP) {
+		mlp_gemm_free(&mlp_gemm);
 		mlp_free(&mlp);
+	}
 	free(triad.a);
 	free(triad.b);
 	free(triad.c);

@@ -154,6 +154,33 @@ Test(paths, binary, .timeout = 120)
 		binary_all(op);
 }
 
+/* 9 MiB outputs, past the streaming threshold (4 MiB), odd lengths, every
+ * offset from a 64-byte boundary a vector's worth of each type can have. */
+Test(paths, binary_stream, .timeout = 120)
+{
+	static const enum ag_k_binary ops[] = { AG_K_ADD, AG_K_MUL,
+						AG_K_MAXIMUM };
+	struct rng r = { 4242 };
+	int64_t off;
+	size_t o;
+	int k;
+
+	for (k = 0; k < TEST_NISA; k++) {
+		const struct ag_k_isa *t = test_isa(k);
+
+		if (!t)
+			continue;
+		for (o = 0; o < sizeof(ops) / sizeof(ops[0]); o++) {
+			for (off = 0; off < 16; off += 1 + off / 2)
+				binary_stream_case_f32(
+					t, ops[o], (9 << 20) / 4 + 13, off, &r);
+			for (off = 0; off < 8; off++)
+				binary_stream_case_f64(
+					t, ops[o], (9 << 20) / 8 + 5, off, &r);
+		}
+	}
+}
+
 Test(paths, dispatch)
 {
 	const char *name = ag_k_isa_name();
