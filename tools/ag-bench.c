@@ -169,7 +169,6 @@ struct series {
 	int threads;
 	const char *metric;
 	const char *unit;
-	const char *unavailable; /* reason, or NULL */
 	double *v;
 	int n, cap;
 };
@@ -225,14 +224,6 @@ static void record(const char *workload, const char *case_name, int threads,
 			die("out of memory");
 	}
 	s->v[s->n++] = v;
-}
-
-static void mark_unavailable(const char *workload, const char *case_name,
-			     int threads, const char *metric, const char *unit,
-			     const char *why)
-{
-	series_get(workload, case_name, threads, metric, unit)->unavailable =
-		why;
 }
 
 static void series_stats(const struct series *s, double *med, double *mn,
@@ -455,16 +446,7 @@ struct ew_op {
 	double lo, hi; /* input range */
 	/* nominal bytes per element of the op's own kernels, f32 */
 	int fwd_bytes, bwd_bytes;
-	bool available;
 };
-
-#ifdef AG_BENCH_HAVE_AG_SIN
-#define SIN_FN ag_sin
-#define SIN_AVAILABLE true
-#else
-#define SIN_FN NULL
-#define SIN_AVAILABLE false
-#endif
 
 /*
  * Bytes: a unary forward reads x and writes y (8 B/element); its backward
@@ -473,15 +455,13 @@ struct ew_op {
  * forward; backward runs two such kernels, g * w and g * x (24 B).
  */
 static struct ew_op ew_ops[] = {
-	{ "exp", ag_exp, -1, 1, 8, 12, true },
-	{ "log", ag_log, 0.5, 2, 8, 12, true },
-	{ "sin", SIN_FN, -1, 1, 8, 12, SIN_AVAILABLE },
-	{ "tanh", ag_tanh, -1, 1, 8, 12, true },
-	{ "sigmoid", ag_sigmoid, -1, 1, 8, 12, true },
-	{ "mul", NULL, -1, 1, 12, 24, true },
+	{ "exp", ag_exp, -1, 1, 8, 12 },
+	{ "log", ag_log, 0.5, 2, 8, 12 },
+	{ "sin", ag_sin, -1, 1, 8, 12 },
+	{ "tanh", ag_tanh, -1, 1, 8, 12 },
+	{ "sigmoid", ag_sigmoid, -1, 1, 8, 12 },
+	{ "mul", NULL, -1, 1, 12, 24 },
 };
-
-#define EW_UNAVAILABLE "unavailable: ag_sin is not in this libag build"
 
 struct ew_state {
 	struct ag_tensor *x[ARRAY_SIZE(ew_ops)];
@@ -524,17 +504,6 @@ static void ew_run(struct ew_state *st, const struct config *c, int threads)
 		const struct ew_op *op = &ew_ops[i];
 		double f, b, n = (double)c->ew_n;
 
-		if (!op->available) {
-			mark_unavailable("elementwise", op->name, threads,
-					 "fwd_ms", "ms", EW_UNAVAILABLE);
-			mark_unavailable("elementwise", op->name, threads,
-					 "bwd_ms", "ms", EW_UNAVAILABLE);
-			mark_unavailable("elementwise", op->name, threads,
-					 "fwd_gbps", "GB/s", EW_UNAVAILABLE);
-			mark_unavailable("elementwise", op->name, threads,
-					 "bwd_gbps", "GB/s", EW_UNAVAILABLE);
-			continue;
-		}
 		ew_once(st, i, &f, &b);
 		OK(ag_tensor_zero_grad(st->x[i]));
 		if (!op->fn)
@@ -578,8 +547,6 @@ static void ew_check(struct ew_state *st, const struct config *c, int threads)
 		struct ag_tensor *gx, *gw = NULL;
 		double f, b, *xs, *ws, *got, *want, worst;
 
-		if (!op->available)
-			continue;
 		ew_once(st, i, &f, &b);
 		gx = ag_tensor_grad(st->x[i]);
 		if (!op->fn)
@@ -1327,12 +1294,9 @@ static void write_json(const char *path, const struct machine *mc,
 		json_str(f, s->metric);
 		fputs(", \"unit\": ", f);
 		json_str(f, s->unit);
-		if (s->unavailable || !s->n) {
-			fputs(", \"median\": null, \"min\": null, \"max\": null, \"reps\": 0, \"status\": \"unavailable\", \"reason\": ",
+		if (!s->n) {
+			fputs(", \"median\": null, \"min\": null, \"max\": null, \"reps\": 0, \"status\": \"unavailable\", \"reason\": \"no figure recorded\"}",
 			      f);
-			json_str(f, s->unavailable ? s->unavailable :
-						     "no figure recorded");
-			fputc('}', f);
 		} else {
 			double med, mn, mx;
 
@@ -1373,9 +1337,8 @@ static void print_table(const struct machine *mc, const struct config *c)
 
 		printf("%-12s %-22s %3d %-16s %-8s ", s->workload, s->case_name,
 		       s->threads, s->metric, s->unit);
-		if (s->unavailable || !s->n) {
-			printf("%s\n", s->unavailable ? s->unavailable :
-							"no figure recorded");
+		if (!s->n) {
+			printf("no figure recorded\n");
 			continue;
 		}
 		series_stats(s, &med, &mn, &mx);
