@@ -345,7 +345,6 @@ ag-bench                        every workload, threads 1 and all CPUs,
 ag-bench --workload mlp --workload wide --threads 1,2 --reps 15
 ag-bench --json out.json        the same figures for scripts
 ag-bench --trace wide.json      Chrome/Perfetto trace of one wide backward
-                                (needs ag/trace.h; says so otherwise)
 ag-bench --quick                tiny sizes plus gradient checks; exit 1 on
                                 a mismatch (meson test --suite bench)
 ```
@@ -697,7 +696,6 @@ def main():
             md.append("- " + u)
     else:
         md.append("- nothing: every workload ran")
-    md.append("- `ag-bench --trace`: needs ag/trace.h (libag's pool branch)")
     if "libtorch" not in configs:
         md.append("- the libtorch C++ variant (skipped in this run: no g++ "
                   "or libtorch headers, or --no-cpp)")
