@@ -47,6 +47,65 @@ Test(core, pow_saves_self)
 	AG_ASSERT_NO_LEAKS();
 }
 
+/*
+ * A unary node saves one slot.  An output that is all of its storage is
+ * kept as the storage and rebuilt on unpack; it must read the same values,
+ * outlive the output tensor, and see in-place writes as version errors.
+ */
+Test(core, saved_result_outlives_output)
+{
+	double v[3] = { 0.5, -1.0, 2.0 };
+	const char *const *names;
+	struct ag_tensor *x = leaf(v, 3);
+	struct ag_tensor *y = ag_tanh(x);
+	struct ag_tensor *z = ag_sum(y), *s, *g;
+	struct ag_node *n = ag_tensor_grad_fn(y);
+
+	cr_assert_eq(ag_node_saved_names(n, &names), 1);
+	cr_assert_str_eq(names[0], "result");
+	cr_assert_null(ag_node_saved(n, "self"));
+	AG_ASSERT_ERR(AG_EINVAL,
+		      "TanhBackward has no saved tensor named 'self'");
+	s = ag_node_saved(n, "result");
+	cr_assert(s && ag_equal(s, y));
+	cr_assert_eq(ag_tensor_ndim(s), 1);
+	cr_assert_eq(ag_tensor_shape(s)[0], 3);
+	ag_tensor_put(s);
+	ag_tensor_put(y); /* z's graph keeps the node, the node the values */
+	cr_assert_eq(ag_backward(z, NULL, NULL), 0, "%s", ag_errmsg());
+	g = ag_tensor_grad(x);
+	for (int i = 0; i < 3; i++) {
+		double t = tanh(v[i]);
+
+		cr_assert_float_eq(ag__get(g, i), 1 - t * t, 1e-15);
+	}
+	ag_tensor_put(g);
+	ag_tensor_put(z);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(core, saved_result_version_error)
+{
+	double v[2] = { 0.5, -1.0 };
+	struct ag_tensor *x = leaf(v, 2);
+	struct ag_tensor *y = ag_exp(x);
+	struct ag_tensor *z = ag_sum(y);
+
+	{
+		AG_NO_GRAD_SCOPE();
+		cr_assert_eq(ag_mul_scalar_(y, 2), 0);
+	}
+	cr_assert_eq(ag_backward(z, NULL, NULL), -AG_EVERSION);
+	AG_ASSERT_ERR(
+		AG_EVERSION,
+		"[f64 [2]], which is output 0 of ExpBackward, is at version 1; expected version 0 instead. It was last modified in place by ag_mul_scalar_");
+	ag_tensor_put(z);
+	ag_tensor_put(y);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
 Test(core, fan_out_accumulates)
 {
 	double v[1] = { 0.3 };
