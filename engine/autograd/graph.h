@@ -247,6 +247,12 @@ int ag__save(struct ag_node *n, int slot, struct ag_tensor *t, bool is_output,
  * one whose grad_fn is n, so double backward flows through n.
  */
 struct ag_tensor *ag__unpack(struct ag_node *n, int slot);
+/*
+ * The dense data of saved slot `slot`, with ag__unpack's checks but no
+ * tensor made: 0 and *data set, 1 when the slot is not one dense span (or
+ * not defined), or -AG_E* with the error set.
+ */
+int ag__saved_span(struct ag_node *n, int slot, const void **data);
 /* Frees every saved tensor of n (after it ran without retain_graph). */
 void ag__node_release(struct ag_node *n);
 /* AG_EFREED with PyTorch's retain_graph explanation. */

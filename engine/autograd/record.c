@@ -153,30 +153,56 @@ static struct ag_tensor *saved_tensor(struct ag_node *n, struct ag_saved *s)
 	return ag__tensor_on(s->storage, im->dtype, im->ndim, im->shape);
 }
 
+/* 0 when slot s of n can be read, else -AG_EFREED or -AG_EVERSION. */
+static int saved_check(struct ag_node *n, struct ag_saved *s)
+{
+	const struct ag_input_meta *im = &n->in_meta[s->output_nr];
+	uint64_t now;
+
+	if (atomic_load_explicit(&n->released, memory_order_acquire))
+		return ag__err_freed(n);
+	now = atomic_load_explicit(&ag__saved_storage(s)->version,
+				   memory_order_acquire);
+	if (now == s->version)
+		return 0;
+	if (s->compact)
+		return version_error(s, im->ndim, im->shape, im->dtype, now);
+	return version_error(s, s->t->ndim, s->t->shape, s->t->dtype, now);
+}
+
+int ag__saved_span(struct ag_node *n, int slot, const void **data)
+{
+	struct ag_saved *s = &n->saved[slot];
+	int rc;
+
+	if (!s->defined)
+		return 1;
+	rc = saved_check(n, s);
+	if (rc)
+		return rc;
+	if (s->compact) {
+		*data = s->storage->data;
+		return 0;
+	}
+	if (!ag_tensor_is_contiguous(s->t))
+		return 1;
+	*data = ag__data(s->t);
+	return 0;
+}
+
 struct ag_tensor *ag__unpack(struct ag_node *n, int slot)
 {
 	struct ag_saved *s = &n->saved[slot];
 	struct ag_tensor *t;
-	uint64_t now;
 
-	if (atomic_load_explicit(&n->released, memory_order_acquire)) {
-		ag__err_freed(n);
+	if (!s->defined) {
+		/* an error only if the node is gone */
+		if (atomic_load_explicit(&n->released, memory_order_acquire))
+			ag__err_freed(n);
 		return NULL;
 	}
-	if (!s->defined)
+	if (saved_check(n, s))
 		return NULL;
-	now = atomic_load_explicit(&ag__saved_storage(s)->version,
-				   memory_order_acquire);
-	if (now != s->version) {
-		const struct ag_input_meta *im = &n->in_meta[s->output_nr];
-
-		if (s->compact)
-			version_error(s, im->ndim, im->shape, im->dtype, now);
-		else
-			version_error(s, s->t->ndim, s->t->shape, s->t->dtype,
-				      now);
-		return NULL;
-	}
 	if (!s->is_output)
 		return ag_tensor_get(s->t);
 	if (!ag__mode.grad)

@@ -91,6 +91,40 @@ static struct ag_tensor *composite(struct unary_node *u, struct ag_tensor *g,
 	return r;
 }
 
+/*
+ * The common case without making a tensor: a dense gradient nobody else
+ * holds, a dense saved slot; the kernel writes the input gradient over the
+ * gradient, which is passed on.  1 when it does not apply.
+ */
+static int in_place(struct unary_node *u, unsigned needs,
+		    struct ag_tensor **grads, struct ag_tensor **out)
+{
+	struct ag_tensor *g = grads[0];
+	const void *s = NULL;
+	int rc;
+
+	if (ag__mode.grad || !ag__exclusive(g))
+		return 1;
+	if (needs) {
+		rc = ag__saved_span(&u->node, 0, &s);
+		if (rc)
+			return rc;
+	}
+	if (g->dtype == AG_F32)
+		ag_k_unary_bwd_f32(u->op, g->numel, ag__data(g), 1,
+				   needs & AG_K_NEEDS_X ? s : NULL, 1,
+				   needs & AG_K_NEEDS_Y ? s : NULL, 1,
+				   ag__data(g), 1, &u->p);
+	else
+		ag_k_unary_bwd_f64(u->op, g->numel, ag__data(g), 1,
+				   needs & AG_K_NEEDS_X ? s : NULL, 1,
+				   needs & AG_K_NEEDS_Y ? s : NULL, 1,
+				   ag__data(g), 1, &u->p);
+	out[0] = g;
+	grads[0] = NULL;
+	return 0;
+}
+
 static int unary_apply(struct ag_node *n, struct ag_tensor **grads,
 		       struct ag_tensor **out)
 {
@@ -101,6 +135,14 @@ static int unary_apply(struct ag_node *n, struct ag_tensor **grads,
 
 	if (!grads[0] || !n->next[0].node)
 		return 0;
+	if (u->op == AG_K_ADD_SCALAR) {
+		out[0] = ag_tensor_get(grads[0]);
+		return 0;
+	}
+	rc = in_place(u, needs, grads, out);
+	if (rc <= 0)
+		return rc;
+	rc = 0;
 	if (needs & AG_K_NEEDS_X)
 		x = ag__unpack(n, 0);
 	else if (needs & AG_K_NEEDS_Y)
@@ -109,8 +151,6 @@ static int unary_apply(struct ag_node *n, struct ag_tensor **grads,
 		return -ag_errcode();
 	if (ag__mode.grad)
 		out[0] = composite(u, grads[0], x, y);
-	else if (u->op == AG_K_ADD_SCALAR)
-		out[0] = ag_tensor_get(grads[0]);
 	else
 		out[0] = ag__unary_bwd(u->op, &u->p, &grads[0], x, y);
 	if (!out[0])
