@@ -508,6 +508,8 @@ bool ag_tensor_is_contiguous(const struct ag_tensor *t)
 
 	if (!t)
 		return false;
+	if (t->ndim <= 1) /* the common case of small ops, without the loop */
+		return t->ndim == 0 || t->shape[0] <= 1 || t->strides[0] == 1;
 	if (!t->numel)
 		return true; /* as torch: nothing to lay out */
 	for (int d = t->ndim - 1; d >= 0; d--) {
