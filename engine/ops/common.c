@@ -194,7 +194,12 @@ struct ag_tensor *ag__binary_fwd(const char *fn, enum ag_k_binary op,
 	if (ag__check_same_dtype(fn, a, b) ||
 	    ag__broadcast_shape(fn, a, b, &ndim, shape))
 		return NULL;
-	out = ag__tensor_new(fn, a->dtype, ndim, shape);
+	/* nothing broadcast: a's shape, already checked */
+	if (ndim == a->ndim && a->numel == b->numel &&
+	    !memcmp(shape, a->shape, sizeof(*shape) * ndim))
+		out = ag__tensor_like(a);
+	else
+		out = ag__tensor_new(fn, a->dtype, ndim, shape);
 	if (!out)
 		return NULL;
 	ag__broadcast_strides(a, ndim, shape, sa);
