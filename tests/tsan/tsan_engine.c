@@ -310,9 +310,10 @@ static int test_roots_reachable_from_each_other(void)
 		g = ag_tensor_grad(x);
 		TAP_CHECK(g);
 		for (int i = 0; i < 4; i++)
-			TAP_CHECKF(fabs(ag__get(g, i) - want) < 1e-12,
-				   "iteration %d: x.grad[%d] = %.17g, want %.17g",
-				   it, i, ag__get(g, i), want);
+			TAP_CHECKF(
+				fabs(ag__get(g, i) - want) < 1e-12,
+				"iteration %d: x.grad[%d] = %.17g, want %.17g",
+				it, i, ag__get(g, i), want);
 		ag_tensor_put(g);
 		ag_tensor_zero_grad(x);
 		ag_scope_end(s);
