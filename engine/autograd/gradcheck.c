@@ -14,7 +14,11 @@
  * ag_gradgradcheck runs the same core on the first derivatives: the
  * function (inputs, v) -> d(sum(f(inputs) * v))/d(inputs), computed with
  * create_graph, with a grad_output v drawn from a fixed seed and itself
- * checked as an input, as torch.autograd.gradgradcheck does.
+ * checked as an input, as torch.autograd.gradgradcheck does.  That alone
+ * only shows the second derivatives agree with the first ones as computed
+ * under create_graph, which may take another path (ops composed instead of
+ * a fused kernel); so it first checks those first derivatives against the
+ * numerical ones too.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -31,6 +35,7 @@ typedef int (*gc_call_fn)(void *ctx, struct ag_tensor *const *in, int nin,
 
 struct gc {
 	const char *who;
+	bool create_graph; /* analytical Jacobians as double backward sees them */
 	gc_call_fn call;
 	void *ctx;
 	int maxout;
@@ -165,7 +170,9 @@ static int check_inputs(struct gc *gc)
 /* Fills the analytical Jacobians, one ag_grad per output element. */
 static int analytical(struct gc *gc)
 {
-	struct ag_grad_opts go = { .retain_graph = true, .allow_unused = true };
+	struct ag_grad_opts go = { .retain_graph = true,
+				   .create_graph = gc->create_graph,
+				   .allow_unused = true };
 	int nout, rc = call(gc, &nout);
 
 	if (rc)
@@ -273,12 +280,13 @@ static int numerical(struct gc *gc)
 	return 0;
 }
 
-static int run_check(const char *who, gc_call_fn fn, void *ctx, int maxout,
-		     struct ag_tensor *const *in, int nin,
-		     const struct ag_gradcheck_opts *o)
+static int run_check(const char *who, bool create_graph, gc_call_fn fn,
+		     void *ctx, int maxout, struct ag_tensor *const *in,
+		     int nin, const struct ag_gradcheck_opts *o)
 {
 	struct gc gc = {
 		.who = who,
+		.create_graph = create_graph,
 		.call = fn,
 		.ctx = ctx,
 		.maxout = maxout,
@@ -382,7 +390,7 @@ int ag_gradcheck(ag_fn f, void *arg, struct ag_tensor *const *in, int nin,
 
 	if (rc)
 		return rc;
-	return run_check("ag_gradcheck", user_call, &u, 1, in, nin, o);
+	return run_check("ag_gradcheck", false, user_call, &u, 1, in, nin, o);
 }
 
 /* (inputs..., v) -> the non-NULL d(sum(f(inputs) * v))/d(inputs). */
@@ -484,10 +492,12 @@ int ag_gradgradcheck(ag_fn f, void *arg, struct ag_tensor *const *in, int nin,
 	}
 	ag_tensor_put(y);
 	ag__scope_resume(scope);
+	if (!rc)
+		rc = run_check(who, true, user_call, &u, 1, in, nin, o);
 	if (!rc) {
 		memcpy(all, in, sizeof(*all) * nin);
 		all[nin] = v;
-		rc = run_check(who, grad_call, &u, nin, all, nin + 1, o);
+		rc = run_check(who, false, grad_call, &u, nin, all, nin + 1, o);
 	}
 	free(all);
 	ag_tensor_put(v);

@@ -33,6 +33,106 @@ static struct ag_tensor *mul_scalar_or_null(struct ag_tensor *t, double s)
 	return t ? ag_mul_scalar(t, s) : NULL;
 }
 
+/*
+ * f'(x) of op as a plain tensor, from the fused kernel on a gradient of
+ * ones: for a piecewise constant derivative (abs, clamp, leaky_relu) that
+ * is exact for double backward too, the second derivative being 0.
+ */
+static struct ag_tensor *slope(enum ag_k_unary op, const struct ag_k_params *p,
+			       struct ag_tensor *x)
+{
+	struct ag_tensor *ones = ag__tensor_like(x), *d;
+
+	if (!ones)
+		return NULL;
+	if (ag_fill_(ones, 1.0)) {
+		ag_tensor_put(ones);
+		return NULL;
+	}
+	d = ag__unary_bwd(op, p, &ones, x, NULL);
+	ag_tensor_put(ones);
+	return d;
+}
+
+/* g * f'(x) with f' piecewise constant. */
+static struct ag_tensor *mul_slope(struct unary_node *u, struct ag_tensor *g,
+				   struct ag_tensor *x)
+{
+	struct ag_tensor *d = slope(u->op, &u->p, x), *r;
+
+	r = d ? ag_mul(g, d) : NULL;
+	ag_tensor_put(d);
+	return r;
+}
+
+/* Puts the temporaries of a chain of ops; errors propagate as NULL. */
+static void put_all(struct ag_tensor **t, int n)
+{
+	for (int i = 0; i < n; i++)
+		ag_tensor_put(t[i]);
+}
+
+/* gelu'(x) = Phi(x) + x phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2 */
+static struct ag_tensor *gelu_slope(struct ag_tensor *x)
+{
+	struct ag_tensor *t[9] = { NULL }, *r;
+
+	t[0] = ag_mul_scalar(x, 0.70710678118654752440);
+	t[1] = t[0] ? ag_erf(t[0]) : NULL;
+	t[2] = t[1] ? ag_add_scalar(t[1], 1) : NULL;
+	t[3] = t[2] ? ag_mul_scalar(t[2], 0.5) : NULL; /* Phi */
+	t[4] = t[3] ? ag_mul(x, x) : NULL;
+	t[5] = t[4] ? ag_mul_scalar(t[4], -0.5) : NULL;
+	t[6] = t[5] ? ag_exp(t[5]) : NULL;
+	t[7] = t[6] ? ag_mul_scalar(t[6], 0.39894228040143267794) : NULL;
+	t[8] = t[7] ? ag_mul(x, t[7]) : NULL; /* x phi */
+	r = t[8] ? ag_add(t[3], t[8]) : NULL;
+	put_all(t, 9);
+	return r;
+}
+
+/* erf'(x) = 2 / sqrt(pi) exp(-x^2) */
+static struct ag_tensor *erf_slope(struct ag_tensor *x)
+{
+	struct ag_tensor *t[3] = { NULL }, *r;
+
+	t[0] = ag_mul(x, x);
+	t[1] = t[0] ? ag_mul_scalar(t[0], -1) : NULL;
+	t[2] = t[1] ? ag_exp(t[1]) : NULL;
+	r = t[2] ? ag_mul_scalar(t[2], 1.12837916709551257390) : NULL;
+	put_all(t, 3);
+	return r;
+}
+
+/* silu'(x) = s (1 + x (1 - s)), s = sigmoid(x) */
+static struct ag_tensor *silu_slope(struct ag_tensor *x)
+{
+	struct ag_tensor *t[4] = { NULL }, *r;
+
+	t[0] = ag_sigmoid(x);
+	t[1] = t[0] ? ag_rsub_scalar(t[0], 1) : NULL;
+	t[2] = t[1] ? ag_mul(x, t[1]) : NULL;
+	t[3] = t[2] ? ag_add_scalar(t[2], 1) : NULL;
+	r = t[3] ? ag_mul(t[0], t[3]) : NULL;
+	put_all(t, 4);
+	return r;
+}
+
+/* softplus'(x) = sigmoid(x), and 1 past the threshold (20), as torch */
+static struct ag_tensor *softplus_slope(struct ag_tensor *x)
+{
+	const struct ag_k_params below = { -INFINITY, 20 };
+	struct ag_tensor *t[4] = { NULL }, *r;
+
+	t[0] = slope(AG_K_CLAMP, &below, x); /* 1 up to 20, else 0 */
+	t[1] = t[0] ? ag_rsub_scalar(t[0], 1) : NULL;
+	t[2] = t[1] ? ag_sigmoid(x) : NULL;
+	t[3] = t[2] ? ag_mul(t[2], t[0]) : NULL;
+	r = t[3] ? ag_add(t[3], t[1]) : NULL;
+	put_all(t, 4);
+	return r;
+}
+
 /* The derivative as ops, for create_graph. */
 static struct ag_tensor *composite(struct unary_node *u, struct ag_tensor *g,
 				   struct ag_tensor *x, struct ag_tensor *y)
@@ -40,6 +140,64 @@ static struct ag_tensor *composite(struct unary_node *u, struct ag_tensor *g,
 	struct ag_tensor *a = NULL, *b = NULL, *r = NULL;
 
 	switch (u->op) {
+	case AG_K_ABS:
+	case AG_K_CLAMP:
+	case AG_K_LEAKY_RELU:
+		return mul_slope(u, g, x);
+	case AG_K_EXPM1: /* g * (y + 1) */
+		a = ag_add_scalar(y, 1);
+		r = a ? ag_mul(g, a) : NULL;
+		break;
+	case AG_K_LOG1P: /* g / (x + 1) */
+		a = ag_add_scalar(x, 1);
+		r = a ? ag_div(g, a) : NULL;
+		break;
+	case AG_K_SQRT: /* g / (2 y) */
+		a = ag_mul_scalar(y, 2);
+		r = a ? ag_div(g, a) : NULL;
+		break;
+	case AG_K_RSQRT: /* -g y^3 / 2 */
+		a = ag_pow_scalar(y, 3);
+		b = a ? ag_mul(g, a) : NULL;
+		r = b ? ag_mul_scalar(b, -0.5) : NULL;
+		break;
+	case AG_K_SQUARE: /* 2 g x */
+		a = ag_mul_scalar(x, 2);
+		r = a ? ag_mul(g, a) : NULL;
+		break;
+	case AG_K_RECIPROCAL: /* -g y^2 */
+		a = ag_mul(y, y);
+		b = a ? ag_mul(g, a) : NULL;
+		r = b ? ag_neg(b) : NULL;
+		break;
+	case AG_K_TAN: /* g (1 + y^2) */
+		a = ag_mul(y, y);
+		b = a ? ag_add_scalar(a, 1) : NULL;
+		r = b ? ag_mul(g, b) : NULL;
+		break;
+	case AG_K_GELU:
+		a = gelu_slope(x);
+		r = a ? ag_mul(g, a) : NULL;
+		break;
+	case AG_K_SILU:
+		a = silu_slope(x);
+		r = a ? ag_mul(g, a) : NULL;
+		break;
+	case AG_K_SOFTPLUS:
+		a = softplus_slope(x);
+		r = a ? ag_mul(g, a) : NULL;
+		break;
+	case AG_K_ERF:
+		a = erf_slope(x);
+		r = a ? ag_mul(g, a) : NULL;
+		break;
+	case AG_K_ATAN: /* g / (1 + x^2) */
+		a = ag_mul(x, x);
+		b = a ? ag_add_scalar(a, 1) : NULL;
+		r = b ? ag_div(g, b) : NULL;
+		break;
+	case AG_K_RSUB_SCALAR:
+		return ag_neg(g);
 	case AG_K_NEG:
 		return ag_neg(g);
 	case AG_K_EXP:
@@ -181,12 +339,28 @@ UNARY_OPS(relu_ops, "ReluBackward", saved_result);
 UNARY_OPS(pow_ops, "PowBackward", saved_self);
 UNARY_OPS(mul_scalar_ops, "MulBackward", NULL);
 UNARY_OPS(add_scalar_ops, "AddBackward", NULL);
+UNARY_OPS(rsub_scalar_ops, "RsubBackward", NULL);
+UNARY_OPS(abs_ops, "AbsBackward", saved_self);
+UNARY_OPS(expm1_ops, "Expm1Backward", saved_result);
+UNARY_OPS(log1p_ops, "Log1pBackward", saved_self);
+UNARY_OPS(sqrt_ops, "SqrtBackward", saved_result);
+UNARY_OPS(rsqrt_ops, "RsqrtBackward", saved_result);
+UNARY_OPS(square_ops, "PowBackward", saved_self);
+UNARY_OPS(reciprocal_ops, "ReciprocalBackward", saved_result);
+UNARY_OPS(tan_ops, "TanBackward", saved_result);
+UNARY_OPS(gelu_ops, "GeluBackward", saved_self);
+UNARY_OPS(silu_ops, "SiluBackward", saved_self);
+UNARY_OPS(softplus_ops, "SoftplusBackward", saved_self);
+UNARY_OPS(erf_ops, "ErfBackward", saved_self);
+UNARY_OPS(atan_ops, "AtanBackward", saved_self);
+UNARY_OPS(clamp_ops, "ClampBackward", saved_self);
+UNARY_OPS(leaky_relu_ops, "LeakyReluBackward", saved_self);
 
-static struct ag_tensor *unary(const char *fn, const struct ag_node_ops *ops,
-			       enum ag_k_unary op, double p0,
-			       struct ag_tensor *a)
+static struct ag_tensor *unary2(const char *fn, const struct ag_node_ops *ops,
+				enum ag_k_unary op, double p0, double p1,
+				struct ag_tensor *a)
 {
-	struct ag_k_params p = { p0, 0 };
+	struct ag_k_params p = { p0, p1 };
 	struct unary_node *u = NULL;
 	struct ag_tensor *out;
 	unsigned needs;
@@ -215,6 +389,13 @@ fail:
 		ag__node_put(&u->node);
 	ag_tensor_put(out);
 	return NULL;
+}
+
+static struct ag_tensor *unary(const char *fn, const struct ag_node_ops *ops,
+			       enum ag_k_unary op, double p0,
+			       struct ag_tensor *a)
+{
+	return unary2(fn, ops, op, p0, 0, a);
 }
 
 struct ag_tensor *ag_neg(struct ag_tensor *a)
@@ -270,4 +451,52 @@ struct ag_tensor *ag_mul_scalar(struct ag_tensor *a, double s)
 struct ag_tensor *ag_add_scalar(struct ag_tensor *a, double s)
 {
 	return unary("ag_add_scalar", &add_scalar_ops, AG_K_ADD_SCALAR, s, a);
+}
+
+struct ag_tensor *ag_rsub_scalar(struct ag_tensor *a, double s)
+{
+	return unary("ag_rsub_scalar", &rsub_scalar_ops, AG_K_RSUB_SCALAR, s,
+		     a);
+}
+
+#define UNARY_FN(name, op)                                        \
+	struct ag_tensor *ag_##name(struct ag_tensor *a)          \
+	{                                                         \
+		return unary("ag_" #name, &name##_ops, op, 0, a); \
+	}
+
+UNARY_FN(abs, AG_K_ABS)
+UNARY_FN(expm1, AG_K_EXPM1)
+UNARY_FN(log1p, AG_K_LOG1P)
+UNARY_FN(sqrt, AG_K_SQRT)
+UNARY_FN(rsqrt, AG_K_RSQRT)
+UNARY_FN(square, AG_K_SQUARE)
+UNARY_FN(reciprocal, AG_K_RECIPROCAL)
+UNARY_FN(tan, AG_K_TAN)
+UNARY_FN(gelu, AG_K_GELU)
+UNARY_FN(silu, AG_K_SILU)
+UNARY_FN(softplus, AG_K_SOFTPLUS)
+UNARY_FN(erf, AG_K_ERF)
+UNARY_FN(atan, AG_K_ATAN)
+
+struct ag_tensor *ag_clamp(struct ag_tensor *a, double lo, double hi)
+{
+	if (isnan(lo) || isnan(hi)) {
+		ag__err(AG_EINVAL,
+			"ag_clamp: bounds must not be NaN (got %g, %g)", lo,
+			hi);
+		return NULL;
+	}
+	return unary2("ag_clamp", &clamp_ops, AG_K_CLAMP, lo, hi, a);
+}
+
+struct ag_tensor *ag_leaky_relu(struct ag_tensor *a, double slope)
+{
+	if (!isfinite(slope)) {
+		ag__err(AG_EINVAL,
+			"ag_leaky_relu: slope must be finite (got %g)", slope);
+		return NULL;
+	}
+	return unary("ag_leaky_relu", &leaky_relu_ops, AG_K_LEAKY_RELU, slope,
+		     a);
 }

@@ -107,7 +107,10 @@ AG_API bool ag_is_anomaly_enabled(void);
  * does: the function (inputs, v) -> d(sum(f(inputs) * v))/d(inputs) built
  * with create_graph, where v is a fixed pseudo-random grad_output (uniform
  * in [-1, 1)) that is checked as one more input (index nin).  "output k"
- * in its message is the k-th input that requires grad and is used.
+ * in its message is the k-th input that requires grad and is used.  Before
+ * that it runs ag_gradcheck's check with the analytical Jacobian taken
+ * under create_graph: double backward differentiates the derivative as
+ * computed that way, which need not be the path a plain backward takes.
  */
 typedef int (*ag_fn)(struct ag_tensor *const *in, int nin,
 		     struct ag_tensor **out, void *arg);

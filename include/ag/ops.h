@@ -21,6 +21,8 @@ AG_API struct ag_tensor *ag_div(struct ag_tensor *a, struct ag_tensor *b);
 AG_API struct ag_tensor *ag_add_scalar(struct ag_tensor *a, double s);
 AG_API struct ag_tensor *ag_mul_scalar(struct ag_tensor *a, double s);
 AG_API struct ag_tensor *ag_pow_scalar(struct ag_tensor *a, double s);
+AG_API struct ag_tensor *ag_rsub_scalar(struct ag_tensor *a,
+					double s); /* s - a */
 
 /* unary */
 AG_API struct ag_tensor *ag_neg(struct ag_tensor *a);
@@ -31,6 +33,27 @@ AG_API struct ag_tensor *ag_sin(struct ag_tensor *a);
 AG_API struct ag_tensor *ag_cos(struct ag_tensor *a);
 AG_API struct ag_tensor *ag_sigmoid(struct ag_tensor *a);
 AG_API struct ag_tensor *ag_relu(struct ag_tensor *a);
+AG_API struct ag_tensor *ag_abs(struct ag_tensor *a); /* gradient 0 at 0 */
+AG_API struct ag_tensor *ag_expm1(struct ag_tensor *a);
+AG_API struct ag_tensor *ag_log1p(struct ag_tensor *a);
+AG_API struct ag_tensor *ag_sqrt(struct ag_tensor *a);
+AG_API struct ag_tensor *ag_rsqrt(struct ag_tensor *a);
+AG_API struct ag_tensor *ag_square(struct ag_tensor *a);
+AG_API struct ag_tensor *ag_reciprocal(struct ag_tensor *a);
+AG_API struct ag_tensor *ag_tan(struct ag_tensor *a);
+AG_API struct ag_tensor *ag_gelu(struct ag_tensor *a); /* exact (erf) form */
+AG_API struct ag_tensor *ag_silu(struct ag_tensor *a);
+/* log(1 + exp(a)); a itself past 20, as torch's default threshold */
+AG_API struct ag_tensor *ag_softplus(struct ag_tensor *a);
+AG_API struct ag_tensor *ag_erf(struct ag_tensor *a);
+AG_API struct ag_tensor *ag_atan(struct ag_tensor *a);
+/*
+ * Limits a to [lo, hi]; hi wins when lo > hi, as torch.  The gradient
+ * passes where lo <= a <= hi.  NaN bounds are refused.
+ */
+AG_API struct ag_tensor *ag_clamp(struct ag_tensor *a, double lo, double hi);
+/* a where a > 0, else slope * a; slope must be finite */
+AG_API struct ag_tensor *ag_leaky_relu(struct ag_tensor *a, double slope);
 
 /* reductions */
 AG_API struct ag_tensor *ag_sum(struct ag_tensor *a);

@@ -186,6 +186,200 @@ Test(gradcheck, unary)
 	AG_ASSERT_NO_LEAKS();
 }
 
+UNARY(f_abs, ag_abs(a))
+UNARY(f_expm1, ag_expm1(a))
+UNARY(f_log1p, ag_log1p(a))
+UNARY(f_sqrt, ag_sqrt(a))
+UNARY(f_rsqrt, ag_rsqrt(a))
+UNARY(f_square, ag_square(a))
+UNARY(f_reciprocal, ag_reciprocal(a))
+UNARY(f_tan, ag_tan(a))
+UNARY(f_gelu, ag_gelu(a))
+UNARY(f_silu, ag_silu(a))
+UNARY(f_softplus, ag_softplus(a))
+UNARY(f_erf, ag_erf(a))
+UNARY(f_atan, ag_atan(a))
+UNARY(f_clamp, ag_clamp(a, -0.5, 0.5))
+UNARY(f_leaky_relu, ag_leaky_relu(a, 0.1))
+UNARY(f_rsub_scalar, ag_rsub_scalar(a, s))
+
+/* A leaf with the given values (f64). */
+static struct ag_tensor *values(const double *v, int64_t n)
+{
+	struct ag_tensor *t = ag_from_data(AG_F64, 1, &n, v);
+
+	cr_assert_not_null(t);
+	cr_assert_eq(ag_tensor_set_requires_grad(t, true), 0);
+	return t;
+}
+
+/* The rest of API.md's unary ops: first and second derivatives. */
+Test(gradcheck, unary_more)
+{
+	/* away from clamp's bounds (+-0.5) and from 0 */
+	static const double around_bounds[] = { -0.9, -0.6, -0.3, 0.2,
+						0.45, 0.55, 0.8 };
+	/* both sides of softplus's threshold (20) */
+	static const double threshold[] = { -3, 0.7, 19, 21, 30 };
+	struct ag_tensor *in[1];
+	double s = 2.5;
+
+	in[0] = IN(3, 4); /* |x| >= 0.1: away from the kink */
+	check(f_abs, NULL, in, 1, "abs");
+	in[0] = IN(3, 4);
+	check(f_expm1, NULL, in, 1, "expm1");
+	in[0] = input(2, SHAPE(3, 4), -0.5, 2);
+	check(f_log1p, NULL, in, 1, "log1p");
+	in[0] = input(2, SHAPE(3, 4), 0.5, 2);
+	check(f_sqrt, NULL, in, 1, "sqrt");
+	in[0] = input(2, SHAPE(3, 4), 0.5, 2);
+	check(f_rsqrt, NULL, in, 1, "rsqrt");
+	in[0] = IN(3, 4);
+	check(f_square, NULL, in, 1, "square");
+	in[0] = input(2, SHAPE(3, 4), 0.5, 2);
+	check(f_reciprocal, NULL, in, 1, "reciprocal");
+	in[0] = IN(3, 4);
+	check(f_tan, NULL, in, 1, "tan");
+	in[0] = input(2, SHAPE(3, 4), -3, 3);
+	check(f_gelu, NULL, in, 1, "gelu");
+	in[0] = input(2, SHAPE(3, 4), -3, 3);
+	check(f_silu, NULL, in, 1, "silu");
+	in[0] = input(2, SHAPE(3, 4), -3, 3);
+	check(f_softplus, NULL, in, 1, "softplus");
+	in[0] = values(threshold, 5);
+	check(f_softplus, NULL, in, 1, "softplus past the threshold");
+	in[0] = input(2, SHAPE(3, 4), -2, 2);
+	check(f_erf, NULL, in, 1, "erf");
+	in[0] = input(2, SHAPE(3, 4), -2, 2);
+	check(f_atan, NULL, in, 1, "atan");
+	in[0] = values(around_bounds, 7);
+	check(f_clamp, NULL, in, 1, "clamp");
+	in[0] = IN(3, 4);
+	check(f_leaky_relu, NULL, in, 1, "leaky_relu");
+	in[0] = IN(3, 4);
+	check(f_rsub_scalar, &s, in, 1, "rsub_scalar");
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* x Phi(x), with erfc so that the far negative tail keeps its digits */
+static double gelu_ref(double x)
+{
+	return 0.5 * x * erfc(-x / sqrt(2));
+}
+
+static double silu_ref(double x)
+{
+	return x / (1 + exp(-x));
+}
+
+static double softplus_ref(double x)
+{
+	return x > 20 ? x : log1p(exp(x));
+}
+
+/* Forward values in f64 against libm, including the special points. */
+Test(gradcheck, unary_more_values)
+{
+	static const double v[] = { -25,  -3,	-1.5, -0.5, -0.1, -0.0, 0.0,
+				    1e-8, 0.25, 0.75, 1.2,  3,	  19.5, 20.5 };
+	int64_t n = sizeof(v) / sizeof(v[0]);
+	struct ag_tensor *x = ag_from_data(AG_F64, 1, &n, v);
+	/*
+	 * rel: the relative bound asserted.  gelu's far negative tail (x =
+	 * -25) is good to ~1e-13 relative; torch 1.13 returns -0 there.
+	 */
+	struct {
+		const char *name;
+		struct ag_tensor *y;
+		double (*ref)(double);
+		double rel;
+	} cases[] = {
+		{ "abs", ag_abs(x), fabs, 0 },
+		{ "expm1", ag_expm1(x), expm1, 4e-16 },
+		{ "erf", ag_erf(x), erf, 4e-16 },
+		{ "atan", ag_atan(x), atan, 4e-16 },
+		{ "square", ag_square(x), NULL, 0 },
+		{ "gelu", ag_gelu(x), gelu_ref, 2e-13 },
+		{ "silu", ag_silu(x), silu_ref, 4e-16 },
+		{ "softplus", ag_softplus(x), softplus_ref, 4e-16 },
+		{ "tan", ag_tan(x), tan, 4e-16 },
+	};
+	struct ag_tensor *c = ag_clamp(x, -0.5, 1), *lk = ag_leaky_relu(x, 0.2);
+	struct ag_tensor *rs = ag_rsub_scalar(x, 3), *swap = ag_clamp(x, 1, -1);
+
+	for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+		cr_assert_not_null(cases[k].y, "%s: %s", cases[k].name,
+				   ag_errmsg());
+		for (int64_t i = 0; i < n; i++) {
+			double want = cases[k].ref ? cases[k].ref(v[i]) :
+						     v[i] * v[i];
+			double got = ag__get(cases[k].y, i);
+
+			cr_assert(fabs(got - want) <=
+					  cases[k].rel * fabs(want) + 1e-300,
+				  "%s(%.17g) = %.17g, want %.17g",
+				  cases[k].name, v[i], got, want);
+		}
+		ag_tensor_put(cases[k].y);
+	}
+	for (int64_t i = 0; i < n; i++) {
+		cr_assert_eq(ag__get(c, i), fmin(fmax(v[i], -0.5), 1));
+		cr_assert_eq(ag__get(lk, i), v[i] > 0 ? v[i] : 0.2 * v[i]);
+		cr_assert_eq(ag__get(rs, i), 3 - v[i]);
+		cr_assert_eq(ag__get(swap, i), -1.0); /* hi wins, as torch */
+	}
+	ag_tensor_put(c);
+	ag_tensor_put(lk);
+	ag_tensor_put(rs);
+	ag_tensor_put(swap);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* Positive domains: sqrt, rsqrt, reciprocal, log1p against libm. */
+Test(gradcheck, unary_more_values_positive)
+{
+	static const double v[] = { 1e-300, 1e-8, 0.25, 1, 2, 1e8, 1e300 };
+	int64_t n = sizeof(v) / sizeof(v[0]);
+	struct ag_tensor *x = ag_from_data(AG_F64, 1, &n, v);
+	struct ag_tensor *sq = ag_sqrt(x), *rsq = ag_rsqrt(x);
+	struct ag_tensor *rec = ag_reciprocal(x), *l1p = ag_log1p(x);
+
+	for (int64_t i = 0; i < n; i++) {
+		cr_assert_float_eq(ag__get(sq, i), sqrt(v[i]),
+				   4e-16 * sqrt(v[i]));
+		cr_assert_float_eq(ag__get(rsq, i), 1 / sqrt(v[i]),
+				   4e-16 / sqrt(v[i]));
+		cr_assert_float_eq(ag__get(rec, i), 1 / v[i], 4e-16 / v[i]);
+		cr_assert_float_eq(ag__get(l1p, i), log1p(v[i]),
+				   4e-16 * log1p(v[i]));
+	}
+	ag_tensor_put(sq);
+	ag_tensor_put(rsq);
+	ag_tensor_put(rec);
+	ag_tensor_put(l1p);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(gradcheck, unary_more_errors)
+{
+	struct ag_tensor *x = IN(3);
+	struct ag_tensor *i = ag_zeros(AG_I64, 1, SHAPE(3));
+
+	cr_assert_null(ag_clamp(x, NAN, 1));
+	AG_ASSERT_ERR(AG_EINVAL, "ag_clamp: bounds must not be NaN");
+	cr_assert_null(ag_leaky_relu(x, INFINITY));
+	AG_ASSERT_ERR(AG_EINVAL, "ag_leaky_relu: slope must be finite");
+	cr_assert_null(ag_gelu(i));
+	AG_ASSERT_ERR(AG_EDTYPE, "ag_gelu: expected a floating point tensor");
+	cr_assert_null(ag_sqrt(NULL));
+	AG_ASSERT_ERR(AG_EINVAL, "ag_sqrt");
+	ag_tensor_put(i);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
 Test(gradcheck, with_scalar)
 {
 	static const double pows[] = { 2, 3, 0.5, -1.5, 1 };
@@ -525,14 +719,14 @@ Test(gradcheck, wrong_gradient_fails_with_message)
 		cr_assert_eq(ag__get(in[1], i), bv[i]);
 	}
 	/*
-	 * Second order: the first derivatives are (v, v * detach(b)); the
-	 * analytical d/db of the second misses the v * 1 the numerical finds.
+	 * gradgradcheck first checks the first derivatives as create_graph
+	 * computes them, and finds the same mismatch.
 	 */
 	cr_assert_eq(ag_gradgradcheck(f_detached, NULL, in, 2, NULL),
 		     -AG_EINVAL);
 	AG_ASSERT_ERR(
 		AG_EINVAL,
-		"ag_gradgradcheck: Jacobian mismatch for output 1 with respect to input 1, element 0");
+		"ag_gradgradcheck: Jacobian mismatch for output 0 with respect to input 1, element 3: numerical 0.5, analytical 0.25");
 	ag_tensor_put(in[0]);
 	ag_tensor_put(in[1]);
 	AG_ASSERT_NO_LEAKS();
@@ -773,6 +967,61 @@ static int f_square_wrong(struct ag_tensor *const *in, int nin,
 	(void)nin;
 	(void)arg;
 	return ag_function_apply(&square_wrong, in, 1, out, 1, NULL);
+}
+
+/*
+ * Backward right without create_graph, 1.5 times too large with it: as an
+ * op whose composed derivative (double backward's path) disagrees with its
+ * fused kernel.
+ */
+static int square_two_paths_backward(struct ag_ctx *ctx,
+				     struct ag_tensor *const *grad_out,
+				     int nout, struct ag_tensor **grad_in,
+				     int nin)
+{
+	struct ag_tensor **saved, *two_x;
+	int n, rc;
+
+	(void)nout;
+	(void)nin;
+	rc = ag_ctx_saved_tensors(ctx, &saved, &n);
+	if (rc)
+		return rc;
+	two_x = ag_mul_scalar(saved[0], ag_is_grad_enabled() ? 3.0 : 2.0);
+	grad_in[0] = two_x ? ag_mul(grad_out[0], two_x) : NULL;
+	ag_tensor_put(two_x);
+	return grad_in[0] ? 0 : -ag_errcode();
+}
+
+static const struct ag_function_ops square_two_paths = {
+	.name = "SquareTwoPaths",
+	.forward = square_forward,
+	.backward = square_two_paths_backward,
+};
+
+static int f_square_two_paths(struct ag_tensor *const *in, int nin,
+			      struct ag_tensor **out, void *arg)
+{
+	(void)nin;
+	(void)arg;
+	return ag_function_apply(&square_two_paths, in, 1, out, 1, NULL);
+}
+
+Test(gradcheck, create_graph_path_is_checked)
+{
+	static const double xv[3] = { 0.5, -1.0, 2.0 };
+	struct ag_tensor *x = ag_from_data(AG_F64, 1, SHAPE(3), xv);
+
+	ag_tensor_set_requires_grad(x, true);
+	cr_assert_eq(ag_gradcheck(f_square_two_paths, NULL, &x, 1, NULL), 0,
+		     "%s", ag_errmsg());
+	cr_assert_eq(ag_gradgradcheck(f_square_two_paths, NULL, &x, 1, NULL),
+		     -AG_EINVAL);
+	AG_ASSERT_ERR(
+		AG_EINVAL,
+		"ag_gradgradcheck: Jacobian mismatch for output 0 with respect to input 0, element 0: numerical 1, analytical 1.5");
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
 }
 
 Test(gradcheck, wrong_custom_function_fails)
