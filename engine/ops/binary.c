@@ -100,6 +100,58 @@ static int fused(struct ag_node *n, struct ag_tensor *g, struct ag_tensor *x,
 	return 0;
 }
 
+/* x as a dense plain tensor of the output's shape (broadcast copied). */
+static struct ag_tensor *dense_at(struct ag_tensor *x,
+				  const struct ag_tensor *g)
+{
+	int64_t st[AG_MAX_DIMS];
+	struct ag_tensor *v, *d;
+
+	ag__broadcast_strides(x, g->ndim, g->shape, st);
+	v = ag__tensor_view(x, g->ndim, g->shape, st, x->offset);
+	d = v ? ag__contiguous_copy(v) : NULL;
+	ag_tensor_put(v);
+	return d;
+}
+
+/*
+ * d(x op y)/dx and /dy at g's shape as plain tensors, from the fused
+ * kernel on a gradient of ones: for maximum and minimum (1, 0, or 1/2 at
+ * ties) they are constants, so g * them is right for double backward too.
+ */
+static int slopes(enum ag_k_binary op, struct ag_tensor *g, struct ag_tensor *x,
+		  struct ag_tensor *y, struct ag_tensor **dx,
+		  struct ag_tensor **dy)
+{
+	struct ag_tensor *xd = dense_at(x, g), *yd = dense_at(y, g);
+	struct ag_tensor *ones = ag__tensor_like(g);
+	int rc = -AG_ENOMEM;
+
+	*dx = ag__tensor_like(g);
+	*dy = ag__tensor_like(g);
+	if (!xd || !yd || !ones || !*dx || !*dy || ag_fill_(ones, 1.0))
+		goto out;
+	if (g->dtype == AG_F32)
+		ag_k_binary_bwd_f32(op, g->numel, ag__data(ones), 1,
+				    ag__data(xd), 1, ag__data(yd), 1,
+				    ag__data(*dx), 1, ag__data(*dy), 1);
+	else
+		ag_k_binary_bwd_f64(op, g->numel, ag__data(ones), 1,
+				    ag__data(xd), 1, ag__data(yd), 1,
+				    ag__data(*dx), 1, ag__data(*dy), 1);
+	rc = 0;
+out:
+	if (rc) {
+		ag_tensor_put(*dx);
+		ag_tensor_put(*dy);
+		*dx = *dy = NULL;
+	}
+	ag_tensor_put(xd);
+	ag_tensor_put(yd);
+	ag_tensor_put(ones);
+	return rc;
+}
+
 static int binary_apply(struct ag_node *n, struct ag_tensor **grads,
 			struct ag_tensor **out)
 {
@@ -148,6 +200,19 @@ static int binary_apply(struct ag_node *n, struct ag_tensor **grads,
 			ag_tensor_put(q);
 		}
 		break;
+	case AG_K_MAXIMUM:
+	case AG_K_MINIMUM: {
+		struct ag_tensor *dx, *dy;
+
+		rc = slopes(b->op, g, x, y, &dx, &dy);
+		if (rc)
+			break;
+		out[0] = need0 ? reduce(b, 0, ag_mul(g, dx)) : NULL;
+		out[1] = need1 ? reduce(b, 1, ag_mul(g, dy)) : NULL;
+		ag_tensor_put(dx);
+		ag_tensor_put(dy);
+		break;
+	}
 	default:
 		rc = ag__err(AG_EINTERNAL, "%s: unsupported", n->ops->name);
 	}
@@ -176,6 +241,8 @@ BINARY_OPS(add_ops, "AddBackward");
 BINARY_OPS(sub_ops, "SubBackward");
 BINARY_OPS(mul_ops, "MulBackward");
 BINARY_OPS(div_ops, "DivBackward");
+BINARY_OPS(maximum_ops, "MaximumBackward");
+BINARY_OPS(minimum_ops, "MinimumBackward");
 
 static struct ag_tensor *binary(const char *fn, const struct ag_node_ops *ops,
 				enum ag_k_binary op, struct ag_tensor *a,
@@ -192,7 +259,7 @@ static struct ag_tensor *binary(const char *fn, const struct ag_node_ops *ops,
 	if (!out || !ag__should_record(in, 2))
 		return ag__ret(out);
 	bcast = !same_shape(a, out) || !same_shape(b, out);
-	nsaved = op == AG_K_MUL || op == AG_K_DIV ? 2 : 0;
+	nsaved = op == AG_K_ADD || op == AG_K_SUB ? 0 : 2;
 	n = (struct binary_node *)ag__node_alloc(
 		ops,
 		sizeof(*n) + nsaved * sizeof(n->saved[0]) +
@@ -217,6 +284,8 @@ static struct ag_tensor *binary(const char *fn, const struct ag_node_ops *ops,
 	} else if (op == AG_K_DIV) {
 		save_a = ag__requires_grad(b);
 		save_b = true;
+	} else if (op == AG_K_MAXIMUM || op == AG_K_MINIMUM) {
+		save_a = save_b = true; /* which one is larger */
 	}
 	if ((save_a && ag__save(&n->node, 0, a, false, 0)) ||
 	    (save_b && ag__save(&n->node, 1, b, false, 0)))
@@ -247,4 +316,14 @@ struct ag_tensor *ag_mul(struct ag_tensor *a, struct ag_tensor *b)
 struct ag_tensor *ag_div(struct ag_tensor *a, struct ag_tensor *b)
 {
 	return binary("ag_div", &div_ops, AG_K_DIV, a, b);
+}
+
+struct ag_tensor *ag_maximum(struct ag_tensor *a, struct ag_tensor *b)
+{
+	return binary("ag_maximum", &maximum_ops, AG_K_MAXIMUM, a, b);
+}
+
+struct ag_tensor *ag_minimum(struct ag_tensor *a, struct ag_tensor *b)
+{
+	return binary("ag_minimum", &minimum_ops, AG_K_MINIMUM, a, b);
 }

@@ -16,6 +16,12 @@ AG_API struct ag_tensor *ag_add(struct ag_tensor *a, struct ag_tensor *b);
 AG_API struct ag_tensor *ag_sub(struct ag_tensor *a, struct ag_tensor *b);
 AG_API struct ag_tensor *ag_mul(struct ag_tensor *a, struct ag_tensor *b);
 AG_API struct ag_tensor *ag_div(struct ag_tensor *a, struct ag_tensor *b);
+/*
+ * Elementwise larger / smaller; NaN in either gives NaN.  At ties each side
+ * gets half the gradient, as torch 1.13.
+ */
+AG_API struct ag_tensor *ag_maximum(struct ag_tensor *a, struct ag_tensor *b);
+AG_API struct ag_tensor *ag_minimum(struct ag_tensor *a, struct ag_tensor *b);
 
 /* with a scalar */
 AG_API struct ag_tensor *ag_add_scalar(struct ag_tensor *a, double s);

@@ -76,6 +76,8 @@ BINARY(f_sub, ag_sub)
 BINARY(f_mul, ag_mul)
 BINARY(f_div, ag_div)
 BINARY(f_matmul, ag_matmul)
+BINARY(f_maximum, ag_maximum)
+BINARY(f_minimum, ag_minimum)
 
 Test(gradcheck, add_broadcast)
 {
@@ -118,6 +120,90 @@ Test(gradcheck, div_broadcast)
 	in[0] = IN(3, 1);
 	in[1] = input(2, SHAPE(1, 4), -1.5, -0.5);
 	check(f_div, NULL, in, 2, "[3,1] / [1,4]");
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* Random values tie with probability 0: no half gradients here. */
+Test(gradcheck, maximum_minimum_broadcast)
+{
+	struct ag_tensor *in[2];
+
+	in[0] = IN(3, 4);
+	in[1] = IN(4);
+	check(f_maximum, NULL, in, 2, "maximum");
+	in[0] = IN(3, 1);
+	in[1] = IN(2, 1, 4);
+	check(f_minimum, NULL, in, 2, "minimum");
+	in[0] = IN(3, 4);
+	in[1] = IN(3, 4);
+	check(f_maximum, NULL, in, 2, "maximum, same shape");
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* Values, NaN, and ties: each side gets half, as torch 1.13. */
+Test(gradcheck, maximum_minimum_values_and_ties)
+{
+	static const double av[4] = { 1, -2, 3, NAN };
+	static const double bv[4] = { 1, 5, -3, 0 };
+	struct ag_tensor *a = ag_from_data(AG_F64, 1, SHAPE(4), av);
+	struct ag_tensor *b = ag_from_data(AG_F64, 1, SHAPE(4), bv);
+	struct ag_tensor *mx, *mn, *l, *sum, *ga, *gb;
+	static const double want_ga[4] = { 0.5 + 0.5, 0 + 1, 1 + 0, 1 + 1 };
+	static const double want_gb[4] = { 0.5 + 0.5, 1 + 0, 0 + 1, 1 + 1 };
+
+	ag_tensor_set_requires_grad(a, true);
+	ag_tensor_set_requires_grad(b, true);
+	mx = ag_maximum(a, b);
+	mn = ag_minimum(a, b);
+	cr_assert(mx && mn);
+	for (int i = 0; i < 3; i++) {
+		cr_assert_eq(ag__get(mx, i), fmax(av[i], bv[i]));
+		cr_assert_eq(ag__get(mn, i), fmin(av[i], bv[i]));
+	}
+	cr_assert(isnan(ag__get(mx, 3)) && isnan(ag__get(mn, 3)));
+	l = ag_add(mx, mn);
+	sum = ag_sum(l);
+	cr_assert_eq(ag_backward(sum, NULL, NULL), 0, "%s", ag_errmsg());
+	ga = ag_tensor_grad(a);
+	gb = ag_tensor_grad(b);
+	for (int i = 0; i < 4; i++) {
+		cr_assert_eq(ag__get(ga, i), want_ga[i], "ga[%d]", i);
+		cr_assert_eq(ag__get(gb, i), want_gb[i], "gb[%d]", i);
+	}
+	ag_tensor_put(ga);
+	ag_tensor_put(gb);
+	ag_tensor_put(sum);
+	ag_tensor_put(l);
+	ag_tensor_put(mx);
+	ag_tensor_put(mn);
+	ag_tensor_put(a);
+	ag_tensor_put(b);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* f32, b broadcast over a's rows: b's gradient sums where it won. */
+Test(gradcheck, maximum_f32_broadcast_sums)
+{
+	static const float av[6] = { 0, 5, 2, 4, -1, 2 };
+	static const float bv[3] = { 1, 1, 2 };
+	static const float want_gb[3] = { 1, 1, 1 }; /* 1+0, 0+1, 0.5+0.5 */
+	struct ag_tensor *a = ag_from_data(AG_F32, 2, SHAPE(2, 3), av);
+	struct ag_tensor *b = ag_from_data(AG_F32, 1, SHAPE(3), bv);
+	struct ag_tensor *m, *sum, *gb;
+
+	ag_tensor_set_requires_grad(b, true);
+	m = ag_maximum(a, b);
+	sum = ag_sum(m);
+	cr_assert_eq(ag_backward(sum, NULL, NULL), 0, "%s", ag_errmsg());
+	gb = ag_tensor_grad(b);
+	cr_assert_not_null(gb);
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(ag__get(gb, i), want_gb[i], "gb[%d]", i);
+	ag_tensor_put(gb);
+	ag_tensor_put(sum);
+	ag_tensor_put(m);
+	ag_tensor_put(a);
+	ag_tensor_put(b);
 	AG_ASSERT_NO_LEAKS();
 }
 
