@@ -67,6 +67,12 @@ AG_API struct ag_tensor *ag_mean(struct ag_tensor *a);
 AG_API struct ag_tensor *ag_mean_dim(struct ag_tensor *a, int dim,
 				     bool keepdim);
 AG_API struct ag_tensor *ag_sum_dim(struct ag_tensor *a, int dim, bool keepdim);
+/* log(sum(exp(a))) along dim, shifted by the lane's max; -inf if empty */
+AG_API struct ag_tensor *ag_logsumexp(struct ag_tensor *a, int dim,
+				      bool keepdim);
+/* exp(a) / sum(exp(a)) along dim, and its log, computed stably */
+AG_API struct ag_tensor *ag_softmax(struct ag_tensor *a, int dim);
+AG_API struct ag_tensor *ag_log_softmax(struct ag_tensor *a, int dim);
 
 /*
  * Shape.  These return views sharing a's storage (ag_reshape copies only

@@ -488,6 +488,135 @@ Test(gradcheck, with_scalar)
 	AG_ASSERT_NO_LEAKS();
 }
 
+/* ---- softmax, log_softmax, logsumexp ---- */
+
+struct lane_arg {
+	int which; /* 0 softmax, 1 log_softmax, 2 logsumexp */
+	int dim;
+	bool keepdim;
+	bool transpose; /* feed a non-contiguous view */
+};
+
+static int f_lane(struct ag_tensor *const *in, int nin, struct ag_tensor **out,
+		  void *arg)
+{
+	const struct lane_arg *l = arg;
+	struct ag_tensor *a = l->transpose ? ag_transpose(in[0], 0, 1) :
+					     ag_tensor_get(in[0]);
+
+	(void)nin;
+	if (!a)
+		return -ag_errcode();
+	*out = l->which == 0 ? ag_softmax(a, l->dim) :
+	       l->which == 1 ? ag_log_softmax(a, l->dim) :
+			       ag_logsumexp(a, l->dim, l->keepdim);
+	ag_tensor_put(a);
+	return *out ? 0 : -ag_errcode();
+}
+
+Test(gradcheck, softmax_family)
+{
+	static const struct lane_arg args[] = {
+		{ 0, 1, false, false }, { 0, 0, false, false },
+		{ 0, -1, false, true }, { 1, 1, false, false },
+		{ 1, 0, false, true },	{ 2, 1, false, false },
+		{ 2, 0, true, false },	{ 2, -1, false, true },
+		{ 2, 1, true, true },
+	};
+	static const char *const names[] = { "softmax", "log_softmax",
+					     "logsumexp" };
+
+	for (size_t i = 0; i < sizeof(args) / sizeof(args[0]); i++) {
+		struct ag_tensor *in[1] = { input(2, SHAPE(3, 4), -2, 2) };
+
+		check(f_lane, (void *)&args[i], in, 1, names[args[i].which]);
+	}
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* Values against a double reference; large inputs do not overflow. */
+Test(gradcheck, softmax_family_values)
+{
+	static const double v[2][3] = { { 1, 2, 3 }, { 1000, 1001, -1000 } };
+	struct ag_tensor *x = ag_from_data(AG_F64, 2, SHAPE(2, 3), v);
+	struct ag_tensor *s = ag_softmax(x, 1), *ls = ag_log_softmax(x, 1);
+	struct ag_tensor *lse = ag_logsumexp(x, 1, false);
+	struct ag_tensor *lsek = ag_logsumexp(x, 0, true);
+	struct ag_tensor *f = ag_from_data(AG_F32, 2, SHAPE(2, 3),
+					   (float[]){ 1, 2, 3, 100, 100, 100 });
+	struct ag_tensor *fs = ag_softmax(f, -1);
+
+	cr_assert(s && ls && lse && lsek && fs);
+	cr_assert_eq(ag_tensor_ndim(lse), 1);
+	cr_assert_eq(ag_tensor_shape(lse)[0], 2);
+	cr_assert_eq(ag_tensor_ndim(lsek), 2);
+	cr_assert_eq(ag_tensor_shape(lsek)[0], 1);
+	for (int r = 0; r < 2; r++) {
+		double m = fmax(fmax(v[r][0], v[r][1]), v[r][2]), z = 0;
+
+		for (int c = 0; c < 3; c++)
+			z += exp(v[r][c] - m);
+		cr_assert_float_eq(ag__get(lse, r), m + log(z), 1e-12);
+		for (int c = 0; c < 3; c++) {
+			double want = exp(v[r][c] - m) / z;
+
+			cr_assert_float_eq(ag__get(s, r * 3 + c), want, 1e-15);
+			cr_assert_float_eq(ag__get(ls, r * 3 + c),
+					   v[r][c] - m - log(z), 1e-12);
+			cr_assert_float_eq(
+				ag__get(fs, r * 3 + c),
+				r ? 1.0 / 3 :
+				    exp(c + 1 - 3.0) /
+						(exp(-2.0) + exp(-1.0) + 1),
+				1e-6);
+		}
+	}
+	for (int c = 0; c < 3; c++) {
+		double m = fmax(v[0][c], v[1][c]);
+		double want = m + log(exp(v[0][c] - m) + exp(v[1][c] - m));
+
+		cr_assert_float_eq(ag__get(lsek, c), want, 1e-12);
+	}
+	ag_tensor_put(s);
+	ag_tensor_put(ls);
+	ag_tensor_put(lse);
+	ag_tensor_put(lsek);
+	ag_tensor_put(fs);
+	ag_tensor_put(f);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(gradcheck, softmax_family_edges)
+{
+	struct ag_tensor *z = ag_scalar(AG_F64, 0.7);
+	struct ag_tensor *e = ag_zeros(AG_F64, 2, SHAPE(2, 0));
+	struct ag_tensor *i = ag_zeros(AG_I64, 1, SHAPE(3));
+	struct ag_tensor *s, *l, *le;
+
+	s = ag_softmax(z, 0);
+	l = ag_logsumexp(z, -1, false);
+	cr_assert(s && l);
+	cr_assert_eq(ag__get(s, 0), 1.0); /* a 0-d lane of one */
+	cr_assert_eq(ag__get(l, 0), 0.7);
+	ag_tensor_put(s);
+	ag_tensor_put(l);
+	le = ag_logsumexp(e, 1, false); /* empty lanes: -inf, as torch */
+	cr_assert(le && ag_tensor_numel(le) == 2);
+	cr_assert(isinf(ag__get(le, 0)) && ag__get(le, 0) < 0);
+	ag_tensor_put(le);
+	cr_assert_null(ag_softmax(z, 1));
+	AG_ASSERT_ERR(AG_EINVAL, "ag_softmax: dimension out of range");
+	cr_assert_null(ag_log_softmax(i, 0));
+	AG_ASSERT_ERR(AG_EDTYPE, "ag_log_softmax: expected a floating point");
+	cr_assert_null(ag_logsumexp(NULL, 0, false));
+	AG_ASSERT_ERR(AG_EINVAL, "ag_logsumexp");
+	ag_tensor_put(z);
+	ag_tensor_put(e);
+	ag_tensor_put(i);
+	AG_ASSERT_NO_LEAKS();
+}
+
 /* ---- reductions ---- */
 
 struct dim_arg {
