@@ -300,6 +300,32 @@ struct ag_tensor *ag__unary_bwd(enum ag_k_unary op, const struct ag_k_params *p,
 	return out;
 }
 
+void ag__for_lanes(int ndim, const int64_t *shape, int dim, int nt,
+		   struct ag_tensor *const *t,
+		   void (*fn)(void *ctx, const int64_t *off), void *ctx)
+{
+	int64_t kshape[AG_MAX_DIMS], base[AG_WALK_MAX_OPS];
+	const int64_t *strides[AG_WALK_MAX_OPS];
+	struct ag_walk w;
+
+	for (int d = 0; d < ndim; d++)
+		kshape[d] = d == dim ? 1 : shape[d];
+	for (int k = 0; k < nt; k++) {
+		strides[k] = t[k]->strides;
+		base[k] = t[k]->offset;
+	}
+	ag__walk_init(&w, ndim, kshape, nt, strides, base);
+	while (ag__walk_next(&w)) {
+		for (int64_t i = 0; i < w.inner; i++) {
+			int64_t off[AG_WALK_MAX_OPS];
+
+			for (int k = 0; k < nt; k++)
+				off[k] = w.off[k] + i * w.inc[k];
+			fn(ctx, off);
+		}
+	}
+}
+
 struct ag_tensor *ag__add_plain(struct ag_tensor *a, struct ag_tensor *b)
 {
 	if (ag__mode.grad)

@@ -56,6 +56,15 @@ struct ag_tensor *ag__unary_bwd(enum ag_k_unary op, const struct ag_k_params *p,
 				struct ag_tensor **gp, struct ag_tensor *x,
 				struct ag_tensor *y);
 
+/*
+ * Calls fn(ctx, off) for the start of every lane along dim (the elements
+ * that differ only in dim) of up to four tensors of shape (ndim, shape),
+ * each with its own strides; off[k] is in elements of t[k].
+ */
+void ag__for_lanes(int ndim, const int64_t *shape, int dim, int nt,
+		   struct ag_tensor *const *t,
+		   void (*fn)(void *ctx, const int64_t *off), void *ctx);
+
 /* dst += src, same shape; dst contiguous and exclusively owned. */
 void ag__acc_into(struct ag_tensor *dst, struct ag_tensor *src);
 /* a + b through the recorded op when grad mode is on. */

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 /*
- * Reductions: sum, mean, sum over a dim.  Sums accumulate in double
- * through simd/'s pairwise kernels.
+ * Reductions: sum and mean, over everything or a dim; max and var over a
+ * dim.  Sums accumulate in double through simd/'s pairwise kernels.
  */
 #include <string.h>
 
@@ -160,4 +160,152 @@ struct ag_tensor *ag_sum_dim(struct ag_tensor *a, int dim, bool keepdim)
 struct ag_tensor *ag_mean_dim(struct ag_tensor *a, int dim, bool keepdim)
 {
 	return reduce("ag_mean_dim", &mean_ops, a, dim, keepdim, true);
+}
+
+/*
+ * var along dim: the mean of squared deviations, over n - 1 when unbiased,
+ * composed from the ops above (two passes, so no cancellation), which also
+ * gives its derivatives.  n - 1 = 0 gives NaN, as torch.
+ */
+struct ag_tensor *ag_var_dim(struct ag_tensor *a, int dim, bool unbiased,
+			     bool keepdim)
+{
+	struct ag_tensor *t[4] = { NULL }, *r = NULL;
+	int64_t n;
+
+	AG_CHECK_ARG("ag_var_dim", a);
+	if (ag__check_float("ag_var_dim", a) ||
+	    ag__wrap_dim("ag_var_dim", dim, a->ndim, &dim))
+		return NULL;
+	n = a->ndim ? a->shape[dim] : 1;
+	t[0] = ag_mean_dim(a, dim, true);
+	t[1] = t[0] ? ag_sub(a, t[0]) : NULL;
+	t[2] = t[1] ? ag_mul(t[1], t[1]) : NULL;
+	t[3] = t[2] ? ag_sum_dim(t[2], dim, keepdim) : NULL;
+	r = t[3] ? ag_mul_scalar(t[3], 1.0 / (double)(n - unbiased)) : NULL;
+	for (int i = 0; i < 4; i++)
+		ag_tensor_put(t[i]);
+	return r;
+}
+
+/* ---- max along a dim ---- */
+
+struct max_node {
+	struct ag_node node;
+	int dim;
+	bool keepdim;
+	struct ag_tensor *mask; /* 1 at each lane's first maximum (or NaN) */
+};
+
+struct max_ctx {
+	struct ag_tensor *x, *y, *mask;
+	int dim;
+};
+
+static void max_lane(void *arg, const int64_t *off)
+{
+	struct max_ctx *c = arg;
+	int64_t n = c->x->ndim ? c->x->shape[c->dim] : 1;
+	int64_t ix = c->x->ndim ? c->x->strides[c->dim] : 1;
+	int64_t im = c->x->ndim ? c->mask->strides[c->dim] : 1;
+	int64_t at = 0;
+	double v;
+
+	if (c->x->dtype == AG_F32)
+		v = ag_k_max_f32(n, (float *)c->x->storage->data + off[0], ix,
+				 &at);
+	else
+		v = ag_k_max_f64(n, (double *)c->x->storage->data + off[0], ix,
+				 &at);
+	store(c->y, off[1], v);
+	store(c->mask, off[2] + at * im, 1.0);
+}
+
+static void max_destroy(struct ag_node *n)
+{
+	ag_tensor_put(ag_container_of(n, struct max_node, node)->mask);
+}
+
+/* g, with the reduced dim back, at each lane's maximum; 0 elsewhere. */
+static int max_apply(struct ag_node *n, struct ag_tensor **grads,
+		     struct ag_tensor **out)
+{
+	struct max_node *m = ag_container_of(n, struct max_node, node);
+	struct ag_tensor *g = grads[0], *u = NULL, *e = NULL;
+
+	if (!g || !n->next[0].node)
+		return 0;
+	if (!m->keepdim)
+		g = u = ag_unsqueeze(g, m->dim);
+	e = g ? ag_expand(g, m->mask->ndim, m->mask->shape) : NULL;
+	out[0] = e ? ag_mul(e, m->mask) : NULL;
+	ag_tensor_put(u);
+	ag_tensor_put(e);
+	return out[0] ? 0 : -ag_errcode();
+}
+
+static const struct ag_node_ops max_ops = {
+	.name = "MaxBackward",
+	.apply = max_apply,
+	.destroy = max_destroy,
+};
+
+struct ag_tensor *ag_max_dim(struct ag_tensor *a, int dim, bool keepdim)
+{
+	const char *fn = "ag_max_dim";
+	int64_t kshape[AG_MAX_DIMS];
+	struct max_ctx c = { a, NULL, NULL, 0 };
+	struct ag_tensor *ts[3], *out = NULL;
+	struct max_node *m;
+	int kn = 0;
+
+	AG_CHECK_ARG(fn, a);
+	if (ag__check_float(fn, a) || ag__wrap_dim(fn, dim, a->ndim, &dim))
+		return NULL;
+	c.dim = a->ndim ? dim : 0;
+	if (a->ndim && !a->shape[dim]) {
+		ag__err(AG_EINVAL,
+			"%s: cannot take the max over dim %d of size 0 (no identity)",
+			fn, dim);
+		return NULL;
+	}
+	for (int d = 0; d < a->ndim; d++)
+		kshape[kn++] = d == dim ? 1 : a->shape[d];
+	c.y = ag__tensor_new(fn, a->dtype, kn, kshape);
+	c.mask = ag__tensor_new(fn, a->dtype, a->ndim, a->shape);
+	if (!c.y || !c.mask)
+		goto fail;
+	memset(ag__data(c.mask), 0, (size_t)a->numel * ag_dtype_size(a->dtype));
+	ts[0] = a;
+	ts[1] = c.y;
+	ts[2] = c.mask;
+	ag__for_lanes(a->ndim, a->shape, c.dim, 3, ts, max_lane, &c);
+	if (keepdim || !a->ndim) {
+		out = c.y;
+	} else { /* the same dense values without the kept dim */
+		memmove(kshape + dim, kshape + dim + 1,
+			sizeof(*kshape) * (size_t)(kn - dim - 1));
+		out = ag__tensor_on(c.y->storage, a->dtype, kn - 1, kshape);
+		ag_tensor_put(c.y);
+	}
+	c.y = NULL;
+	if (!out)
+		goto fail;
+	if (!ag__should_record(&a, 1)) {
+		ag_tensor_put(c.mask);
+		return ag__ret(out);
+	}
+	m = (struct max_node *)ag__node_alloc(&max_ops, sizeof(*m), 0, 1, 1,
+					      NULL, 0);
+	if (!m)
+		goto fail;
+	m->dim = c.dim;
+	m->keepdim = keepdim || !a->ndim;
+	m->mask = c.mask;
+	return ag__finish(out, &m->node, &a, 1, fn);
+fail:
+	ag_tensor_put(out);
+	ag_tensor_put(c.y);
+	ag_tensor_put(c.mask);
+	return NULL;
 }

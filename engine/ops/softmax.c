@@ -34,36 +34,6 @@ static int64_t lane_inc(const struct ag_tensor *t, int dim)
 	return t->ndim ? t->strides[dim] : 1;
 }
 
-/*
- * Calls fn(ctx, off) for the start of every lane of up to four tensors of
- * shape (ndim, shape) with their own strides, off[k] in elements.
- */
-static void for_lanes(int ndim, const int64_t *shape, int dim, int nt,
-		      struct ag_tensor *const *t,
-		      void (*fn)(void *ctx, const int64_t *off), void *ctx)
-{
-	int64_t kshape[AG_MAX_DIMS], base[AG_WALK_MAX_OPS];
-	const int64_t *strides[AG_WALK_MAX_OPS];
-	struct ag_walk w;
-
-	for (int d = 0; d < ndim; d++)
-		kshape[d] = d == dim ? 1 : shape[d];
-	for (int k = 0; k < nt; k++) {
-		strides[k] = t[k]->strides;
-		base[k] = t[k]->offset;
-	}
-	ag__walk_init(&w, ndim, kshape, nt, strides, base);
-	while (ag__walk_next(&w)) {
-		for (int64_t i = 0; i < w.inner; i++) {
-			int64_t off[AG_WALK_MAX_OPS];
-
-			for (int k = 0; k < nt; k++)
-				off[k] = w.off[k] + i * w.inc[k];
-			fn(ctx, off);
-		}
-	}
-}
-
 struct fwd_ctx {
 	enum lane_op op;
 	struct ag_tensor *x, *y;
@@ -185,7 +155,7 @@ static struct ag_tensor *softmax_grad(struct lane_node *l, struct ag_tensor *g,
 	ts[0] = g;
 	ts[1] = y;
 	ts[2] = c.gx;
-	for_lanes(g->ndim, g->shape, l->dim, 3, ts, bwd_lane, &c);
+	ag__for_lanes(g->ndim, g->shape, l->dim, 3, ts, bwd_lane, &c);
 	return c.gx;
 }
 
@@ -263,7 +233,7 @@ static struct ag_tensor *lane_fwd(const char *fn, enum lane_op op,
 			return NULL;
 		ts[0] = x;
 		ts[1] = c.y;
-		for_lanes(x->ndim, x->shape, dim, 2, ts, fwd_lane, &c);
+		ag__for_lanes(x->ndim, x->shape, dim, 2, ts, fwd_lane, &c);
 		return c.y;
 	}
 	for (int d = 0; d < x->ndim; d++)
@@ -273,7 +243,7 @@ static struct ag_tensor *lane_fwd(const char *fn, enum lane_op op,
 		return NULL;
 	ts[0] = x;
 	ts[1] = c.y; /* same walk: its lane dim has size 1 */
-	for_lanes(x->ndim, x->shape, dim, 2, ts, lse_lane, &c);
+	ag__for_lanes(x->ndim, x->shape, dim, 2, ts, lse_lane, &c);
 	if (keepdim || !x->ndim)
 		return c.y;
 	/* the same dense values without the kept dim */

@@ -70,6 +70,14 @@ AG_API struct ag_tensor *ag_sum_dim(struct ag_tensor *a, int dim, bool keepdim);
 /* log(sum(exp(a))) along dim, shifted by the lane's max; -inf if empty */
 AG_API struct ag_tensor *ag_logsumexp(struct ag_tensor *a, int dim,
 				      bool keepdim);
+/*
+ * The largest value along dim (NaN if the lane has one, as torch); the
+ * gradient goes to the first maximum.  An empty dim is refused.
+ */
+AG_API struct ag_tensor *ag_max_dim(struct ag_tensor *a, int dim, bool keepdim);
+/* Variance along dim, over n - 1 when unbiased (NaN when n - 1 = 0) */
+AG_API struct ag_tensor *ag_var_dim(struct ag_tensor *a, int dim, bool unbiased,
+				    bool keepdim);
 /* exp(a) / sum(exp(a)) along dim, and its log, computed stably */
 AG_API struct ag_tensor *ag_softmax(struct ag_tensor *a, int dim);
 AG_API struct ag_tensor *ag_log_softmax(struct ag_tensor *a, int dim);

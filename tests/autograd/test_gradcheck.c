@@ -617,6 +617,104 @@ Test(gradcheck, softmax_family_edges)
 	AG_ASSERT_NO_LEAKS();
 }
 
+struct red_arg {
+	bool var; /* else max */
+	int dim;
+	bool flag; /* var: unbiased */
+	bool keepdim;
+};
+
+static int f_red(struct ag_tensor *const *in, int nin, struct ag_tensor **out,
+		 void *arg)
+{
+	const struct red_arg *r = arg;
+
+	(void)nin;
+	*out = r->var ? ag_var_dim(in[0], r->dim, r->flag, r->keepdim) :
+			ag_max_dim(in[0], r->dim, r->keepdim);
+	return *out ? 0 : -ag_errcode();
+}
+
+Test(gradcheck, max_and_var_dim)
+{
+	static const struct red_arg args[] = {
+		{ false, 1, false, false }, { false, 0, false, true },
+		{ false, -1, false, true }, { true, 1, true, false },
+		{ true, 0, false, true },   { true, -1, true, true },
+	};
+
+	for (size_t i = 0; i < sizeof(args) / sizeof(args[0]); i++) {
+		struct ag_tensor *in[1] = { IN(3,
+					       4) }; /* ties: probability 0 */
+
+		check(f_red, (void *)&args[i], in, 1,
+		      args[i].var ? "var_dim" : "max_dim");
+	}
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(gradcheck, max_and_var_dim_values)
+{
+	static const double v[2][3] = { { 1, 4, 4 }, { -2, NAN, 7 } };
+	struct ag_tensor *x = ag_from_data(AG_F64, 2, SHAPE(2, 3), v);
+	struct ag_tensor *m, *mk, *var, *var1, *one, *sum, *g;
+	static const double want_g[6] = { 0, 1, 0, 0, 1, 0 };
+
+	ag_tensor_set_requires_grad(x, true);
+	m = ag_max_dim(x, 1, false);
+	mk = ag_max_dim(x, 0, true);
+	var = ag_var_dim(x, 1, true, false);
+	cr_assert(m && mk && var);
+	cr_assert_eq(ag_tensor_ndim(m), 1);
+	cr_assert_eq(ag__get(m, 0), 4.0);
+	cr_assert(isnan(ag__get(m, 1))); /* NaN wins, as torch */
+	cr_assert_eq(ag_tensor_shape(mk)[0], 1);
+	cr_assert_eq(ag__get(mk, 0), 1.0);
+	cr_assert_eq(ag__get(mk, 2), 7.0);
+	cr_assert_float_eq(ag__get(var, 0), 3.0, 1e-15); /* mean 3: (4+1+1)/2 */
+	cr_assert(isnan(ag__get(var, 1)));
+	/* the gradient goes to the first maximum (index 1 of 4, 4) */
+	sum = ag_sum(m);
+	cr_assert_eq(ag_backward(sum, NULL, NULL), 0, "%s", ag_errmsg());
+	g = ag_tensor_grad(x);
+	for (int i = 0; i < 6; i++)
+		cr_assert_eq(ag__get(g, i), want_g[i], "g[%d]", i);
+	one = ag_ones(AG_F64, 1, SHAPE(1));
+	var1 = ag_var_dim(one, 0, true, false); /* n - 1 = 0 */
+	cr_assert(var1 && isnan(ag__get(var1, 0)));
+	ag_tensor_put(var1);
+	ag_tensor_put(one);
+	ag_tensor_put(g);
+	ag_tensor_put(sum);
+	ag_tensor_put(m);
+	ag_tensor_put(mk);
+	ag_tensor_put(var);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(gradcheck, max_and_var_dim_errors)
+{
+	struct ag_tensor *e = ag_zeros(AG_F64, 2, SHAPE(2, 0));
+	struct ag_tensor *i = ag_zeros(AG_I64, 1, SHAPE(3));
+	struct ag_tensor *z = ag_scalar(AG_F32, 2.5), *m;
+
+	cr_assert_null(ag_max_dim(e, 1, false));
+	AG_ASSERT_ERR(AG_EINVAL,
+		      "ag_max_dim: cannot take the max over dim 1 of size 0");
+	cr_assert_null(ag_max_dim(e, 2, false));
+	AG_ASSERT_ERR(AG_EINVAL, "ag_max_dim: dimension out of range");
+	cr_assert_null(ag_var_dim(i, 0, true, false));
+	AG_ASSERT_ERR(AG_EDTYPE, "ag_var_dim: expected a floating point");
+	m = ag_max_dim(z, 0, false); /* 0-d: itself */
+	cr_assert(m && ag_tensor_ndim(m) == 0 && ag__get(m, 0) == 2.5);
+	ag_tensor_put(m);
+	ag_tensor_put(z);
+	ag_tensor_put(e);
+	ag_tensor_put(i);
+	AG_ASSERT_NO_LEAKS();
+}
+
 /* ---- reductions ---- */
 
 struct dim_arg {
