@@ -158,6 +158,18 @@ static struct ag_tensor *tensor_alloc(void)
  * two, and the header and data of a small tensor share cache lines.  The
  * block lives as long as the storage (views may outlive the tensor).
  */
+/* A dense row-major geometry of numel elements. */
+static void dense_geometry(struct ag_tensor *t, enum ag_dtype dt, int ndim,
+			   const int64_t *shape, int64_t numel)
+{
+	t->dtype = dt;
+	t->ndim = ndim;
+	t->numel = numel;
+	if (ndim > 0)
+		memcpy(t->shape, shape, sizeof(*shape) * (size_t)ndim);
+	ag__contiguous_strides(ndim, t->shape, t->strides);
+}
+
 static struct ag_tensor *tensor_make(enum ag_dtype dt, int ndim,
 				     const int64_t *shape, int64_t numel)
 {
@@ -177,12 +189,7 @@ static struct ag_tensor *tensor_make(enum ag_dtype dt, int ndim,
 	tensor_init(t);
 	t->storage = ag__storage_init(t + 1, nbytes, true);
 	t->storage->inference = t->inference;
-	t->dtype = dt;
-	t->ndim = ndim;
-	t->numel = numel;
-	if (ndim)
-		memcpy(t->shape, shape, sizeof(*shape) * ndim);
-	ag__contiguous_strides(ndim, t->shape, t->strides);
+	dense_geometry(t, dt, ndim, shape, numel);
 	return t;
 }
 
@@ -235,20 +242,16 @@ struct ag_tensor *ag__tensor_on(struct ag_storage *s, enum ag_dtype dt,
 				int ndim, const int64_t *shape)
 {
 	struct ag_tensor *t = tensor_alloc();
+	int64_t numel = 1;
 
 	if (!t)
 		return NULL;
 	t->inference = s->inference;
 	t->storage = s;
 	ag__storage_get(s);
-	t->dtype = dt;
-	t->ndim = ndim;
-	t->numel = 1;
-	for (int d = 0; d < ndim; d++) {
-		t->shape[d] = shape[d];
-		t->numel *= shape[d];
-	}
-	ag__contiguous_strides(ndim, t->shape, t->strides);
+	for (int d = 0; d < ndim; d++)
+		numel *= shape[d];
+	dense_geometry(t, dt, ndim, shape, numel);
 	return t;
 }
 

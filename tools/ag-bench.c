@@ -1473,13 +1473,16 @@ static int parse_threads(struct config *c, const char *arg)
 	return c->n_threads ? 0 : -1;
 }
 
-static int parse_int(const char *s, int lo, int *out)
+/* An integer option in [lo, 1000000]; says which option was bad. */
+static int parse_int(const char *opt, const char *s, int lo, int *out)
 {
 	char *end;
 	long v = strtol(s, &end, 10);
 
-	if (end == s || *end || v < lo || v > 1000000)
+	if (end == s || *end || v < lo || v > 1000000) {
+		fprintf(stderr, "ag-bench: bad --%s '%s'\n", opt, s);
 		return -1;
+	}
 	*out = (int)v;
 	return 0;
 }
@@ -1541,18 +1544,12 @@ int main(int argc, char **argv)
 			}
 			break;
 		case 'r':
-			if (parse_int(optarg, 1, &reps)) {
-				fprintf(stderr, "ag-bench: bad --reps '%s'\n",
-					optarg);
+			if (parse_int("reps", optarg, 1, &reps))
 				return 2;
-			}
 			break;
 		case 'u':
-			if (parse_int(optarg, 0, &warmup)) {
-				fprintf(stderr, "ag-bench: bad --warmup '%s'\n",
-					optarg);
+			if (parse_int("warmup", optarg, 0, &warmup))
 				return 2;
-			}
 			break;
 		case 'j':
 			c.json_path = optarg;
@@ -1564,12 +1561,8 @@ int main(int argc, char **argv)
 			c.quick = true;
 			break;
 		case 'N':
-			if (parse_int(optarg, 1, &chain_steps)) {
-				fprintf(stderr,
-					"ag-bench: bad --chain-steps '%s'\n",
-					optarg);
+			if (parse_int("chain-steps", optarg, 1, &chain_steps))
 				return 2;
-			}
 			break;
 		case 'h':
 			usage(stdout);

@@ -80,12 +80,6 @@ struct ag_saved {
 	const char *producer; /* name of the node whose output t is, or NULL */
 };
 
-/* The storage a saved tensor reads. */
-static inline struct ag_storage *ag__saved_storage(const struct ag_saved *s)
-{
-	return s->compact ? s->storage : s->t->storage;
-}
-
 /*
  * Pre-hooks on a gradient slot: user tensor hooks and retain_grad.  The
  * node's list owns one reference; a user hook's handle owns a second one,

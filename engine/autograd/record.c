@@ -122,12 +122,18 @@ int ag__err_freed(const struct ag_node *n)
 	return ag__err(AG_EFREED, "%s: %s", n->ops->name, freed_msg);
 }
 
+/* The storage a saved tensor reads. */
+static struct ag_storage *saved_storage(const struct ag_saved *s)
+{
+	return s->compact ? s->storage : s->t->storage;
+}
+
 static int version_error(const struct ag_saved *s, int ndim,
 			 const int64_t *dims, enum ag_dtype dtype, uint64_t now)
 {
 	char shape[160], who[160] = "";
 	const char *writer = atomic_load_explicit(
-		&ag__saved_storage(s)->last_writer, memory_order_relaxed);
+		&saved_storage(s)->last_writer, memory_order_relaxed);
 
 	ag__shape_str(shape, sizeof(shape), ndim, dims);
 	if (s->producer)
@@ -161,7 +167,7 @@ static int saved_check(struct ag_node *n, struct ag_saved *s)
 
 	if (atomic_load_explicit(&n->released, memory_order_acquire))
 		return ag__err_freed(n);
-	now = atomic_load_explicit(&ag__saved_storage(s)->version,
+	now = atomic_load_explicit(&saved_storage(s)->version,
 				   memory_order_acquire);
 	if (now == s->version)
 		return 0;

@@ -75,26 +75,16 @@ static int fused(struct ag_node *n, struct ag_tensor *g, struct ag_tensor *x,
 	if ((b->op == AG_K_MUL || b->op == AG_K_DIV) &&
 	    ((n->next[0].node && !y) || (n->next[1].node && (!x || !y))))
 		return 1;
-	if (n->next[0].node &&
-	    !(ga = ag__tensor_new("backward", g->dtype, g->ndim, g->shape)))
+	if (n->next[0].node && !(ga = ag__tensor_like(g)))
 		return -AG_ENOMEM;
-	if (n->next[1].node &&
-	    !(gb = ag__tensor_new("backward", g->dtype, g->ndim, g->shape))) {
+	if (n->next[1].node && !(gb = ag__tensor_like(g))) {
 		ag_tensor_put(ga);
 		return -AG_ENOMEM;
 	}
-	if (g->dtype == AG_F32)
-		ag_k_binary_bwd_f32(b->op, g->numel, ag__data(g), 1,
-				    x ? ag__data(x) : ag__data(g), 1,
-				    y ? ag__data(y) : ag__data(g), 1,
-				    ga ? ag__data(ga) : NULL, 1,
-				    gb ? ag__data(gb) : NULL, 1);
-	else
-		ag_k_binary_bwd_f64(b->op, g->numel, ag__data(g), 1,
-				    x ? ag__data(x) : ag__data(g), 1,
-				    y ? ag__data(y) : ag__data(g), 1,
-				    ga ? ag__data(ga) : NULL, 1,
-				    gb ? ag__data(gb) : NULL, 1);
+	ag__k_binary_bwd(g->dtype, b->op, g->numel, ag__data(g),
+			 x ? ag__data(x) : ag__data(g),
+			 y ? ag__data(y) : ag__data(g),
+			 ga ? ag__data(ga) : NULL, gb ? ag__data(gb) : NULL);
 	out[0] = ga;
 	out[1] = gb;
 	return 0;
@@ -131,14 +121,8 @@ static int slopes(enum ag_k_binary op, struct ag_tensor *g, struct ag_tensor *x,
 	*dy = ag__tensor_like(g);
 	if (!xd || !yd || !ones || !*dx || !*dy || ag_fill_(ones, 1.0))
 		goto out;
-	if (g->dtype == AG_F32)
-		ag_k_binary_bwd_f32(op, g->numel, ag__data(ones), 1,
-				    ag__data(xd), 1, ag__data(yd), 1,
-				    ag__data(*dx), 1, ag__data(*dy), 1);
-	else
-		ag_k_binary_bwd_f64(op, g->numel, ag__data(ones), 1,
-				    ag__data(xd), 1, ag__data(yd), 1,
-				    ag__data(*dx), 1, ag__data(*dy), 1);
+	ag__k_binary_bwd(g->dtype, op, g->numel, ag__data(ones), ag__data(xd),
+			 ag__data(yd), ag__data(*dx), ag__data(*dy));
 	rc = 0;
 out:
 	if (rc) {

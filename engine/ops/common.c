@@ -81,6 +81,57 @@ void ag__broadcast_strides(const struct ag_tensor *t, int ndim,
 	}
 }
 
+/* ---- the simd/ kernels for a tensor dtype (f32 or f64) ---- */
+
+/* Element off of t's storage; NULL for an absent operand. */
+static void *at(const struct ag_tensor *t, int64_t off)
+{
+	return t ? (char *)t->storage->data +
+			       off * (int64_t)ag_dtype_size(t->dtype) :
+		   NULL;
+}
+
+static void k_unary(enum ag_dtype dt, enum ag_k_unary op, int64_t n,
+		    const void *x, int64_t ix, void *y, int64_t iy,
+		    const struct ag_k_params *p)
+{
+	if (dt == AG_F32)
+		ag_k_unary_f32(op, n, x, ix, y, iy, p);
+	else
+		ag_k_unary_f64(op, n, x, ix, y, iy, p);
+}
+
+static void k_binary(enum ag_dtype dt, enum ag_k_binary op, int64_t n,
+		     const void *a, int64_t ia, const void *b, int64_t ib,
+		     void *y, int64_t iy)
+{
+	if (dt == AG_F32)
+		ag_k_binary_f32(op, n, a, ia, b, ib, y, iy);
+	else
+		ag_k_binary_f64(op, n, a, ia, b, ib, y, iy);
+}
+
+void ag__k_unary_bwd(enum ag_dtype dt, enum ag_k_unary op, int64_t n,
+		     const void *g, int64_t ig, const void *x, int64_t ix,
+		     const void *y, int64_t iy, void *gx, int64_t igx,
+		     const struct ag_k_params *p)
+{
+	if (dt == AG_F32)
+		ag_k_unary_bwd_f32(op, n, g, ig, x, ix, y, iy, gx, igx, p);
+	else
+		ag_k_unary_bwd_f64(op, n, g, ig, x, ix, y, iy, gx, igx, p);
+}
+
+void ag__k_binary_bwd(enum ag_dtype dt, enum ag_k_binary op, int64_t n,
+		      const void *g, const void *a, const void *b, void *ga,
+		      void *gb)
+{
+	if (dt == AG_F32)
+		ag_k_binary_bwd_f32(op, n, g, 1, a, 1, b, 1, ga, 1, gb, 1);
+	else
+		ag_k_binary_bwd_f64(op, n, g, 1, a, 1, b, 1, ga, 1, gb, 1);
+}
+
 /*
  * Operands that are all contiguous are one span: a single kernel call,
  * without setting up the row walker (most of the cost of a small op).
@@ -98,29 +149,14 @@ static void unary_rows(enum ag_k_unary op, const struct ag_k_params *p,
 	struct ag_walk w;
 
 	if (flat2(a, out)) {
-		if (a->dtype == AG_F32)
-			ag_k_unary_f32(op, a->numel, ag__data(a), 1,
-				       ag__data(out), 1, p);
-		else
-			ag_k_unary_f64(op, a->numel, ag__data(a), 1,
-				       ag__data(out), 1, p);
+		k_unary(a->dtype, op, a->numel, ag__data(a), 1, ag__data(out),
+			1, p);
 		return;
 	}
 	ag__walk_init(&w, a->ndim, a->shape, 2, strides, base);
-	while (ag__walk_next(&w)) {
-		if (a->dtype == AG_F32)
-			ag_k_unary_f32(op, w.inner,
-				       (float *)a->storage->data + w.off[0],
-				       w.inc[0],
-				       (float *)out->storage->data + w.off[1],
-				       w.inc[1], p);
-		else
-			ag_k_unary_f64(op, w.inner,
-				       (double *)a->storage->data + w.off[0],
-				       w.inc[0],
-				       (double *)out->storage->data + w.off[1],
-				       w.inc[1], p);
-	}
+	while (ag__walk_next(&w))
+		k_unary(a->dtype, op, w.inner, at(a, w.off[0]), w.inc[0],
+			at(out, w.off[1]), w.inc[1], p);
 }
 
 struct ag_tensor *ag__unary_fwd(const char *fn, enum ag_k_unary op,
@@ -155,33 +191,15 @@ static void binary_rows(enum ag_k_binary op, int ndim, const int64_t *shape,
 	/* same shape (no broadcast) and all contiguous: one span */
 	if (a->numel == out->numel && b->numel == out->numel && flat2(a, b) &&
 	    ag_tensor_is_contiguous(out)) {
-		if (a->dtype == AG_F32)
-			ag_k_binary_f32(op, out->numel, ag__data(a), 1,
-					ag__data(b), 1, ag__data(out), 1);
-		else
-			ag_k_binary_f64(op, out->numel, ag__data(a), 1,
-					ag__data(b), 1, ag__data(out), 1);
+		k_binary(a->dtype, op, out->numel, ag__data(a), 1, ag__data(b),
+			 1, ag__data(out), 1);
 		return;
 	}
 	ag__walk_init(&w, ndim, shape, 3, strides, base);
-	while (ag__walk_next(&w)) {
-		if (a->dtype == AG_F32)
-			ag_k_binary_f32(op, w.inner,
-					(float *)a->storage->data + w.off[0],
-					w.inc[0],
-					(float *)b->storage->data + w.off[1],
-					w.inc[1],
-					(float *)out->storage->data + w.off[2],
-					w.inc[2]);
-		else
-			ag_k_binary_f64(op, w.inner,
-					(double *)a->storage->data + w.off[0],
-					w.inc[0],
-					(double *)b->storage->data + w.off[1],
-					w.inc[1],
-					(double *)out->storage->data + w.off[2],
-					w.inc[2]);
-	}
+	while (ag__walk_next(&w))
+		k_binary(a->dtype, op, w.inner, at(a, w.off[0]), w.inc[0],
+			 at(b, w.off[1]), w.inc[1], at(out, w.off[2]),
+			 w.inc[2]);
 }
 
 struct ag_tensor *ag__binary_fwd(const char *fn, enum ag_k_binary op,
@@ -255,16 +273,9 @@ struct ag_tensor *ag__unary_bwd(enum ag_k_unary op, const struct ag_k_params *p,
 	}
 	if (flat2(g, out) && (!x || ag_tensor_is_contiguous(x)) &&
 	    (!y || ag_tensor_is_contiguous(y))) {
-		if (g->dtype == AG_F32)
-			ag_k_unary_bwd_f32(op, g->numel, ag__data(g), 1,
-					   x ? ag__data(x) : NULL, 1,
-					   y ? ag__data(y) : NULL, 1,
-					   ag__data(out), 1, p);
-		else
-			ag_k_unary_bwd_f64(op, g->numel, ag__data(g), 1,
-					   x ? ag__data(x) : NULL, 1,
-					   y ? ag__data(y) : NULL, 1,
-					   ag__data(out), 1, p);
+		ag__k_unary_bwd(g->dtype, op, g->numel, ag__data(g), 1,
+				x ? ag__data(x) : NULL, 1,
+				y ? ag__data(y) : NULL, 1, ag__data(out), 1, p);
 		return out;
 	}
 	/* absent operands walk g's geometry; the kernel does not read them */
@@ -273,30 +284,11 @@ struct ag_tensor *ag__unary_bwd(enum ag_k_unary op, const struct ag_k_params *p,
 	strides[2] = y ? y->strides : g->strides;
 	strides[3] = out->strides;
 	ag__walk_init(&w, g->ndim, g->shape, 4, strides, base);
-	while (ag__walk_next(&w)) {
-		if (g->dtype == AG_F32)
-			ag_k_unary_bwd_f32(
-				op, w.inner,
-				(float *)g->storage->data + w.off[0], w.inc[0],
-				x ? (float *)x->storage->data + w.off[1] : NULL,
-				w.inc[1],
-				y ? (float *)y->storage->data + w.off[2] : NULL,
-				w.inc[2],
-				(float *)out->storage->data + w.off[3],
+	while (ag__walk_next(&w))
+		ag__k_unary_bwd(g->dtype, op, w.inner, at(g, w.off[0]),
+				w.inc[0], at(x, w.off[1]), w.inc[1],
+				at(y, w.off[2]), w.inc[2], at(out, w.off[3]),
 				w.inc[3], p);
-		else
-			ag_k_unary_bwd_f64(
-				op, w.inner,
-				(double *)g->storage->data + w.off[0], w.inc[0],
-				x ? (double *)x->storage->data + w.off[1] :
-				    NULL,
-				w.inc[1],
-				y ? (double *)y->storage->data + w.off[2] :
-				    NULL,
-				w.inc[2],
-				(double *)out->storage->data + w.off[3],
-				w.inc[3], p);
-	}
 	return out;
 }
 
@@ -324,6 +316,33 @@ void ag__for_lanes(int ndim, const int64_t *shape, int dim, int nt,
 			fn(ctx, off);
 		}
 	}
+}
+
+struct ag_tensor *ag__lanes_out(const char *fn, struct ag_tensor *x, int dim)
+{
+	int64_t kshape[AG_MAX_DIMS];
+
+	for (int d = 0; d < x->ndim; d++)
+		kshape[d] = d == dim ? 1 : x->shape[d];
+	return ag__tensor_new(fn, x->dtype, x->ndim, kshape);
+}
+
+struct ag_tensor *ag__lanes_result(struct ag_tensor *kept, int dim,
+				   bool keepdim)
+{
+	int64_t shape[AG_MAX_DIMS];
+	struct ag_tensor *r;
+	int n = 0;
+
+	if (!kept || keepdim || !kept->ndim)
+		return kept;
+	for (int d = 0; d < kept->ndim; d++)
+		if (d != dim)
+			shape[n++] = kept->shape[d];
+	/* the same dense values, one dim fewer */
+	r = ag__tensor_on(kept->storage, kept->dtype, n, shape);
+	ag_tensor_put(kept);
+	return r;
 }
 
 struct ag_tensor *ag__add_plain(struct ag_tensor *a, struct ag_tensor *b)

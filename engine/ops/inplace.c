@@ -13,32 +13,25 @@
 
 #include "ops.h"
 
-int ag__inplace_check(const char *fn, struct ag_tensor *self)
+int ag__inplace_check(const char *fn, struct ag_tensor *self, bool rmw)
 {
 	if (self->inference && !ag__mode.inference)
 		return ag__err(
 			AG_EINFERENCE,
 			"%s: inplace update to inference tensor outside InferenceMode is not allowed; make a clone to get a normal tensor first",
 			fn);
-	if (!ag__mode.grad)
-		return 0;
-	if (ag__requires_grad(self) && ag_tensor_is_leaf(self) &&
-	    !(self->meta && self->meta->view_base))
+	if (ag__mode.grad && ag__requires_grad(self) &&
+	    ag_tensor_is_leaf(self) && !(self->meta && self->meta->view_base))
 		return ag__err(
 			AG_ELEAF,
 			"%s: a leaf tensor that requires grad is being used in an in-place operation; do it under no-grad (AG_NO_GRAD_SCOPE) or on a clone",
 			fn);
-	return 0;
-}
-
-/*
- * An expanded view has elements sharing one memory location: a read-modify
- * write through it would apply the op several times to the same element.
- * Filling is idempotent and stays allowed, as in torch.
- */
-static int overlap_check(const char *fn, const struct ag_tensor *self)
-{
-	for (int d = 0; d < self->ndim; d++)
+	/*
+	 * An expanded view has elements sharing one memory location: a
+	 * read-modify-write through it would apply the op several times to
+	 * the same element.  Filling is idempotent and stays allowed.
+	 */
+	for (int d = 0; rmw && d < self->ndim; d++)
 		if (self->strides[d] == 0 && self->shape[d] > 1)
 			return ag__err(
 				AG_EINVAL,
@@ -241,9 +234,7 @@ static int binary_(const char *fn, const struct ag_node_ops *ops,
 			ag__shape_str(a, sizeof(a), self->ndim, self->shape),
 			ag__shape_str(b, sizeof(b), ndim, shape));
 	}
-	rc = ag__inplace_check(fn, self);
-	if (!rc)
-		rc = overlap_check(fn, self);
+	rc = ag__inplace_check(fn, self, true);
 	if (rc)
 		return rc;
 	record = ag__should_record(in, 2);
@@ -294,9 +285,7 @@ static int unary_(const char *fn, const struct ag_node_ops *ops,
 		return ag__err_null(fn, "self");
 	if (self->dtype == AG_I64 && ops != &fill_ops)
 		return ag__check_float(fn, self);
-	rc = ag__inplace_check(fn, self);
-	if (!rc && ops != &fill_ops)
-		rc = overlap_check(fn, self);
+	rc = ag__inplace_check(fn, self, ops != &fill_ops);
 	if (rc)
 		return rc;
 	record = ag__should_record(&self, 1);
@@ -385,9 +374,7 @@ int ag_copy_(struct ag_tensor *self, struct ag_tensor *src)
 			ag__shape_str(a, sizeof(a), src->ndim, src->shape),
 			ag__shape_str(b, sizeof(b), self->ndim, self->shape));
 	}
-	rc = ag__inplace_check("ag_copy_", self);
-	if (!rc)
-		rc = overlap_check("ag_copy_", self);
+	rc = ag__inplace_check("ag_copy_", self, true);
 	if (rc)
 		return rc;
 	record = ag__should_record(in, 2);

@@ -32,6 +32,18 @@ int ag__broadcast_shape(const char *fn, const struct ag_tensor *a,
 void ag__broadcast_strides(const struct ag_tensor *t, int ndim,
 			   const int64_t *shape, int64_t *strides);
 
+/*
+ * simd/'s derivative kernels for a tensor dtype (f32 or f64); pointers are
+ * to elements, increments in elements.  The binary one takes dense spans.
+ */
+void ag__k_unary_bwd(enum ag_dtype dt, enum ag_k_unary op, int64_t n,
+		     const void *g, int64_t ig, const void *x, int64_t ix,
+		     const void *y, int64_t iy, void *gx, int64_t igx,
+		     const struct ag_k_params *p);
+void ag__k_binary_bwd(enum ag_dtype dt, enum ag_k_binary op, int64_t n,
+		      const void *g, const void *a, const void *b, void *ga,
+		      void *gb);
+
 /* Plain elementwise kernels (no recording); results are contiguous. */
 struct ag_tensor *ag__unary_fwd(const char *fn, enum ag_k_unary op,
 				const struct ag_k_params *p,
@@ -65,6 +77,27 @@ void ag__for_lanes(int ndim, const int64_t *shape, int dim, int nt,
 		   struct ag_tensor *const *t,
 		   void (*fn)(void *ctx, const int64_t *off), void *ctx);
 
+/* Length and stride of t's lanes along dim (a 0-d tensor is one lane). */
+static inline int64_t ag__lane_len(const struct ag_tensor *t, int dim)
+{
+	return t->ndim ? t->shape[dim] : 1;
+}
+
+static inline int64_t ag__lane_inc(const struct ag_tensor *t, int dim)
+{
+	return t->ndim ? t->strides[dim] : 1;
+}
+
+/* A new tensor of x's shape with dim of size 1: one element per lane. */
+struct ag_tensor *ag__lanes_out(const char *fn, struct ag_tensor *x, int dim);
+/*
+ * The result of a reduction along dim from its ag__lanes_out tensor, which
+ * it takes over: itself with keepdim (or for 0-d), else the same values
+ * without dim.  NULL with the error set.
+ */
+struct ag_tensor *ag__lanes_result(struct ag_tensor *kept, int dim,
+				   bool keepdim);
+
 /* dst += src, same shape; dst contiguous and exclusively owned. */
 void ag__acc_into(struct ag_tensor *dst, struct ag_tensor *src);
 /* a + b through the recorded op when grad mode is on. */
@@ -88,7 +121,10 @@ struct ag_tensor *ag__finish(struct ag_tensor *out, struct ag_node *n,
 			     struct ag_tensor *const *in, int nin,
 			     const char *fwd_op);
 
-/* The in-place rule shared by every op_: checks and version bump. */
-int ag__inplace_check(const char *fn, struct ag_tensor *self);
+/*
+ * The checks shared by every op_: inference, the leaf rule, and for a
+ * read-modify-write (rmw; not a fill) no expanded (stride-0) dims.
+ */
+int ag__inplace_check(const char *fn, struct ag_tensor *self, bool rmw);
 
 #endif /* AG_ENGINE_OPS_H */

@@ -205,9 +205,9 @@ struct max_ctx {
 static void max_lane(void *arg, const int64_t *off)
 {
 	struct max_ctx *c = arg;
-	int64_t n = c->x->ndim ? c->x->shape[c->dim] : 1;
-	int64_t ix = c->x->ndim ? c->x->strides[c->dim] : 1;
-	int64_t im = c->x->ndim ? c->mask->strides[c->dim] : 1;
+	int64_t n = ag__lane_len(c->x, c->dim);
+	int64_t ix = ag__lane_inc(c->x, c->dim);
+	int64_t im = ag__lane_inc(c->mask, c->dim);
 	int64_t at = 0;
 	double v;
 
@@ -253,11 +253,9 @@ static const struct ag_node_ops max_ops = {
 struct ag_tensor *ag_max_dim(struct ag_tensor *a, int dim, bool keepdim)
 {
 	const char *fn = "ag_max_dim";
-	int64_t kshape[AG_MAX_DIMS];
 	struct max_ctx c = { a, NULL, NULL, 0 };
 	struct ag_tensor *ts[3], *out = NULL;
 	struct max_node *m;
-	int kn = 0;
 
 	AG_CHECK_ARG(fn, a);
 	if (ag__check_float(fn, a) || ag__wrap_dim(fn, dim, a->ndim, &dim))
@@ -269,9 +267,7 @@ struct ag_tensor *ag_max_dim(struct ag_tensor *a, int dim, bool keepdim)
 			fn, dim);
 		return NULL;
 	}
-	for (int d = 0; d < a->ndim; d++)
-		kshape[kn++] = d == dim ? 1 : a->shape[d];
-	c.y = ag__tensor_new(fn, a->dtype, kn, kshape);
+	c.y = ag__lanes_out(fn, a, c.dim);
 	c.mask = ag__tensor_new(fn, a->dtype, a->ndim, a->shape);
 	if (!c.y || !c.mask)
 		goto fail;
@@ -280,14 +276,7 @@ struct ag_tensor *ag_max_dim(struct ag_tensor *a, int dim, bool keepdim)
 	ts[1] = c.y;
 	ts[2] = c.mask;
 	ag__for_lanes(a->ndim, a->shape, c.dim, 3, ts, max_lane, &c);
-	if (keepdim || !a->ndim) {
-		out = c.y;
-	} else { /* the same dense values without the kept dim */
-		memmove(kshape + dim, kshape + dim + 1,
-			sizeof(*kshape) * (size_t)(kn - dim - 1));
-		out = ag__tensor_on(c.y->storage, a->dtype, kn - 1, kshape);
-		ag_tensor_put(c.y);
-	}
+	out = ag__lanes_result(c.y, c.dim, keepdim);
 	c.y = NULL;
 	if (!out)
 		goto fail;

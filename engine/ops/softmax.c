@@ -5,7 +5,6 @@
  * span kernels take one lane at a time, with any stride.
  */
 #include <math.h>
-#include <string.h>
 
 #include <ag/mode.h>
 
@@ -23,17 +22,6 @@ struct lane_node {
 
 static const char *const saved_result[] = { "result", "self" };
 
-/* Length and stride of t's lanes along dim (a 0-d tensor is one lane). */
-static int64_t lane_len(const struct ag_tensor *t, int dim)
-{
-	return t->ndim ? t->shape[dim] : 1;
-}
-
-static int64_t lane_inc(const struct ag_tensor *t, int dim)
-{
-	return t->ndim ? t->strides[dim] : 1;
-}
-
 struct fwd_ctx {
 	enum lane_op op;
 	struct ag_tensor *x, *y;
@@ -43,8 +31,8 @@ struct fwd_ctx {
 static void fwd_lane(void *arg, const int64_t *off)
 {
 	struct fwd_ctx *c = arg;
-	int64_t n = lane_len(c->x, c->dim), ix = lane_inc(c->x, c->dim);
-	int64_t iy = lane_inc(c->y, c->dim);
+	int64_t n = ag__lane_len(c->x, c->dim), ix = ag__lane_inc(c->x, c->dim);
+	int64_t iy = ag__lane_inc(c->y, c->dim);
 	bool f32 = c->x->dtype == AG_F32;
 	float *xf = (float *)c->x->storage->data + off[0];
 	double *xd = (double *)c->x->storage->data + off[0];
@@ -70,7 +58,7 @@ static void fwd_lane(void *arg, const int64_t *off)
 static void lse_lane(void *arg, const int64_t *off)
 {
 	struct fwd_ctx *c = arg;
-	int64_t n = lane_len(c->x, c->dim), ix = lane_inc(c->x, c->dim);
+	int64_t n = ag__lane_len(c->x, c->dim), ix = ag__lane_inc(c->x, c->dim);
 	double v;
 
 	if (c->x->dtype == AG_F32) {
@@ -95,9 +83,10 @@ struct bwd_ctx {
 static void bwd_lane(void *arg, const int64_t *off)
 {
 	struct bwd_ctx *c = arg;
-	int64_t n = lane_len(c->g, c->dim);
-	int64_t ig = lane_inc(c->g, c->dim), iy = lane_inc(c->y, c->dim);
-	int64_t io = lane_inc(c->gx, c->dim);
+	int64_t n = ag__lane_len(c->g, c->dim);
+	int64_t ig = ag__lane_inc(c->g, c->dim),
+		iy = ag__lane_inc(c->y, c->dim);
+	int64_t io = ag__lane_inc(c->gx, c->dim);
 
 	if (!n)
 		return;
@@ -223,9 +212,7 @@ static struct ag_tensor *lane_fwd(const char *fn, enum lane_op op,
 				  struct ag_tensor *x, int dim, bool keepdim)
 {
 	struct fwd_ctx c = { op, x, NULL, dim };
-	int64_t kshape[AG_MAX_DIMS];
-	struct ag_tensor *ts[2], *y;
-	int kn = 0;
+	struct ag_tensor *ts[2];
 
 	if (op != LANE_LOGSUMEXP) {
 		c.y = ag__tensor_like(x);
@@ -236,22 +223,13 @@ static struct ag_tensor *lane_fwd(const char *fn, enum lane_op op,
 		ag__for_lanes(x->ndim, x->shape, dim, 2, ts, fwd_lane, &c);
 		return c.y;
 	}
-	for (int d = 0; d < x->ndim; d++)
-		kshape[kn++] = d == dim ? 1 : x->shape[d];
-	c.y = ag__tensor_new(fn, x->dtype, kn, kshape);
+	c.y = ag__lanes_out(fn, x, dim);
 	if (!c.y)
 		return NULL;
 	ts[0] = x;
 	ts[1] = c.y; /* same walk: its lane dim has size 1 */
 	ag__for_lanes(x->ndim, x->shape, dim, 2, ts, lse_lane, &c);
-	if (keepdim || !x->ndim)
-		return c.y;
-	/* the same dense values without the kept dim */
-	memmove(kshape + dim, kshape + dim + 1,
-		sizeof(*kshape) * (size_t)(kn - dim - 1));
-	y = ag__tensor_on(c.y->storage, x->dtype, kn - 1, kshape);
-	ag_tensor_put(c.y);
-	return y;
+	return ag__lanes_result(c.y, dim, keepdim);
 }
 
 static struct ag_tensor *lane(const char *fn, const struct ag_node_ops *ops,

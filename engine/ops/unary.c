@@ -54,13 +54,11 @@ static struct ag_tensor *slope(enum ag_k_unary op, const struct ag_k_params *p,
 	return d;
 }
 
-/* g * f'(x) with f' piecewise constant. */
-static struct ag_tensor *mul_slope(struct unary_node *u, struct ag_tensor *g,
-				   struct ag_tensor *x)
+/* g * d, taking over d; NULL (error kept) when d is. */
+static struct ag_tensor *times(struct ag_tensor *g, struct ag_tensor *d)
 {
-	struct ag_tensor *d = slope(u->op, &u->p, x), *r;
+	struct ag_tensor *r = d ? ag_mul(g, d) : NULL;
 
-	r = d ? ag_mul(g, d) : NULL;
 	ag_tensor_put(d);
 	return r;
 }
@@ -143,7 +141,7 @@ static struct ag_tensor *composite(struct unary_node *u, struct ag_tensor *g,
 	case AG_K_ABS:
 	case AG_K_CLAMP:
 	case AG_K_LEAKY_RELU:
-		return mul_slope(u, g, x);
+		return times(g, slope(u->op, &u->p, x));
 	case AG_K_EXPM1: /* g * (y + 1) */
 		a = ag_add_scalar(y, 1);
 		r = a ? ag_mul(g, a) : NULL;
@@ -176,21 +174,13 @@ static struct ag_tensor *composite(struct unary_node *u, struct ag_tensor *g,
 		r = b ? ag_mul(g, b) : NULL;
 		break;
 	case AG_K_GELU:
-		a = gelu_slope(x);
-		r = a ? ag_mul(g, a) : NULL;
-		break;
+		return times(g, gelu_slope(x));
 	case AG_K_SILU:
-		a = silu_slope(x);
-		r = a ? ag_mul(g, a) : NULL;
-		break;
+		return times(g, silu_slope(x));
 	case AG_K_SOFTPLUS:
-		a = softplus_slope(x);
-		r = a ? ag_mul(g, a) : NULL;
-		break;
+		return times(g, softplus_slope(x));
 	case AG_K_ERF:
-		a = erf_slope(x);
-		r = a ? ag_mul(g, a) : NULL;
-		break;
+		return times(g, erf_slope(x));
 	case AG_K_ATAN: /* g / (1 + x^2) */
 		a = ag_mul(x, x);
 		b = a ? ag_add_scalar(a, 1) : NULL;
@@ -268,16 +258,10 @@ static int in_place(struct unary_node *u, unsigned needs,
 		if (rc)
 			return rc;
 	}
-	if (g->dtype == AG_F32)
-		ag_k_unary_bwd_f32(u->op, g->numel, ag__data(g), 1,
-				   needs & AG_K_NEEDS_X ? s : NULL, 1,
-				   needs & AG_K_NEEDS_Y ? s : NULL, 1,
-				   ag__data(g), 1, &u->p);
-	else
-		ag_k_unary_bwd_f64(u->op, g->numel, ag__data(g), 1,
-				   needs & AG_K_NEEDS_X ? s : NULL, 1,
-				   needs & AG_K_NEEDS_Y ? s : NULL, 1,
-				   ag__data(g), 1, &u->p);
+	ag__k_unary_bwd(g->dtype, u->op, g->numel, ag__data(g), 1,
+			needs & AG_K_NEEDS_X ? s : NULL, 1,
+			needs & AG_K_NEEDS_Y ? s : NULL, 1, ag__data(g), 1,
+			&u->p);
 	out[0] = g;
 	grads[0] = NULL;
 	return 0;
@@ -398,73 +382,20 @@ static struct ag_tensor *unary(const char *fn, const struct ag_node_ops *ops,
 	return unary2(fn, ops, op, p0, 0, a);
 }
 
-struct ag_tensor *ag_neg(struct ag_tensor *a)
-{
-	return unary("ag_neg", &neg_ops, AG_K_NEG, 0, a);
-}
-
-struct ag_tensor *ag_exp(struct ag_tensor *a)
-{
-	return unary("ag_exp", &exp_ops, AG_K_EXP, 0, a);
-}
-
-struct ag_tensor *ag_log(struct ag_tensor *a)
-{
-	return unary("ag_log", &log_ops, AG_K_LOG, 0, a);
-}
-
-struct ag_tensor *ag_tanh(struct ag_tensor *a)
-{
-	return unary("ag_tanh", &tanh_ops, AG_K_TANH, 0, a);
-}
-
-struct ag_tensor *ag_sin(struct ag_tensor *a)
-{
-	return unary("ag_sin", &sin_ops, AG_K_SIN, 0, a);
-}
-
-struct ag_tensor *ag_cos(struct ag_tensor *a)
-{
-	return unary("ag_cos", &cos_ops, AG_K_COS, 0, a);
-}
-
-struct ag_tensor *ag_sigmoid(struct ag_tensor *a)
-{
-	return unary("ag_sigmoid", &sigmoid_ops, AG_K_SIGMOID, 0, a);
-}
-
-struct ag_tensor *ag_relu(struct ag_tensor *a)
-{
-	return unary("ag_relu", &relu_ops, AG_K_RELU, 0, a);
-}
-
-struct ag_tensor *ag_pow_scalar(struct ag_tensor *a, double s)
-{
-	return unary("ag_pow_scalar", &pow_ops, AG_K_POW_SCALAR, s, a);
-}
-
-struct ag_tensor *ag_mul_scalar(struct ag_tensor *a, double s)
-{
-	return unary("ag_mul_scalar", &mul_scalar_ops, AG_K_MUL_SCALAR, s, a);
-}
-
-struct ag_tensor *ag_add_scalar(struct ag_tensor *a, double s)
-{
-	return unary("ag_add_scalar", &add_scalar_ops, AG_K_ADD_SCALAR, s, a);
-}
-
-struct ag_tensor *ag_rsub_scalar(struct ag_tensor *a, double s)
-{
-	return unary("ag_rsub_scalar", &rsub_scalar_ops, AG_K_RSUB_SCALAR, s,
-		     a);
-}
-
 #define UNARY_FN(name, op)                                        \
 	struct ag_tensor *ag_##name(struct ag_tensor *a)          \
 	{                                                         \
 		return unary("ag_" #name, &name##_ops, op, 0, a); \
 	}
 
+UNARY_FN(neg, AG_K_NEG)
+UNARY_FN(exp, AG_K_EXP)
+UNARY_FN(log, AG_K_LOG)
+UNARY_FN(tanh, AG_K_TANH)
+UNARY_FN(sin, AG_K_SIN)
+UNARY_FN(cos, AG_K_COS)
+UNARY_FN(sigmoid, AG_K_SIGMOID)
+UNARY_FN(relu, AG_K_RELU)
 UNARY_FN(abs, AG_K_ABS)
 UNARY_FN(expm1, AG_K_EXPM1)
 UNARY_FN(log1p, AG_K_LOG1P)
@@ -478,6 +409,17 @@ UNARY_FN(silu, AG_K_SILU)
 UNARY_FN(softplus, AG_K_SOFTPLUS)
 UNARY_FN(erf, AG_K_ERF)
 UNARY_FN(atan, AG_K_ATAN)
+
+#define SCALAR_FN(name, ops, op)                                   \
+	struct ag_tensor *ag_##name(struct ag_tensor *a, double s) \
+	{                                                          \
+		return unary("ag_" #name, &ops, op, s, a);         \
+	}
+
+SCALAR_FN(pow_scalar, pow_ops, AG_K_POW_SCALAR)
+SCALAR_FN(mul_scalar, mul_scalar_ops, AG_K_MUL_SCALAR)
+SCALAR_FN(add_scalar, add_scalar_ops, AG_K_ADD_SCALAR)
+SCALAR_FN(rsub_scalar, rsub_scalar_ops, AG_K_RSUB_SCALAR)
 
 struct ag_tensor *ag_clamp(struct ag_tensor *a, double lo, double hi)
 {
