@@ -140,6 +140,26 @@ Test(gradcheck, maximum_minimum_broadcast)
 	AG_ASSERT_NO_LEAKS();
 }
 
+Test(gradcheck, maximum_minimum_errors)
+{
+	struct ag_tensor *a = IN(3), *b = IN(4);
+	struct ag_tensor *f = ag_zeros(AG_F32, 1, SHAPE(3));
+
+	cr_assert_null(ag_maximum(a, b));
+	AG_ASSERT_ERR(AG_ESHAPE,
+		      "ag_maximum: shapes [3] and [4] cannot be broadcast");
+	cr_assert_null(ag_minimum(a, f));
+	AG_ASSERT_ERR(
+		AG_EDTYPE,
+		"ag_minimum: expected both operands to have the same dtype");
+	cr_assert_null(ag_maximum(NULL, a));
+	AG_ASSERT_ERR(AG_EINVAL, "ag_maximum");
+	ag_tensor_put(a);
+	ag_tensor_put(b);
+	ag_tensor_put(f);
+	AG_ASSERT_NO_LEAKS();
+}
+
 /* Values, NaN, and ties: each side gets half, as torch 1.13. */
 Test(gradcheck, maximum_minimum_values_and_ties)
 {
@@ -461,6 +481,8 @@ Test(gradcheck, unary_more_errors)
 	AG_ASSERT_ERR(AG_EDTYPE, "ag_gelu: expected a floating point tensor");
 	cr_assert_null(ag_sqrt(NULL));
 	AG_ASSERT_ERR(AG_EINVAL, "ag_sqrt");
+	cr_assert_null(ag_rsub_scalar(i, 1));
+	AG_ASSERT_ERR(AG_EDTYPE, "ag_rsub_scalar: expected a floating point");
 	ag_tensor_put(i);
 	ag_tensor_put(x);
 	AG_ASSERT_NO_LEAKS();
