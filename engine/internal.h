@@ -30,6 +30,13 @@
  */
 #define AG_TLS _Thread_local __attribute__((tls_model("initial-exec")))
 
+/*
+ * For a function made of prefetches.  GCC counts __builtin_prefetch as
+ * free of side effects, so it finds such a function pure and deletes
+ * calls to it before it would inline them; forced inlining keeps them.
+ */
+#define AG_PREFETCH_FN static inline __attribute__((always_inline)) void
+
 /* ---- errors (engine/error.c) ---- */
 
 /* Sets the thread's error; returns -code so callers can `return ag__err()`. */

@@ -133,6 +133,7 @@ struct ag_node_state {
 	struct ag_tensor **inbuf; /* num_inputs; &inbuf_one when 1 */
 	struct ag_tensor *inbuf_one;
 	atomic_flag lock; /* guards inbuf while gradients are summed */
+	uint32_t idx; /* position in the task's claim order */
 	bool needed;
 	bool capture;
 	bool queued;

@@ -111,8 +111,9 @@ void ag__node_release(struct ag_node *n)
 			ag__storage_put(s->storage);
 		else
 			ag_tensor_put(s->t);
-		s->t = NULL;
-		s->compact = false;
+		/* atomic: the engine may peek at the slot to prefetch it */
+		__atomic_store_n(&s->t, NULL, __ATOMIC_RELAXED);
+		__atomic_store_n(&s->compact, false, __ATOMIC_RELAXED);
 	}
 	if (n->ops->release)
 		n->ops->release(n);

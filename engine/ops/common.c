@@ -8,6 +8,7 @@
 #include <ag/mode.h>
 
 #include "ops.h"
+#include "small.h"
 
 int ag__check_float(const char *fn, const struct ag_tensor *t)
 {
@@ -95,20 +96,26 @@ static void k_unary(enum ag_dtype dt, enum ag_k_unary op, int64_t n,
 		    const void *x, int64_t ix, void *y, int64_t iy,
 		    const struct ag_k_params *p)
 {
-	if (dt == AG_F32)
-		ag_k_unary_f32(op, n, x, ix, y, iy, p);
-	else
-		ag_k_unary_f64(op, n, x, ix, y, iy, p);
+	if (dt == AG_F32) {
+		if (!ag_k_small_unary_f32(op, n, x, ix, y, iy, p))
+			ag_k_unary_f32(op, n, x, ix, y, iy, p);
+	} else {
+		if (!ag_k_small_unary_f64(op, n, x, ix, y, iy, p))
+			ag_k_unary_f64(op, n, x, ix, y, iy, p);
+	}
 }
 
 static void k_binary(enum ag_dtype dt, enum ag_k_binary op, int64_t n,
 		     const void *a, int64_t ia, const void *b, int64_t ib,
 		     void *y, int64_t iy)
 {
-	if (dt == AG_F32)
-		ag_k_binary_f32(op, n, a, ia, b, ib, y, iy);
-	else
-		ag_k_binary_f64(op, n, a, ia, b, ib, y, iy);
+	if (dt == AG_F32) {
+		if (!ag_k_small_binary_f32(op, n, a, ia, b, ib, y, iy))
+			ag_k_binary_f32(op, n, a, ia, b, ib, y, iy);
+	} else {
+		if (!ag_k_small_binary_f64(op, n, a, ia, b, ib, y, iy))
+			ag_k_binary_f64(op, n, a, ia, b, ib, y, iy);
+	}
 }
 
 void ag__k_unary_bwd(enum ag_dtype dt, enum ag_k_unary op, int64_t n,
@@ -116,10 +123,15 @@ void ag__k_unary_bwd(enum ag_dtype dt, enum ag_k_unary op, int64_t n,
 		     const void *y, int64_t iy, void *gx, int64_t igx,
 		     const struct ag_k_params *p)
 {
-	if (dt == AG_F32)
-		ag_k_unary_bwd_f32(op, n, g, ig, x, ix, y, iy, gx, igx, p);
-	else
-		ag_k_unary_bwd_f64(op, n, g, ig, x, ix, y, iy, gx, igx, p);
+	if (dt == AG_F32) {
+		if (!ag_k_small_unary_bwd_f32(op, n, g, ig, y, iy, gx, igx, p))
+			ag_k_unary_bwd_f32(op, n, g, ig, x, ix, y, iy, gx, igx,
+					   p);
+	} else {
+		if (!ag_k_small_unary_bwd_f64(op, n, g, ig, y, iy, gx, igx, p))
+			ag_k_unary_bwd_f64(op, n, g, ig, x, ix, y, iy, gx, igx,
+					   p);
+	}
 }
 
 void ag__k_binary_bwd(enum ag_dtype dt, enum ag_k_binary op, int64_t n,
