@@ -260,4 +260,16 @@ struct ag_scope *ag__scope_suspend(void);
 void ag__scope_resume(struct ag_scope *s);
 struct ag_tensor *ag__contiguous_copy(struct ag_tensor *t);
 
+/*
+ * Equal shapes of n dims.  Shapes are a few dims; a loop the compiler
+ * inlines beats a call to memcmp on every op and every gradient.
+ */
+static inline bool ag__shape_eq(int n, const int64_t *a, const int64_t *b)
+{
+	for (int i = 0; i < n; i++)
+		if (a[i] != b[i])
+			return false;
+	return true;
+}
+
 #endif /* AG_ENGINE_INTERNAL_H */

@@ -469,7 +469,7 @@ static int check_grad(struct ag_node *n, int i, struct ag_tensor *g,
 	char a[160], b[160];
 
 	if (g->dtype == want->dtype && g->ndim == want->ndim &&
-	    !memcmp(g->shape, want->shape, sizeof(int64_t) * g->ndim))
+	    ag__shape_eq(g->ndim, g->shape, want->shape))
 		return 0;
 	return ag__err(
 		AG_ESHAPE,
@@ -525,6 +525,7 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 	struct ag_node_state *st = state_of(gt, n);
 	struct ag_tensor *small[8], **out = small;
 	bool acc = n->ops == &ag__accumulate_ops;
+	bool last;
 	int rc = 0;
 
 	if (!acc && atomic_load_explicit(&n->released, memory_order_acquire))
@@ -590,8 +591,15 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 				n->fwd_op ? n->fwd_op : "unknown");
 		if (rc || !c || !(cs = state_of(gt, c)) || !cs->needed)
 			continue;
-		while (atomic_flag_test_and_set_explicit(&cs->lock,
-							 memory_order_acquire))
+		/*
+		 * The last sender to a slot is alone with it: every other
+		 * sender has counted down (acquire: their sums are visible)
+		 * and the node runs only after this one counts down too.
+		 */
+		last = atomic_load_explicit(&cs->deps, memory_order_acquire) ==
+		       1;
+		while (!last && atomic_flag_test_and_set_explicit(
+					&cs->lock, memory_order_acquire))
 			; /* held for one sum; contention is two branches */
 		if (gt->deterministic)
 			rc = contrib_add(cs, (n->seq << 16) | (uint64_t)i,
@@ -599,7 +607,9 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 		else
 			rc = ag__grad_sum_into(&cs->inbuf[n->next[i].input_nr],
 					       out[i]);
-		atomic_flag_clear_explicit(&cs->lock, memory_order_release);
+		if (!last)
+			atomic_flag_clear_explicit(&cs->lock,
+						   memory_order_release);
 		out[i] = NULL;
 	}
 	for (int i = 0; i < n->num_next; i++) {
@@ -609,8 +619,12 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 		ag_tensor_put(out[i]);
 		if (rc || !c || !(cs = state_of(gt, c)) || !cs->needed)
 			continue;
-		if (atomic_fetch_sub_explicit(&cs->deps, 1,
-					      memory_order_acq_rel) != 1)
+		/* the last sender needs no locked decrement (see above) */
+		if (atomic_load_explicit(&cs->deps, memory_order_acquire) == 1)
+			atomic_store_explicit(&cs->deps, 0,
+					      memory_order_relaxed);
+		else if (atomic_fetch_sub_explicit(&cs->deps, 1,
+						   memory_order_acq_rel) != 1)
 			continue;
 		if (cs->contribs)
 			rc = contrib_flush(cs);
@@ -634,7 +648,7 @@ static int check_hook_grad(struct ag_node *n, int slot, struct ag_tensor *r)
 	char a[160], b[160];
 
 	if (r->dtype == want->dtype && r->ndim == want->ndim &&
-	    !memcmp(r->shape, want->shape, sizeof(int64_t) * r->ndim))
+	    ag__shape_eq(r->ndim, r->shape, want->shape))
 		return 0;
 	return ag__err(
 		AG_ESHAPE,
@@ -729,7 +743,7 @@ static int root_grad(const char *fn, struct ag_tensor *root,
 		return 0;
 	}
 	if (grad->dtype != root->dtype || grad->ndim != root->ndim ||
-	    memcmp(grad->shape, root->shape, sizeof(int64_t) * root->ndim))
+	    !ag__shape_eq(root->ndim, grad->shape, root->shape))
 		return ag__err(
 			AG_ESHAPE,
 			"%s: mismatch in shape: grad_output[%d] has %s %s and output[%d] has %s %s",

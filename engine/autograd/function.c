@@ -440,7 +440,7 @@ static int check_grad_in(const struct ag_ctx *ctx, int i,
 	char a[160], b[160];
 
 	if (g->dtype == m->dtype && g->ndim == m->ndim &&
-	    !memcmp(g->shape, m->shape, sizeof(int64_t) * m->ndim))
+	    ag__shape_eq(m->ndim, g->shape, m->shape))
 		return 0;
 	return ag__err(
 		AG_ESHAPE,

@@ -49,7 +49,7 @@ static struct ag_tensor *reduce(struct binary_node *b, int i,
 static bool dense_as(const struct ag_tensor *t, const struct ag_tensor *g)
 {
 	return !t || (t->ndim == g->ndim &&
-		      !memcmp(t->shape, g->shape, sizeof(int64_t) * g->ndim) &&
+		      ag__shape_eq(g->ndim, t->shape, g->shape) &&
 		      ag_tensor_is_contiguous(t));
 }
 
@@ -69,7 +69,7 @@ static int fused(struct ag_node *n, struct ag_tensor *g, struct ag_tensor *x,
 		return 1;
 	for (int i = 0; i < 2; i++)
 		if (b->ndim[i] != g->ndim ||
-		    memcmp(in_shape(b, i), g->shape, sizeof(int64_t) * g->ndim))
+		    !ag__shape_eq(g->ndim, in_shape(b, i), g->shape))
 			return 1;
 	/* the kernel reads a only for gb and b only for ga (mul, div) */
 	if ((b->op == AG_K_MUL || b->op == AG_K_DIV) &&
@@ -210,8 +210,7 @@ static int binary_apply(struct ag_node *n, struct ag_tensor **grads,
 
 static bool same_shape(const struct ag_tensor *a, const struct ag_tensor *b)
 {
-	return a->ndim == b->ndim &&
-	       !memcmp(a->shape, b->shape, sizeof(int64_t) * a->ndim);
+	return a->ndim == b->ndim && ag__shape_eq(a->ndim, a->shape, b->shape);
 }
 
 #define BINARY_OPS(ident, label)                  \

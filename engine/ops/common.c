@@ -226,7 +226,7 @@ struct ag_tensor *ag__binary_fwd(const char *fn, enum ag_k_binary op,
 		return NULL;
 	/* nothing broadcast: a's shape, already checked */
 	if (ndim == a->ndim && a->numel == b->numel &&
-	    !memcmp(shape, a->shape, sizeof(*shape) * ndim))
+	    ag__shape_eq(ndim, shape, a->shape))
 		out = ag__tensor_like(a);
 	else
 		out = ag__tensor_new(fn, a->dtype, ndim, shape);
@@ -249,6 +249,14 @@ void ag__binary_into(enum ag_k_binary op, struct ag_tensor *dst,
 
 void ag__acc_into(struct ag_tensor *dst, struct ag_tensor *src)
 {
+	/* gradients of one slot mostly agree in shape and are dense */
+	if (dst->ndim == src->ndim &&
+	    ag__shape_eq(dst->ndim, dst->shape, src->shape) &&
+	    flat2(dst, src)) {
+		k_binary(dst->dtype, AG_K_ADD, dst->numel, ag__data(dst), 1,
+			 ag__data(src), 1, ag__data(dst), 1);
+		return;
+	}
 	ag__binary_into(AG_K_ADD, dst, src);
 }
 
@@ -370,8 +378,7 @@ struct ag_tensor *ag__sum_to(struct ag_tensor *g, int ndim,
 	struct ag_tensor *cur = ag_tensor_get(g);
 	int lead = g->ndim - ndim;
 
-	if (g->ndim == ndim &&
-	    !memcmp(g->shape, shape, sizeof(*shape) * (size_t)ndim))
+	if (g->ndim == ndim && ag__shape_eq(ndim, g->shape, shape))
 		return cur;
 	for (int d = g->ndim - 1; d >= 0 && cur; d--) {
 		int sd = d - lead;

@@ -223,8 +223,7 @@ static int binary_(const char *fn, const struct ag_node_ops *ops,
 	if (ag__check_same_dtype(fn, self, other) ||
 	    ag__broadcast_shape(fn, self, other, &ndim, shape))
 		return -ag_errcode();
-	if (ndim != self->ndim ||
-	    memcmp(shape, self->shape, sizeof(int64_t) * ndim)) {
+	if (ndim != self->ndim || !ag__shape_eq(ndim, shape, self->shape)) {
 		char a[160], b[160];
 
 		return ag__err(
@@ -364,8 +363,7 @@ int ag_copy_(struct ag_tensor *self, struct ag_tensor *src)
 	if (self->dtype != src->dtype)
 		return ag__check_same_dtype("ag_copy_", self, src);
 	if (ag__broadcast_shape("ag_copy_", self, src, &ndim, shape) ||
-	    ndim != self->ndim ||
-	    memcmp(shape, self->shape, sizeof(int64_t) * ndim)) {
+	    ndim != self->ndim || !ag__shape_eq(ndim, shape, self->shape)) {
 		char a[160], b[160];
 
 		return ag__err(
