@@ -31,10 +31,19 @@ struct capture {
 	struct ag_tensor *grad;
 };
 
+/* A node claimed by another task: where this task keeps its state. */
 struct foreign {
 	struct ag_node *node;
-	struct ag_node_state st;
+	uint32_t idx;
 };
+
+/*
+ * Per-node state, in claim order, in chunks that never move (a ready
+ * node's task is on a deque by address).  Dense: the count pass writes it
+ * as one stream, and nodes stay small.
+ */
+#define STATE_SHIFT 8
+#define STATE_CHUNK (1u << STATE_SHIFT)
 
 struct ag_graph_task {
 	bool retain;
@@ -51,18 +60,35 @@ struct ag_graph_task {
 	char errmsg[512];
 	struct capture *caps;
 	int ncaps;
-	/* state of nodes claimed by another task: open addressing */
+	struct ag_node_state **chunks; /* state of nodes[i]: state_at(i) */
+	void **chunk_mem; /* the blocks behind chunks, to free */
+	size_t nchunks, chunks_cap;
+	/* nodes claimed by another task: open addressing */
 	struct foreign *tab;
 	size_t tab_cap, tab_n;
 };
 
+static inline struct ag_node_state *state_at(struct ag_graph_task *gt,
+					     uint32_t idx)
+{
+	return &gt->chunks[idx >> STATE_SHIFT][idx & (STATE_CHUNK - 1)];
+}
+
+/*
+ * Doubles an array.  From ag__alloc, which keeps freed blocks: a long
+ * graph's arrays span hundreds of kilobytes, and from malloc they were
+ * fresh pages, faulting in on every backward.  Freed with ag__free.
+ */
 static int grow(void **arr, size_t *cap, size_t elem)
 {
 	size_t nc = *cap ? *cap * 2 : 64;
-	void *p = realloc(*arr, nc * elem);
+	void *p = ag__alloc(nc * elem);
 
 	if (!p)
 		return ag__err(AG_ENOMEM, "backward: out of memory");
+	if (*cap)
+		memcpy(p, *arr, *cap * elem);
+	ag__free(*arr);
 	*arr = p;
 	*cap = nc;
 	return 0;
@@ -78,45 +104,51 @@ static size_t hash_ptr(const void *p, size_t cap)
 	return (size_t)x & (cap - 1);
 }
 
-static struct foreign *foreign_find(struct ag_graph_task *gt, struct ag_node *n,
-				    bool insert)
+static struct foreign *foreign_slot(struct foreign *t, size_t cap,
+				    struct ag_node *n)
 {
-	size_t i;
+	size_t i = hash_ptr(n, cap);
 
-	if (insert && (gt->tab_n + 1) * 2 > gt->tab_cap) {
+	while (t[i].node && t[i].node != n)
+		i = (i + 1) & (cap - 1);
+	return &t[i];
+}
+
+static struct foreign *foreign_find(struct ag_graph_task *gt, struct ag_node *n)
+{
+	struct foreign *f;
+
+	if (!gt->tab_n)
+		return NULL;
+	f = foreign_slot(gt->tab, gt->tab_cap, n);
+	return f->node ? f : NULL;
+}
+
+/* Records that n's state is state_at(idx); -AG_ENOMEM. */
+static int foreign_add(struct ag_graph_task *gt, struct ag_node *n,
+		       uint32_t idx)
+{
+	struct foreign *f;
+
+	if ((gt->tab_n + 1) * 2 > gt->tab_cap) {
 		size_t oc = gt->tab_cap, nc = oc ? oc * 2 : 16;
-		struct foreign *old = gt->tab, *t = calloc(nc, sizeof(*t));
+		struct foreign *t = calloc(nc, sizeof(*t));
 
 		if (!t)
-			return NULL;
+			return ag__err(AG_ENOMEM, "backward: out of memory");
+		for (size_t k = 0; k < oc; k++)
+			if (gt->tab[k].node)
+				*foreign_slot(t, nc, gt->tab[k].node) =
+					gt->tab[k];
+		free(gt->tab);
 		gt->tab = t;
 		gt->tab_cap = nc;
-		for (size_t k = 0; k < oc; k++) {
-			if (!old[k].node)
-				continue;
-			i = hash_ptr(old[k].node, nc);
-			while (t[i].node)
-				i = (i + 1) & (nc - 1);
-			t[i] = old[k];
-			/* a one-slot buffer lives inside the entry: re-point */
-			if (old[k].st.inbuf == &old[k].st.inbuf_one)
-				t[i].st.inbuf = &t[i].st.inbuf_one;
-		}
-		free(old);
 	}
-	if (!gt->tab_cap)
-		return NULL;
-	for (i = hash_ptr(n, gt->tab_cap); gt->tab[i].node;
-	     i = (i + 1) & (gt->tab_cap - 1))
-		if (gt->tab[i].node == n)
-			return &gt->tab[i];
-	if (!insert)
-		return NULL;
-	gt->tab[i].node = n;
-	atomic_init(&gt->tab[i].st.deps, 0);
-	atomic_flag_clear(&gt->tab[i].st.lock);
+	f = foreign_slot(gt->tab, gt->tab_cap, n);
+	f->node = n;
+	f->idx = idx;
 	gt->tab_n++;
-	return &gt->tab[i];
+	return 0;
 }
 
 static inline struct ag_node_state *state_of(struct ag_graph_task *gt,
@@ -125,68 +157,88 @@ static inline struct ag_node_state *state_of(struct ag_graph_task *gt,
 	struct foreign *f;
 
 	if (atomic_load_explicit(&n->task, memory_order_relaxed) == gt)
-		return &n->st;
-	if (!gt->tab_n)
-		return NULL;
-	f = foreign_find(gt, n, false);
-	return f ? &f->st : NULL;
+		return state_at(gt, n->idx);
+	f = foreign_find(gt, n);
+	return f ? state_at(gt, f->idx) : NULL;
 }
 
-static void state_init(struct ag_node_state *st, struct ag_node *n)
+static void state_init(struct ag_node_state *st)
 {
 	atomic_store_explicit(&st->deps, 0, memory_order_relaxed);
-	st->node = n;
 	st->needed = true;
 	st->capture = false;
 	st->queued = false;
+	st->done = false;
+	atomic_flag_clear_explicit(&st->lock, memory_order_relaxed);
 	st->inbuf_one = NULL;
 	st->inbuf = &st->inbuf_one;
 	st->contribs = NULL;
+}
+
+/* Room for state number idx; -AG_ENOMEM. */
+static int state_room(struct ag_graph_task *gt, uint32_t idx)
+{
+	size_t cap = gt->chunks_cap;
+	void *mem;
+
+	if (idx >> STATE_SHIFT < gt->nchunks)
+		return 0;
+	if (gt->nchunks == cap &&
+	    (grow((void **)&gt->chunks, &cap, sizeof(*gt->chunks)) ||
+	     grow((void **)&gt->chunk_mem, &gt->chunks_cap,
+		  sizeof(*gt->chunk_mem))))
+		return -AG_ENOMEM;
+	/*
+	 * ag__alloc keeps freed blocks this size, where fresh pages would
+	 * fault in on every backward; aligned here to whole lines.
+	 */
+	mem = ag__alloc(STATE_CHUNK * sizeof(struct ag_node_state) + 64);
+	if (!mem)
+		return ag__err(AG_ENOMEM, "backward: out of memory");
+	gt->chunk_mem[gt->nchunks] = mem;
+	gt->chunks[gt->nchunks++] =
+		(void *)(((uintptr_t)mem + 63) & ~(uintptr_t)63);
+	return 0;
 }
 
 /* Visits n for the first time in this task; NULL with an error on OOM. */
 static struct ag_node_state *claim(struct ag_graph_task *gt, struct ag_node *n)
 {
 	struct ag_graph_task *expected = NULL;
+	uint32_t idx = (uint32_t)gt->n;
 	struct ag_node_state *st;
 
-	if (atomic_compare_exchange_strong_explicit(&n->task, &expected, gt,
-						    memory_order_acquire,
-						    memory_order_relaxed)) {
-		st = &n->st;
-	} else {
-		struct foreign *f = foreign_find(gt, n, true);
-
-		if (!f) {
-			ag__err(AG_ENOMEM, "backward: out of memory");
-			return NULL;
-		}
-		st = &f->st;
-	}
-	state_init(st, n);
-	if (n->num_inputs > 1) {
-		st->inbuf = calloc(n->num_inputs, sizeof(*st->inbuf));
-		if (!st->inbuf) {
-			st->inbuf = &st->inbuf_one;
-			ag__err(AG_ENOMEM, "backward: out of memory");
-			goto undo;
-		}
+	if (gt->n >= UINT32_MAX) {
+		ag__err(AG_ENOMEM, "backward: more than %u nodes", UINT32_MAX);
+		return NULL;
 	}
 	if (gt->n == gt->cap &&
 	    grow((void **)&gt->nodes, &gt->cap, sizeof(*gt->nodes)))
-		goto undo_buf;
-	st->idx = (uint32_t)gt->n;
+		return NULL;
+	if (state_room(gt, idx))
+		return NULL;
+	st = state_at(gt, idx);
+	state_init(st);
+	st->idx = idx;
+	if (n->num_inputs > 1) {
+		st->inbuf = calloc(n->num_inputs, sizeof(*st->inbuf));
+		if (!st->inbuf) {
+			ag__err(AG_ENOMEM, "backward: out of memory");
+			return NULL;
+		}
+	}
+	if (atomic_compare_exchange_strong_explicit(&n->task, &expected, gt,
+						    memory_order_acquire,
+						    memory_order_relaxed)) {
+		n->idx = idx;
+	} else if (foreign_add(gt, n, idx)) {
+		if (st->inbuf != &st->inbuf_one)
+			free(st->inbuf);
+		return NULL;
+	}
 	gt->nodes[gt->n++] = n;
 	__builtin_prefetch(n->next); /* its edges are read next */
 	return st;
-undo_buf:
-	if (st->inbuf != &st->inbuf_one)
-		free(st->inbuf);
-	st->inbuf = &st->inbuf_one;
-undo:
-	if (st == &n->st)
-		atomic_store_explicit(&n->task, NULL, memory_order_release);
-	return NULL;
 }
 
 /*
@@ -201,7 +253,8 @@ static void unclaim(struct ag_graph_task *gt, struct ag_node *n,
 	if (st->inbuf != &st->inbuf_one)
 		free(st->inbuf);
 	st->inbuf = &st->inbuf_one;
-	if (st == &n->st)
+	st->done = true;
+	if (atomic_load_explicit(&n->task, memory_order_relaxed) == gt)
 		atomic_store_explicit(&n->task, NULL, memory_order_release);
 	atomic_fetch_add_explicit(&gt->unclaimed, 1, memory_order_relaxed);
 }
@@ -215,9 +268,9 @@ static void task_cleanup(struct ag_graph_task *gt)
 
 	for (size_t i = 0; i < gt->n && !all; i++) {
 		struct ag_node *n = gt->nodes[i];
-		struct ag_node_state *st = state_of(gt, n);
+		struct ag_node_state *st = state_at(gt, (uint32_t)i);
 
-		if (!st)
+		if (st->done)
 			continue; /* unclaimed by run_node */
 		for (int k = 0; k < n->num_inputs; k++) {
 			ag_tensor_put(st->inbuf[k]);
@@ -227,13 +280,17 @@ static void task_cleanup(struct ag_graph_task *gt)
 			free(st->inbuf);
 		st->inbuf = &st->inbuf_one;
 		contribs_free(st);
-		if (st == &n->st)
+		if (atomic_load_explicit(&n->task, memory_order_relaxed) == gt)
 			atomic_store_explicit(&n->task, NULL,
 					      memory_order_release);
 	}
 	for (int i = 0; i < gt->ncaps; i++)
 		ag_tensor_put(gt->caps[i].grad);
-	free(gt->nodes);
+	for (size_t i = 0; i < gt->nchunks; i++)
+		ag__free(gt->chunk_mem[i]);
+	ag__free(gt->chunks);
+	ag__free(gt->chunk_mem);
+	ag__free(gt->nodes);
 	free(gt->caps);
 	free(gt->tab);
 }
@@ -296,10 +353,10 @@ static int count_deps(struct ag_graph_task *gt, struct ag_node **roots,
 				memory_order_relaxed);
 		}
 	}
-	free(stack);
+	ag__free(stack);
 	return 0;
 oom:
-	free(stack);
+	ag__free(stack);
 	rc = -AG_ENOMEM;
 	return rc;
 }
@@ -315,13 +372,19 @@ static int cmp_seq(const void *a, const void *b)
 /*
  * ag_grad: keep only nodes with a path to a captured slot, and recount the
  * dependencies among them.  Edges always point to older nodes, so sequence
- * order is a topological order.
+ * order is a topological order.  Sorts a copy: nodes[i] must stay the
+ * node whose state is state_at(i).
  */
-static void prune(struct ag_graph_task *gt)
+static int prune(struct ag_graph_task *gt)
 {
-	qsort(gt->nodes, gt->n, sizeof(*gt->nodes), cmp_seq);
+	struct ag_node **order = malloc(gt->n * sizeof(*order));
+
+	if (!order)
+		return ag__err(AG_ENOMEM, "backward: out of memory");
+	memcpy(order, gt->nodes, gt->n * sizeof(*order));
+	qsort(order, gt->n, sizeof(*order), cmp_seq);
 	for (size_t i = 0; i < gt->n; i++) {
-		struct ag_node *n = gt->nodes[i];
+		struct ag_node *n = order[i];
 		struct ag_node_state *st = state_of(gt, n);
 
 		st->needed = st->capture;
@@ -334,6 +397,7 @@ static void prune(struct ag_graph_task *gt)
 				       !state_of(gt, c)->capture);
 		}
 	}
+	free(order);
 	for (size_t i = 0; i < gt->n; i++) {
 		struct ag_node *n = gt->nodes[i];
 
@@ -348,6 +412,7 @@ static void prune(struct ag_graph_task *gt)
 					memory_order_relaxed);
 		}
 	}
+	return 0;
 }
 
 /*
@@ -389,7 +454,7 @@ static void contribs_free(struct ag_node_state *st)
 		return;
 	for (int k = 0; k < c->n; k++)
 		ag_tensor_put(c->v[k].grad);
-	free(c->v);
+	ag__free(c->v);
 	free(c);
 	st->contribs = NULL;
 }
@@ -448,7 +513,7 @@ static void schedule(struct ag_graph_task *gt, struct ag_node_state *st,
 		     struct ag_node **next)
 {
 	if (next && !*next) {
-		*next = st->node;
+		*next = gt->nodes[st->idx];
 		return;
 	}
 	ag__task_init(&st->task, node_task_run);
@@ -505,6 +570,7 @@ AG_PREFETCH_FN prefetch_ahead(struct ag_graph_task *gt, uint32_t idx)
 	}
 	if (idx + 16 < gt->n) {
 		m = gt->nodes[idx + 16];
+		__builtin_prefetch(state_at(gt, idx + 16), 1);
 		__builtin_prefetch(m->next);
 		__builtin_prefetch(m->in_meta);
 		__builtin_prefetch(m->saved);
@@ -551,10 +617,8 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 	for (int i = 0; i < n->num_next && i < 4; i++) {
 		struct ag_node *c = n->next[i].node;
 
-		if (c) {
+		if (c)
 			__builtin_prefetch(&c->in_meta);
-			__builtin_prefetch(&c->st.deps, 1);
-		}
 	}
 	if (n->num_next > 8) {
 		out = calloc(n->num_next, sizeof(*out));
@@ -777,7 +841,7 @@ static void node_task_run(struct ag_task *t)
 		ag_container_of(t->group, struct ag_graph_task, group);
 	struct ag_tls_mode saved = ag__mode;
 	struct ag_scope *scope = ag__scope_suspend();
-	struct ag_node *n = st->node;
+	struct ag_node *n = gt->nodes[st->idx];
 
 	ag__mode = gt->mode;
 	while (n) {
@@ -857,7 +921,7 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 				i);
 	}
 	if (!rc && gt->prune)
-		prune(gt);
+		rc = prune(gt);
 	scope = ag__scope_suspend();
 	for (int i = 0; i < n && !rc; i++) {
 		struct ag_edge e = ag__grad_edge(roots[i]);

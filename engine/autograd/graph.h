@@ -125,19 +125,23 @@ struct ag_contribs {
 	size_t cap;
 };
 
+/*
+ * A node's state in one backward, one cache line: the count pass writes
+ * these as a dense array and the run pass reads them in about that order.
+ */
 struct ag_node_state {
 	struct ag_task task; /* runs the node on the pool */
-	struct ag_node *node;
-	atomic_long deps;
+	atomic_int deps;
+	uint32_t idx; /* the node is task->nodes[idx] */
 	struct ag_contribs *contribs; /* deterministic mode, on first use */
 	struct ag_tensor **inbuf; /* num_inputs; &inbuf_one when 1 */
 	struct ag_tensor *inbuf_one;
 	atomic_flag lock; /* guards inbuf while gradients are summed */
-	uint32_t idx; /* position in the task's claim order */
 	bool needed;
 	bool capture;
 	bool queued;
-};
+	bool done; /* ran and handed back: cleanup skips it */
+} __attribute__((aligned(64)));
 
 struct ag_node_ops {
 	const char *name;
@@ -184,12 +188,12 @@ struct ag_node {
 	/* set once with the first hook; atomic so the engine may peek */
 	struct ag_hook_list *_Atomic hooks;
 	/*
-	 * Per-backward state.  The graph task that claims the node (task) uses
-	 * st in place: no lookup per edge.  A second task running over the
-	 * same node at the same time keeps its own copy in a table.
+	 * The graph task that claimed the node keeps its state at index idx
+	 * of a dense array: no lookup per edge.  A second task running over
+	 * the same node at the same time finds its own index in a table.
 	 */
 	struct ag_graph_task *_Atomic task;
-	struct ag_node_state st;
+	uint32_t idx;
 };
 
 /*

@@ -55,8 +55,6 @@ struct ag_node *ag__node_alloc(const struct ag_node_ops *ops, size_t size,
 	n->num_saved = num_saved;
 	atomic_init(&n->released, false);
 	atomic_init(&n->task, NULL);
-	atomic_init(&n->st.deps, 0);
-	atomic_flag_clear(&n->st.lock);
 	atomic_fetch_add(&ag__live.nodes, 1);
 	return n;
 }
