@@ -58,38 +58,61 @@ void ag__free(void *p);
 
 /* ---- live-object counters (tests assert they return to zero) ---- */
 
-struct ag_live {
-	atomic_long tensors;
-	atomic_long storages;
-	atomic_long bytes;
-	atomic_long nodes;
-	atomic_long hooks;
+enum ag_live_kind {
+	AG_LIVE_TENSORS,
+	AG_LIVE_STORAGES,
+	AG_LIVE_BYTES,
+	AG_LIVE_NODES,
+	AG_LIVE_HOOKS,
+	AG_LIVE_KINDS
 };
-extern struct ag_live ag__live;
+
+/* One thread's counts (engine/live.c); a sum over threads is the total. */
+struct ag_live_counts {
+	atomic_long n[AG_LIVE_KINDS];
+	bool registered;
+	struct ag_live_counts *prev, *next; /* under live.c's lock */
+};
+extern AG_TLS struct ag_live_counts ag__live_tls;
+void ag__live_register(struct ag_live_counts *c);
+long ag__live_sum(enum ag_live_kind k);
+
+/* Counts v more of kind k on this thread: no locked instruction. */
+static inline void ag__live_add(enum ag_live_kind k, long v)
+{
+	struct ag_live_counts *c = &ag__live_tls;
+
+	if (__builtin_expect(!c->registered, 0))
+		ag__live_register(c);
+	atomic_store_explicit(
+		&c->n[k],
+		atomic_load_explicit(&c->n[k], memory_order_relaxed) + v,
+		memory_order_relaxed);
+}
 
 static inline long ag__live_tensors(void)
 {
-	return atomic_load(&ag__live.tensors);
+	return ag__live_sum(AG_LIVE_TENSORS);
 }
 
 static inline long ag__live_storages(void)
 {
-	return atomic_load(&ag__live.storages);
+	return ag__live_sum(AG_LIVE_STORAGES);
 }
 
 static inline long ag__live_bytes(void)
 {
-	return atomic_load(&ag__live.bytes);
+	return ag__live_sum(AG_LIVE_BYTES);
 }
 
 static inline long ag__live_nodes(void)
 {
-	return atomic_load(&ag__live.nodes);
+	return ag__live_sum(AG_LIVE_NODES);
 }
 
 static inline long ag__live_hooks(void)
 {
-	return atomic_load(&ag__live.hooks);
+	return ag__live_sum(AG_LIVE_HOOKS);
 }
 
 /* ---- storage ---- */

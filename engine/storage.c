@@ -8,8 +8,6 @@
 
 #include "internal.h"
 
-struct ag_live ag__live;
-
 size_t ag__storage_bytes(size_t nbytes)
 {
 	size_t head = sizeof(struct ag_storage) + AG_ALIGN;
@@ -30,9 +28,8 @@ struct ag_storage *ag__storage_init(void *mem, size_t nbytes, bool in_tensor)
 	atomic_init(&s->version, 0);
 	atomic_init(&s->last_writer, NULL);
 	s->nbytes = nbytes;
-	atomic_fetch_add_explicit(&ag__live.storages, 1, memory_order_relaxed);
-	atomic_fetch_add_explicit(&ag__live.bytes, (long)nbytes,
-				  memory_order_relaxed);
+	ag__live_add(AG_LIVE_STORAGES, 1);
+	ag__live_add(AG_LIVE_BYTES, (long)nbytes);
 	return s;
 }
 
@@ -70,10 +67,9 @@ void ag__storage_put(struct ag_storage *s)
 		if (s->free_fn)
 			s->free_fn(s->data, s->free_arg);
 	} else {
-		atomic_fetch_sub_explicit(&ag__live.bytes, (long)s->nbytes,
-					  memory_order_relaxed);
+		ag__live_add(AG_LIVE_BYTES, -(long)s->nbytes);
 	}
-	atomic_fetch_sub_explicit(&ag__live.storages, 1, memory_order_relaxed);
+	ag__live_add(AG_LIVE_STORAGES, -1);
 	/* a tensor made with its storage in one block went before it */
 	ag__free(s->in_tensor ? (void *)((struct ag_tensor *)s - 1) : s);
 }

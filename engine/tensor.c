@@ -138,7 +138,7 @@ static void tensor_init(struct ag_tensor *t)
 	memset(t, 0, sizeof(*t));
 	atomic_init(&t->refcount, 1);
 	t->inference = ag__mode.inference != 0;
-	atomic_fetch_add_explicit(&ag__live.tensors, 1, memory_order_relaxed);
+	ag__live_add(AG_LIVE_TENSORS, 1);
 }
 
 static struct ag_tensor *tensor_alloc(void)
@@ -272,7 +272,7 @@ void ag_tensor_put(struct ag_tensor *t)
 		return;
 	ag__meta_clear(t->meta);
 	free(t->name);
-	atomic_fetch_sub_explicit(&ag__live.tensors, 1, memory_order_relaxed);
+	ag__live_add(AG_LIVE_TENSORS, -1);
 	if ((void *)t->storage == (void *)(t + 1)) {
 		ag__storage_put(t->storage); /* frees t with it, maybe later */
 		return;
@@ -467,7 +467,7 @@ struct ag_tensor *ag_from_blob(enum ag_dtype dt, int ndim, const int64_t *shape,
 	s->free_arg = arg;
 	s->inference = t->inference;
 	/* user bytes are not ours: count the storage, not its bytes */
-	atomic_fetch_add(&ag__live.storages, 1);
+	ag__live_add(AG_LIVE_STORAGES, 1);
 	t->storage = s;
 	t->dtype = dt;
 	t->ndim = ndim;

@@ -833,15 +833,14 @@ static void fail(struct ag_graph_task *gt, int rc)
  * A pool task: runs its node, then every node that became ready on the
  * way, with the graph task's modes installed and restored after.
  */
-static void node_task_run(struct ag_task *t)
+/*
+ * Runs n, then every node that became ready on the way, with the graph
+ * task's modes installed and restored after.
+ */
+static void run_from(struct ag_graph_task *gt, struct ag_node *n)
 {
-	struct ag_node_state *st =
-		ag_container_of(t, struct ag_node_state, task);
-	struct ag_graph_task *gt =
-		ag_container_of(t->group, struct ag_graph_task, group);
 	struct ag_tls_mode saved = ag__mode;
 	struct ag_scope *scope = ag__scope_suspend();
-	struct ag_node *n = gt->nodes[st->idx];
 
 	ag__mode = gt->mode;
 	while (n) {
@@ -857,6 +856,17 @@ static void node_task_run(struct ag_task *t)
 	}
 	ag__mode = saved;
 	ag__scope_resume(scope);
+}
+
+/* A pool task: one ready node, and what it leads to (run_from). */
+static void node_task_run(struct ag_task *t)
+{
+	struct ag_node_state *st =
+		ag_container_of(t, struct ag_node_state, task);
+	struct ag_graph_task *gt =
+		ag_container_of(t->group, struct ag_graph_task, group);
+
+	run_from(gt, gt->nodes[st->idx]);
 }
 
 static int execute(struct ag_graph_task *gt)
@@ -947,9 +957,25 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 		else
 			rn[i] = NULL;
 	}
-	for (int i = 0; i < n && !rc; i++)
-		if (rn[i])
+	/*
+	 * The caller runs the first ready root itself, rather than leave it
+	 * on its deque for a woken worker to steal: the graph was just built
+	 * on this thread and is in its caches.
+	 */
+	for (int i = 0, first = 1; i < n && !rc; i++) {
+		if (!rn[i])
+			continue;
+		if (first)
+			first = 0;
+		else
 			schedule(gt, state_of(gt, rn[i]), NULL);
+	}
+	for (int i = 0; i < n && !rc; i++) {
+		if (rn[i]) {
+			run_from(gt, rn[i]);
+			break;
+		}
+	}
 	if (!rc)
 		rc = execute(gt);
 	ag__scope_resume(scope);

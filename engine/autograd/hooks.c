@@ -38,7 +38,7 @@ static struct ag_hook *hook_new(ag_tensor_hook_fn fn, void *arg, int refs)
 	h->arg = arg;
 	atomic_init(&h->removed, false);
 	atomic_init(&h->refs, refs);
-	atomic_fetch_add(&ag__live.hooks, 1);
+	ag__live_add(AG_LIVE_HOOKS, 1);
 	return h;
 }
 
@@ -48,7 +48,7 @@ static void hook_put(struct ag_hook *h)
 		return;
 	ag__cell_put(h->cell);
 	free(h);
-	atomic_fetch_sub(&ag__live.hooks, 1);
+	ag__live_add(AG_LIVE_HOOKS, -1);
 }
 
 /* The node's hook list, created on first use. */

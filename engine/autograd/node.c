@@ -55,7 +55,7 @@ struct ag_node *ag__node_alloc(const struct ag_node_ops *ops, size_t size,
 	n->num_saved = num_saved;
 	atomic_init(&n->released, false);
 	atomic_init(&n->task, NULL);
-	atomic_fetch_add(&ag__live.nodes, 1);
+	ag__live_add(AG_LIVE_NODES, 1);
 	return n;
 }
 
@@ -73,7 +73,7 @@ static void node_free(struct ag_node *n)
 		ag__node_put(n->next[i].node);
 	ag__node_release(n);
 	ag__hooks_free(n);
-	atomic_fetch_sub(&ag__live.nodes, 1);
+	ag__live_add(AG_LIVE_NODES, -1);
 	if (n->ops->destroy)
 		n->ops->destroy(n);
 	ag__free((char *)n - n->mem_off);
