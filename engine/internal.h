@@ -202,8 +202,10 @@ static inline size_t ag__tensor_bytes(int ndim)
  */
 static inline void ag__dims_copy(int64_t *dst, const int64_t *src, int ndim)
 {
-	for (int d = 0; d < AG_MAX_DIMS; d++)
-		dst[d] = d < ndim ? src[d] : 0;
+	/* a fixed-size clear is a few vector stores; then ndim copies */
+	__builtin_memset(dst, 0, AG_MAX_DIMS * sizeof(int64_t));
+	for (int d = 0; d < ndim; d++)
+		dst[d] = src[d];
 }
 
 static inline void *ag__data(const struct ag_tensor *t)

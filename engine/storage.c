@@ -18,8 +18,10 @@ struct ag_live ag__live;
  */
 static size_t data_align(size_t nbytes)
 {
-	size_t a = 16;
+	size_t a = 32;
 
+	if (nbytes <= 16)
+		return 16;
 	if (nbytes >= AG_ALIGN)
 		return AG_ALIGN;
 	while (a < nbytes)
