@@ -405,12 +405,19 @@ void *ag__alloc(size_t size)
 		if (m->n > 1) {
 			char *next = m->p[m->n - 2];
 
-			/* the lines an op writes first: header, shape, storage */
+			/* the lines an op writes first: header, shape, storage;
+			 * not past the block (a tensor block is 4 lines) */
+			size_t lines = (HEADER + class_size[c]) / 64;
+
 			__builtin_prefetch(next, 1);
-			__builtin_prefetch(next + 64, 1);
-			__builtin_prefetch(next + 128, 1);
-			__builtin_prefetch(next + 192, 1);
-			__builtin_prefetch(next + 256, 1);
+			if (lines > 1)
+				__builtin_prefetch(next + 64, 1);
+			if (lines > 2)
+				__builtin_prefetch(next + 128, 1);
+			if (lines > 3)
+				__builtin_prefetch(next + 192, 1);
+			if (lines > 4)
+				__builtin_prefetch(next + 256, 1);
 		}
 		return m->p[--m->n];
 	}

@@ -130,20 +130,35 @@ struct ag_storage {
 	void *free_arg;
 	bool user_owned; /* from_blob: free_fn, not free() */
 	bool inference; /* no version tracking */
-	bool in_tensor; /* allocated right after its first tensor */
+	/*
+	 * Bytes back from the storage to the start of the block it shares
+	 * with its first tensor (that tensor's header and geometry); 0: the
+	 * storage starts its own block.
+	 */
+	uint16_t block_off;
 	atomic_uint_least64_t version;
 	const char *_Atomic last_writer;
 };
+_Static_assert(sizeof(struct ag_storage) == 64,
+	       "struct ag_storage is one cache line");
 
 struct ag_storage *ag__storage_new(size_t nbytes);
-/* Bytes a storage of nbytes takes in one block; 0 on overflow. */
+/*
+ * Bytes a storage of nbytes takes in one block, header and data, the data
+ * aligned as ag__storage_init places it; 0 on overflow.  The header must
+ * start 8-byte aligned (it always is: it holds pointers).
+ */
 size_t ag__storage_bytes(size_t nbytes);
 /*
- * Initialises a storage in mem (ag__storage_bytes(nbytes) long).  in_tensor:
- * mem follows a struct ag_tensor in the same block, and the block is freed
- * with the storage, whichever of the two goes last.
+ * Initialises a storage in mem (ag__storage_bytes(nbytes) long).  Its data
+ * is aligned to AG_ALIGN when nbytes >= AG_ALIGN, else to the smallest
+ * power of two >= nbytes and at least 16: a small tensor's data follows its
+ * header closely.  block_off: mem is block_off bytes into a block that
+ * starts with a struct ag_tensor and its geometry, and the block is freed
+ * with the storage, whichever of the two goes last; 0: mem is a block of
+ * its own.
  */
-struct ag_storage *ag__storage_init(void *mem, size_t nbytes, bool in_tensor);
+struct ag_storage *ag__storage_init(void *mem, size_t nbytes, size_t block_off);
 void ag__storage_get(struct ag_storage *s);
 void ag__storage_put(struct ag_storage *s);
 /* Bumps the version after an in-place write by op `who`. */
@@ -166,21 +181,55 @@ struct ag_autograd_meta {
 	struct ag_tensor *view_base;
 };
 
+/*
+ * The geometry is set when a tensor is made and never changes, so it is
+ * sized by ndim: shape and strides point into geom, which holds ndim sizes
+ * then ndim strides.  Entries past ndim do not exist; code that keeps a
+ * shape in a fixed AG_MAX_DIMS array copies ndim of them (ag__dims_copy).
+ */
 struct ag_tensor {
 	atomic_long refcount;
 	enum ag_dtype dtype;
 	int ndim;
 	bool inference;
+	/* storage was made in this tensor's block (tensor_make) */
+	bool storage_in_block;
 	int64_t numel;
 	int64_t offset; /* in elements, into storage */
-	int64_t shape[AG_MAX_DIMS];
-	int64_t strides[AG_MAX_DIMS];
+	int64_t *shape; /* geom */
+	int64_t *strides; /* geom + ndim */
 	struct ag_storage *storage;
 	struct ag_autograd_meta *meta; /* NULL: plain tensor, no autograd state */
 	char *name;
 	/* meta points here once set: one block less per recorded output */
 	struct ag_autograd_meta meta_store;
+	int64_t geom[]; /* 2 * ndim */
 };
+
+/* the in-block storage's offset fits its block_off; it starts 8-aligned */
+_Static_assert(sizeof(struct ag_tensor) + 2 * AG_MAX_DIMS * sizeof(int64_t) <=
+		       UINT16_MAX,
+	       "block_off holds the largest tensor header");
+_Static_assert(sizeof(struct ag_tensor) % _Alignof(struct ag_storage) == 0,
+	       "a storage after a tensor header is aligned");
+
+/* Bytes of a tensor header with the geometry of ndim dims. */
+static inline size_t ag__tensor_bytes(int ndim)
+{
+	return sizeof(struct ag_tensor) + 2 * (size_t)ndim * sizeof(int64_t);
+}
+
+/*
+ * Copies ndim sizes (or strides) into a fixed array of AG_MAX_DIMS and zeroes
+ * the rest, so that the array is the same whatever follows the source.
+ */
+static inline void ag__dims_copy(int64_t *dst, const int64_t *src, int ndim)
+{
+	/* a fixed-size clear is a few vector stores; then ndim copies */
+	__builtin_memset(dst, 0, AG_MAX_DIMS * sizeof(int64_t));
+	for (int d = 0; d < ndim; d++)
+		dst[d] = src[d];
+}
 
 static inline void *ag__data(const struct ag_tensor *t)
 {

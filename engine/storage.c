@@ -8,22 +8,44 @@
 
 #include "internal.h"
 
-size_t ag__storage_bytes(size_t nbytes)
+/*
+ * Data alignment: AG_ALIGN (a cache line) from AG_ALIGN bytes up, so that
+ * large buffers start on a line and vector loads do not split lines; below
+ * that the smallest power of two >= nbytes, at least 16, which keeps small
+ * data within one line without padding it out to the next.
+ */
+static size_t data_align(size_t nbytes)
 {
-	size_t head = sizeof(struct ag_storage) + AG_ALIGN;
+	size_t a = 32;
 
-	return nbytes > SIZE_MAX - head - AG_ALIGN ? 0 : head + nbytes;
+	if (nbytes <= 16)
+		return 16;
+	if (nbytes >= AG_ALIGN)
+		return AG_ALIGN;
+	while (a < nbytes)
+		a <<= 1;
+	return a;
 }
 
-struct ag_storage *ag__storage_init(void *mem, size_t nbytes, bool in_tensor)
+size_t ag__storage_bytes(size_t nbytes)
+{
+	/* the header starts 8-aligned and is 64 bytes: its end is 8-aligned,
+	 * so at most align - 8 bytes of padding come before the data */
+	size_t head = sizeof(struct ag_storage) + data_align(nbytes) -
+		      _Alignof(struct ag_storage);
+
+	return nbytes > SIZE_MAX - head ? 0 : head + nbytes;
+}
+
+struct ag_storage *ag__storage_init(void *mem, size_t nbytes, size_t block_off)
 {
 	struct ag_storage *s = mem;
-	uintptr_t p = (uintptr_t)(s + 1);
+	uintptr_t p = (uintptr_t)(s + 1), a = data_align(nbytes);
 
 	memset(s, 0, sizeof(*s));
-	p = (p + AG_ALIGN - 1) & ~(uintptr_t)(AG_ALIGN - 1);
+	p = (p + a - 1) & ~(a - 1);
 	s->data = (void *)p;
-	s->in_tensor = in_tensor;
+	s->block_off = (uint16_t)block_off;
 	atomic_init(&s->refcount, 1);
 	atomic_init(&s->version, 0);
 	atomic_init(&s->last_writer, NULL);
@@ -48,7 +70,7 @@ struct ag_storage *ag__storage_new(size_t nbytes)
 			nbytes);
 		return NULL;
 	}
-	return ag__storage_init(mem, nbytes, false);
+	return ag__storage_init(mem, nbytes, 0);
 }
 
 void ag__storage_get(struct ag_storage *s)
@@ -71,7 +93,7 @@ void ag__storage_put(struct ag_storage *s)
 	}
 	ag__live_add(AG_LIVE_STORAGES, -1);
 	/* a tensor made with its storage in one block went before it */
-	ag__free(s->in_tensor ? (void *)((struct ag_tensor *)s - 1) : s);
+	ag__free((char *)s - s->block_off);
 }
 
 void ag__storage_bump(struct ag_storage *s, const char *who)

@@ -133,61 +133,66 @@ void ag__contiguous_strides(int ndim, const int64_t *shape, int64_t *strides)
 	}
 }
 
-static void tensor_init(struct ag_tensor *t)
+/* Sets up a header with room for the geometry of ndim dims after it. */
+static void tensor_init(struct ag_tensor *t, int ndim)
 {
 	memset(t, 0, sizeof(*t));
+	t->ndim = ndim;
+	t->shape = t->geom;
+	t->strides = t->geom + ndim;
 	atomic_init(&t->refcount, 1);
 	t->inference = ag__mode.inference != 0;
 	ag__live_add(AG_LIVE_TENSORS, 1);
 }
 
-static struct ag_tensor *tensor_alloc(void)
+/* A header alone, for a storage made elsewhere; ndim is checked. */
+static struct ag_tensor *tensor_alloc(int ndim)
 {
-	struct ag_tensor *t = ag__alloc(sizeof(*t));
+	struct ag_tensor *t = ag__alloc(ag__tensor_bytes(ndim));
 
 	if (!t) {
 		ag__err(AG_ENOMEM, "out of memory allocating a tensor");
 		return NULL;
 	}
-	tensor_init(t);
+	tensor_init(t, ndim);
 	return t;
 }
 
-/*
- * The tensor and its storage come in one block: one allocation instead of
- * two, and the header and data of a small tensor share cache lines.  The
- * block lives as long as the storage (views may outlive the tensor).
- */
-/* A dense row-major geometry of numel elements. */
+/* A dense row-major geometry of numel elements (ndim is t's). */
 static void dense_geometry(struct ag_tensor *t, enum ag_dtype dt, int ndim,
 			   const int64_t *shape, int64_t numel)
 {
 	t->dtype = dt;
-	t->ndim = ndim;
 	t->numel = numel;
 	if (ndim > 0)
 		memcpy(t->shape, shape, sizeof(*shape) * (size_t)ndim);
 	ag__contiguous_strides(ndim, t->shape, t->strides);
 }
 
+/*
+ * The tensor and its storage come in one block: header, geometry, storage
+ * header, data.  One allocation instead of two, and the header and data of
+ * a small tensor share cache lines.  The block lives as long as the
+ * storage (views may outlive the tensor).
+ */
 static struct ag_tensor *tensor_make(enum ag_dtype dt, int ndim,
 				     const int64_t *shape, int64_t numel)
 {
 	struct ag_tensor *t;
-	size_t nbytes, sbytes;
+	size_t nbytes, sbytes, head = ag__tensor_bytes(ndim);
 
 	nbytes = (size_t)numel * ag_dtype_size(dt);
 	sbytes = ag__storage_bytes(nbytes);
-	t = sbytes && sbytes <= SIZE_MAX - sizeof(*t) ?
-		    ag__alloc(sizeof(*t) + sbytes) :
-		    NULL;
+	t = sbytes && sbytes <= SIZE_MAX - head ? ag__alloc(head + sbytes) :
+						  NULL;
 	if (!t) {
 		ag__err(AG_ENOMEM, "out of memory allocating %zu bytes",
 			nbytes);
 		return NULL;
 	}
-	tensor_init(t);
-	t->storage = ag__storage_init(t + 1, nbytes, true);
+	tensor_init(t, ndim);
+	t->storage = ag__storage_init((char *)t + head, nbytes, head);
+	t->storage_in_block = true;
 	t->storage->inference = t->inference;
 	dense_geometry(t, dt, ndim, shape, numel);
 	return t;
@@ -212,7 +217,7 @@ struct ag_tensor *ag__tensor_view(struct ag_tensor *base, int ndim,
 				  const int64_t *shape, const int64_t *strides,
 				  int64_t offset)
 {
-	struct ag_tensor *t = tensor_alloc();
+	struct ag_tensor *t = tensor_alloc(ndim);
 	bool empty = false;
 
 	if (!t)
@@ -221,7 +226,6 @@ struct ag_tensor *ag__tensor_view(struct ag_tensor *base, int ndim,
 	t->storage = base->storage;
 	ag__storage_get(t->storage);
 	t->dtype = base->dtype;
-	t->ndim = ndim;
 	t->offset = offset;
 	t->numel = 1;
 	for (int d = 0; d < ndim; d++) {
@@ -241,7 +245,7 @@ struct ag_tensor *ag__tensor_view(struct ag_tensor *base, int ndim,
 struct ag_tensor *ag__tensor_on(struct ag_storage *s, enum ag_dtype dt,
 				int ndim, const int64_t *shape)
 {
-	struct ag_tensor *t = tensor_alloc();
+	struct ag_tensor *t = tensor_alloc(ndim);
 	int64_t numel = 1;
 
 	if (!t)
@@ -273,7 +277,7 @@ void ag_tensor_put(struct ag_tensor *t)
 	ag__meta_clear(t->meta);
 	free(t->name);
 	ag__live_add(AG_LIVE_TENSORS, -1);
-	if ((void *)t->storage == (void *)(t + 1)) {
+	if (t->storage_in_block) {
 		ag__storage_put(t->storage); /* frees t with it, maybe later */
 		return;
 	}
@@ -450,7 +454,7 @@ struct ag_tensor *ag_from_blob(enum ag_dtype dt, int ndim, const int64_t *shape,
 		return NULL;
 	}
 	s = ag__zalloc(sizeof(*s));
-	t = tensor_alloc();
+	t = tensor_alloc(ndim);
 	if (!s || !t) {
 		ag__free(s);
 		ag_tensor_put(t);
@@ -470,7 +474,6 @@ struct ag_tensor *ag_from_blob(enum ag_dtype dt, int ndim, const int64_t *shape,
 	ag__live_add(AG_LIVE_STORAGES, 1);
 	t->storage = s;
 	t->dtype = dt;
-	t->ndim = ndim;
 	t->numel = numel;
 	if (ndim)
 		memcpy(t->shape, shape, sizeof(*shape) * ndim);

@@ -561,7 +561,7 @@ static struct fn_node *fn_node_new(const struct fn_names *names,
 
 		m->dtype = in[i]->dtype;
 		m->ndim = in[i]->ndim;
-		memcpy(m->shape, in[i]->shape, sizeof(m->shape));
+		ag__dims_copy(m->shape, in[i]->shape, in[i]->ndim);
 		fn->ins[i].needs = ag__requires_grad(in[i]);
 	}
 	return fn;
@@ -787,7 +787,7 @@ static int connect(struct fn_node *fn, struct ag_tensor **out, int nout)
 
 		im->dtype = t->dtype;
 		im->ndim = t->ndim;
-		memcpy(im->shape, t->shape, sizeof(im->shape));
+		ag__dims_copy(im->shape, t->shape, t->ndim);
 		if (flags[j] & OUT_DIFF) {
 			ag__node_get(n);
 			ag__node_put(m->grad_fn);

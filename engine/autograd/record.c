@@ -23,7 +23,7 @@ static void set_input_meta(struct ag_input_meta *m, const struct ag_tensor *t)
 {
 	m->dtype = t->dtype;
 	m->ndim = t->ndim;
-	memcpy(m->shape, t->shape, sizeof(m->shape));
+	ag__dims_copy(m->shape, t->shape, t->ndim);
 }
 
 int ag__record(struct ag_node *n, struct ag_tensor *const *in, int nin,

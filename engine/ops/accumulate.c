@@ -86,6 +86,6 @@ struct ag_node *ag__accumulate_new(struct ag_tensor *t, struct ag_grad_cell *c)
 	a->cell = c;
 	a->node.in_meta[0].dtype = t->dtype;
 	a->node.in_meta[0].ndim = t->ndim;
-	memcpy(a->node.in_meta[0].shape, t->shape, sizeof(t->shape));
+	ag__dims_copy(a->node.in_meta[0].shape, t->shape, t->ndim);
 	return &a->node;
 }

@@ -257,8 +257,8 @@ static struct ag_tensor *binary(const char *fn, const struct ag_node_ops *ops,
 	for (int i = 0; i < 2; i++) {
 		n->ndim[i] = in[i]->ndim;
 		if (bcast)
-			memcpy(bcast_shape(n, i), in[i]->shape,
-			       AG_MAX_DIMS * sizeof(int64_t));
+			ag__dims_copy(bcast_shape(n, i), in[i]->shape,
+				      in[i]->ndim);
 	}
 	/* save only what the wanted gradients read, as PyTorch does */
 	if (op == AG_K_MUL) {

@@ -133,7 +133,7 @@ static struct ag_tensor *reduce(const char *fn, const struct ag_node_ops *ops,
 		return NULL;
 	}
 	r->ndim = a->ndim;
-	memcpy(r->shape, a->shape, sizeof(r->shape));
+	ag__dims_copy(r->shape, a->shape, a->ndim);
 	r->dim = dim;
 	r->keepdim = keepdim || dim < 0;
 	r->scale = scale;

@@ -117,7 +117,7 @@ finish_view(const char *fn, const struct ag_node_ops *ops, struct ag_tensor *a,
 	       (const char *)proto + sizeof(v->node),
 	       sizeof(*v) - sizeof(v->node));
 	v->ndim = a->ndim;
-	memcpy(v->shape, a->shape, sizeof(v->shape));
+	ag__dims_copy(v->shape, a->shape, a->ndim);
 	return ag__finish(out, &v->node, &a, 1, fn);
 }
 
@@ -238,8 +238,8 @@ struct ag_tensor *ag_transpose(struct ag_tensor *a, int d0, int d1)
 	if (ag__wrap_dim("ag_transpose", d0, a->ndim, &d0) ||
 	    ag__wrap_dim("ag_transpose", d1, a->ndim, &d1))
 		return NULL;
-	memcpy(sh, a->shape, sizeof(sh));
-	memcpy(st, a->strides, sizeof(st));
+	memcpy(sh, a->shape, sizeof(*sh) * (size_t)a->ndim);
+	memcpy(st, a->strides, sizeof(*st) * (size_t)a->ndim);
 	if (a->ndim) {
 		t = sh[d0], sh[d0] = sh[d1], sh[d1] = t;
 		t = st[d0], st[d0] = st[d1], st[d1] = t;
@@ -314,8 +314,8 @@ struct ag_tensor *ag_slice(struct ag_tensor *a, int dim, int64_t start,
 	 * would overflow the stride (and the backward's) */
 	if (len <= 1)
 		step = 1;
-	memcpy(sh, a->shape, sizeof(sh));
-	memcpy(st, a->strides, sizeof(st));
+	memcpy(sh, a->shape, sizeof(*sh) * (size_t)a->ndim);
+	memcpy(st, a->strides, sizeof(*st) * (size_t)a->ndim);
 	sh[dim] = len;
 	st[dim] = a->strides[dim] * step;
 	proto.d0 = dim;
@@ -485,7 +485,7 @@ static struct ag_tensor *slice_scatter(struct ag_tensor *g, int ndim,
 	if (!z)
 		return NULL;
 	memset(z->storage->data, 0, z->storage->nbytes);
-	memcpy(st, z->strides, sizeof(st));
+	memcpy(st, z->strides, sizeof(*st) * (size_t)ndim);
 	st[dim] *= step;
 	view = ag__tensor_view(z, ndim, g->shape, st, start * z->strides[dim]);
 	if (!view) {

@@ -14,8 +14,10 @@
  * struct ag_tensor is opaque and reference counted.  Every tensor pointer the
  * library returns is a new reference the caller owns and releases with
  * ag_tensor_put(); ag_tensor_get() takes another.  Data lives in a separate,
- * reference-counted, 64-byte aligned storage, so views share it.  Shapes have
- * at most AG_MAX_DIMS dims; strides count elements.
+ * reference-counted storage, so views share it; its data is 64-byte aligned
+ * when it is 64 bytes or more, else aligned to its size rounded up to a
+ * power of two, at least 16 (views start at any element).  Shapes have at
+ * most AG_MAX_DIMS dims; strides count elements.
  */
 enum ag_dtype { AG_F32, AG_F64, AG_I64 };
 #define AG_MAX_DIMS 8
