@@ -315,6 +315,15 @@ static int count_deps(struct ag_graph_task *gt, struct ag_node **roots,
 	while (sp) {
 		struct ag_node *n = stack[--sp];
 
+		/* nodes a few steps down the walk: see ag_node.hint */
+		if (n->hint) {
+			const char *h = n->hint;
+
+			__builtin_prefetch(h, 1);
+			__builtin_prefetch(h + 64, 1);
+			__builtin_prefetch(h + 128, 1);
+			__builtin_prefetch(h + 192, 1);
+		}
 		/*
 		 * Claiming is a locked instruction, which holds later loads
 		 * back: start every child's lines before the first claim.
@@ -579,9 +588,14 @@ AG_PREFETCH_FN prefetch_ahead(struct ag_graph_task *gt, uint32_t idx)
 	if (idx + 8 < gt->n) {
 		m = gt->nodes[idx + 8];
 		if (m->num_saved &&
-		    __atomic_load_n(&m->saved[0].compact, __ATOMIC_RELAXED))
-			__builtin_prefetch(__atomic_load_n(&m->saved[0].storage,
-							   __ATOMIC_RELAXED));
+		    __atomic_load_n(&m->saved[0].compact, __ATOMIC_RELAXED)) {
+			const char *sp = (const char *)__atomic_load_n(
+				&m->saved[0].storage, __ATOMIC_RELAXED);
+
+			/* the header, and a small tensor's data after it */
+			__builtin_prefetch(sp);
+			__builtin_prefetch(sp + 64);
+		}
 	}
 }
 

@@ -171,7 +171,8 @@ struct ag_node_ops {
  */
 struct ag_node {
 	const struct ag_node_ops *ops;
-	atomic_long refcount;
+	atomic_int refcount;
+	uint32_t idx; /* its state in the claiming task: see task */
 	uint64_t seq;
 	uint16_t mem_off; /* offset of the node in its container */
 	atomic_bool released;
@@ -193,8 +194,18 @@ struct ag_node {
 	 * the same node at the same time finds its own index in a table.
 	 */
 	struct ag_graph_task *_Atomic task;
-	uint32_t idx;
+	/*
+	 * The block of the node this thread recorded AG_HINT_DIST nodes
+	 * before this one.  Backward reaches nodes in about the reverse of
+	 * their recording order, so counting dependencies prefetches the
+	 * hint: a walk that otherwise waits on one miss per node, wherever
+	 * the allocator placed the blocks.  Only ever prefetched, never read:
+	 * that node may be gone.
+	 */
+	const void *hint;
 };
+
+#define AG_HINT_DIST 16
 
 /*
  * Allocates a container of `size` bytes whose struct ag_node is at offset

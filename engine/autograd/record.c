@@ -26,9 +26,17 @@ static void set_input_meta(struct ag_input_meta *m, const struct ag_tensor *t)
 	ag__dims_copy(m->shape, t->shape, t->ndim);
 }
 
+/* The blocks of the last AG_HINT_DIST nodes this thread recorded. */
+static AG_TLS const void *recent[AG_HINT_DIST];
+static AG_TLS unsigned recent_pos;
+
 int ag__record(struct ag_node *n, struct ag_tensor *const *in, int nin,
 	       struct ag_tensor *const *out, int nout, const char *fwd_op)
 {
+	unsigned r = recent_pos++ % AG_HINT_DIST;
+
+	n->hint = recent[r];
+	recent[r] = (const char *)n - n->mem_off;
 	n->fwd_op = fwd_op;
 	for (int i = 0; i < nin && i < n->num_next; i++) {
 		struct ag_edge e = { NULL, 0 };
