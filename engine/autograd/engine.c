@@ -5,15 +5,21 @@
  * A graph task first walks the graph from the roots (iteratively) and counts,
  * for every reachable node, the edges that point at it.  A node runs when its
  * count reaches zero: by then its input slots hold the sum of every gradient
- * sent to it.  Per-node state lives in the node itself for the task that
- * claims it, so the hot path does no lookups; a task that finds a node
- * claimed by another task running concurrently keeps that node's state in a
- * small table of its own.
+ * sent to it.  The task keeps each node's state in a dense array in the
+ * order the count claimed them; a node it claimed holds its index, so the
+ * hot path does no lookups, and a node claimed by another task running
+ * concurrently is found through a small table of its own.
+ *
+ * A long graph is out of cache by the time it runs backward, and both
+ * walks would wait on a miss per node: the count prefetches the nodes that
+ * jump pointers (ag_node.hint) name, the run prefetches the nodes claimed
+ * a little after the running one.  docs/engine.md has the figures.
  *
  * Ready nodes run on the work-stealing pool (engine/pool): the thread whose
  * decrement brings a node's count to zero runs it next, so a serial chain
  * never touches a deque; further ready nodes are submitted for thieves.
- * The caller waits on the task's group, helping only with this graph.
+ * The caller runs the first root itself and then waits on the task's
+ * group, helping only with this graph.
  */
 #include <math.h>
 #include <stdlib.h>

@@ -165,9 +165,10 @@ struct ag_node_ops {
 };
 
 /*
- * Kept small: a long graph is walked twice per backward, and whether its
- * nodes fit in cache decides the cost per node.  Rarely used parts (hooks,
- * deterministic sums) hang off pointers.
+ * Kept small (96 bytes): a long graph is walked twice per backward, and
+ * the bytes it spans decide the cost per node.  Rarely used parts (hooks,
+ * deterministic sums) hang off pointers, and the state of a running
+ * backward lives with its graph task.
  */
 struct ag_node {
 	const struct ag_node_ops *ops;
@@ -206,6 +207,12 @@ struct ag_node {
 };
 
 #define AG_HINT_DIST 16
+
+/* what a long graph's footprint was measured with (docs/engine.md) */
+_Static_assert(sizeof(void *) != 8 || sizeof(struct ag_node) <= 96,
+	       "struct ag_node grew past 96 bytes");
+_Static_assert(sizeof(struct ag_node_state) == 64,
+	       "struct ag_node_state is one cache line");
 
 /*
  * Allocates a container of `size` bytes whose struct ag_node is at offset
