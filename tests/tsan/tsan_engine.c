@@ -323,6 +323,82 @@ static int test_roots_reachable_from_each_other(void)
 	return 0;
 }
 
+/*
+ * One long graph (1,801 nodes: several state chunks) run backward by four
+ * threads at once, through ag_grad with retain_graph, three times each:
+ * every task but the first to reach a node keeps that node's state through
+ * its foreign table.  Every result must match the closed form.
+ */
+#define CHAIN_STEPS 600
+
+struct chain_job {
+	struct ag_tensor *loss, *x;
+	int rc;
+	double got[4];
+};
+
+static void *chain_job_run(void *arg)
+{
+	struct chain_job *j = arg;
+	struct ag_grad_opts o = { .retain_graph = true };
+
+	for (int r = 0; r < 3 && !j->rc; r++) {
+		struct ag_tensor *g = NULL;
+
+		j->rc = ag_grad(&j->loss, NULL, 1, &j->x, 1, &g, &o);
+		for (int i = 0; i < 4 && !j->rc; i++)
+			j->got[i] = ag__get(g, i);
+		ag_tensor_put(g);
+	}
+	return NULL;
+}
+
+static int test_long_graph_shared_by_tasks(void)
+{
+	double v[4] = { -0.9, -0.1, 0.4, 1.3 };
+	int64_t four = 4;
+	struct ag_tensor *x = ag_from_data(AG_F64, 1, &four, v);
+	struct ag_tensor *y, *loss;
+	struct chain_job jobs[4];
+	pthread_t th[4];
+	struct ag_scope *s;
+
+	TAP_CHECK(x);
+	ag_tensor_set_requires_grad(x, true);
+	s = ag_scope_begin();
+	y = x;
+	for (int k = 0; k < CHAIN_STEPS; k++)
+		y = ag_add(y, ag_mul_scalar(ag_tanh(y), 0.001));
+	loss = ag_tensor_get(ag_sum(y));
+	for (int i = 0; i < 4; i++) {
+		jobs[i] = (struct chain_job){ loss, x, 0, { 0 } };
+		pthread_create(&th[i], NULL, chain_job_run, &jobs[i]);
+	}
+	for (int i = 0; i < 4; i++) {
+		pthread_join(th[i], NULL);
+		TAP_CHECKF(jobs[i].rc == 0, "job %d: %s", i, ag_errmsg());
+	}
+	for (int e = 0; e < 4; e++) {
+		double yk = v[e], d = 1;
+
+		for (int k = 0; k < CHAIN_STEPS; k++) {
+			double t = tanh(yk);
+
+			d *= 1 + 0.001 * (1 - t * t);
+			yk += 0.001 * t;
+		}
+		for (int i = 0; i < 4; i++)
+			TAP_CHECKF(fabs(jobs[i].got[e] - d) < 1e-12,
+				   "job %d element %d: %.17g vs %.17g", i, e,
+				   jobs[i].got[e], d);
+	}
+	ag_scope_end(s);
+	ag_tensor_put(loss);
+	ag_tensor_put(x);
+	TAP_CHECK(ag__live_nodes() == 0 && ag__live_tensors() == 0);
+	return 0;
+}
+
 static const struct tap_test tests[] = {
 	TAP_TEST(test_roots_reachable_from_each_other),
 	TAP_TEST(test_backward_after_fork),
@@ -331,6 +407,7 @@ static const struct tap_test tests[] = {
 	TAP_TEST(test_wide_parallel),
 	TAP_TEST(test_concurrent_independent_and_shared),
 	TAP_TEST(test_error_cancels_and_pool_recovers),
+	TAP_TEST(test_long_graph_shared_by_tasks),
 	{ 0 },
 };
 
