@@ -18,8 +18,6 @@
  * AddressSanitizer all of it is bypassed so that use-after-free is caught.
  */
 #include <pthread.h>
-#include <stdint.h>
-#include <sys/mman.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -51,18 +49,6 @@ static const size_t class_size[] = {
 };
 #define MAG_SIZE 254 /* a magazine is 2 KiB */
 #define SLAB_BYTES ((size_t)256 << 10)
-/*
- * A thread that has carved HUGE_AFTER bytes of slabs carves the rest from
- * 2 MiB slabs on huge pages.  A long graph spans tens of megabytes, and
- * with 4 KiB pages its walk misses the TLB every other node.  On the
- * machines here huge pages made the chain's forward and backward 20-25%
- * faster in runs where neighbours loaded memory, and changed nothing in
- * quiet runs (page walks hit the cache then).  Threads that
- * allocate little keep small slabs, so a pool of many workers does not
- * commit 2 MiB each.
- */
-#define HUGE_SLAB ((size_t)2 << 20)
-#define HUGE_AFTER ((size_t)4 << 20)
 #define NCLASS (sizeof(class_size) / sizeof(class_size[0]))
 #define LARGE ((int)NCLASS)
 
@@ -166,7 +152,6 @@ struct cache {
 	struct magazine *prev[NCLASS];
 	unsigned char *slab; /* fresh blocks are carved from here */
 	size_t slab_left;
-	size_t carved; /* bytes of slabs this thread has taken */
 	bool registered;
 };
 
@@ -237,28 +222,6 @@ static void register_thread(struct cache *tc)
 	tc->registered = true;
 }
 
-/* A HUGE_SLAB-aligned slab on huge pages where the kernel offers them. */
-static void *huge_slab(void)
-{
-	size_t len = 2 * HUGE_SLAB;
-	unsigned char *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-				MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	uintptr_t a, end;
-
-	if (p == MAP_FAILED)
-		return NULL;
-	a = ((uintptr_t)p + HUGE_SLAB - 1) & ~(uintptr_t)(HUGE_SLAB - 1);
-	end = (uintptr_t)p + len;
-	if (a > (uintptr_t)p)
-		munmap(p, a - (uintptr_t)p);
-	if (end > a + HUGE_SLAB)
-		munmap((void *)(a + HUGE_SLAB), end - (a + HUGE_SLAB));
-#ifdef MADV_HUGEPAGE
-	madvise((void *)a, HUGE_SLAB, MADV_HUGEPAGE);
-#endif
-	return (void *)a;
-}
-
 /* A fresh block of class c, carved from this thread's slab. */
 static void *carve(struct cache *tc, int c)
 {
@@ -266,21 +229,17 @@ static void *carve(struct cache *tc, int c)
 	unsigned char *p;
 
 	if (tc->slab_left < bytes) {
-		size_t len = tc->carved >= HUGE_AFTER ? HUGE_SLAB : SLAB_BYTES;
-		struct free_block *s = len == HUGE_SLAB ?
-					       huge_slab() :
-					       aligned_alloc(AG_ALIGN, len);
+		struct free_block *s = aligned_alloc(AG_ALIGN, SLAB_BYTES);
 
 		if (!s)
 			return NULL;
-		tc->carved += len;
 		pthread_mutex_lock(&global_lock);
 		s->next = depot.slabs;
 		depot.slabs = s;
 		pthread_mutex_unlock(&global_lock);
 		/* the first line keeps the slab list link */
 		tc->slab = (unsigned char *)s + AG_ALIGN;
-		tc->slab_left = len - AG_ALIGN;
+		tc->slab_left = SLAB_BYTES - AG_ALIGN;
 	}
 	p = tc->slab;
 	tc->slab += bytes;
