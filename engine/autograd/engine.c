@@ -850,10 +850,6 @@ static void fail(struct ag_graph_task *gt, int rc)
 }
 
 /*
- * A pool task: runs its node, then every node that became ready on the
- * way, with the graph task's modes installed and restored after.
- */
-/*
  * Runs n, then every node that became ready on the way, with the graph
  * task's modes installed and restored after.
  */
