@@ -392,7 +392,7 @@ static int cmp_seq(const void *a, const void *b)
  */
 static int prune(struct ag_graph_task *gt)
 {
-	struct ag_node **order = malloc(gt->n * sizeof(*order));
+	struct ag_node **order = malloc((gt->n ? gt->n : 1) * sizeof(*order));
 
 	if (!order)
 		return ag__err(AG_ENOMEM, "backward: out of memory");
