@@ -37,6 +37,19 @@
  */
 #define AG_PREFETCH_FN static inline __attribute__((always_inline)) void
 
+/*
+ * Starts loading every cache line of [p, p + bytes), for writing when rw
+ * is 1.  A macro: __builtin_prefetch takes rw only as a constant.
+ */
+#define ag__prefetch_span(p, bytes, rw)                           \
+	do {                                                      \
+		uintptr_t a_ = (uintptr_t)(p) & ~(uintptr_t)63;   \
+		uintptr_t e_ = (uintptr_t)(p) + (bytes);          \
+                                                                  \
+		for (; a_ < e_; a_ += 64)                         \
+			__builtin_prefetch((const void *)a_, rw); \
+	} while (0)
+
 /* ---- errors (engine/error.c) ---- */
 
 /* Sets the thread's error; returns -code so callers can `return ag__err()`. */
@@ -192,8 +205,6 @@ struct ag_tensor {
 	enum ag_dtype dtype;
 	int ndim;
 	bool inference;
-	/* storage was made in this tensor's block (tensor_make) */
-	bool storage_in_block;
 	int64_t numel;
 	int64_t offset; /* in elements, into storage */
 	int64_t *shape; /* geom */
@@ -229,6 +240,18 @@ static inline void ag__dims_copy(int64_t *dst, const int64_t *src, int ndim)
 	__builtin_memset(dst, 0, AG_MAX_DIMS * sizeof(int64_t));
 	for (int d = 0; d < ndim; d++)
 		dst[d] = src[d];
+}
+
+/*
+ * Equal shapes of n dims.  Shapes are a few dims; a loop the compiler
+ * inlines beats a call to memcmp on every op and every gradient.
+ */
+static inline bool ag__shape_eq(int n, const int64_t *a, const int64_t *b)
+{
+	for (int i = 0; i < n; i++)
+		if (a[i] != b[i])
+			return false;
+	return true;
 }
 
 static inline void *ag__data(const struct ag_tensor *t)
@@ -331,17 +354,5 @@ struct ag_scope;
 struct ag_scope *ag__scope_suspend(void);
 void ag__scope_resume(struct ag_scope *s);
 struct ag_tensor *ag__contiguous_copy(struct ag_tensor *t);
-
-/*
- * Equal shapes of n dims.  Shapes are a few dims; a loop the compiler
- * inlines beats a call to memcmp on every op and every gradient.
- */
-static inline bool ag__shape_eq(int n, const int64_t *a, const int64_t *b)
-{
-	for (int i = 0; i < n; i++)
-		if (a[i] != b[i])
-			return false;
-	return true;
-}
 
 #endif /* AG_ENGINE_INTERNAL_H */

@@ -192,7 +192,6 @@ static struct ag_tensor *tensor_make(enum ag_dtype dt, int ndim,
 	}
 	tensor_init(t, ndim);
 	t->storage = ag__storage_init((char *)t + head, nbytes, head);
-	t->storage_in_block = true;
 	t->storage->inference = t->inference;
 	dense_geometry(t, dt, ndim, shape, numel);
 	return t;
@@ -277,7 +276,8 @@ void ag_tensor_put(struct ag_tensor *t)
 	ag__meta_clear(t->meta);
 	free(t->name);
 	ag__live_add(AG_LIVE_TENSORS, -1);
-	if (t->storage_in_block) {
+	/* made with the storage in its block (tensor_make), not a view */
+	if ((char *)t->storage - t->storage->block_off == (char *)t) {
 		ag__storage_put(t->storage); /* frees t with it, maybe later */
 		return;
 	}

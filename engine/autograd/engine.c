@@ -168,9 +168,10 @@ static inline struct ag_node_state *state_of(struct ag_graph_task *gt,
 	return f ? state_at(gt, f->idx) : NULL;
 }
 
-static void state_init(struct ag_node_state *st)
+static void state_init(struct ag_node_state *st, uint32_t idx)
 {
 	atomic_store_explicit(&st->deps, 0, memory_order_relaxed);
+	st->idx = idx;
 	st->needed = true;
 	st->capture = false;
 	st->queued = false;
@@ -224,8 +225,7 @@ static struct ag_node_state *claim(struct ag_graph_task *gt, struct ag_node *n)
 	if (state_room(gt, idx))
 		return NULL;
 	st = state_at(gt, idx);
-	state_init(st);
-	st->idx = idx;
+	state_init(st, idx);
 	if (n->num_inputs > 1) {
 		st->inbuf = calloc(n->num_inputs, sizeof(*st->inbuf));
 		if (!st->inbuf) {
@@ -321,28 +321,17 @@ static int count_deps(struct ag_graph_task *gt, struct ag_node **roots,
 	while (sp) {
 		struct ag_node *n = stack[--sp];
 
-		/* nodes a few steps down the walk: see ag_node.hint */
-		if (n->hint) {
-			const char *h = n->hint;
-
-			__builtin_prefetch(h, 1);
-			__builtin_prefetch(h + 64, 1);
-			__builtin_prefetch(h + 128, 1);
-			__builtin_prefetch(h + 192, 1);
-		}
+		/* nodes a few steps down the walk (a 256-byte block) */
+		if (n->hint)
+			ag__prefetch_span(n->hint, 240, 1);
 		/*
 		 * Claiming is a locked instruction, which holds later loads
 		 * back: start every child's lines before the first claim.
 		 */
-		for (int i = 0; i < n->num_next && i < 4; i++) {
-			char *c = (char *)n->next[i].node;
-
-			if (c) {
-				__builtin_prefetch(c, 1);
-				__builtin_prefetch(c + 64, 1);
-				__builtin_prefetch(c + 128, 1);
-			}
-		}
+		for (int i = 0; i < n->num_next && i < 4; i++)
+			if (n->next[i].node)
+				ag__prefetch_span(n->next[i].node,
+						  sizeof(struct ag_node), 1);
 		for (int i = 0; i < n->num_next; i++) {
 			struct ag_node *c = n->next[i].node;
 			struct ag_node_state *st;
@@ -562,14 +551,6 @@ static int check_grad(struct ag_node *n, int i, struct ag_tensor *g,
 
 static int run_hooks(struct ag_node *n, struct ag_tensor **grads);
 
-AG_PREFETCH_FN prefetch_lines(const void *p, size_t bytes)
-{
-	const char *c = p;
-
-	for (size_t o = 0; o < bytes; o += 64)
-		__builtin_prefetch(c + o);
-}
-
 /*
  * Nodes run in about the order the count pass claimed them, and a long
  * graph is out of cache by now: load the nodes a little ahead of this one
@@ -581,7 +562,7 @@ AG_PREFETCH_FN prefetch_ahead(struct ag_graph_task *gt, uint32_t idx)
 
 	if (idx + 24 < gt->n) {
 		m = gt->nodes[idx + 24];
-		prefetch_lines(m, sizeof(*m));
+		ag__prefetch_span(m, sizeof(*m), 0);
 	}
 	if (idx + 16 < gt->n) {
 		m = gt->nodes[idx + 16];
@@ -905,6 +886,7 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 			struct ag_tensor *const *grads, int n)
 {
 	struct ag_node **rn = calloc(n ? n : 1, sizeof(*rn));
+	struct ag_node *first = NULL;
 	struct ag_scope *scope;
 	int rc = 0;
 
@@ -978,20 +960,16 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 	 * on its deque for a woken worker to steal: the graph was just built
 	 * on this thread and is in its caches.
 	 */
-	for (int i = 0, first = 1; i < n && !rc; i++) {
+	for (int i = 0; i < n && !rc; i++) {
 		if (!rn[i])
 			continue;
-		if (first)
-			first = 0;
+		if (!first)
+			first = rn[i];
 		else
 			schedule(gt, state_of(gt, rn[i]), NULL);
 	}
-	for (int i = 0; i < n && !rc; i++) {
-		if (rn[i]) {
-			run_from(gt, rn[i]);
-			break;
-		}
-	}
+	if (first)
+		run_from(gt, first);
 	if (!rc)
 		rc = execute(gt);
 	ag__scope_resume(scope);
