@@ -16,11 +16,12 @@
  *    bottom seq_cst as well, which the pool's eventcount relies on: a
  *    parked thread's re-check cannot miss a push that was not followed by
  *    a wake-up (see eventcount.h).
- *  - Every slot holds a tag beside the task (the task's group).  A thief
- *    that only wants tasks of one group compares the tag before its CAS and
- *    leaves the task alone otherwise.  It never dereferences a task it has
- *    not won: a slot can be overwritten, and a task freed, as soon as top
- *    has moved past it, and then the CAS fails anyway.
+ *  - Every slot holds two tags beside the task: its group, and the group's
+ *    family (the outermost group it was opened under).  A thief that only
+ *    wants some tasks compares the tags before its CAS and leaves the task
+ *    alone otherwise.  It never dereferences a task it has not won: a slot
+ *    can be overwritten, and a task freed, as soon as top has moved past
+ *    it, and then the CAS fails anyway.
  *  - Buffers grow by doubling and retired buffers are kept until
  *    ag__deque_destroy(), because a slow thief may still read them.
  *
@@ -37,7 +38,27 @@ struct ag_task;
 struct ag_deque_slot {
 	_Atomic(struct ag_task *) task;
 	_Atomic(const void *) tag;
+	_Atomic(const void *) family;
 };
+
+/*
+ * Which tasks a taker accepts (NULL: any): those tagged tag, and, if family
+ * is set, every task of that family.
+ */
+struct ag_want {
+	const void *tag;
+	const void *family;
+};
+
+static inline bool ag__deque_wants(struct ag_deque_slot *s,
+				   const struct ag_want *w)
+{
+	if (!w || atomic_load_explicit(&s->tag, memory_order_relaxed) == w->tag)
+		return true;
+	return w->family &&
+	       atomic_load_explicit(&s->family, memory_order_relaxed) ==
+		       w->family;
+}
 
 struct ag_deque_buf {
 	int64_t mask; /* capacity - 1; capacity is a power of two */
@@ -128,6 +149,10 @@ ag__deque_grow(struct ag_deque *d, struct ag_deque_buf *a, int64_t t, int64_t b)
 			&ns->tag,
 			atomic_load_explicit(&s->tag, memory_order_relaxed),
 			memory_order_relaxed);
+		atomic_store_explicit(
+			&ns->family,
+			atomic_load_explicit(&s->family, memory_order_relaxed),
+			memory_order_relaxed);
 	}
 	na->retired = a;
 	/* Release: a thief that loads na must see the copied slots. */
@@ -137,7 +162,7 @@ ag__deque_grow(struct ag_deque *d, struct ag_deque_buf *a, int64_t t, int64_t b)
 
 /* Owner.  Returns 0, or -1 if the deque was full and could not grow. */
 static inline int ag__deque_push(struct ag_deque *d, struct ag_task *x,
-				 const void *tag)
+				 const void *tag, const void *family)
 {
 	int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed);
 	int64_t t = atomic_load_explicit(&d->top, memory_order_acquire);
@@ -153,6 +178,7 @@ static inline int ag__deque_push(struct ag_deque *d, struct ag_task *x,
 	s = &a->slots[b & a->mask];
 	atomic_store_explicit(&s->task, x, memory_order_relaxed);
 	atomic_store_explicit(&s->tag, tag, memory_order_relaxed);
+	atomic_store_explicit(&s->family, family, memory_order_relaxed);
 	/*
 	 * Release publishes the slot and the task's fields to thieves;
 	 * seq_cst orders this store before the caller's load of the
@@ -164,10 +190,11 @@ static inline int ag__deque_push(struct ag_deque *d, struct ag_task *x,
 
 /*
  * Owner.  Takes the bottom task, or NULL if the deque is empty.  With a
- * non-NULL tag, takes it only if its tag matches: the owner wrote every
- * slot itself, so it may read the bottom tag before claiming the slot.
+ * non-NULL want, takes it only if it is wanted: the owner wrote every slot
+ * itself, so it may read the bottom tags before claiming the slot.
  */
-static inline struct ag_task *ag__deque_pop(struct ag_deque *d, const void *tag)
+static inline struct ag_task *ag__deque_pop(struct ag_deque *d,
+					    const struct ag_want *want)
 {
 	int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed) - 1;
 	struct ag_deque_buf *a =
@@ -179,7 +206,7 @@ static inline struct ag_task *ag__deque_pop(struct ag_deque *d, const void *tag)
 	/* top only grows: if even a stale top is past b, it is empty. */
 	if (b < atomic_load_explicit(&d->top, memory_order_relaxed))
 		return NULL;
-	if (tag && atomic_load_explicit(&s->tag, memory_order_relaxed) != tag)
+	if (!ag__deque_wants(s, want))
 		return NULL;
 
 	atomic_store_explicit(&d->bottom, b, memory_order_seq_cst);
@@ -202,9 +229,10 @@ static inline struct ag_task *ag__deque_pop(struct ag_deque *d, const void *tag)
 }
 
 /*
- * Any thread.  With a non-NULL tag, steals only a top task with that tag.
+ * Any thread.  With a non-NULL want, steals only a top task it wants.
  */
-static inline enum ag_steal ag__deque_steal(struct ag_deque *d, const void *tag,
+static inline enum ag_steal ag__deque_steal(struct ag_deque *d,
+					    const struct ag_want *want,
 					    struct ag_task **out)
 {
 	int64_t t = atomic_load_explicit(&d->top, memory_order_seq_cst);
@@ -218,10 +246,10 @@ static inline enum ag_steal ag__deque_steal(struct ag_deque *d, const void *tag,
 	a = atomic_load_explicit(&d->buf, memory_order_acquire);
 	s = &a->slots[t & a->mask];
 	/*
-	 * Both loads may see a slot the owner has reused since; then top has
+	 * The loads may see a slot the owner has reused since; then top has
 	 * moved and the CAS below fails, so a wrong tag only costs a retry.
 	 */
-	if (tag && atomic_load_explicit(&s->tag, memory_order_relaxed) != tag)
+	if (!ag__deque_wants(s, want))
 		return AG_STEAL_OTHER;
 	x = atomic_load_explicit(&s->task, memory_order_relaxed);
 	if (!atomic_compare_exchange_strong_explicit(&d->top, &t, t + 1,

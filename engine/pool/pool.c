@@ -96,6 +96,8 @@ static struct {
 
 static AG_TLS struct ag_worker *self; /* this pool worker */
 static AG_TLS struct ag_worker *mine; /* the deque this thread owns */
+/* The family of the task this thread is running; NULL outside tasks. */
+static AG_TLS struct ag_group *running_family;
 static pthread_once_t ext_once = PTHREAD_ONCE_INIT;
 static pthread_key_t ext_key;
 static AG_TLS uint32_t rng_state;
@@ -134,14 +136,18 @@ int ag__pool_worker_id(void)
 void ag__group_init(struct ag_group *g)
 {
 	atomic_init(&g->pending, 0);
+	g->family = running_family ? running_family : g;
 }
 
 static void task_run(struct ag_task *t)
 {
 	struct ag_group *g = t->group;
 	struct ag_ec *ec = wait_slot(g);
+	struct ag_group *outer = running_family;
 
+	running_family = g->family;
 	t->run(t);
+	running_family = outer;
 	/*
 	 * Once pending reaches zero the owner may return and free g, so the
 	 * wake-up touches only the wait slot, which lives forever.
@@ -167,8 +173,11 @@ static void inj_push(struct ag_task *t)
 	pthread_mutex_unlock(&pool.inj_lock);
 }
 
-/* The oldest queued task of g (of any group if g is NULL), or NULL. */
-static struct ag_task *inj_take(const struct ag_group *g)
+/*
+ * The oldest queued task that is wanted (any if want is NULL), or NULL.
+ * Queued tasks' groups are pending, hence alive: their family may be read.
+ */
+static struct ag_task *inj_take(const struct ag_want *want)
 {
 	struct ag_task *t, *prev = NULL;
 
@@ -176,7 +185,8 @@ static struct ag_task *inj_take(const struct ag_group *g)
 		return NULL;
 	pthread_mutex_lock(&pool.inj_lock);
 	for (t = pool.inj_head; t; prev = t, t = t->next)
-		if (!g || t->group == g)
+		if (!want || t->group == want->tag ||
+		    (want->family && t->group->family == want->family))
 			break;
 	if (t) {
 		if (prev)
@@ -195,10 +205,10 @@ static struct ag_task *inj_take(const struct ag_group *g)
 /* ---- finding work ---- */
 
 /*
- * Steals a top task of g (any task if g is NULL) from some worker or some
+ * Steals a wanted top task (any if want is NULL) from some worker or some
  * outside thread's deque, starting at a random victim.
  */
-static struct ag_task *steal(const struct ag_group *g)
+static struct ag_task *steal(const struct ag_want *want)
 {
 	int nw = atomic_load_explicit(&pool.nworkers, memory_order_acquire);
 	int n = nw + atomic_load_explicit(&pool.next_ext, memory_order_acquire);
@@ -215,7 +225,7 @@ static struct ag_task *steal(const struct ag_group *g)
 		if (v == mine)
 			continue;
 		for (int tries = 0; tries < 8; tries++) {
-			enum ag_steal r = ag__deque_steal(&v->dq, g, &t);
+			enum ag_steal r = ag__deque_steal(&v->dq, want, &t);
 
 			if (r == AG_STEAL_OK)
 				return t;
@@ -238,17 +248,17 @@ static struct ag_task *find_any(struct ag_worker *w)
 	return t;
 }
 
-/* A waiter runs only tasks of the group it waits on (isolation). */
-static struct ag_task *find_group(const struct ag_group *g)
+/* A waiter runs only tasks it wants (isolation: see ag__group_wait). */
+static struct ag_task *find_group(const struct ag_want *want)
 {
 	struct ag_task *t = NULL;
 
 	if (mine)
-		t = ag__deque_pop(&mine->dq, g);
+		t = ag__deque_pop(&mine->dq, want);
 	if (!t)
-		t = inj_take(g);
+		t = inj_take(want);
 	if (!t)
-		t = steal(g);
+		t = steal(want);
 	return t;
 }
 
@@ -411,7 +421,7 @@ void ag__group_submit(struct ag_group *g, struct ag_task *t)
 			d = ext_claim();
 	}
 	if (d) {
-		if (ag__deque_push(&d->dq, t, g)) {
+		if (ag__deque_push(&d->dq, t, g, g->family)) {
 			/* Full and cannot grow: running it now is correct. */
 			task_run(t);
 			return;
@@ -421,6 +431,8 @@ void ag__group_submit(struct ag_group *g, struct ag_task *t)
 	}
 	ag__ec_notify(&pool.idle, 1);
 	ag__ec_notify(wait_slot(g), INT_MAX);
+	if (g->family != g) /* its family's outermost waiter may help */
+		ag__ec_notify(wait_slot(g->family), INT_MAX);
 }
 
 static bool group_done_sc(struct ag_group *g)
@@ -428,8 +440,9 @@ static bool group_done_sc(struct ag_group *g)
 	return atomic_load_explicit(&g->pending, memory_order_seq_cst) == 0;
 }
 
-/* A waiter that found nothing of its group: poll a little, then sleep. */
-static struct ag_task *group_park(struct ag_group *g)
+/* A waiter that found nothing it wants: poll a little, then sleep. */
+static struct ag_task *group_park(struct ag_group *g,
+				  const struct ag_want *want)
 {
 	struct ag_ec *ec = wait_slot(g);
 	struct ag_task *t;
@@ -439,7 +452,7 @@ static struct ag_task *group_park(struct ag_group *g)
 		spin_pause();
 		if (ag__group_done(g))
 			return NULL;
-		t = find_group(g);
+		t = find_group(want);
 		if (t)
 			return t;
 	}
@@ -448,7 +461,7 @@ static struct ag_task *group_park(struct ag_group *g)
 		ag__ec_cancel(ec);
 		return NULL;
 	}
-	t = find_group(g);
+	t = find_group(want);
 	if (t) {
 		ag__ec_cancel(ec);
 		return t;
@@ -459,11 +472,20 @@ static struct ag_task *group_park(struct ag_group *g)
 
 void ag__group_wait(struct ag_group *g)
 {
+	/*
+	 * Outside any task, a waiter also takes the tasks of groups opened
+	 * under g (parallel_for chunks of g's tasks, nested backward): it has
+	 * nothing of its own on its stack that such a task could delay.  A
+	 * waiter inside a task sticks to g, or it might pick up a long task
+	 * of the family while its own task's caller waits for it.
+	 */
+	struct ag_want want = { g, running_family ? NULL : g->family };
+
 	while (!ag__group_done(g)) {
-		struct ag_task *t = find_group(g);
+		struct ag_task *t = find_group(&want);
 
 		if (!t)
-			t = group_park(g);
+			t = group_park(g, &want);
 		if (t)
 			task_run(t);
 	}

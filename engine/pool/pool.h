@@ -34,6 +34,11 @@ struct ag_task {
 
 struct ag_group {
 	atomic_int_least64_t pending; /* submitted and not yet finished */
+	/*
+	 * The outermost group this one was opened under: itself when opened
+	 * outside any task, else the family of the task that opened it.
+	 */
+	struct ag_group *family;
 };
 
 /* The most pool threads (workers), besides the threads that call in. */
@@ -60,7 +65,9 @@ void ag__group_submit(struct ag_group *g, struct ag_task *t);
 /*
  * Returns when every task submitted to g, including tasks submitted to g by
  * g's tasks, has finished; their effects are visible to the caller.  The
- * caller helps, running only tasks of g, and sleeps when it cannot help.
+ * caller helps, and sleeps when it cannot help.  It runs only tasks of g;
+ * a caller outside any task also runs tasks of groups opened under g (its
+ * family), which share g's work and nest no deeper than g's own tasks.
  * After it returns g may be reused or freed.
  */
 void ag__group_wait(struct ag_group *g);

@@ -17,6 +17,7 @@
 
 static struct ag_task dummy;
 static const int tag;
+static const struct ag_want want = { &tag, NULL };
 
 static double bench_deque_push_pop(void)
 {
@@ -27,8 +28,8 @@ static double bench_deque_push_pop(void)
 	ag__deque_init(&dq);
 	t0 = now_ns();
 	for (int i = 0; i < n; i++) {
-		ag__deque_push(&dq, &dummy, &tag);
-		if (ag__deque_pop(&dq, &tag) != &dummy)
+		ag__deque_push(&dq, &dummy, &tag, &tag);
+		if (ag__deque_pop(&dq, &want) != &dummy)
 			abort();
 	}
 	ag__deque_destroy(&dq);
@@ -45,10 +46,10 @@ static double bench_deque_steal(void)
 	ag__deque_init(&dq);
 	for (int r = 0; r < 10; r++) {
 		for (int i = 0; i < n / 10; i++)
-			ag__deque_push(&dq, &dummy, &tag);
+			ag__deque_push(&dq, &dummy, &tag, &tag);
 		t0 = now_ns();
 		for (int i = 0; i < n / 10; i++)
-			if (ag__deque_steal(&dq, &tag, &t) != AG_STEAL_OK)
+			if (ag__deque_steal(&dq, &want, &t) != AG_STEAL_OK)
 				abort();
 		dt += now_ns() - t0;
 	}

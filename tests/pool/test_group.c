@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 /*
  * Task groups: completion, isolation (a waiter never runs another group's
- * task), nested waits from inside tasks to depth 100, many external
+ * task, except that one outside any task helps the groups opened under
+ * its own), nested waits from inside tasks to depth 100, many external
  * threads at once; with 1, 2 and 16 threads (16 oversubscribes the
  * machine).
  */
@@ -22,12 +23,14 @@
 static const int sizes[] = { 1, 2, 16 };
 
 /*
- * The stack of groups this thread is waiting on: a task may only run on a
- * thread whose innermost wait is for the task's own group.
+ * The stack of groups this thread is waiting on.  A task may only run on a
+ * thread whose innermost wait is for the task's own group, or on a thread
+ * outside the pool in its outermost wait (so in no task) for the family
+ * the task's group belongs to.
  */
 static _Thread_local struct ag_group *waiting[256];
 static _Thread_local int nwaiting;
-static atomic_int violations;
+static atomic_int violations, family_helps;
 
 static void wait_group(struct ag_group *g)
 {
@@ -38,7 +41,11 @@ static void wait_group(struct ag_group *g)
 
 static void check_isolation(struct ag_group *g)
 {
-	if (nwaiting && waiting[nwaiting - 1] != g)
+	if (!nwaiting || waiting[nwaiting - 1] == g)
+		return;
+	if (nwaiting == 1 && !ag__pool_is_worker() && g->family == waiting[0])
+		atomic_fetch_add(&family_helps, 1);
+	else
 		atomic_fetch_add(&violations, 1);
 }
 
@@ -436,8 +443,100 @@ static int test_park_unpark(void)
 	return 0;
 }
 
+/* ---- an outside caller helps the groups opened under its own ---- */
+
+struct fam_state {
+	atomic_int outer_on_worker; /* the outer task runs on a worker */
+	atomic_int helped; /* chunks the caller ran */
+	atomic_int ran;
+	int timed_out; /* these two are written by the worker only */
+	int nested_family_ok;
+};
+
+struct fam_task {
+	struct ag_task task;
+	struct fam_state *st;
+};
+
+/*
+ * Holds its thread until the caller has run a chunk (or 2 s pass): if the
+ * caller could not help, the worker would run all four, each timing out.
+ */
+static void fam_chunk_run(struct ag_task *t)
+{
+	struct fam_task *c = ag_container_of(t, struct fam_task, task);
+	uint64_t deadline = now_ns() + 2000000000u;
+
+	check_isolation(t->group);
+	if (!ag__pool_is_worker())
+		atomic_fetch_add(&c->st->helped, 1);
+	while (!atomic_load(&c->st->helped) && now_ns() < deadline)
+		burn(100);
+	if (!atomic_load(&c->st->helped))
+		c->st->timed_out = 1; /* only the worker writes it */
+	atomic_fetch_add(&c->st->ran, 1);
+}
+
+/* Runs on the worker: a nested group of four chunks, like ag_parallel_for. */
+static void fam_outer_run(struct ag_task *t)
+{
+	struct fam_task *o = ag_container_of(t, struct fam_task, task);
+	struct fam_task chunk[4];
+	struct ag_group n;
+
+	check_isolation(t->group);
+	if (!ag__pool_is_worker())
+		return; /* the caller took it back: the test retries */
+	atomic_store(&o->st->outer_on_worker, 1);
+	usleep(20000); /* the caller spins briefly, then sleeps: wake it */
+	ag__group_init(&n);
+	o->st->nested_family_ok = n.family == t->group;
+	for (int i = 0; i < 4; i++) {
+		chunk[i].st = o->st;
+		ag__task_init(&chunk[i].task, fam_chunk_run);
+		ag__group_submit(&n, &chunk[i].task);
+	}
+	wait_group(&n);
+}
+
+static int test_caller_helps_family(void)
+{
+	int tries = 0;
+
+	TAP_CHECK(ag_set_num_threads(2) == 0);
+	for (;;) {
+		struct fam_state st = { 0 };
+		struct fam_task outer = { .st = &st };
+		struct ag_group g;
+		uint64_t deadline = now_ns() + 2000000000u;
+
+		ag__group_init(&g);
+		TAP_CHECK(g.family == &g);
+		ag__task_init(&outer.task, fam_outer_run);
+		ag__group_submit(&g, &outer.task);
+		/* Leave the task to the worker, which is woken to steal it. */
+		while (!atomic_load(&st.outer_on_worker) && now_ns() < deadline)
+			burn(100);
+		wait_group(&g);
+		if (!atomic_load(&st.outer_on_worker)) {
+			TAP_CHECK(++tries < 5);
+			continue;
+		}
+		TAP_CHECK(st.nested_family_ok);
+		TAP_CHECK(atomic_load(&st.ran) == 4);
+		TAP_CHECKF(atomic_load(&st.helped) >= 1,
+			   "the waiting caller ran none of the nested chunks");
+		TAP_CHECK(!st.timed_out);
+		break;
+	}
+	TAP_CHECK(atomic_load(&family_helps) >= 1);
+	TAP_CHECK(atomic_load(&violations) == 0);
+	return 0;
+}
+
 static const struct tap_test tests[] = {
 	TAP_TEST(test_park_unpark),
+	TAP_TEST(test_caller_helps_family),
 	TAP_TEST(test_worker_identity),
 	TAP_TEST(test_tree),
 	TAP_TEST(test_nested_depth_100),
