@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 /*
  * ag-bench: the workloads of BENCHMARKS.md (chain, elementwise, wide, mlp)
- * and the two machine limits (STREAM-style triad, 1024^3 SGEMM), written
- * against libag's public API only.  See docs/perf.md for what each figure
+ * and the machine limits (STREAM-style triad, 1024^3 SGEMM, and wide's
+ * backward memory traffic as a bare loop), written against libag's public
+ * API only.  See docs/perf.md for what each figure
  * measures, the byte counts behind the GB/s figures and the MLP step.
  *
  * Repetitions are interleaved: for each repetition, every selected workload
@@ -15,6 +16,7 @@
 #include <getopt.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -1091,6 +1093,216 @@ static void triad_check(struct triad_state *st, int threads)
 		     st->case_name, threads);
 }
 
+/*
+ * wide-loop: what wide's backward must do to memory, with no autograd: for
+ * each branch, g = 1, then g *= 1 - y_j^2 for j = L-1 .. 0 over saved
+ * arrays y_j that a forward pass wrote just before.  Branches are split
+ * over POSIX threads like the triad.  The y reads (K L n floats) are the
+ * traffic no engine can avoid, so this loop's 1 -> N speedup is the most
+ * wide can show on the machine at that moment.
+ */
+/*
+ * One layer, g *= 1 - y^2, in vectors of the widest the CPU has, as
+ * libag's kernels are: in narrower ones the loop is partly bound by
+ * instructions and would understate the machine.
+ */
+#define WLOOP_LAYER(name, bytes, attr)                                 \
+	attr static void name(float *g, const float *y, int64_t n)     \
+	{                                                              \
+		typedef float vec __attribute__((vector_size(bytes))); \
+		int64_t i;                                             \
+                                                                       \
+		for (i = 0; i + (bytes) / 4 <= n; i += (bytes) / 4) {  \
+			vec gv, yv;                                    \
+                                                                       \
+			memcpy(&gv, g + i, sizeof(gv));                \
+			memcpy(&yv, y + i, sizeof(yv));                \
+			gv *= 1 - yv * yv;                             \
+			memcpy(g + i, &gv, sizeof(gv));                \
+		}                                                      \
+		for (; i < n; i++)                                     \
+			g[i] *= 1 - y[i] * y[i];                       \
+	}
+
+WLOOP_LAYER(wloop_layer_16, 16, )
+#if defined(__x86_64__)
+WLOOP_LAYER(wloop_layer_32, 32, __attribute__((target("avx2"))))
+WLOOP_LAYER(wloop_layer_64, 64, __attribute__((target("avx512f"))))
+#endif
+
+static void (*wloop_layer)(float *g, const float *y, int64_t n);
+
+struct wloop_state {
+	float **y; /* k * l arrays of n */
+	int64_t k, l, n;
+	_Atomic int64_t next; /* the next branch a thread takes */
+	char case_name[64];
+};
+
+struct wloop_arg {
+	struct wloop_state *st;
+	float *g;
+	int64_t last_k; /* the branch whose gradient is left in g, or -1 */
+	double sum; /* of g[0] per branch: the result is used */
+};
+
+static void *wloop_thread(void *p)
+{
+	struct wloop_arg *a = p;
+	struct wloop_state *st = a->st;
+	float *g = a->g;
+
+	/*
+	 * Branches are taken one at a time, not split in fixed shares: on a
+	 * shared machine one thread is often slowed, and a fixed split would
+	 * charge that to the loop (libag's pool balances it by stealing).
+	 */
+	for (;;) {
+		int64_t k = atomic_fetch_add_explicit(&st->next, 1,
+						      memory_order_relaxed);
+
+		if (k >= st->k)
+			break;
+		for (int64_t i = 0; i < st->n; i++)
+			g[i] = 1;
+		for (int64_t j = st->l - 1; j >= 0; j--)
+			wloop_layer(g, st->y[k * st->l + j], st->n);
+		a->sum += g[0];
+		a->last_k = k;
+	}
+	return NULL;
+}
+
+static void wloop_setup(struct wloop_state *st, const struct config *c)
+{
+	st->k = c->wide_k;
+	st->l = c->wide_l;
+	st->n = c->wide_n;
+	snprintf(st->case_name, sizeof(st->case_name), "K=%lld,L=%lld,n=%lld",
+		 (long long)st->k, (long long)st->l, (long long)st->n);
+	wloop_layer = wloop_layer_16;
+#if defined(__x86_64__)
+	__builtin_cpu_init();
+	if (__builtin_cpu_supports("avx512f"))
+		wloop_layer = wloop_layer_64;
+	else if (__builtin_cpu_supports("avx2"))
+		wloop_layer = wloop_layer_32;
+#endif
+	st->y = xmalloc((size_t)(st->k * st->l) * sizeof(*st->y));
+	for (int64_t i = 0; i < st->k * st->l; i++)
+		st->y[i] = xmalloc((size_t)st->n * sizeof(float));
+}
+
+/* The forward: each y_j from y_{j-1}, in the order wide records them. */
+static void wloop_forward(struct wloop_state *st)
+{
+	for (int64_t k = 0; k < st->k; k++) {
+		for (int64_t j = 0; j < st->l; j++) {
+			float *y = st->y[k * st->l + j];
+			const float *x = j ? st->y[k * st->l + j - 1] : NULL;
+
+			for (int64_t i = 0; i < st->n; i++)
+				y[i] = x ? 0.75f * x[i] :
+					   (float)((i + k) % 15 - 7) / 8;
+		}
+	}
+}
+
+/*
+ * One backward over nthreads threads; seconds.  g[t] holds the gradient of
+ * branch last_k[t] (-1: thread t got no branch).
+ */
+static double wloop_once(struct wloop_state *st, int nthreads, float **g,
+			 int64_t *last_k)
+{
+	pthread_t tid[MAX_THREADS];
+	struct wloop_arg arg[MAX_THREADS];
+	double t0;
+
+	for (int i = 0; i < nthreads; i++)
+		arg[i] = (struct wloop_arg){ st, g[i], -1, 0 };
+	atomic_store_explicit(&st->next, 0, memory_order_relaxed);
+	wloop_forward(st);
+	t0 = now_s();
+	for (int i = 1; i < nthreads; i++)
+		if (pthread_create(&tid[i], NULL, wloop_thread, &arg[i]))
+			die("pthread_create failed");
+	wloop_thread(&arg[0]);
+	for (int i = 1; i < nthreads; i++)
+		pthread_join(tid[i], NULL);
+	t0 = now_s() - t0;
+	for (int i = 0; i < nthreads; i++) {
+		if (i)
+			arg[0].sum += arg[i].sum;
+		if (last_k)
+			last_k[i] = arg[i].last_k;
+	}
+	if (!isfinite(arg[0].sum))
+		die("wide-loop: non-finite result");
+	return t0;
+}
+
+static float **wloop_grads(struct wloop_state *st, int nthreads)
+{
+	float **g = xmalloc((size_t)nthreads * sizeof(*g));
+
+	/* touched here, so that no page faults in the timed loop */
+	for (int i = 0; i < nthreads; i++)
+		g[i] = memset(xmalloc((size_t)st->n * sizeof(float)), 0,
+			      (size_t)st->n * sizeof(float));
+	return g;
+}
+
+static void wloop_free_grads(float **g, int nthreads)
+{
+	for (int i = 0; i < nthreads; i++)
+		free(g[i]);
+	free(g);
+}
+
+static void wloop_run(struct wloop_state *st, int threads)
+{
+	float **g = wloop_grads(st, threads);
+
+	record("limits", st->case_name, threads, "wide_loop_ms", "ms",
+	       wloop_once(st, threads, g, NULL) * 1e3);
+	wloop_free_grads(g, threads);
+}
+
+/* The last branch each thread did, against the product in f64. */
+static void wloop_check(struct wloop_state *st, int threads)
+{
+	float **g = wloop_grads(st, threads);
+	int64_t last_k[MAX_THREADS];
+	double worst = 0;
+	int seen = 0;
+
+	wloop_once(st, threads, g, last_k);
+	for (int t = 0; t < threads; t++) {
+		int64_t k = last_k[t];
+
+		if (k < 0)
+			continue; /* this thread got no branch */
+		seen++;
+		for (int64_t i = 0; i < st->n; i++) {
+			double want = 1;
+
+			for (int64_t j = 0; j < st->l; j++) {
+				double y = st->y[k * st->l + j][i];
+
+				want *= 1 - y * y;
+			}
+			if (fabs(g[t][i] - want) > worst)
+				worst = fabs(g[t][i] - want);
+		}
+	}
+	check_report(
+		seen && worst < 1e-5,
+		"wide-loop %s threads=%d: g = prod (1 - y^2) (worst error %.3g over %d branches)",
+		st->case_name, threads, worst, seen);
+	wloop_free_grads(g, threads);
+}
+
 struct gemm_state {
 	struct ag_tensor *a, *b;
 	int64_t n;
@@ -1317,6 +1529,23 @@ static void write_json(const char *path, const struct machine *mc,
 		fclose(f);
 }
 
+/* The median of a recorded series, or -1 if there is none. */
+static double series_median(const char *workload, const char *metric,
+			    int threads)
+{
+	for (int i = 0; i < n_series; i++) {
+		const struct series *s = &all_series[i];
+		double med, mn, mx;
+
+		if (strcmp(s->workload, workload) ||
+		    strcmp(s->metric, metric) || s->threads != threads || !s->n)
+			continue;
+		series_stats(s, &med, &mn, &mx);
+		return med;
+	}
+	return -1;
+}
+
 static void print_table(const struct machine *mc, const struct config *c)
 {
 	printf("ag-bench %s (libag public API)%s\n", AG_BENCH_VERSION,
@@ -1350,27 +1579,25 @@ static void print_table(const struct machine *mc, const struct config *c)
 		series_stats(s, &med, &mn, &mx);
 		printf("%10.4g %10.4g %10.4g %4d\n", med, mn, mx, s->n);
 	}
-	/* wide: backward speedup from 1 thread to each other count */
-	for (int i = 0; i < n_series; i++) {
-		const struct series *one = &all_series[i];
-		double m1, a, b;
+	/*
+	 * wide: backward speedup from 1 thread to each other count, beside
+	 * the same for the bare loop over wide's memory (the machine's share)
+	 */
+	for (int i = 0; i < c->n_threads; i++) {
+		int t = c->threads[i];
+		double w1 = series_median("wide", "bwd_ms", 1);
+		double wt = series_median("wide", "bwd_ms", t);
+		double l1 = series_median("limits", "wide_loop_ms", 1);
+		double lt = series_median("limits", "wide_loop_ms", t);
 
-		if (strcmp(one->workload, "wide") ||
-		    strcmp(one->metric, "bwd_ms") || one->threads != 1 ||
-		    !one->n)
+		if (t == 1 || w1 <= 0 || wt <= 0)
 			continue;
-		series_stats(one, &m1, &a, &b);
-		for (int j = 0; j < n_series; j++) {
-			const struct series *t = &all_series[j];
-			double mt;
-
-			if (t == one || strcmp(t->workload, "wide") ||
-			    strcmp(t->metric, "bwd_ms") || !t->n)
-				continue;
-			series_stats(t, &mt, &a, &b);
-			printf("wide backward speedup, 1 -> %d threads: %.2fx (medians)\n",
-			       t->threads, m1 / mt);
-		}
+		printf("wide backward speedup, 1 -> %d threads: %.2fx (medians)",
+		       t, w1 / wt);
+		if (l1 > 0 && lt > 0)
+			printf("; a bare loop over the same memory: %.2fx (limits wide_loop_ms)",
+			       l1 / lt);
+		printf("\n");
 	}
 	/* mlp: its GEMMs' rate against the 1024^3 rate at the same count */
 	for (int i = 0; i < n_series; i++) {
@@ -1413,7 +1640,8 @@ enum {
 	W_MLP = 1 << 3,
 	W_TRIAD = 1 << 4,
 	W_GEMM = 1 << 5,
-	W_ALL = (1 << 6) - 1,
+	W_WLOOP = 1 << 6,
+	W_ALL = (1 << 7) - 1,
 };
 
 static const struct {
@@ -1424,17 +1652,19 @@ static const struct {
 	{ "elementwise", W_ELEMENTWISE },
 	{ "wide", W_WIDE },
 	{ "mlp", W_MLP },
-	{ "limits", W_TRIAD | W_GEMM },
+	{ "limits", W_TRIAD | W_GEMM | W_WLOOP },
 	{ "triad", W_TRIAD },
 	{ "gemm", W_GEMM },
+	{ "wide-loop", W_WLOOP },
 };
 
 static void usage(FILE *f)
 {
 	fputs("usage: ag-bench [options]\n"
 	      "Runs the workloads of BENCHMARKS.md with libag and prints median/min/max.\n"
-	      "  --workload NAME   chain, elementwise, wide, mlp, limits (= triad + gemm),\n"
-	      "                    triad or gemm; repeatable (default: all)\n"
+	      "  --workload NAME   chain, elementwise, wide, mlp, limits (= triad + gemm\n"
+	      "                    + wide-loop), triad, gemm or wide-loop; repeatable\n"
+	      "                    (default: all)\n"
 	      "  --threads LIST    thread counts, e.g. 1 or 1,2 (default: 1 and all CPUs)\n"
 	      "  --reps N          timed repetitions (default 7; 2 with --quick)\n"
 	      "  --warmup N        untimed repetitions first (default 1; 0 with --quick)\n"
@@ -1509,6 +1739,7 @@ int main(int argc, char **argv)
 	struct mlp mlp = { 0 };
 	struct mlp_gemm mlp_gemm = { 0 };
 	struct triad_state triad = { 0 };
+	struct wloop_state wloop = { 0 };
 	struct gemm_state gemm = { 0 };
 	struct ag_generator *g;
 	unsigned sel = 0;
@@ -1618,6 +1849,8 @@ int main(int argc, char **argv)
 	}
 	if (sel & W_TRIAD)
 		triad_setup(&triad, &c);
+	if (sel & W_WLOOP)
+		wloop_setup(&wloop, &c);
 	if (sel & W_GEMM)
 		gemm_setup(&gemm, &c, g);
 
@@ -1628,6 +1861,8 @@ int main(int argc, char **argv)
 			if (!HAVE_POOL && t != 1) {
 				if (sel & W_TRIAD)
 					triad_check(&triad, t);
+				if (sel & W_WLOOP)
+					wloop_check(&wloop, t);
 				continue;
 			}
 			set_threads(t);
@@ -1641,6 +1876,8 @@ int main(int argc, char **argv)
 				mlp_check(&c, t, g);
 			if (sel & W_TRIAD)
 				triad_check(&triad, t);
+			if (sel & W_WLOOP)
+				wloop_check(&wloop, t);
 			if (sel & W_GEMM)
 				gemm_check(&gemm, t);
 		}
@@ -1677,6 +1914,8 @@ int main(int argc, char **argv)
 			}
 			if (sel & W_TRIAD)
 				triad_run(&triad, t);
+			if (sel & W_WLOOP)
+				wloop_run(&wloop, t);
 			if (lib && (sel & W_GEMM))
 				gemm_run(&gemm, t);
 		}

@@ -345,6 +345,10 @@ ag-bench                        every workload, threads 1 and all CPUs,
 ag-bench --workload mlp --workload wide --threads 1,2 --reps 15
 ag-bench --json out.json        the same figures for scripts
 ag-bench --trace wide.json      Chrome/Perfetto trace of one wide backward
+ag-bench --workload wide --workload wide-loop --threads 1,2
+                                wide's backward speedup beside that of a
+                                bare loop over the same memory: the most
+                                the machine allows at that moment
 ag-bench --quick                tiny sizes plus gradient checks; exit 1 on
                                 a mismatch (meson test --suite bench)
 ```
@@ -355,7 +359,7 @@ against the closed-form derivatives (and `dx = w`, `dw = x` for mul); wide
 against `sum_k w_k prod_j (1 - h_j^2)` for x and `x prod_j (...)` for w_0;
 mlp by central finite differences in f64 on the largest-gradient element
 of each parameter, then by the loss falling over 31 SGD steps in f32; the
-triad and the GEMM against plain loops.  Ops that do not exist yet (today:
+triad, the GEMM and wide-loop against plain loops.  Ops that do not exist yet (today:
 `sin`) are reported as unavailable (`"status": "unavailable"` in the JSON),
 never as a figure.  Without ag/pool.h libag runs on one thread, and
 ag-bench says so and skips its figures at higher thread counts.
@@ -389,7 +393,7 @@ count once per repetition) and the configurations are interleaved by
 | elementwise | forward: `y = op(x)` alone; backward: the whole `backward()` of `sum(y)` (the SumBackward expand, the op's derivative and the accumulation into `x.grad`) | ms, and GB/s = nominal bytes of the op's own kernels / time |
 | wide | forward: K = 16 branches `h = x * w_k`, 32 x `tanh`, `sum`, summed; backward: `backward()` | ms |
 | mlp | one step: forward + backward + SGD update + dropping the grads | steps/s, ms |
-| limits | triad: one pass of `a = b + 3 c` over three 64 MiB f64 arrays; GEMM: one 1024^3 f32 product | GB/s (3 x 64 MiB / time), GFLOP/s (2 n^3 / time) |
+| limits | triad: one pass of `a = b + 3 c` over three 64 MiB f64 arrays; GEMM: one 1024^3 f32 product; wide-loop (ag-bench only): wide's backward memory traffic as a bare loop, `g *= 1 - y_j^2` over the K x 32 saved arrays a forward just wrote, branches taken one at a time by POSIX threads | GB/s (3 x 64 MiB / time), GFLOP/s (2 n^3 / time), ms |
 
 **Bytes behind GB/s** (f32, per element of x): a unary forward reads x and
 writes y, 8 B; its backward kernel reads the incoming gradient and one saved
