@@ -2,7 +2,8 @@
 /*
  * Tracing: the file is valid JSON (checked by a minimal parser here) with
  * one complete event per parallel_for chunk and per engine slice, lanes per
- * worker, and the start/stop errors.
+ * worker, the trace's own buffer allocations as slices of their own, and
+ * the start/stop errors.
  */
 #include <ctype.h>
 #include <pthread.h>
@@ -232,7 +233,9 @@ static int check_file(const char *p, int want_chunks)
 		   "%d parallel_for slices, want %d",
 		   count(s, "\"name\":\"parallel_for\""), want_chunks);
 	TAP_CHECK(count(s, "\"name\":\"TanhBackward\"") == 40);
-	TAP_CHECK(count(s, "\"ph\":\"X\"") == want_chunks + 40);
+	/* and the trace's own buffer allocations, shown as slices */
+	TAP_CHECK(count(s, "\"ph\":\"X\"") ==
+		  want_chunks + 40 + count(s, "\"name\":\"trace buffer\""));
 	TAP_CHECK(count(s, "\"name\":\"thread_name\"") >= 1);
 	TAP_CHECK(strstr(s, "\"args\":{\"begin\":"));
 	free(s);
@@ -301,6 +304,10 @@ static int test_exited_threads(void)
 	s = slurp(path);
 	TAP_CHECK(s && json_valid(s));
 	TAP_CHECK(count(s, "\"name\":\"TanhBackward\"") == 120);
+	/* each new thread's first slice allocated its buffer, visibly */
+	TAP_CHECKF(count(s, "\"name\":\"trace buffer\"") >= 3,
+		   "%d 'trace buffer' slices, want one per new thread at least",
+		   count(s, "\"name\":\"trace buffer\""));
 	free(s);
 	unlink(path);
 	return 0;
