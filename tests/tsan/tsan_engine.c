@@ -399,7 +399,91 @@ static int test_long_graph_shared_by_tasks(void)
 	return 0;
 }
 
+/*
+ * Branches whose nodes are big enough to split with ag_parallel_for: the
+ * caller, waiting on the graph task, also runs the chunks of nodes that
+ * run on workers (their groups are of its family).  Gradients must be the
+ * closed form's, in deterministic mode bitwise the same for 1 and 4
+ * threads.
+ */
+#define BIG_K 3
+#define BIG_L 2
+#define BIG_N 32768 /* over 2 x the tanh grain (8192): split */
+
+static int big_once(struct ag_tensor *x, struct ag_tensor **w, bool det,
+		    double *out)
+{
+	struct ag_backward_opts o = { .deterministic = det };
+	struct ag_scope *s = ag_scope_begin();
+	struct ag_tensor *loss = NULL, *g;
+	int rc;
+
+	for (int k = 0; k < BIG_K; k++) {
+		struct ag_tensor *h = ag_mul(x, w[k]);
+
+		for (int i = 0; i < BIG_L; i++)
+			h = ag_tanh(h);
+		h = ag_sum(h);
+		loss = loss ? ag_add(loss, h) : h;
+	}
+	rc = ag_backward(loss, NULL, &o);
+	ag_scope_end(s);
+	if (rc)
+		return rc;
+	g = ag_tensor_grad(x);
+	for (int64_t i = 0; i < BIG_N; i++)
+		out[i] = ag__get(g, i);
+	ag_tensor_put(g);
+	return ag_tensor_zero_grad(x);
+}
+
+static int test_parallel_for_inside_nodes(void)
+{
+	static double got[2][BIG_N];
+	struct ag_generator *gen = ag_generator_new(7);
+	int64_t n = BIG_N;
+	struct ag_tensor *x, *w[BIG_K];
+	const int threads[2] = { 1, 4 };
+
+	x = ag_rand(gen, AG_F64, 1, &n);
+	ag_tensor_set_requires_grad(x, true);
+	for (int k = 0; k < BIG_K; k++) {
+		w[k] = ag_rand(gen, AG_F64, 1, &n);
+		ag_tensor_set_requires_grad(w[k], true);
+	}
+	for (int t = 0; t < 2; t++) {
+		TAP_CHECK(ag_set_num_threads(threads[t]) == 0);
+		TAP_CHECK(big_once(x, w, false, got[t]) == 0);
+		for (int64_t i = 0; i < BIG_N; i++) {
+			double want = 0;
+
+			for (int k = 0; k < BIG_K; k++) {
+				double h = ag__get(x, i) * ag__get(w[k], i);
+				double d = ag__get(w[k], i);
+
+				for (int j = 0; j < BIG_L; j++) {
+					h = tanh(h);
+					d *= 1 - h * h;
+				}
+				want += d;
+			}
+			TAP_CHECKF(fabs(got[t][i] - want) < 1e-12,
+				   "%d threads, element %lld: %.17g vs %.17g",
+				   threads[t], (long long)i, got[t][i], want);
+		}
+		TAP_CHECK(big_once(x, w, true, got[t]) == 0);
+	}
+	TAP_CHECK(memcmp(got[0], got[1], sizeof(got[0])) == 0);
+	ag_tensor_put(x);
+	for (int k = 0; k < BIG_K; k++)
+		ag_tensor_put(w[k]);
+	ag_generator_free(gen);
+	TAP_CHECK(ag__live_nodes() == 0 && ag__live_tensors() == 0);
+	return 0;
+}
+
 static const struct tap_test tests[] = {
+	TAP_TEST(test_parallel_for_inside_nodes),
 	TAP_TEST(test_roots_reachable_from_each_other),
 	TAP_TEST(test_backward_after_fork),
 	TAP_TEST(test_modes_installed_per_task),
