@@ -1011,6 +1011,23 @@ static void mlp_check(const struct config *c, int threads,
 
 /* ------------------------------------------------------------- limits */
 
+/*
+ * fn(args[i]) on n POSIX threads, the calling thread being thread 0, for
+ * the limits that must not depend on libag's pool.  args is an array of n
+ * elements of size bytes.
+ */
+static void run_threads(int n, void *(*fn)(void *), void *args, size_t size)
+{
+	pthread_t tid[MAX_THREADS];
+
+	for (int i = 1; i < n; i++)
+		if (pthread_create(&tid[i], NULL, fn, (char *)args + i * size))
+			die("pthread_create failed");
+	fn(args);
+	for (int i = 1; i < n; i++)
+		pthread_join(tid[i], NULL);
+}
+
 struct triad_arg {
 	double *a, *b, *c;
 	size_t lo, hi;
@@ -1052,7 +1069,6 @@ static void triad_setup(struct triad_state *st, const struct config *c)
 /* One pass of a = b + s c over nthreads POSIX threads; seconds. */
 static double triad_once(struct triad_state *st, int nthreads)
 {
-	pthread_t tid[MAX_THREADS];
 	struct triad_arg arg[MAX_THREADS];
 	double t0;
 
@@ -1065,12 +1081,7 @@ static double triad_once(struct triad_state *st, int nthreads)
 		arg[i].s = 3.0;
 	}
 	t0 = now_s();
-	for (int i = 1; i < nthreads; i++)
-		if (pthread_create(&tid[i], NULL, triad_thread, &arg[i]))
-			die("pthread_create failed");
-	triad_thread(&arg[0]);
-	for (int i = 1; i < nthreads; i++)
-		pthread_join(tid[i], NULL);
+	run_threads(nthreads, triad_thread, arg, sizeof(arg[0]));
 	return now_s() - t0;
 }
 
@@ -1215,7 +1226,6 @@ static void wloop_forward(struct wloop_state *st)
 static double wloop_once(struct wloop_state *st, int nthreads, float **g,
 			 int64_t *last_k)
 {
-	pthread_t tid[MAX_THREADS];
 	struct wloop_arg arg[MAX_THREADS];
 	double t0;
 
@@ -1224,12 +1234,7 @@ static double wloop_once(struct wloop_state *st, int nthreads, float **g,
 	atomic_store_explicit(&st->next, 0, memory_order_relaxed);
 	wloop_forward(st);
 	t0 = now_s();
-	for (int i = 1; i < nthreads; i++)
-		if (pthread_create(&tid[i], NULL, wloop_thread, &arg[i]))
-			die("pthread_create failed");
-	wloop_thread(&arg[0]);
-	for (int i = 1; i < nthreads; i++)
-		pthread_join(tid[i], NULL);
+	run_threads(nthreads, wloop_thread, arg, sizeof(arg[0]));
 	t0 = now_s() - t0;
 	for (int i = 0; i < nthreads; i++) {
 		if (i)

@@ -31,22 +31,30 @@ const char *__tsan_default_options(void)
 #define L 6
 #define N 256
 
-/* loss = sum_k sum(tanh^L(x * w_k)); returns 0 and checks x's grad. */
-static int wide_once(struct ag_tensor *x, struct ag_tensor **w)
+/* sum_k sum(tanh^l(x * w_k)), k < nk, in the caller's scope. */
+static struct ag_tensor *wide_loss(struct ag_tensor *x, struct ag_tensor **w,
+				   int nk, int l)
 {
-	struct ag_scope *s = ag_scope_begin();
 	struct ag_tensor *loss = NULL;
-	int rc;
 
-	for (int k = 0; k < K; k++) {
+	for (int k = 0; k < nk; k++) {
 		struct ag_tensor *h = ag_mul(x, w[k]);
 
-		for (int i = 0; i < L; i++)
+		for (int i = 0; i < l; i++)
 			h = ag_tanh(h);
 		h = ag_sum(h);
 		loss = loss ? ag_add(loss, h) : h;
 	}
-	rc = ag_backward(loss, NULL, NULL);
+	return loss;
+}
+
+/* Backward of wide_loss with K branches of L tanh. */
+static int wide_once(struct ag_tensor *x, struct ag_tensor **w)
+{
+	struct ag_scope *s = ag_scope_begin();
+	int rc;
+
+	rc = ag_backward(wide_loss(x, w, K, L), NULL, NULL);
 	ag_scope_end(s);
 	return rc;
 }
@@ -415,18 +423,10 @@ static int big_once(struct ag_tensor *x, struct ag_tensor **w, bool det,
 {
 	struct ag_backward_opts o = { .deterministic = det };
 	struct ag_scope *s = ag_scope_begin();
-	struct ag_tensor *loss = NULL, *g;
+	struct ag_tensor *g;
 	int rc;
 
-	for (int k = 0; k < BIG_K; k++) {
-		struct ag_tensor *h = ag_mul(x, w[k]);
-
-		for (int i = 0; i < BIG_L; i++)
-			h = ag_tanh(h);
-		h = ag_sum(h);
-		loss = loss ? ag_add(loss, h) : h;
-	}
-	rc = ag_backward(loss, NULL, &o);
+	rc = ag_backward(wide_loss(x, w, BIG_K, BIG_L), NULL, &o);
 	ag_scope_end(s);
 	if (rc)
 		return rc;
