@@ -16,6 +16,7 @@
 #include <getopt.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -1439,6 +1440,83 @@ static double load_avg(void)
 	return v;
 }
 
+/*
+ * How fast each CPU runs a plain C loop right now (ns per iteration, best
+ * of 3; 0 where a thread could not be pinned there).  On a shared host
+ * one virtual CPU can be much slower than another for minutes at a time
+ * (its physical core busy with another guest), and every figure then
+ * depends on which CPU each thread happened to run on.  The loop is
+ * throughput-bound (independent chains, L1 loads and stores), like libag's
+ * per-node code, which a latency-bound loop would not show.
+ */
+#define CPU_PROBE_MAX 64
+
+static void *cpu_probe(void *arg)
+{
+	static _Thread_local uint64_t buf[512];
+	uint64_t a[8] = { 1, 2, 3, 4, 5, 6, 7, 8 };
+	double *best = arg;
+
+	*best = 0;
+	for (int r = 0; r < 3; r++) {
+		double t = now_s();
+
+		for (long i = 0; i < 1000000; i++) {
+			for (int k = 0; k < 8; k++) {
+				a[k] = (a[k] ^ (a[k] >> 3)) +
+				       buf[(i + k) & 511];
+				buf[(i * 7 + k) & 511] = a[k];
+			}
+		}
+		t = (now_s() - t) * 1e9 / 1000000;
+		if (!*best || t < *best)
+			*best = t;
+	}
+	if (a[0] == 42)
+		*best += 1e-9; /* the result is used */
+	return NULL;
+}
+
+static void cpu_speeds(double *ns, int n)
+{
+	for (int i = 0; i < n; i++) {
+		pthread_attr_t attr;
+		cpu_set_t set;
+		pthread_t t;
+
+		ns[i] = 0;
+		CPU_ZERO(&set);
+		CPU_SET(i, &set);
+		if (pthread_attr_init(&attr))
+			continue;
+		if (!pthread_attr_setaffinity_np(&attr, sizeof(set), &set) &&
+		    !pthread_create(&t, &attr, cpu_probe, &ns[i]))
+			pthread_join(t, NULL);
+		pthread_attr_destroy(&attr);
+	}
+}
+
+static void print_cpu_speeds(const char *when, const double *ns, int n, int cpu)
+{
+	double fast = 0, slow = 0;
+
+	printf("cpu speed %s: ns per iteration of a plain C loop,", when);
+	for (int i = 0; i < n; i++) {
+		if (ns[i] > 0)
+			printf(" cpu%d %.2f", i, ns[i]);
+		else
+			printf(" cpu%d -", i); /* not ours to run on */
+		if (ns[i] > 0 && (!fast || ns[i] < fast))
+			fast = ns[i];
+		if (ns[i] > slow)
+			slow = ns[i];
+	}
+	if (fast > 0 && slow > 1.15 * fast)
+		printf(" (the slowest is %.0f%% slower: a shared host; figures depend on the CPUs threads ran on, see taskset)",
+		       100 * (slow / fast - 1));
+	printf("; the main thread was on cpu%d\n", cpu);
+}
+
 /* CPU time used by this process so far, user + system, in seconds. */
 static double cpu_seconds(void)
 {
@@ -1468,6 +1546,9 @@ static void json_str(FILE *f, const char *s)
 
 struct machine {
 	double load_start, load_end; /* 1-minute load averages */
+	double cpu_ns[2][CPU_PROBE_MAX]; /* cpu_speeds at start and end */
+	int ncpu_probed;
+	int main_cpu[2]; /* where the main thread was then */
 	double cpu_s, wall_s; /* of the timed repetitions */
 	char cpu[256];
 	char blas[512];
@@ -1494,6 +1575,12 @@ static void write_json(const char *path, const struct machine *mc,
 	json_str(f, mc->blas);
 	fputs(", \"version\": ", f);
 	json_str(f, AG_BENCH_VERSION);
+	for (int w = 0; w < 2; w++) {
+		fprintf(f, ", \"cpu_loop_ns_%s\": [", w ? "end" : "start");
+		for (int i = 0; i < mc->ncpu_probed; i++)
+			fprintf(f, "%s%.3f", i ? ", " : "", mc->cpu_ns[w][i]);
+		fputs("]", f);
+	}
 	fputs("},\n  \"run\": {\"date\": ", f);
 	json_str(f, date);
 	fprintf(f,
@@ -1627,6 +1714,10 @@ static void print_table(const struct machine *mc, const struct config *c)
 	}
 	printf("peak RSS: %.1f MiB (getrusage; includes the triad's arrays)\n",
 	       (double)peak_rss_kib() / 1024);
+	print_cpu_speeds("at start", mc->cpu_ns[0], mc->ncpu_probed,
+			 mc->main_cpu[0]);
+	print_cpu_speeds("at end", mc->cpu_ns[1], mc->ncpu_probed,
+			 mc->main_cpu[1]);
 	printf("machine load: 1-min load average %.2f at start, %.2f at end on %ld CPUs; this process got %.2f CPU-s per wall-s while measuring%s\n",
 	       mc->load_start, mc->load_end, mc->cores,
 	       mc->wall_s > 0 ? mc->cpu_s / mc->wall_s : 0,
@@ -1888,6 +1979,10 @@ int main(int argc, char **argv)
 		}
 	}
 
+	mc.ncpu_probed = mc.cores < CPU_PROBE_MAX ? (int)mc.cores :
+						    CPU_PROBE_MAX;
+	cpu_speeds(mc.cpu_ns[0], mc.ncpu_probed);
+	mc.main_cpu[0] = sched_getcpu();
 	mc.load_start = load_avg();
 	mc.cpu_s = cpu_seconds();
 	mc.wall_s = now_s();
@@ -1928,6 +2023,8 @@ int main(int argc, char **argv)
 	mc.cpu_s = cpu_seconds() - mc.cpu_s;
 	mc.wall_s = now_s() - mc.wall_s;
 	mc.load_end = load_avg();
+	cpu_speeds(mc.cpu_ns[1], mc.ncpu_probed);
+	mc.main_cpu[1] = sched_getcpu();
 	if (tty)
 		fputc('\n', stderr);
 

@@ -337,7 +337,12 @@ METHOD = """\
 BENCHMARKS.md with libag's public API only and prints a table with median,
 min and max per figure, the CPU model, the ISA path (`AG_ISA` or `auto`),
 the BLAS and its core, `OPENBLAS_CORETYPE`, the thread counts, the peak
-RSS and the machine load while it measured.
+RSS and the machine load while it measured, and how fast each CPU runs
+a plain C loop at the start and at the end, with the CPU the main thread
+was on: on this shared host one virtual CPU is at times 25-35% slower than
+the other for minutes on end, and `chain` then measures 107-127 / 120-143
+ns per node on it against 70-74 / 89-96 on the other (`taskset -c N`
+picks one).
 
 ```
 ag-bench                        every workload, threads 1 and all CPUs,
