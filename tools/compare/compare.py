@@ -661,6 +661,26 @@ def main():
                       ".  The machine was shared and busy: every figure is "
                       "pessimistic, and the `best` values say more than the "
                       "medians" if max(LOADS) > (m["cores"] or 1) else ""))
+    speeds = {}
+    for d in docs["libag"]:
+        for key in ("cpu_loop_ns_start", "cpu_loop_ns_end"):
+            for i, v in enumerate(d.get("machine", {}).get(key) or []):
+                if v:
+                    speeds.setdefault(i, []).append(v)
+    if speeds:
+        fast = min(min(v) for v in speeds.values())
+        md.append("- **CPU speed** (ns per iteration of ag-bench's plain C "
+                  "loop pinned to each CPU, at the start and end of each "
+                  "libag run; lower is faster): %s.%s" % (
+                      ", ".join("cpu%d %.2f-%.2f" % (i, min(v), max(v))
+                                for i, v in sorted(speeds.items())),
+                      "  One CPU was at times %.0f%% slower than the "
+                      "fastest: the host is shared, and a figure depends "
+                      "on which CPU its thread ran on" % (
+                          100 * (max(max(v) for v in speeds.values()) /
+                                 fast - 1))
+                      if max(max(v) for v in speeds.values()) > 1.15 * fast
+                      else ""))
     md.append("")
     md.append("## Commands\n")
     md.append("```")
