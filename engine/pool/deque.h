@@ -50,14 +50,19 @@ struct ag_want {
 	const void *family;
 };
 
+/* Whether w accepts a task with these tags (the rule, wherever it is). */
+static inline bool ag__want_match(const struct ag_want *w, const void *tag,
+				  const void *family)
+{
+	return !w || tag == w->tag || (w->family && family == w->family);
+}
+
 static inline bool ag__deque_wants(struct ag_deque_slot *s,
 				   const struct ag_want *w)
 {
-	if (!w || atomic_load_explicit(&s->tag, memory_order_relaxed) == w->tag)
-		return true;
-	return w->family &&
-	       atomic_load_explicit(&s->family, memory_order_relaxed) ==
-		       w->family;
+	return ag__want_match(
+		w, atomic_load_explicit(&s->tag, memory_order_relaxed),
+		atomic_load_explicit(&s->family, memory_order_relaxed));
 }
 
 struct ag_deque_buf {

@@ -185,8 +185,7 @@ static struct ag_task *inj_take(const struct ag_want *want)
 		return NULL;
 	pthread_mutex_lock(&pool.inj_lock);
 	for (t = pool.inj_head; t; prev = t, t = t->next)
-		if (!want || t->group == want->tag ||
-		    (want->family && t->group->family == want->family))
+		if (ag__want_match(want, t->group, t->group->family))
 			break;
 	if (t) {
 		if (prev)

@@ -127,6 +127,16 @@ static struct trace_buf *buf_register(void)
 	return b;
 }
 
+/* A new chunk, written so that its pages fault in now, or NULL. */
+static struct trace_chunk *chunk_new(void)
+{
+	struct trace_chunk *c = malloc(sizeof(*c));
+
+	if (c)
+		memset(c, 0, sizeof(*c));
+	return c;
+}
+
 /* A written chunk, from the free list or else (slowly) new. */
 static struct trace_chunk *chunk_get(bool *stalled)
 {
@@ -141,11 +151,9 @@ static struct trace_chunk *chunk_get(bool *stalled)
 	pthread_mutex_unlock(&tr.chunk_lock);
 	if (!c) {
 		*stalled = true;
-		c = malloc(sizeof(*c));
+		c = chunk_new();
 		if (!c)
 			return NULL;
-		/* fault its pages in now, inside the stall */
-		memset(c, 0, sizeof(*c));
 	}
 	c->next = NULL;
 	c->n = 0;
@@ -274,10 +282,9 @@ static void reserve_chunks(void)
 			return;
 		}
 		pthread_mutex_unlock(&tr.chunk_lock);
-		c = malloc(sizeof(*c));
+		c = chunk_new();
 		if (!c)
 			return;
-		memset(c, 0, sizeof(*c));
 		chunks_put(c);
 	}
 }
