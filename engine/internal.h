@@ -224,6 +224,19 @@ _Static_assert(sizeof(struct ag_tensor) + 2 * AG_MAX_DIMS * sizeof(int64_t) <=
 _Static_assert(sizeof(struct ag_tensor) % _Alignof(struct ag_storage) == 0,
 	       "a storage after a tensor header is aligned");
 
+/*
+ * Drops what a tensor's autograd state holds (the state lives in the
+ * tensor).  Defined in autograd/, which owns what meta points to; the one
+ * call from core upward, made when a tensor is freed.
+ */
+void ag__meta_clear(struct ag_autograd_meta *m);
+
+/* Leaves that asked for it, and every tensor with a grad_fn. */
+static inline bool ag__requires_grad(const struct ag_tensor *t)
+{
+	return t->meta && (t->meta->requires_grad || t->meta->grad_fn);
+}
+
 /* Bytes of a tensor header with the geometry of ndim dims. */
 static inline size_t ag__tensor_bytes(int ndim)
 {
@@ -257,6 +270,19 @@ static inline bool ag__shape_eq(int n, const int64_t *a, const int64_t *b)
 static inline void *ag__data(const struct ag_tensor *t)
 {
 	return (char *)t->storage->data + t->offset * ag_dtype_size(t->dtype);
+}
+
+/*
+ * True when no one but the holder of this one reference can see t: the
+ * engine may then write into it or take it over (contiguous, plain,
+ * storage unshared).
+ */
+static inline bool ag__exclusive(const struct ag_tensor *t)
+{
+	return atomic_load_explicit(&t->refcount, memory_order_acquire) == 1 &&
+	       atomic_load_explicit(&t->storage->refcount,
+				    memory_order_acquire) == 1 &&
+	       !t->meta && ag_tensor_is_contiguous(t);
 }
 
 /*

@@ -33,7 +33,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "autograd/graph.h"
+#include <ag/autograd.h>
+
 #include "internal.h"
 
 enum {
@@ -417,7 +418,7 @@ int ag_tensor_print(const struct ag_tensor *t, FILE *f)
 	}
 	if (t->meta && t->meta->grad_fn) {
 		snprintf(grad_buf, sizeof(grad_buf), "grad_fn=<%s>",
-			 t->meta->grad_fn->ops->name);
+			 ag_node_name(t->meta->grad_fn));
 		suf[nsuf++] = grad_buf;
 	} else if (ag__requires_grad(t)) {
 		suf[nsuf++] = "requires_grad=True";

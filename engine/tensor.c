@@ -15,7 +15,6 @@
 #include <ag/pool.h>
 
 #include "internal.h"
-#include "autograd/graph.h"
 #include "simd.h"
 
 /*

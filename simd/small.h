@@ -133,4 +133,23 @@ AG_K_SMALL(double, f64)
 
 #undef AG_K_SMALL
 
+/*
+ * y = a op b over n elements at the given increments, in doubles when f64
+ * else floats: the inline loop for short spans, the vector kernel past
+ * them.  The one entry point for callers that hold a dtype flag (the ops'
+ * drivers and the engine's gradient sums).
+ */
+static inline void ag_k_binary_span(bool f64, enum ag_k_binary op, int64_t n,
+				    const void *a, int64_t ia, const void *b,
+				    int64_t ib, void *y, int64_t iy)
+{
+	if (!f64) {
+		if (!ag_k_small_binary_f32(op, n, a, ia, b, ib, y, iy))
+			ag_k_binary_f32(op, n, a, ia, b, ib, y, iy);
+	} else {
+		if (!ag_k_small_binary_f64(op, n, a, ia, b, ib, y, iy))
+			ag_k_binary_f64(op, n, a, ia, b, ib, y, iy);
+	}
+}
+
 #endif /* AG_SIMD_SMALL_H */

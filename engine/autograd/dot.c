@@ -9,7 +9,6 @@
 
 #include "graph.h"
 
-extern const struct ag_node_ops ag__accumulate_ops;
 
 struct seen {
 	struct ag_node **keys;

@@ -29,7 +29,6 @@
 #include <ag/ops.h>
 
 #include "graph.h"
-#include "../ops/ops.h"
 
 struct capture {
 	struct ag_node *node;
@@ -419,34 +418,6 @@ static int prune(struct ag_graph_task *gt)
 	return 0;
 }
 
-/*
- * slot += g, taking over the reference to g.  In place when nothing else
- * can see the slot's tensor and no graph is being built.
- */
-int ag__grad_sum_into(struct ag_tensor **slot, struct ag_tensor *g)
-{
-	struct ag_tensor *sum;
-
-	if (!g)
-		return 0;
-	if (!*slot) {
-		*slot = g;
-		return 0;
-	}
-	if (!ag__mode.grad && ag__exclusive(*slot)) {
-		ag__acc_into(*slot, g);
-		ag_tensor_put(g);
-		return 0;
-	}
-	sum = ag__add_plain(*slot, g);
-	ag_tensor_put(g);
-	if (!sum)
-		return -ag_errcode();
-	ag_tensor_put(*slot);
-	*slot = sum;
-	return 0;
-}
-
 static void node_task_run(struct ag_task *t);
 
 /* Drops the kept gradients of a node that will not run (errors). */
@@ -741,7 +712,7 @@ static int retain_grad(struct ag_grad_cell *c, struct ag_tensor *g)
 	if (!old)
 		r = ag__mode.grad ? ag_tensor_get(g) : ag__contiguous_copy(g);
 	else
-		r = ag__add_plain(old, g);
+		r = ag__grad_add(old, g);
 	if (r) {
 		c->grad = r;
 		ag_tensor_put(old);

@@ -225,21 +225,30 @@ struct ag_node *ag__node_alloc(const struct ag_node_ops *ops, size_t size,
 void ag__node_get(struct ag_node *n);
 void ag__node_put(struct ag_node *n);
 
-/* A leaf's AccumulateGrad node, summing into cell (ops/accumulate.c). */
+/* A leaf's AccumulateGrad node, summing into cell (accumulate.c). */
 struct ag_node *ag__accumulate_new(struct ag_tensor *t, struct ag_grad_cell *c);
+extern const struct ag_node_ops ag__accumulate_ops;
+
+/* ---- summing gradients (grad_sum.c) ---- */
+
+/* dst += src, same dtype and shape; dst exclusively owned, not recorded. */
+void ag__acc_into(struct ag_tensor *dst, struct ag_tensor *src);
+/*
+ * a + b of one dtype and shape as a new tensor; through the recorded
+ * ag_add when grad mode is on (create_graph), so the sum is differentiable.
+ */
+struct ag_tensor *ag__grad_add(struct ag_tensor *a, struct ag_tensor *b);
+/*
+ * *slot += g, taking over the reference to g.  In place when nothing else
+ * can see the slot's tensor and no graph is being built.
+ */
+int ag__grad_sum_into(struct ag_tensor **slot, struct ag_tensor *g);
 
 /* ---- autograd state of a tensor ---- */
 
-/* Drops what the tensor's autograd state holds (the state lives in it). */
-void ag__meta_clear(struct ag_autograd_meta *m);
 struct ag_autograd_meta *ag__meta(struct ag_tensor *t); /* creates */
 /* The tensor's grad cell (.grad), created on first use; NULL on OOM. */
 struct ag_grad_cell *ag__meta_cell(struct ag_autograd_meta *m);
-
-static inline bool ag__requires_grad(const struct ag_tensor *t)
-{
-	return t->meta && (t->meta->requires_grad || t->meta->grad_fn);
-}
 
 /* The node and input number a gradient for t flows to; node NULL if none. */
 struct ag_edge ag__grad_edge(struct ag_tensor *t);

@@ -286,7 +286,6 @@ int ag_tensor_zero_grad(struct ag_tensor *t)
  * The leaf's AccumulateGrad, created on first use; racing creators agree
  * on one through the CAS.
  */
-extern const struct ag_node_ops ag__accumulate_ops;
 
 static struct ag_node *grad_accumulator(struct ag_tensor *t)
 {

@@ -109,13 +109,7 @@ static void k_binary(enum ag_dtype dt, enum ag_k_binary op, int64_t n,
 		     const void *a, int64_t ia, const void *b, int64_t ib,
 		     void *y, int64_t iy)
 {
-	if (dt == AG_F32) {
-		if (!ag_k_small_binary_f32(op, n, a, ia, b, ib, y, iy))
-			ag_k_binary_f32(op, n, a, ia, b, ib, y, iy);
-	} else {
-		if (!ag_k_small_binary_f64(op, n, a, ia, b, ib, y, iy))
-			ag_k_binary_f64(op, n, a, ia, b, ib, y, iy);
-	}
+	ag_k_binary_span(dt == AG_F64, op, n, a, ia, b, ib, y, iy);
 }
 
 void ag__k_unary_bwd(enum ag_dtype dt, enum ag_k_unary op, int64_t n,
@@ -247,27 +241,6 @@ void ag__binary_into(enum ag_k_binary op, struct ag_tensor *dst,
 	binary_rows(op, dst->ndim, dst->shape, dst, dst->strides, src, ss, dst);
 }
 
-void ag__acc_into(struct ag_tensor *dst, struct ag_tensor *src)
-{
-	/* gradients of one slot mostly agree in shape and are dense */
-	if (dst->ndim == src->ndim &&
-	    ag__shape_eq(dst->ndim, dst->shape, src->shape) &&
-	    flat2(dst, src)) {
-		k_binary(dst->dtype, AG_K_ADD, dst->numel, ag__data(dst), 1,
-			 ag__data(src), 1, ag__data(dst), 1);
-		return;
-	}
-	ag__binary_into(AG_K_ADD, dst, src);
-}
-
-bool ag__exclusive(const struct ag_tensor *t)
-{
-	return atomic_load_explicit(&t->refcount, memory_order_acquire) == 1 &&
-	       atomic_load_explicit(&t->storage->refcount,
-				    memory_order_acquire) == 1 &&
-	       !t->meta && ag_tensor_is_contiguous(t);
-}
-
 struct ag_tensor *ag__unary_bwd(enum ag_k_unary op, const struct ag_k_params *p,
 				struct ag_tensor **gp, struct ag_tensor *x,
 				struct ag_tensor *y)
@@ -363,13 +336,6 @@ struct ag_tensor *ag__lanes_result(struct ag_tensor *kept, int dim,
 	r = ag__tensor_on(kept->storage, kept->dtype, n, shape);
 	ag_tensor_put(kept);
 	return r;
-}
-
-struct ag_tensor *ag__add_plain(struct ag_tensor *a, struct ag_tensor *b)
-{
-	if (ag__mode.grad)
-		return ag_add(a, b);
-	return ag__binary_fwd("ag_add", AG_K_ADD, a, b);
 }
 
 struct ag_tensor *ag__sum_to(struct ag_tensor *g, int ndim,

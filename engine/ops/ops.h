@@ -56,11 +56,6 @@ void ag__binary_into(enum ag_k_binary op, struct ag_tensor *dst,
 void ag__unary_into(enum ag_k_unary op, const struct ag_k_params *p,
 		    struct ag_tensor *dst);
 /*
- * True when no one but the holder of this one reference can see t: the
- * engine may then write into it (contiguous, plain, storage unshared).
- */
-bool ag__exclusive(const struct ag_tensor *t);
-/*
  * gx = g * f'(x, y) with the fused kernel; contiguous result.  Takes *gp
  * over (and sets it NULL) when it is exclusive and writes gx into it.
  */
@@ -98,16 +93,9 @@ struct ag_tensor *ag__lanes_out(const char *fn, struct ag_tensor *x, int dim);
 struct ag_tensor *ag__lanes_result(struct ag_tensor *kept, int dim,
 				   bool keepdim);
 
-/* dst += src, same shape; dst contiguous and exclusively owned. */
-void ag__acc_into(struct ag_tensor *dst, struct ag_tensor *src);
-/* a + b through the recorded op when grad mode is on. */
-struct ag_tensor *ag__add_plain(struct ag_tensor *a, struct ag_tensor *b);
 /* Sums a broadcast gradient down to (ndim, shape); differentiable. */
 struct ag_tensor *ag__sum_to(struct ag_tensor *g, int ndim,
 			     const int64_t *shape);
-int ag__grad_sum_into(struct ag_tensor **slot, struct ag_tensor *g);
-
-extern const struct ag_node_ops ag__accumulate_ops;
 
 /* 1 where x > 0, else 0, as a plain (unrecorded) tensor. */
 struct ag_tensor *ag__positive_mask(struct ag_tensor *x);

@@ -9,15 +9,9 @@
 
 #include <ag/mode.h>
 
-#include "ops.h"
+#include <ag/ops.h>
 
-static bool stealable(const struct ag_tensor *g)
-{
-	return atomic_load_explicit(&g->refcount, memory_order_acquire) == 1 &&
-	       atomic_load_explicit(&g->storage->refcount,
-				    memory_order_acquire) == 1 &&
-	       !g->meta && ag_tensor_is_contiguous(g);
-}
+#include "graph.h"
 
 struct acc_node {
 	struct ag_node node;
@@ -40,7 +34,7 @@ static int accumulate_apply(struct ag_node *n, struct ag_tensor **grads,
 	if (c->orphan) {
 		/* the leaf is gone: nobody can read its .grad */
 	} else if (!old) {
-		if (ag__mode.grad || stealable(g)) {
+		if (ag__mode.grad || ag__exclusive(g)) {
 			c->grad = g; /* keep its graph under create_graph */
 			grads[0] = NULL;
 		} else {
