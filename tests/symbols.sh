@@ -32,7 +32,7 @@ count=$(printf '%s\n' "$syms" | grep -c -E '^(ag|AG)_' || true)
 undeclared=
 if [ -n "$hdrs" ]; then
 	for s in $(printf '%s\n' "$syms" | grep -E '^(ag|AG)_[^_]' || true); do
-		grep -q -w -r --include='*.h' -e "$s" "$hdrs" ||
+		grep -q -w -r --include='*.h' --include='*.h.in' -e "$s" "$hdrs" ||
 			undeclared="$undeclared $s"
 	done
 fi

@@ -9,7 +9,6 @@
 
 #include "graph.h"
 
-
 struct seen {
 	struct ag_node **keys;
 	size_t *ids;

@@ -8,5 +8,8 @@
 #include <ag/ops.h>
 #include <ag/autograd.h>
 #include <ag/function.h>
+#include <ag/pool.h>
+#include <ag/trace.h>
+#include <ag/version.h>
 
 #endif /* AG_AG_H */
