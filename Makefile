@@ -1,7 +1,7 @@
 # Thin wrapper over meson.  `make demo` and `make check` install what is
 # missing (as root on Debian), configure, build and run.
 
-DEB_PKGS := meson ninja-build pkg-config gcc clang libsleef-dev \
+DEB_PKGS := meson ninja-build pkg-config gcc clang clang-format libsleef-dev \
 	libcriterion-dev libopenblas-dev
 MESON_CI := -Dwerror=true --buildtype=debugoptimized
 ASAN_OPTS := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
@@ -9,7 +9,7 @@ ASAN_OPTS := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 TSAN_OPTS := TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
 
 .PHONY: all deps build demo check check-normal check-clang check-asan \
-	check-tsan format clean
+	check-tsan check-format format clean
 
 all: build
 
@@ -61,7 +61,11 @@ check-tsan: deps
 	ninja -C build-tsan
 	$(TSAN_OPTS) meson test -C build-tsan --print-errorlogs --suite tsan
 
-check: check-normal check-clang check-asan check-tsan
+# every C file of the repository formatted as .clang-format says
+check-format: deps
+	git ls-files '*.c' '*.h' | xargs clang-format --dry-run --Werror
+
+check: check-format check-normal check-clang check-asan check-tsan
 	@echo "make check: all suites passed"
 
 format:

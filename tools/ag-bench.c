@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 /*
- * ag-bench: the workloads of BENCHMARKS.md (chain, elementwise, wide, mlp)
+ * ag-bench: the workloads of docs/benchmarks.md (chain, elementwise, wide, mlp)
  * and the machine limits (STREAM-style triad, 1024^3 SGEMM, and wide's
  * backward memory traffic as a bare loop), written against libag's public
  * API only.  See docs/perf.md for what each figure
@@ -385,7 +385,7 @@ static void chain_run(struct chain_state *st, const struct config *c,
 		char name[32];
 		double f, b, nodes = 3.0 * (double)c->chain_n + 1;
 
-		/* a length other than BENCHMARKS.md's is part of the case */
+		/* a length other than docs/benchmarks.md's is part of the case */
 		if (c->chain_n == 10000 || c->quick)
 			snprintf(name, sizeof(name), "S=%lld",
 				 (long long)c->chain_s[i]);
@@ -1757,7 +1757,7 @@ static const struct {
 static void usage(FILE *f)
 {
 	fputs("usage: ag-bench [options]\n"
-	      "Runs the workloads of BENCHMARKS.md with libag and prints median/min/max.\n"
+	      "Runs the workloads of docs/benchmarks.md with libag and prints median/min/max.\n"
 	      "  --workload NAME   chain, elementwise, wide, mlp, limits (= triad + gemm\n"
 	      "                    + wide-loop), triad, gemm or wide-loop; repeatable\n"
 	      "                    (default: all)\n"
@@ -1767,7 +1767,7 @@ static void usage(FILE *f)
 	      "  --json FILE       also write the figures as JSON ('-' = stdout)\n"
 	      "  --trace FILE      Perfetto/Chrome trace of one wide backward (needs ag/trace.h)\n"
 	      "  --quick           tiny sizes plus gradient checks (exit 1 on a mismatch)\n"
-	      "  --chain-steps N   chain length (default 10000, BENCHMARKS.md): shows\n"
+	      "  --chain-steps N   chain length (default 10000, docs/benchmarks.md): shows\n"
 	      "                    how the cost per node depends on the graph's footprint\n"
 	      "  --help            this text\n",
 	      f);

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 /*
  * kbench: throughput of the simd kernels on one thread, every ISA path this
- * CPU runs, f32 over 2^22 elements (the BENCHMARKS.md elementwise size).
+ * CPU runs, f32 over 2^22 elements (the docs/benchmarks.md elementwise size).
  * Prints ns/element and GB/s (bytes read + written / time), best of 9
  * (the build machines are shared; the best run is the least disturbed).
  *

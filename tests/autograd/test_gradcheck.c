@@ -319,7 +319,7 @@ static struct ag_tensor *values(const double *v, int64_t n)
 	return t;
 }
 
-/* The rest of API.md's unary ops: first and second derivatives. */
+/* The rest of the unary ops of include/ag/ops.h: first and second derivatives. */
 Test(gradcheck, unary_more)
 {
 	/* away from clamp's bounds (+-0.5) and from 0 */

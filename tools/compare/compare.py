@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""libag against PyTorch on the BENCHMARKS.md workloads, in one run.
+"""libag against PyTorch on the docs/benchmarks.md workloads, in one run.
 
 Runs `ag-bench --json` and tools/compare/torch_bench.py (the same workloads
 in PyTorch) interleaved: in each round every configuration runs once, the
@@ -334,7 +334,7 @@ METHOD = """\
 ## ag-bench
 
 `ag-bench` (tools/ag-bench.c, installed with libag) runs the workloads of
-BENCHMARKS.md with libag's public API only and prints a table with median,
+docs/benchmarks.md with libag's public API only and prints a table with median,
 min and max per figure, the CPU model, the ISA path (`AG_ISA` or `auto`),
 the BLAS and its core, `OPENBLAS_CORETYPE`, the thread counts, the peak
 RSS and the machine load while it measured, and how fast each CPU runs
@@ -440,7 +440,7 @@ against `torch.mm`.
 
 def main():
     ap = argparse.ArgumentParser(
-        description="libag vs PyTorch on the BENCHMARKS.md workloads")
+        description="libag vs PyTorch on the docs/benchmarks.md workloads")
     ap.add_argument("--ag-bench", help="path to ag-bench "
                     "(default: build/tools/ag-bench, then $PATH)")
     ap.add_argument("--threads", default=None,

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 /*
- * The BENCHMARKS.md workloads through libtorch's C++ API: the same graphs,
+ * The docs/benchmarks.md workloads through libtorch's C++ API: the same graphs,
  * sizes, timing boundaries and JSON as ag-bench and torch_bench.py, without
  * Python's per-op overhead.  Built and run by compare.py (--cpp):
  *

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""The BENCHMARKS.md workloads in PyTorch, written to match ag-bench.
+"""The docs/benchmarks.md workloads in PyTorch, written to match ag-bench.
 
 Same sizes, same op graph, same timing boundaries and the same JSON as
 `ag-bench --json`, so tools/compare/compare.py can pair the figures.  Run by
