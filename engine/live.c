@@ -53,12 +53,36 @@ static void live_fork_release(void)
 	pthread_mutex_unlock(&live_lock);
 }
 
+/*
+ * Only the forking thread lives on in the child, but the others' counts
+ * stay in the list, in memory glibc hands to the child's next threads as
+ * their stacks and static TLS: a new thread would zero a listed block and
+ * lose its counts (a worker's -1 for a tensor the main thread made showed
+ * up as a leak).  Fold every other block into the retired totals and keep
+ * only this thread's.
+ */
+static void live_fork_child(void)
+{
+	struct ag_live_counts *self = &ag__live_tls;
+
+	for (struct ag_live_counts *c = live_head; c; c = c->next) {
+		if (c == self)
+			continue;
+		for (int k = 0; k < AG_LIVE_KINDS; k++)
+			retired[k] += atomic_load_explicit(
+				&c->n[k], memory_order_relaxed);
+	}
+	live_head = self->registered ? self : NULL;
+	self->prev = self->next = NULL;
+	pthread_mutex_unlock(&live_lock);
+}
+
 static void live_init(void)
 {
 	/* nothing to do without the key: counts are then never retired */
 	if (pthread_key_create(&live_key, live_retire))
 		live_key = (pthread_key_t)-1;
-	pthread_atfork(live_fork_prepare, live_fork_release, live_fork_release);
+	pthread_atfork(live_fork_prepare, live_fork_release, live_fork_child);
 }
 
 void ag__live_register(struct ag_live_counts *c)

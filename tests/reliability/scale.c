@@ -175,6 +175,7 @@ static int oom_child(void)
 {
 	struct rlimit rl = { 512L << 20, 512L << 20 };
 	int64_t n = 1 << 17; /* f64: 1 MiB */
+	char msg[256];
 	struct ag_tensor *x, *y;
 	int code = 0;
 
@@ -196,11 +197,12 @@ static int oom_child(void)
 	}
 	if (code != AG_ENOMEM || !*ag_errmsg())
 		return 12;
+	snprintf(msg, sizeof(msg), "%s", ag_errmsg());
 	ag_tensor_put(y);
 	ag_tensor_put(x);
 	if (!no_leaks())
-		printf("# child: %ld tensors, %ld storages, %ld nodes, %ld bytes\n",
-		       ag__live_tensors(), ag__live_storages(),
+		printf("# child: after '%s': %ld tensors, %ld storages, %ld nodes, %ld bytes\n",
+		       msg, ag__live_tensors(), ag__live_storages(),
 		       ag__live_nodes(), ag__live_bytes());
 	fflush(stdout);
 	return no_leaks() ? 0 : 13;
