@@ -2,7 +2,7 @@
 # missing (as root on Debian), configure, build and run.
 
 DEB_PKGS := meson ninja-build pkg-config gcc clang clang-format libsleef-dev \
-	libcriterion-dev libopenblas-dev
+	libcriterion-dev libopenblas-dev valgrind
 MESON_CI := -Dwerror=true --buildtype=debugoptimized
 ASAN_OPTS := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
@@ -53,7 +53,7 @@ check-asan: deps
 		-Db_sanitize=address,undefined -Db_lundef=false
 	ninja -C build-asan
 	$(ASAN_OPTS) meson test -C build-asan --print-errorlogs --no-suite tsan \
-		--no-suite bench
+		--no-suite bench --no-suite valgrind
 
 check-tsan: deps
 	[ -f build-tsan/build.ninja ] || CC=clang meson setup build-tsan \
