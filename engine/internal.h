@@ -379,6 +379,8 @@ bool ag__walk_next(struct ag_walk *w);
 struct ag_scope;
 struct ag_scope *ag__scope_suspend(void);
 void ag__scope_resume(struct ag_scope *s);
+/* References a scope holds (tests: which results went where). */
+size_t ag__scope_count(const struct ag_scope *s);
 struct ag_tensor *ag__contiguous_copy(struct ag_tensor *t);
 
 #endif /* AG_ENGINE_INTERNAL_H */

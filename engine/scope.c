@@ -86,3 +86,8 @@ void ag__scope_resume(struct ag_scope *s)
 {
 	scope_top = s;
 }
+
+size_t ag__scope_count(const struct ag_scope *s)
+{
+	return s->n;
+}

@@ -191,3 +191,25 @@ Test(scope, per_thread)
 	ag_tensor_put(r.t);
 	AG_ASSERT_NO_LEAKS();
 }
+
+/*
+ * An op composed of other ops (var_dim: mean, sub, mul, sum) puts its
+ * steps itself; inside a scope they used to be recorded there too, and
+ * the scope's end put them again (a use after free, found by fuzz_views).
+ */
+Test(scope, composite_op_steps_stay_out_of_the_scope)
+{
+	struct ag_scope *s = ag_scope_begin();
+	struct ag_tensor *x = ag_arange(AG_F64, 0, 6, 1);
+	struct ag_tensor *v = ag_var_dim(ag_reshape(x, 2, s23), 1, true, false);
+
+	cr_assert_not_null(v, "%s", ag_errmsg());
+	cr_expect_eq(ag_tensor_numel(v), 2);
+	cr_expect_eq(ag__get(v, 0), 1.0); /* var of 0 1 2 */
+	cr_expect_eq(ag__get(v, 1), 1.0);
+	/* x, the reshape and v: nothing else is the scope's to put */
+	cr_expect_eq(ag__scope_count(s), 3);
+	cr_expect_eq(ag__live_tensors(), 3);
+	ag_scope_end(s);
+	AG_ASSERT_NO_LEAKS();
+}
