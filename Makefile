@@ -7,9 +7,14 @@ MESON_CI := -Dwerror=true --buildtype=debugoptimized
 ASAN_OPTS := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 TSAN_OPTS := TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+# seconds per fuzz target in make check; `make check-fuzz FUZZ_SECONDS=3600`
+# for a long run
+FUZZ_SECONDS := 30
+FUZZ_OPTS := ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
 .PHONY: all deps build demo check check-normal check-clang check-asan \
-	check-tsan check-format format clean
+	check-tsan check-format check-fuzz format clean
 
 all: build
 
@@ -65,11 +70,26 @@ check-tsan: deps
 check-format: deps
 	git ls-files '*.c' '*.h' | xargs clang-format --dry-run --Werror
 
-check: check-format check-normal check-clang check-asan check-tsan
+# Each libFuzzer target for FUZZ_SECONDS from the committed seeds; new
+# inputs it finds stay in build-fuzz/, a crash leaves crash-* there.
+check-fuzz: deps
+	[ -f build-fuzz/build.ninja ] || CC=clang meson setup build-fuzz \
+		$(MESON_CI) -Dtests=false -Dfuzz=true \
+		-Db_sanitize=address,undefined -Db_lundef=false
+	ninja -C build-fuzz
+	for t in views ops; do \
+		mkdir -p build-fuzz/corpus-$$t && \
+		$(FUZZ_OPTS) build-fuzz/tests/fuzz/fuzz_$$t \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \
+			-artifact_prefix=build-fuzz/ -print_final_stats=1 \
+			build-fuzz/corpus-$$t tests/fuzz/corpus/$$t || exit 1; \
+	done
+
+check: check-format check-normal check-clang check-asan check-tsan check-fuzz
 	@echo "make check: all suites passed"
 
 format:
 	git ls-files '*.c' '*.h' | xargs clang-format -i
 
 clean:
-	rm -rf build build-clang build-asan build-tsan
+	rm -rf build build-clang build-asan build-tsan build-fuzz
