@@ -98,6 +98,15 @@ AG_API struct ag_tensor *ag_expand(struct ag_tensor *a, int ndim,
 AG_API struct ag_tensor *ag_unsqueeze(struct ag_tensor *a, int dim);
 AG_API struct ag_tensor *ag_squeeze(struct ag_tensor *a, int dim);
 
+/* joining, indexing and selection */
+/*
+ * a converted to dtype.  Differentiable between f32 and f64; a conversion
+ * to or from AG_I64 is not (its result does not require grad).  Floats go
+ * to i64 rounded toward zero; NaN and values out of i64's range give
+ * INT64_MIN.  The same dtype returns a new reference to a itself.
+ */
+AG_API struct ag_tensor *ag_to(struct ag_tensor *a, enum ag_dtype dtype);
+
 /* linear algebra */
 AG_API struct ag_tensor *ag_matmul(struct ag_tensor *a, struct ag_tensor *b);
 
