@@ -100,12 +100,30 @@ AG_API struct ag_tensor *ag_squeeze(struct ag_tensor *a, int dim);
 
 /* joining, indexing and selection */
 /*
+ * a where cond is nonzero, else b; cond of any dtype, the three
+ * broadcast together.  The gradient goes to a where cond, to b elsewhere.
+ */
+AG_API struct ag_tensor *ag_where(struct ag_tensor *cond, struct ag_tensor *a,
+				  struct ag_tensor *b);
+/*
+ * Index (AG_I64) of the first maximum along dim; a NaN counts as the
+ * maximum, as torch.  An empty dim is refused.  Not differentiable.
+ */
+AG_API struct ag_tensor *ag_argmax(struct ag_tensor *a, int dim, bool keepdim);
+/*
  * a converted to dtype.  Differentiable between f32 and f64; a conversion
  * to or from AG_I64 is not (its result does not require grad).  Floats go
  * to i64 rounded toward zero; NaN and values out of i64's range give
  * INT64_MIN.  The same dtype returns a new reference to a itself.
  */
 AG_API struct ag_tensor *ag_to(struct ag_tensor *a, enum ag_dtype dtype);
+/*
+ * a == b, a < b, a > b elementwise (same dtype, broadcast), as 1 or 0 in
+ * that dtype.  Not recorded: the result never requires grad.
+ */
+AG_API struct ag_tensor *ag_eq(struct ag_tensor *a, struct ag_tensor *b);
+AG_API struct ag_tensor *ag_lt(struct ag_tensor *a, struct ag_tensor *b);
+AG_API struct ag_tensor *ag_gt(struct ag_tensor *a, struct ag_tensor *b);
 
 /* linear algebra */
 AG_API struct ag_tensor *ag_matmul(struct ag_tensor *a, struct ag_tensor *b);
