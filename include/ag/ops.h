@@ -22,6 +22,12 @@ AG_API struct ag_tensor *ag_div(struct ag_tensor *a, struct ag_tensor *b);
  */
 AG_API struct ag_tensor *ag_maximum(struct ag_tensor *a, struct ag_tensor *b);
 AG_API struct ag_tensor *ag_minimum(struct ag_tensor *a, struct ag_tensor *b);
+/*
+ * a to the power b.  As torch 1.13 at a zero base: a's gradient
+ * b * a^(b-1) is 0 where b == 0, and b's gradient a^b * log(a) is 0 where
+ * a == 0 and b >= 0 (NaN for a negative base, as log).
+ */
+AG_API struct ag_tensor *ag_pow(struct ag_tensor *a, struct ag_tensor *b);
 
 /* with a scalar */
 AG_API struct ag_tensor *ag_add_scalar(struct ag_tensor *a, double s);
