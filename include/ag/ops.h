@@ -106,6 +106,14 @@ AG_API struct ag_tensor *ag_squeeze(struct ag_tensor *a, int dim);
 
 /* joining, indexing and selection */
 /*
+ * The n tensors (one dtype) joined along dim: they must agree in every
+ * other dim.  As torch 1.13, a 1-d tensor of shape [0] is skipped whatever
+ * the others' dims; the result of only such tensors is [0].
+ */
+AG_API struct ag_tensor *ag_cat(struct ag_tensor *const *ts, int n, int dim);
+/* The n tensors (one shape and dtype) stacked along a new dim. */
+AG_API struct ag_tensor *ag_stack(struct ag_tensor *const *ts, int n, int dim);
+/*
  * a where cond is nonzero, else b; cond of any dtype, the three
  * broadcast together.  The gradient goes to a where cond, to b elsewhere.
  */
