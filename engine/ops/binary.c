@@ -357,8 +357,7 @@ static struct ag_tensor *binary(const char *fn, const struct ag_node_ops *ops,
 	} else if (op == AG_K_DIV) {
 		save_a = ag__requires_grad(b);
 		save_b = true;
-	} else if (op == AG_K_MAXIMUM || op == AG_K_MINIMUM ||
-		   op == AG_K_POW) {
+	} else if (op == AG_K_MAXIMUM || op == AG_K_MINIMUM || op == AG_K_POW) {
 		save_a = save_b = true; /* which one is larger */
 	}
 	if ((save_a && ag__save(&n->node, 0, a, false, 0)) ||

@@ -31,9 +31,11 @@ static void convert(const struct ag_tensor *a, struct ag_tensor *out)
 			int64_t o = w.off[0] + i * w.inc[0];
 
 			if (a->dtype == AG_I64 && out->dtype == AG_F32)
-				((float *)q)[k] = (float)((const int64_t *)p)[o];
+				((float *)q)[k] =
+					(float)((const int64_t *)p)[o];
 			else if (a->dtype == AG_I64)
-				((double *)q)[k] = (double)((const int64_t *)p)[o];
+				((double *)q)[k] =
+					(double)((const int64_t *)p)[o];
 			else if (out->dtype == AG_I64)
 				((int64_t *)q)[k] = to_i64(
 					a->dtype == AG_F32 ?

@@ -21,16 +21,16 @@ static int check_index_dtype(const char *fn, const struct ag_tensor *idx)
 {
 	if (idx->dtype == AG_I64)
 		return 0;
-	return ag__err(AG_EDTYPE, "%s: index must be an i64 tensor, got %s",
-		       fn, ag_dtype_name(idx->dtype));
+	return ag__err(AG_EDTYPE, "%s: index must be an i64 tensor, got %s", fn,
+		       ag_dtype_name(idx->dtype));
 }
 
 /*
  * idx's values as a dense array (*copy holds them when idx is not
  * contiguous), each checked to lie in [0, bound).
  */
-static const int64_t *index_data(const char *fn, struct ag_tensor *idx,
-				 int dim, int64_t bound, struct ag_tensor **copy)
+static const int64_t *index_data(const char *fn, struct ag_tensor *idx, int dim,
+				 int64_t bound, struct ag_tensor **copy)
 {
 	const int64_t *v;
 
@@ -67,8 +67,8 @@ static int dims_of(const struct ag_tensor *t, int64_t *shape, int64_t *strides)
 }
 
 /* Sizes before and after dim of a contiguous layout. */
-static void outer_inner(int ndim, const int64_t *shape, int dim,
-			int64_t *outer, int64_t *inner)
+static void outer_inner(int ndim, const int64_t *shape, int dim, int64_t *outer,
+			int64_t *inner)
 {
 	*outer = *inner = 1;
 	for (int d = 0; d < ndim; d++) {
@@ -125,8 +125,9 @@ static void add_rows(int64_t r0, int64_t r1, void *arg)
 			if (t < r0 || t >= r1)
 				continue;
 			if (c->dt == AG_F32)
-				ag_k_acc_f32(c->inner, (const float *)c->src + s,
-					     1, (float *)c->out + d, 1);
+				ag_k_acc_f32(c->inner,
+					     (const float *)c->src + s, 1,
+					     (float *)c->out + d, 1);
 			else
 				ag_k_acc_f64(c->inner,
 					     (const double *)c->src + s, 1,
@@ -305,8 +306,8 @@ struct ag_tensor *ag_index_select(struct ag_tensor *a, int dim,
 	if (idx->ndim > 1 || (!a->ndim && idx->numel != 1)) {
 		ag__err(AG_ESHAPE,
 			"%s: index must be 0-d or 1-d (one element for a 0-d input), got %s",
-			fn, ag__shape_str(buf, sizeof(buf), idx->ndim,
-					  idx->shape));
+			fn,
+			ag__shape_str(buf, sizeof(buf), idx->ndim, idx->shape));
 		return NULL;
 	}
 	iv = index_data(fn, idx, dim, a->ndim ? a->shape[dim] : 1, &ic);
@@ -334,8 +335,8 @@ struct pos_walk {
 	int64_t off[3]; /* with 0 along dim */
 };
 
-static void walk_init(struct pos_walk *w, int nd, const int64_t *shape,
-		      int dim, int nt, struct ag_tensor *const *t)
+static void walk_init(struct pos_walk *w, int nd, const int64_t *shape, int dim,
+		      int nt, struct ag_tensor *const *t)
 {
 	int64_t sh[AG_MAX_DIMS];
 
@@ -416,14 +417,13 @@ static int check_gather_shapes(const char *fn, struct ag_tensor *a, int dim,
 static int gather_scatter_args(const char *fn, struct ag_tensor *a, int *dim,
 			       struct ag_tensor *idx, struct ag_tensor *src)
 {
-	if (check_index_dtype(fn, idx) ||
-	    ag__wrap_dim(fn, *dim, a->ndim, dim))
+	if (check_index_dtype(fn, idx) || ag__wrap_dim(fn, *dim, a->ndim, dim))
 		return -ag_errcode();
 	if (src && src->dtype != a->dtype)
-		return ag__err(AG_EDTYPE,
-			       "%s: src has dtype %s, expected %s (the input's)",
-			       fn, ag_dtype_name(src->dtype),
-			       ag_dtype_name(a->dtype));
+		return ag__err(
+			AG_EDTYPE,
+			"%s: src has dtype %s, expected %s (the input's)", fn,
+			ag_dtype_name(src->dtype), ag_dtype_name(a->dtype));
 	return check_gather_shapes(fn, a, *dim, idx, src);
 }
 
@@ -471,8 +471,7 @@ static const struct ag_node_ops scatter_add_ops = {
 	.saved_names = saved_index,
 };
 
-struct ag_tensor *ag_gather(struct ag_tensor *a, int dim,
-			    struct ag_tensor *idx)
+struct ag_tensor *ag_gather(struct ag_tensor *a, int dim, struct ag_tensor *idx)
 {
 	const char *fn = "ag_gather";
 	struct ag_tensor *ic, *out, *t[1];
@@ -517,9 +516,9 @@ static void add_elem(enum ag_dtype dt, char *dst, int64_t d, const char *src,
 	else if (dt == AG_F64)
 		((double *)dst)[d] += ((const double *)src)[s];
 	else /* wraps like torch's two's complement, without C's UB */
-		((int64_t *)dst)[d] = (int64_t)((uint64_t)((int64_t *)dst)[d] +
-						(uint64_t)((const int64_t *)
-								   src)[s]);
+		((int64_t *)dst)[d] =
+			(int64_t)((uint64_t)((int64_t *)dst)[d] +
+				  (uint64_t)((const int64_t *)src)[s]);
 }
 
 struct ag_tensor *ag_scatter_add(struct ag_tensor *a, int dim,

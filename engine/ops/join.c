@@ -57,9 +57,10 @@ static int check_inputs(const char *fn, struct ag_tensor *const *ts, int n)
 	if (!ts)
 		return ag__err(AG_EINVAL, "%s: ts is NULL", fn);
 	if (n <= 0)
-		return ag__err(AG_EINVAL,
-			       "%s: expected a non-empty list of tensors, got %d",
-			       fn, n);
+		return ag__err(
+			AG_EINVAL,
+			"%s: expected a non-empty list of tensors, got %d", fn,
+			n);
 	for (int k = 0; k < n; k++) {
 		char arg[32];
 
@@ -68,10 +69,11 @@ static int check_inputs(const char *fn, struct ag_tensor *const *ts, int n)
 			return ag__err_null(fn, arg);
 		}
 		if (ts[k]->dtype != ts[0]->dtype)
-			return ag__err(AG_EDTYPE,
-				       "%s: tensor %d has dtype %s, expected %s",
-				       fn, k, ag_dtype_name(ts[k]->dtype),
-				       ag_dtype_name(ts[0]->dtype));
+			return ag__err(
+				AG_EDTYPE,
+				"%s: tensor %d has dtype %s, expected %s", fn,
+				k, ag_dtype_name(ts[k]->dtype),
+				ag_dtype_name(ts[0]->dtype));
 	}
 	return 0;
 }
@@ -96,7 +98,8 @@ static int check_shapes(struct ag_tensor *const *ts, int n, int ref, int dim,
 			return ag__err(
 				AG_ESHAPE,
 				"ag_cat: tensor %d has shape %s, expected %s except in dim %d",
-				k, ag__shape_str(a, sizeof(a), t->ndim, t->shape),
+				k,
+				ag__shape_str(a, sizeof(a), t->ndim, t->shape),
 				ag__shape_str(b, sizeof(b), r->ndim, r->shape),
 				dim);
 		if (__builtin_add_overflow(*total, t->shape[dim], total))
@@ -128,12 +131,14 @@ static int cat_copy(struct ag_tensor *out, struct ag_tensor *const *ts, int n,
 		if (skipped(t))
 			continue;
 		row = t->shape[dim] * inner;
-		if (!ag_tensor_is_contiguous(t) && !(c = ag__contiguous_copy(t)))
+		if (!ag_tensor_is_contiguous(t) &&
+		    !(c = ag__contiguous_copy(t)))
 			return -ag_errcode();
 		src = ag__data(c ? c : t);
 		for (int64_t o = 0; o < outer && row; o++)
 			memcpy(dst + (size_t)(o * out->shape[dim] * inner +
-					      at * inner) * es,
+					      at * inner) *
+					       es,
 			       src + (size_t)(o * row) * es, (size_t)row * es);
 		at += t->shape[dim];
 		ag_tensor_put(c);
@@ -218,8 +223,9 @@ struct ag_tensor *ag_stack(struct ag_tensor *const *ts, int n, int dim)
 		if (ts[k]->ndim == ts[0]->ndim &&
 		    ag__shape_eq(ts[0]->ndim, ts[k]->shape, ts[0]->shape))
 			continue;
-		ag__err(AG_ESHAPE, "ag_stack: tensor %d has shape %s, expected %s",
-			k, ag__shape_str(a, sizeof(a), ts[k]->ndim, ts[k]->shape),
+		ag__err(AG_ESHAPE,
+			"ag_stack: tensor %d has shape %s, expected %s", k,
+			ag__shape_str(a, sizeof(a), ts[k]->ndim, ts[k]->shape),
 			ag__shape_str(b, sizeof(b), ts[0]->ndim, ts[0]->shape));
 		return NULL;
 	}

@@ -169,8 +169,8 @@ struct ag_tensor *ag_where(struct ag_tensor *cond, struct ag_tensor *a,
 	out = where_fwd(t, ndim, shape);
 	if (!out || !ag__should_record(t + 1, 2))
 		return ag__ret(out);
-	w = (struct where_node *)ag__node_alloc(&where_ops, sizeof(*w), 0, 1,
-						2, NULL, 0);
+	w = (struct where_node *)ag__node_alloc(&where_ops, sizeof(*w), 0, 1, 2,
+						NULL, 0);
 	if (!w) {
 		ag_tensor_put(out);
 		return NULL;
