@@ -106,9 +106,9 @@ AG_API struct ag_tensor *ag_squeeze(struct ag_tensor *a, int dim);
 
 /* joining, indexing and selection */
 /*
- * Indices are AG_I64 tensors; an index
- * outside [0, size) (negative ones too) is AG_EINVAL naming the index and
- * the bound.  These return new tensors, never views.
+ * Indices are AG_I64 tensors; an index outside [0, size) (negative ones
+ * too) is AG_EINVAL naming the index and the bound.  These return new
+ * tensors, never views.
  */
 /*
  * The n tensors (one dtype) joined along dim: they must agree in every
@@ -116,11 +116,16 @@ AG_API struct ag_tensor *ag_squeeze(struct ag_tensor *a, int dim);
  * the others' dims; the result of only such tensors is [0].
  */
 AG_API struct ag_tensor *ag_cat(struct ag_tensor *const *ts, int n, int dim);
-/* The n tensors (one shape and dtype) stacked along a new dim. */
+/*
+ * The n tensors (one shape and dtype) stacked along a new dim: the cat of
+ * them unsqueezed at dim, which its grad_fn (CatBackward) shows.
+ */
 AG_API struct ag_tensor *ag_stack(struct ag_tensor *const *ts, int n, int dim);
 /*
  * The slices of a at the positions idx (0-d or 1-d) along dim: a's shape
- * with dim of idx's length.
+ * with dim of idx's length.  A 0-d a takes one index (0) and stays 0-d.
+ * Its backward sums repeated indices in index order, whatever the thread
+ * count.
  */
 AG_API struct ag_tensor *ag_index_select(struct ag_tensor *a, int dim,
 					 struct ag_tensor *idx);
@@ -132,7 +137,7 @@ AG_API struct ag_tensor *ag_index_select(struct ag_tensor *a, int dim,
 AG_API struct ag_tensor *ag_gather(struct ag_tensor *a, int dim,
 				   struct ag_tensor *idx);
 /*
- * a copy of a with src added at the positions idx names along dim:
+ * A copy of a with src added at the positions idx names along dim:
  * out[idx[i][j][k]][j][k] += src[i][j][k] for dim 0, ag_gather's adjoint.
  * idx is no larger than src in any dim, nor than a in dims other than
  * dim (as torch); with src requiring grad, src must have idx's shape.
@@ -144,14 +149,15 @@ AG_API struct ag_tensor *ag_scatter_add(struct ag_tensor *a, int dim,
 					struct ag_tensor *src);
 /*
  * Rows of the 2-d weight [num, dim] at the indices idx (any shape): the
- * result has shape idx.shape + [dim].  Its backward sums the gradients of
- * repeated indices in idx's row-major order, whatever the thread count.
+ * result has shape idx.shape + [dim].  It is ag_index_select's rows
+ * reshaped, and so is its backward: the gradients of repeated indices sum
+ * in idx's row-major order, whatever the thread count.
  */
 AG_API struct ag_tensor *ag_embedding(struct ag_tensor *weight,
 				      struct ag_tensor *idx);
 /*
- * a where cond is nonzero, else b; cond of any dtype, the three
- * broadcast together.  The gradient goes to a where cond, to b elsewhere.
+ * a where cond is nonzero (NaN included), else b; a and b of one dtype,
+ * cond of any, the three broadcast together.  The gradient goes to a where cond, to b elsewhere.
  */
 AG_API struct ag_tensor *ag_where(struct ag_tensor *cond, struct ag_tensor *a,
 				  struct ag_tensor *b);
