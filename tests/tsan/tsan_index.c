@@ -176,8 +176,9 @@ static int test_concurrent_backward_shared_weight(void)
 	}
 	for (int t = 0; t < JOBS; t++)
 		pthread_create(&th[t], NULL, job_run, &jobs[t]);
-	for (int t = 0; t < JOBS; t++) {
+	for (int t = 0; t < JOBS; t++)
 		pthread_join(th[t], NULL);
+	for (int t = 0; t < JOBS; t++) {
 		TAP_CHECKF(jobs[t].rc == 0, "job %d: rc %d (%s)", t, jobs[t].rc,
 			   ag_errmsg());
 	}
