@@ -1167,3 +1167,24 @@ Test(ops_index, index_backward_threads_match_serial)
 	cr_assert_eq(ag_set_num_threads(0), 0);
 	AG_ASSERT_NO_LEAKS();
 }
+
+/*
+ * stack and embedding are built from public ops: their temporaries must
+ * stay out of the caller's scope (each would be put twice).
+ */
+Test(ops_index, composites_under_a_scope)
+{
+	struct ag_tensor *w = rnd(2, SHAPE(4, 3), -1, 1), *y, *s;
+	struct ag_tensor *i = idx_of(1, SHAPE(3), (const int64_t[]){ 3, 3, 0 });
+	struct ag_scope *sc = ag_scope_begin();
+
+	y = ag_stack((struct ag_tensor *[]){ w, w }, 2, 0);
+	expect_shape(y, 3, SHAPE(2, 4, 3));
+	y = ag_embedding(w, i);
+	expect_shape(y, 2, SHAPE(3, 3));
+	s = ag_sum(y);
+	cr_assert_eq(ag_backward(s, NULL, NULL), 0, "%s", ag_errmsg());
+	ag_scope_end(sc);
+	put_all((struct ag_tensor *[]){ w, i }, 2);
+	AG_ASSERT_NO_LEAKS();
+}
