@@ -275,6 +275,13 @@ Test(ops_index, pow_zero_base_create_graph)
 	expect(g[1], POW0_GB, 6, 1e-12, "pow0 gb create_graph");
 	cr_assert(ag_tensor_requires_grad(g[0]) &&
 		  ag_tensor_requires_grad(g[1]));
+	{
+		struct ag_tensor *e =
+			ag_node_saved(ag_tensor_grad_fn(y), "exponent");
+
+		cr_assert(e && ag_equal(e, in[1]));
+		ag_tensor_put(e);
+	}
 	put_all(g, 2);
 	put_all(in, 2);
 	ag_tensor_put(y);
@@ -776,6 +783,14 @@ Test(ops_index, index_bad_inputs)
 	AG_ASSERT_ERR(
 		AG_EINVAL,
 		"ag_gather: index 4 is out of bounds for dim 1 with size 4");
+	cr_assert_null(ag_gather(a, -3, i2));
+	AG_ASSERT_ERR(
+		AG_EINVAL,
+		"ag_gather: dimension out of range (expected to be in range of [-2, 1], but got -3)");
+	cr_assert_null(ag_scatter_add(a, 2, i2, a));
+	AG_ASSERT_ERR(
+		AG_EINVAL,
+		"ag_scatter_add: dimension out of range (expected to be in range of [-2, 1], but got 2)");
 	cr_assert_null(ag_gather(a, 1, fi));
 	AG_ASSERT_ERR(AG_EDTYPE,
 		      "ag_gather: index must be an i64 tensor, got f64");
@@ -921,6 +936,13 @@ Test(ops_index, where_gradchecks_and_errors)
 	in[1] = rnd(1, SHAPE(2), -1, 1);
 	y = ag_where(arg.cond, in[0], in[1]);
 	expect_shape(y, 1, SHAPE(2));
+	{
+		struct ag_tensor *c =
+			ag_node_saved(ag_tensor_grad_fn(y), "condition");
+
+		cr_assert(c && isnan(ag_tensor_item(c)), "%s", ag_errmsg());
+		ag_tensor_put(c);
+	}
 	cr_assert_eq(ag__get(y, 1), ag__get(in[0], 0));
 	ag_tensor_put(y);
 	check_grads(f_where, &arg, in, 2, NULL, "where 0-d");
