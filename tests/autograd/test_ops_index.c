@@ -1102,7 +1102,7 @@ Test(ops_index, comparisons)
 			struct ag_tensor *b = make(dt, l, 1, SHAPE(3), y);
 			struct ag_tensor *r = ag_eq(a, b);
 
-			cr_assert_eq(ag_tensor_dtype(r), dt);
+			cr_assert_eq((int)ag_tensor_dtype(r), dt);
 			cr_assert(!ag_tensor_requires_grad(r));
 			expect(r, (const double[]){ 0, 1, 0, 0, 0, 0 }, 6, 0,
 			       "eq");
