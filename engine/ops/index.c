@@ -145,8 +145,23 @@ static const struct ag_node_ops index_add_ops = {
 	.saved_names = saved_index,
 };
 
-/* One chunk should add about this many elements before splitting pays. */
+/* Elements a chunk adds at least: below that, splitting costs more. */
 #define ADD_GRAIN 16384
+
+/*
+ * Target rows per chunk: about four chunks per thread for balance, none
+ * adding fewer than ADD_GRAIN elements (the whole add when it is small).
+ */
+static int64_t add_grain(int64_t rows, int64_t work)
+{
+	int64_t chunks = 4 * (int64_t)ag_get_num_threads();
+
+	if (work / ADD_GRAIN < chunks)
+		chunks = work / ADD_GRAIN;
+	if (chunks <= 1)
+		return rows > 0 ? rows : 1;
+	return (rows + chunks - 1) / chunks;
+}
 
 /*
  * zeros(shape) with the slices of src added at idx along dim; recorded
@@ -158,7 +173,7 @@ static struct ag_tensor *index_add(int ndim, const int64_t *shape, int dim,
 	struct add_ctx c = { 0 };
 	struct ag_tensor *out, *sc = NULL, *ic = NULL;
 	struct index_node *x;
-	int64_t sshape[AG_MAX_DIMS], sstr[AG_MAX_DIMS], work, grain;
+	int64_t sshape[AG_MAX_DIMS], sstr[AG_MAX_DIMS];
 	int nd = dims_of(src, sshape, sstr);
 
 	c.size = ndim ? shape[dim] : 1;
@@ -177,10 +192,7 @@ static struct ag_tensor *index_add(int ndim, const int64_t *shape, int dim,
 	c.n = idx->numel;
 	c.dt = src->dtype;
 	outer_inner(nd, sshape, dim, &c.outer, &c.inner);
-	work = c.outer * c.n * c.inner;
-	grain = work < ADD_GRAIN ? c.size :
-				   c.size / (4 * (int64_t)ag_get_num_threads());
-	ag_parallel_for(c.size, grain > 0 ? grain : 1, add_rows, &c);
+	ag_parallel_for(c.size, add_grain(c.size, src->numel), add_rows, &c);
 	if (!ag__should_record(&src, 1))
 		goto done;
 	x = (struct index_node *)ag__node_alloc(&index_add_ops, sizeof(*x), 0,
