@@ -1210,3 +1210,29 @@ Test(ops_index, composites_under_a_scope)
 	put_all((struct ag_tensor *[]){ w, i }, 2);
 	AG_ASSERT_NO_LEAKS();
 }
+
+/* Empty operands: empty results, and empty gradients of the right shape. */
+Test(ops_index, elementwise_empty)
+{
+	struct ag_tensor *a = rnd(2, SHAPE(0, 3), 0.5, 1);
+	struct ag_tensor *b = rnd(1, SHAPE(3), -1, 1);
+	struct ag_tensor *c = ag_zeros(AG_I64, 2, SHAPE(0, 1));
+	struct ag_tensor *y[3], *s, *g;
+
+	y[0] = ag_pow(a, b);
+	y[1] = ag_where(c, a, b);
+	y[2] = ag_to(a, AG_F32);
+	for (int k = 0; k < 3; k++)
+		expect_shape(y[k], 2, SHAPE(0, 3));
+	s = ag_sum(y[1]);
+	cr_assert_eq(ag_backward(s, NULL, NULL), 0, "%s", ag_errmsg());
+	g = ag_tensor_grad(b); /* no element of b was chosen */
+	expect(g, (const double[]){ 0, 0, 0 }, 3, 0, "where empty grad");
+	ag_tensor_put(g);
+	g = ag_tensor_grad(a);
+	expect_shape(g, 2, SHAPE(0, 3));
+	ag_tensor_put(g);
+	put_all(y, 3);
+	put_all((struct ag_tensor *[]){ a, b, c, s }, 4);
+	AG_ASSERT_NO_LEAKS();
+}
