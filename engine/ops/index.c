@@ -99,13 +99,53 @@ struct index_node {
 	struct ag_saved saved[1]; /* index */
 };
 
+/*
+ * src is read in place through its strides (an expanded gradient, as a
+ * mean's, is not copied): the dims before dim are decomposed per outer
+ * row, those after it are one span of stride inc.
+ */
 struct add_ctx {
-	const char *src;
+	const char *src; /* storage data */
 	char *out;
 	const int64_t *idx;
 	int64_t n, outer, inner, size;
+	int64_t off, step, inc; /* src's offset, stride along dim, span's */
+	int nouter;
+	const int64_t *shape, *strides; /* src's, nouter outer dims */
 	enum ag_dtype dt;
 };
+
+static int64_t outer_off(const struct add_ctx *c, int64_t o)
+{
+	int64_t off = c->off;
+
+	for (int d = c->nouter - 1; d >= 0; d--) {
+		off += (o % c->shape[d]) * c->strides[d];
+		o /= c->shape[d];
+	}
+	return off;
+}
+
+/* The stride walking the dims after dim as one span, or false. */
+static bool inner_span(int nd, const int64_t *shape, const int64_t *st, int dim,
+		       int64_t *inc)
+{
+	int64_t want = 0;
+	bool first = true;
+
+	*inc = 1;
+	for (int d = nd - 1; d > dim; d--) {
+		if (shape[d] == 1)
+			continue;
+		if (!first && st[d] != want)
+			return false;
+		if (first)
+			*inc = st[d];
+		first = false;
+		want = st[d] * shape[d];
+	}
+	return true;
+}
 
 /*
  * Adds the rows whose target row lies in [r0, r1).  A chunk owns its
@@ -117,20 +157,22 @@ static void add_rows(int64_t r0, int64_t r1, void *arg)
 	const struct add_ctx *c = arg;
 
 	for (int64_t o = 0; o < c->outer; o++) {
+		int64_t base = outer_off(c, o);
+
 		for (int64_t i = 0; i < c->n; i++) {
 			int64_t t = c->idx[i];
-			int64_t s = (o * c->n + i) * c->inner;
+			int64_t s = base + i * c->step;
 			int64_t d = (o * c->size + t) * c->inner;
 
 			if (t < r0 || t >= r1)
 				continue;
 			if (c->dt == AG_F32)
 				ag_k_acc_f32(c->inner,
-					     (const float *)c->src + s, 1,
+					     (const float *)c->src + s, c->inc,
 					     (float *)c->out + d, 1);
 			else
 				ag_k_acc_f64(c->inner,
-					     (const double *)c->src + s, 1,
+					     (const double *)c->src + s, c->inc,
 					     (double *)c->out + d, 1);
 		}
 	}
@@ -180,14 +222,24 @@ static struct ag_tensor *index_add(int ndim, const int64_t *shape, int dim,
 	c.idx = index_data("IndexSelectBackward", idx, dim, c.size, &ic);
 	out = c.idx ? zeros_of("IndexSelectBackward", src->dtype, ndim, shape) :
 		      NULL;
-	if (out && !ag_tensor_is_contiguous(src) &&
-	    !(sc = ag__contiguous_copy(src))) {
-		ag_tensor_put(out);
-		out = NULL;
+	if (out && !inner_span(nd, sshape, sstr, dim, &c.inc)) {
+		/* a layout the span cannot walk: read a dense copy */
+		if (!(sc = ag__contiguous_copy(src))) {
+			ag_tensor_put(out);
+			out = NULL;
+		} else {
+			ag__contiguous_strides(nd, sshape, sstr);
+			c.inc = 1;
+		}
 	}
 	if (!out)
 		goto done;
-	c.src = ag__data(sc ? sc : src);
+	c.src = (sc ? sc : src)->storage->data;
+	c.off = (sc ? sc : src)->offset;
+	c.step = sstr[dim];
+	c.nouter = dim;
+	c.shape = sshape;
+	c.strides = sstr;
 	c.out = ag__data(out);
 	c.n = idx->numel;
 	c.dt = src->dtype;

@@ -7,6 +7,7 @@
  * empty and 0-d inputs; and each bad input with its message.
  */
 #include <stdint.h>
+#include <stdlib.h>
 
 #include <ag/mode.h>
 #include <ag/pool.h>
@@ -1234,5 +1235,72 @@ Test(ops_index, elementwise_empty)
 	ag_tensor_put(g);
 	put_all(y, 3);
 	put_all((struct ag_tensor *[]){ a, b, c, s }, 4);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/*
+ * index_select's backward reads the gradient through its strides: an
+ * expanded one (a sum's), a transposed inner span, permuted outer dims,
+ * and inner dims that are no single span (read from a copy), each against
+ * a loop over the index.
+ */
+static void strided_grad_case(int nd, const int64_t *ashape, int dim, int t0,
+			      int t1)
+{
+	const int64_t iv[4] = { 4, 1, 4, 0 };
+	int64_t ys[AG_MAX_DIMS], zs[AG_MAX_DIMS], n = 1, ostr[AG_MAX_DIMS];
+	struct ag_tensor *a = rnd(nd, ashape, -1, 1);
+	struct ag_tensor *i = idx_of(1, SHAPE(4), iv), *y, *z, *w, *p, *s, *g;
+	double *want, *wv;
+
+	memcpy(ys, ashape, sizeof(*ys) * (size_t)nd);
+	ys[dim] = 4;
+	memcpy(zs, ys, sizeof(*zs) * (size_t)nd);
+	zs[t0] = ys[t1];
+	zs[t1] = ys[t0];
+	for (int d = 0; d < nd; d++)
+		n *= ys[d];
+	wv = malloc(sizeof(double) * (size_t)n);
+	for (int k = 0; k < n; k++)
+		wv[k] = 0.5 * (k + 1);
+	y = ag_index_select(a, dim, i);
+	z = t0 == t1 ? ag_tensor_get(y) : ag_transpose(y, t0, t1);
+	w = ag_from_data(AG_F64, nd, zs, wv);
+	/* t0 == t1: sum(y) alone, an expanded gradient of ones */
+	p = t0 == t1 ? ag_tensor_get(z) : ag_mul(z, w);
+	s = ag_sum(p);
+	cr_assert_eq(ag_backward(s, NULL, NULL), 0, "%s", ag_errmsg());
+	g = ag_tensor_grad(a);
+	want = calloc((size_t)ag_tensor_numel(a), sizeof(double));
+	ag__contiguous_strides(nd, ashape, ostr);
+	for (int64_t e = 0; e < n; e++) { /* e: element of y, row-major */
+		int64_t c[AG_MAX_DIMS], r = e, zo = 0, zstr[AG_MAX_DIMS],
+					ao = 0;
+
+		for (int d = nd - 1; d >= 0; d--) {
+			c[d] = r % ys[d];
+			r /= ys[d];
+		}
+		ag__contiguous_strides(nd, zs, zstr);
+		for (int d = 0; d < nd; d++) {
+			int zd = d == t0 ? t1 : d == t1 ? t0 : d;
+
+			zo += c[d] * zstr[zd];
+			ao += (d == dim ? iv[c[d]] : c[d]) * ostr[d];
+		}
+		want[ao] += t0 == t1 ? 1 : wv[zo];
+	}
+	expect(g, want, ag_tensor_numel(a), 1e-15, "strided gradient");
+	free(want);
+	free(wv);
+	put_all((struct ag_tensor *[]){ a, i, y, z, w, p, s, g }, 8);
+}
+
+Test(ops_index, index_select_strided_gradients)
+{
+	strided_grad_case(2, SHAPE(5, 3), 0, 0, 0); /* expanded */
+	strided_grad_case(2, SHAPE(5, 3), 0, 0, 1); /* inner stride 4 */
+	strided_grad_case(3, SHAPE(2, 5, 3), 1, 0, 2); /* outer permuted */
+	strided_grad_case(3, SHAPE(5, 2, 3), 0, 1, 2); /* no single span */
 	AG_ASSERT_NO_LEAKS();
 }
