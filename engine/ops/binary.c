@@ -136,6 +136,82 @@ out:
 	return rc;
 }
 
+/* Element i of a dense f32 or f64 tensor. */
+static void set_elem(struct ag_tensor *t, int64_t i, double v)
+{
+	if (t->dtype == AG_F32)
+		((float *)ag__data(t))[i] = (float)v;
+	else
+		((double *)ag__data(t))[i] = v;
+}
+
+/* 1 at g's shape where x == 0 and y >= 0 (a0), and where y == 0 (b0). */
+static int pow_masks(struct ag_tensor *g, struct ag_tensor *x,
+		     struct ag_tensor *y, struct ag_tensor **a0,
+		     struct ag_tensor **b0)
+{
+	struct ag_tensor *xd = dense_at(x, g), *yd = dense_at(y, g);
+	int rc = -AG_ENOMEM;
+
+	*a0 = ag__tensor_like(g);
+	*b0 = ag__tensor_like(g);
+	if (!xd || !yd || !*a0 || !*b0)
+		goto out;
+	for (int64_t i = 0; i < g->numel; i++) {
+		double u = ag__get(xd, i), v = ag__get(yd, i);
+
+		set_elem(*a0, i, u == 0 && v >= 0);
+		set_elem(*b0, i, v == 0);
+	}
+	rc = 0;
+out:
+	if (rc) {
+		ag_tensor_put(*a0);
+		ag_tensor_put(*b0);
+		*a0 = *b0 = NULL;
+	}
+	ag_tensor_put(xd);
+	ag_tensor_put(yd);
+	return rc;
+}
+
+/*
+ * pow's gradients as ops, for create_graph, as torch: g * where(y == 0, 0,
+ * y x^(y-1)) and g * where(x == 0 & y >= 0, 0, x^y log(x)).  where, not a
+ * product with a mask, keeps the NaN and inf of the other branch out.
+ */
+static int pow_composite(struct binary_node *b, struct ag_tensor *g,
+			 struct ag_tensor *x, struct ag_tensor *y, bool need0,
+			 bool need1, struct ag_tensor **out)
+{
+	struct ag_tensor *t[8] = { NULL }, *a0, *b0, *zero;
+	int rc = pow_masks(g, x, y, &a0, &b0);
+
+	if (rc)
+		return rc;
+	zero = ag_scalar(g->dtype, 0);
+	if (need0 && zero) {
+		t[0] = ag_add_scalar(y, -1);
+		t[1] = t[0] ? ag_pow(x, t[0]) : NULL;
+		t[2] = t[1] ? ag_mul(y, t[1]) : NULL;
+		t[3] = t[2] ? ag_where(b0, zero, t[2]) : NULL;
+		out[0] = t[3] ? reduce(b, 0, ag_mul(g, t[3])) : NULL;
+	}
+	if (need1 && zero) {
+		t[4] = ag_pow(x, y);
+		t[5] = t[4] ? ag_log(x) : NULL;
+		t[6] = t[5] ? ag_mul(t[4], t[5]) : NULL;
+		t[7] = t[6] ? ag_where(a0, zero, t[6]) : NULL;
+		out[1] = t[7] ? reduce(b, 1, ag_mul(g, t[7])) : NULL;
+	}
+	for (int i = 0; i < 8; i++)
+		ag_tensor_put(t[i]);
+	ag_tensor_put(zero);
+	ag_tensor_put(a0);
+	ag_tensor_put(b0);
+	return 0;
+}
+
 static int binary_apply(struct ag_node *n, struct ag_tensor **grads,
 			struct ag_tensor **out)
 {
@@ -184,6 +260,13 @@ static int binary_apply(struct ag_node *n, struct ag_tensor **grads,
 			ag_tensor_put(q);
 		}
 		break;
+	case AG_K_POW:
+		if (ag__mode.grad) {
+			rc = pow_composite(b, g, x, y, need0, need1, out);
+			break;
+		}
+		/* without a graph, g times the kernel's slopes */
+		__attribute__((fallthrough));
 	case AG_K_MAXIMUM:
 	case AG_K_MINIMUM: {
 		struct ag_tensor *dx, *dy;
@@ -227,6 +310,13 @@ BINARY_OPS(div_ops, "DivBackward");
 BINARY_OPS(maximum_ops, "MaximumBackward");
 BINARY_OPS(minimum_ops, "MinimumBackward");
 
+static const char *const pow_saved_names[] = { "self", "exponent" };
+static const struct ag_node_ops pow_ops = {
+	.name = "PowBackward",
+	.apply = binary_apply,
+	.saved_names = pow_saved_names,
+};
+
 static struct ag_tensor *binary(const char *fn, const struct ag_node_ops *ops,
 				enum ag_k_binary op, struct ag_tensor *a,
 				struct ag_tensor *b)
@@ -267,7 +357,7 @@ static struct ag_tensor *binary(const char *fn, const struct ag_node_ops *ops,
 	} else if (op == AG_K_DIV) {
 		save_a = ag__requires_grad(b);
 		save_b = true;
-	} else if (op == AG_K_MAXIMUM || op == AG_K_MINIMUM) {
+	} else if (op == AG_K_MAXIMUM || op == AG_K_MINIMUM || op == AG_K_POW) {
 		save_a = save_b = true; /* which one is larger */
 	}
 	if ((save_a && ag__save(&n->node, 0, a, false, 0)) ||
@@ -309,4 +399,9 @@ struct ag_tensor *ag_maximum(struct ag_tensor *a, struct ag_tensor *b)
 struct ag_tensor *ag_minimum(struct ag_tensor *a, struct ag_tensor *b)
 {
 	return binary("ag_minimum", &minimum_ops, AG_K_MINIMUM, a, b);
+}
+
+struct ag_tensor *ag_pow(struct ag_tensor *a, struct ag_tensor *b)
+{
+	return binary("ag_pow", &pow_ops, AG_K_POW, a, b);
 }

@@ -22,6 +22,12 @@ AG_API struct ag_tensor *ag_div(struct ag_tensor *a, struct ag_tensor *b);
  */
 AG_API struct ag_tensor *ag_maximum(struct ag_tensor *a, struct ag_tensor *b);
 AG_API struct ag_tensor *ag_minimum(struct ag_tensor *a, struct ag_tensor *b);
+/*
+ * a to the power b.  As torch 1.13 at a zero base: a's gradient
+ * b * a^(b-1) is 0 where b == 0, and b's gradient a^b * log(a) is 0 where
+ * a == 0 and b >= 0 (NaN for a negative base, as log).
+ */
+AG_API struct ag_tensor *ag_pow(struct ag_tensor *a, struct ag_tensor *b);
 
 /* with a scalar */
 AG_API struct ag_tensor *ag_add_scalar(struct ag_tensor *a, double s);
@@ -97,6 +103,83 @@ AG_API struct ag_tensor *ag_expand(struct ag_tensor *a, int ndim,
 				   const int64_t *shape);
 AG_API struct ag_tensor *ag_unsqueeze(struct ag_tensor *a, int dim);
 AG_API struct ag_tensor *ag_squeeze(struct ag_tensor *a, int dim);
+
+/* joining, indexing and selection */
+/*
+ * Indices are AG_I64 tensors; an index outside [0, size) (negative ones
+ * too) is AG_EINVAL naming the index and the bound.  These return new
+ * tensors, never views.
+ */
+/*
+ * The n tensors (one dtype) joined along dim: they must agree in every
+ * other dim.  As torch 1.13, a 1-d tensor of shape [0] is skipped whatever
+ * the others' dims; the result of only such tensors is [0].
+ */
+AG_API struct ag_tensor *ag_cat(struct ag_tensor *const *ts, int n, int dim);
+/*
+ * The n tensors (one shape and dtype) stacked along a new dim: the cat of
+ * them unsqueezed at dim, which its grad_fn (CatBackward) shows.
+ */
+AG_API struct ag_tensor *ag_stack(struct ag_tensor *const *ts, int n, int dim);
+/*
+ * The slices of a at the positions idx (0-d or 1-d) along dim: a's shape
+ * with dim of idx's length.  A 0-d a takes one index (0) and stays 0-d.
+ * Its backward sums repeated indices in index order, whatever the thread
+ * count.
+ */
+AG_API struct ag_tensor *ag_index_select(struct ag_tensor *a, int dim,
+					 struct ag_tensor *idx);
+/*
+ * out[i][j][k] = a[idx[i][j][k]][j][k] for dim 0 (likewise for other
+ * dims): idx has a's number of dims, and no dim other than dim larger
+ * than a's.  The result has idx's shape.
+ */
+AG_API struct ag_tensor *ag_gather(struct ag_tensor *a, int dim,
+				   struct ag_tensor *idx);
+/*
+ * A copy of a with src added at the positions idx names along dim:
+ * out[idx[i][j][k]][j][k] += src[i][j][k] for dim 0, ag_gather's adjoint.
+ * idx is no larger than src in any dim, nor than a in dims other than
+ * dim (as torch); with src requiring grad, src must have idx's shape.
+ * Duplicate positions sum in idx's row-major order.  Differentiable in a
+ * and src.
+ */
+AG_API struct ag_tensor *ag_scatter_add(struct ag_tensor *a, int dim,
+					struct ag_tensor *idx,
+					struct ag_tensor *src);
+/*
+ * Rows of the 2-d weight [num, dim] at the indices idx (any shape): the
+ * result has shape idx.shape + [dim].  It is ag_index_select's rows
+ * reshaped, and so is its backward: the gradients of repeated indices sum
+ * in idx's row-major order, whatever the thread count.
+ */
+AG_API struct ag_tensor *ag_embedding(struct ag_tensor *weight,
+				      struct ag_tensor *idx);
+/*
+ * a where cond is nonzero (NaN included), else b; a and b of one dtype,
+ * cond of any, the three broadcast together.  The gradient goes to a where cond, to b elsewhere.
+ */
+AG_API struct ag_tensor *ag_where(struct ag_tensor *cond, struct ag_tensor *a,
+				  struct ag_tensor *b);
+/*
+ * Index (AG_I64) of the first maximum along dim; a NaN counts as the
+ * maximum, as torch.  An empty dim is refused.  Not differentiable.
+ */
+AG_API struct ag_tensor *ag_argmax(struct ag_tensor *a, int dim, bool keepdim);
+/*
+ * a converted to dtype.  Differentiable between f32 and f64; a conversion
+ * to or from AG_I64 is not (its result does not require grad).  Floats go
+ * to i64 rounded toward zero; NaN and values out of i64's range give
+ * INT64_MIN.  The same dtype returns a new reference to a itself.
+ */
+AG_API struct ag_tensor *ag_to(struct ag_tensor *a, enum ag_dtype dtype);
+/*
+ * a == b, a < b, a > b elementwise (same dtype, broadcast), as 1 or 0 in
+ * that dtype.  Not recorded: the result never requires grad.
+ */
+AG_API struct ag_tensor *ag_eq(struct ag_tensor *a, struct ag_tensor *b);
+AG_API struct ag_tensor *ag_lt(struct ag_tensor *a, struct ag_tensor *b);
+AG_API struct ag_tensor *ag_gt(struct ag_tensor *a, struct ag_tensor *b);
 
 /* linear algebra */
 AG_API struct ag_tensor *ag_matmul(struct ag_tensor *a, struct ag_tensor *b);
