@@ -267,10 +267,10 @@ static void cl_row_grad(const struct cl_args *a, int64_t r, double gi,
 	const struct cl_geom *g = &a->geo;
 	int64_t t = a->tv[r], o = cl_off(g, r, 0);
 	size_t es = ag_dtype_size(dx->dtype);
-	struct ag_k_params p = { 0, 0 };
-	double wsum = 0, lse;
+	struct ag_k_params p0 = { 0, 0 }, p1 = { 0, 0 };
+	double wsum = 0, s;
 	void *lane = (char *)ag__data(dx) + o * (int64_t)es;
-	const void *xl = (const char *)ag__data(a->x) + o * (int64_t)es;
+	const void *xl;
 
 	if (t == a->ignore)
 		return;
@@ -278,30 +278,40 @@ static void cl_row_grad(const struct cl_args *a, int64_t r, double gi,
 		wr(dx, cl_off(g, r, t), -gi * wt(a, t));
 		return;
 	}
-	/* softmax of the lane: exp(x - lse), by the simd/ kernels */
-	lse = lane_lse(a->x, g, r);
-	p.p0 = -lse;
+	/*
+	 * softmax of the lane, exp((x - max) - (lse - max)) by the simd/
+	 * kernels: x - max is exact in the dtype, and lse - max is small,
+	 * so logits of 1e4 in f32 keep their precision.
+	 */
+	xl = (const char *)ag__data(a->x) + o * (int64_t)es;
+	if (dx->dtype == AG_F32)
+		p0.p0 = -ag_k_max_f32(g->c, xl, g->s, NULL);
+	else
+		p0.p0 = -ag_k_max_f64(g->c, xl, g->s, NULL);
+	p1.p0 = -(lane_lse(a->x, g, r) + p0.p0);
 	if (dx->dtype == AG_F32) {
-		ag_k_unary_f32(AG_K_ADD_SCALAR, g->c, xl, g->s, lane, g->s, &p);
+		ag_k_unary_f32(AG_K_ADD_SCALAR, g->c, xl, g->s, lane, g->s,
+			       &p0);
+		ag_k_unary_f32(AG_K_ADD_SCALAR, g->c, lane, g->s, lane, g->s,
+			       &p1);
 		ag_k_unary_f32(AG_K_EXP, g->c, lane, g->s, lane, g->s, NULL);
 	} else {
-		ag_k_unary_f64(AG_K_ADD_SCALAR, g->c, xl, g->s, lane, g->s, &p);
+		ag_k_unary_f64(AG_K_ADD_SCALAR, g->c, xl, g->s, lane, g->s,
+			       &p0);
+		ag_k_unary_f64(AG_K_ADD_SCALAR, g->c, lane, g->s, lane, g->s,
+			       &p1);
 		ag_k_unary_f64(AG_K_EXP, g->c, lane, g->s, lane, g->s, NULL);
 	}
 	if (a->eps != 0)
 		for (int64_t k = 0; k < g->c; k++)
 			wsum += wt(a, k);
-	{
-		double s =
-			(1 - a->eps) * wt(a, t) + a->eps / (double)g->c * wsum;
+	s = (1 - a->eps) * wt(a, t) + a->eps / (double)g->c * wsum;
+	for (int64_t k = 0; k < g->c; k++) {
+		int64_t i = cl_off(g, r, k);
+		double q = a->eps / (double)g->c * wt(a, k) +
+			   (k == t ? (1 - a->eps) * wt(a, t) : 0);
 
-		for (int64_t k = 0; k < g->c; k++) {
-			int64_t i = cl_off(g, r, k);
-			double q = a->eps / (double)g->c * wt(a, k) +
-				   (k == t ? (1 - a->eps) * wt(a, t) : 0);
-
-			wr(dx, i, gi * (rd(dx, i) * s - q));
-		}
+		wr(dx, i, gi * (rd(dx, i) * s - q));
 	}
 }
 
@@ -587,7 +597,7 @@ enum { BCE_X, BCE_T, BCE_W, BCE_PW };
 struct bce_node {
 	struct ag_node node;
 	enum ag_reduction reduction;
-	double scale; /* 1 / numel for a mean */
+	double scale; /* of the upstream gradient: 1 / numel for a mean */
 	struct ag_saved saved[4]; /* self, target, weight, pos_weight */
 };
 
@@ -928,7 +938,9 @@ struct ag_tensor *ag_bce_with_logits_ex(struct ag_tensor *logits,
 	bn->node.saved = bn->saved;
 	bn->node.num_saved = 4;
 	bn->reduction = o->reduction;
-	bn->scale = 1.0 / (double)logits->numel;
+	bn->scale = o->reduction == AG_REDUCTION_MEAN ?
+			    1.0 / (double)logits->numel :
+			    1.0;
 	if (ag__save(&bn->node, BCE_X, logits, false, 0) ||
 	    ag__save(&bn->node, BCE_T, targets, false, 0) ||
 	    ag__save(&bn->node, BCE_W, o->weight, false, 0) ||
