@@ -1361,3 +1361,32 @@ Test(ops_nn, bce_mse_errors_and_empty)
 	ag_tensor_put(e);
 	AG_ASSERT_NO_LEAKS();
 }
+
+/* Every op's result belongs to the open scope, and only the result. */
+Test(ops_nn, ops_under_a_scope)
+{
+	struct ag_tensor *x = mk(AG_F64, 2, SHAPE(3, 4), REF_MA, DENSE, true);
+	struct ag_tensor *w = from(AG_F64, 2, SHAPE(5, 4), REF_LW);
+	struct ag_tensor *t = i64s(1, SHAPE(3), REF_CTB);
+	struct ag_tensor *rm = ag_zeros(AG_F64, 1, SHAPE(4));
+	struct ag_tensor *rv = ag_ones(AG_F64, 1, SHAPE(4));
+	struct ag_scope *s = ag_scope_begin();
+	struct ag_tensor *y[7];
+
+	y[0] = ag_linear(x, w, NULL);
+	y[1] = ag_dropout(x, 0.5, true, NULL);
+	y[2] = ag_batch_norm(x, rm, rv, NULL, NULL, true, 0.1, 1e-5);
+	y[3] = ag_mse_loss(x, x);
+	y[4] = ag_cross_entropy(x, t);
+	y[5] = ag_nll_loss(x, t);
+	y[6] = ag_bce_with_logits(x, x);
+	for (int i = 0; i < 7; i++)
+		cr_assert_not_null(y[i], "op %d: %s", i, ag_errmsg());
+	ag_scope_end(s);
+	ag_tensor_put(x);
+	ag_tensor_put(w);
+	ag_tensor_put(t);
+	ag_tensor_put(rm);
+	ag_tensor_put(rv);
+	AG_ASSERT_NO_LEAKS();
+}
