@@ -331,6 +331,37 @@ static struct ag_tensor *as_c11(struct ag_tensor *t, int64_t c)
 }
 
 /*
+ * dx = w invstd (g - db / count - xhat dw / count) in training, else
+ * w invstd g; g3, xhat, invstd, db and dw as [N, C, S] or [1, C, 1].
+ */
+static struct ag_tensor *bn_graph_dx(struct bn_node *b, struct ag_tensor *g,
+				     struct ag_tensor *g3,
+				     struct ag_tensor *xhat,
+				     struct ag_tensor *is, struct ag_tensor *w,
+				     struct ag_tensor *db, struct ag_tensor *dw)
+{
+	double inv_count = 1.0 / (double)(b->n * b->s);
+	struct ag_tensor *u[8] = { NULL }, *a = is, *d = g3, *r = NULL;
+
+	if (w) {
+		u[0] = as_c11(w, b->c);
+		a = u[1] = u[0] ? ag_mul(u[0], is) : NULL;
+	}
+	if (b->training) {
+		u[2] = ag_mul_scalar(db, inv_count);
+		u[3] = u[2] ? ag_sub(g3, u[2]) : NULL;
+		u[4] = u[3] ? ag_mul_scalar(dw, inv_count) : NULL;
+		u[5] = u[4] ? ag_mul(xhat, u[4]) : NULL;
+		d = u[6] = u[5] ? ag_sub(u[3], u[5]) : NULL;
+	}
+	u[7] = a && d ? ag_mul(d, a) : NULL;
+	r = u[7] ? ag_reshape(u[7], g->ndim, g->shape) : NULL;
+	for (int i = 0; i < 8; i++)
+		ag_tensor_put(u[i]);
+	return r;
+}
+
+/*
  * Under create_graph: the same formulas from public ops, the batch
  * statistics recomputed from x so that they are differentiated too.
  */
@@ -397,30 +428,8 @@ static int bn_graph_grads(struct bn_node *b, struct ag_tensor *g,
 		out[1] = ag_reshape(dw, 1, cshape);
 	if (n->next[2].node)
 		out[2] = ag_reshape(db, 1, cshape);
-	if (n->next[0].node) {
-		struct ag_tensor *u[6] = { NULL }, *a = is;
-
-		if (w) {
-			u[0] = as_c11(w, b->c);
-			a = u[0] ? ag_mul(u[0], is) : NULL;
-			u[1] = a;
-		}
-		if (b->training) {
-			u[2] = ag_mul_scalar(db, inv_count);
-			u[3] = u[2] ? ag_sub(g3, u[2]) : NULL;
-			u[4] = ag_mul_scalar(dw, inv_count);
-			u[5] = u[4] ? ag_mul(xhat, u[4]) : NULL;
-			ag_tensor_put(u[4]);
-			u[4] = u[3] && u[5] ? ag_sub(u[3], u[5]) : NULL;
-		} else {
-			u[4] = ag_tensor_get(g3);
-		}
-		u[5] = (ag_tensor_put(u[5]), NULL);
-		u[5] = a && u[4] ? ag_mul(u[4], a) : NULL;
-		out[0] = u[5] ? ag_reshape(u[5], g->ndim, g->shape) : NULL;
-		for (int i = 0; i < 6; i++)
-			ag_tensor_put(u[i]);
-	}
+	if (n->next[0].node)
+		out[0] = bn_graph_dx(b, g, g3, xhat, is, w, db, dw);
 	ag_tensor_put(db);
 	ag_tensor_put(dw);
 	if ((n->next[0].node && !out[0]) || (n->next[1].node && !out[1]) ||

@@ -861,7 +861,7 @@ static int bce_apply(struct ag_node *n, struct ag_tensor **grads,
 	ag_tensor_put(t);
 	ag_tensor_put(w);
 	ag_tensor_put(pw);
-	return rc ? rc : 0;
+	return rc;
 }
 
 static const struct ag_node_ops bce_ops = {
