@@ -6,6 +6,8 @@
  * inputs; gradcheck and gradgradcheck in f64; bad inputs with their
  * messages.
  */
+#include <pthread.h>
+
 #include <ag/pool.h>
 
 #include "common.h"
@@ -409,6 +411,34 @@ Test(ops_nn, dropout_seed_reproducible_over_threads)
 	ag_tensor_put(y3);
 	ag_tensor_put(y4);
 	ag_set_num_threads(0);
+	AG_ASSERT_NO_LEAKS();
+}
+
+static void *drop_on_thread(void *arg)
+{
+	const int64_t n = 1000;
+	struct ag_tensor *a = ag_ones(AG_F64, 1, &n);
+
+	*(struct ag_tensor **)arg = ag_dropout(a, 0.5, true, NULL);
+	ag_tensor_put(a);
+	return NULL;
+}
+
+/* Each thread's default generator starts from the ag_manual_seed seed. */
+Test(ops_nn, dropout_default_generator_per_thread)
+{
+	struct ag_tensor *mine = NULL, *theirs = NULL;
+	pthread_t th;
+
+	ag_manual_seed(1234);
+	drop_on_thread(&mine);
+	cr_assert_eq(pthread_create(&th, NULL, drop_on_thread, &theirs), 0);
+	pthread_join(th, NULL);
+	cr_assert_not_null(mine);
+	cr_assert_not_null(theirs);
+	cr_assert(ag_equal(mine, theirs));
+	ag_tensor_put(mine);
+	ag_tensor_put(theirs);
 	AG_ASSERT_NO_LEAKS();
 }
 
