@@ -273,6 +273,52 @@ Test(ops_nn, linear_shapes)
 	AG_ASSERT_NO_LEAKS();
 }
 
+/* sum(linear(x)): the gradient arrives expanded (stride 0), copied once. */
+Test(ops_nn, linear_backward_expanded_grad)
+{
+	for (int di = 0; di < 2; di++) {
+		enum ag_dtype dt = dtypes[di];
+		struct ag_tensor *x =
+			mk(dt, 2, SHAPE(3, 4), REF_LX, DENSE, true);
+		struct ag_tensor *w =
+			mk(dt, 2, SHAPE(5, 4), REF_LW, DENSE, true);
+		struct ag_tensor *b = mk(dt, 1, SHAPE(5), REF_LB, DENSE, true);
+		struct ag_tensor *y = ag_linear(x, w, b), *s = ag_sum(y);
+		struct ag_tensor *gx, *gw, *gb;
+
+		cr_assert_eq(ag_backward(s, NULL, NULL), 0, "%s", ag_errmsg());
+		gx = ag_tensor_grad(x);
+		gw = ag_tensor_grad(w);
+		gb = ag_tensor_grad(b);
+		for (int i = 0; i < 3; i++)
+			for (int k = 0; k < 4; k++) {
+				double want = 0;
+
+				for (int j = 0; j < 5; j++)
+					want += REF_LW[j * 4 + k];
+				cr_assert_float_eq(ag__get(gx, i * 4 + k), want,
+						   1e-5);
+			}
+		for (int j = 0; j < 5; j++) {
+			cr_assert_eq(ag__get(gb, j), 3.0);
+			for (int k = 0; k < 4; k++)
+				cr_assert_float_eq(ag__get(gw, j * 4 + k),
+						   REF_LX[k] + REF_LX[4 + k] +
+							   REF_LX[8 + k],
+						   1e-5);
+		}
+		ag_tensor_put(gx);
+		ag_tensor_put(gw);
+		ag_tensor_put(gb);
+		ag_tensor_put(s);
+		ag_tensor_put(y);
+		ag_tensor_put(x);
+		ag_tensor_put(w);
+		ag_tensor_put(b);
+	}
+	AG_ASSERT_NO_LEAKS();
+}
+
 static int f_linear(struct ag_tensor *const *in, int nin,
 		    struct ag_tensor **out, void *arg)
 {
