@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: MIT
 /*
  * Batch normalisation over dim 1.  x is read as [N, C, S] (S the product
- * of the dims after C) from a dense copy when it is not dense already; a
- * channel is then N spans of S elements.  Statistics are taken in f64;
- * y = x alpha + beta per channel with alpha = invstd w and
- * beta = b - mean alpha, as torch's CPU kernel.
+ * of the dims after C) from a dense copy when it is not dense already.
+ * Every pass walks the buffer in memory order with an f64 accumulator per
+ * channel: a channel's elements are S-long runs C * S apart, and for
+ * [N, C] single elements C apart, which a walk per channel would take one
+ * cache line each.  y = x alpha + beta per channel with alpha = invstd w
+ * and beta = b - mean alpha, as torch's CPU kernel.
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <ag/mode.h>
@@ -46,46 +49,77 @@ static struct bn_dims bn_dims(const struct ag_tensor *x)
 	return d;
 }
 
-/* Span n of channel c of a dense [N, C, S] buffer. */
-static const void *span(const struct ag_tensor *t, const struct bn_dims *d,
-			int64_t n, int64_t c)
-{
-	return (const char *)ag__data(t) +
-	       (size_t)((n * d->c + c) * d->s) * ag_dtype_size(t->dtype);
-}
+/* Runs the statements for element i, of channel c, of a dense buffer. */
+#define BN_PASS(d, ...)                                                \
+	for (int64_t n_ = 0, i = 0; n_ < (d)->n; n_++)                 \
+		for (int64_t c = 0; c < (d)->c; c++)                   \
+			for (int64_t e_ = 0; e_ < (d)->s; e_++, i++) { \
+				__VA_ARGS__                            \
+			}
 
-static double span_sum(const struct ag_tensor *t, const struct bn_dims *d,
-		       int64_t n, int64_t c)
+/* Runs of at least this many elements go to simd/'s span kernels. */
+#define BN_SPAN_MIN 16
+
+/* Sum of the run of channel c in sample n (d->s elements). */
+static double run_sum(const struct ag_tensor *t, const struct bn_dims *d,
+		      int64_t n, int64_t c, const void *base)
 {
+	int64_t o = (n * d->c + c) * d->s;
+
 	if (t->dtype == AG_F32)
-		return ag_k_sum_f32(d->s, span(t, d, n, c), 1);
-	return ag_k_sum_f64(d->s, span(t, d, n, c), 1);
+		return ag_k_sum_f32(d->s, (const float *)base + o, 1);
+	return ag_k_sum_f64(d->s, (const double *)base + o, 1);
 }
 
 /*
- * Mean and biased variance of channel c: per span the kernel's two-pass
- * variance, combined with the spans' offsets from the channel mean (no
- * cancellation).
+ * Mean and biased variance per channel, in f64.  Long runs: each run's
+ * two-pass variance from the kernel, combined with its offset from the
+ * channel mean; short ones: two plain passes.  Neither cancels.
  */
-static void channel_stats(const struct ag_tensor *x, const struct bn_dims *d,
-			  int64_t c, double *mean, double *var)
+static void bn_stats(const struct ag_tensor *x, const struct bn_dims *d,
+		     double *mean, double *var)
 {
-	double sum = 0, m2 = 0;
+	const float *xf = ag__data(x);
+	const double *xd = ag__data(x);
 
-	for (int64_t n = 0; n < d->n; n++)
-		sum += span_sum(x, d, n, c);
-	*mean = sum / (double)d->count;
-	for (int64_t n = 0; n < d->n; n++) {
-		double sm, v;
-
-		if (x->dtype == AG_F32)
-			v = ag_k_var_f32(d->s, span(x, d, n, c), 1, 0, &sm);
-		else
-			v = ag_k_var_f64(d->s, span(x, d, n, c), 1, 0, &sm);
-		m2 += v * (double)d->s +
-		      (double)d->s * (sm - *mean) * (sm - *mean);
+	for (int64_t c = 0; c < d->c; c++)
+		mean[c] = var[c] = 0;
+	if (d->s >= BN_SPAN_MIN) {
+		for (int64_t n = 0; n < d->n; n++)
+			for (int64_t c = 0; c < d->c; c++)
+				mean[c] += run_sum(x, d, n, c, xd);
+	} else if (x->dtype == AG_F32) {
+		BN_PASS(d, mean[c] += xf[i];)
+	} else {
+		BN_PASS(d, mean[c] += xd[i];)
 	}
-	*var = m2 / (double)d->count;
+	for (int64_t c = 0; c < d->c; c++)
+		mean[c] /= (double)d->count;
+	if (d->s >= BN_SPAN_MIN) {
+		double len = (double)d->s;
+
+		for (int64_t n = 0; n < d->n; n++) {
+			for (int64_t c = 0; c < d->c; c++) {
+				int64_t o = (n * d->c + c) * d->s;
+				double rm, v;
+
+				if (x->dtype == AG_F32)
+					v = ag_k_var_f32(d->s, xf + o, 1, 0,
+							 &rm);
+				else
+					v = ag_k_var_f64(d->s, xd + o, 1, 0,
+							 &rm);
+				var[c] += v * len +
+					  len * (rm - mean[c]) * (rm - mean[c]);
+			}
+		}
+	} else if (x->dtype == AG_F32) {
+		BN_PASS(d, double t = xf[i] - mean[c]; var[c] += t * t;)
+	} else {
+		BN_PASS(d, double t = xd[i] - mean[c]; var[c] += t * t;)
+	}
+	for (int64_t c = 0; c < d->c; c++)
+		var[c] /= (double)d->count;
 }
 
 /* t[i] of a 1-D tensor, any layout, NULL: dflt */
@@ -104,26 +138,21 @@ static void set1(struct ag_tensor *t, int64_t i, double v)
 		((double *)t->storage->data)[off] = v;
 }
 
-/* dst = src alpha + beta over span n of channel c (dense buffers) */
-static void span_affine(const struct ag_tensor *src, struct ag_tensor *dst,
-			const struct bn_dims *d, int64_t n, int64_t c,
-			double alpha, double beta)
+/* y = x alpha[c] + beta[c], dense buffers */
+static void bn_affine(const struct ag_tensor *x, struct ag_tensor *y,
+		      const struct bn_dims *d, const double *alpha,
+		      const double *beta)
 {
-	size_t o = (size_t)((n * d->c + c) * d->s);
+	if (x->dtype == AG_F32) {
+		const float *xs = ag__data(x);
+		float *ys = ag__data(y);
 
-	if (src->dtype == AG_F32) {
-		const float *x = (const float *)ag__data(src) + o;
-		float *y = (float *)ag__data(dst) + o, a = (float)alpha,
-		      b = (float)beta;
-
-		for (int64_t i = 0; i < d->s; i++)
-			y[i] = x[i] * a + b;
+		BN_PASS(d, ys[i] = xs[i] * (float)alpha[c] + (float)beta[c];)
 	} else {
-		const double *x = (const double *)ag__data(src) + o;
-		double *y = (double *)ag__data(dst) + o;
+		const double *xs = ag__data(x);
+		double *ys = ag__data(y);
 
-		for (int64_t i = 0; i < d->s; i++)
-			y[i] = x[i] * alpha + beta;
+		BN_PASS(d, ys[i] = xs[i] * alpha[c] + beta[c];)
 	}
 }
 
@@ -142,28 +171,36 @@ static struct ag_tensor *bn_fwd(const struct bn_args *a, struct ag_tensor *xc,
 {
 	struct bn_dims d = bn_dims(xc);
 	struct ag_tensor *y = ag__tensor_like(xc);
+	double *ab = malloc((size_t)(2 * d.c + 1) * sizeof(double));
 
-	if (!y)
+	if (!y || !ab) {
+		if (!ab)
+			ag__err(AG_ENOMEM, "ag_batch_norm: out of memory");
+		free(ab);
+		ag_tensor_put(y);
 		return NULL;
+	}
+	if (a->training && d.count) {
+		/* invstd holds the variance until it is final */
+		bn_stats(xc, &d, mean, invstd);
+	}
 	for (int64_t c = 0; c < d.c; c++) {
-		double m, v, alpha;
+		double m, v;
 
 		if (a->training) {
 			if (!d.count) { /* nothing to normalise or learn */
 				mean[c] = invstd[c] = 0;
 				continue;
 			}
-			channel_stats(xc, &d, c, &m, &v);
+			m = mean[c];
+			v = invstd[c];
 		} else {
-			m = at1(a->rm, c, 0);
+			m = mean[c] = at1(a->rm, c, 0);
 			v = at1(a->rv, c, 1);
 		}
-		mean[c] = m;
 		invstd[c] = 1.0 / sqrt(v + a->eps);
-		alpha = invstd[c] * at1(a->w, c, 1);
-		for (int64_t n = 0; n < d.n; n++)
-			span_affine(xc, y, &d, n, c, alpha,
-				    at1(a->b, c, 0) - m * alpha);
+		ab[c] = invstd[c] * at1(a->w, c, 1);
+		ab[d.c + c] = at1(a->b, c, 0) - m * ab[c];
 		if (a->training && a->rm) {
 			double mo = a->momentum;
 
@@ -174,6 +211,9 @@ static struct ag_tensor *bn_fwd(const struct bn_args *a, struct ag_tensor *xc,
 					     (double)(d.count - 1));
 		}
 	}
+	if (d.count)
+		bn_affine(xc, y, &d, ab, ab + d.c);
+	free(ab);
 	if (a->training && a->rm && d.count) {
 		ag__storage_bump(a->rm->storage, "ag_batch_norm");
 		ag__storage_bump(a->rv->storage, "ag_batch_norm");
@@ -194,56 +234,62 @@ static struct ag_tensor *vec_new(enum ag_dtype dt, int64_t c)
 	return ag__tensor_new("ag_batch_norm", dt, 1, &c);
 }
 
-/* sum(g (x - m)) over span n of channel c, in f64 */
-static double span_gxm(const struct ag_tensor *g, const struct ag_tensor *x,
-		       const struct bn_dims *d, int64_t n, int64_t c, double m)
+/* sg[c] = sum(g), sgx[c] = sum(g (x - m[c])) per channel, in f64 */
+static void bn_grad_sums(const struct ag_tensor *g, const struct ag_tensor *x,
+			 const struct bn_dims *d, const double *m, double *sg,
+			 double *sgx)
 {
-	size_t o = (size_t)((n * d->c + c) * d->s);
-	double s = 0;
+	bool runs = d->s >= BN_SPAN_MIN;
 
+	for (int64_t c = 0; c < d->c; c++)
+		sg[c] = sgx[c] = 0;
+	for (int64_t n = 0; runs && n < d->n; n++)
+		for (int64_t c = 0; c < d->c; c++)
+			sg[c] += run_sum(g, d, n, c, ag__data(g));
 	if (g->dtype == AG_F32) {
-		const float *gs = (const float *)ag__data(g) + o;
-		const float *xs = (const float *)ag__data(x) + o;
+		const float *gs = ag__data(g), *xs = ag__data(x);
 
-		for (int64_t i = 0; i < d->s; i++)
-			s += (double)gs[i] * ((double)xs[i] - m);
+		if (runs)
+			BN_PASS(d, sgx[c] +=
+				   (double)gs[i] * ((double)xs[i] - m[c]);)
+		else
+			BN_PASS(d, sg[c] += gs[i];
+				sgx[c] +=
+				(double)gs[i] * ((double)xs[i] - m[c]);)
 	} else {
-		const double *gs = (const double *)ag__data(g) + o;
-		const double *xs = (const double *)ag__data(x) + o;
+		const double *gs = ag__data(g), *xs = ag__data(x);
 
-		for (int64_t i = 0; i < d->s; i++)
-			s += gs[i] * (xs[i] - m);
+		if (runs)
+			BN_PASS(d, sgx[c] += gs[i] * (xs[i] - m[c]);)
+		else
+			BN_PASS(d, sg[c] += gs[i];
+				sgx[c] += gs[i] * (xs[i] - m[c]);)
 	}
-	return s;
 }
 
-/* dx = g A + (x - m) B + C over span n of channel c */
-static void span_dx(const struct ag_tensor *g, const struct ag_tensor *x,
-		    struct ag_tensor *dx, const struct bn_dims *d, int64_t n,
-		    int64_t c, double m, double A, double B, double C)
+/* dx = g A[c] + (x - m[c]) B[c] + C[c] */
+static void bn_dx(const struct ag_tensor *g, const struct ag_tensor *x,
+		  struct ag_tensor *dx, const struct bn_dims *d,
+		  const double *m, const double *A, const double *B,
+		  const double *C)
 {
-	size_t o = (size_t)((n * d->c + c) * d->s);
-
 	if (g->dtype == AG_F32) {
-		const float *gs = (const float *)ag__data(g) + o;
-		const float *xs = (const float *)ag__data(x) + o;
-		float *ys = (float *)ag__data(dx) + o;
+		const float *gs = ag__data(g), *xs = ag__data(x);
+		float *ys = ag__data(dx);
 
-		for (int64_t i = 0; i < d->s; i++)
-			ys[i] = (float)(gs[i] * A + ((double)xs[i] - m) * B +
-					C);
+		BN_PASS(d,
+			ys[i] = (float)(gs[i] * A[c] +
+					((double)xs[i] - m[c]) * B[c] + C[c]);)
 	} else {
-		const double *gs = (const double *)ag__data(g) + o;
-		const double *xs = (const double *)ag__data(x) + o;
-		double *ys = (double *)ag__data(dx) + o;
+		const double *gs = ag__data(g), *xs = ag__data(x);
+		double *ys = ag__data(dx);
 
-		for (int64_t i = 0; i < d->s; i++)
-			ys[i] = gs[i] * A + (xs[i] - m) * B + C;
+		BN_PASS(d, ys[i] = gs[i] * A[c] + (xs[i] - m[c]) * B[c] + C[c];)
 	}
 }
 
 /*
- * One pass per channel for the sums, one for dx: db = sum(g),
+ * One pass for the sums, one for dx: db = sum(g),
  * dw = sum(g xhat) with xhat = (x - mean) invstd, and
  *   training: dx = w invstd (g - db / count - xhat dw / count)
  *   eval:     dx = w invstd g
@@ -254,6 +300,7 @@ static int bn_plain_grads(struct bn_node *b, struct ag_tensor *g,
 	struct ag_node *n = &b->node;
 	struct ag_tensor *x = ag__unpack(n, BN_INPUT), *w = NULL;
 	struct ag_tensor *sm = NULL, *si = NULL, *xc = NULL, *gc = NULL;
+	double *m = NULL, *is, *sg, *sgx, *A, *B, *C;
 	struct bn_dims d;
 	int rc = 0;
 
@@ -267,6 +314,17 @@ static int bn_plain_grads(struct bn_node *b, struct ag_tensor *g,
 	gc = xc ? dense(g) : NULL;
 	if (!gc)
 		goto fail;
+	m = malloc((size_t)(7 * d.c + 1) * sizeof(double));
+	if (!m) {
+		ag__err(AG_ENOMEM, "BatchNormBackward: out of memory");
+		goto fail;
+	}
+	is = m + d.c;
+	sg = is + d.c;
+	sgx = sg + d.c;
+	A = sgx + d.c;
+	B = A + d.c;
+	C = B + d.c;
 	if (n->next[0].node && !(out[0] = ag__tensor_like(xc)))
 		goto fail;
 	if (n->next[1].node && !(out[1] = vec_new(g->dtype, d.c)))
@@ -274,35 +332,33 @@ static int bn_plain_grads(struct bn_node *b, struct ag_tensor *g,
 	if (n->next[2].node && !(out[2] = vec_new(g->dtype, d.c)))
 		goto fail;
 	for (int64_t c = 0; c < d.c; c++) {
-		double m = ag__get(sm, c), is = ag__get(si, c);
-		double sg = 0, sgx = 0, A, B = 0, C = 0;
-
+		m[c] = ag__get(sm, c);
+		is[c] = ag__get(si, c);
 		if (!b->training)
-			is = 1.0 / sqrt(is + b->eps);
-		for (int64_t k = 0; k < d.n; k++) {
-			sg += span_sum(gc, &d, k, c);
-			sgx += span_gxm(gc, xc, &d, k, c, m);
-		}
-		if (out[1])
-			set1(out[1], c, sgx * is);
-		if (out[2])
-			set1(out[2], c, sg);
-		if (!out[0])
-			continue;
-		A = at1(w, c, 1) * is;
-		if (b->training && d.count) {
-			B = -A * is * is * sgx / (double)d.count;
-			C = -A * sg / (double)d.count;
-		}
-		for (int64_t k = 0; k < d.n; k++)
-			span_dx(gc, xc, out[0], &d, k, c, m, A, B, C);
+			is[c] = 1.0 / sqrt(is[c] + b->eps);
 	}
+	bn_grad_sums(gc, xc, &d, m, sg, sgx);
+	for (int64_t c = 0; c < d.c; c++) {
+		if (out[1])
+			set1(out[1], c, sgx[c] * is[c]);
+		if (out[2])
+			set1(out[2], c, sg[c]);
+		A[c] = at1(w, c, 1) * is[c];
+		B[c] = C[c] = 0;
+		if (b->training && d.count) {
+			B[c] = -A[c] * is[c] * is[c] * sgx[c] / (double)d.count;
+			C[c] = -A[c] * sg[c] / (double)d.count;
+		}
+	}
+	if (out[0])
+		bn_dx(gc, xc, out[0], &d, m, A, B, C);
 	goto done;
 fail:
 	rc = -ag_errcode();
 	if (!rc)
 		rc = -AG_ENOMEM;
 done:
+	free(m);
 	ag_tensor_put(x);
 	ag_tensor_put(w);
 	ag_tensor_put(sm);

@@ -160,9 +160,11 @@ y = F.batch_norm(x, rm, rv, w, b, training=False, eps=1e-5)
 emit("REF_BN_EVAL_Y", y)
 for n, g in zip(("DX", "DW", "DB"), grads(y, BNR, x, w, b)):
     emit("REF_BN_EVAL_" + n, g)
-# [2, 3, 5] and [2, 3, 2, 2], one step, no affine for the 4-D one.
+# [2, 3, 5] and [2, 3, 2, 2], one step, no affine for the 4-D one;
+# [2, 3, 4, 5] has runs long enough for the span kernels.
 for name, shape, affine in [("BN3", (2, 3, 5), True),
-                            ("BN4", (2, 3, 2, 2), False)]:
+                            ("BN4", (2, 3, 2, 2), False),
+                            ("BN5", (2, 3, 4, 5), True)]:
     X, R = r(*shape) * 3, r(*shape)
     emit(f"REF_{name}_X", X)
     emit(f"REF_{name}_R", R)

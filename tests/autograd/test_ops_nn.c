@@ -691,7 +691,7 @@ Test(ops_nn, batch_norm_matches_torch)
 	AG_ASSERT_NO_LEAKS();
 }
 
-/* [N, C, L] with weight and bias, [N, C, H, W] without. */
+/* [N, C, L] with weight and bias, [N, C, H, W] with and without. */
 Test(ops_nn, batch_norm_nd_matches_torch)
 {
 	for (int di = 0; di < 2; di++) {
@@ -715,6 +715,29 @@ Test(ops_nn, batch_norm_nd_matches_torch)
 			expect(g[0], REF_BN3_DX, 30, tol, "bn [2, 3, 5] dx");
 			expect(g[1], REF_BN3_DW, 3, tol, "bn [2, 3, 5] dw");
 			expect(g[2], REF_BN3_DB, 3, tol, "bn [2, 3, 5] db");
+			put_all(g, 3);
+			ag_tensor_put(y);
+			put_all(in, 3);
+			ag_tensor_put(rm);
+			ag_tensor_put(rv);
+
+			/* runs of 20: the span kernels' path */
+			rm = from(dt, 1, SHAPE(3), REF_BN5_RM0);
+			rv = from(dt, 1, SHAPE(3), REF_BN5_RV0);
+			in[0] = mk(dt, 4, SHAPE(2, 3, 4, 5), REF_BN5_X, lay,
+				   true);
+			in[1] = mk(dt, 1, SHAPE(3), REF_BNW, DENSE, true);
+			in[2] = mk(dt, 1, SHAPE(3), REF_BNB, lay, true);
+			y = ag_batch_norm(in[0], rm, rv, in[1], in[2], true,
+					  0.3, 1e-3);
+			expect(y, REF_BN5_Y, 120, tol, "bn [2, 3, 4, 5]");
+			expect(rm, REF_BN5_RM, 3, tol, "bn [2, 3, 4, 5] mean");
+			expect(rv, REF_BN5_RV, 3, tol, "bn [2, 3, 4, 5] var");
+			grads(y, REF_BN5_R, in, 3, g);
+			expect(g[0], REF_BN5_DX, 120, tol,
+			       "bn [2, 3, 4, 5] dx");
+			expect(g[1], REF_BN5_DW, 3, tol, "bn [2, 3, 4, 5] dw");
+			expect(g[2], REF_BN5_DB, 3, tol, "bn [2, 3, 4, 5] db");
 			put_all(g, 3);
 			ag_tensor_put(y);
 			put_all(in, 3);
