@@ -115,3 +115,33 @@ struct ag_tensor *ag_randn(struct ag_generator *g, enum ag_dtype dt, int ndim,
 {
 	return random_tensor("ag_randn", g, dt, ndim, shape, true);
 }
+
+/*
+ * The default generators: one per thread, so drawing needs no lock.  Each
+ * restarts from the seed of ag_manual_seed() when it sees a newer epoch.
+ */
+static atomic_uint_least64_t default_seed = 67280421310721ULL;
+static atomic_uint_least64_t seed_epoch = 1;
+static _Thread_local struct ag_generator default_gen;
+static _Thread_local uint64_t default_epoch; /* 0: never seeded */
+
+void ag_manual_seed(uint64_t seed)
+{
+	atomic_store_explicit(&default_seed, seed, memory_order_relaxed);
+	atomic_fetch_add_explicit(&seed_epoch, 1, memory_order_release);
+}
+
+struct ag_generator *ag__default_generator(void)
+{
+	uint64_t e = atomic_load_explicit(&seed_epoch, memory_order_acquire);
+
+	if (e != default_epoch) {
+		uint64_t seed = atomic_load_explicit(&default_seed,
+						     memory_order_relaxed);
+
+		for (int i = 0; i < 4; i++)
+			default_gen.s[i] = splitmix64(&seed);
+		default_epoch = e;
+	}
+	return &default_gen;
+}

@@ -183,6 +183,106 @@ AG_API struct ag_tensor *ag_gt(struct ag_tensor *a, struct ag_tensor *b);
 
 /* linear algebra */
 AG_API struct ag_tensor *ag_matmul(struct ag_tensor *a, struct ag_tensor *b);
+/*
+ * x w^T + b for x [*, in], w [out, in], b [out] (or one element, or NULL):
+ * [*, out].  One node; forward and backward are GEMMs that read transposed
+ * operands in place.
+ */
+AG_API struct ag_tensor *ag_linear(struct ag_tensor *x, struct ag_tensor *w,
+				   struct ag_tensor *b);
+
+/* nn functional */
+/*
+ * Zeroes each element of a with probability p and scales the rest by
+ * 1 / (1 - p), while training; p = 0 or !training returns a itself (a new
+ * reference).  p outside [0, 1] is AG_EINVAL.  The mask is a function of one
+ * draw from g (NULL: this thread's default generator, see ag_manual_seed)
+ * and of each element's row-major index, so it does not depend on the
+ * thread count.  It is kept as one bit per element for backward.
+ */
+AG_API struct ag_tensor *ag_dropout(struct ag_tensor *a, double p,
+				    bool training, struct ag_generator *g);
+/*
+ * Batch normalisation over channel dim 1 of x [N, C, ...] (x [N, C],
+ * [N, C, L], [N, C, H, W], ...).  running_mean, running_var, weight and
+ * bias are [C] or NULL.  Training normalises with the batch's biased
+ * variance (it needs more than one value per channel) and, where given,
+ * updates the running stats in place, unrecorded, with the unbiased one:
+ * running = (1 - momentum) running + momentum batch (a version bump).  Eval
+ * normalises with the running stats, which it then requires.  x, weight and
+ * bias get gradients; the running stats never do.
+ */
+AG_API struct ag_tensor *ag_batch_norm(struct ag_tensor *x,
+				       struct ag_tensor *running_mean,
+				       struct ag_tensor *running_var,
+				       struct ag_tensor *weight,
+				       struct ag_tensor *bias, bool training,
+				       double momentum, double eps);
+
+/*
+ * Losses, as torch.nn.functional's.  The _ex variants take options; NULL,
+ * or a zeroed struct, means torch's defaults: every field's zero value is
+ * its default.
+ */
+enum ag_reduction {
+	AG_REDUCTION_MEAN, /* default */
+	AG_REDUCTION_SUM,
+	AG_REDUCTION_NONE, /* one loss per element (row for class losses) */
+};
+
+struct ag_loss_opts {
+	enum ag_reduction reduction;
+	/*
+	 * Cross-entropy and NLL: [C] class weights; a weighted mean divides
+	 * by the sum of the weights of the targets that are not ignored.
+	 * BCE: a weight per element, broadcast to the input.  No gradient.
+	 */
+	struct ag_tensor *weight;
+	/* BCE: weight of the positive term, broadcast to the input */
+	struct ag_tensor *pos_weight;
+	/* cross-entropy: in [0, 1], torch 1.13's formula */
+	double label_smoothing;
+	/*
+	 * Cross-entropy and NLL: rows whose target is ignore_index add
+	 * nothing, to the loss or to a mean's divisor.  Only read when
+	 * has_ignore_index is set; otherwise it is torch's -100.
+	 */
+	bool has_ignore_index;
+	int64_t ignore_index;
+};
+
+/* mean((a - b)^2); a and b broadcast.  Takes only opts' reduction. */
+AG_API struct ag_tensor *ag_mse_loss(struct ag_tensor *a, struct ag_tensor *b);
+AG_API struct ag_tensor *ag_mse_loss_ex(struct ag_tensor *a,
+					struct ag_tensor *b,
+					const struct ag_loss_opts *o);
+/*
+ * log_softmax then NLL, as one node, over logits [N, C] or [N, C, d...]
+ * (targets i64 [N] or [N, d...]; also logits [C] with a 0-d target), stable
+ * for any finite logits.  A target outside [0, C) that is not ignore_index
+ * is AG_EINVAL naming its row (its row-major index in targets).
+ */
+AG_API struct ag_tensor *ag_cross_entropy(struct ag_tensor *logits,
+					  struct ag_tensor *targets);
+AG_API struct ag_tensor *ag_cross_entropy_ex(struct ag_tensor *logits,
+					     struct ag_tensor *targets,
+					     const struct ag_loss_opts *o);
+/* -logp[target] per row, shapes as ag_cross_entropy; no label smoothing */
+AG_API struct ag_tensor *ag_nll_loss(struct ag_tensor *logp,
+				     struct ag_tensor *targets);
+AG_API struct ag_tensor *ag_nll_loss_ex(struct ag_tensor *logp,
+					struct ag_tensor *targets,
+					const struct ag_loss_opts *o);
+/*
+ * Binary cross-entropy on logits x with targets t of x's shape, in the
+ * stable form max(x, 0) - x t + log1p(exp(-|x|)); with pos_weight pw,
+ * (1 - t) x + (1 + (pw - 1) t) log(1 + exp(-x)).  x and t get gradients.
+ */
+AG_API struct ag_tensor *ag_bce_with_logits(struct ag_tensor *logits,
+					    struct ag_tensor *targets);
+AG_API struct ag_tensor *ag_bce_with_logits_ex(struct ag_tensor *logits,
+					       struct ag_tensor *targets,
+					       const struct ag_loss_opts *o);
 
 /* in place: return 0 or -AG_E*, bump the version, obey the leaf rule */
 AG_API int ag_add_(struct ag_tensor *self, struct ag_tensor *other);

@@ -38,6 +38,12 @@ struct ag_generator;
 AG_API struct ag_generator *ag_generator_new(uint64_t seed);
 AG_API void ag_generator_free(struct ag_generator *g);
 AG_API uint64_t ag_generator_next(struct ag_generator *g); /* raw 64 bits */
+/*
+ * Reseeds the default generator of every thread (each starts from this seed
+ * on its next use), which ops given a NULL generator draw from (ag_dropout).
+ * Before any call, the seed is 67280421310721, as torch's default.
+ */
+AG_API void ag_manual_seed(uint64_t seed);
 
 /* Creation.  shape may be NULL when ndim is 0. */
 AG_API struct ag_tensor *ag_empty(enum ag_dtype dt, int ndim,

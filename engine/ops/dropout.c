@@ -1,0 +1,243 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Dropout.  The mask is counter-based: one draw from the generator gives a
+ * key, and element i is kept when the SplitMix64 output at position i of
+ * the stream keyed by it, as a uniform in [0, 1), is below 1 - p.  Any
+ * block of elements can then be drawn on any thread, and a seed gives the
+ * same mask whatever the thread count.  The node keeps the mask as bits.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <ag/mode.h>
+#include <ag/pool.h>
+
+#include "ops.h"
+
+struct dropout_node {
+	struct ag_node node;
+	double scale; /* 1 / (1 - p), the factor of a kept element */
+	int64_t numel;
+	uint64_t *mask; /* bit i of word i / 64: element i is kept */
+};
+
+/* SplitMix64's output at position i of the stream that starts at key. */
+static uint64_t mix_at(uint64_t key, int64_t i)
+{
+	uint64_t z = key + (uint64_t)(i + 1) * 0x9e3779b97f4a7c15ULL;
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+struct drop_ctx {
+	uint64_t key;
+	double keep; /* 1 - p */
+	int64_t numel;
+	uint64_t *mask;
+	/* optional: dst[i] = src[i] * factor(bit i), both dense */
+	enum ag_dtype dt;
+	const void *src;
+	void *dst;
+	double scale;
+};
+
+/* dst[i] = src[i] times scale or 0 by the mask, over elements [s, e). */
+static void apply_mask(const struct drop_ctx *c, int64_t s, int64_t e)
+{
+	if (c->dt == AG_F32) {
+		const float *x = c->src;
+		float *y = c->dst, f = (float)c->scale;
+
+		for (int64_t i = s; i < e; i++)
+			y[i] = x[i] *
+			       ((c->mask[i >> 6] >> (i & 63)) & 1 ? f : 0.0f);
+	} else {
+		const double *x = c->src;
+		double *y = c->dst, f = c->scale;
+
+		for (int64_t i = s; i < e; i++)
+			y[i] = x[i] *
+			       ((c->mask[i >> 6] >> (i & 63)) & 1 ? f : 0.0);
+	}
+}
+
+/* Words [ws, we) of the mask, then their elements of dst. */
+static void draw_words(int64_t ws, int64_t we, void *arg)
+{
+	struct drop_ctx *c = arg;
+	int64_t end = we * 64 < c->numel ? we * 64 : c->numel;
+
+	for (int64_t w = ws; w < we; w++) {
+		uint64_t bits = 0;
+		int64_t n = c->numel - w * 64 < 64 ? c->numel - w * 64 : 64;
+
+		for (int64_t b = 0; b < n; b++) {
+			double u = (double)(mix_at(c->key, w * 64 + b) >> 11) *
+				   0x1p-53;
+
+			bits |= (uint64_t)(u < c->keep) << b;
+		}
+		c->mask[w] = bits;
+	}
+	if (c->dst)
+		apply_mask(c, ws * 64, end);
+}
+
+static void mask_words(int64_t ws, int64_t we, void *arg)
+{
+	struct drop_ctx *c = arg;
+
+	apply_mask(c, ws * 64, we * 64 < c->numel ? we * 64 : c->numel);
+}
+
+/* Runs fn over the mask's words, split over the pool when large. */
+static void over_words(struct drop_ctx *c, void (*fn)(int64_t, int64_t, void *))
+{
+	int64_t words = (c->numel + 63) / 64;
+
+	if (c->numel < ag__parallel_threshold())
+		fn(0, words, c);
+	else
+		ag_parallel_for(words, 256, fn, c);
+}
+
+static void dropout_release(struct ag_node *n)
+{
+	struct dropout_node *d = ag_container_of(n, struct dropout_node, node);
+
+	free(d->mask);
+	d->mask = NULL;
+}
+
+/* The mask as a tensor of scale and 0, for a backward that is recorded. */
+static struct ag_tensor *mask_tensor(struct dropout_node *d,
+				     struct ag_tensor *g)
+{
+	struct ag_tensor *ones = ag__tensor_like(g);
+	struct drop_ctx c = { 0 };
+
+	if (!ones)
+		return NULL;
+	if (g->dtype == AG_F32)
+		ag_k_fill_f32(g->numel, 1.0f, ag__data(ones), 1);
+	else
+		ag_k_fill_f64(g->numel, 1.0, ag__data(ones), 1);
+	c.numel = d->numel;
+	c.mask = d->mask;
+	c.dt = g->dtype;
+	c.src = c.dst = ag__data(ones);
+	c.scale = d->scale;
+	over_words(&c, mask_words);
+	return ones;
+}
+
+/* gx = g * mask * scale: linear in g, so the same mask again under grad. */
+static int dropout_apply(struct ag_node *n, struct ag_tensor **grads,
+			 struct ag_tensor **out)
+{
+	struct dropout_node *d = ag_container_of(n, struct dropout_node, node);
+	struct ag_tensor *g = grads[0], *m;
+	struct drop_ctx c = { 0 };
+
+	if (!g || !n->next[0].node)
+		return 0;
+	if (!d->mask)
+		return ag__err_freed(n);
+	if (ag__mode.grad) {
+		m = mask_tensor(d, g);
+		out[0] = m ? ag_mul(g, m) : NULL;
+		ag_tensor_put(m);
+		return out[0] ? 0 : -ag_errcode();
+	}
+	if (ag__exclusive(g)) {
+		out[0] = g; /* nobody else sees it: scale in place */
+		grads[0] = NULL;
+	} else {
+		out[0] = ag__contiguous_copy(g);
+		if (!out[0])
+			return -ag_errcode();
+	}
+	c.numel = d->numel;
+	c.mask = d->mask;
+	c.dt = g->dtype;
+	c.src = c.dst = ag__data(out[0]);
+	c.scale = d->scale;
+	over_words(&c, mask_words);
+	return 0;
+}
+
+static const struct ag_node_ops dropout_ops = {
+	.name = "DropoutBackward",
+	.apply = dropout_apply,
+	.release = dropout_release, /* also run when the node is freed */
+};
+
+static double kept_scale(enum ag_dtype dt, double p)
+{
+	/* the factor as torch forms it: 1 / (1 - p) in the dtype */
+	if (dt == AG_F32)
+		return (double)(1.0f / (float)(1.0 - p));
+	return 1.0 / (1.0 - p);
+}
+
+struct ag_tensor *ag_dropout(struct ag_tensor *a, double p, bool training,
+			     struct ag_generator *g)
+{
+	const char *fn = "ag_dropout";
+	struct drop_ctx c = { 0 };
+	struct ag_tensor *out = NULL;
+	struct dropout_node *d = NULL;
+
+	AG_CHECK_ARG(fn, a);
+	if (!(p >= 0 && p <= 1)) {
+		ag__err(AG_EINVAL,
+			"%s: dropout probability has to be between 0 and 1, but got %g",
+			fn, p);
+		return NULL;
+	}
+	if (ag__check_float(fn, a))
+		return NULL;
+	if (!training || p == 0 || !a->numel)
+		return ag__ret(ag_tensor_get(a));
+	c.numel = a->numel;
+	c.keep = 1.0 - p;
+	c.dt = a->dtype;
+	c.scale = kept_scale(a->dtype, p);
+	c.mask = malloc((size_t)((a->numel + 63) / 64) * sizeof(uint64_t));
+	out = ag_tensor_is_contiguous(a) ? ag__tensor_like(a) :
+					   ag__contiguous_copy(a);
+	if (!c.mask || !out) {
+		if (!c.mask)
+			ag__err(AG_ENOMEM, "%s: out of memory for the mask",
+				fn);
+		goto fail;
+	}
+	c.src = ag_tensor_is_contiguous(a) ? ag__data(a) : ag__data(out);
+	c.dst = ag__data(out);
+	if (p == 1) { /* nothing kept, and as torch, nothing drawn */
+		memset(c.mask, 0, (size_t)((a->numel + 63) / 64) * 8);
+		over_words(&c, mask_words);
+	} else {
+		c.key = ag_generator_next(g ? g : ag__default_generator());
+		over_words(&c, draw_words);
+	}
+	if (!ag__should_record(&a, 1)) {
+		free(c.mask);
+		return ag__ret(out);
+	}
+	d = (struct dropout_node *)ag__node_alloc(&dropout_ops, sizeof(*d), 0,
+						  1, 1, NULL, 0);
+	if (!d)
+		goto fail;
+	d->scale = c.scale;
+	d->numel = a->numel;
+	d->mask = c.mask;
+	return ag__finish(out, &d->node, &a, 1, fn);
+fail:
+	free(c.mask);
+	ag_tensor_put(out);
+	return NULL;
+}
