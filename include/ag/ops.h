@@ -101,6 +101,27 @@ AG_API struct ag_tensor *ag_squeeze(struct ag_tensor *a, int dim);
 /* linear algebra */
 AG_API struct ag_tensor *ag_matmul(struct ag_tensor *a, struct ag_tensor *b);
 
+/* convolution and pooling */
+/*
+ * 2-D convolution (cross-correlation) as torch's conv2d: x [N, Cin, H, W]
+ * (or unbatched [Cin, H, W]), weight [Cout, Cin / groups, kH, kW], bias
+ * [Cout] or NULL; the result is [N, Cout, OH, OW] (unbatched: [Cout, OH,
+ * OW]) with OH = (H + 2 padding[0] - dilation[0] (kH - 1) - 1) / stride[0]
+ * + 1, and OW alike from index 1.  o NULL means stride 1, padding 0,
+ * dilation 1, groups 1; a 0 in stride, dilation or groups also means 1, so
+ * a designated initialiser names only what differs.  Differentiable in x,
+ * weight and bias to any order.  Refused: negative options (AG_EINVAL),
+ * channels that groups does not divide, a kernel larger than the padded
+ * input (AG_ESHAPE).
+ */
+struct ag_conv2d_opts {
+	int64_t stride[2], padding[2], dilation[2];
+	int64_t groups;
+};
+AG_API struct ag_tensor *ag_conv2d(struct ag_tensor *x, struct ag_tensor *w,
+				   struct ag_tensor *b,
+				   const struct ag_conv2d_opts *o);
+
 /* in place: return 0 or -AG_E*, bump the version, obey the leaf rule */
 AG_API int ag_add_(struct ag_tensor *self, struct ag_tensor *other);
 AG_API int ag_sub_(struct ag_tensor *self, struct ag_tensor *other);
