@@ -121,6 +121,32 @@ struct ag_conv2d_opts {
 AG_API struct ag_tensor *ag_conv2d(struct ag_tensor *x, struct ag_tensor *w,
 				   struct ag_tensor *b,
 				   const struct ag_conv2d_opts *o);
+/*
+ * 2-D pooling over the last two dims of x [N, C, H, W] or [C, H, W], as
+ * torch's max_pool2d and avg_pool2d with ceil_mode false: windows of
+ * kernel[0] x kernel[1] (height, width), moved by stride (NULL, or a 0
+ * entry: the kernel size), over x padded by padding (NULL: 0) on each
+ * side, which must be at most half the kernel.  OH = (H + 2 padding[0] -
+ * kernel[0]) / stride[0] + 1 must be positive.  Max pool gives NaN where a
+ * window holds one and sends the gradient to the window's first maximum
+ * (its last NaN).  Avg pool divides by kernel[0] * kernel[1], padding
+ * included (count_include_pad).
+ */
+AG_API struct ag_tensor *ag_max_pool2d(struct ag_tensor *x,
+				       const int64_t kernel[2],
+				       const int64_t stride[2],
+				       const int64_t padding[2]);
+AG_API struct ag_tensor *ag_avg_pool2d(struct ag_tensor *x,
+				       const int64_t kernel[2],
+				       const int64_t stride[2],
+				       const int64_t padding[2]);
+/*
+ * Mean over out_h x out_w windows that tile x's last two dims, as torch's
+ * adaptive_avg_pool2d: output row i averages input rows floor(i H / out_h)
+ * to ceil((i + 1) H / out_h) - 1, columns alike.
+ */
+AG_API struct ag_tensor *ag_adaptive_avg_pool2d(struct ag_tensor *x,
+						int64_t out_h, int64_t out_w);
 
 /* in place: return 0 or -AG_E*, bump the version, obey the leaf rule */
 AG_API int ag_add_(struct ag_tensor *self, struct ag_tensor *other);
