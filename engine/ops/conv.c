@@ -61,67 +61,94 @@ struct conv_node {
 
 /* ---- kernels ---- */
 
+/*
+ * The output columns ox of kernel column kj that read inside the input,
+ * iw = ox * sw + off in [0, w): [*lo, *hi), possibly empty.
+ */
+static void col_span(const struct conv_geom *gm, int64_t kj, int64_t *off,
+		     int64_t *lo, int64_t *hi)
+{
+	int64_t o = kj * gm->dw - gm->pw, sw = gm->sw;
+	int64_t a = o >= 0 ? 0 : (-o + sw - 1) / sw;
+	int64_t e = gm->w - o <= 0 ? 0 : (gm->w - o + sw - 1) / sw;
+
+	a = a < gm->ow ? a : gm->ow;
+	e = e < gm->ow ? e : gm->ow;
+	*off = o;
+	*lo = a;
+	*hi = e > a ? e : a;
+}
+
+/*
+ * One row of columns: zeros, then n inputs inc apart from s, then zeros.
+ * The zeros are a few at the borders: plain stores, no call.
+ */
+static inline __attribute__((always_inline)) void
+row_in(void *dv, const void *sv, int64_t a, int64_t n, int64_t ow, int64_t inc,
+       const bool f32)
+{
+	if (f32) {
+		float *d = dv;
+		const float *s = sv;
+
+		for (int64_t i = 0; i < a; i++)
+			d[i] = 0;
+		if (inc == 1)
+			memcpy(d + a, s, (size_t)n * sizeof(*d));
+		else
+			for (int64_t i = 0; i < n; i++)
+				d[a + i] = s[i * inc];
+		for (int64_t i = a + n; i < ow; i++)
+			d[i] = 0;
+	} else {
+		double *d = dv;
+		const double *s = sv;
+
+		for (int64_t i = 0; i < a; i++)
+			d[i] = 0;
+		if (inc == 1)
+			memcpy(d + a, s, (size_t)n * sizeof(*d));
+		else
+			for (int64_t i = 0; i < n; i++)
+				d[a + i] = s[i * inc];
+		for (int64_t i = a + n; i < ow; i++)
+			d[i] = 0;
+	}
+}
+
 static inline __attribute__((always_inline)) void
 im2col_t(const struct conv_geom *gm, const void *xv, const int64_t *xs,
 	 void *colsv, const bool f32)
 {
-	int64_t l = gm->l, ow = gm->ow;
+	int64_t ow = gm->ow, oh = gm->oh, h = gm->h, sh = gm->sh;
+	int64_t inc = gm->sw * xs[3], es = f32 ? 4 : 8;
+	char *d = colsv;
 
 	for (int64_t c = 0; c < gm->cg; c++) {
 		for (int64_t ki = 0; ki < gm->kh; ki++) {
-			for (int64_t kj = 0; kj < gm->kw; kj++) {
-				int64_t r = (c * gm->kh + ki) * gm->kw + kj;
-				int64_t off = kj * gm->dw - gm->pw;
-				/* the columns ox whose iw = ox * sw + off is in [0, w) */
-				int64_t lo =
-					off >= 0 ? 0 :
-						   (-off + gm->sw - 1) / gm->sw;
-				int64_t hi = gm->w - off <= 0 ?
-						     0 :
-						     (gm->w - off + gm->sw -
-						      1) / gm->sw;
+			int64_t ih0 = ki * gm->dh - gm->ph;
 
-				lo = lo < ow ? lo : ow;
-				hi = hi < ow ? hi : ow;
-				hi = hi > lo ? hi : lo;
-				for (int64_t oy = 0; oy < gm->oh; oy++) {
-					int64_t ih = oy * gm->sh - gm->ph +
-						     ki * gm->dh;
-					int64_t o = r * l + oy * ow;
-					int64_t a = lo, e = hi,
-						inc = gm->sw * xs[3];
-					/* the first input read, iw = lo * sw + off */
+			for (int64_t kj = 0; kj < gm->kw; kj++) {
+				int64_t off, lo, hi;
+
+				col_span(gm, kj, &off, &lo, &hi);
+				for (int64_t oy = 0; oy < oh;
+				     oy++, d += ow * es) {
+					int64_t ih = oy * sh + ih0;
+					/* the first input read: iw = lo sw + off */
 					int64_t xo =
 						c * xs[1] + ih * xs[2] +
 						(lo * gm->sw + off) * xs[3];
 
-					if (ih < 0 || ih >= gm->h || a >= e) {
-						a = e = ow; /* one zero span */
-						xo = 0;
-					}
-					if (f32) {
-						float *d = (float *)colsv + o;
-						const float *s =
-							(const float *)xv + xo;
-
-						for (int64_t i = 0; i < a; i++)
-							d[i] = 0;
-						for (int64_t i = a; i < e; i++)
-							d[i] = s[(i - a) * inc];
-						for (int64_t i = e; i < ow; i++)
-							d[i] = 0;
-					} else {
-						double *d = (double *)colsv + o;
-						const double *s =
-							(const double *)xv + xo;
-
-						for (int64_t i = 0; i < a; i++)
-							d[i] = 0;
-						for (int64_t i = a; i < e; i++)
-							d[i] = s[(i - a) * inc];
-						for (int64_t i = e; i < ow; i++)
-							d[i] = 0;
-					}
+					if (ih < 0 || ih >= h || lo == hi)
+						row_in(d, xv, ow, 0, ow, 1,
+						       f32);
+					else
+						row_in(d,
+						       (const char *)xv +
+							       xo * es,
+						       lo, hi - lo, ow, inc,
+						       f32);
 				}
 			}
 		}
@@ -142,50 +169,54 @@ static inline __attribute__((always_inline)) void
 col2im_t(const struct conv_geom *gm, const void *colsv, void *dxv,
 	 const bool f32)
 {
-	int64_t l = gm->l, ow = gm->ow, hw = gm->h * gm->w;
+	int64_t ow = gm->ow, oh = gm->oh, h = gm->h, w = gm->w;
+	int64_t sh = gm->sh, sw = gm->sw, es = f32 ? 4 : 8;
+	const char *s = colsv;
 
 	for (int64_t c = 0; c < gm->cg; c++) {
 		for (int64_t ki = 0; ki < gm->kh; ki++) {
+			int64_t ih0 = ki * gm->dh - gm->ph;
+
 			for (int64_t kj = 0; kj < gm->kw; kj++) {
-				int64_t r = (c * gm->kh + ki) * gm->kw + kj;
-				int64_t off = kj * gm->dw - gm->pw;
-				int64_t lo =
-					off >= 0 ? 0 :
-						   (-off + gm->sw - 1) / gm->sw;
-				int64_t hi = gm->w - off <= 0 ?
-						     0 :
-						     (gm->w - off + gm->sw -
-						      1) / gm->sw;
+				int64_t off, lo, hi;
 
-				lo = lo < ow ? lo : ow;
-				hi = hi < ow ? hi : ow;
-				for (int64_t oy = 0; oy < gm->oh; oy++) {
-					int64_t ih = oy * gm->sh - gm->ph +
-						     ki * gm->dh;
-					int64_t o = r * l + oy * ow + lo;
-					int64_t xo = c * hw + ih * gm->w +
-						     lo * gm->sw + off;
+				col_span(gm, kj, &off, &lo, &hi);
+				for (int64_t oy = 0; oy < oh;
+				     oy++, s += ow * es) {
+					int64_t ih = oy * sh + ih0, n = hi - lo;
+					int64_t xo = (c * h + ih) * w +
+						     lo * sw + off;
 
-					if (ih < 0 || ih >= gm->h || hi <= lo)
+					if (ih < 0 || ih >= h || !n)
 						continue;
 					if (f32) {
-						const float *s =
-							(const float *)colsv +
-							o;
+						const float *a =
+							(const float *)s + lo;
 						float *d = (float *)dxv + xo;
 
-						for (int64_t i = 0; i < hi - lo;
-						     i++)
-							d[i * gm->sw] += s[i];
+						if (sw == 1)
+							for (int64_t i = 0;
+							     i < n; i++)
+								d[i] += a[i];
+						else
+							for (int64_t i = 0;
+							     i < n; i++)
+								d[i * sw] +=
+									a[i];
 					} else {
-						const double *s =
-							(const double *)colsv +
-							o;
+						const double *a =
+							(const double *)s + lo;
 						double *d = (double *)dxv + xo;
 
-						for (int64_t i = 0; i < hi - lo;
-						     i++)
-							d[i * gm->sw] += s[i];
+						if (sw == 1)
+							for (int64_t i = 0;
+							     i < n; i++)
+								d[i] += a[i];
+						else
+							for (int64_t i = 0;
+							     i < n; i++)
+								d[i * sw] +=
+									a[i];
 					}
 				}
 			}
