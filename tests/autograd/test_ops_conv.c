@@ -363,13 +363,32 @@ static int f_conv_t(struct ag_tensor *const *in, int nin,
 	return *out ? 0 : -ag_errcode();
 }
 
+/* every other channel of x: a 1x1 kernel reads the columns in place */
+static int f_conv_c(struct ag_tensor *const *in, int nin,
+		    struct ag_tensor **out, void *arg)
+{
+	struct ag_tensor *xs = ag_slice(in[0], -3, 0, INT64_MAX, 2);
+
+	*out = ag_conv2d(xs, in[1], nin > 2 ? in[2] : NULL, arg);
+	ag_tensor_put(xs);
+	return *out ? 0 : -ag_errcode();
+}
+
 Test(conv, gradcheck_strided)
 {
 	struct ag_conv2d_opts o = { .padding = { 1, 0 }, .stride = { 1, 2 } };
-	struct ag_tensor *in[2] = { rand_leaf(4, SHAPE(2, 2, 5, 4)),
+	struct ag_conv2d_opts g2 = { .groups = 2 };
+	struct ag_tensor *in[3] = { rand_leaf(4, SHAPE(2, 2, 5, 4)),
 				    rand_leaf(4, SHAPE(3, 2, 2, 2)) };
 
 	check_both(f_conv_t, &o, in, 2, "transposed x");
+	in[0] = rand_leaf(4, SHAPE(2, 8, 3, 2));
+	in[1] = rand_leaf(4, SHAPE(4, 2, 1, 1));
+	in[2] = rand_leaf(1, SHAPE(4));
+	check_both(f_conv_c, &g2, in, 3, "pointwise, channel-sliced x");
+	in[0] = rand_leaf(3, SHAPE(6, 1, 3));
+	in[1] = rand_leaf(4, SHAPE(2, 3, 1, 1));
+	check_both(f_conv_c, NULL, in, 2, "pointwise, unbatched");
 }
 
 /* ---- pools against torch ---- */
