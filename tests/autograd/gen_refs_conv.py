@@ -26,17 +26,22 @@ def emit(name, t):
     out.append(f"static const double {name}[] = {{ {vals} }};")
 
 
+def emit_shape(name, shape):
+    vals = ", ".join(str(v) for v in shape)
+    out.append(f"static const int64_t {name}[] = {{ {vals} }};")
+
+
 def leaf(*shape):
     return torch.randn(*shape).requires_grad_()
 
 
 # name, x shape, w shape, bias?, stride, padding, dilation, groups
 CONV = [
-    ("CONV_A", (2, 3, 7, 6), (4, 3, 3, 2), True, (2, 1), (1, 0), (1, 2), 1),
-    ("CONV_G", (2, 4, 5, 5), (6, 2, 3, 3), False, (1, 1), (1, 1), (1, 1), 2),
-    ("CONV_P", (3, 4, 5, 4), (5, 4, 1, 1), True, (1, 1), (0, 0), (1, 1), 1),
+    ("CONV_A", (2, 2, 7, 6), (4, 2, 3, 2), True, (2, 1), (1, 0), (1, 2), 1),
+    ("CONV_G", (2, 4, 4, 4), (4, 2, 3, 3), False, (1, 1), (1, 1), (1, 1), 2),
+    ("CONV_P", (2, 3, 4, 3), (4, 3, 1, 1), True, (1, 1), (0, 0), (1, 1), 1),
     ("CONV_U", (3, 6, 6), (2, 3, 2, 2), True, (2, 2), (1, 1), (1, 1), 1),
-    ("CONV_D", (2, 3, 8, 8), (3, 1, 3, 3), True, (1, 2), (2, 2), (2, 2), 3),
+    ("CONV_D", (1, 3, 7, 7), (3, 1, 3, 3), True, (1, 2), (2, 2), (2, 2), 3),
 ]
 
 for name, xs, ws, has_b, s, p, d, g in CONV:
@@ -46,6 +51,8 @@ for name, xs, ws, has_b, s, p, d, g in CONV:
     r = torch.randn(y.shape)
     gx, gw, *gb = torch.autograd.grad((y * r).sum(), [x, w] + ([b] if has_b else []),
                                       create_graph=True)
+    emit_shape(name + "_XS", xs)
+    emit_shape(name + "_WS", ws)
     emit(name + "_X", x)
     emit(name + "_W", w)
     if has_b:
@@ -65,12 +72,12 @@ for name, xs, ws, has_b, s, p, d, g in CONV:
 
 # name, op, x shape, kernel, stride, padding (adaptive: output size)
 POOL = [
-    ("MAXP_A", "max", (2, 3, 7, 8), (3, 2), (2, 2), (1, 1)),
+    ("MAXP_A", "max", (2, 2, 6, 7), (3, 2), (2, 2), (1, 1)),
     ("MAXP_K", "max", (1, 2, 6, 7), (2, 3), None, (0, 0)),
     ("MAXP_U", "max", (3, 5, 5), (3, 3), (1, 2), (1, 0)),
-    ("AVGP_A", "avg", (2, 3, 7, 8), (3, 3), (2, 1), (1, 1)),
+    ("AVGP_A", "avg", (2, 2, 6, 7), (3, 3), (2, 1), (1, 1)),
     ("AVGP_U", "avg", (2, 6, 5), (2, 2), None, (1, 0)),
-    ("ADAP_A", "adaptive", (2, 3, 7, 9), (3, 4), None, None),
+    ("ADAP_A", "adaptive", (1, 3, 7, 9), (3, 4), None, None),
     ("ADAP_B", "adaptive", (1, 2, 5, 7), (3, 2), None, None),
     ("ADAP_U", "adaptive", (2, 4, 4), (4, 3), None, None),
 ]
@@ -85,6 +92,7 @@ for name, op, xs, k, s, p in POOL:
         y = F.adaptive_avg_pool2d(x, k)
     r = torch.randn(y.shape)
     (gx,) = torch.autograd.grad((y * r).sum(), x)
+    emit_shape(name + "_XS", xs)
     emit(name + "_X", x)
     emit(name + "_R", r)
     emit(name + "_Y", y)

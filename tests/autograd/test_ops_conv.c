@@ -145,59 +145,37 @@ static struct ag_tensor *weighted_sum(struct ag_tensor *y, const double *r)
 struct conv_case {
 	const char *name;
 	int xnd;
-	int64_t xs[4], ws[4];
+	const int64_t *xs, *ws;
 	struct ag_conv2d_opts o;
 	const double *x, *w, *b, *r, *y, *gx, *gw, *gb, *u, *v, *ggx, *ggw;
 	int64_t ny, nx, nw, nb;
 };
 
-#define CONV_REFS(P, bias)                                                    \
-	.x = P##_X, .w = P##_W, .r = P##_R, .y = P##_Y, .gx = P##_GX,         \
-	.gw = P##_GW, .u = P##_U, .v = P##_V, .ggx = P##_GGX, .ggw = P##_GGW, \
+#define CONV_REFS(P, bias)                                              \
+	.xs = P##_XS, .xnd = LEN(P##_XS), .ws = P##_WS, .x = P##_X,     \
+	.w = P##_W, .r = P##_R, .y = P##_Y, .gx = P##_GX, .gw = P##_GW, \
+	.u = P##_U, .v = P##_V, .ggx = P##_GGX, .ggw = P##_GGW,         \
 	.ny = LEN(P##_Y), .nx = LEN(P##_X), .nw = LEN(P##_W), bias
 
 static const struct conv_case conv_cases[] = {
 	{ "A",
-	  4,
-	  { 2, 3, 7, 6 },
-	  { 4, 3, 3, 2 },
-	  { .stride = { 2, 1 }, .padding = { 1, 0 }, .dilation = { 1, 2 } },
-	  CONV_REFS(CONV_A, .b = CONV_A_B),
-	  .gb = CONV_A_GB,
-	  .nb = 4 },
-	{ "groups",
-	  4,
-	  { 2, 4, 5, 5 },
-	  { 6, 2, 3, 3 },
-	  { .padding = { 1, 1 }, .groups = 2 },
+	  .o = { .stride = { 2, 1 }, .padding = { 1, 0 }, .dilation = { 1, 2 } },
+	  CONV_REFS(CONV_A, .b = CONV_A_B), .gb = CONV_A_GB,
+	  .nb = LEN(CONV_A_GB) },
+	{ "groups", .o = { .padding = { 1, 1 }, .groups = 2 },
 	  CONV_REFS(CONV_G, .b = NULL) },
-	{ "pointwise",
-	  4,
-	  { 3, 4, 5, 4 },
-	  { 5, 4, 1, 1 },
-	  { .groups = 0 },
-	  CONV_REFS(CONV_P, .b = CONV_P_B),
-	  .gb = CONV_P_GB,
-	  .nb = 5 },
-	{ "unbatched",
-	  3,
-	  { 3, 6, 6 },
-	  { 2, 3, 2, 2 },
-	  { .stride = { 2, 2 }, .padding = { 1, 1 } },
-	  CONV_REFS(CONV_U, .b = CONV_U_B),
-	  .gb = CONV_U_GB,
-	  .nb = 2 },
+	{ "pointwise", .o = { .groups = 0 }, CONV_REFS(CONV_P, .b = CONV_P_B),
+	  .gb = CONV_P_GB, .nb = LEN(CONV_P_GB) },
+	{ "unbatched", .o = { .stride = { 2, 2 }, .padding = { 1, 1 } },
+	  CONV_REFS(CONV_U, .b = CONV_U_B), .gb = CONV_U_GB,
+	  .nb = LEN(CONV_U_GB) },
 	{ "depthwise",
-	  4,
-	  { 2, 3, 8, 8 },
-	  { 3, 1, 3, 3 },
-	  { .stride = { 1, 2 },
-	    .padding = { 2, 2 },
-	    .dilation = { 2, 2 },
-	    .groups = 3 },
-	  CONV_REFS(CONV_D, .b = CONV_D_B),
-	  .gb = CONV_D_GB,
-	  .nb = 3 },
+	  .o = { .stride = { 1, 2 },
+		 .padding = { 2, 2 },
+		 .dilation = { 2, 2 },
+		 .groups = 3 },
+	  CONV_REFS(CONV_D, .b = CONV_D_B), .gb = CONV_D_GB,
+	  .nb = LEN(CONV_D_GB) },
 };
 
 static void conv_vs_torch(const struct conv_case *c, enum ag_dtype dt,
@@ -399,82 +377,30 @@ struct pool_case {
 	const char *name;
 	enum pool_kind kind;
 	int xnd;
-	int64_t xs[4];
+	const int64_t *xs;
 	int64_t k[2];
 	const int64_t *s, *p;
 	const double *x, *r, *y, *gx;
 	int64_t nx, ny;
 };
 
-#define POOL_REFS(P)                                                        \
-	.x = P##_X, .r = P##_R, .y = P##_Y, .gx = P##_GX, .nx = LEN(P##_X), \
-	.ny = LEN(P##_Y)
+#define POOL_REFS(P)                                                          \
+	.xs = P##_XS, .xnd = LEN(P##_XS), .x = P##_X, .r = P##_R, .y = P##_Y, \
+	.gx = P##_GX, .nx = LEN(P##_X), .ny = LEN(P##_Y)
 
 static const struct pool_case pool_cases[] = {
-	{ "max A",
-	  MAXP,
-	  4,
-	  { 2, 3, 7, 8 },
-	  { 3, 2 },
-	  SHAPE(2, 2),
-	  SHAPE(1, 1),
+	{ "max A", MAXP, .k = { 3, 2 }, .s = SHAPE(2, 2), .p = SHAPE(1, 1),
 	  POOL_REFS(MAXP_A) },
-	{ "max K",
-	  MAXP,
-	  4,
-	  { 1, 2, 6, 7 },
-	  { 2, 3 },
-	  NULL,
-	  SHAPE(0, 0),
-	  POOL_REFS(MAXP_K) },
-	{ "max U",
-	  MAXP,
-	  3,
-	  { 3, 5, 5 },
-	  { 3, 3 },
-	  SHAPE(1, 2),
-	  SHAPE(1, 0),
+	{ "max K", MAXP, .k = { 2, 3 }, .p = SHAPE(0, 0), POOL_REFS(MAXP_K) },
+	{ "max U", MAXP, .k = { 3, 3 }, .s = SHAPE(1, 2), .p = SHAPE(1, 0),
 	  POOL_REFS(MAXP_U) },
-	{ "avg A",
-	  AVGP,
-	  4,
-	  { 2, 3, 7, 8 },
-	  { 3, 3 },
-	  SHAPE(2, 1),
-	  SHAPE(1, 1),
+	{ "avg A", AVGP, .k = { 3, 3 }, .s = SHAPE(2, 1), .p = SHAPE(1, 1),
 	  POOL_REFS(AVGP_A) },
-	{ "avg U",
-	  AVGP,
-	  3,
-	  { 2, 6, 5 },
-	  { 2, 2 },
-	  SHAPE(0, 0),
-	  SHAPE(1, 0),
+	{ "avg U", AVGP, .k = { 2, 2 }, .s = SHAPE(0, 0), .p = SHAPE(1, 0),
 	  POOL_REFS(AVGP_U) },
-	{ "adaptive A",
-	  ADAP,
-	  4,
-	  { 2, 3, 7, 9 },
-	  { 3, 4 },
-	  NULL,
-	  NULL,
-	  POOL_REFS(ADAP_A) },
-	{ "adaptive B",
-	  ADAP,
-	  4,
-	  { 1, 2, 5, 7 },
-	  { 3, 2 },
-	  NULL,
-	  NULL,
-	  POOL_REFS(ADAP_B) },
-	{ "adaptive U",
-	  ADAP,
-	  3,
-	  { 2, 4, 4 },
-	  { 4, 3 },
-	  NULL,
-	  NULL,
-	  POOL_REFS(ADAP_U) },
+	{ "adaptive A", ADAP, .k = { 3, 4 }, POOL_REFS(ADAP_A) },
+	{ "adaptive B", ADAP, .k = { 3, 2 }, POOL_REFS(ADAP_B) },
+	{ "adaptive U", ADAP, .k = { 4, 3 }, POOL_REFS(ADAP_U) },
 };
 
 static struct ag_tensor *pool(enum pool_kind kind, struct ag_tensor *x,
