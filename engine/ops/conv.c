@@ -239,11 +239,11 @@ static void gemm(enum ag_dtype dt, bool ta, bool tb, int64_t m, int64_t n,
 		 int64_t ldb, bool acc, void *c, int64_t ldc)
 {
 	if (dt == AG_F32)
-		ag_k_gemm_f32(ta, tb, m, n, k, 1.0f, a, lda, b, ldb,
-			      acc ? 1.0f : 0.0f, c, ldc);
+		ag_k_gemm_serial_f32(ta, tb, m, n, k, 1.0f, a, lda, b, ldb,
+				     acc ? 1.0f : 0.0f, c, ldc);
 	else
-		ag_k_gemm_f64(ta, tb, m, n, k, 1.0, a, lda, b, ldb,
-			      acc ? 1.0 : 0.0, c, ldc);
+		ag_k_gemm_serial_f64(ta, tb, m, n, k, 1.0, a, lda, b, ldb,
+				     acc ? 1.0 : 0.0, c, ldc);
 }
 
 static void *elem(const void *p, enum ag_dtype dt, int64_t i)
