@@ -18,7 +18,9 @@
  * conv_input(g, gw), in g it is conv(x, gw).
  *
  * Images run in parallel on libag's pool, each chunk with its own column
- * buffer.  The weight gradient sums over images: the batch is cut into a
+ * buffer; each GEMM runs on one thread (ag_k_gemm_serial), as one split
+ * over the pool would round differently with another thread count.  A
+ * batch smaller than the pool leaves threads idle.  The weight gradient sums over images: the batch is cut into a
  * number of blocks that depends on the shapes only, each block sums its
  * images in order, and the blocks' sums are added in block order, so the
  * result does not depend on the thread count.
