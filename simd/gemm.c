@@ -175,6 +175,16 @@ ref:                                                                            
 		}                                                               \
 		gemm_one_##S(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c,   \
 			     ldc);                                              \
+	}                                                                       \
+                                                                                \
+	void ag_k_gemm_serial_##S(bool ta, bool tb, int64_t m, int64_t n,       \
+				  int64_t k, T alpha, const T *a, int64_t lda,  \
+				  const T *b, int64_t ldb, T beta, T *c,        \
+				  int64_t ldc)                                  \
+	{                                                                       \
+		pthread_once(&blas_once, blas_one_thread);                      \
+		gemm_one_##S(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c,   \
+			     ldc);                                              \
 	}
 
 #ifdef AG_K_HAVE_CBLAS

@@ -126,6 +126,19 @@ void ag_k_gemm_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
 void ag_k_gemm_f64(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
 		   double alpha, const double *a, int64_t lda, const double *b,
 		   int64_t ldb, double beta, double *c, int64_t ldc);
+/*
+ * The same on the calling thread only, never split over the pool, so the
+ * result does not depend on the thread count: the BLAS may compute a part
+ * of a split product with other kernels, which round differently.
+ */
+void ag_k_gemm_serial_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+			  float alpha, const float *a, int64_t lda,
+			  const float *b, int64_t ldb, float beta, float *c,
+			  int64_t ldc);
+void ag_k_gemm_serial_f64(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+			  double alpha, const double *a, int64_t lda,
+			  const double *b, int64_t ldb, double beta, double *c,
+			  int64_t ldc);
 
 /* "avx512", "avx2", "generic": the path chosen at first use (AG_ISA). */
 const char *ag_k_isa_name(void);

@@ -284,6 +284,53 @@ AG_API struct ag_tensor *ag_bce_with_logits_ex(struct ag_tensor *logits,
 					       struct ag_tensor *targets,
 					       const struct ag_loss_opts *o);
 
+/* convolution and pooling */
+/*
+ * 2-D convolution (cross-correlation) as torch's conv2d: x [N, Cin, H, W]
+ * (or unbatched [Cin, H, W]), weight [Cout, Cin / groups, kH, kW], bias
+ * [Cout] or NULL; the result is [N, Cout, OH, OW] (unbatched: [Cout, OH,
+ * OW]) with OH = (H + 2 padding[0] - dilation[0] (kH - 1) - 1) / stride[0]
+ * + 1, and OW alike from index 1.  o NULL means stride 1, padding 0,
+ * dilation 1, groups 1; a 0 in stride, dilation or groups also means 1, so
+ * a designated initialiser names only what differs.  Differentiable in x,
+ * weight and bias to any order.  Refused: negative options (AG_EINVAL),
+ * channels that groups does not divide, a kernel larger than the padded
+ * input (AG_ESHAPE).
+ */
+struct ag_conv2d_opts {
+	int64_t stride[2], padding[2], dilation[2];
+	int64_t groups;
+};
+AG_API struct ag_tensor *ag_conv2d(struct ag_tensor *x, struct ag_tensor *w,
+				   struct ag_tensor *b,
+				   const struct ag_conv2d_opts *o);
+/*
+ * 2-D pooling over the last two dims of x [N, C, H, W] or [C, H, W], as
+ * torch's max_pool2d and avg_pool2d with ceil_mode false: windows of
+ * kernel[0] x kernel[1] (height, width), moved by stride (NULL, or a 0
+ * entry: the kernel size), over x padded by padding (NULL: 0) on each
+ * side, which must be at most half the kernel.  OH = (H + 2 padding[0] -
+ * kernel[0]) / stride[0] + 1 must be positive.  Max pool gives NaN where a
+ * window holds one and sends the gradient to the window's first maximum
+ * (its last NaN).  Avg pool divides by kernel[0] * kernel[1], padding
+ * included (count_include_pad).
+ */
+AG_API struct ag_tensor *ag_max_pool2d(struct ag_tensor *x,
+				       const int64_t kernel[2],
+				       const int64_t stride[2],
+				       const int64_t padding[2]);
+AG_API struct ag_tensor *ag_avg_pool2d(struct ag_tensor *x,
+				       const int64_t kernel[2],
+				       const int64_t stride[2],
+				       const int64_t padding[2]);
+/*
+ * Mean over out_h x out_w windows that tile x's last two dims, as torch's
+ * adaptive_avg_pool2d: output row i averages input rows floor(i H / out_h)
+ * to ceil((i + 1) H / out_h) - 1, columns alike.
+ */
+AG_API struct ag_tensor *ag_adaptive_avg_pool2d(struct ag_tensor *x,
+						int64_t out_h, int64_t out_w);
+
 /* in place: return 0 or -AG_E*, bump the version, obey the leaf rule */
 AG_API int ag_add_(struct ag_tensor *self, struct ag_tensor *other);
 AG_API int ag_sub_(struct ag_tensor *self, struct ag_tensor *other);
