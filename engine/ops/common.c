@@ -179,7 +179,8 @@ struct ag_tensor *ag__unary_fwd(const char *fn, enum ag_k_unary op,
 
 	if (ag__check_float(fn, a))
 		return NULL;
-	out = ag__tensor_like(a);
+	/* a may be an expanded view whose dense size overflows */
+	out = ag__tensor_new(fn, a->dtype, a->ndim, a->shape);
 	if (out)
 		unary_rows(op, p, a, out);
 	return out;
@@ -224,12 +225,7 @@ struct ag_tensor *ag__binary_fwd(const char *fn, enum ag_k_binary op,
 	if (ag__check_same_dtype(fn, a, b) ||
 	    ag__broadcast_shape(fn, a, b, &ndim, shape))
 		return NULL;
-	/* nothing broadcast: a's shape, already checked */
-	if (ndim == a->ndim && a->numel == b->numel &&
-	    ag__shape_eq(ndim, shape, a->shape))
-		out = ag__tensor_like(a);
-	else
-		out = ag__tensor_new(fn, a->dtype, ndim, shape);
+	out = ag__tensor_new(fn, a->dtype, ndim, shape);
 	if (!out)
 		return NULL;
 	ag__broadcast_strides(a, ndim, shape, sa);

@@ -436,6 +436,77 @@ Test(expand, bad)
 	AG_ASSERT_NO_LEAKS();
 }
 
+/*
+ * Element counts and byte sizes are overflow-checked wherever they are
+ * computed: an expand whose count wraps is refused, and an op whose dense
+ * output of a valid expand would not fit the address space fails instead
+ * of allocating a wrapped size and writing past it.
+ */
+Test(expand, count_overflow_is_refused)
+{
+	int64_t s14[2] = { 1, 4 }, big[2] = { (INT64_C(1) << 62) + 1, 4 };
+	struct ag_tensor *a = ag_ones(AG_F32, 2, s14);
+
+	cr_assert_null(ag_expand(a, 2, big));
+	AG_ASSERT_ERR(
+		AG_EINVAL,
+		"ag_expand: shape [4611686018427387905, 4] of f32 is too large: its element count overflows");
+	ag_tensor_put(a);
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(expand, dense_size_overflow_is_refused)
+{
+	int64_t one[1] = { 1 }, huge[1] = { INT64_C(1) << 61 };
+	int64_t s1x2[2] = { 1, 2 }, wide[2] = { INT64_C(1) << 61, 2 };
+	int64_t col[2] = { INT64_C(1) << 40, 1 },
+		row[2] = { 1, INT64_C(1) << 40 };
+	struct ag_tensor *a = ag_ones(AG_F64, 1, one);
+	struct ag_tensor *b = ag_ones(AG_F64, 2, s1x2);
+	struct ag_tensor *e = ag_expand(a, 1, huge);
+	struct ag_tensor *w = ag_expand(b, 2, wide);
+	struct ag_tensor *c, *r;
+	double buf[1];
+
+	cr_assert_not_null(e, "a valid expand: %s", ag_errmsg());
+	cr_assert_not_null(w, "%s", ag_errmsg());
+	cr_assert_eq(ag_tensor_numel(e), INT64_C(1) << 61);
+	cr_assert_null(ag_exp(e));
+	AG_ASSERT_ERR(
+		AG_EINVAL,
+		"ag_exp: shape [2305843009213693952] of f64 is too large: its byte size overflows");
+	cr_assert_null(ag_add(e, a));
+	AG_ASSERT_ERR(AG_EINVAL, "ag_add: shape [2305843009213693952]");
+	cr_assert_null(ag_clone(e));
+	AG_ASSERT_ERR(AG_EINVAL, "its byte size overflows");
+	cr_assert_null(ag__tensor_like(e));
+	AG_ASSERT_ERR(AG_EINVAL,
+		      "shape [2305843009213693952] of f64 is too large");
+	cr_assert_eq(ag_tensor_copy_to(e, buf, 0), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "ag_tensor_copy_to: shape");
+	/* reductions: the kept dim of a keepdim result */
+	cr_assert_null(ag_sum_dim(w, 1, true));
+	AG_ASSERT_ERR(AG_EINVAL, "ag_sum_dim: shape [2305843009213693952, 1]");
+	cr_assert_null(ag_max_dim(w, 1, true));
+	AG_ASSERT_ERR(AG_EINVAL, "ag_max_dim: shape [2305843009213693952, ");
+	/* matmul: a 2^40 x 2^40 result of 2^40 x 1 by 1 x 2^40 */
+	c = ag_expand(a, 2, col);
+	r = ag_expand(a, 2, row);
+	cr_assert_not_null(c);
+	cr_assert_not_null(r);
+	cr_assert_null(ag_matmul(c, r));
+	AG_ASSERT_ERR(
+		AG_EINVAL,
+		"ag_matmul: shape [1099511627776, 1099511627776] of f64 is too large: its element count overflows");
+	ag_tensor_put(c);
+	ag_tensor_put(r);
+	ag_tensor_put(w);
+	ag_tensor_put(e);
+	ag_tensor_put(b);
+	ag_tensor_put(a);
+	AG_ASSERT_NO_LEAKS();
+}
+
 /* ---- squeeze and unsqueeze ---- */
 
 Test(squeeze, removes_size_one_only)
