@@ -463,12 +463,19 @@ struct ag_tensor *ag_from_blob(enum ag_dtype dt, int ndim, const int64_t *shape,
 			data, ag_dtype_size(dt), ag_dtype_name(dt));
 		return NULL;
 	}
+	/*
+	 * The storage first: it is a plain block until counted below, so
+	 * when the tensor fails there is nothing to undo but its free.  (A
+	 * tensor header without a storage cannot go through ag_tensor_put.)
+	 */
 	s = ag__zalloc(sizeof(*s));
-	t = tensor_alloc(ndim);
-	if (!s || !t) {
-		ag__free(s);
-		ag_tensor_put(t);
+	if (!s) {
 		ag__err(AG_ENOMEM, "ag_from_blob: out of memory");
+		return NULL;
+	}
+	t = tensor_alloc(ndim);
+	if (!t) {
+		ag__free(s);
 		return NULL;
 	}
 	atomic_init(&s->refcount, 1);
