@@ -399,7 +399,7 @@ Test(expand, inplace_write_overlaps)
 	cr_assert_eq(ag_mul_scalar_(e, 2), -AG_EINVAL);
 	AG_ASSERT_ERR(
 		AG_EINVAL,
-		"ag_mul_scalar_: unsupported operation: more than one element of the written-to tensor refers to a single memory location");
+		"ag_mul_scalar_: unsupported operation: more than one element of the written-to tensor refers to a single memory location. Please clone() the tensor before performing the operation.");
 	cr_assert_eq(ag_add_(e, o), -AG_EINVAL);
 	AG_ASSERT_ERR(AG_EINVAL, "ag_add_: unsupported operation");
 	cr_assert_eq(ag_copy_(e, o), -AG_EINVAL);
@@ -672,6 +672,101 @@ Test(write, no_grad_write_to_a_leaf_view)
 	cr_assert_eq(ag_tensor_version(row), 1);
 	ag_tensor_put(row);
 	ag_tensor_put(w);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* ---- in-place writes whose source shares self's memory ---- */
+
+#define OVERLAP_MSG                                                         \
+	"unsupported operation: some elements of the input tensor and the " \
+	"written-to tensor refer to a single memory location. Please "      \
+	"clone() the tensor before performing the operation."
+
+/* As torch: a source that partially overlaps self is refused, unwritten. */
+Test(overlap, partial_is_refused)
+{
+	int64_t s22[2] = { 2, 2 }, s4[1] = { 4 }, s24[2] = { 2, 4 };
+	struct ag_tensor *a = iota(2, s22), *v = iota(1, s4), *m = iota(2, s24);
+	struct ag_tensor *at = ag_transpose(a, 0, 1),
+			 *row = ag_slice(a, 0, 0, 1, 1);
+	struct ag_tensor *hi = ag_slice(v, 0, 1, 4, 1),
+			 *lo = ag_slice(v, 0, 0, 3, 1);
+	struct ag_tensor *mid = ag_slice(v, 0, 1, 3, 1),
+			 *head = ag_slice(v, 0, 0, 2, 1);
+	/* strided windows of a 2 x 4: torch does not check these */
+	struct ag_tensor *w1 = ag_slice(m, 1, 1, 3, 1),
+			 *w0 = ag_slice(m, 1, 0, 2, 1);
+	const double a0[4] = { 0, 1, 2, 3 }, m0[8] = { 0, 1, 2, 3, 4, 5, 6, 7 };
+
+	cr_assert_eq(ag_copy_(a, at), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "ag_copy_: " OVERLAP_MSG);
+	cr_assert_eq(ag_add_(a, row), -AG_EINVAL); /* broadcast row 0 */
+	AG_ASSERT_ERR(AG_EINVAL, "ag_add_: " OVERLAP_MSG);
+	cr_assert_eq(ag_add_(hi, lo), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "ag_add_: " OVERLAP_MSG);
+	cr_assert_eq(ag_mul_(mid, head), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "ag_mul_: " OVERLAP_MSG);
+	cr_assert_eq(ag_sub_(lo, hi), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "ag_sub_: " OVERLAP_MSG);
+	cr_assert_eq(ag_div_(w1, w0), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "ag_div_: " OVERLAP_MSG);
+	assert_values(a, a0, 4);
+	assert_values(v, a0, 4);
+	assert_values(m, m0, 8);
+	cr_assert_eq(ag_tensor_version(a), 0);
+	ag_tensor_put(w0);
+	ag_tensor_put(w1);
+	ag_tensor_put(head);
+	ag_tensor_put(mid);
+	ag_tensor_put(lo);
+	ag_tensor_put(hi);
+	ag_tensor_put(row);
+	ag_tensor_put(at);
+	ag_tensor_put(m);
+	ag_tensor_put(v);
+	ag_tensor_put(a);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* Exact aliases and disjoint parts of one storage stay allowed. */
+Test(overlap, alias_and_disjoint_are_allowed)
+{
+	int64_t s22[2] = { 2, 2 }, s6[1] = { 6 }, s44[2] = { 4, 4 };
+	struct ag_tensor *a = iota(2, s22), *v = iota(1, s6), *m = iota(2, s44);
+	struct ag_tensor *t0 = ag_transpose(a, 0, 1),
+			 *t1 = ag_transpose(a, 0, 1);
+	struct ag_tensor *ev = ag_slice(v, 0, 0, 6, 2),
+			 *od = ag_slice(v, 0, 1, 6, 2);
+	struct ag_tensor *l = ag_slice(m, 1, 0, 2, 1),
+			 *r = ag_slice(m, 1, 2, 4, 1);
+	const double a2[4] = { 0, 2, 4, 6 }, a4[4] = { 0, 4, 8, 12 };
+	const double v1[6] = { 1, 1, 5, 3, 9, 5 };
+	/* torch: x[:, :2].add_(x[:, 2:]) on arange(16).reshape(4, 4) */
+	const double m1[16] = { 2,  4,	2,  3,	10, 12, 6,  7,
+				18, 20, 10, 11, 26, 28, 14, 15 };
+
+	cr_assert_eq(ag_add_(a, a), 0, "%s", ag_errmsg());
+	assert_values(a, a2, 4);
+	cr_assert_eq(ag_add_(t0, t1), 0, "%s", ag_errmsg()); /* same geometry */
+	assert_values(a, a4, 4);
+	cr_assert_eq(ag_copy_(a, a), 0, "%s", ag_errmsg());
+	assert_values(a, a4, 4);
+	cr_assert_eq(ag_add_(ev, od), 0, "interleaved: %s", ag_errmsg());
+	assert_values(v, v1, 6);
+	cr_assert_eq(ag_add_(l, r), 0, "column blocks: %s", ag_errmsg());
+	assert_values(m, m1, 16);
+	cr_assert_eq(ag_copy_(r, l), 0, "%s", ag_errmsg());
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(ag__get(m, 4 * i + 2), m1[4 * i]);
+	ag_tensor_put(r);
+	ag_tensor_put(l);
+	ag_tensor_put(od);
+	ag_tensor_put(ev);
+	ag_tensor_put(t1);
+	ag_tensor_put(t0);
+	ag_tensor_put(m);
+	ag_tensor_put(v);
+	ag_tensor_put(a);
 	AG_ASSERT_NO_LEAKS();
 }
 
