@@ -405,7 +405,10 @@ struct ag_tensor *ag__finish(struct ag_tensor *out, struct ag_node *n,
 	return ag__ret(out);
 }
 
-/* 1 where x > 0, else 0: a constant, not recorded. */
+/*
+ * 0 where x <= 0, else 1: a constant, not recorded.  NaN gets 1, as the
+ * gradient passes there in torch's threshold_backward (result <= 0 ? 0 : g).
+ */
 struct ag_tensor *ag__positive_mask(struct ag_tensor *x)
 {
 	struct ag_tensor *one =
@@ -414,7 +417,7 @@ struct ag_tensor *ag__positive_mask(struct ag_tensor *x)
 	if (!one)
 		return NULL;
 	for (int64_t i = 0; i < x->numel; i++) {
-		double v = ag__get(x, i) > 0 ? 1.0 : 0.0;
+		double v = ag__get(x, i) <= 0 ? 0.0 : 1.0;
 
 		if (x->dtype == AG_F32)
 			((float *)one->storage->data)[i] = (float)v;

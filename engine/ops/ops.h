@@ -109,7 +109,7 @@ int ag__grad_sum_into(struct ag_tensor **slot, struct ag_tensor *g);
 
 extern const struct ag_node_ops ag__accumulate_ops;
 
-/* 1 where x > 0, else 0, as a plain (unrecorded) tensor. */
+/* 0 where x <= 0, else 1 (NaN too), as a plain (unrecorded) tensor. */
 struct ag_tensor *ag__positive_mask(struct ag_tensor *x);
 
 /*

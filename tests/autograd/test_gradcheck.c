@@ -442,6 +442,60 @@ Test(gradcheck, unary_more_values)
 	AG_ASSERT_NO_LEAKS();
 }
 
+/*
+ * At NaN, torch's relu backward (result <= 0 ? 0 : g) passes the
+ * gradient and leaky_relu's (x > 0 ? g : g * slope) scales it; checked
+ * against torch 1.13: relu [1.5, 0, 0, 1.5], leaky_relu(0.25) [0.375,
+ * 0.375, 0.375, 1.5] for x = [nan, -1, 0, 2] and g = 1.5.  Through the
+ * fused kernel, the composite (create_graph) path and relu_.
+ */
+static void relu_grads(enum ag_dtype dt, int which, bool create_graph)
+{
+	const double v[4] = { NAN, -1, 0, 2 }, relu_g[4] = { 1.5, 0, 0, 1.5 };
+	const double leaky_g[4] = { 0.375, 0.375, 0.375, 1.5 };
+	const double *want = which == 1 ? leaky_g : relu_g;
+	struct ag_grad_opts o = { .create_graph = create_graph };
+	struct ag_tensor *x = ag_zeros(dt, 1, SHAPE(4)), *y, *c = NULL;
+	struct ag_tensor *g = ag_full(dt, 1, SHAPE(4), 1.5), *gx = NULL;
+
+	for (int i = 0; i < 4; i++) {
+		struct ag_tensor *e = ag_slice(x, 0, i, i + 1, 1);
+
+		cr_assert_eq(ag_fill_(e, v[i]), 0);
+		ag_tensor_put(e);
+	}
+	ag_tensor_set_requires_grad(x, true);
+	if (which == 2) { /* relu_ on a non-leaf */
+		y = c = ag_mul_scalar(x, 1);
+		cr_assert_eq(ag_relu_(c), 0, "%s", ag_errmsg());
+		ag_tensor_get(y);
+	} else {
+		y = which ? ag_leaky_relu(x, 0.25) : ag_relu(x);
+	}
+	cr_assert_not_null(y, "%s", ag_errmsg());
+	cr_assert_eq(ag_grad(&y, &g, 1, &x, 1, &gx, &o), 0, "%s", ag_errmsg());
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(ag__get(gx, i), want[i],
+			     "op %d %s cg %d: g[%d] = %g, want %g", which,
+			     ag_dtype_name(dt), create_graph, i, ag__get(gx, i),
+			     want[i]);
+	ag_tensor_put(gx);
+	ag_tensor_put(c);
+	ag_tensor_put(y);
+	ag_tensor_put(g);
+	ag_tensor_put(x);
+}
+
+Test(gradcheck, relu_gradient_at_nan)
+{
+	for (int which = 0; which < 3; which++)
+		for (int cg = 0; cg < 2; cg++) {
+			relu_grads(AG_F64, which, cg);
+			relu_grads(AG_F32, which, cg);
+		}
+	AG_ASSERT_NO_LEAKS();
+}
+
 /* Positive domains: sqrt, rsqrt, reciprocal, log1p against libm. */
 Test(gradcheck, unary_more_values_positive)
 {
