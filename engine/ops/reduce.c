@@ -13,7 +13,8 @@ struct reduce_node {
 	int64_t shape[AG_MAX_DIMS]; /* input shape */
 	int dim; /* -1: all dims */
 	bool keepdim;
-	double scale; /* 1 for sum, 1/n for mean */
+	bool mean;
+	double count; /* mean: the count divided by (torch's sum / n) */
 };
 
 static double row_sum(const struct ag_tensor *t, int64_t off, int64_t n,
@@ -33,9 +34,13 @@ static void store(struct ag_tensor *t, int64_t i, double v)
 		((double *)t->storage->data)[i] = v;
 }
 
-/* Plain sum over `dim` (or all dims when dim < 0), times scale. */
+/*
+ * Plain sum over `dim` (or all dims when dim < 0), divided by div (1 for
+ * a sum: exact).  A mean divides as torch does, not times 1 / n, which
+ * is an ulp off: 7 / 3 is not 7 * (1 / 3) in double.
+ */
 static struct ag_tensor *sum_fwd(const char *fn, struct ag_tensor *a, int dim,
-				 bool keepdim, double scale)
+				 bool keepdim, double div)
 {
 	int64_t oshape[AG_MAX_DIMS], kshape[AG_MAX_DIMS];
 	int64_t kstr[AG_MAX_DIMS], ostr[AG_MAX_DIMS];
@@ -54,7 +59,7 @@ static struct ag_tensor *sum_fwd(const char *fn, struct ag_tensor *a, int dim,
 		ag__walk_init(&w, a->ndim, a->shape, 1, strides, base);
 		while (ag__walk_next(&w))
 			s += row_sum(a, w.off[0], w.inner, w.inc[0]);
-		store(out, 0, s * scale);
+		store(out, 0, s / div);
 		return out;
 	}
 	for (int d = 0; d < a->ndim; d++) {
@@ -71,8 +76,9 @@ static struct ag_tensor *sum_fwd(const char *fn, struct ag_tensor *a, int dim,
 	while (ag__walk_next(&w))
 		for (int64_t i = 0; i < w.inner; i++)
 			store(out, w.off[1] + i * w.inc[1],
-			      scale * row_sum(a, w.off[0] + i * w.inc[0],
-					      a->shape[dim], a->strides[dim]));
+			      row_sum(a, w.off[0] + i * w.inc[0], a->shape[dim],
+				      a->strides[dim]) /
+				      div);
 	return out;
 }
 
@@ -80,17 +86,21 @@ static int reduce_apply(struct ag_node *n, struct ag_tensor **grads,
 			struct ag_tensor **out)
 {
 	struct reduce_node *r = ag_container_of(n, struct reduce_node, node);
-	struct ag_tensor *g = grads[0], *u = NULL, *s = NULL;
+	struct ag_tensor *g = grads[0], *u = NULL, *s = NULL, *c = NULL;
 
 	if (!g || !n->next[0].node)
 		return 0;
 	if (r->dim >= 0 && !r->keepdim)
 		g = u = ag_unsqueeze(g, r->dim);
-	if (g && r->scale != 1.0)
-		g = s = ag_mul_scalar(g, r->scale);
+	/* mean: g / n, as torch's mean_backward (not g * (1 / n)) */
+	if (g && r->mean) {
+		c = ag_scalar(g->dtype, r->count);
+		g = s = c ? ag_div(g, c) : NULL;
+	}
 	out[0] = g ? ag_expand(g, r->ndim, r->shape) : NULL;
 	ag_tensor_put(u);
 	ag_tensor_put(s);
+	ag_tensor_put(c);
 	return out[0] ? 0 : -ag_errcode();
 }
 
@@ -110,7 +120,7 @@ static struct ag_tensor *reduce(const char *fn, const struct ag_node_ops *ops,
 {
 	struct reduce_node *r;
 	struct ag_tensor *out;
-	double scale = 1.0;
+	double div = 1.0;
 	int64_t count;
 
 	AG_CHECK_ARG(fn, a);
@@ -122,8 +132,8 @@ static struct ag_tensor *reduce(const char *fn, const struct ag_node_ops *ops,
 		dim = -1;
 	count = dim < 0 ? a->numel : a->shape[dim];
 	if (mean)
-		scale = 1.0 / (double)count; /* 0 elements: nan, as torch */
-	out = sum_fwd(fn, a, dim, keepdim, scale);
+		div = (double)count; /* 0 elements: 0 / 0 = nan, as torch */
+	out = sum_fwd(fn, a, dim, keepdim, div);
 	if (!out || !ag__should_record(&a, 1))
 		return ag__ret(out);
 	r = (struct reduce_node *)ag__node_alloc(ops, sizeof(*r), 0, 1, 1, NULL,
@@ -136,7 +146,8 @@ static struct ag_tensor *reduce(const char *fn, const struct ag_node_ops *ops,
 	ag__dims_copy(r->shape, a->shape, a->ndim);
 	r->dim = dim;
 	r->keepdim = keepdim || dim < 0;
-	r->scale = scale;
+	r->mean = mean;
+	r->count = div;
 	if (dim < 0 && a->ndim > 0)
 		r->keepdim = true; /* a 0-d grad expands directly */
 	return ag__finish(out, &r->node, &a, 1, fn);

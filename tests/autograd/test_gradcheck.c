@@ -496,6 +496,55 @@ Test(gradcheck, relu_gradient_at_nan)
 	AG_ASSERT_NO_LEAKS();
 }
 
+/*
+ * mean is sum / n, as torch, and its backward g / n: 7 * (1 / 3) is an
+ * ulp below 7 / 3 in double, and so is 0.30000000000000004 * (1 / 3)
+ * below its quotient (torch 1.13 gives the quotients: 0x1.2aaaaaaaaaaabp+1
+ * and 0x1.999999999999bp-4; f32 0x1.2aaaaap+1).
+ */
+static void mean_division(enum ag_dtype dt, bool dim, bool create_graph)
+{
+	const double v[3] = { 1, 2, 4 }, gv = 0.30000000000000004;
+	struct ag_grad_opts o = { .create_graph = create_graph };
+	struct ag_tensor *x = ag_zeros(dt, 1, SHAPE(3)), *m, *g, *gx = NULL;
+	double want = dt == AG_F32 ? (double)(7.0f / 3.0f) : 7.0 / 3;
+	double want_g = dt == AG_F32 ? (double)((float)gv / 3.0f) : gv / 3;
+
+	for (int i = 0; i < 3; i++) {
+		struct ag_tensor *e = ag_slice(x, 0, i, i + 1, 1);
+
+		cr_assert_eq(ag_fill_(e, v[i]), 0);
+		ag_tensor_put(e);
+	}
+	ag_tensor_set_requires_grad(x, true);
+	m = dim ? ag_mean_dim(x, 0, false) : ag_mean(x);
+	g = ag_scalar(dt, gv);
+	cr_assert_not_null(m, "%s", ag_errmsg());
+	cr_assert_eq(ag_tensor_item(m), want, "%s dim %d: %a, want %a",
+		     ag_dtype_name(dt), dim, ag_tensor_item(m), want);
+	cr_assert_eq(ag_grad(&m, &g, 1, &x, 1, &gx, &o), 0, "%s", ag_errmsg());
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(ag__get(gx, i), want_g,
+			     "%s dim %d cg %d: g[%d] = %a, want %a",
+			     ag_dtype_name(dt), dim, create_graph, i,
+			     ag__get(gx, i), want_g);
+	ag_tensor_put(gx);
+	ag_tensor_put(g);
+	ag_tensor_put(m);
+	ag_tensor_put(x);
+}
+
+Test(gradcheck, mean_divides_by_n)
+{
+	for (int dim = 0; dim < 2; dim++)
+		for (int cg = 0; cg < 2; cg++) {
+			mean_division(AG_F64, dim, cg);
+			mean_division(AG_F32, dim, cg);
+		}
+	cr_assert(7.0 / 3 != 7 * (1.0 / 3), "the case tells the two apart");
+	AG_ASSERT_NO_LEAKS();
+}
+
 /* Positive domains: sqrt, rsqrt, reciprocal, log1p against libm. */
 Test(gradcheck, unary_more_values_positive)
 {
