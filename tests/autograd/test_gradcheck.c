@@ -4,6 +4,10 @@
  * broadcasting and non-contiguous inputs, and checks that fail when the
  * backward is wrong.
  */
+#include <stdio.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include "common.h"
 #include "torch_refs.h"
 
@@ -814,6 +818,84 @@ Test(gradcheck, max_and_var_dim_values)
 	ag_tensor_put(m);
 	ag_tensor_put(mk);
 	ag_tensor_put(var);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/*
+ * The backward of a max keeps one index per lane, not a mask of the
+ * input's size: over an expand of one element to 2^24, the recorded node
+ * holds 8 bytes, not 64 MiB, and the gradient still reaches the first
+ * maximum (all of them tie: index 0).
+ */
+Test(gradcheck, max_dim_saves_indices_not_a_mask)
+{
+	int64_t one[1] = { 1 }, big[1] = { INT64_C(1) << 24 };
+	struct ag_tensor *x = ag_full(AG_F32, 1, one, 3);
+	struct ag_tensor *e, *m, *g;
+	long before;
+
+	ag_tensor_set_requires_grad(x, true);
+	e = ag_expand(x, 1, big);
+	before = ag__live_bytes();
+	m = ag_max_dim(e, 0, false);
+	cr_assert_not_null(m, "%s", ag_errmsg());
+	cr_assert_eq(ag_tensor_item(m), 3.0);
+	cr_assert_lt(ag__live_bytes() - before, 1024, "max_dim keeps %ld bytes",
+		     ag__live_bytes() - before);
+	cr_assert_eq(ag_backward(m, NULL, NULL), 0, "%s", ag_errmsg());
+	g = ag_tensor_grad(x);
+	cr_assert_eq(ag__get(g, 0), 1.0);
+	ag_tensor_put(g);
+	ag_tensor_put(m);
+	ag_tensor_put(e);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* Address space in use, from /proc; 0 if unknown. */
+static size_t vm_bytes(void)
+{
+	FILE *f = fopen("/proc/self/statm", "r");
+	unsigned long pages = 0;
+
+	if (!f)
+		return 0;
+	if (fscanf(f, "%lu", &pages) != 1)
+		pages = 0;
+	fclose(f);
+	return pages * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/*
+ * With no gradient needed nothing of the input's size is made: a max over
+ * an expand to 2^28 f64 (a 2 GiB mask before) succeeds with 512 MiB of
+ * address space to spare.
+ */
+Test(gradcheck, max_dim_without_grad_allocates_no_mask)
+{
+	int64_t one[1] = { 1 }, big[1] = { INT64_C(1) << 28 };
+	struct ag_tensor *x = ag_full(AG_F64, 1, one, -2);
+	struct ag_tensor *e = ag_expand(x, 1, big), *m;
+	size_t vm = vm_bytes();
+	struct rlimit rl;
+
+#if defined(__SANITIZE_ADDRESS__)
+	cr_skip_test("ASan reserves address space; no RLIMIT_AS under it");
+#endif
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+	cr_skip_test("ASan reserves address space; no RLIMIT_AS under it");
+#endif
+#endif
+	cr_assert_gt(vm, 0);
+	rl.rlim_cur = rl.rlim_max = vm + (512u << 20);
+	cr_assert_eq(setrlimit(RLIMIT_AS, &rl), 0);
+	m = ag_max_dim(e, 0, true);
+	cr_assert_not_null(m, "%s", ag_errmsg());
+	cr_assert_eq(ag_tensor_item(m), -2.0);
+	ag_tensor_put(m);
+	ag_tensor_put(e);
 	ag_tensor_put(x);
 	AG_ASSERT_NO_LEAKS();
 }
