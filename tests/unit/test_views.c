@@ -477,6 +477,8 @@ Test(expand, dense_size_overflow_is_refused)
 		"ag_exp: shape [2305843009213693952] of f64 is too large: its byte size overflows");
 	cr_assert_null(ag_add(e, a));
 	AG_ASSERT_ERR(AG_EINVAL, "ag_add: shape [2305843009213693952]");
+	cr_assert_null(ag_softmax(e, 0));
+	AG_ASSERT_ERR(AG_EINVAL, "ag_softmax: shape [2305843009213693952]");
 	cr_assert_null(ag_clone(e));
 	AG_ASSERT_ERR(AG_EINVAL, "its byte size overflows");
 	cr_assert_null(ag__tensor_like(e));
