@@ -772,6 +772,90 @@ Test(overlap, alias_and_disjoint_are_allowed)
 	AG_ASSERT_NO_LEAKS();
 }
 
+/* A view of the 6 x 6 base of shape (r, c): maybe transposed, stepped. */
+static struct ag_tensor *window(struct ag_tensor *base, uint64_t *rng, int r,
+				int c)
+{
+	int64_t len[2] = { r, c };
+	struct ag_tensor *t = (*rng >> 40) & 1 ? ag_transpose(base, 0, 1) :
+						 ag_tensor_get(base);
+
+	for (int d = 0; d < 2; d++) {
+		struct ag_tensor *u;
+		int64_t step, start;
+
+		*rng = *rng * 6364136223846793005ULL + 1442695040888963407ULL;
+		step = len[d] > 1 && (*rng >> 33) % 3 == 0 ? 2 : 1;
+		start = (int64_t)((*rng >> 45) %
+				  (uint64_t)(6 - (len[d] - 1) * step));
+		u = ag_slice(t, d, start, start + (len[d] - 1) * step + 1,
+			     step);
+		ag_tensor_put(t);
+		t = u;
+	}
+	return t;
+}
+
+/* The refusal agrees with the address sets, counted by brute force. */
+Test(overlap, random_windows_match_brute_force)
+{
+	int64_t s66[2] = { 6, 6 };
+	struct ag_tensor *base = ag_zeros(AG_F64, 2, s66);
+	uint64_t rng = 12345;
+	int refused = 0, allowed = 0, interleaved = 0;
+
+	for (int it = 0; it < 2000; it++) {
+		int r, c;
+		struct ag_tensor *a, *b;
+		bool seen[36] = { false }, meet = false, alias;
+		int64_t lo = 36, hi = -1;
+		int rc;
+
+		rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+		r = 1 + (int)((rng >> 35) % 3);
+		c = 1 + (int)((rng >> 50) % 3);
+		a = window(base, &rng, r, c);
+		b = window(base, &rng, r, c);
+		alias = ag_tensor_numel(a) && a->offset == b->offset;
+		for (int d = 0; d < 2; d++)
+			if (a->shape[d] > 1 && a->strides[d] != b->strides[d])
+				alias = false;
+		for (int64_t i = 0; i < a->numel; i++)
+			seen[ag__elem_offset(a, i)] = true;
+		for (int64_t i = 0; i < b->numel; i++) {
+			int64_t o = ag__elem_offset(b, i);
+
+			meet |= seen[o];
+			lo = o < lo ? o : lo;
+			hi = o > hi ? o : hi;
+		}
+		/* disjoint although b's range holds some of a: interleaved */
+		for (int64_t i = lo; !meet && i <= hi; i++) {
+			if (seen[i]) {
+				interleaved++;
+				break;
+			}
+		}
+		rc = ag_add_(a, b);
+		if (meet && !alias) {
+			cr_assert_eq(rc, -AG_EINVAL, "iteration %d", it);
+			ag_clear_error();
+			refused++;
+		} else {
+			cr_assert_eq(rc, 0, "iteration %d: %s", it,
+				     ag_errmsg());
+			allowed++;
+		}
+		ag_tensor_put(a);
+		ag_tensor_put(b);
+	}
+	cr_assert_gt(refused, 100);
+	cr_assert_gt(allowed, 100);
+	cr_assert_gt(interleaved, 20, "%d interleaved", interleaved);
+	ag_tensor_put(base);
+	AG_ASSERT_NO_LEAKS();
+}
+
 /* ---- empty tensors ---- */
 
 Test(empty, views_of_huge_empty_shapes)
