@@ -286,9 +286,19 @@ static inline bool ag__exclusive(const struct ag_tensor *t)
 }
 
 /*
- * Checks dims and shape and computes the element count, overflow-checked
- * (also numel * element size fits in size_t and int64_t).  fn names the
- * caller for the message.  Returns 0 or -AG_EINVAL.
+ * The element count of a shape of sizes >= 0 (0 when any size is 0) and,
+ * when nbytes is not NULL, its byte size in dt: 0, or -AG_EINVAL when
+ * either overflows (the byte size must fit size_t and int64_t).  The one
+ * overflow check of everything that sizes a tensor: views pass no nbytes
+ * (they allocate nothing; an expand of one element to 2^61 f64 elements
+ * is valid), allocations do.  fn, when not NULL, prefixes the message.
+ */
+int ag__shape_size(const char *fn, int ndim, const int64_t *shape,
+		   enum ag_dtype dt, int64_t *numel, size_t *nbytes);
+/*
+ * Checks dtype, dims and shape and computes the element count with
+ * ag__shape_size (the byte size must fit too).  fn names the caller for
+ * the message.  Returns 0 or -AG_EINVAL (-AG_EDTYPE for a bad dtype).
  */
 int ag__check_shape(const char *fn, int ndim, const int64_t *shape,
 		    enum ag_dtype dt, int64_t *numel);
@@ -302,11 +312,15 @@ const char *ag__shape_str(char *buf, size_t n, int ndim, const int64_t *shape);
  */
 struct ag_tensor *ag__tensor_new(const char *fn, enum ag_dtype dt, int ndim,
 				 const int64_t *shape);
-/* A new contiguous tensor of t's dtype and shape (already checked). */
+/*
+ * A new contiguous tensor of t's dtype and shape; NULL with AG_EINVAL when
+ * its byte size overflows (t may be an expanded view of a huge shape).
+ */
 struct ag_tensor *ag__tensor_like(const struct ag_tensor *t);
 /*
  * A new tensor header over s (a reference is taken) with the given geometry;
- * plain (no autograd meta), not recorded in a scope.
+ * plain (no autograd meta), not recorded in a scope.  NULL with AG_EINVAL
+ * when the element count of shape overflows.
  */
 struct ag_tensor *ag__tensor_view(struct ag_tensor *base, int ndim,
 				  const int64_t *shape, const int64_t *strides,

@@ -72,11 +72,42 @@ const char *ag__shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
 	return buf;
 }
 
+int ag__shape_size(const char *fn, int ndim, const int64_t *shape,
+		   enum ag_dtype dt, int64_t *numel, size_t *nbytes)
+{
+	size_t es = ag_dtype_size(dt);
+	const char *what = "element count";
+	int64_t n = 1;
+	char buf[200];
+
+	/* with a 0 anywhere the count is 0, however large the other dims */
+	for (int d = 0; d < ndim; d++)
+		if (!shape[d])
+			n = 0;
+	for (int d = 0; d < ndim && n; d++)
+		if (__builtin_mul_overflow(n, shape[d], &n))
+			goto overflow;
+	what = "byte size";
+	/* bytes also fit int64_t: element offsets times es do not wrap */
+	if (nbytes &&
+	    ((uint64_t)n > SIZE_MAX / es || n > INT64_MAX / (int64_t)es))
+		goto overflow;
+	*numel = n;
+	if (nbytes)
+		*nbytes = (size_t)n * es;
+	return 0;
+overflow:
+	return ag__err(AG_EINVAL,
+		       "%s%sshape %s of %s is too large: its %s overflows",
+		       fn ? fn : "", fn ? ": " : "",
+		       ag__shape_str(buf, sizeof(buf), ndim, shape),
+		       ag_dtype_name(dt), what);
+}
+
 int ag__check_shape(const char *fn, int ndim, const int64_t *shape,
 		    enum ag_dtype dt, int64_t *numel)
 {
-	int64_t n = 1;
-	bool empty = false;
+	size_t nbytes;
 	int rc = ag__check_dtype(fn, dt);
 
 	if (rc)
@@ -89,35 +120,12 @@ int ag__check_shape(const char *fn, int ndim, const int64_t *shape,
 	if (ndim > 0 && !shape)
 		return ag__err(AG_EINVAL, "%s: shape is NULL for %d dims", fn,
 			       ndim);
-	for (int d = 0; d < ndim; d++) {
+	for (int d = 0; d < ndim; d++)
 		if (shape[d] < 0)
 			return ag__err(AG_EINVAL,
 				       "%s: dim %d has negative size %" PRId64,
 				       fn, d, shape[d]);
-		if (!shape[d])
-			empty = true;
-	}
-	for (int d = 0; d < ndim && !empty; d++) {
-		if (n > INT64_MAX / shape[d])
-			goto overflow;
-		n *= shape[d];
-	}
-	if (empty)
-		n = 0;
-	if ((uint64_t)n > SIZE_MAX / ag_dtype_size(dt) ||
-	    n > INT64_MAX / (int64_t)ag_dtype_size(dt))
-		goto overflow;
-	*numel = n;
-	return 0;
-overflow : {
-	char buf[200];
-
-	return ag__err(
-		AG_EINVAL,
-		"%s: shape %s of %s is too large: its byte size overflows", fn,
-		ag__shape_str(buf, sizeof(buf), ndim, shape),
-		ag_dtype_name(dt));
-}
+	return ag__shape_size(fn, ndim, shape, dt, numel, &nbytes);
 }
 
 void ag__contiguous_strides(int ndim, const int64_t *shape, int64_t *strides)
@@ -175,12 +183,12 @@ static void dense_geometry(struct ag_tensor *t, enum ag_dtype dt, int ndim,
  * storage (views may outlive the tensor).
  */
 static struct ag_tensor *tensor_make(enum ag_dtype dt, int ndim,
-				     const int64_t *shape, int64_t numel)
+				     const int64_t *shape, int64_t numel,
+				     size_t nbytes)
 {
 	struct ag_tensor *t;
-	size_t nbytes, sbytes, head = ag__tensor_bytes(ndim);
+	size_t sbytes, head = ag__tensor_bytes(ndim);
 
-	nbytes = (size_t)numel * ag_dtype_size(dt);
 	sbytes = ag__storage_bytes(nbytes);
 	t = sbytes && sbytes <= SIZE_MAX - head ? ag__alloc(head + sbytes) :
 						  NULL;
@@ -203,21 +211,30 @@ struct ag_tensor *ag__tensor_new(const char *fn, enum ag_dtype dt, int ndim,
 
 	if (ag__check_shape(fn, ndim, shape, dt, &numel))
 		return NULL;
-	return tensor_make(dt, ndim, shape, numel);
+	return tensor_make(dt, ndim, shape, numel,
+			   (size_t)numel * ag_dtype_size(dt));
 }
 
 struct ag_tensor *ag__tensor_like(const struct ag_tensor *t)
 {
-	return tensor_make(t->dtype, t->ndim, t->shape, t->numel);
+	int64_t numel;
+	size_t nbytes;
+
+	if (ag__shape_size(NULL, t->ndim, t->shape, t->dtype, &numel, &nbytes))
+		return NULL;
+	return tensor_make(t->dtype, t->ndim, t->shape, numel, nbytes);
 }
 
 struct ag_tensor *ag__tensor_view(struct ag_tensor *base, int ndim,
 				  const int64_t *shape, const int64_t *strides,
 				  int64_t offset)
 {
-	struct ag_tensor *t = tensor_alloc(ndim);
-	bool empty = false;
+	struct ag_tensor *t;
+	int64_t numel;
 
+	if (ag__shape_size(NULL, ndim, shape, base->dtype, &numel, NULL))
+		return NULL;
+	t = tensor_alloc(ndim);
 	if (!t)
 		return NULL;
 	t->inference = base->inference;
@@ -225,18 +242,11 @@ struct ag_tensor *ag__tensor_view(struct ag_tensor *base, int ndim,
 	ag__storage_get(t->storage);
 	t->dtype = base->dtype;
 	t->offset = offset;
-	t->numel = 1;
+	t->numel = numel;
 	for (int d = 0; d < ndim; d++) {
 		t->shape[d] = shape[d];
 		t->strides[d] = strides[d];
-		if (!shape[d])
-			empty = true;
 	}
-	/* an empty shape's other dims may overflow when multiplied */
-	for (int d = 0; d < ndim && !empty; d++)
-		t->numel *= shape[d];
-	if (empty)
-		t->numel = 0;
 	return t;
 }
 
@@ -452,12 +462,19 @@ struct ag_tensor *ag_from_blob(enum ag_dtype dt, int ndim, const int64_t *shape,
 			data, ag_dtype_size(dt), ag_dtype_name(dt));
 		return NULL;
 	}
+	/*
+	 * The storage first: it is a plain block until counted below, so
+	 * when the tensor fails there is nothing to undo but its free.  (A
+	 * tensor header without a storage cannot go through ag_tensor_put.)
+	 */
 	s = ag__zalloc(sizeof(*s));
-	t = tensor_alloc(ndim);
-	if (!s || !t) {
-		ag__free(s);
-		ag_tensor_put(t);
+	if (!s) {
 		ag__err(AG_ENOMEM, "ag_from_blob: out of memory");
+		return NULL;
+	}
+	t = tensor_alloc(ndim);
+	if (!t) {
+		ag__free(s);
 		return NULL;
 	}
 	atomic_init(&s->refcount, 1);
@@ -591,12 +608,15 @@ void ag__copy_dense(const struct ag_tensor *t, void *dst)
 int ag_tensor_copy_to(const struct ag_tensor *t, void *dst, size_t nbytes)
 {
 	size_t need;
+	int64_t n;
 
 	if (!t)
 		return ag__err_null("ag_tensor_copy_to", "t");
 	if (!dst)
 		return ag__err(AG_EINVAL, "ag_tensor_copy_to: dst is NULL");
-	need = (size_t)t->numel * ag_dtype_size(t->dtype);
+	if (ag__shape_size("ag_tensor_copy_to", t->ndim, t->shape, t->dtype, &n,
+			   &need))
+		return -AG_EINVAL;
 	if (nbytes != need) {
 		char buf[200];
 

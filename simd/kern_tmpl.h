@@ -796,7 +796,8 @@ static void F(unary_bwd_c)(enum ag_k_unary op, int64_t n, const T *g,
 		LOOPY(n, V(mul)(gv, V(mul)(yv, V(sub)(one, yv))));
 		break;
 	case AG_K_RELU:
-		LOOPY(n, V(sel)(V(gt)(yv, zero), gv, zero));
+		/* torch: result <= 0 ? 0 : g, so NaN passes the gradient */
+		LOOPY(n, V(sel)(V(le)(yv, zero), zero, gv));
 		break;
 	case AG_K_GELU:
 		/* Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi) */

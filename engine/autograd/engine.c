@@ -778,7 +778,7 @@ static int root_grad(const char *fn, struct ag_tensor *root,
 		*out = g;
 		return 0;
 	}
-	if (grad->dtype != root->dtype || grad->ndim != root->ndim ||
+	if (grad->ndim != root->ndim ||
 	    !ag__shape_eq(root->ndim, grad->shape, root->shape))
 		return ag__err(
 			AG_ESHAPE,
@@ -787,6 +787,12 @@ static int root_grad(const char *fn, struct ag_tensor *root,
 			ag__shape_str(a, sizeof(a), grad->ndim, grad->shape), i,
 			ag_dtype_name(root->dtype),
 			ag__shape_str(b, sizeof(b), root->ndim, root->shape));
+	if (grad->dtype != root->dtype)
+		return ag__err(
+			AG_EDTYPE,
+			"%s: mismatch in dtype: grad_output[%d] has a dtype of %s and output[%d] has a dtype of %s",
+			fn, i, ag_dtype_name(grad->dtype), i,
+			ag_dtype_name(root->dtype));
 	*out = ag_tensor_get(grad);
 	return 0;
 }

@@ -190,8 +190,12 @@ static int analytical(struct gc *gc)
 		gc->ncols += gc->numel[o];
 	}
 	for (int k = 0; k < gc->nreq; k++) {
-		int64_t n = gc->diff[k]->numel * gc->ncols;
+		int64_t jac[2] = { gc->diff[k]->numel, gc->ncols }, n;
 
+		/* the Jacobian of input k: numel x ncols doubles */
+		rc = ag__shape_size(gc->who, 2, jac, AG_F64, &n, NULL);
+		if (rc)
+			goto out;
 		gc->ana[k] = calloc(n ? n : 1, sizeof(double));
 		if (!gc->ana[k]) {
 			rc = ag__err(AG_ENOMEM, "%s: out of memory", gc->who);

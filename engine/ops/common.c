@@ -173,7 +173,8 @@ struct ag_tensor *ag__unary_fwd(const char *fn, enum ag_k_unary op,
 
 	if (ag__check_float(fn, a))
 		return NULL;
-	out = ag__tensor_like(a);
+	/* a may be an expanded view whose dense size overflows */
+	out = ag__tensor_new(fn, a->dtype, a->ndim, a->shape);
 	if (out)
 		unary_rows(op, p, a, out);
 	return out;
@@ -218,12 +219,7 @@ struct ag_tensor *ag__binary_fwd(const char *fn, enum ag_k_binary op,
 	if (ag__check_same_dtype(fn, a, b) ||
 	    ag__broadcast_shape(fn, a, b, &ndim, shape))
 		return NULL;
-	/* nothing broadcast: a's shape, already checked */
-	if (ndim == a->ndim && a->numel == b->numel &&
-	    ag__shape_eq(ndim, shape, a->shape))
-		out = ag__tensor_like(a);
-	else
-		out = ag__tensor_new(fn, a->dtype, ndim, shape);
+	out = ag__tensor_new(fn, a->dtype, ndim, shape);
 	if (!out)
 		return NULL;
 	ag__broadcast_strides(a, ndim, shape, sa);
@@ -375,7 +371,10 @@ struct ag_tensor *ag__finish(struct ag_tensor *out, struct ag_node *n,
 	return ag__ret(out);
 }
 
-/* 1 where x > 0, else 0: a constant, not recorded. */
+/*
+ * 0 where x <= 0, else 1: a constant, not recorded.  NaN gets 1, as the
+ * gradient passes there in torch's threshold_backward (result <= 0 ? 0 : g).
+ */
 struct ag_tensor *ag__positive_mask(struct ag_tensor *x)
 {
 	struct ag_tensor *one =
@@ -384,7 +383,7 @@ struct ag_tensor *ag__positive_mask(struct ag_tensor *x)
 	if (!one)
 		return NULL;
 	for (int64_t i = 0; i < x->numel; i++) {
-		double v = ag__get(x, i) > 0 ? 1.0 : 0.0;
+		double v = ag__get(x, i) <= 0 ? 0.0 : 1.0;
 
 		if (x->dtype == AG_F32)
 			((float *)one->storage->data)[i] = (float)v;

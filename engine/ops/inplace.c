@@ -35,9 +35,169 @@ int ag__inplace_check(const char *fn, struct ag_tensor *self, bool rmw)
 		if (self->strides[d] == 0 && self->shape[d] > 1)
 			return ag__err(
 				AG_EINVAL,
-				"%s: unsupported operation: more than one element of the written-to tensor refers to a single memory location; clone the tensor before performing the operation",
+				"%s: unsupported operation: more than one element of the written-to tensor refers to a single memory location. Please clone() the tensor before performing the operation.",
 				fn);
 	return 0;
+}
+
+/*
+ * Overlap of the written tensor with a source.  torch refuses a source
+ * that partially overlaps self: elements written early would be read
+ * later.  The rule here, exact where torch gives up on strided views:
+ *
+ *   - another storage, an empty operand, or exact aliasing (same offset,
+ *     and src broadcast to self's shape has self's stride on every dim of
+ *     size > 1, as in a.add_(a)): allowed, each element reads only itself;
+ *   - element address ranges that do not intersect: allowed;
+ *   - addresses in different residue classes modulo the gcd of all the
+ *     strides (interleaved slices such as a[::2] and a[1::2], columns):
+ *     allowed;
+ *   - otherwise the smaller operand's addresses are walked and each is
+ *     looked up in the other's, exactly: allowed when none is shared.
+ *     The walk costs at most what the op does, and only views whose
+ *     ranges interleave come to it.
+ *
+ * The lookup reads an address as mixed-radix digits of the strides, which
+ * needs strides that nest (each larger than the reach of the smaller
+ * ones); libag's views always do, and an operand that did not would be
+ * taken as overlapping.
+ */
+struct span {
+	int n; /* dims of size > 1 and stride != 0, by stride descending */
+	int64_t numel; /* distinct addresses when the strides nest */
+	int64_t off, lo, hi; /* first address, range [lo, hi] */
+	int64_t shape[AG_MAX_DIMS], strides[AG_MAX_DIMS];
+	bool nested;
+};
+
+static void span_of(const struct ag_tensor *t, struct span *sp)
+{
+	int64_t reach = 0;
+
+	sp->n = 0;
+	sp->numel = 1;
+	sp->off = t->offset;
+	for (int d = 0; d < t->ndim; d++) {
+		int64_t n = t->shape[d], s = t->strides[d];
+		int k;
+
+		if (n == 1 || !s)
+			continue; /* no new addresses */
+		if (s < 0) { /* the same addresses, walked upwards */
+			sp->off += (n - 1) * s;
+			s = -s;
+		}
+		for (k = sp->n; k > 0 && sp->strides[k - 1] < s; k--) {
+			sp->shape[k] = sp->shape[k - 1];
+			sp->strides[k] = sp->strides[k - 1];
+		}
+		sp->shape[k] = n;
+		sp->strides[k] = s;
+		sp->n++;
+		sp->numel *= n;
+	}
+	sp->nested = true;
+	for (int d = sp->n - 1; d >= 0; d--) {
+		if (sp->strides[d] <= reach)
+			sp->nested = false;
+		reach += (sp->shape[d] - 1) * sp->strides[d];
+	}
+	sp->lo = sp->off;
+	sp->hi = sp->off + reach;
+}
+
+/* Address p is one of sp's (sp nested). */
+static bool span_has(const struct span *sp, int64_t p)
+{
+	int64_t r = p - sp->off;
+
+	if (p < sp->lo || p > sp->hi)
+		return false;
+	for (int d = 0; d < sp->n; d++) {
+		int64_t i = r / sp->strides[d];
+
+		if (i >= sp->shape[d])
+			return false;
+		r -= i * sp->strides[d];
+	}
+	return r == 0;
+}
+
+/* Some address of a is one of b's (b nested). */
+static bool span_meets(const struct span *a, const struct span *b)
+{
+	int64_t idx[AG_MAX_DIMS] = { 0 }, p = a->off;
+	int d;
+
+	for (;;) {
+		if (span_has(b, p))
+			return true;
+		for (d = a->n - 1; d >= 0; d--) {
+			if (++idx[d] < a->shape[d]) {
+				p += a->strides[d];
+				break;
+			}
+			idx[d] = 0;
+			p -= (a->shape[d] - 1) * a->strides[d];
+		}
+		if (d < 0)
+			return false;
+	}
+}
+
+static int64_t gcd64(int64_t a, int64_t b)
+{
+	while (b) {
+		int64_t t = a % b;
+
+		a = b;
+		b = t;
+	}
+	return a;
+}
+
+static bool partial_overlap(const struct ag_tensor *self,
+			    const struct ag_tensor *src)
+{
+	int64_t ss[AG_MAX_DIMS], g = 0;
+	struct span a, b;
+	bool alias = self->offset == src->offset;
+
+	if (self->storage != src->storage || !self->numel || !src->numel)
+		return false;
+	ag__broadcast_strides(src, self->ndim, self->shape, ss);
+	for (int d = 0; d < self->ndim && alias; d++)
+		if (self->shape[d] > 1 && ss[d] != self->strides[d])
+			alias = false;
+	if (alias)
+		return false;
+	span_of(self, &a);
+	span_of(src, &b);
+	if (a.hi < b.lo || b.hi < a.lo)
+		return false;
+	for (int d = 0; d < a.n; d++)
+		g = gcd64(g, a.strides[d]);
+	for (int d = 0; d < b.n; d++)
+		g = gcd64(g, b.strides[d]);
+	if (g > 1 && (a.off - b.off) % g)
+		return false;
+	/* walk the smaller; the other must nest for the lookup */
+	if (b.nested && (a.numel <= b.numel || !a.nested))
+		return span_meets(&a, &b);
+	if (a.nested)
+		return span_meets(&b, &a);
+	return true;
+}
+
+static int overlap_check(const char *fn, struct ag_tensor *self,
+			 struct ag_tensor *src)
+{
+	if (!partial_overlap(self, src))
+		return 0;
+	return ag__err(
+		AG_EINVAL,
+		"%s: unsupported operation: some elements of the input tensor and the written-to tensor refer to a single memory location. Please clone() the tensor before performing the operation.",
+		fn);
 }
 
 static int view_check(const char *fn, struct ag_tensor *self, bool record)
@@ -234,6 +394,8 @@ static int binary_(const char *fn, const struct ag_node_ops *ops,
 			ag__shape_str(b, sizeof(b), ndim, shape));
 	}
 	rc = ag__inplace_check(fn, self, true);
+	if (!rc)
+		rc = overlap_check(fn, self, other);
 	if (rc)
 		return rc;
 	record = ag__should_record(in, 2);
@@ -373,6 +535,8 @@ int ag_copy_(struct ag_tensor *self, struct ag_tensor *src)
 			ag__shape_str(b, sizeof(b), self->ndim, self->shape));
 	}
 	rc = ag__inplace_check("ag_copy_", self, true);
+	if (!rc)
+		rc = overlap_check("ag_copy_", self, src);
 	if (rc)
 		return rc;
 	record = ag__should_record(in, 2);

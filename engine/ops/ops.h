@@ -97,7 +97,7 @@ struct ag_tensor *ag__lanes_result(struct ag_tensor *kept, int dim,
 struct ag_tensor *ag__sum_to(struct ag_tensor *g, int ndim,
 			     const int64_t *shape);
 
-/* 1 where x > 0, else 0, as a plain (unrecorded) tensor. */
+/* 0 where x <= 0, else 1 (NaN too), as a plain (unrecorded) tensor. */
 struct ag_tensor *ag__positive_mask(struct ag_tensor *x);
 
 /*

@@ -13,7 +13,8 @@ struct reduce_node {
 	int64_t shape[AG_MAX_DIMS]; /* input shape */
 	int dim; /* -1: all dims */
 	bool keepdim;
-	double scale; /* 1 for sum, 1/n for mean */
+	bool mean;
+	double count; /* mean: the count divided by (torch's sum / n) */
 };
 
 static double row_sum(const struct ag_tensor *t, int64_t off, int64_t n,
@@ -33,9 +34,13 @@ static void store(struct ag_tensor *t, int64_t i, double v)
 		((double *)t->storage->data)[i] = v;
 }
 
-/* Plain sum over `dim` (or all dims when dim < 0), times scale. */
+/*
+ * Plain sum over `dim` (or all dims when dim < 0), divided by div (1 for
+ * a sum: exact).  A mean divides as torch does, not times 1 / n, which
+ * is an ulp off: 7 / 3 is not 7 * (1 / 3) in double.
+ */
 static struct ag_tensor *sum_fwd(const char *fn, struct ag_tensor *a, int dim,
-				 bool keepdim, double scale)
+				 bool keepdim, double div)
 {
 	int64_t oshape[AG_MAX_DIMS], kshape[AG_MAX_DIMS];
 	int64_t kstr[AG_MAX_DIMS], ostr[AG_MAX_DIMS];
@@ -54,7 +59,7 @@ static struct ag_tensor *sum_fwd(const char *fn, struct ag_tensor *a, int dim,
 		ag__walk_init(&w, a->ndim, a->shape, 1, strides, base);
 		while (ag__walk_next(&w))
 			s += row_sum(a, w.off[0], w.inner, w.inc[0]);
-		store(out, 0, s * scale);
+		store(out, 0, s / div);
 		return out;
 	}
 	for (int d = 0; d < a->ndim; d++) {
@@ -71,8 +76,9 @@ static struct ag_tensor *sum_fwd(const char *fn, struct ag_tensor *a, int dim,
 	while (ag__walk_next(&w))
 		for (int64_t i = 0; i < w.inner; i++)
 			store(out, w.off[1] + i * w.inc[1],
-			      scale * row_sum(a, w.off[0] + i * w.inc[0],
-					      a->shape[dim], a->strides[dim]));
+			      row_sum(a, w.off[0] + i * w.inc[0], a->shape[dim],
+				      a->strides[dim]) /
+				      div);
 	return out;
 }
 
@@ -80,17 +86,21 @@ static int reduce_apply(struct ag_node *n, struct ag_tensor **grads,
 			struct ag_tensor **out)
 {
 	struct reduce_node *r = ag_container_of(n, struct reduce_node, node);
-	struct ag_tensor *g = grads[0], *u = NULL, *s = NULL;
+	struct ag_tensor *g = grads[0], *u = NULL, *s = NULL, *c = NULL;
 
 	if (!g || !n->next[0].node)
 		return 0;
 	if (r->dim >= 0 && !r->keepdim)
 		g = u = ag_unsqueeze(g, r->dim);
-	if (g && r->scale != 1.0)
-		g = s = ag_mul_scalar(g, r->scale);
+	/* mean: g / n, as torch's mean_backward (not g * (1 / n)) */
+	if (g && r->mean) {
+		c = ag_scalar(g->dtype, r->count);
+		g = s = c ? ag_div(g, c) : NULL;
+	}
 	out[0] = g ? ag_expand(g, r->ndim, r->shape) : NULL;
 	ag_tensor_put(u);
 	ag_tensor_put(s);
+	ag_tensor_put(c);
 	return out[0] ? 0 : -ag_errcode();
 }
 
@@ -110,7 +120,7 @@ static struct ag_tensor *reduce(const char *fn, const struct ag_node_ops *ops,
 {
 	struct reduce_node *r;
 	struct ag_tensor *out;
-	double scale = 1.0;
+	double div = 1.0;
 	int64_t count;
 
 	AG_CHECK_ARG(fn, a);
@@ -122,8 +132,8 @@ static struct ag_tensor *reduce(const char *fn, const struct ag_node_ops *ops,
 		dim = -1;
 	count = dim < 0 ? a->numel : a->shape[dim];
 	if (mean)
-		scale = 1.0 / (double)count; /* 0 elements: nan, as torch */
-	out = sum_fwd(fn, a, dim, keepdim, scale);
+		div = (double)count; /* 0 elements: 0 / 0 = nan, as torch */
+	out = sum_fwd(fn, a, dim, keepdim, div);
 	if (!out || !ag__should_record(&a, 1))
 		return ag__ret(out);
 	r = (struct reduce_node *)ag__node_alloc(ops, sizeof(*r), 0, 1, 1, NULL,
@@ -136,7 +146,8 @@ static struct ag_tensor *reduce(const char *fn, const struct ag_node_ops *ops,
 	ag__dims_copy(r->shape, a->shape, a->ndim);
 	r->dim = dim;
 	r->keepdim = keepdim || dim < 0;
-	r->scale = scale;
+	r->mean = mean;
+	r->count = div;
 	if (dim < 0 && a->ndim > 0)
 		r->keepdim = true; /* a 0-d grad expands directly */
 	return ag__finish(out, &r->node, &a, 1, fn);
@@ -194,15 +205,136 @@ struct ag_tensor *ag_var_dim(struct ag_tensor *a, int dim, bool unbiased,
 
 /* ---- max along a dim ---- */
 
+/*
+ * The gradient of a max goes to one element per lane: the backward saves
+ * each lane's index (i64, the reduced shape, made only when recording)
+ * rather than a mask of the input's size.  Moving values between a
+ * full-shape tensor and one value per lane is linear, and each direction
+ * is the other's derivative: scatter (g to its lane's index, zeros
+ * elsewhere) for the max's backward, gather (the element at the index)
+ * for the backward of that, and so on.
+ */
+struct pick {
+	struct ag_tensor *idx; /* i64, kept shape (dim of size 1) */
+	int dim, ndim;
+	int64_t shape[AG_MAX_DIMS]; /* the full (input) shape */
+};
+
+struct pick_node {
+	struct ag_node node;
+	bool scatter; /* what apply does: the reverse of the forward */
+	struct pick pk;
+};
+
+struct pick_ctx {
+	struct ag_tensor *full, *kept;
+	const struct pick *pk;
+	bool scatter;
+};
+
+static void pick_lane(void *arg, const int64_t *off)
+{
+	struct pick_ctx *c = arg;
+	size_t es = ag_dtype_size(c->full->dtype);
+	int64_t at = ((const int64_t *)c->pk->idx->storage->data)[off[2]];
+	char *f = (char *)c->full->storage->data +
+		  (off[0] + at * ag__lane_inc(c->full, c->pk->dim)) * es;
+	char *k = (char *)c->kept->storage->data + off[1] * es;
+
+	if (c->scatter)
+		memcpy(f, k, es);
+	else
+		memcpy(k, f, es);
+}
+
+static struct ag_tensor *pick(struct ag_tensor *src, const struct pick *pk,
+			      bool scatter);
+
+static int pick_apply(struct ag_node *n, struct ag_tensor **grads,
+		      struct ag_tensor **out)
+{
+	struct pick_node *p = ag_container_of(n, struct pick_node, node);
+
+	if (!grads[0] || !n->next[0].node)
+		return 0;
+	out[0] = pick(grads[0], &p->pk, p->scatter);
+	return out[0] ? 0 : -ag_errcode();
+}
+
+static void pick_destroy(struct ag_node *n)
+{
+	ag_tensor_put(ag_container_of(n, struct pick_node, node)->pk.idx);
+}
+
+/* the node of a scatter's output gathers, the node of a gather's scatters */
+static const struct ag_node_ops scatter_ops = {
+	.name = "ScatterBackward",
+	.apply = pick_apply,
+	.destroy = pick_destroy,
+};
+
+static const struct ag_node_ops gather_ops = {
+	.name = "GatherBackward",
+	.apply = pick_apply,
+	.destroy = pick_destroy,
+};
+
+/*
+ * scatter: src has the kept shape; the result the full shape, src's values
+ * at the indices and zeros elsewhere.  gather: the reverse.  Recorded when
+ * src needs it (create_graph), so higher derivatives follow.
+ */
+static struct ag_tensor *pick(struct ag_tensor *src, const struct pick *pk,
+			      bool scatter)
+{
+	const char *fn = scatter ? "MaxBackward" : "ScatterBackward";
+	int64_t kshape[AG_MAX_DIMS];
+	struct pick_ctx c = { .pk = pk, .scatter = scatter };
+	struct ag_tensor *ts[3], *out;
+	struct pick_node *p;
+
+	for (int d = 0; d < pk->ndim; d++)
+		kshape[d] = d == pk->dim ? 1 : pk->shape[d];
+	out = ag__tensor_new(fn, src->dtype, pk->ndim,
+			     scatter ? pk->shape : kshape);
+	if (!out)
+		return NULL;
+	if (scatter)
+		memset(out->storage->data, 0, out->storage->nbytes);
+	c.full = scatter ? out : src;
+	c.kept = scatter ? src : out;
+	ts[0] = c.full;
+	ts[1] = c.kept;
+	ts[2] = pk->idx;
+	ag__for_lanes(pk->ndim, pk->shape, pk->dim, 3, ts, pick_lane, &c);
+	if (!ag__should_record(&src, 1))
+		return out;
+	p = (struct pick_node *)ag__node_alloc(scatter ? &scatter_ops :
+							 &gather_ops,
+					       sizeof(*p), 0, 1, 1, NULL, 0);
+	if (!p) {
+		ag_tensor_put(out);
+		return NULL;
+	}
+	/* the derivative of a scatter is a gather, and back */
+	p->scatter = !scatter;
+	p->pk = *pk;
+	ag_tensor_get(pk->idx);
+	if (ag__record(&p->node, &src, 1, &out, 1, fn)) {
+		ag_tensor_put(out);
+		return NULL;
+	}
+	return out;
+}
+
 struct max_node {
 	struct ag_node node;
-	int dim;
 	bool keepdim;
-	struct ag_tensor *mask; /* 1 at each lane's first maximum (or NaN) */
+	struct pick pk; /* idx: each lane's first maximum (or NaN) */
 };
 
 struct max_ctx {
-	struct ag_tensor *x, *y, *mask;
+	struct ag_tensor *x, *y, *idx; /* idx NULL: no backward */
 	int dim;
 };
 
@@ -211,7 +343,6 @@ static void max_lane(void *arg, const int64_t *off)
 	struct max_ctx *c = arg;
 	int64_t n = ag__lane_len(c->x, c->dim);
 	int64_t ix = ag__lane_inc(c->x, c->dim);
-	int64_t im = ag__lane_inc(c->mask, c->dim);
 	int64_t at = 0;
 	double v;
 
@@ -222,12 +353,13 @@ static void max_lane(void *arg, const int64_t *off)
 		v = ag_k_max_f64(n, (double *)c->x->storage->data + off[0], ix,
 				 &at);
 	store(c->y, off[1], v);
-	store(c->mask, off[2] + at * im, 1.0);
+	if (c->idx)
+		((int64_t *)c->idx->storage->data)[off[2]] = at;
 }
 
 static void max_destroy(struct ag_node *n)
 {
-	ag_tensor_put(ag_container_of(n, struct max_node, node)->mask);
+	ag_tensor_put(ag_container_of(n, struct max_node, node)->pk.idx);
 }
 
 /* g, with the reduced dim back, at each lane's maximum; 0 elsewhere. */
@@ -235,16 +367,14 @@ static int max_apply(struct ag_node *n, struct ag_tensor **grads,
 		     struct ag_tensor **out)
 {
 	struct max_node *m = ag_container_of(n, struct max_node, node);
-	struct ag_tensor *g = grads[0], *u = NULL, *e = NULL;
+	struct ag_tensor *g = grads[0], *u = NULL;
 
 	if (!g || !n->next[0].node)
 		return 0;
 	if (!m->keepdim)
-		g = u = ag_unsqueeze(g, m->dim);
-	e = g ? ag_expand(g, m->mask->ndim, m->mask->shape) : NULL;
-	out[0] = e ? ag_mul(e, m->mask) : NULL;
+		g = u = ag_unsqueeze(g, m->pk.dim);
+	out[0] = g ? pick(g, &m->pk, true) : NULL;
 	ag_tensor_put(u);
-	ag_tensor_put(e);
 	return out[0] ? 0 : -ag_errcode();
 }
 
@@ -260,6 +390,7 @@ struct ag_tensor *ag_max_dim(struct ag_tensor *a, int dim, bool keepdim)
 	struct max_ctx c = { a, NULL, NULL, 0 };
 	struct ag_tensor *ts[3], *out = NULL;
 	struct max_node *m;
+	bool rec;
 
 	AG_CHECK_ARG(fn, a);
 	if (ag__check_float(fn, a) || ag__wrap_dim(fn, dim, a->ndim, &dim))
@@ -271,34 +402,38 @@ struct ag_tensor *ag_max_dim(struct ag_tensor *a, int dim, bool keepdim)
 			fn, dim);
 		return NULL;
 	}
+	rec = ag__should_record(&a, 1);
 	c.y = ag__lanes_out(fn, a, c.dim);
-	c.mask = ag__tensor_new(fn, a->dtype, a->ndim, a->shape);
-	if (!c.y || !c.mask)
-		goto fail;
-	memset(ag__data(c.mask), 0, (size_t)a->numel * ag_dtype_size(a->dtype));
+	if (!c.y)
+		return NULL;
+	if (rec) {
+		c.idx = ag__tensor_new(fn, AG_I64, c.y->ndim, c.y->shape);
+		if (!c.idx)
+			goto fail;
+	}
 	ts[0] = a;
 	ts[1] = c.y;
-	ts[2] = c.mask;
-	ag__for_lanes(a->ndim, a->shape, c.dim, 3, ts, max_lane, &c);
+	ts[2] = c.idx;
+	ag__for_lanes(a->ndim, a->shape, c.dim, rec ? 3 : 2, ts, max_lane, &c);
 	out = ag__lanes_result(c.y, c.dim, keepdim);
 	c.y = NULL;
 	if (!out)
 		goto fail;
-	if (!ag__should_record(&a, 1)) {
-		ag_tensor_put(c.mask);
+	if (!rec)
 		return ag__ret(out);
-	}
 	m = (struct max_node *)ag__node_alloc(&max_ops, sizeof(*m), 0, 1, 1,
 					      NULL, 0);
 	if (!m)
 		goto fail;
-	m->dim = c.dim;
 	m->keepdim = keepdim || !a->ndim;
-	m->mask = c.mask;
+	m->pk.idx = c.idx;
+	m->pk.dim = c.dim;
+	m->pk.ndim = a->ndim;
+	ag__dims_copy(m->pk.shape, a->shape, a->ndim);
 	return ag__finish(out, &m->node, &a, 1, fn);
 fail:
 	ag_tensor_put(out);
 	ag_tensor_put(c.y);
-	ag_tensor_put(c.mask);
+	ag_tensor_put(c.idx);
 	return NULL;
 }

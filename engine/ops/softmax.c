@@ -215,7 +215,8 @@ static struct ag_tensor *lane_fwd(const char *fn, enum lane_op op,
 	struct ag_tensor *ts[2];
 
 	if (op != LANE_LOGSUMEXP) {
-		c.y = ag__tensor_like(x);
+		/* x may be an expand whose dense size overflows */
+		c.y = ag__tensor_new(fn, x->dtype, x->ndim, x->shape);
 		if (!c.y)
 			return NULL;
 		ts[0] = x;

@@ -330,7 +330,7 @@ struct ag_tensor *ag_slice(struct ag_tensor *a, int dim, int64_t start,
 struct ag_tensor *ag_expand(struct ag_tensor *a, int ndim, const int64_t *shape)
 {
 	struct view_node proto = { .kind = V_EXPAND };
-	int64_t sh[AG_MAX_DIMS], st[AG_MAX_DIMS];
+	int64_t sh[AG_MAX_DIMS], st[AG_MAX_DIMS], numel;
 	char x[160], y[160];
 
 	AG_CHECK_ARG("ag_expand", a);
@@ -358,6 +358,8 @@ struct ag_tensor *ag_expand(struct ag_tensor *a, int ndim, const int64_t *shape)
 			goto bad;
 		}
 	}
+	if (ag__shape_size("ag_expand", ndim, sh, a->dtype, &numel, NULL))
+		return NULL;
 	return finish_view("ag_expand", &expand_ops, a,
 			   ag__tensor_view(a, ndim, sh, st, a->offset), &proto,
 			   true);

@@ -331,7 +331,13 @@ AG_API struct ag_tensor *ag_avg_pool2d(struct ag_tensor *x,
 AG_API struct ag_tensor *ag_adaptive_avg_pool2d(struct ag_tensor *x,
 						int64_t out_h, int64_t out_w);
 
-/* in place: return 0 or -AG_E*, bump the version, obey the leaf rule */
+/*
+ * In place: return 0 or -AG_E*, bump the version, obey the leaf rule.
+ * As torch, AG_EINVAL when self is expanded (a stride 0 on a dim of size
+ * > 1; fill and zero excepted) or when a source shares some but not all
+ * of self's memory (a.add_(a) and disjoint parts of one storage are fine;
+ * the overlap is decided exactly, also for interleaved strided views).
+ */
 AG_API int ag_add_(struct ag_tensor *self, struct ag_tensor *other);
 AG_API int ag_sub_(struct ag_tensor *self, struct ag_tensor *other);
 AG_API int ag_mul_(struct ag_tensor *self, struct ag_tensor *other);

@@ -225,6 +225,29 @@ Test(core, root_errors)
 	AG_ASSERT_NO_LEAKS();
 }
 
+/* A seed gradient of the wrong dtype is a dtype error, not a shape one. */
+Test(core, root_grad_dtype_mismatch)
+{
+	double v[2] = { 0.5, 1.5 };
+	float g32[2] = { 1, 1 }, g3[3] = { 1, 1, 1 };
+	struct ag_tensor *x = leaf(v, 2), *y = ag_exp(x);
+	struct ag_tensor *g = ag_from_data(AG_F32, 1, (int64_t[]){ 2 }, g32);
+	struct ag_tensor *h = ag_from_data(AG_F32, 1, (int64_t[]){ 3 }, g3);
+
+	cr_assert_eq(ag_backward(y, g, NULL), -AG_EDTYPE);
+	AG_ASSERT_ERR(
+		AG_EDTYPE,
+		"ag_backward: mismatch in dtype: grad_output[0] has a dtype of f32 and output[0] has a dtype of f64");
+	cr_assert_eq(ag_backward(y, h, NULL), -AG_ESHAPE); /* shape first */
+	AG_ASSERT_ERR(AG_ESHAPE, "mismatch in shape");
+	cr_assert_null(ag_tensor_grad(x));
+	ag_tensor_put(h);
+	ag_tensor_put(g);
+	ag_tensor_put(y);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
 Test(core, grad_returns_without_touching_dot_grad)
 {
 	double v[2] = { 0.5, 1.5 }, u[2] = { 2.0, 3.0 };

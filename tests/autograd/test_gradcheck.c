@@ -4,6 +4,10 @@
  * broadcasting and non-contiguous inputs, and checks that fail when the
  * backward is wrong.
  */
+#include <stdio.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include "common.h"
 #include "torch_refs.h"
 
@@ -442,6 +446,109 @@ Test(gradcheck, unary_more_values)
 	AG_ASSERT_NO_LEAKS();
 }
 
+/*
+ * At NaN, torch's relu backward (result <= 0 ? 0 : g) passes the
+ * gradient and leaky_relu's (x > 0 ? g : g * slope) scales it; checked
+ * against torch 1.13: relu [1.5, 0, 0, 1.5], leaky_relu(0.25) [0.375,
+ * 0.375, 0.375, 1.5] for x = [nan, -1, 0, 2] and g = 1.5.  Through the
+ * fused kernel, the composite (create_graph) path and relu_.
+ */
+static void relu_grads(enum ag_dtype dt, int which, bool create_graph)
+{
+	const double v[4] = { NAN, -1, 0, 2 }, relu_g[4] = { 1.5, 0, 0, 1.5 };
+	const double leaky_g[4] = { 0.375, 0.375, 0.375, 1.5 };
+	const double *want = which == 1 ? leaky_g : relu_g;
+	struct ag_grad_opts o = { .create_graph = create_graph };
+	struct ag_tensor *x = ag_zeros(dt, 1, SHAPE(4)), *y, *c = NULL;
+	struct ag_tensor *g = ag_full(dt, 1, SHAPE(4), 1.5), *gx = NULL;
+
+	for (int i = 0; i < 4; i++) {
+		struct ag_tensor *e = ag_slice(x, 0, i, i + 1, 1);
+
+		cr_assert_eq(ag_fill_(e, v[i]), 0);
+		ag_tensor_put(e);
+	}
+	ag_tensor_set_requires_grad(x, true);
+	if (which == 2) { /* relu_ on a non-leaf */
+		y = c = ag_mul_scalar(x, 1);
+		cr_assert_eq(ag_relu_(c), 0, "%s", ag_errmsg());
+		ag_tensor_get(y);
+	} else {
+		y = which ? ag_leaky_relu(x, 0.25) : ag_relu(x);
+	}
+	cr_assert_not_null(y, "%s", ag_errmsg());
+	cr_assert_eq(ag_grad(&y, &g, 1, &x, 1, &gx, &o), 0, "%s", ag_errmsg());
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(ag__get(gx, i), want[i],
+			     "op %d %s cg %d: g[%d] = %g, want %g", which,
+			     ag_dtype_name(dt), create_graph, i, ag__get(gx, i),
+			     want[i]);
+	ag_tensor_put(gx);
+	ag_tensor_put(c);
+	ag_tensor_put(y);
+	ag_tensor_put(g);
+	ag_tensor_put(x);
+}
+
+Test(gradcheck, relu_gradient_at_nan)
+{
+	for (int which = 0; which < 3; which++)
+		for (int cg = 0; cg < 2; cg++) {
+			relu_grads(AG_F64, which, cg);
+			relu_grads(AG_F32, which, cg);
+		}
+	AG_ASSERT_NO_LEAKS();
+}
+
+/*
+ * mean is sum / n, as torch, and its backward g / n: 7 * (1 / 3) is an
+ * ulp below 7 / 3 in double, and so is 0.30000000000000004 * (1 / 3)
+ * below its quotient (torch 1.13 gives the quotients: 0x1.2aaaaaaaaaaabp+1
+ * and 0x1.999999999999bp-4; f32 0x1.2aaaaap+1).
+ */
+static void mean_division(enum ag_dtype dt, bool dim, bool create_graph)
+{
+	const double v[3] = { 1, 2, 4 }, gv = 0.30000000000000004;
+	struct ag_grad_opts o = { .create_graph = create_graph };
+	struct ag_tensor *x = ag_zeros(dt, 1, SHAPE(3)), *m, *g, *gx = NULL;
+	double want = dt == AG_F32 ? (double)(7.0f / 3.0f) : 7.0 / 3;
+	double want_g = dt == AG_F32 ? (double)((float)gv / 3.0f) : gv / 3;
+
+	for (int i = 0; i < 3; i++) {
+		struct ag_tensor *e = ag_slice(x, 0, i, i + 1, 1);
+
+		cr_assert_eq(ag_fill_(e, v[i]), 0);
+		ag_tensor_put(e);
+	}
+	ag_tensor_set_requires_grad(x, true);
+	m = dim ? ag_mean_dim(x, 0, false) : ag_mean(x);
+	g = ag_scalar(dt, gv);
+	cr_assert_not_null(m, "%s", ag_errmsg());
+	cr_assert_eq(ag_tensor_item(m), want, "%s dim %d: %a, want %a",
+		     ag_dtype_name(dt), dim, ag_tensor_item(m), want);
+	cr_assert_eq(ag_grad(&m, &g, 1, &x, 1, &gx, &o), 0, "%s", ag_errmsg());
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(ag__get(gx, i), want_g,
+			     "%s dim %d cg %d: g[%d] = %a, want %a",
+			     ag_dtype_name(dt), dim, create_graph, i,
+			     ag__get(gx, i), want_g);
+	ag_tensor_put(gx);
+	ag_tensor_put(g);
+	ag_tensor_put(m);
+	ag_tensor_put(x);
+}
+
+Test(gradcheck, mean_divides_by_n)
+{
+	for (int dim = 0; dim < 2; dim++)
+		for (int cg = 0; cg < 2; cg++) {
+			mean_division(AG_F64, dim, cg);
+			mean_division(AG_F32, dim, cg);
+		}
+	cr_assert(7.0 / 3 != 7 * (1.0 / 3), "the case tells the two apart");
+	AG_ASSERT_NO_LEAKS();
+}
+
 /* Positive domains: sqrt, rsqrt, reciprocal, log1p against libm. */
 Test(gradcheck, unary_more_values_positive)
 {
@@ -711,6 +818,84 @@ Test(gradcheck, max_and_var_dim_values)
 	ag_tensor_put(m);
 	ag_tensor_put(mk);
 	ag_tensor_put(var);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/*
+ * The backward of a max keeps one index per lane, not a mask of the
+ * input's size: over an expand of one element to 2^24, the recorded node
+ * holds 8 bytes, not 64 MiB, and the gradient still reaches the first
+ * maximum (all of them tie: index 0).
+ */
+Test(gradcheck, max_dim_saves_indices_not_a_mask)
+{
+	int64_t one[1] = { 1 }, big[1] = { INT64_C(1) << 24 };
+	struct ag_tensor *x = ag_full(AG_F32, 1, one, 3);
+	struct ag_tensor *e, *m, *g;
+	long before;
+
+	ag_tensor_set_requires_grad(x, true);
+	e = ag_expand(x, 1, big);
+	before = ag__live_bytes();
+	m = ag_max_dim(e, 0, false);
+	cr_assert_not_null(m, "%s", ag_errmsg());
+	cr_assert_eq(ag_tensor_item(m), 3.0);
+	cr_assert_lt(ag__live_bytes() - before, 1024, "max_dim keeps %ld bytes",
+		     ag__live_bytes() - before);
+	cr_assert_eq(ag_backward(m, NULL, NULL), 0, "%s", ag_errmsg());
+	g = ag_tensor_grad(x);
+	cr_assert_eq(ag__get(g, 0), 1.0);
+	ag_tensor_put(g);
+	ag_tensor_put(m);
+	ag_tensor_put(e);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* Address space in use, from /proc; 0 if unknown. */
+static size_t vm_bytes(void)
+{
+	FILE *f = fopen("/proc/self/statm", "r");
+	unsigned long pages = 0;
+
+	if (!f)
+		return 0;
+	if (fscanf(f, "%lu", &pages) != 1)
+		pages = 0;
+	fclose(f);
+	return pages * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/*
+ * With no gradient needed nothing of the input's size is made: a max over
+ * an expand to 2^28 f64 (a 2 GiB mask before) succeeds with 512 MiB of
+ * address space to spare.
+ */
+Test(gradcheck, max_dim_without_grad_allocates_no_mask)
+{
+	int64_t one[1] = { 1 }, big[1] = { INT64_C(1) << 28 };
+	struct ag_tensor *x = ag_full(AG_F64, 1, one, -2);
+	struct ag_tensor *e = ag_expand(x, 1, big), *m;
+	size_t vm = vm_bytes();
+	struct rlimit rl;
+
+#if defined(__SANITIZE_ADDRESS__)
+	cr_skip_test("ASan reserves address space; no RLIMIT_AS under it");
+#endif
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+	cr_skip_test("ASan reserves address space; no RLIMIT_AS under it");
+#endif
+#endif
+	cr_assert_gt(vm, 0);
+	rl.rlim_cur = rl.rlim_max = vm + (512u << 20);
+	cr_assert_eq(setrlimit(RLIMIT_AS, &rl), 0);
+	m = ag_max_dim(e, 0, true);
+	cr_assert_not_null(m, "%s", ag_errmsg());
+	cr_assert_eq(ag_tensor_item(m), -2.0);
+	ag_tensor_put(m);
+	ag_tensor_put(e);
 	ag_tensor_put(x);
 	AG_ASSERT_NO_LEAKS();
 }

@@ -192,6 +192,8 @@ Test(grad, hand_formulas_and_torch_conventions)
 	check_ubwd(AG_K_RELU, 0, 0, g, 0, 0, 0);
 	check_ubwd(AG_K_RELU, 0, 0, g, 2, 2, g);
 	check_ubwd(AG_K_RELU, 0, 0, g, -2, 0, 0);
+	/* result <= 0 ? 0 : g: at NaN the gradient passes */
+	check_ubwd(AG_K_RELU, 0, 0, g, NAN, NAN, g);
 	/* abs: sgn(0) = 0 */
 	check_ubwd(AG_K_ABS, 0, 0, g, 0, 0, 0);
 	check_ubwd(AG_K_ABS, 0, 0, g, -3, 3, -g);
@@ -203,6 +205,7 @@ Test(grad, hand_formulas_and_torch_conventions)
 	check_ubwd(AG_K_CLAMP, -1, 2, g, NAN, NAN, 0);
 	/* leaky relu: x > 0 ? g : g * slope, so slope at 0 */
 	check_ubwd(AG_K_LEAKY_RELU, 0.25, 0, g, 0, 0, g * 0.25);
+	check_ubwd(AG_K_LEAKY_RELU, 0.25, 0, g, NAN, NAN, g * 0.25);
 	/* softplus: the identity's gradient above the threshold 20 */
 	check_ubwd(AG_K_SOFTPLUS, 0, 0, g, 20.5, 20.5, g);
 	/* gelu'(0) = 1/2, silu'(0) = 1/2 */

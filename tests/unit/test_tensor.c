@@ -306,7 +306,7 @@ Test(create, from_blob_bad_does_not_free)
 {
 	double buf[4];
 	struct blob_log log = { 0 };
-	int64_t n = 3, bad = -3;
+	int64_t n = 3, bad = -3, huge = INT64_C(1) << 61;
 
 	cr_assert_null(ag_from_blob(AG_F64, 1, &n, NULL, blob_free, &log));
 	AG_ASSERT_ERR(AG_EINVAL, "data is NULL");
@@ -315,6 +315,8 @@ Test(create, from_blob_bad_does_not_free)
 	AG_ASSERT_ERR(AG_EINVAL, "not aligned");
 	cr_assert_null(ag_from_blob(AG_F64, 1, &bad, buf, blob_free, &log));
 	AG_ASSERT_ERR(AG_EINVAL, "negative size");
+	cr_assert_null(ag_from_blob(AG_F64, 1, &huge, buf, blob_free, &log));
+	AG_ASSERT_ERR(AG_EINVAL, "its byte size overflows");
 	cr_assert_eq(log.calls, 0);
 	AG_ASSERT_NO_LEAKS();
 }

@@ -399,7 +399,7 @@ Test(expand, inplace_write_overlaps)
 	cr_assert_eq(ag_mul_scalar_(e, 2), -AG_EINVAL);
 	AG_ASSERT_ERR(
 		AG_EINVAL,
-		"ag_mul_scalar_: unsupported operation: more than one element of the written-to tensor refers to a single memory location");
+		"ag_mul_scalar_: unsupported operation: more than one element of the written-to tensor refers to a single memory location. Please clone() the tensor before performing the operation.");
 	cr_assert_eq(ag_add_(e, o), -AG_EINVAL);
 	AG_ASSERT_ERR(AG_EINVAL, "ag_add_: unsupported operation");
 	cr_assert_eq(ag_copy_(e, o), -AG_EINVAL);
@@ -432,6 +432,79 @@ Test(expand, bad)
 	AG_ASSERT_ERR(AG_ESHAPE, "cannot be expanded to [3, -2]");
 	cr_assert_null(ag_expand(a, 9, nine));
 	AG_ASSERT_ERR(AG_EINVAL, "to 9 dims");
+	ag_tensor_put(a);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/*
+ * Element counts and byte sizes are overflow-checked wherever they are
+ * computed: an expand whose count wraps is refused, and an op whose dense
+ * output of a valid expand would not fit the address space fails instead
+ * of allocating a wrapped size and writing past it.
+ */
+Test(expand, count_overflow_is_refused)
+{
+	int64_t s14[2] = { 1, 4 }, big[2] = { (INT64_C(1) << 62) + 1, 4 };
+	struct ag_tensor *a = ag_ones(AG_F32, 2, s14);
+
+	cr_assert_null(ag_expand(a, 2, big));
+	AG_ASSERT_ERR(
+		AG_EINVAL,
+		"ag_expand: shape [4611686018427387905, 4] of f32 is too large: its element count overflows");
+	ag_tensor_put(a);
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(expand, dense_size_overflow_is_refused)
+{
+	int64_t one[1] = { 1 }, huge[1] = { INT64_C(1) << 61 };
+	int64_t s1x2[2] = { 1, 2 }, wide[2] = { INT64_C(1) << 61, 2 };
+	int64_t col[2] = { INT64_C(1) << 40, 1 },
+		row[2] = { 1, INT64_C(1) << 40 };
+	struct ag_tensor *a = ag_ones(AG_F64, 1, one);
+	struct ag_tensor *b = ag_ones(AG_F64, 2, s1x2);
+	struct ag_tensor *e = ag_expand(a, 1, huge);
+	struct ag_tensor *w = ag_expand(b, 2, wide);
+	struct ag_tensor *c, *r;
+	double buf[1];
+
+	cr_assert_not_null(e, "a valid expand: %s", ag_errmsg());
+	cr_assert_not_null(w, "%s", ag_errmsg());
+	cr_assert_eq(ag_tensor_numel(e), INT64_C(1) << 61);
+	cr_assert_null(ag_exp(e));
+	AG_ASSERT_ERR(
+		AG_EINVAL,
+		"ag_exp: shape [2305843009213693952] of f64 is too large: its byte size overflows");
+	cr_assert_null(ag_add(e, a));
+	AG_ASSERT_ERR(AG_EINVAL, "ag_add: shape [2305843009213693952]");
+	cr_assert_null(ag_softmax(e, 0));
+	AG_ASSERT_ERR(AG_EINVAL, "ag_softmax: shape [2305843009213693952]");
+	cr_assert_null(ag_clone(e));
+	AG_ASSERT_ERR(AG_EINVAL, "its byte size overflows");
+	cr_assert_null(ag__tensor_like(e));
+	AG_ASSERT_ERR(AG_EINVAL,
+		      "shape [2305843009213693952] of f64 is too large");
+	cr_assert_eq(ag_tensor_copy_to(e, buf, 0), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "ag_tensor_copy_to: shape");
+	/* reductions: the kept dim of a keepdim result */
+	cr_assert_null(ag_sum_dim(w, 1, true));
+	AG_ASSERT_ERR(AG_EINVAL, "ag_sum_dim: shape [2305843009213693952, 1]");
+	cr_assert_null(ag_max_dim(w, 1, true));
+	AG_ASSERT_ERR(AG_EINVAL, "ag_max_dim: shape [2305843009213693952, 1]");
+	/* matmul: a 2^40 x 2^40 result of 2^40 x 1 by 1 x 2^40 */
+	c = ag_expand(a, 2, col);
+	r = ag_expand(a, 2, row);
+	cr_assert_not_null(c);
+	cr_assert_not_null(r);
+	cr_assert_null(ag_matmul(c, r));
+	AG_ASSERT_ERR(
+		AG_EINVAL,
+		"ag_matmul: shape [1099511627776, 1099511627776] of f64 is too large: its element count overflows");
+	ag_tensor_put(c);
+	ag_tensor_put(r);
+	ag_tensor_put(w);
+	ag_tensor_put(e);
+	ag_tensor_put(b);
 	ag_tensor_put(a);
 	AG_ASSERT_NO_LEAKS();
 }
@@ -601,6 +674,185 @@ Test(write, no_grad_write_to_a_leaf_view)
 	cr_assert_eq(ag_tensor_version(row), 1);
 	ag_tensor_put(row);
 	ag_tensor_put(w);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* ---- in-place writes whose source shares self's memory ---- */
+
+#define OVERLAP_MSG                                                         \
+	"unsupported operation: some elements of the input tensor and the " \
+	"written-to tensor refer to a single memory location. Please "      \
+	"clone() the tensor before performing the operation."
+
+/* As torch: a source that partially overlaps self is refused, unwritten. */
+Test(overlap, partial_is_refused)
+{
+	int64_t s22[2] = { 2, 2 }, s4[1] = { 4 }, s24[2] = { 2, 4 };
+	struct ag_tensor *a = iota(2, s22), *v = iota(1, s4), *m = iota(2, s24);
+	struct ag_tensor *at = ag_transpose(a, 0, 1),
+			 *row = ag_slice(a, 0, 0, 1, 1);
+	struct ag_tensor *hi = ag_slice(v, 0, 1, 4, 1),
+			 *lo = ag_slice(v, 0, 0, 3, 1);
+	struct ag_tensor *mid = ag_slice(v, 0, 1, 3, 1),
+			 *head = ag_slice(v, 0, 0, 2, 1);
+	/* strided windows of a 2 x 4: torch does not check these */
+	struct ag_tensor *w1 = ag_slice(m, 1, 1, 3, 1),
+			 *w0 = ag_slice(m, 1, 0, 2, 1);
+	const double a0[4] = { 0, 1, 2, 3 }, m0[8] = { 0, 1, 2, 3, 4, 5, 6, 7 };
+
+	cr_assert_eq(ag_copy_(a, at), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "ag_copy_: " OVERLAP_MSG);
+	cr_assert_eq(ag_add_(a, row), -AG_EINVAL); /* broadcast row 0 */
+	AG_ASSERT_ERR(AG_EINVAL, "ag_add_: " OVERLAP_MSG);
+	cr_assert_eq(ag_add_(hi, lo), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "ag_add_: " OVERLAP_MSG);
+	cr_assert_eq(ag_mul_(mid, head), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "ag_mul_: " OVERLAP_MSG);
+	cr_assert_eq(ag_sub_(lo, hi), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "ag_sub_: " OVERLAP_MSG);
+	cr_assert_eq(ag_div_(w1, w0), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "ag_div_: " OVERLAP_MSG);
+	assert_values(a, a0, 4);
+	assert_values(v, a0, 4);
+	assert_values(m, m0, 8);
+	cr_assert_eq(ag_tensor_version(a), 0);
+	ag_tensor_put(w0);
+	ag_tensor_put(w1);
+	ag_tensor_put(head);
+	ag_tensor_put(mid);
+	ag_tensor_put(lo);
+	ag_tensor_put(hi);
+	ag_tensor_put(row);
+	ag_tensor_put(at);
+	ag_tensor_put(m);
+	ag_tensor_put(v);
+	ag_tensor_put(a);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* Exact aliases and disjoint parts of one storage stay allowed. */
+Test(overlap, alias_and_disjoint_are_allowed)
+{
+	int64_t s22[2] = { 2, 2 }, s6[1] = { 6 }, s44[2] = { 4, 4 };
+	struct ag_tensor *a = iota(2, s22), *v = iota(1, s6), *m = iota(2, s44);
+	struct ag_tensor *t0 = ag_transpose(a, 0, 1),
+			 *t1 = ag_transpose(a, 0, 1);
+	struct ag_tensor *ev = ag_slice(v, 0, 0, 6, 2),
+			 *od = ag_slice(v, 0, 1, 6, 2);
+	struct ag_tensor *l = ag_slice(m, 1, 0, 2, 1),
+			 *r = ag_slice(m, 1, 2, 4, 1);
+	const double a2[4] = { 0, 2, 4, 6 }, a4[4] = { 0, 4, 8, 12 };
+	const double v1[6] = { 1, 1, 5, 3, 9, 5 };
+	/* torch: x[:, :2].add_(x[:, 2:]) on arange(16).reshape(4, 4) */
+	const double m1[16] = { 2,  4,	2,  3,	10, 12, 6,  7,
+				18, 20, 10, 11, 26, 28, 14, 15 };
+
+	cr_assert_eq(ag_add_(a, a), 0, "%s", ag_errmsg());
+	assert_values(a, a2, 4);
+	cr_assert_eq(ag_add_(t0, t1), 0, "%s", ag_errmsg()); /* same geometry */
+	assert_values(a, a4, 4);
+	cr_assert_eq(ag_copy_(a, a), 0, "%s", ag_errmsg());
+	assert_values(a, a4, 4);
+	cr_assert_eq(ag_add_(ev, od), 0, "interleaved: %s", ag_errmsg());
+	assert_values(v, v1, 6);
+	cr_assert_eq(ag_add_(l, r), 0, "column blocks: %s", ag_errmsg());
+	assert_values(m, m1, 16);
+	cr_assert_eq(ag_copy_(r, l), 0, "%s", ag_errmsg());
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(ag__get(m, 4 * i + 2), m1[4 * i]);
+	ag_tensor_put(r);
+	ag_tensor_put(l);
+	ag_tensor_put(od);
+	ag_tensor_put(ev);
+	ag_tensor_put(t1);
+	ag_tensor_put(t0);
+	ag_tensor_put(m);
+	ag_tensor_put(v);
+	ag_tensor_put(a);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* A view of the 6 x 6 base of shape (r, c): maybe transposed, stepped. */
+static struct ag_tensor *window(struct ag_tensor *base, uint64_t *rng, int r,
+				int c)
+{
+	int64_t len[2] = { r, c };
+	struct ag_tensor *t = (*rng >> 40) & 1 ? ag_transpose(base, 0, 1) :
+						 ag_tensor_get(base);
+
+	for (int d = 0; d < 2; d++) {
+		struct ag_tensor *u;
+		int64_t step, start;
+
+		*rng = *rng * 6364136223846793005ULL + 1442695040888963407ULL;
+		step = len[d] > 1 && (*rng >> 33) % 3 == 0 ? 2 : 1;
+		start = (int64_t)((*rng >> 45) %
+				  (uint64_t)(6 - (len[d] - 1) * step));
+		u = ag_slice(t, d, start, start + (len[d] - 1) * step + 1,
+			     step);
+		ag_tensor_put(t);
+		t = u;
+	}
+	return t;
+}
+
+/* The refusal agrees with the address sets, counted by brute force. */
+Test(overlap, random_windows_match_brute_force)
+{
+	int64_t s66[2] = { 6, 6 };
+	struct ag_tensor *base = ag_zeros(AG_F64, 2, s66);
+	uint64_t rng = 12345;
+	int refused = 0, allowed = 0, interleaved = 0;
+
+	for (int it = 0; it < 2000; it++) {
+		int r, c;
+		struct ag_tensor *a, *b;
+		bool seen[36] = { false }, meet = false, alias;
+		int64_t lo = 36, hi = -1;
+		int rc;
+
+		rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+		r = 1 + (int)((rng >> 35) % 3);
+		c = 1 + (int)((rng >> 50) % 3);
+		a = window(base, &rng, r, c);
+		b = window(base, &rng, r, c);
+		alias = ag_tensor_numel(a) && a->offset == b->offset;
+		for (int d = 0; d < 2; d++)
+			if (a->shape[d] > 1 && a->strides[d] != b->strides[d])
+				alias = false;
+		for (int64_t i = 0; i < a->numel; i++)
+			seen[ag__elem_offset(a, i)] = true;
+		for (int64_t i = 0; i < b->numel; i++) {
+			int64_t o = ag__elem_offset(b, i);
+
+			meet |= seen[o];
+			lo = o < lo ? o : lo;
+			hi = o > hi ? o : hi;
+		}
+		/* disjoint although b's range holds some of a: interleaved */
+		for (int64_t i = lo; !meet && i <= hi; i++) {
+			if (seen[i]) {
+				interleaved++;
+				break;
+			}
+		}
+		rc = ag_add_(a, b);
+		if (meet && !alias) {
+			cr_assert_eq(rc, -AG_EINVAL, "iteration %d", it);
+			ag_clear_error();
+			refused++;
+		} else {
+			cr_assert_eq(rc, 0, "iteration %d: %s", it,
+				     ag_errmsg());
+			allowed++;
+		}
+		ag_tensor_put(a);
+		ag_tensor_put(b);
+	}
+	cr_assert_gt(refused, 100);
+	cr_assert_gt(allowed, 100);
+	cr_assert_gt(interleaved, 20, "%d interleaved", interleaved);
+	ag_tensor_put(base);
 	AG_ASSERT_NO_LEAKS();
 }
 
