@@ -16,8 +16,13 @@
  * writes its objects as one stream.  Memory is kept for reuse, never
  * returned, so the peak is bounded by the peak of live objects.  Under
  * AddressSanitizer all of it is bypassed so that use-after-free is caught.
+ *
+ * The C library's allocator is wrapped here too (ag__malloc and friends):
+ * every allocation of libag passes this file, which sets the error when one
+ * fails.
  */
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -339,6 +344,19 @@ static void free_slow(struct cache *tc, int c, void *ptr)
 	e->p[e->n++] = ptr;
 }
 
+/* Sets the error for an allocation that failed. */
+static __attribute__((noinline, cold)) void *oom(size_t size)
+{
+	ag__err(AG_ENOMEM, "out of memory allocating %zu bytes", size);
+	return NULL;
+}
+
+static __attribute__((noinline, cold)) void *oom_n(size_t n, size_t size)
+{
+	ag__err(AG_ENOMEM, "out of memory allocating %zu x %zu bytes", n, size);
+	return NULL;
+}
+
 /*
  * How many allocations of a class ahead to prefetch.  A chain step makes
  * five blocks of one class; one step ahead was not enough lead time once
@@ -354,12 +372,14 @@ void *ag__alloc(size_t size)
 	struct magazine *m;
 	unsigned char *p;
 
-	if (c == LARGE)
-		return big_alloc(size);
+	if (c == LARGE) {
+		p = big_alloc(size);
+		return p ? p : oom(size);
+	}
 	if (passthrough) {
 		p = malloc(HEADER + class_size[c]);
 		if (!p)
-			return NULL;
+			return oom(size);
 		*(int *)p = c;
 		return p + HEADER;
 	}
@@ -388,7 +408,8 @@ void *ag__alloc(size_t size)
 		}
 		return m->p[--m->n];
 	}
-	return alloc_slow(tc, c);
+	p = alloc_slow(tc, c);
+	return p ? p : oom(size);
 }
 
 void *ag__zalloc(size_t size)
@@ -425,6 +446,82 @@ void ag__free(void *ptr)
 		return;
 	}
 	free_slow(tc, c, ptr);
+}
+
+int ag__array_grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+	size_t nc = *cap ? *cap : 16;
+	void *q;
+
+	if (need <= *cap)
+		return 0;
+	while (nc < need && nc <= SIZE_MAX / 2)
+		nc *= 2;
+	if (nc < need || (elem && nc > SIZE_MAX / elem)) {
+		oom_n(need, elem);
+		return -AG_ENOMEM;
+	}
+	q = ag__alloc(nc * elem);
+	if (!q)
+		return -AG_ENOMEM;
+	if (*cap)
+		memcpy(q, *p, *cap * elem);
+	ag__free(*p);
+	*p = q;
+	*cap = nc;
+	return 0;
+}
+
+void *ag__malloc(size_t size)
+{
+	void *p;
+
+	p = malloc(size ? size : 1);
+	return p ? p : oom(size);
+}
+
+void *ag__calloc(size_t n, size_t size)
+{
+	void *p;
+
+	if (size && n > SIZE_MAX / size)
+		return oom_n(n, size);
+	p = n && size ? calloc(n, size) : calloc(1, 1);
+	return p ? p : oom_n(n, size);
+}
+
+void *ag__realloc(void *p, size_t size)
+{
+	void *q;
+
+	q = realloc(p, size ? size : 1);
+	return q ? q : oom(size);
+}
+
+void *ag__aligned_alloc(size_t align, size_t size)
+{
+	size_t bytes = (size + align - 1) & ~(align - 1);
+	void *p;
+
+	if (bytes < size)
+		return oom(size);
+	p = aligned_alloc(align, bytes ? bytes : align);
+	return p ? p : oom(size);
+}
+
+char *ag__strdup(const char *s)
+{
+	size_t n = strlen(s) + 1;
+	char *p = ag__malloc(n);
+
+	if (p)
+		memcpy(p, s, n);
+	return p;
+}
+
+void ag__mfree(void *p)
+{
+	free(p);
 }
 
 /* A child of fork() must not inherit a lock some other thread held. */
