@@ -19,7 +19,7 @@
  *
  * The C library's allocator is wrapped here too (ag__malloc and friends):
  * every allocation of libag passes this file, which sets the error when one
- * fails.
+ * fails and, in tests, makes a chosen one fail (ag__fault_set).
  */
 #include <pthread.h>
 #include <stdint.h>
@@ -344,7 +344,49 @@ static void free_slow(struct cache *tc, int c, void *ptr)
 	e->p[e->n++] = ptr;
 }
 
-/* Sets the error for an allocation that failed. */
+/*
+ * Fault injection.  Off, an allocation pays one load of fault_armed and a
+ * branch that is never taken.  On, every allocation from any thread takes a
+ * number from fault_seen; the one numbered fault_at fails, and so does each
+ * later one when fault_persistent.
+ */
+static atomic_bool fault_armed;
+static atomic_long fault_seen;
+static long fault_at; /* written only while fault_armed is false */
+static bool fault_persistent;
+
+void ag__fault_set(long n, bool persistent)
+{
+	atomic_store(&fault_armed, false);
+	atomic_store(&fault_seen, 0);
+	fault_at = n > 0 ? n : 0;
+	fault_persistent = persistent;
+	if (n >= 0)
+		atomic_store(&fault_armed, true);
+}
+
+long ag__fault_count(void)
+{
+	return atomic_load(&fault_seen);
+}
+
+static __attribute__((noinline, cold)) bool fault_hit(void)
+{
+	long k = atomic_fetch_add(&fault_seen, 1) + 1;
+
+	if (!fault_at)
+		return false;
+	return fault_persistent ? k >= fault_at : k == fault_at;
+}
+
+static inline bool fault(void)
+{
+	return __builtin_expect(atomic_load_explicit(&fault_armed,
+						     memory_order_relaxed),
+				0) &&
+	       fault_hit();
+}
+
 static __attribute__((noinline, cold)) void *oom(size_t size)
 {
 	ag__err(AG_ENOMEM, "out of memory allocating %zu bytes", size);
@@ -372,6 +414,8 @@ void *ag__alloc(size_t size)
 	struct magazine *m;
 	unsigned char *p;
 
+	if (fault())
+		return oom(size);
 	if (c == LARGE) {
 		p = big_alloc(size);
 		return p ? p : oom(size);
@@ -476,6 +520,8 @@ void *ag__malloc(size_t size)
 {
 	void *p;
 
+	if (fault())
+		return oom(size);
 	p = malloc(size ? size : 1);
 	return p ? p : oom(size);
 }
@@ -486,6 +532,8 @@ void *ag__calloc(size_t n, size_t size)
 
 	if (size && n > SIZE_MAX / size)
 		return oom_n(n, size);
+	if (fault())
+		return oom_n(n, size);
 	p = n && size ? calloc(n, size) : calloc(1, 1);
 	return p ? p : oom_n(n, size);
 }
@@ -494,6 +542,8 @@ void *ag__realloc(void *p, size_t size)
 {
 	void *q;
 
+	if (fault())
+		return oom(size);
 	q = realloc(p, size ? size : 1);
 	return q ? q : oom(size);
 }
@@ -504,6 +554,8 @@ void *ag__aligned_alloc(size_t align, size_t size)
 	void *p;
 
 	if (bytes < size)
+		return oom(size);
+	if (fault())
 		return oom(size);
 	p = aligned_alloc(align, bytes ? bytes : align);
 	return p ? p : oom(size);

@@ -4,7 +4,8 @@
 
 /*
  * Every allocation of the library goes through here (engine/alloc.c), so
- * that one place reports running out of memory.  On failure each function sets the
+ * that one place reports running out of memory and one place can make an
+ * allocation fail on purpose in tests.  On failure each function sets the
  * thread's error (AG_ENOMEM, with a message naming the size) and returns
  * NULL (or -AG_ENOMEM): a caller only passes the failure on.
  *
@@ -41,5 +42,14 @@ void ag__mfree(void *p);
  * *cap as they were.
  */
 int ag__array_grow(void **p, size_t *cap, size_t need, size_t elem);
+
+/*
+ * Fault injection, for tests only.  ag__fault_set(n, persistent) with
+ * n > 0: the n-th allocation from now fails (and, when persistent, every
+ * one after it); n == 0: only counts; n < 0: off.  ag__fault_count(): the
+ * allocations counted since ag__fault_set, from every thread.
+ */
+void ag__fault_set(long n, bool persistent);
+long ag__fault_count(void);
 
 #endif /* AG_ENGINE_ALLOC_H */
