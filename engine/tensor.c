@@ -454,7 +454,7 @@ struct ag_tensor *ag_from_blob(enum ag_dtype dt, int ndim, const int64_t *shape,
 		return NULL;
 	}
 	s = ag__zalloc(sizeof(*s));
-	t = tensor_alloc(ndim);
+	t = s ? tensor_alloc(ndim) : NULL; /* no tensor without its storage */
 	if (!s || !t) {
 		ag__free(s);
 		ag_tensor_put(t);
