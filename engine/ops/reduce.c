@@ -171,6 +171,7 @@ struct ag_tensor *ag_var_dim(struct ag_tensor *a, int dim, bool unbiased,
 			     bool keepdim)
 {
 	struct ag_tensor *t[4] = { NULL }, *r = NULL;
+	struct ag_scope *scope;
 	int64_t n;
 
 	AG_CHECK_ARG("ag_var_dim", a);
@@ -178,6 +179,8 @@ struct ag_tensor *ag_var_dim(struct ag_tensor *a, int dim, bool unbiased,
 	    ag__wrap_dim("ag_var_dim", dim, a->ndim, &dim))
 		return NULL;
 	n = a->ndim ? a->shape[dim] : 1;
+	/* the steps are ours to put, not the caller's scope's */
+	scope = ag__scope_suspend();
 	t[0] = ag_mean_dim(a, dim, true);
 	t[1] = t[0] ? ag_sub(a, t[0]) : NULL;
 	t[2] = t[1] ? ag_mul(t[1], t[1]) : NULL;
@@ -185,7 +188,8 @@ struct ag_tensor *ag_var_dim(struct ag_tensor *a, int dim, bool unbiased,
 	r = t[3] ? ag_mul_scalar(t[3], 1.0 / (double)(n - unbiased)) : NULL;
 	for (int i = 0; i < 4; i++)
 		ag_tensor_put(t[i]);
-	return r;
+	ag__scope_resume(scope);
+	return ag__ret(r);
 }
 
 /* ---- max along a dim ---- */
