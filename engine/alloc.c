@@ -352,15 +352,15 @@ static void free_slow(struct cache *tc, int c, void *ptr)
  */
 static atomic_bool fault_armed;
 static atomic_long fault_seen;
-static long fault_at; /* written only while fault_armed is false */
-static bool fault_persistent;
+static atomic_long fault_at; /* atomics: workers read them while armed */
+static atomic_bool fault_persistent;
 
 void ag__fault_set(long n, bool persistent)
 {
 	atomic_store(&fault_armed, false);
 	atomic_store(&fault_seen, 0);
-	fault_at = n > 0 ? n : 0;
-	fault_persistent = persistent;
+	atomic_store(&fault_at, n > 0 ? n : 0);
+	atomic_store(&fault_persistent, persistent);
 	if (n >= 0)
 		atomic_store(&fault_armed, true);
 }
@@ -373,10 +373,11 @@ long ag__fault_count(void)
 static __attribute__((noinline, cold)) bool fault_hit(void)
 {
 	long k = atomic_fetch_add(&fault_seen, 1) + 1;
+	long at = atomic_load(&fault_at);
 
-	if (!fault_at)
+	if (!at)
 		return false;
-	return fault_persistent ? k >= fault_at : k == fault_at;
+	return atomic_load(&fault_persistent) ? k >= at : k == at;
 }
 
 static inline bool fault(void)
