@@ -100,9 +100,12 @@ static size_t big_bytes(int k)
 	       (size_t)(k % 8) * ((size_t)1 << (shift - 3));
 }
 
+static void *oom(size_t size);
+
+/* NULL with the error set when out of memory, like every path below. */
 static void *big_alloc(size_t size)
 {
-	size_t bytes, min = (size_t)1 << BIG_MIN_SHIFT;
+	size_t req = size, bytes, min = (size_t)1 << BIG_MIN_SHIFT;
 	unsigned char *p = NULL;
 	int k;
 
@@ -123,7 +126,7 @@ static void *big_alloc(size_t size)
 	}
 	p = malloc(HEADER + bytes);
 	if (!p)
-		return NULL;
+		return oom(req);
 	*(int *)p = k >= 0 ? BIG_BASE + k : LARGE;
 	return p + HEADER;
 }
@@ -258,7 +261,7 @@ static void *carve(struct cache *tc, int c)
  * has blocks, else trade the empty one for a depot magazine with blocks,
  * else carve.
  */
-static void *alloc_slow(struct cache *tc, int c)
+static void *alloc_slow(struct cache *tc, int c, size_t size)
 {
 	struct magazine *m = tc->prev[c];
 	void *b = NULL;
@@ -287,7 +290,9 @@ static void *alloc_slow(struct cache *tc, int c)
 		b = f;
 	}
 	pthread_mutex_unlock(&global_lock);
-	return b ? b : carve(tc, c);
+	if (!b)
+		b = carve(tc, c);
+	return b ? b : oom(size);
 }
 
 /* An empty magazine from the depot or malloc; NULL when out of memory. */
@@ -408,19 +413,15 @@ static __attribute__((noinline, cold)) void *oom_n(size_t n, size_t size)
  */
 #define ALLOC_AHEAD 8
 
-void *ag__alloc(size_t size)
+static inline __attribute__((always_inline)) void *alloc(size_t size)
 {
 	struct cache *tc = &tcache;
 	int c = class_of(size);
 	struct magazine *m;
 	unsigned char *p;
 
-	if (fault())
-		return oom(size);
-	if (c == LARGE) {
-		p = big_alloc(size);
-		return p ? p : oom(size);
-	}
+	if (c == LARGE)
+		return big_alloc(size);
 	if (passthrough) {
 		p = malloc(HEADER + class_size[c]);
 		if (!p)
@@ -453,8 +454,26 @@ void *ag__alloc(size_t size)
 		}
 		return m->p[--m->n];
 	}
-	p = alloc_slow(tc, c);
-	return p ? p : oom(size);
+	return alloc_slow(tc, c, size);
+}
+
+static __attribute__((noinline, cold)) void *alloc_armed(size_t size)
+{
+	return fault_hit() ? oom(size) : alloc(size);
+}
+
+/*
+ * The injector's test is a jump to a function of its own: tested inside
+ * alloc(), the call it may make cost the fast path three registers saved
+ * and restored.
+ */
+void *ag__alloc(size_t size)
+{
+	if (__builtin_expect(atomic_load_explicit(&fault_armed,
+						  memory_order_relaxed),
+			     0))
+		return alloc_armed(size);
+	return alloc(size);
 }
 
 void *ag__zalloc(size_t size)
