@@ -16,8 +16,13 @@
  * writes its objects as one stream.  Memory is kept for reuse, never
  * returned, so the peak is bounded by the peak of live objects.  Under
  * AddressSanitizer all of it is bypassed so that use-after-free is caught.
+ *
+ * The C library's allocator is wrapped here too (ag__malloc and friends):
+ * every allocation of libag passes this file, which sets the error when one
+ * fails and, in tests, makes a chosen one fail (ag__fault_set).
  */
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -95,9 +100,12 @@ static size_t big_bytes(int k)
 	       (size_t)(k % 8) * ((size_t)1 << (shift - 3));
 }
 
+static void *oom(size_t size);
+
+/* NULL with the error set when out of memory, like every path below. */
 static void *big_alloc(size_t size)
 {
-	size_t bytes, min = (size_t)1 << BIG_MIN_SHIFT;
+	size_t req = size, bytes, min = (size_t)1 << BIG_MIN_SHIFT;
 	unsigned char *p = NULL;
 	int k;
 
@@ -118,7 +126,7 @@ static void *big_alloc(size_t size)
 	}
 	p = malloc(HEADER + bytes);
 	if (!p)
-		return NULL;
+		return oom(req);
 	*(int *)p = k >= 0 ? BIG_BASE + k : LARGE;
 	return p + HEADER;
 }
@@ -253,7 +261,7 @@ static void *carve(struct cache *tc, int c)
  * has blocks, else trade the empty one for a depot magazine with blocks,
  * else carve.
  */
-static void *alloc_slow(struct cache *tc, int c)
+static void *alloc_slow(struct cache *tc, int c, size_t size)
 {
 	struct magazine *m = tc->prev[c];
 	void *b = NULL;
@@ -282,7 +290,9 @@ static void *alloc_slow(struct cache *tc, int c)
 		b = f;
 	}
 	pthread_mutex_unlock(&global_lock);
-	return b ? b : carve(tc, c);
+	if (!b)
+		b = carve(tc, c);
+	return b ? b : oom(size);
 }
 
 /* An empty magazine from the depot or malloc; NULL when out of memory. */
@@ -340,6 +350,62 @@ static void free_slow(struct cache *tc, int c, void *ptr)
 }
 
 /*
+ * Fault injection.  Off, an allocation pays one load of fault_armed and a
+ * branch that is never taken.  On, every allocation from any thread takes a
+ * number from fault_seen; the one numbered fault_at fails, and so does each
+ * later one when fault_persistent.
+ */
+static atomic_bool fault_armed;
+static atomic_long fault_seen;
+static atomic_long fault_at; /* atomics: workers read them while armed */
+static atomic_bool fault_persistent;
+
+void ag__fault_set(long n, bool persistent)
+{
+	atomic_store(&fault_armed, false);
+	atomic_store(&fault_seen, 0);
+	atomic_store(&fault_at, n > 0 ? n : 0);
+	atomic_store(&fault_persistent, persistent);
+	if (n >= 0)
+		atomic_store(&fault_armed, true);
+}
+
+long ag__fault_count(void)
+{
+	return atomic_load(&fault_seen);
+}
+
+static __attribute__((noinline, cold)) bool fault_hit(void)
+{
+	long k = atomic_fetch_add(&fault_seen, 1) + 1;
+	long at = atomic_load(&fault_at);
+
+	if (!at)
+		return false;
+	return atomic_load(&fault_persistent) ? k >= at : k == at;
+}
+
+static inline bool fault(void)
+{
+	return __builtin_expect(atomic_load_explicit(&fault_armed,
+						     memory_order_relaxed),
+				0) &&
+	       fault_hit();
+}
+
+static __attribute__((noinline, cold)) void *oom(size_t size)
+{
+	ag__err(AG_ENOMEM, "out of memory allocating %zu bytes", size);
+	return NULL;
+}
+
+static __attribute__((noinline, cold)) void *oom_n(size_t n, size_t size)
+{
+	ag__err(AG_ENOMEM, "out of memory allocating %zu x %zu bytes", n, size);
+	return NULL;
+}
+
+/*
  * How many allocations of a class ahead to prefetch.  A chain step makes
  * five blocks of one class; one step ahead was not enough lead time once
  * blocks are recycled out of order (ag-bench alternates two workloads):
@@ -347,7 +413,7 @@ static void free_slow(struct cache *tc, int c, void *ptr)
  */
 #define ALLOC_AHEAD 8
 
-void *ag__alloc(size_t size)
+static inline __attribute__((always_inline)) void *alloc(size_t size)
 {
 	struct cache *tc = &tcache;
 	int c = class_of(size);
@@ -359,7 +425,7 @@ void *ag__alloc(size_t size)
 	if (passthrough) {
 		p = malloc(HEADER + class_size[c]);
 		if (!p)
-			return NULL;
+			return oom(size);
 		*(int *)p = c;
 		return p + HEADER;
 	}
@@ -388,7 +454,26 @@ void *ag__alloc(size_t size)
 		}
 		return m->p[--m->n];
 	}
-	return alloc_slow(tc, c);
+	return alloc_slow(tc, c, size);
+}
+
+static __attribute__((noinline, cold)) void *alloc_armed(size_t size)
+{
+	return fault_hit() ? oom(size) : alloc(size);
+}
+
+/*
+ * The injector's test is a jump to a function of its own: tested inside
+ * alloc(), the call it may make cost the fast path three registers saved
+ * and restored.
+ */
+void *ag__alloc(size_t size)
+{
+	if (__builtin_expect(atomic_load_explicit(&fault_armed,
+						  memory_order_relaxed),
+			     0))
+		return alloc_armed(size);
+	return alloc(size);
 }
 
 void *ag__zalloc(size_t size)
@@ -425,6 +510,90 @@ void ag__free(void *ptr)
 		return;
 	}
 	free_slow(tc, c, ptr);
+}
+
+int ag__array_grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+	size_t nc = *cap ? *cap : 16;
+	void *q;
+
+	if (need <= *cap)
+		return 0;
+	while (nc < need && nc <= SIZE_MAX / 2)
+		nc *= 2;
+	if (nc < need || (elem && nc > SIZE_MAX / elem)) {
+		oom_n(need, elem);
+		return -AG_ENOMEM;
+	}
+	q = ag__alloc(nc * elem);
+	if (!q)
+		return -AG_ENOMEM;
+	if (*cap)
+		memcpy(q, *p, *cap * elem);
+	ag__free(*p);
+	*p = q;
+	*cap = nc;
+	return 0;
+}
+
+void *ag__malloc(size_t size)
+{
+	void *p;
+
+	if (fault())
+		return oom(size);
+	p = malloc(size ? size : 1);
+	return p ? p : oom(size);
+}
+
+void *ag__calloc(size_t n, size_t size)
+{
+	void *p;
+
+	if (size && n > SIZE_MAX / size)
+		return oom_n(n, size);
+	if (fault())
+		return oom_n(n, size);
+	p = n && size ? calloc(n, size) : calloc(1, 1);
+	return p ? p : oom_n(n, size);
+}
+
+void *ag__realloc(void *p, size_t size)
+{
+	void *q;
+
+	if (fault())
+		return oom(size);
+	q = realloc(p, size ? size : 1);
+	return q ? q : oom(size);
+}
+
+void *ag__aligned_alloc(size_t align, size_t size)
+{
+	size_t bytes = (size + align - 1) & ~(align - 1);
+	void *p;
+
+	if (bytes < size)
+		return oom(size);
+	if (fault())
+		return oom(size);
+	p = aligned_alloc(align, bytes ? bytes : align);
+	return p ? p : oom(size);
+}
+
+char *ag__strdup(const char *s)
+{
+	size_t n = strlen(s) + 1;
+	char *p = ag__malloc(n);
+
+	if (p)
+		memcpy(p, s, n);
+	return p;
+}
+
+void ag__mfree(void *p)
+{
+	free(p);
 }
 
 /* A child of fork() must not inherit a lock some other thread held. */

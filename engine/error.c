@@ -37,6 +37,15 @@ int ag__err_null(const char *fn, const char *arg)
 	return ag__err(AG_EINVAL, "%s: argument '%s' is NULL", fn, arg);
 }
 
+int ag__err_last(void)
+{
+	if (err_code)
+		return -err_code;
+	return ag__err(
+		AG_EINTERNAL,
+		"internal error: a call failed without setting an error");
+}
+
 int ag_errcode(void)
 {
 	return err_code;

@@ -14,6 +14,8 @@
 #include <ag/error.h>
 #include <ag/tensor.h>
 
+#include "alloc.h"
+
 #define AG_HIDDEN __attribute__((visibility("hidden")))
 
 #define ag_container_of(ptr, type, member) \
@@ -61,13 +63,11 @@ int ag__verr(int code, const char *fmt, va_list ap);
  * one that produced the NULL), else sets AG_EINVAL naming the argument.
  */
 int ag__err_null(const char *fn, const char *arg);
-
-/* ---- small-object allocator (engine/alloc.c) ---- */
-
-/* Blocks are 16-byte aligned; ag__free takes any block from any thread. */
-void *ag__alloc(size_t size);
-void *ag__zalloc(size_t size);
-void ag__free(void *p);
+/*
+ * The error a callee that failed has set, as -code: what a caller returns
+ * when it only passes a failure on.
+ */
+int ag__err_last(void);
 
 /* ---- live-object counters (tests assert they return to zero) ---- */
 

@@ -59,19 +59,10 @@ static void pb_put(struct pbuf *b, const char *s, size_t n)
 {
 	if (b->oom)
 		return;
-	if (b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
-		char *ns;
-
-		while (cap < b->len + n + 1)
-			cap *= 2;
-		ns = realloc(b->s, cap);
-		if (!ns) {
-			b->oom = true;
-			return;
-		}
-		b->s = ns;
-		b->cap = cap;
+	if (b->len + n + 1 > b->cap &&
+	    ag__array_grow((void **)&b->s, &b->cap, b->len + n + 1, 1)) {
+		b->oom = true;
+		return;
 	}
 	memcpy(b->s + b->len, s, n);
 	b->len += n;
@@ -426,7 +417,7 @@ int ag_tensor_print(const struct ag_tensor *t, FILE *f)
 	put_suffixes(&p, suf, nsuf);
 
 	if (p.out.oom) {
-		ret = ag__err(AG_ENOMEM, "ag_tensor_print: out of memory");
+		ret = -AG_ENOMEM;
 	} else {
 		errno = 0;
 		if (fwrite(p.out.s, 1, p.out.len, f) != p.out.len)
@@ -434,6 +425,6 @@ int ag_tensor_print(const struct ag_tensor *t, FILE *f)
 				      "ag_tensor_print: writing failed: %s",
 				      strerror(errno ? errno : EIO));
 	}
-	free(p.out.s);
+	ag__free(p.out.s);
 	return ret;
 }

@@ -44,12 +44,10 @@ uint64_t ag_generator_next(struct ag_generator *g)
 
 struct ag_generator *ag_generator_new(uint64_t seed)
 {
-	struct ag_generator *g = malloc(sizeof(*g));
+	struct ag_generator *g = ag__malloc(sizeof(*g));
 
-	if (!g) {
-		ag__err(AG_ENOMEM, "ag_generator_new: out of memory");
+	if (!g)
 		return NULL;
-	}
 	for (int i = 0; i < 4; i++)
 		g->s[i] = splitmix64(&seed);
 	return g;
@@ -57,7 +55,7 @@ struct ag_generator *ag_generator_new(uint64_t seed)
 
 void ag_generator_free(struct ag_generator *g)
 {
-	free(g);
+	ag__mfree(g);
 }
 
 static double uniform53(struct ag_generator *g)

@@ -18,12 +18,10 @@ static AG_TLS struct ag_scope *scope_top;
 
 struct ag_scope *ag_scope_begin(void)
 {
-	struct ag_scope *s = calloc(1, sizeof(*s));
+	struct ag_scope *s = ag__calloc(1, sizeof(*s));
 
-	if (!s) {
-		ag__err(AG_ENOMEM, "ag_scope_begin: out of memory");
+	if (!s)
 		return NULL;
-	}
 	s->parent = scope_top;
 	scope_top = s;
 	return s;
@@ -47,8 +45,8 @@ void ag_scope_end(struct ag_scope *s)
 	/* newest first, as a stack of temporaries unwinds */
 	while (s->n)
 		ag_tensor_put(s->refs[--s->n]);
-	free(s->refs);
-	free(s);
+	ag__free(s->refs);
+	ag__mfree(s);
 }
 
 struct ag_tensor *ag__ret(struct ag_tensor *t)
@@ -57,18 +55,10 @@ struct ag_tensor *ag__ret(struct ag_tensor *t)
 
 	if (!t || !s)
 		return t;
-	if (s->n == s->cap) {
-		size_t cap = s->cap ? s->cap * 2 : 64;
-		struct ag_tensor **r = realloc(s->refs, cap * sizeof(*r));
-
-		if (!r) {
-			ag_tensor_put(t);
-			ag__err(AG_ENOMEM,
-				"out of memory recording a tensor in the open scope");
-			return NULL;
-		}
-		s->refs = r;
-		s->cap = cap;
+	if (s->n == s->cap && ag__array_grow((void **)&s->refs, &s->cap,
+					     s->n + 1, sizeof(*s->refs))) {
+		ag_tensor_put(t);
+		return NULL;
 	}
 	s->refs[s->n++] = t;
 	return t;

@@ -283,7 +283,7 @@ void ag_tensor_put(struct ag_tensor *t)
 	    1)
 		return;
 	ag__meta_clear(t->meta);
-	free(t->name);
+	ag__mfree(t->name);
 	ag__live_add(AG_LIVE_TENSORS, -1);
 	/* made with the storage in its block (tensor_make), not a view */
 	if ((char *)t->storage - t->storage->block_off == (char *)t) {
@@ -566,12 +566,11 @@ int ag_tensor_set_name(struct ag_tensor *t, const char *name)
 	if (!t)
 		return ag__err_null("ag_tensor_set_name", "t");
 	if (name) {
-		copy = strdup(name);
+		copy = ag__strdup(name);
 		if (!copy)
-			return ag__err(AG_ENOMEM,
-				       "ag_tensor_set_name: out of memory");
+			return -AG_ENOMEM;
 	}
-	free(t->name);
+	ag__mfree(t->name);
 	t->name = copy;
 	return 0;
 }

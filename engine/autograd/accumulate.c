@@ -39,7 +39,7 @@ static int accumulate_apply(struct ag_node *n, struct ag_tensor **grads,
 			grads[0] = NULL;
 		} else {
 			c->grad = ag__contiguous_copy(g);
-			rc = c->grad ? 0 : -AG_ENOMEM;
+			rc = c->grad ? 0 : ag__err_last();
 		}
 	} else if (!ag__mode.grad && !old->meta) {
 		/* .grad += g, seen by whoever holds .grad, as in torch */

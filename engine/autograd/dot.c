@@ -33,12 +33,11 @@ static int seen_grow(struct seen *s)
 {
 	struct seen t = { .cap = s->cap ? s->cap * 2 : 64, .n = s->n };
 
-	t.keys = calloc(t.cap, sizeof(*t.keys));
-	t.ids = calloc(t.cap, sizeof(*t.ids));
-	if (!t.keys || !t.ids) {
-		free(t.keys);
-		free(t.ids);
-		return ag__err(AG_ENOMEM, "ag_graph_dot: out of memory");
+	t.keys = ag__calloc(t.cap, sizeof(*t.keys));
+	t.ids = t.keys ? ag__calloc(t.cap, sizeof(*t.ids)) : NULL;
+	if (!t.ids) {
+		ag__mfree(t.keys);
+		return -AG_ENOMEM;
 	}
 	for (size_t i = 0; i < s->cap; i++) {
 		size_t k;
@@ -49,8 +48,8 @@ static int seen_grow(struct seen *s)
 		t.keys[k] = s->keys[i];
 		t.ids[k] = s->ids[i];
 	}
-	free(s->keys);
-	free(s->ids);
+	ag__mfree(s->keys);
+	ag__mfree(s->ids);
 	*s = t;
 	return 0;
 }
@@ -61,7 +60,7 @@ static int seen_add(struct seen *s, struct ag_node *n, size_t *id, bool *fresh)
 	size_t k;
 
 	if ((s->n + 1) * 2 > s->cap && seen_grow(s))
-		return -AG_ENOMEM;
+		return -AG_ENOMEM; /* seen_grow set the error */
 	k = slot_of(s, n);
 	*fresh = !s->keys[k];
 	if (*fresh) {
@@ -104,16 +103,14 @@ int ag_graph_dot(struct ag_tensor *root, FILE *out)
 			"ag_graph_dot: the tensor does not require grad and has no grad_fn: there is no backward graph");
 	e = ag__grad_edge(root);
 	if (!e.node)
-		return -AG_ENOMEM;
+		return ag__err_last();
 	fprintf(out,
 		"digraph {\n\tnode [shape=box, style=filled, fillcolor=white];\n");
 	if (seen_add(&seen, e.node, &id, &fresh))
 		goto oom;
 	write_node(out, id, e.node);
-	stack = malloc(sizeof(*stack) * 64);
-	if (!stack)
+	if (ag__array_grow((void **)&stack, &scap, 1, sizeof(*stack)))
 		goto oom;
-	scap = 64;
 	stack[sp++] = e.node;
 	while (sp) {
 		struct ag_node *n = stack[--sp];
@@ -130,16 +127,10 @@ int ag_graph_dot(struct ag_tensor *root, FILE *out)
 				goto oom;
 			if (fresh) {
 				write_node(out, id, c);
-				if (sp == scap) {
-					void *p = realloc(stack,
-							  sizeof(*stack) *
-								  scap * 2);
-
-					if (!p)
-						goto oom;
-					stack = p;
-					scap *= 2;
-				}
+				if (sp == scap &&
+				    ag__array_grow((void **)&stack, &scap,
+						   sp + 1, sizeof(*stack)))
+					goto oom;
 				stack[sp++] = c;
 			}
 			if (c->num_inputs > 1)
@@ -154,10 +145,10 @@ int ag_graph_dot(struct ag_tensor *root, FILE *out)
 		rc = ag__err(AG_EIO, "ag_graph_dot: write error");
 	goto done;
 oom:
-	rc = ag__err(AG_ENOMEM, "ag_graph_dot: out of memory");
+	rc = -AG_ENOMEM; /* the allocation that failed set the error */
 done:
-	free(stack);
-	free(seen.keys);
-	free(seen.ids);
+	ag__free(stack);
+	ag__mfree(seen.keys);
+	ag__mfree(seen.ids);
 	return rc;
 }

@@ -80,23 +80,14 @@ static inline struct ag_node_state *state_at(struct ag_graph_task *gt,
 }
 
 /*
- * Doubles an array.  From ag__alloc, which keeps freed blocks: a long
- * graph's arrays span hundreds of kilobytes, and from malloc they were
- * fresh pages, faulting in on every backward.  Freed with ag__free.
+ * Doubles a full array, from 64 elements.  From ag__alloc, which keeps
+ * freed blocks: a long graph's arrays span hundreds of kilobytes, and from
+ * malloc they were fresh pages, faulting in on every backward.  Freed with
+ * ag__free.
  */
 static int grow(void **arr, size_t *cap, size_t elem)
 {
-	size_t nc = *cap ? *cap * 2 : 64;
-	void *p = ag__alloc(nc * elem);
-
-	if (!p)
-		return ag__err(AG_ENOMEM, "backward: out of memory");
-	if (*cap)
-		memcpy(p, *arr, *cap * elem);
-	ag__free(*arr);
-	*arr = p;
-	*cap = nc;
-	return 0;
+	return ag__array_grow(arr, cap, *cap ? *cap + 1 : 64, elem);
 }
 
 static size_t hash_ptr(const void *p, size_t cap)
@@ -137,15 +128,15 @@ static int foreign_add(struct ag_graph_task *gt, struct ag_node *n,
 
 	if ((gt->tab_n + 1) * 2 > gt->tab_cap) {
 		size_t oc = gt->tab_cap, nc = oc ? oc * 2 : 16;
-		struct foreign *t = calloc(nc, sizeof(*t));
+		struct foreign *t = ag__calloc(nc, sizeof(*t));
 
 		if (!t)
-			return ag__err(AG_ENOMEM, "backward: out of memory");
+			return -AG_ENOMEM;
 		for (size_t k = 0; k < oc; k++)
 			if (gt->tab[k].node)
 				*foreign_slot(t, nc, gt->tab[k].node) =
 					gt->tab[k];
-		free(gt->tab);
+		ag__mfree(gt->tab);
 		gt->tab = t;
 		gt->tab_cap = nc;
 	}
@@ -200,7 +191,7 @@ static int state_room(struct ag_graph_task *gt, uint32_t idx)
 	 */
 	mem = ag__alloc(STATE_CHUNK * sizeof(struct ag_node_state) + 64);
 	if (!mem)
-		return ag__err(AG_ENOMEM, "backward: out of memory");
+		return -AG_ENOMEM;
 	gt->chunk_mem[gt->nchunks] = mem;
 	gt->chunks[gt->nchunks++] =
 		(void *)(((uintptr_t)mem + 63) & ~(uintptr_t)63);
@@ -226,11 +217,9 @@ static struct ag_node_state *claim(struct ag_graph_task *gt, struct ag_node *n)
 	st = state_at(gt, idx);
 	state_init(st, idx);
 	if (n->num_inputs > 1) {
-		st->inbuf = calloc(n->num_inputs, sizeof(*st->inbuf));
-		if (!st->inbuf) {
-			ag__err(AG_ENOMEM, "backward: out of memory");
+		st->inbuf = ag__calloc(n->num_inputs, sizeof(*st->inbuf));
+		if (!st->inbuf)
 			return NULL;
-		}
 	}
 	if (atomic_compare_exchange_strong_explicit(&n->task, &expected, gt,
 						    memory_order_acquire,
@@ -238,7 +227,7 @@ static struct ag_node_state *claim(struct ag_graph_task *gt, struct ag_node *n)
 		n->idx = idx;
 	} else if (foreign_add(gt, n, idx)) {
 		if (st->inbuf != &st->inbuf_one)
-			free(st->inbuf);
+			ag__mfree(st->inbuf);
 		return NULL;
 	}
 	gt->nodes[gt->n++] = n;
@@ -256,7 +245,7 @@ static void unclaim(struct ag_graph_task *gt, struct ag_node *n,
 		    struct ag_node_state *st)
 {
 	if (st->inbuf != &st->inbuf_one)
-		free(st->inbuf);
+		ag__mfree(st->inbuf);
 	st->inbuf = &st->inbuf_one;
 	st->done = true;
 	if (atomic_load_explicit(&n->task, memory_order_relaxed) == gt)
@@ -282,7 +271,7 @@ static void task_cleanup(struct ag_graph_task *gt)
 			st->inbuf[k] = NULL;
 		}
 		if (st->inbuf != &st->inbuf_one)
-			free(st->inbuf);
+			ag__mfree(st->inbuf);
 		st->inbuf = &st->inbuf_one;
 		contribs_free(st);
 		if (atomic_load_explicit(&n->task, memory_order_relaxed) == gt)
@@ -296,8 +285,8 @@ static void task_cleanup(struct ag_graph_task *gt)
 	ag__free(gt->chunks);
 	ag__free(gt->chunk_mem);
 	ag__free(gt->nodes);
-	free(gt->caps);
-	free(gt->tab);
+	ag__mfree(gt->caps);
+	ag__mfree(gt->tab);
 }
 
 /* Counts the edges into every node reachable from the roots. */
@@ -360,7 +349,7 @@ static int count_deps(struct ag_graph_task *gt, struct ag_node **roots,
 	return 0;
 oom:
 	ag__free(stack);
-	rc = -AG_ENOMEM;
+	rc = ag__err_last();
 	return rc;
 }
 
@@ -380,10 +369,10 @@ static int cmp_seq(const void *a, const void *b)
  */
 static int prune(struct ag_graph_task *gt)
 {
-	struct ag_node **order = malloc((gt->n ? gt->n : 1) * sizeof(*order));
+	struct ag_node **order = ag__calloc(gt->n, sizeof(*order));
 
 	if (!order)
-		return ag__err(AG_ENOMEM, "backward: out of memory");
+		return -AG_ENOMEM;
 	memcpy(order, gt->nodes, gt->n * sizeof(*order));
 	qsort(order, gt->n, sizeof(*order), cmp_seq);
 	for (size_t i = 0; i < gt->n; i++) {
@@ -400,7 +389,7 @@ static int prune(struct ag_graph_task *gt)
 				       !state_of(gt, c)->capture);
 		}
 	}
-	free(order);
+	ag__mfree(order);
 	for (size_t i = 0; i < gt->n; i++) {
 		struct ag_node *n = gt->nodes[i];
 
@@ -430,7 +419,7 @@ static void contribs_free(struct ag_node_state *st)
 	for (int k = 0; k < c->n; k++)
 		ag_tensor_put(c->v[k].grad);
 	ag__free(c->v);
-	free(c);
+	ag__mfree(c);
 	st->contribs = NULL;
 }
 
@@ -441,10 +430,10 @@ static int contrib_add(struct ag_node_state *st, uint64_t key, int slot,
 	struct ag_contribs *c = st->contribs;
 
 	if (!c) {
-		c = calloc(1, sizeof(*c));
+		c = ag__calloc(1, sizeof(*c));
 		if (!c) {
 			ag_tensor_put(g);
-			return ag__err(AG_ENOMEM, "backward: out of memory");
+			return -AG_ENOMEM;
 		}
 		st->contribs = c;
 	}
@@ -593,9 +582,9 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 			__builtin_prefetch(&c->in_meta);
 	}
 	if (n->num_next > 8) {
-		out = calloc(n->num_next, sizeof(*out));
+		out = ag__calloc(n->num_next, sizeof(*out));
 		if (!out)
-			return ag__err(AG_ENOMEM, "backward: out of memory");
+			return -AG_ENOMEM;
 	}
 	memset(out, 0, sizeof(*out) * n->num_next);
 	if (ag__trace_on()) {
@@ -668,7 +657,7 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 			schedule(gt, cs, next);
 	}
 	if (out != small)
-		free(out);
+		ag__mfree(out);
 	for (int k = 0; k < n->num_inputs; k++) {
 		ag_tensor_put(st->inbuf[k]);
 		st->inbuf[k] = NULL;
@@ -770,7 +759,7 @@ static int root_grad(const char *fn, struct ag_tensor *root,
 					      root->shape));
 		g = ag__tensor_new(fn, root->dtype, root->ndim, root->shape);
 		if (!g)
-			return -AG_ENOMEM;
+			return ag__err_last();
 		if (root->dtype == AG_F32)
 			*(float *)g->storage->data = 1.0f;
 		else
@@ -862,13 +851,13 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 			struct ag_tensor *const *roots,
 			struct ag_tensor *const *grads, int n)
 {
-	struct ag_node **rn = calloc(n ? n : 1, sizeof(*rn));
+	struct ag_node **rn = ag__calloc(n, sizeof(*rn));
 	struct ag_node *first = NULL;
 	struct ag_scope *scope;
 	int rc = 0;
 
 	if (!rn)
-		return ag__err(AG_ENOMEM, "%s: out of memory", fn);
+		return -AG_ENOMEM;
 	ag__group_init(&gt->group);
 	atomic_init(&gt->err, 0);
 	gt->mode = (struct ag_tls_mode){ .grad = gt->create,
@@ -889,7 +878,7 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 		}
 		e = ag__grad_edge(roots[i]);
 		if (!e.node)
-			rc = -AG_ENOMEM;
+			rc = ag__err_last();
 		rn[i] = e.node;
 	}
 	if (!rc)
@@ -950,7 +939,7 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 	if (!rc)
 		rc = execute(gt);
 	ag__scope_resume(scope);
-	free(rn);
+	ag__mfree(rn);
 	return rc;
 }
 
@@ -1017,9 +1006,9 @@ int ag_grad(struct ag_tensor *const *outputs,
 	gt.prune = true;
 	gt.deterministic = (o && o->deterministic) || env_deterministic();
 	gt.allow_unused = o && o->allow_unused;
-	gt.caps = calloc(nin, sizeof(*gt.caps));
+	gt.caps = ag__calloc(nin, sizeof(*gt.caps));
 	if (!gt.caps)
-		return ag__err(AG_ENOMEM, "ag_grad: out of memory");
+		return -AG_ENOMEM;
 	gt.ncaps = nin;
 	for (int i = 0; i < nin && !rc; i++) {
 		struct ag_edge e;
@@ -1037,7 +1026,7 @@ int ag_grad(struct ag_tensor *const *outputs,
 		}
 		e = ag__grad_edge(inputs[i]);
 		if (!e.node) {
-			rc = -AG_ENOMEM;
+			rc = ag__err_last();
 			break;
 		}
 		gt.caps[i].node = e.node;

@@ -39,13 +39,12 @@ struct tlist {
 static int tlist_push(struct tlist *l, struct ag_tensor *t)
 {
 	if (l->n == l->cap) {
-		int cap = l->cap ? 2 * l->cap : 4;
-		struct ag_tensor **v = realloc(l->v, cap * sizeof(*v));
+		size_t cap = (size_t)l->cap;
 
-		if (!v)
-			return ag__err(AG_ENOMEM, "ag_ctx: out of memory");
-		l->v = v;
-		l->cap = cap;
+		if (ag__array_grow((void **)&l->v, &cap, cap + 1,
+				   sizeof(*l->v)))
+			return ag__err_last();
+		l->cap = (int)cap;
 	}
 	l->v[l->n++] = ag_tensor_get(t);
 	return 0;
@@ -63,7 +62,7 @@ static void tlist_clear(struct tlist *l)
 {
 	while (l->n)
 		ag_tensor_put(l->v[--l->n]);
-	free(l->v);
+	ag__free(l->v);
 	l->v = NULL;
 	l->cap = 0;
 }
@@ -147,8 +146,8 @@ static struct fn_names *names_new(const char *name)
 {
 	static const char bwd[] = "Backward", dirty[] = " (ag_ctx_mark_dirty)";
 	size_t len = strlen(name);
-	struct fn_names *r =
-		malloc(sizeof(*r) + 3 * len + sizeof(bwd) + sizeof(dirty) + 1);
+	struct fn_names *r = ag__malloc(sizeof(*r) + 3 * len + sizeof(bwd) +
+					sizeof(dirty) + 1);
 	char *s;
 
 	if (!r)
@@ -185,10 +184,8 @@ static const struct fn_names *fn_names(const char *name)
 		}
 	}
 	pthread_mutex_unlock(&names_lock);
-	if (!r) {
-		ag__err(AG_ENOMEM, "ag_function_apply: out of memory");
+	if (!r)
 		return NULL;
-	}
 	names_cache[h] = r;
 	return r;
 }
@@ -293,9 +290,9 @@ int ag_ctx_saved_tensors(struct ag_ctx *ctx, struct ag_tensor ***ts, int *n)
 	if (!fr->unpacked) {
 		int k = node->num_saved;
 
-		fr->unpacked = calloc(k ? k : 1, sizeof(*fr->unpacked));
+		fr->unpacked = ag__calloc(k, sizeof(*fr->unpacked));
 		if (!fr->unpacked)
-			return ag__err(AG_ENOMEM, "%s: out of memory", fn);
+			return -AG_ENOMEM;
 		for (int i = 0; i < k; i++) {
 			if (!node->saved[i].defined)
 				continue;
@@ -305,7 +302,7 @@ int ag_ctx_saved_tensors(struct ag_ctx *ctx, struct ag_tensor ***ts, int *n)
 			fr->err = ag_errcode() ? -ag_errcode() : -AG_EINTERNAL;
 			while (i--)
 				ag_tensor_put(fr->unpacked[i]);
-			free(fr->unpacked);
+			ag__mfree(fr->unpacked);
 			fr->unpacked = NULL;
 			return fr->err;
 		}
@@ -463,11 +460,11 @@ static int fn_apply(struct ag_node *n, struct ag_tensor **grads,
 	int nin = ctx->nin, nout = ctx->nout, rc = 0;
 
 	if (nout > 8)
-		g = calloc(nout, sizeof(*g));
+		g = ag__calloc(nout, sizeof(*g));
 	if (nin > 8)
-		gi = calloc(nin, sizeof(*gi));
+		gi = ag__calloc(nin, sizeof(*gi));
 	if (!g || !gi) {
-		rc = ag__err(AG_ENOMEM, "%s: out of memory", ctx->name);
+		rc = -AG_ENOMEM;
 		goto out;
 	}
 	memset(gi, 0, nin * sizeof(*gi));
@@ -478,7 +475,7 @@ static int fn_apply(struct ag_node *n, struct ag_tensor **grads,
 		if (!g[j]) {
 			while (j--)
 				ag_tensor_put(g[j]);
-			rc = -AG_ENOMEM;
+			rc = ag__err_last();
 			goto out;
 		}
 	}
@@ -513,13 +510,13 @@ static int fn_apply(struct ag_node *n, struct ag_tensor **grads,
 	if (fr.unpacked) {
 		for (int i = 0; i < n->num_saved; i++)
 			ag_tensor_put(fr.unpacked[i]);
-		free(fr.unpacked);
+		ag__mfree(fr.unpacked);
 	}
 out:
 	if (g != gsmall)
-		free(g);
+		ag__mfree(g);
 	if (gi != ismall)
-		free(gi);
+		ag__mfree(gi);
 	return rc;
 }
 
@@ -529,7 +526,7 @@ static void fn_destroy(struct ag_node *n)
 	struct fn_node *fn = to_fn(n);
 
 	ctx_data_free(&fn->ctx);
-	free(fn->saved_block);
+	ag__mfree(fn->saved_block);
 }
 
 static const struct ag_node_ops fn_proto_ops = {
@@ -680,8 +677,7 @@ static int alias_outputs(struct ag_ctx *ctx, struct ag_tensor **out, int nout,
 		a = ag__tensor_view(t, t->ndim, t->shape, t->strides,
 				    t->offset);
 		if (!a)
-			return ag__err(AG_ENOMEM,
-				       "ag_function_apply: out of memory");
+			return ag__err_last();
 		ag_tensor_put(t);
 		out[j] = a;
 	}
@@ -701,9 +697,9 @@ static int save_all(struct fn_node *fn, struct ag_tensor **out, int nout,
 
 	if (!k)
 		return 0;
-	fn->saved_block = calloc(1, k * (sizeof(*saved) + sizeof(*names) + 16));
+	fn->saved_block = ag__calloc(k, sizeof(*saved) + sizeof(*names) + 16);
 	if (!fn->saved_block)
-		return ag__err(AG_ENOMEM, "ag_function_apply: out of memory");
+		return -AG_ENOMEM;
 	saved = fn->saved_block;
 	names = (const char **)(saved + k);
 	s = (char *)(names + k);
@@ -744,10 +740,9 @@ static int connect(struct fn_node *fn, struct ag_tensor **out, int nout)
 	int rc = 0;
 
 	if (nout > 16) {
-		flags = calloc(nout, 1);
+		flags = ag__calloc(nout, 1);
 		if (!flags)
-			return ag__err(AG_ENOMEM,
-				       "ag_function_apply: out of memory");
+			return -AG_ENOMEM;
 	}
 	for (int j = 0; j < nout; j++) {
 		struct ag_tensor *t = out[j];
@@ -771,7 +766,7 @@ static int connect(struct fn_node *fn, struct ag_tensor **out, int nout)
 				"ag_function_apply: %s: output %d is an inference tensor and cannot get a grad_fn",
 				ctx->name, j);
 		else if ((flags[j] & OUT_DIFF) && !ag__meta(out[j]))
-			rc = -AG_ENOMEM;
+			rc = ag__err_last();
 	}
 	if (rc)
 		goto out;
@@ -802,7 +797,7 @@ static int connect(struct fn_node *fn, struct ag_tensor **out, int nout)
 	}
 out:
 	if (flags != small)
-		free(flags);
+		ag__mfree(flags);
 	return rc;
 }
 
@@ -821,7 +816,7 @@ int ag_function_apply(const struct ag_function_ops *f,
 		out[j] = NULL;
 	names = fn_names(f->name ? f->name : FN_DEFAULT_NAME);
 	if (!names)
-		return -AG_ENOMEM;
+		return ag__err_last();
 	if (ag__should_record(in, nin)) {
 		fn = fn_node_new(names, in, nin, nout);
 		if (!fn)

@@ -178,10 +178,10 @@ static int analytical(struct gc *gc)
 	if (rc)
 		return rc;
 	gc->nout = nout;
-	gc->numel = calloc(nout ? nout : 1, sizeof(*gc->numel));
-	gc->col = calloc(nout ? nout : 1, sizeof(*gc->col));
+	gc->numel = ag__calloc(nout, sizeof(*gc->numel));
+	gc->col = ag__calloc(nout, sizeof(*gc->col));
 	if (!gc->numel || !gc->col) {
-		rc = ag__err(AG_ENOMEM, "%s: out of memory", gc->who);
+		rc = -AG_ENOMEM;
 		goto out;
 	}
 	for (int o = 0; o < nout; o++) {
@@ -196,9 +196,9 @@ static int analytical(struct gc *gc)
 		rc = ag__shape_size(gc->who, 2, jac, AG_F64, &n, NULL);
 		if (rc)
 			goto out;
-		gc->ana[k] = calloc(n ? n : 1, sizeof(double));
+		gc->ana[k] = ag__calloc((size_t)n, sizeof(double));
 		if (!gc->ana[k]) {
-			rc = ag__err(AG_ENOMEM, "%s: out of memory", gc->who);
+			rc = -AG_ENOMEM;
 			goto out;
 		}
 	}
@@ -212,7 +212,7 @@ static int analytical(struct gc *gc)
 				gc->who, AG_F64, y->ndim, y->shape);
 
 			if (!onehot) {
-				rc = -AG_ENOMEM;
+				rc = ag__err_last();
 				break;
 			}
 			memset(ag_tensor_data(onehot), 0,
@@ -309,13 +309,13 @@ static int run_check(const char *who, bool create_graph, gc_call_fn fn,
 			AG_EINVAL,
 			"%s: need eps > 0, atol >= 0 and rtol >= 0 (got %g, %g, %g)",
 			who, gc.eps, gc.atol, gc.rtol);
-	gc.req = calloc(nin, sizeof(*gc.req));
-	gc.diff = calloc(nin, sizeof(*gc.diff));
-	gc.ana = calloc(nin, sizeof(*gc.ana));
-	gc.grads = calloc(nin, sizeof(*gc.grads));
-	gc.outs = calloc(maxout, sizeof(*gc.outs));
+	gc.req = ag__calloc(nin, sizeof(*gc.req));
+	gc.diff = ag__calloc(nin, sizeof(*gc.diff));
+	gc.ana = ag__calloc(nin, sizeof(*gc.ana));
+	gc.grads = ag__calloc(nin, sizeof(*gc.grads));
+	gc.outs = ag__calloc(maxout, sizeof(*gc.outs));
 	if (!gc.req || !gc.diff || !gc.ana || !gc.grads || !gc.outs) {
-		rc = ag__err(AG_ENOMEM, "%s: out of memory", who);
+		rc = -AG_ENOMEM;
 		goto out;
 	}
 	/* our temporaries stay out of the caller's scope */
@@ -324,25 +324,23 @@ static int run_check(const char *who, bool create_graph, gc_call_fn fn,
 	if (!rc)
 		rc = analytical(&gc);
 	if (!rc) {
-		gc.plus = calloc(gc.ncols ? gc.ncols : 1, sizeof(double));
-		gc.minus = calloc(gc.ncols ? gc.ncols : 1, sizeof(double));
-		rc = gc.plus && gc.minus ?
-			     numerical(&gc) :
-			     ag__err(AG_ENOMEM, "%s: out of memory", who);
+		gc.plus = ag__calloc((size_t)gc.ncols, sizeof(double));
+		gc.minus = ag__calloc((size_t)gc.ncols, sizeof(double));
+		rc = gc.plus && gc.minus ? numerical(&gc) : -AG_ENOMEM;
 	}
 	ag__scope_resume(scope);
 out:
 	for (int k = 0; gc.ana && k < nin; k++)
-		free(gc.ana[k]);
-	free(gc.ana);
-	free(gc.req);
-	free(gc.diff);
-	free(gc.grads);
-	free(gc.outs);
-	free(gc.numel);
-	free(gc.col);
-	free(gc.plus);
-	free(gc.minus);
+		ag__mfree(gc.ana[k]);
+	ag__mfree(gc.ana);
+	ag__mfree(gc.req);
+	ag__mfree(gc.diff);
+	ag__mfree(gc.grads);
+	ag__mfree(gc.outs);
+	ag__mfree(gc.numel);
+	ag__mfree(gc.col);
+	ag__mfree(gc.plus);
+	ag__mfree(gc.minus);
 	return rc;
 }
 
@@ -404,17 +402,17 @@ static int grad_call(void *ctx, struct ag_tensor *const *in, int nin,
 	struct ag_grad_opts go = { .create_graph = true, .allow_unused = true };
 	struct user_fn *u = ctx;
 	struct ag_tensor *y = NULL, *v = in[u->nin];
-	struct ag_tensor **diff = calloc(u->nin, sizeof(*diff));
+	struct ag_tensor **diff = ag__calloc(u->nin, sizeof(*diff));
 	int nd = 0, rc;
 
 	(void)nin;
 	*nout = 0;
 	if (!diff)
-		return ag__err(AG_ENOMEM, "ag_gradgradcheck: out of memory");
+		return -AG_ENOMEM;
 	rc = user_call(u, in, u->nin, &y, nout);
 	*nout = 0;
 	if (rc) {
-		free(diff);
+		ag__mfree(diff);
 		return rc;
 	}
 	for (int i = 0; i < u->nin; i++)
@@ -422,7 +420,7 @@ static int grad_call(void *ctx, struct ag_tensor *const *in, int nin,
 			diff[nd++] = in[i];
 	rc = ag_grad(&y, &v, 1, diff, nd, out, &go);
 	ag_tensor_put(y);
-	free(diff);
+	ag__mfree(diff);
 	if (rc)
 		return rc;
 	for (int i = 0; i < nd; i++)
@@ -489,10 +487,9 @@ int ag_gradgradcheck(ag_fn f, void *arg, struct ag_tensor *const *in, int nin,
 			who, ag_dtype_name(y->dtype));
 	if (!rc) {
 		v = random_grad_output(y);
-		all = calloc(nin + 1, sizeof(*all));
+		all = ag__calloc(nin + 1, sizeof(*all));
 		if (!v || !all)
-			rc = v ? ag__err(AG_ENOMEM, "%s: out of memory", who) :
-				 -ag_errcode();
+			rc = ag__err_last();
 	}
 	ag_tensor_put(y);
 	ag__scope_resume(scope);
@@ -503,7 +500,7 @@ int ag_gradgradcheck(ag_fn f, void *arg, struct ag_tensor *const *in, int nin,
 		all[nin] = v;
 		rc = run_check(who, false, grad_call, &u, nin, all, nin + 1, o);
 	}
-	free(all);
+	ag__mfree(all);
 	ag_tensor_put(v);
 	return rc;
 }

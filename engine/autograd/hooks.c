@@ -28,12 +28,10 @@ static pthread_mutex_t alloc_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static struct ag_hook *hook_new(ag_tensor_hook_fn fn, void *arg, int refs)
 {
-	struct ag_hook *h = calloc(1, sizeof(*h));
+	struct ag_hook *h = ag__calloc(1, sizeof(*h));
 
-	if (!h) {
-		ag__err(AG_ENOMEM, "out of memory registering a hook");
+	if (!h)
 		return NULL;
-	}
 	h->fn = fn;
 	h->arg = arg;
 	atomic_init(&h->removed, false);
@@ -47,7 +45,7 @@ static void hook_put(struct ag_hook *h)
 	if (atomic_fetch_sub_explicit(&h->refs, 1, memory_order_acq_rel) != 1)
 		return;
 	ag__cell_put(h->cell);
-	free(h);
+	ag__mfree(h);
 	ag__live_add(AG_LIVE_HOOKS, -1);
 }
 
@@ -60,7 +58,7 @@ static struct ag_hook_list *hook_list(struct ag_node *n)
 	pthread_mutex_lock(&alloc_lock);
 	l = atomic_load_explicit(&n->hooks, memory_order_relaxed);
 	if (!l) {
-		l = calloc(1, sizeof(*l));
+		l = ag__calloc(1, sizeof(*l));
 		if (l) {
 			pthread_mutexattr_init(&attr);
 			pthread_mutexattr_settype(&attr,
@@ -72,8 +70,6 @@ static struct ag_hook_list *hook_list(struct ag_node *n)
 		}
 	}
 	pthread_mutex_unlock(&alloc_lock);
-	if (!l)
-		ag__err(AG_ENOMEM, "out of memory registering a hook");
 	return l;
 }
 
@@ -84,7 +80,7 @@ static int attach(struct ag_edge e, struct ag_hook *h)
 	struct ag_hook **last;
 
 	if (!l)
-		return -AG_ENOMEM;
+		return ag__err_last();
 	h->node = e.node;
 	h->slot = e.input_nr;
 	pthread_mutex_lock(&l->lock);
@@ -110,7 +106,7 @@ void ag__hooks_free(struct ag_node *n)
 		hook_put(h);
 	}
 	pthread_mutex_destroy(&l->lock);
-	free(l);
+	ag__mfree(l);
 	atomic_store_explicit(&n->hooks, NULL, memory_order_relaxed);
 }
 
@@ -160,6 +156,7 @@ int ag_tensor_retain_grad(struct ag_tensor *t)
 	struct ag_grad_cell *c;
 	struct ag_hook *h;
 	struct ag_edge e;
+	int rc;
 
 	if (!t)
 		return ag__err_null("ag_tensor_retain_grad", "t");
@@ -171,16 +168,17 @@ int ag_tensor_retain_grad(struct ag_tensor *t)
 		return 0; /* a leaf keeps .grad anyway */
 	c = ag__meta_cell(t->meta);
 	if (!c)
-		return -AG_ENOMEM;
+		return ag__err_last();
 	h = hook_new(NULL, NULL, 1);
 	if (!h)
-		return -AG_ENOMEM;
+		return ag__err_last();
 	ag__cell_get(c);
 	h->cell = c;
 	e = ag__grad_edge(t);
-	if (attach(e, h)) {
+	rc = attach(e, h);
+	if (rc) {
 		hook_put(h);
-		return -AG_ENOMEM;
+		return rc;
 	}
 	t->meta->retains_grad = true;
 	return 0;

@@ -217,7 +217,7 @@ int ag_tensor_set_requires_grad(struct ag_tensor *t, bool on)
 	if (!on && !t->meta)
 		return 0;
 	if (!ag__meta(t))
-		return -AG_ENOMEM;
+		return ag__err_last();
 	t->meta->requires_grad = on;
 	return 0;
 }

@@ -52,7 +52,7 @@ int ag__record(struct ag_node *n, struct ag_tensor *const *in, int nin,
 			e = ag__grad_edge(in[i]);
 			if (ag__requires_grad(in[i]) && !e.node) {
 				ag__node_put(n);
-				return -AG_ENOMEM;
+				return ag__err_last();
 			}
 		}
 		if (e.node)
@@ -64,7 +64,7 @@ int ag__record(struct ag_node *n, struct ag_tensor *const *in, int nin,
 
 		if (!m) {
 			ag__node_put(n);
-			return -AG_ENOMEM;
+			return ag__err_last();
 		}
 		set_input_meta(&n->in_meta[j], out[j]);
 		if (j)
@@ -112,7 +112,7 @@ int ag__save(struct ag_node *n, int slot, struct ag_tensor *t, bool is_output,
 		/* else an alias without autograd state */
 		s->t = ag__tensor_view(t, t->ndim, t->shape, t->strides,
 				       t->offset);
-		return s->t ? 0 : -AG_ENOMEM;
+		return s->t ? 0 : ag__err_last();
 	}
 	s->t = ag_tensor_get(t);
 	if (t->meta && t->meta->grad_fn) {

@@ -76,10 +76,10 @@ static int fused(struct ag_node *n, struct ag_tensor *g, struct ag_tensor *x,
 	    ((n->next[0].node && !y) || (n->next[1].node && (!x || !y))))
 		return 1;
 	if (n->next[0].node && !(ga = ag__tensor_like(g)))
-		return -AG_ENOMEM;
+		return ag__err_last();
 	if (n->next[1].node && !(gb = ag__tensor_like(g))) {
 		ag_tensor_put(ga);
-		return -AG_ENOMEM;
+		return ag__err_last();
 	}
 	ag__k_binary_bwd(g->dtype, b->op, g->numel, ag__data(g),
 			 x ? ag__data(x) : ag__data(g),
@@ -115,12 +115,14 @@ static int slopes(enum ag_k_binary op, struct ag_tensor *g, struct ag_tensor *x,
 {
 	struct ag_tensor *xd = dense_at(x, g), *yd = dense_at(y, g);
 	struct ag_tensor *ones = ag__tensor_like(g);
-	int rc = -AG_ENOMEM;
+	int rc = 0;
 
 	*dx = ag__tensor_like(g);
 	*dy = ag__tensor_like(g);
-	if (!xd || !yd || !ones || !*dx || !*dy || ag_fill_(ones, 1.0))
+	if (!xd || !yd || !ones || !*dx || !*dy || ag_fill_(ones, 1.0)) {
+		rc = ag__err_last();
 		goto out;
+	}
 	ag__k_binary_bwd(g->dtype, op, g->numel, ag__data(ones), ag__data(xd),
 			 ag__data(yd), ag__data(*dx), ag__data(*dy));
 	rc = 0;

@@ -33,6 +33,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "alloc.h"
+
 struct ag_task;
 
 struct ag_deque_slot {
@@ -90,7 +92,7 @@ static inline struct ag_deque_buf *ag__deque_buf_new(int64_t cap)
 {
 	struct ag_deque_buf *a;
 
-	a = calloc(1, sizeof(*a) + (size_t)cap * sizeof(a->slots[0]));
+	a = ag__calloc(1, sizeof(*a) + (size_t)cap * sizeof(a->slots[0]));
 	if (a)
 		a->mask = cap - 1;
 	return a;
@@ -118,7 +120,7 @@ static inline void ag__deque_destroy(struct ag_deque *d)
 	while (a) {
 		struct ag_deque_buf *old = a->retired;
 
-		free(a);
+		ag__mfree(a);
 		a = old;
 	}
 	atomic_store_explicit(&d->buf, NULL, memory_order_relaxed);

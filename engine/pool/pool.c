@@ -378,11 +378,11 @@ static struct ag_worker *ext_claim(void)
 	pthread_mutex_lock(&pool.ext_lock);
 	n = atomic_load_explicit(&pool.next_ext, memory_order_relaxed);
 	if (n < MAX_EXT) {
-		e = aligned_alloc(64, (sizeof(*e) + 63) & ~(size_t)63);
+		e = ag__aligned_alloc(64, (sizeof(*e) + 63) & ~(size_t)63);
 		if (e) {
 			memset(e, 0, sizeof(*e));
 			if (ag__deque_init(&e->dq)) {
-				free(e);
+				ag__mfree(e);
 				e = NULL;
 			}
 		}
@@ -529,12 +529,12 @@ static struct ag_worker *worker_slot(int i)
 
 	if (w)
 		return w;
-	w = aligned_alloc(64, (sizeof(*w) + 63) & ~(size_t)63);
+	w = ag__aligned_alloc(64, (sizeof(*w) + 63) & ~(size_t)63);
 	if (!w)
 		return NULL;
 	memset(w, 0, sizeof(*w));
 	if (ag__deque_init(&w->dq)) {
-		free(w);
+		ag__mfree(w);
 		return NULL;
 	}
 	w->id = i;
@@ -823,7 +823,7 @@ int ag_parallel_for(int64_t n, int64_t grain,
 	}
 	c.tasks = stack_tasks;
 	if (nchunks > PF_STACK_CHUNKS) {
-		c.tasks = malloc((size_t)nchunks * sizeof(*c.tasks));
+		c.tasks = ag__malloc((size_t)nchunks * sizeof(*c.tasks));
 		if (!c.tasks)
 			goto serial; /* slower, still correct */
 	}
@@ -831,7 +831,7 @@ int ag_parallel_for(int64_t n, int64_t grain,
 	pf_split(&c, 0, nchunks);
 	ag__group_wait(&c.group);
 	if (c.tasks != stack_tasks)
-		free(c.tasks);
+		ag__mfree(c.tasks);
 	return 0;
 
 serial:

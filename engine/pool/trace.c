@@ -104,7 +104,7 @@ static void make_key(void)
 
 static struct trace_buf *buf_register(void)
 {
-	struct trace_buf *b = calloc(1, sizeof(*b));
+	struct trace_buf *b = ag__calloc(1, sizeof(*b));
 	int wid = ag__pool_worker_id();
 
 	if (!b)
@@ -130,7 +130,7 @@ static struct trace_buf *buf_register(void)
 /* A new chunk, written so that its pages fault in now, or NULL. */
 static struct trace_chunk *chunk_new(void)
 {
-	struct trace_chunk *c = malloc(sizeof(*c));
+	struct trace_chunk *c = ag__malloc(sizeof(*c));
 
 	if (c)
 		memset(c, 0, sizeof(*c));
@@ -184,7 +184,7 @@ static void chunks_free(struct trace_chunk *c)
 	while (c) {
 		struct trace_chunk *next = c->next;
 
-		free(c);
+		ag__mfree(c);
 		c = next;
 	}
 }
@@ -401,7 +401,7 @@ static int stop_locked(void)
 		if (dead) {
 			*pp = b->next;
 			pthread_mutex_destroy(&b->lock);
-			free(b);
+			ag__mfree(b);
 		} else {
 			pp = &b->next;
 		}
@@ -469,7 +469,7 @@ void ag__trace_atfork_child(void)
 		struct trace_buf *next = b->next;
 
 		chunks_free(b->head);
-		free(b);
+		ag__mfree(b);
 		b = next;
 	}
 	tr.bufs = NULL;
