@@ -70,6 +70,7 @@ const char *ag_strerror(int code)
 		[AG_ENAN] = "AG_ENAN",
 		[AG_EIO] = "AG_EIO",
 		[AG_EINTERNAL] = "AG_EINTERNAL",
+		[AG_EBUSY] = "AG_EBUSY",
 	};
 
 	const int n = (int)(sizeof(names) / sizeof(names[0]));

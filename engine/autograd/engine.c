@@ -892,6 +892,7 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 
 	if (!rn)
 		return ag__err(AG_ENOMEM, "%s: out of memory", fn);
+	ag__pool_enter(); /* no resize until execute() has returned */
 	ag__group_init(&gt->group);
 	atomic_init(&gt->err, 0);
 	gt->mode = (struct ag_tls_mode){ .grad = gt->create,
@@ -972,6 +973,7 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 		run_from(gt, first);
 	if (!rc)
 		rc = execute(gt);
+	ag__pool_leave();
 	ag__scope_resume(scope);
 	free(rn);
 	return rc;

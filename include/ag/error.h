@@ -33,6 +33,7 @@ enum {
 	AG_ENAN, /* anomaly mode found a NaN/Inf gradient */
 	AG_EIO, /* file I/O or a corrupt checkpoint */
 	AG_EINTERNAL,
+	AG_EBUSY, /* the pool is in use by another thread; retry later */
 };
 
 /* Positive code of the last error on this thread, 0 if none. */
