@@ -44,4 +44,18 @@ AG_API void ag_clear_error(void);
 /* Short symbolic name of a code: "AG_ESHAPE"; "AG_E?" for unknown codes. */
 AG_API const char *ag_strerror(int code);
 
+/*
+ * Sets this thread's error, for user callbacks that must report a failure:
+ * a tensor hook (set it, then return NULL: the backward fails with it), a
+ * custom function's forward or backward (return what this returns).  code
+ * is an AG_E* code, positive or negative; fmt is printf-style (NULL: the
+ * code's name).  Returns -code.  ag_set_error(0, ...) is ag_clear_error()
+ * and returns 0.
+ */
+AG_API int ag_set_error(int code, const char *fmt, ...)
+#if defined(__GNUC__)
+	__attribute__((format(printf, 2, 3)))
+#endif
+	;
+
 #endif /* AG_ERROR_H */

@@ -163,3 +163,19 @@ Test(errors, per_thread)
 	AG_ASSERT_ERR(AG_EINVAL, "ag_arange: step -1 does not lead");
 	AG_ASSERT_NO_LEAKS();
 }
+
+Test(errors, set_error_for_callbacks)
+{
+	ag_clear_error();
+	cr_assert_eq(ag_set_error(AG_ESHAPE, "shape %d x %s", 3, "four"),
+		     -AG_ESHAPE);
+	cr_assert_eq(ag_errcode(), AG_ESHAPE);
+	cr_assert_str_eq(ag_errmsg(), "shape 3 x four");
+	cr_assert_eq(ag_set_error(-AG_ENOMEM, NULL), -AG_ENOMEM);
+	cr_assert_eq(ag_errcode(), AG_ENOMEM);
+	cr_assert_str_eq(ag_errmsg(), "AG_ENOMEM");
+	cr_assert_eq(ag_set_error(0, "ignored"), 0);
+	cr_assert_eq(ag_errcode(), 0);
+	cr_assert_str_eq(ag_errmsg(), "");
+	AG_ASSERT_NO_LEAKS();
+}
