@@ -3,6 +3,7 @@
  * Thread-local error state.  Messages are formatted into a fixed buffer so
  * reporting an error never allocates (it may be reporting AG_ENOMEM).
  */
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -11,12 +12,37 @@
 #define AG_ERRMSG_MAX 512
 
 static AG_TLS int err_code;
+static AG_TLS unsigned err_seq; /* errors set on this thread, ever */
 static _Thread_local char err_msg[AG_ERRMSG_MAX];
 
 int ag__verr(int code, const char *fmt, va_list ap)
 {
 	err_code = code;
+	err_seq++;
 	vsnprintf(err_msg, sizeof(err_msg), fmt, ap);
+	return -code;
+}
+
+unsigned ag__err_seq(void)
+{
+	return err_seq;
+}
+
+int ag_set_error(int code, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!code) {
+		ag_clear_error();
+		return 0;
+	}
+	if (code < 0)
+		code = code == INT_MIN ? AG_EINTERNAL : -code;
+	if (!fmt)
+		return ag__err(code, "%s", ag_strerror(code));
+	va_start(ap, fmt);
+	ag__verr(code, fmt, ap);
+	va_end(ap);
 	return -code;
 }
 
@@ -79,6 +105,7 @@ const char *ag_strerror(int code)
 		[AG_ENAN] = "AG_ENAN",
 		[AG_EIO] = "AG_EIO",
 		[AG_EINTERNAL] = "AG_EINTERNAL",
+		[AG_EBUSY] = "AG_EBUSY",
 	};
 
 	const int n = (int)(sizeof(names) / sizeof(names[0]));

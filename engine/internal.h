@@ -59,6 +59,11 @@ int ag__err(int code, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 int ag__verr(int code, const char *fmt, va_list ap);
 /*
+ * Counts the errors ever set on this thread (not cleared by
+ * ag_clear_error): a change across a callback means it set one.
+ */
+unsigned ag__err_seq(void);
+/*
  * For an op given a NULL tensor: keeps an error that is already set (the
  * one that produced the NULL), else sets AG_EINVAL naming the argument.
  */

@@ -4,6 +4,7 @@
  * mode on a worker for the duration of a node and restores it after, so a
  * caller's mode never leaks into workers nor theirs back.
  */
+#include <ag/autograd.h>
 #include <ag/mode.h>
 
 #include "internal.h"

@@ -710,11 +710,27 @@ static int retain_grad(struct ag_grad_cell *c, struct ag_tensor *g)
 	return r ? 0 : -ag_errcode();
 }
 
+/*
+ * A hook returned NULL with an error it set: fail with its code and its
+ * message, saying which hook.  fail() carries it to the thread that called
+ * backward, from whichever thread ran the hook.
+ */
+static int hook_failed(struct ag_node *n, int slot)
+{
+	char msg[512];
+
+	snprintf(msg, sizeof(msg), "%s", ag_errmsg());
+	return ag__err(ag_errcode(),
+		       "a tensor hook on %s (gradient slot %d) failed: %s",
+		       n->ops->name, slot, msg);
+}
+
 static int run_hooks(struct ag_node *n, struct ag_tensor **grads)
 {
 	struct ag_hook_list *l =
 		atomic_load_explicit(&n->hooks, memory_order_acquire);
 	struct ag_hook *h;
+	unsigned seq;
 	int rc = 0;
 
 	pthread_mutex_lock(&l->lock);
@@ -727,7 +743,16 @@ static int run_hooks(struct ag_node *n, struct ag_tensor **grads)
 			rc = retain_grad(h->cell, g);
 			continue;
 		}
+		seq = ag__err_seq();
 		r = h->fn(g, h->arg);
+		/*
+		 * NULL keeps the gradient, unless the hook set an error (with
+		 * ag_set_error, or a library call in it failed) and did not
+		 * clear it: then it failed.  An error from before the hook is
+		 * not its own: the sequence number tells them apart.
+		 */
+		if (!r && ag__err_seq() != seq && ag_errcode())
+			rc = hook_failed(n, h->slot);
 		if (!r)
 			continue;
 		rc = check_hook_grad(n, h->slot, r);
@@ -857,7 +882,8 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 	int rc = 0;
 
 	if (!rn)
-		return -AG_ENOMEM;
+		return -AG_ENOMEM; /* ag__calloc set the error */
+	ag__pool_enter(); /* no resize until execute() has returned */
 	ag__group_init(&gt->group);
 	atomic_init(&gt->err, 0);
 	gt->mode = (struct ag_tls_mode){ .grad = gt->create,
@@ -938,6 +964,7 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 		run_from(gt, first);
 	if (!rc)
 		rc = execute(gt);
+	ag__pool_leave();
 	ag__scope_resume(scope);
 	ag__mfree(rn);
 	return rc;

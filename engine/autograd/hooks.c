@@ -26,6 +26,22 @@
 /* Guards the lazy allocation of a node's hook list. */
 static pthread_mutex_t alloc_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/*
+ * In a fork() child another thread may have held alloc_lock: start it
+ * unlocked.  A list is complete before it is published (release store), so
+ * the child sees a node with a whole list or none; one being made at the
+ * fork is not there (and its memory is lost).  docs/reliability.md.
+ */
+static void hooks_atfork_child(void)
+{
+	pthread_mutex_init(&alloc_lock, NULL);
+}
+
+__attribute__((constructor)) static void hooks_init(void)
+{
+	pthread_atfork(NULL, NULL, hooks_atfork_child);
+}
+
 static struct ag_hook *hook_new(ag_tensor_hook_fn fn, void *arg, int refs)
 {
 	struct ag_hook *h = ag__calloc(1, sizeof(*h));

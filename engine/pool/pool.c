@@ -64,10 +64,14 @@ struct ag_worker {
 	pthread_t thread; /* workers */
 	int id; /* workers: 0..; outside threads: -1 */
 	atomic_int claimed; /* outside threads' slots: owned by a thread */
+	/* outside threads' slots: the owner is inside a parallel region */
+	atomic_int busy;
 };
 
 static struct {
 	pthread_mutex_t lock; /* start, stop, resize */
+	/* threads in a parallel region that have no outside slot */
+	atomic_int busy_unslotted;
 	atomic_int running; /* workers started and not stopping */
 	atomic_int stop; /* workers exit once they find no work */
 	atomic_int nworkers; /* slots thieves scan */
@@ -101,6 +105,13 @@ static AG_TLS struct ag_group *running_family;
 static pthread_once_t ext_once = PTHREAD_ONCE_INIT;
 static pthread_key_t ext_key;
 static AG_TLS uint32_t rng_state;
+/*
+ * An outside thread's parallel work: region_depth counts every level
+ * (ag_set_num_threads refuses to run inside one), busy_depth those that
+ * use the pool (ag__pool_enter), whose outermost sets a busy flag.
+ */
+static AG_TLS int region_depth, busy_depth;
+static AG_TLS struct ag_worker *region_slot; /* NULL: busy_unslotted */
 
 static uint32_t rng_next(void)
 {
@@ -601,9 +612,10 @@ int ag__pool_ensure(void)
 {
 	/*
 	 * A worker never takes the lock: a resize holding it may be joining
-	 * this very thread.
+	 * this very thread.  seq_cst: the load follows ag__pool_enter()'s
+	 * store in the order ag_set_num_threads() reasons about.
 	 */
-	if (self || atomic_load_explicit(&pool.running, memory_order_acquire))
+	if (self || atomic_load_explicit(&pool.running, memory_order_seq_cst))
 		return atomic_load_explicit(&pool.nworkers,
 					    memory_order_relaxed) +
 		       1;
@@ -615,26 +627,110 @@ int ag__pool_ensure(void)
 	return atomic_load_explicit(&pool.nworkers, memory_order_relaxed) + 1;
 }
 
+void ag__pool_enter(void)
+{
+	struct ag_worker *e;
+
+	if (self)
+		return; /* a worker's task is inside its submitter's region */
+	region_depth++;
+	if (busy_depth++)
+		return;
+	e = mine ? mine : ext_claim();
+	region_slot = e;
+	/*
+	 * seq_cst: before this thread's first look at pool.running in the
+	 * region (ag__pool_ensure), so a resize that stops the pool after
+	 * that look sees this flag (see ag_set_num_threads).
+	 */
+	if (e)
+		atomic_store_explicit(&e->busy, 1, memory_order_seq_cst);
+	else
+		atomic_fetch_add_explicit(&pool.busy_unslotted, 1,
+					  memory_order_seq_cst);
+}
+
+void ag__pool_leave(void)
+{
+	if (self || !busy_depth)
+		return;
+	region_depth--;
+	if (--busy_depth)
+		return;
+	/* Release: the region's tasks are done before a resize sees 0. */
+	if (region_slot)
+		atomic_store_explicit(&region_slot->busy, 0,
+				      memory_order_release);
+	else
+		atomic_fetch_sub_explicit(&pool.busy_unslotted, 1,
+					  memory_order_release);
+	region_slot = NULL;
+}
+
+/* Some thread is inside a parallel region (seq_cst loads). */
+static bool pool_busy(void)
+{
+	int n = atomic_load_explicit(&pool.next_ext, memory_order_acquire);
+
+	if (atomic_load_explicit(&pool.busy_unslotted, memory_order_seq_cst))
+		return true;
+	for (int i = 0; i < n; i++)
+		if (atomic_load_explicit(&pool.ext[i]->busy,
+					 memory_order_seq_cst))
+			return true;
+	return false;
+}
+
+/*
+ * A resize stops the workers and joins them, so it must not run while
+ * anyone uses them: a worker inside a task may be waiting for work that a
+ * thread outside the pool holds, and that thread may be about to take
+ * pool.lock (issue 12).  So it goes ahead only when no thread is inside a
+ * parallel region (ag__pool_enter), and otherwise returns AG_EBUSY rather
+ * than wait: with request threads running backward all the time, "until
+ * idle" could be never.
+ *
+ * Why no region slips past the check: a region stores its flag, then
+ * loads pool.running; the resize stores running = 0, then loads the flags;
+ * all seq_cst.  If the region read running == 1 (and went ahead without
+ * the lock), its store precedes the resize's loads, which see it.  If it
+ * read 0, it waits for pool.lock in ag__pool_ensure before its first
+ * submit, and the workers being joined hold nothing of it.
+ */
 int ag_set_num_threads(int n)
 {
+	int rc = 0;
+
 	if (n < 0 || n > AG_POOL_MAX_WORKERS + 1)
 		return ag__err(AG_EINVAL,
 			       "ag_set_num_threads: %d threads is out of range "
 			       "0..%d (0 means the online CPUs)",
 			       n, AG_POOL_MAX_WORKERS + 1);
-	if (self)
-		return ag__err(AG_EINVAL,
-			       "ag_set_num_threads: called from a pool worker; "
-			       "resize before or between parallel calls");
+	if (self || region_depth || running_family)
+		return ag__err(
+			AG_EINVAL,
+			"ag_set_num_threads: called inside parallel work (a pool task, a backward or an ag_parallel_for on this thread), where it could only wait for itself; resize before or between parallel calls");
 	if (!n)
 		n = online_cpus();
 	pthread_mutex_lock(&pool.lock);
-	atomic_store_explicit(&pool.requested, n, memory_order_relaxed);
 	if (atomic_load_explicit(&pool.running, memory_order_relaxed) &&
-	    pool.nstarted != n - 1)
+	    pool.nstarted != n - 1) {
+		atomic_store_explicit(&pool.running, 0, memory_order_seq_cst);
+		if (pool_busy()) {
+			atomic_store_explicit(&pool.running, 1,
+					      memory_order_release);
+			rc = ag__err(
+				AG_EBUSY,
+				"ag_set_num_threads: the pool is busy: another thread is running a backward or an ag_parallel_for; the size stays %d threads (retry when no parallel work runs)",
+				pool.nstarted + 1);
+			goto out;
+		}
 		stop_locked(); /* the new size starts on next use */
+	}
+	atomic_store_explicit(&pool.requested, n, memory_order_relaxed);
+out:
 	pthread_mutex_unlock(&pool.lock);
-	return 0;
+	return rc;
 }
 
 int ag_get_num_threads(void)
@@ -673,7 +769,14 @@ static void atfork_child(void)
 		ag__deque_reset(&pool.ext[i]->dq);
 		atomic_store_explicit(&pool.ext[i]->claimed, 0,
 				      memory_order_relaxed);
+		atomic_store_explicit(&pool.ext[i]->busy, 0,
+				      memory_order_relaxed);
 	}
+	/* Regions of the parent's threads ended with them. */
+	atomic_store_explicit(&pool.busy_unslotted, 0, memory_order_relaxed);
+	region_depth = 0;
+	busy_depth = 0;
+	region_slot = NULL;
 	if (mine && mine->id < 0)
 		pthread_setspecific(ext_key, NULL);
 	mine = NULL;
@@ -809,9 +912,12 @@ int ag_parallel_for(int64_t n, int64_t grain,
 		grain = 1;
 	if (n <= grain)
 		goto serial;
+	ag__pool_enter();
 	nt = ag__pool_ensure();
-	if (nt < 2)
+	if (nt < 2) {
+		ag__pool_leave();
 		goto serial;
+	}
 
 	c.chunk = div_up(n, (int64_t)nt * PF_CHUNKS_PER_THREAD);
 	if (c.chunk < grain)
@@ -824,19 +930,25 @@ int ag_parallel_for(int64_t n, int64_t grain,
 	c.tasks = stack_tasks;
 	if (nchunks > PF_STACK_CHUNKS) {
 		c.tasks = ag__malloc((size_t)nchunks * sizeof(*c.tasks));
-		if (!c.tasks)
+		if (!c.tasks) {
+			ag__pool_leave();
 			goto serial; /* slower, still correct */
+		}
 	}
 	ag__group_init(&c.group);
 	pf_split(&c, 0, nchunks);
 	ag__group_wait(&c.group);
+	ag__pool_leave();
 	if (c.tasks != stack_tasks)
 		ag__mfree(c.tasks);
 	return 0;
 
 serial:
-	if (n)
+	if (n) {
+		region_depth++; /* fn may not resize the pool either */
 		pf_call(&c, 0, n);
+		region_depth--;
+	}
 	return 0;
 }
 

@@ -83,6 +83,16 @@ bool ag__pool_is_worker(void);
 int ag__pool_worker_id(void);
 /* Starts the pool if needed; returns the thread count (workers + 1). */
 int ag__pool_ensure(void);
+/*
+ * Bracket a parallel region of a thread outside the pool: from before its
+ * first ag__pool_ensure() or submit until its last group wait returned
+ * (ag_parallel_for, the engine's backward).  While any thread is inside
+ * one, ag_set_num_threads() refuses with AG_EBUSY instead of stopping
+ * workers that the region may be waiting for.  They nest; on a pool
+ * worker they do nothing.
+ */
+void ag__pool_enter(void);
+void ag__pool_leave(void);
 
 /*
  * Element count below which a kernel should not call ag_parallel_for().

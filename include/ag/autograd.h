@@ -62,10 +62,23 @@ AG_API int ag_node_saved_names(const struct ag_node *n,
 /*
  * Tensor hooks run on the gradient of t when it is computed, before it is
  * used; a hook may return a replacement (a new reference) or NULL to keep
- * the gradient.  On a leaf they run before accumulation into .grad.  Hooks
- * of one tensor run in registration order; t must require grad (else NULL,
- * AG_EINVAL).  The hook hangs on the graph, not on t: on a non-leaf it
- * stays as long as t's grad_fn, on a leaf as long as the leaf.
+ * the gradient.  To fail, a hook sets an error (ag_set_error(), or a
+ * library call in it failed and set one) and returns NULL: the backward
+ * then fails with that code, the message prefixed "a tensor hook on
+ * <node> (gradient slot <i>) failed: ", on the thread that called it,
+ * whichever pool thread ran the hook.  A hook that handled an error itself
+ * calls ag_clear_error() before returning NULL; an error set before the
+ * hook ran is not taken for its own.  After a failed backward nothing is
+ * leaked, and each leaf's .grad is either untouched or has its whole sum
+ * added (its accumulation runs only once every gradient for it arrived,
+ * so a leaf the failed hook's gradient leads to is never reached).
+ * Without retain_graph the nodes that ran have freed their buffers
+ * (AG_EFREED on a second backward); with it the graph can run again.
+ * Hooks may run on a pool thread.  On a leaf they run before accumulation
+ * into .grad.  Hooks of one tensor run in registration order; t must
+ * require grad (else NULL, AG_EINVAL).  The hook hangs on the graph, not
+ * on t: on a non-leaf it stays as long as t's grad_fn, on a leaf as long
+ * as the leaf.
  *
  * The returned handle is released by ag_hook_remove(), which must be called
  * exactly once per handle: it stops the hook (if the graph still exists)

@@ -33,6 +33,7 @@ enum {
 	AG_ENAN, /* anomaly mode found a NaN/Inf gradient */
 	AG_EIO, /* file I/O or a corrupt checkpoint */
 	AG_EINTERNAL,
+	AG_EBUSY, /* the pool is in use by another thread; retry later */
 };
 
 /* Positive code of the last error on this thread, 0 if none. */
@@ -42,5 +43,19 @@ AG_API const char *ag_errmsg(void);
 AG_API void ag_clear_error(void);
 /* Short symbolic name of a code: "AG_ESHAPE"; "AG_E?" for unknown codes. */
 AG_API const char *ag_strerror(int code);
+
+/*
+ * Sets this thread's error, for user callbacks that must report a failure:
+ * a tensor hook (set it, then return NULL: the backward fails with it), a
+ * custom function's forward or backward (return what this returns).  code
+ * is an AG_E* code, positive or negative; fmt is printf-style (NULL: the
+ * code's name).  Returns -code.  ag_set_error(0, ...) is ag_clear_error()
+ * and returns 0.
+ */
+AG_API int ag_set_error(int code, const char *fmt, ...)
+#if defined(__GNUC__)
+	__attribute__((format(printf, 2, 3)))
+#endif
+	;
 
 #endif /* AG_ERROR_H */

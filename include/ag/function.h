@@ -11,7 +11,8 @@
  * and may save tensors for backward.  backward gets the gradients of the
  * outputs (never NULL: missing ones are zeros) and fills grad_in[nin] with
  * new references or NULL for inputs that need no gradient.  Either returns
- * 0 or a negative AG_E* code (set an error message with it).
+ * 0 or a negative AG_E* code (set an error message with it:
+ * return ag_set_error(AG_EINVAL, "...")).
  *
  * ag_function_apply() records the call when grad mode is on and an input
  * requires grad: the outputs get a node named name + "Backward" as grad_fn

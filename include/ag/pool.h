@@ -16,10 +16,20 @@
  */
 
 /*
- * Sets the thread count (0: the online CPUs; at most 256).  Call it before
- * or between parallel calls, not from inside a pool task: a running pool is
- * drained and stopped, and the new size starts on next use.  Returns 0, or
- * -AG_EINVAL (out of range, or called from a pool worker).
+ * Sets the thread count (0: the online CPUs; at most 256).  A running pool
+ * of another size is stopped and the new size starts on next use.  Stopping
+ * joins the workers, so it happens only while no thread is inside a
+ * backward (ag_backward, ag_grad) or an ag_parallel_for; otherwise the call
+ * changes nothing and returns -AG_EBUSY at once, never waiting.  It does
+ * not wait for idle because in a service whose request threads always run
+ * backward, idle may never come; a caller that must resize can retry, and
+ * one that cannot is told why.  Asking for the size the pool already has
+ * always succeeds.
+ *
+ * Returns 0; -AG_EBUSY (another thread runs parallel work: retry later);
+ * or -AG_EINVAL: out of range, or called inside parallel work on this
+ * thread (a pool task, a custom function's backward, an ag_parallel_for
+ * chunk), where waiting for the pool to be idle would wait for itself.
  */
 AG_API int ag_set_num_threads(int n);
 

@@ -1,6 +1,12 @@
 // SPDX-License-Identifier: MIT
 /* Tensor hooks, retain_grad and .grad accumulation. */
+#include <stdatomic.h>
+#include <unistd.h>
+
+#include <ag/pool.h>
+
 #include "common.h"
+#include "pool/pool.h"
 #include "torch_refs.h"
 
 static struct ag_tensor *leaf_of(const double *v, int64_t n)
@@ -367,6 +373,173 @@ Test(hooks, replacement_is_differentiable_under_create_graph)
 	ag_tensor_put(gs);
 	ag_tensor_put(g);
 	ag_tensor_put(l);
+	ag_tensor_put(y);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* ---- a hook that fails (issue 12, item 9) ---- */
+
+#define FK 8
+
+struct fail_ctx {
+	int branch; /* the branch this hook hangs on */
+	int fail_branch; /* it fails there; -1: on a pool worker only */
+	atomic_int *worker_failed;
+};
+
+static struct ag_tensor *failing_hook(struct ag_tensor *g, void *arg)
+{
+	struct fail_ctx *f = arg;
+
+	(void)g;
+	if (f->fail_branch >= 0) {
+		if (f->branch == f->fail_branch)
+			ag_set_error(AG_ENOMEM,
+				     "hook %d: out of memory (simulated)",
+				     f->branch);
+		return NULL;
+	}
+	if (ag__pool_is_worker()) {
+		atomic_store(f->worker_failed, 1);
+		ag_set_error(AG_ENOMEM, "hook %d: out of memory (simulated)",
+			     f->branch);
+		return NULL;
+	}
+	/*
+	 * On the calling thread: hold on until a worker's hook has failed
+	 * (the other branches wait on this thread's deque for a thief), so
+	 * the error surely comes from a worker.  Bounded: 5 s at most.
+	 */
+	for (int i = 0; i < 50000 && !atomic_load(f->worker_failed); i++)
+		usleep(100);
+	return NULL;
+}
+
+/*
+ * loss = sum_k sum(x * (k + 1)) with a failing hook on each x * (k + 1):
+ * backward fails with the hook's code and message, from any thread; x's
+ * AccumulateGrad (which waits for every branch) never runs, so x.grad is
+ * untouched; nothing leaks; with retain_graph the same graph then runs
+ * once the hooks are removed.
+ */
+static void hook_failure_case(int threads, int fail_branch, bool retain)
+{
+	struct ag_backward_opts o = { .retain_graph = retain };
+	struct ag_tensor *x, *loss = NULL, *g;
+	struct ag_hook *h[FK];
+	struct fail_ctx fc[FK];
+	atomic_int worker_failed = 0;
+	int64_t n = 4;
+	double want = 0;
+
+	cr_assert_eq(ag_set_num_threads(threads), 0);
+	x = ag_ones(AG_F64, 1, &n);
+	cr_assert_eq(ag_tensor_set_requires_grad(x, true), 0);
+	for (int k = 0; k < FK; k++) {
+		struct ag_tensor *y = ag_mul_scalar(x, k + 1), *s = ag_sum(y);
+
+		fc[k] = (struct fail_ctx){ k, fail_branch, &worker_failed };
+		h[k] = ag_tensor_register_hook(y, failing_hook, &fc[k]);
+		cr_assert(h[k]);
+		if (loss) {
+			struct ag_tensor *t = ag_add(loss, s);
+
+			ag_tensor_put(loss);
+			ag_tensor_put(s);
+			loss = t;
+		} else {
+			loss = s;
+		}
+		ag_tensor_put(y);
+		want += k + 1;
+	}
+	ag_clear_error();
+	cr_assert_eq(ag_backward(loss, NULL, &o), -AG_ENOMEM, "got: %s",
+		     ag_errmsg());
+	cr_assert(
+		strstr(ag_errmsg(),
+		       "a tensor hook on MulBackward (gradient slot 0) failed: hook "),
+		"message: %s", ag_errmsg());
+	AG_ASSERT_ERR(AG_ENOMEM, "out of memory (simulated)");
+	if (fail_branch < 0)
+		cr_assert(atomic_load(&worker_failed));
+	cr_assert_null(ag_tensor_grad(x));
+	for (int k = 0; k < FK; k++)
+		ag_hook_remove(h[k]);
+	if (retain) {
+		cr_assert_eq(ag_backward(loss, NULL, NULL), 0, "%s",
+			     ag_errmsg());
+		g = ag_tensor_grad(x);
+		cr_assert(g);
+		for (int i = 0; i < n; i++)
+			cr_assert_eq(ag__get(g, i), want);
+		ag_tensor_put(g);
+	} else {
+		/* the nodes that ran (the root at least) freed their buffers */
+		cr_assert_eq(ag_backward(loss, NULL, NULL), -AG_EFREED);
+		ag_clear_error();
+		cr_assert_null(ag_tensor_grad(x));
+	}
+	ag_tensor_put(loss);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(hooks, failing_hook_fails_backward_1_thread)
+{
+	hook_failure_case(1, 3, true);
+}
+
+Test(hooks, failing_hook_fails_backward_1_thread_graph_freed)
+{
+	hook_failure_case(1, 0, false);
+}
+
+Test(hooks, failing_hook_on_a_worker_fails_backward_4_threads)
+{
+	hook_failure_case(4, -1, true);
+}
+
+Test(hooks, failing_hook_fails_backward_4_threads_graph_freed)
+{
+	hook_failure_case(4, 5, false);
+}
+
+/* Returning NULL with no error of its own keeps the gradient. */
+static struct ag_tensor *recovering_hook(struct ag_tensor *g, void *arg)
+{
+	struct calls *c = arg;
+
+	(void)g;
+	c->n++;
+	/* a failure the hook handles itself, then clears */
+	ag_set_error(AG_ENOMEM, "recovered");
+	ag_clear_error();
+	return NULL;
+}
+
+Test(hooks, null_return_with_no_error_of_its_own_keeps_gradient)
+{
+	struct ag_tensor *x = leaf_of(REF_X, 4), *y, *loss, *g;
+	struct calls c = { 0, 0 };
+	struct ag_hook *h, *h2;
+
+	loss = forward(x, &y);
+	h = ag_tensor_register_hook(y, recovering_hook, &c);
+	h2 = ag_tensor_register_hook(x, keep_hook, &c);
+	/* an error from before backward is not the hooks' */
+	cr_assert_eq(ag_set_error(-AG_ESHAPE, "stale %d", 7), -AG_ESHAPE);
+	cr_assert_eq(ag_backward(loss, NULL, NULL), 0, "%s", ag_errmsg());
+	cr_assert_eq(c.n, 2);
+	g = ag_tensor_grad(x);
+	for (int i = 0; i < 4; i++)
+		cr_assert_float_eq(ag__get(g, i), REF_LEAF_HOOK_XGRAD[i] / 2,
+				   1e-12);
+	ag_tensor_put(g);
+	ag_hook_remove(h);
+	ag_hook_remove(h2);
+	ag_tensor_put(loss);
 	ag_tensor_put(y);
 	ag_tensor_put(x);
 	AG_ASSERT_NO_LEAKS();

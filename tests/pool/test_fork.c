@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
 /*
  * fork() with a running pool: the child starts a fresh pool on first use
- * and gets the right results; the parent's pool keeps working.
+ * and gets the right results; the parent's pool keeps working.  And fork()
+ * while another thread holds the library's global locks (custom function
+ * names, hook lists): the child can still use them.
  */
 #include <pthread.h>
 #include <signal.h>
@@ -12,9 +14,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <ag/ag.h>
 #include <ag/pool.h>
 
 #include "../tsan/tap.h"
+#include "../tsan/watchdog.h"
 #include "internal.h"
 #include "pool/pool.h"
 #include "util.h"
@@ -193,11 +197,160 @@ static int test_exit_while_busy(void)
 	return 0;
 }
 
+/* ---- fork while another thread uses custom functions and hooks ---- */
+
+#define NNAMES 200
+#define FN_N 8
+
+static char fn_name[NNAMES][24];
+static struct ag_function_ops fn_ops[NNAMES];
+
+/* y = 2 x */
+static int twice_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
+		     struct ag_tensor **out, int nout)
+{
+	(void)ctx;
+	(void)nin;
+	(void)nout;
+	out[0] = ag_mul_scalar(in[0], 2.0);
+	return out[0] ? 0 : -ag_errcode();
+}
+
+static int twice_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
+		     struct ag_tensor **gi, int nin)
+{
+	(void)ctx;
+	(void)nout;
+	(void)nin;
+	gi[0] = ag_mul_scalar(g[0], 2.0);
+	return gi[0] ? 0 : -ag_errcode();
+}
+
+/* A hook that changes nothing: it only makes the node grow a hook list. */
+static struct ag_tensor *keep_hook(struct ag_tensor *g, void *arg)
+{
+	(void)g;
+	(void)arg;
+	return NULL;
+}
+
+/*
+ * sum(f(x)) with a hook on f(x), backward; 0 when x.grad is 2 everywhere.
+ * A new function name walks the whole name list under its lock; a hook
+ * on a new node allocates its list under the hook allocation lock.
+ */
+static int apply_and_backward(const struct ag_function_ops *f)
+{
+	struct ag_scope *s = ag_scope_begin();
+	int64_t n = FN_N;
+	struct ag_tensor *x = ag_ones(AG_F64, 1, &n), *y = NULL, *g;
+	struct ag_hook *h = NULL;
+	int rc = -1;
+
+	ag_tensor_set_requires_grad(x, true);
+	if (ag_function_apply(f, &x, 1, &y, 1, NULL))
+		goto out;
+	h = ag_tensor_register_hook(y, keep_hook, NULL);
+	if (!h || ag_backward(ag_sum(y), NULL, NULL))
+		goto out;
+	g = ag_tensor_grad(x);
+	rc = 0;
+	for (int i = 0; i < FN_N; i++)
+		if (!g || ag__get(g, i) != 2.0)
+			rc = -1;
+out:
+	ag_hook_remove(h);
+	ag_scope_end(s);
+	return rc;
+}
+
+static void *hammer(void *arg)
+{
+	atomic_int *stop = arg;
+
+	for (int i = 0; !atomic_load(stop); i++)
+		if (apply_and_backward(&fn_ops[(i * 7) % NNAMES]))
+			atomic_store(stop, 2);
+	return NULL;
+}
+
+/* The child: a name no thread used yet, so fn_names takes its lock. */
+static int fork_child_apply(void)
+{
+	static const struct ag_function_ops child_fn = {
+		.name = "ForkChildTwice",
+		.forward = twice_fwd,
+		.backward = twice_bwd,
+	};
+
+	if (apply_and_backward(&child_fn))
+		return 1;
+	if (ag__live_nodes() < 0)
+		return 2;
+	return 0;
+}
+
+/*
+ * Issue 12, item 4: a child forked while the hammer held the function name
+ * table's lock deadlocked on its first apply of a new function.
+ */
+static int test_fork_while_applying(void)
+{
+	enum { FORKS = 300 };
+	atomic_int stop = 0;
+	pthread_t th;
+	int bad = 0;
+
+	watchdog_arm("fork while applying", 100);
+	for (int i = 0; i < NNAMES; i++) {
+		snprintf(fn_name[i], sizeof(fn_name[i]), "HammerTwice%d", i);
+		fn_ops[i] = (struct ag_function_ops){ .name = fn_name[i],
+						      .forward = twice_fwd,
+						      .backward = twice_bwd };
+		TAP_CHECK(apply_and_backward(&fn_ops[i]) == 0);
+	}
+	TAP_CHECK(pthread_create(&th, NULL, hammer, &stop) == 0);
+	for (int i = 0; i < SCALE(FORKS) && !bad; i++) {
+		uint64_t t0 = now_ns();
+		int status = 0;
+		pid_t pid, r;
+
+		fflush(stdout);
+		pid = fork();
+		if (pid < 0) {
+			bad = -1;
+			break;
+		}
+		if (pid == 0)
+			_exit(fork_child_apply());
+		while ((r = waitpid(pid, &status, WNOHANG)) == 0 &&
+		       now_ns() - t0 < 20000000000ull)
+			usleep(200);
+		if (r == 0) {
+			printf("# fork %d: the child hung\n", i);
+			kill(pid, SIGKILL);
+			waitpid(pid, &status, 0);
+			bad = 1;
+		} else if (!WIFEXITED(status) || WEXITSTATUS(status)) {
+			printf("# fork %d: child status %#x\n", i, status);
+			bad = 2;
+		}
+	}
+	if (!atomic_load(&stop))
+		atomic_store(&stop, 1);
+	pthread_join(th, NULL);
+	watchdog_disarm();
+	TAP_CHECK(bad == 0);
+	TAP_CHECK(atomic_load(&stop) == 1); /* the hammer's own checks */
+	return 0;
+}
+
 static const struct tap_test tests[] = {
 	TAP_TEST(test_fork_before_first_use),
 	TAP_TEST(test_env_trace_written_at_exit),
 	TAP_TEST(test_fork_with_running_pool),
 	TAP_TEST(test_exit_while_busy),
+	TAP_TEST(test_fork_while_applying),
 	{ 0 },
 };
 

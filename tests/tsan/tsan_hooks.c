@@ -7,11 +7,16 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <string.h>
+#include <unistd.h>
 
 #include <ag/ag.h>
+#include <ag/pool.h>
 
 #include "internal.h"
+#include "pool/pool.h"
 #include "tap.h"
+#include "watchdog.h"
 
 #define ROUNDS 300
 
@@ -97,8 +102,74 @@ static int test_register_remove_during_backward(void)
 	return 0;
 }
 
+/*
+ * A hook that fails on a pool worker: its code and message reach the
+ * thread that called backward (issue 12, item 9), with no race on the way.
+ */
+#define FB 8
+
+static atomic_int worker_failed;
+
+static struct ag_tensor *fail_on_worker(struct ag_tensor *g, void *arg)
+{
+	(void)g;
+	if (ag__pool_is_worker()) {
+		atomic_store(&worker_failed, 1);
+		ag_set_error(AG_ENOMEM, "hook %d: simulated failure",
+			     (int)(intptr_t)arg);
+		return NULL;
+	}
+	/* the caller holds on so that a worker runs another branch */
+	for (int i = 0; i < 50000 && !atomic_load(&worker_failed); i++)
+		usleep(100);
+	return NULL;
+}
+
+static int test_hook_error_from_a_worker(void)
+{
+	int64_t n = 16;
+
+	watchdog_arm("hook error from a worker", 60);
+	TAP_CHECK(ag_set_num_threads(4) == 0);
+	for (int r = 0; r < 10; r++) {
+		struct ag_scope *s = ag_scope_begin();
+		struct ag_tensor *x = ag_ones(AG_F64, 1, &n), *loss = NULL;
+		struct ag_hook *h[FB];
+		int rc;
+
+		atomic_store(&worker_failed, 0);
+		ag_tensor_set_requires_grad(x, true);
+		for (int k = 0; k < FB; k++) {
+			struct ag_tensor *y = ag_mul_scalar(x, k + 1);
+
+			h[k] = ag_tensor_register_hook(y, fail_on_worker,
+						       (void *)(intptr_t)k);
+			loss = loss ? ag_add(loss, ag_sum(y)) : ag_sum(y);
+		}
+		ag_clear_error();
+		rc = ag_backward(loss, NULL, NULL);
+		TAP_CHECKF(rc == -AG_ENOMEM, "round %d: %d %s", r, rc,
+			   ag_errmsg());
+		TAP_CHECK(atomic_load(&worker_failed));
+		TAP_CHECKF(strstr(ag_errmsg(),
+				  "a tensor hook on MulBackward") &&
+				   strstr(ag_errmsg(), "simulated failure"),
+			   "message: %s", ag_errmsg());
+		TAP_CHECK(ag_tensor_grad(x) == NULL);
+		for (int k = 0; k < FB; k++)
+			ag_hook_remove(h[k]);
+		ag_scope_end(s);
+	}
+	watchdog_disarm();
+	TAP_CHECK(ag__live_tensors() == 0);
+	TAP_CHECK(ag__live_nodes() == 0);
+	TAP_CHECK(ag__live_hooks() == 0);
+	return 0;
+}
+
 static const struct tap_test tests[] = {
 	TAP_TEST(test_register_remove_during_backward),
+	TAP_TEST(test_hook_error_from_a_worker),
 	{ 0 },
 };
 

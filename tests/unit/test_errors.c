@@ -72,6 +72,7 @@ Test(errors, strerror_names)
 		{ AG_ENAN, "AG_ENAN" },
 		{ AG_EIO, "AG_EIO" },
 		{ AG_EINTERNAL, "AG_EINTERNAL" },
+		{ AG_EBUSY, "AG_EBUSY" },
 	};
 
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
@@ -79,7 +80,7 @@ Test(errors, strerror_names)
 		cr_assert_str_eq(ag_strerror(-names[i].code), names[i].name);
 	}
 	cr_assert_eq(AG_EINVAL, 1);
-	cr_assert_str_eq(ag_strerror(AG_EINTERNAL + 1), "AG_E?");
+	cr_assert_str_eq(ag_strerror(AG_EBUSY + 1), "AG_E?");
 	cr_assert_str_eq(ag_strerror(1000), "AG_E?");
 	cr_assert_str_eq(ag_strerror(INT_MIN), "AG_E?");
 	cr_assert_str_eq(ag_strerror(INT_MAX), "AG_E?");
@@ -160,5 +161,21 @@ Test(errors, per_thread)
 	cr_assert(strstr(e.msg, "ag_slice: argument 'a' is NULL"), "%s", e.msg);
 	/* this thread's error is untouched */
 	AG_ASSERT_ERR(AG_EINVAL, "ag_arange: step -1 does not lead");
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(errors, set_error_for_callbacks)
+{
+	ag_clear_error();
+	cr_assert_eq(ag_set_error(AG_ESHAPE, "shape %d x %s", 3, "four"),
+		     -AG_ESHAPE);
+	cr_assert_eq(ag_errcode(), AG_ESHAPE);
+	cr_assert_str_eq(ag_errmsg(), "shape 3 x four");
+	cr_assert_eq(ag_set_error(-AG_ENOMEM, NULL), -AG_ENOMEM);
+	cr_assert_eq(ag_errcode(), AG_ENOMEM);
+	cr_assert_str_eq(ag_errmsg(), "AG_ENOMEM");
+	cr_assert_eq(ag_set_error(0, "ignored"), 0);
+	cr_assert_eq(ag_errcode(), 0);
+	cr_assert_str_eq(ag_errmsg(), "");
 	AG_ASSERT_NO_LEAKS();
 }
