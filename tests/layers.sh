@@ -91,9 +91,22 @@ for f in $(find engine simd nn -name '*.[ch]' 2>/dev/null | sort); do
 	done <"${TMPDIR:-/tmp}/layers.$$"
 	rm -f "${TMPDIR:-/tmp}/layers.$$"
 done
+# One allocation choke point (engine/alloc.c): nothing else in the library
+# calls the C allocator, so out-of-memory is reported one way and the fault
+# injector reaches every allocation.  (Comments are skipped.)
+direct=$(grep -rnE '(^|[^A-Za-z0-9_>.])(malloc|calloc|realloc|aligned_alloc|posix_memalign|strdup|free)[[:space:]]*\(' \
+	engine simd --include='*.c' --include='*.h' |
+	grep -v -e '^engine/alloc\.c:' -e '^simd/bench/' |
+	grep -v -E '^[^:]*:[0-9]+:[[:space:]]*(/?\*|//)' |
+	grep -v -E '/\*.*(malloc|free)\(\).*\*/' || true)
+if [ -n "$direct" ]; then
+	echo "direct C allocator calls outside engine/alloc.c (use ag__malloc & co.):"
+	printf '%s\n' "$direct"
+	status=1
+fi
 if [ "$checked" -eq 0 ]; then
 	echo "layers.sh: no #include lines found under $root" >&2
 	exit 1
 fi
-[ "$status" -eq 0 ] && echo "layers.sh: $checked includes, all one way"
+[ "$status" -eq 0 ] && echo "layers.sh: $checked includes, all one way; one allocator"
 exit $status

@@ -171,12 +171,12 @@ static struct ag_tensor *bn_fwd(const struct bn_args *a, struct ag_tensor *xc,
 {
 	struct bn_dims d = bn_dims(xc);
 	struct ag_tensor *y = ag__tensor_like(xc);
-	double *ab = malloc((size_t)(2 * d.c + 1) * sizeof(double));
+	double *ab = ag__malloc((size_t)(2 * d.c + 1) * sizeof(double));
 
 	if (!y || !ab) {
 		if (!ab)
 			ag__err(AG_ENOMEM, "ag_batch_norm: out of memory");
-		free(ab);
+		ag__mfree(ab);
 		ag_tensor_put(y);
 		return NULL;
 	}
@@ -213,7 +213,7 @@ static struct ag_tensor *bn_fwd(const struct bn_args *a, struct ag_tensor *xc,
 	}
 	if (d.count)
 		bn_affine(xc, y, &d, ab, ab + d.c);
-	free(ab);
+	ag__mfree(ab);
 	if (a->training && a->rm && d.count) {
 		ag__storage_bump(a->rm->storage, "ag_batch_norm");
 		ag__storage_bump(a->rv->storage, "ag_batch_norm");
@@ -314,7 +314,7 @@ static int bn_plain_grads(struct bn_node *b, struct ag_tensor *g,
 	gc = xc ? dense(g) : NULL;
 	if (!gc)
 		goto fail;
-	m = malloc((size_t)(7 * d.c + 1) * sizeof(double));
+	m = ag__malloc((size_t)(7 * d.c + 1) * sizeof(double));
 	if (!m) {
 		ag__err(AG_ENOMEM, "BatchNormBackward: out of memory");
 		goto fail;
@@ -358,7 +358,7 @@ fail:
 	if (!rc)
 		rc = -AG_ENOMEM;
 done:
-	free(m);
+	ag__mfree(m);
 	ag_tensor_put(x);
 	ag_tensor_put(w);
 	ag_tensor_put(sm);

@@ -295,7 +295,7 @@ static void *cols_alloc(struct conv_run *r)
 
 	/* k * l * es was checked against SIZE_MAX when the op was set up */
 	n = (size_t)r->gm->k * (size_t)r->gm->l * es;
-	p = malloc(n ? n : 1);
+	p = ag__malloc(n ? n : 1);
 	if (!p)
 		atomic_store(&r->oom, true);
 	return p;
@@ -352,7 +352,7 @@ static void fwd_chunk(int64_t begin, int64_t end, void *arg)
 			     ldb, r->bias != NULL, y, gm->l);
 		}
 	}
-	free(cols);
+	ag__mfree(cols);
 }
 
 static void input_chunk(int64_t begin, int64_t end, void *arg)
@@ -386,7 +386,7 @@ static void input_chunk(int64_t begin, int64_t end, void *arg)
 				col2im(r->dt, gm, cols, dxg);
 		}
 	}
-	free(cols);
+	ag__mfree(cols);
 }
 
 static void weight_chunk(int64_t begin, int64_t end, void *arg)
@@ -431,7 +431,7 @@ static void weight_chunk(int64_t begin, int64_t end, void *arg)
 			}
 		}
 	}
-	free(cols);
+	ag__mfree(cols);
 }
 
 /* ---- plain (unrecorded) ops ---- */
@@ -571,7 +571,7 @@ static struct ag_tensor *conv_weight(const struct conv_geom *gm,
 	}
 	r.per_block = (gm->n + nb - 1) / nb;
 	nb = (gm->n + r.per_block - 1) / r.per_block;
-	if (nb > 1 && !(r.parts = malloc((size_t)(nb * wn) * es))) {
+	if (nb > 1 && !(r.parts = ag__malloc((size_t)(nb * wn) * es))) {
 		atomic_store(&r.oom, true);
 		goto fail;
 	}
@@ -589,10 +589,10 @@ static struct ag_tensor *conv_weight(const struct conv_geom *gm,
 					     r.out, 1);
 		}
 	}
-	free(r.parts);
+	ag__mfree(r.parts);
 	goto done;
 fail:
-	free(r.parts);
+	ag__mfree(r.parts);
 	out = finish_run(&r, out);
 done:
 	ag_tensor_put(gc);

@@ -108,7 +108,7 @@ static void dropout_release(struct ag_node *n)
 {
 	struct dropout_node *d = ag_container_of(n, struct dropout_node, node);
 
-	free(d->mask);
+	ag__mfree(d->mask);
 	d->mask = NULL;
 }
 
@@ -206,7 +206,7 @@ struct ag_tensor *ag_dropout(struct ag_tensor *a, double p, bool training,
 	c.keep = 1.0 - p;
 	c.dt = a->dtype;
 	c.scale = kept_scale(a->dtype, p);
-	c.mask = malloc((size_t)((a->numel + 63) / 64) * sizeof(uint64_t));
+	c.mask = ag__malloc((size_t)((a->numel + 63) / 64) * sizeof(uint64_t));
 	out = ag_tensor_is_contiguous(a) ? ag__tensor_like(a) :
 					   ag__contiguous_copy(a);
 	if (!c.mask || !out) {
@@ -225,7 +225,7 @@ struct ag_tensor *ag_dropout(struct ag_tensor *a, double p, bool training,
 		over_words(&c, draw_words);
 	}
 	if (!ag__should_record(&a, 1)) {
-		free(c.mask);
+		ag__mfree(c.mask);
 		return ag__ret(out);
 	}
 	d = (struct dropout_node *)ag__node_alloc(&dropout_ops, sizeof(*d), 0,
@@ -237,7 +237,7 @@ struct ag_tensor *ag_dropout(struct ag_tensor *a, double p, bool training,
 	d->mask = c.mask;
 	return ag__finish(out, &d->node, &a, 1, fn);
 fail:
-	free(c.mask);
+	ag__mfree(c.mask);
 	ag_tensor_put(out);
 	return NULL;
 }

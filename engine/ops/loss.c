@@ -186,7 +186,7 @@ static struct cl_geom cl_geom(const struct ag_tensor *x)
 static int64_t *cl_targets(const char *fn, struct ag_tensor *t, int64_t c,
 			   int64_t ignore)
 {
-	int64_t *v = malloc((size_t)(t->numel ? t->numel : 1) * sizeof(*v));
+	int64_t *v = ag__malloc((size_t)(t->numel ? t->numel : 1) * sizeof(*v));
 
 	if (!v) {
 		ag__err(AG_ENOMEM, "%s: out of memory", fn);
@@ -198,7 +198,7 @@ static int64_t *cl_targets(const char *fn, struct ag_tensor *t, int64_t c,
 			ag__err(AG_EINVAL,
 				"%s: target %ld at row %ld is out of range for %ld classes",
 				fn, (long)v[r], (long)r, (long)c);
-			free(v);
+			ag__mfree(v);
 			return NULL;
 		}
 	}
@@ -439,7 +439,7 @@ static int cl_apply(struct ag_node *n, struct ag_tensor **grads,
 	if (!t || (n->saved[2].defined && !w) ||
 	    (l->ce && !(x = ag__unpack(n, 0))))
 		goto fail;
-	tv = malloc((size_t)(t->numel ? t->numel : 1) * sizeof(*tv));
+	tv = ag__malloc((size_t)(t->numel ? t->numel : 1) * sizeof(*tv));
 	a.x = x ? dense(x) : NULL;
 	a.w = wc = w ? dense(w) : NULL;
 	if (!tv || (x && !a.x) || (w && !wc)) {
@@ -456,7 +456,7 @@ fail:
 	if (!rc)
 		rc = -AG_ENOMEM;
 done:
-	free(tv);
+	ag__mfree(tv);
 	ag_tensor_put(a.x);
 	ag_tensor_put(x);
 	ag_tensor_put(t);
@@ -534,7 +534,7 @@ static struct ag_tensor *class_loss(const char *fn, bool ce,
 	a.w = wc = o->weight ? dense(o->weight) : NULL;
 	if (xc && (wc || !o->weight))
 		out = cl_fwd(fn, &a, t, o->reduction, &scale);
-	free(tv);
+	ag__mfree(tv);
 	ag_tensor_put(xc);
 	ag_tensor_put(wc);
 	if (!out || !ag__should_record(&x, 1))
