@@ -22,15 +22,32 @@ void ag__walk_init(struct ag_walk *w, int ndim, const int64_t *shape, int nop,
 	w->empty = false;
 	for (int k = 0; k < nop; k++)
 		w->base[k] = base ? base[k] : 0;
+	/*
+	 * An empty shape visits nothing; its other sizes may be anything up
+	 * to INT64_MAX (only the element count is bounded), so nothing below
+	 * may multiply them.
+	 */
+	for (int d = 0; d < ndim; d++) {
+		if (shape[d] == 0) {
+			w->empty = true;
+			w->ndim = 0;
+			w->inner = 0;
+			return;
+		}
+	}
 	for (int d = ndim - 1; d >= 0; d--) {
 		bool merge = n > 0;
 
-		if (shape[d] == 0)
-			w->empty = true;
 		if (shape[d] <= 1)
 			continue;
-		for (int k = 0; k < nop && merge; k++)
-			merge = strides[k][d] == st[k][n - 1] * size[n - 1];
+		for (int k = 0; k < nop && merge; k++) {
+			int64_t run;
+
+			/* a run too long to address is no run */
+			merge = !__builtin_mul_overflow(st[k][n - 1],
+							size[n - 1], &run) &&
+				strides[k][d] == run;
+		}
 		if (merge) {
 			size[n - 1] *= shape[d];
 			continue;
