@@ -16,8 +16,6 @@
 
 #include "alloc.h"
 
-#define AG_HIDDEN __attribute__((visibility("hidden")))
-
 #define ag_container_of(ptr, type, member) \
 	((type *)((char *)(ptr)-offsetof(type, member)))
 
@@ -349,7 +347,7 @@ double ag__get(const struct ag_tensor *t, int64_t i);
  * of this thread, if any.  Every public function that returns a new tensor
  * reference passes it through here.
  */
-struct ag_tensor *ag__ret(struct ag_tensor *t);
+struct ag_tensor *ag__scope_add(struct ag_tensor *t);
 
 /* This thread's default generator, reseeded by ag_manual_seed (rng.c). */
 struct ag_generator *ag__default_generator(void);

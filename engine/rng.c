@@ -99,7 +99,7 @@ static struct ag_tensor *random_tensor(const char *fn, struct ag_generator *g,
 		else
 			((double *)t->storage->data)[i] = v;
 	}
-	return ag__ret(t);
+	return ag__scope_add(t);
 }
 
 struct ag_tensor *ag_rand(struct ag_generator *g, enum ag_dtype dt, int ndim,

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 /*
- * Scopes: an autorelease pool per thread.  ag__ret() is the one place every
+ * Scopes: an autorelease pool per thread.  ag__scope_add() is the one place every
  * returned tensor reference passes, so recording costs one TLS load when no
  * scope is open.
  */
@@ -49,7 +49,7 @@ void ag_scope_end(struct ag_scope *s)
 	ag__mfree(s);
 }
 
-struct ag_tensor *ag__ret(struct ag_tensor *t)
+struct ag_tensor *ag__scope_add(struct ag_tensor *t)
 {
 	struct ag_scope *s = scope_top;
 

@@ -318,7 +318,7 @@ static void fill_value(struct ag_tensor *t, double v)
 
 struct ag_tensor *ag_empty(enum ag_dtype dt, int ndim, const int64_t *shape)
 {
-	return ag__ret(ag__tensor_new("ag_empty", dt, ndim, shape));
+	return ag__scope_add(ag__tensor_new("ag_empty", dt, ndim, shape));
 }
 
 struct ag_tensor *ag_zeros(enum ag_dtype dt, int ndim, const int64_t *shape)
@@ -327,7 +327,7 @@ struct ag_tensor *ag_zeros(enum ag_dtype dt, int ndim, const int64_t *shape)
 
 	if (t)
 		memset(t->storage->data, 0, t->storage->nbytes);
-	return ag__ret(t);
+	return ag__scope_add(t);
 }
 
 static bool int_value_ok(const char *fn, enum ag_dtype dt, double v)
@@ -350,7 +350,7 @@ struct ag_tensor *ag_full(enum ag_dtype dt, int ndim, const int64_t *shape,
 	t = ag__tensor_new("ag_full", dt, ndim, shape);
 	if (t)
 		fill_value(t, v);
-	return ag__ret(t);
+	return ag__scope_add(t);
 }
 
 struct ag_tensor *ag_ones(enum ag_dtype dt, int ndim, const int64_t *shape)
@@ -359,7 +359,7 @@ struct ag_tensor *ag_ones(enum ag_dtype dt, int ndim, const int64_t *shape)
 
 	if (t)
 		fill_value(t, 1.0);
-	return ag__ret(t);
+	return ag__scope_add(t);
 }
 
 struct ag_tensor *ag_scalar(enum ag_dtype dt, double v)
@@ -371,7 +371,7 @@ struct ag_tensor *ag_scalar(enum ag_dtype dt, double v)
 	t = ag__tensor_new("ag_scalar", dt, 0, NULL);
 	if (t)
 		fill_value(t, v);
-	return ag__ret(t);
+	return ag__scope_add(t);
 }
 
 struct ag_tensor *ag_arange(enum ag_dtype dt, double start, double end,
@@ -423,7 +423,7 @@ struct ag_tensor *ag_arange(enum ag_dtype dt, double start, double end,
 			break;
 		}
 	}
-	return ag__ret(t);
+	return ag__scope_add(t);
 }
 
 struct ag_tensor *ag_from_data(enum ag_dtype dt, int ndim, const int64_t *shape,
@@ -438,7 +438,7 @@ struct ag_tensor *ag_from_data(enum ag_dtype dt, int ndim, const int64_t *shape,
 	t = ag__tensor_new("ag_from_data", dt, ndim, shape);
 	if (t)
 		memcpy(t->storage->data, data, t->storage->nbytes);
-	return ag__ret(t);
+	return ag__scope_add(t);
 }
 
 struct ag_tensor *ag_from_blob(enum ag_dtype dt, int ndim, const int64_t *shape,
@@ -494,7 +494,7 @@ struct ag_tensor *ag_from_blob(enum ag_dtype dt, int ndim, const int64_t *shape,
 	if (ndim)
 		memcpy(t->shape, shape, sizeof(*shape) * ndim);
 	ag__contiguous_strides(ndim, t->shape, t->strides);
-	return ag__ret(t);
+	return ag__scope_add(t);
 }
 
 /* ---- geometry ---- */

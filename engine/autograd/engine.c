@@ -857,7 +857,7 @@ static void node_task_run(struct ag_task *t)
 	run_from(gt, gt->nodes[st->idx]);
 }
 
-static int execute(struct ag_graph_task *gt)
+static int wait_graph(struct ag_graph_task *gt)
 {
 	int err;
 
@@ -883,7 +883,7 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 
 	if (!rn)
 		return -AG_ENOMEM; /* ag__calloc set the error */
-	ag__pool_enter(); /* no resize until execute() has returned */
+	ag__pool_enter(); /* no resize until wait_graph() has returned */
 	ag__group_init(&gt->group);
 	atomic_init(&gt->err, 0);
 	gt->mode = (struct ag_tls_mode){ .grad = gt->create,
@@ -963,7 +963,7 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 	if (first)
 		run_from(gt, first);
 	if (!rc)
-		rc = execute(gt);
+		rc = wait_graph(gt);
 	ag__pool_leave();
 	ag__scope_resume(scope);
 	ag__mfree(rn);
@@ -1071,7 +1071,7 @@ int ag_grad(struct ag_tensor *const *outputs,
 	}
 	if (!rc) {
 		for (int i = 0; i < nin; i++) {
-			grads[i] = ag__ret(gt.caps[i].grad);
+			grads[i] = ag__scope_add(gt.caps[i].grad);
 			gt.caps[i].grad = NULL;
 		}
 	}

@@ -868,7 +868,7 @@ int ag_function_apply(const struct ag_function_ops *f,
 			out[j] = NULL;
 			continue;
 		}
-		out[j] = ag__ret(out[j]);
+		out[j] = ag__scope_add(out[j]);
 		if (!out[j]) {
 			/* earlier outputs belong to the scope now */
 			rc = -ag_errcode();

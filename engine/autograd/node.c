@@ -259,7 +259,7 @@ struct ag_tensor *ag_tensor_grad(struct ag_tensor *t)
 	pthread_mutex_lock(&c->lock);
 	g = ag_tensor_get(c->grad);
 	pthread_mutex_unlock(&c->lock);
-	return ag__ret(g);
+	return ag__scope_add(g);
 }
 
 int ag_tensor_zero_grad(struct ag_tensor *t)
@@ -379,7 +379,7 @@ struct ag_tensor *ag_node_saved(struct ag_node *n, const char *name)
 	}
 	for (int i = 0; i < n->num_saved; i++)
 		if (!strcmp(n->ops->saved_names[i], name))
-			return ag__ret(ag__unpack(n, i));
+			return ag__scope_add(ag__unpack(n, i));
 	ag__err(AG_EINVAL, "ag_node_saved: %s has no saved tensor named '%s'",
 		n->ops->name, name);
 	return NULL;

@@ -641,7 +641,8 @@ struct ag_tensor *ag_batch_norm(struct ag_tensor *x,
 	struct ag_tensor *in[3] = { x, weight, bias };
 	struct ag_tensor *xc = NULL, *mean = NULL, *invstd = NULL, *y = NULL;
 
-	AG_CHECK_ARG("ag_batch_norm", x);
+	if (!x)
+		return ag__null_arg("ag_batch_norm", "x");
 	if (bn_check(&a))
 		return NULL;
 	xc = ag_tensor_is_contiguous(x) ? ag_tensor_get(x) :
@@ -653,7 +654,7 @@ struct ag_tensor *ag_batch_norm(struct ag_tensor *x,
 	if (y && ag__should_record(in, 3))
 		y = bn_record(&a, y, mean, invstd);
 	else
-		y = ag__ret(y);
+		y = ag__scope_add(y);
 	ag_tensor_put(mean);
 	ag_tensor_put(invstd);
 	return y;

@@ -328,11 +328,13 @@ static struct ag_tensor *binary(const char *fn, const struct ag_node_ops *ops,
 	bool save_a = false, save_b = false, bcast;
 	size_t nsaved;
 
-	AG_CHECK_ARG(fn, a);
-	AG_CHECK_ARG(fn, b);
+	if (!a)
+		return ag__null_arg(fn, "a");
+	if (!b)
+		return ag__null_arg(fn, "b");
 	out = ag__binary_fwd(fn, op, a, b);
 	if (!out || !ag__should_record(in, 2))
-		return ag__ret(out);
+		return ag__scope_add(out);
 	bcast = !same_shape(a, out) || !same_shape(b, out);
 	nsaved = op == AG_K_ADD || op == AG_K_SUB ? 0 : 2;
 	n = (struct binary_node *)ag__node_alloc(

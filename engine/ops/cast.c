@@ -75,17 +75,18 @@ struct ag_tensor *ag_to(struct ag_tensor *a, enum ag_dtype dtype)
 	struct ag_tensor *out;
 	struct to_node *t;
 
-	AG_CHECK_ARG("ag_to", a);
+	if (!a)
+		return ag__null_arg("ag_to", "a");
 	if (ag__check_dtype("ag_to", dtype))
 		return NULL;
 	if (a->dtype == dtype)
-		return ag__ret(ag_tensor_get(a));
+		return ag__scope_add(ag_tensor_get(a));
 	out = ag__tensor_new("ag_to", dtype, a->ndim, a->shape);
 	if (!out)
 		return NULL;
 	convert(a, out);
 	if (dtype == AG_I64 || a->dtype == AG_I64 || !ag__should_record(&a, 1))
-		return ag__ret(out);
+		return ag__scope_add(out);
 	t = (struct to_node *)ag__node_alloc(&to_ops, sizeof(*t), 0, 1, 1, NULL,
 					     0);
 	if (!t) {

@@ -368,7 +368,7 @@ struct ag_tensor *ag__finish(struct ag_tensor *out, struct ag_node *n,
 		ag_tensor_put(out);
 		return NULL;
 	}
-	return ag__ret(out);
+	return ag__scope_add(out);
 }
 
 /*

@@ -646,7 +646,7 @@ static struct ag_tensor *conv_op(enum conv_kind kind,
 	else
 		out = conv_weight(gm, a, b);
 	if (!out || !ag__should_record(in, nin))
-		return ag__ret(out);
+		return ag__scope_add(out);
 	c = (struct conv_node *)ag__node_alloc(&conv_ops[kind], sizeof(*c), 0,
 					       1, nin, NULL, 0);
 	if (!c)
@@ -879,8 +879,10 @@ struct ag_tensor *ag_conv2d(struct ag_tensor *x, struct ag_tensor *w,
 {
 	struct conv_geom gm;
 
-	AG_CHECK_ARG("ag_conv2d", x);
-	AG_CHECK_ARG("ag_conv2d", w);
+	if (!x)
+		return ag__null_arg("ag_conv2d", "x");
+	if (!w)
+		return ag__null_arg("ag_conv2d", "w");
 	if (ag__check_same_dtype("ag_conv2d", x, w) ||
 	    (b && ag__check_same_dtype("ag_conv2d", x, b)))
 		return NULL;

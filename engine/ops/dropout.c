@@ -191,7 +191,8 @@ struct ag_tensor *ag_dropout(struct ag_tensor *a, double p, bool training,
 	struct ag_tensor *out = NULL;
 	struct dropout_node *d = NULL;
 
-	AG_CHECK_ARG(fn, a);
+	if (!a)
+		return ag__null_arg(fn, "a");
 	if (!(p >= 0 && p <= 1)) {
 		ag__err(AG_EINVAL,
 			"%s: dropout probability has to be between 0 and 1, but got %g",
@@ -201,7 +202,7 @@ struct ag_tensor *ag_dropout(struct ag_tensor *a, double p, bool training,
 	if (ag__check_float(fn, a))
 		return NULL;
 	if (!training || p == 0 || !a->numel)
-		return ag__ret(ag_tensor_get(a));
+		return ag__scope_add(ag_tensor_get(a));
 	c.numel = a->numel;
 	c.keep = 1.0 - p;
 	c.dt = a->dtype;
@@ -226,7 +227,7 @@ struct ag_tensor *ag_dropout(struct ag_tensor *a, double p, bool training,
 	}
 	if (!ag__should_record(&a, 1)) {
 		ag__mfree(c.mask);
-		return ag__ret(out);
+		return ag__scope_add(out);
 	}
 	d = (struct dropout_node *)ag__node_alloc(&dropout_ops, sizeof(*d), 0,
 						  1, 1, NULL, 0);

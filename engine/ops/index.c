@@ -363,8 +363,10 @@ struct ag_tensor *ag_index_select(struct ag_tensor *a, int dim,
 	const int64_t *iv;
 	char buf[160];
 
-	AG_CHECK_ARG(fn, a);
-	AG_CHECK_ARG(fn, idx);
+	if (!a)
+		return ag__null_arg(fn, "a");
+	if (!idx)
+		return ag__null_arg(fn, "idx");
 	if (check_index_dtype(fn, idx) || ag__wrap_dim(fn, dim, a->ndim, &dim))
 		return NULL;
 	if (idx->ndim > 1 || (!a->ndim && idx->numel != 1)) {
@@ -380,7 +382,7 @@ struct ag_tensor *ag_index_select(struct ag_tensor *a, int dim,
 	out = select_fwd(a, dim, iv, idx->numel);
 	ag_tensor_put(ic);
 	if (!out || !ag__should_record(&a, 1))
-		return ag__ret(out);
+		return ag__scope_add(out);
 	return record_index(&index_select_ops, out, &a, 1, a, dim, idx, fn);
 }
 
@@ -545,8 +547,10 @@ struct ag_tensor *ag_gather(struct ag_tensor *a, int dim, struct ag_tensor *idx)
 	struct pos_walk w;
 	int nd;
 
-	AG_CHECK_ARG(fn, a);
-	AG_CHECK_ARG(fn, idx);
+	if (!a)
+		return ag__null_arg(fn, "a");
+	if (!idx)
+		return ag__null_arg(fn, "idx");
 	if (gather_scatter_args(fn, a, &dim, idx, NULL))
 		return NULL;
 	iv = index_data(fn, idx, dim, a->ndim ? a->shape[dim] : 1, &ic);
@@ -568,7 +572,7 @@ struct ag_tensor *ag_gather(struct ag_tensor *a, int dim, struct ag_tensor *idx)
 		       es);
 	ag_tensor_put(ic);
 	if (!ag__should_record(&a, 1))
-		return ag__ret(out);
+		return ag__scope_add(out);
 	return record_index(&gather_ops, out, &a, 1, a, dim, idx, fn);
 }
 
@@ -595,9 +599,12 @@ struct ag_tensor *ag_scatter_add(struct ag_tensor *a, int dim,
 	struct pos_walk w;
 	int nd;
 
-	AG_CHECK_ARG(fn, a);
-	AG_CHECK_ARG(fn, idx);
-	AG_CHECK_ARG(fn, src);
+	if (!a)
+		return ag__null_arg(fn, "a");
+	if (!idx)
+		return ag__null_arg(fn, "idx");
+	if (!src)
+		return ag__null_arg(fn, "src");
 	if (gather_scatter_args(fn, a, &dim, idx, src))
 		return NULL;
 	if (ag__should_record(&src, 1) && ag__requires_grad(src) &&
@@ -628,7 +635,7 @@ struct ag_tensor *ag_scatter_add(struct ag_tensor *a, int dim,
 			 src->storage->data, w.off[1]);
 	ag_tensor_put(ic);
 	if (!ag__should_record(in, 2))
-		return ag__ret(out);
+		return ag__scope_add(out);
 	return record_index(&scatter_add_ops, out, in, 2, a, dim, idx, fn);
 }
 
@@ -646,8 +653,10 @@ struct ag_tensor *ag_embedding(struct ag_tensor *weight, struct ag_tensor *idx)
 	struct ag_scope *scope;
 	char buf[160];
 
-	AG_CHECK_ARG(fn, weight);
-	AG_CHECK_ARG(fn, idx);
+	if (!weight)
+		return ag__null_arg(fn, "weight");
+	if (!idx)
+		return ag__null_arg(fn, "idx");
 	if (check_index_dtype(fn, idx))
 		return NULL;
 	if (weight->ndim != 2 || idx->ndim >= AG_MAX_DIMS) {
@@ -672,5 +681,5 @@ struct ag_tensor *ag_embedding(struct ag_tensor *weight, struct ag_tensor *idx)
 	ag_tensor_put(flat);
 	ag_tensor_put(sel);
 	ag__scope_resume(scope);
-	return ag__ret(out);
+	return ag__scope_add(out);
 }

@@ -201,7 +201,7 @@ struct ag_tensor *ag_cat(struct ag_tensor *const *ts, int n, int dim)
 		return NULL;
 	}
 	if (!ag__should_record(ts, n))
-		return ag__ret(out);
+		return ag__scope_add(out);
 	return record_cat(out, ts, n, dim);
 }
 
@@ -252,5 +252,5 @@ struct ag_tensor *ag_stack(struct ag_tensor *const *ts, int n, int dim)
 	ag__scope_resume(scope);
 	if (us != u)
 		ag__free(us);
-	return ag__ret(out);
+	return ag__scope_add(out);
 }

@@ -346,13 +346,15 @@ struct ag_tensor *ag_linear(struct ag_tensor *x, struct ag_tensor *w,
 	struct ag_tensor *in[3] = { x, w, b }, *out;
 	struct linear_node *l = NULL;
 
-	AG_CHECK_ARG("ag_linear", x);
-	AG_CHECK_ARG("ag_linear", w);
+	if (!x)
+		return ag__null_arg("ag_linear", "x");
+	if (!w)
+		return ag__null_arg("ag_linear", "w");
 	if (linear_check(x, w, b))
 		return NULL;
 	out = linear_fwd(x, w, b);
 	if (!out || !ag__should_record(in, 3))
-		return ag__ret(out);
+		return ag__scope_add(out);
 	l = (struct linear_node *)ag__node_alloc(&linear_ops, sizeof(*l), 0, 1,
 						 3, NULL, 0);
 	if (!l)

@@ -74,8 +74,10 @@ struct ag_tensor *ag_mse_loss_ex(struct ag_tensor *a, struct ag_tensor *b,
 	struct ag_tensor *d, *sq = NULL, *r = NULL;
 	struct ag_scope *scope;
 
-	AG_CHECK_ARG(fn, a);
-	AG_CHECK_ARG(fn, b);
+	if (!a)
+		return ag__null_arg(fn, "a");
+	if (!b)
+		return ag__null_arg(fn, "b");
 	if (!o)
 		o = &default_opts;
 	if (opts_check(fn, o, false, false, false, false) ||
@@ -92,7 +94,7 @@ struct ag_tensor *ag_mse_loss_ex(struct ag_tensor *a, struct ag_tensor *b,
 	ag_tensor_put(d);
 	ag_tensor_put(sq);
 	ag__scope_resume(scope);
-	return ag__ret(r);
+	return ag__scope_add(r);
 }
 
 struct ag_tensor *ag_mse_loss(struct ag_tensor *a, struct ag_tensor *b)
@@ -517,8 +519,10 @@ static struct ag_tensor *class_loss(const char *fn, bool ce,
 	int64_t *tv = NULL;
 	double scale;
 
-	AG_CHECK_ARG(fn, x);
-	AG_CHECK_ARG(fn, t);
+	if (!x)
+		return ag__null_arg(fn, "x");
+	if (!t)
+		return ag__null_arg(fn, "t");
 	if (!o)
 		o = &default_opts;
 	if (opts_check(fn, o, true, false, ce, true) || cl_check(fn, x, t, o))
@@ -538,7 +542,7 @@ static struct ag_tensor *class_loss(const char *fn, bool ce,
 	ag_tensor_put(xc);
 	ag_tensor_put(wc);
 	if (!out || !ag__should_record(&x, 1))
-		return ag__ret(out);
+		return ag__scope_add(out);
 	l = (struct cl_node *)ag__node_alloc(ce ? &ce_ops : &nll_ops,
 					     sizeof(*l), 0, 1, 1, NULL, 0);
 	if (!l)
@@ -905,8 +909,10 @@ struct ag_tensor *ag_bce_with_logits_ex(struct ag_tensor *logits,
 	struct bce_in b;
 	char s1[160], s2[160];
 
-	AG_CHECK_ARG(fn, logits);
-	AG_CHECK_ARG(fn, targets);
+	if (!logits)
+		return ag__null_arg(fn, "logits");
+	if (!targets)
+		return ag__null_arg(fn, "targets");
 	if (!o)
 		o = &default_opts;
 	if (opts_check(fn, o, true, true, false, false) ||
@@ -930,7 +936,7 @@ struct ag_tensor *ag_bce_with_logits_ex(struct ag_tensor *logits,
 	out = bce_fwd(&b, o->reduction, logits);
 	bce_in_put(&b);
 	if (!out || !ag__should_record(in, 2))
-		return ag__ret(out);
+		return ag__scope_add(out);
 	bn = (struct bce_node *)ag__node_alloc(&bce_ops, sizeof(*bn), 0, 1, 2,
 					       NULL, 0);
 	if (!bn)

@@ -114,8 +114,10 @@ struct ag_tensor *ag_matmul(struct ag_tensor *a, struct ag_tensor *b)
 	struct mm_node *n = NULL;
 	char x[160], y[160];
 
-	AG_CHECK_ARG("ag_matmul", a);
-	AG_CHECK_ARG("ag_matmul", b);
+	if (!a)
+		return ag__null_arg("ag_matmul", "a");
+	if (!b)
+		return ag__null_arg("ag_matmul", "b");
 	if (ag__check_same_dtype("ag_matmul", a, b))
 		return NULL;
 	if (a->ndim != 2 || b->ndim != 2 || a->shape[1] != b->shape[0]) {
@@ -127,7 +129,7 @@ struct ag_tensor *ag_matmul(struct ag_tensor *a, struct ag_tensor *b)
 	}
 	out = mm_fwd("ag_matmul", a, b);
 	if (!out || !ag__should_record(in, 2))
-		return ag__ret(out);
+		return ag__scope_add(out);
 	n = (struct mm_node *)ag__node_alloc(&mm_ops, sizeof(*n), 0, 1, 2, NULL,
 					     0);
 	if (!n)

@@ -12,14 +12,16 @@
 #include "../autograd/graph.h"
 #include "simd.h"
 
-/* NULL check for a tensor argument: keeps an earlier error (see error.h). */
-#define AG_CHECK_ARG(fn, t)                   \
-	do {                                  \
-		if (!(t)) {                   \
-			ag__err_null(fn, #t); \
-			return NULL;          \
-		}                             \
-	} while (0)
+/*
+ * For an op given a NULL tensor argument: keeps an earlier error (see
+ * error.h) and returns NULL, so the check reads
+ * `if (!a) return ag__null_arg(fn, "a");` with its return in plain sight.
+ */
+static inline struct ag_tensor *ag__null_arg(const char *fn, const char *arg)
+{
+	ag__err_null(fn, arg);
+	return NULL;
+}
 
 int ag__check_float(const char *fn, const struct ag_tensor *t);
 int ag__check_same_dtype(const char *fn, const struct ag_tensor *a,

@@ -382,7 +382,7 @@ static struct ag_tensor *pool_op(enum pool_op op, const struct pool_geom *pg,
 	out = pool_plain(op, pg, a, op == P_FWD ? &own : &idx);
 	if (!out || !ag__should_record(&a, 1)) {
 		ag_tensor_put(own);
-		return ag__ret(out);
+		return ag__scope_add(out);
 	}
 	pn = (struct pool_node *)ag__node_alloc(&pool_ops[pg->kind][op],
 						sizeof(*pn), 0, 1, 1, NULL, 0);
@@ -525,7 +525,8 @@ struct ag_tensor *ag_max_pool2d(struct ag_tensor *x, const int64_t kernel[2],
 				const int64_t stride[2],
 				const int64_t padding[2])
 {
-	AG_CHECK_ARG("ag_max_pool2d", x);
+	if (!x)
+		return ag__null_arg("ag_max_pool2d", "x");
 	return pool2d(POOL_MAX, x, kernel, stride, padding);
 }
 
@@ -533,7 +534,8 @@ struct ag_tensor *ag_avg_pool2d(struct ag_tensor *x, const int64_t kernel[2],
 				const int64_t stride[2],
 				const int64_t padding[2])
 {
-	AG_CHECK_ARG("ag_avg_pool2d", x);
+	if (!x)
+		return ag__null_arg("ag_avg_pool2d", "x");
 	return pool2d(POOL_AVG, x, kernel, stride, padding);
 }
 
@@ -543,7 +545,8 @@ struct ag_tensor *ag_adaptive_avg_pool2d(struct ag_tensor *x, int64_t out_h,
 	struct pool_geom pg = { .kind = POOL_ADAPTIVE };
 	int64_t t;
 
-	AG_CHECK_ARG("ag_adaptive_avg_pool2d", x);
+	if (!x)
+		return ag__null_arg("ag_adaptive_avg_pool2d", "x");
 	if (check_input("ag_adaptive_avg_pool2d", x, &pg))
 		return NULL;
 	if (out_h < 0 || out_w < 0) {

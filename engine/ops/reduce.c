@@ -123,7 +123,8 @@ static struct ag_tensor *reduce(const char *fn, const struct ag_node_ops *ops,
 	double div = 1.0;
 	int64_t count;
 
-	AG_CHECK_ARG(fn, a);
+	if (!a)
+		return ag__null_arg(fn, "a");
 	if (ag__check_float(fn, a))
 		return NULL;
 	if (dim != -100 && ag__wrap_dim(fn, dim, a->ndim, &dim))
@@ -135,7 +136,7 @@ static struct ag_tensor *reduce(const char *fn, const struct ag_node_ops *ops,
 		div = (double)count; /* 0 elements: 0 / 0 = nan, as torch */
 	out = sum_fwd(fn, a, dim, keepdim, div);
 	if (!out || !ag__should_record(&a, 1))
-		return ag__ret(out);
+		return ag__scope_add(out);
 	r = (struct reduce_node *)ag__node_alloc(ops, sizeof(*r), 0, 1, 1, NULL,
 						 0);
 	if (!r) {
@@ -185,7 +186,8 @@ struct ag_tensor *ag_var_dim(struct ag_tensor *a, int dim, bool unbiased,
 	struct ag_scope *scope;
 	int64_t n;
 
-	AG_CHECK_ARG("ag_var_dim", a);
+	if (!a)
+		return ag__null_arg("ag_var_dim", "a");
 	if (ag__check_float("ag_var_dim", a) ||
 	    ag__wrap_dim("ag_var_dim", dim, a->ndim, &dim))
 		return NULL;
@@ -200,7 +202,7 @@ struct ag_tensor *ag_var_dim(struct ag_tensor *a, int dim, bool unbiased,
 	for (int i = 0; i < 4; i++)
 		ag_tensor_put(t[i]);
 	ag__scope_resume(scope);
-	return ag__ret(r);
+	return ag__scope_add(r);
 }
 
 /* ---- max along a dim ---- */
@@ -392,7 +394,8 @@ struct ag_tensor *ag_max_dim(struct ag_tensor *a, int dim, bool keepdim)
 	struct max_node *m;
 	bool rec;
 
-	AG_CHECK_ARG(fn, a);
+	if (!a)
+		return ag__null_arg(fn, "a");
 	if (ag__check_float(fn, a) || ag__wrap_dim(fn, dim, a->ndim, &dim))
 		return NULL;
 	c.dim = a->ndim ? dim : 0;
@@ -420,7 +423,7 @@ struct ag_tensor *ag_max_dim(struct ag_tensor *a, int dim, bool keepdim)
 	if (!out)
 		goto fail;
 	if (!rec)
-		return ag__ret(out);
+		return ag__scope_add(out);
 	m = (struct max_node *)ag__node_alloc(&max_ops, sizeof(*m), 0, 1, 1,
 					      NULL, 0);
 	if (!m)

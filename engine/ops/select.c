@@ -155,9 +155,12 @@ struct ag_tensor *ag_where(struct ag_tensor *cond, struct ag_tensor *a,
 	struct where_node *w;
 	int ndim;
 
-	AG_CHECK_ARG(fn, cond);
-	AG_CHECK_ARG(fn, a);
-	AG_CHECK_ARG(fn, b);
+	if (!cond)
+		return ag__null_arg(fn, "cond");
+	if (!a)
+		return ag__null_arg(fn, "a");
+	if (!b)
+		return ag__null_arg(fn, "b");
 	if (a->dtype != b->dtype) {
 		ag__err(AG_EDTYPE,
 			"%s: a has dtype %s and b %s; they must match", fn,
@@ -168,7 +171,7 @@ struct ag_tensor *ag_where(struct ag_tensor *cond, struct ag_tensor *a,
 		return NULL;
 	out = where_fwd(t, ndim, shape);
 	if (!out || !ag__should_record(t + 1, 2))
-		return ag__ret(out);
+		return ag__scope_add(out);
 	w = (struct where_node *)ag__node_alloc(&where_ops, sizeof(*w), 0, 1, 2,
 						NULL, 0);
 	if (!w) {
@@ -224,7 +227,8 @@ struct ag_tensor *ag_argmax(struct ag_tensor *a, int dim, bool keepdim)
 	int64_t kshape[AG_MAX_DIMS];
 	struct ag_tensor *ts[2];
 
-	AG_CHECK_ARG(fn, a);
+	if (!a)
+		return ag__null_arg(fn, "a");
 	if (ag__wrap_dim(fn, dim, a->ndim, &dim))
 		return NULL;
 	c.dim = a->ndim ? dim : 0;
@@ -242,7 +246,7 @@ struct ag_tensor *ag_argmax(struct ag_tensor *a, int dim, bool keepdim)
 	ts[0] = a;
 	ts[1] = c.y;
 	ag__for_lanes(a->ndim, a->shape, c.dim, 2, ts, argmax_lane, &c);
-	return ag__ret(ag__lanes_result(c.y, c.dim, keepdim));
+	return ag__scope_add(ag__lanes_result(c.y, c.dim, keepdim));
 }
 
 /* ---- comparisons ---- */
@@ -286,8 +290,10 @@ static struct ag_tensor *cmp(const char *fn, enum cmp_op op,
 	struct ag_walk w;
 	int ndim;
 
-	AG_CHECK_ARG(fn, a);
-	AG_CHECK_ARG(fn, b);
+	if (!a)
+		return ag__null_arg(fn, "a");
+	if (!b)
+		return ag__null_arg(fn, "b");
 	if (a->dtype != b->dtype) {
 		ag__err(AG_EDTYPE,
 			"%s: expected both operands to have the same dtype, got %s and %s",
@@ -311,7 +317,7 @@ static struct ag_tensor *cmp(const char *fn, enum cmp_op op,
 			store(out, w.off[2] + i * w.inc[2],
 			      compare(op, a, w.off[0] + i * w.inc[0], b,
 				      w.off[1] + i * w.inc[1]));
-	return ag__ret(out);
+	return ag__scope_add(out);
 }
 
 struct ag_tensor *ag_eq(struct ag_tensor *a, struct ag_tensor *b)

@@ -240,14 +240,15 @@ static struct ag_tensor *lane(const char *fn, const struct ag_node_ops *ops,
 	struct lane_node *l = NULL;
 	struct ag_tensor *out;
 
-	AG_CHECK_ARG(fn, x);
+	if (!x)
+		return ag__null_arg(fn, "x");
 	if (ag__check_float(fn, x) || ag__wrap_dim(fn, dim, x->ndim, &dim))
 		return NULL;
 	if (!x->ndim)
 		dim = 0;
 	out = lane_fwd(fn, op, x, dim, keepdim);
 	if (!out || !ag__should_record(&x, 1))
-		return ag__ret(out);
+		return ag__scope_add(out);
 	l = (struct lane_node *)ag__node_alloc(ops, sizeof(*l), 0, 1, 1, NULL,
 					       0);
 	if (!l)

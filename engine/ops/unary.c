@@ -349,10 +349,11 @@ static struct ag_tensor *unary2(const char *fn, const struct ag_node_ops *ops,
 	struct ag_tensor *out;
 	unsigned needs;
 
-	AG_CHECK_ARG(fn, a);
+	if (!a)
+		return ag__null_arg(fn, "a");
 	out = ag__unary_fwd(fn, op, &p, a);
 	if (!out || !ag__should_record(&a, 1))
-		return ag__ret(out);
+		return ag__scope_add(out);
 	needs = ag_k_unary_bwd_needs(op);
 	u = (struct unary_node *)ag__node_alloc(
 		ops, sizeof(*u) + (needs ? sizeof(u->saved[0]) : 0), 0, 1, 1,

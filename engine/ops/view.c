@@ -106,7 +106,7 @@ finish_view(const char *fn, const struct ag_node_ops *ops, struct ag_tensor *a,
 		out->meta->view_base = ag_tensor_get(base);
 	}
 	if (!ag__should_record(&a, 1))
-		return ag__ret(out);
+		return ag__scope_add(out);
 	v = (struct view_node *)ag__node_alloc(ops, sizeof(*v), 0, 1, 1, NULL,
 					       0);
 	if (!v) {
@@ -169,7 +169,8 @@ struct ag_tensor *ag_reshape(struct ag_tensor *a, int ndim,
 	int infer = -1;
 	char buf[200];
 
-	AG_CHECK_ARG("ag_reshape", a);
+	if (!a)
+		return ag__null_arg("ag_reshape", "a");
 	if (ndim < 0 || ndim > AG_MAX_DIMS) {
 		ag__err(AG_EINVAL,
 			"ag_reshape: %d dims requested; a tensor has 0 to %d dims",
@@ -234,7 +235,8 @@ struct ag_tensor *ag_transpose(struct ag_tensor *a, int d0, int d1)
 	struct view_node proto = { .kind = V_TRANSPOSE };
 	int64_t sh[AG_MAX_DIMS], st[AG_MAX_DIMS], t;
 
-	AG_CHECK_ARG("ag_transpose", a);
+	if (!a)
+		return ag__null_arg("ag_transpose", "a");
 	if (ag__wrap_dim("ag_transpose", d0, a->ndim, &d0) ||
 	    ag__wrap_dim("ag_transpose", d1, a->ndim, &d1))
 		return NULL;
@@ -257,7 +259,8 @@ struct ag_tensor *ag_permute(struct ag_tensor *a, const int *dims)
 	int64_t sh[AG_MAX_DIMS], st[AG_MAX_DIMS];
 	bool seen[AG_MAX_DIMS] = { false };
 
-	AG_CHECK_ARG("ag_permute", a);
+	if (!a)
+		return ag__null_arg("ag_permute", "a");
 	if (!dims && a->ndim) {
 		ag__err(AG_EINVAL, "ag_permute: dims is NULL");
 		return NULL;
@@ -289,7 +292,8 @@ struct ag_tensor *ag_slice(struct ag_tensor *a, int dim, int64_t start,
 	struct view_node proto = { .kind = V_SLICE };
 	int64_t sh[AG_MAX_DIMS], st[AG_MAX_DIMS], size, len;
 
-	AG_CHECK_ARG("ag_slice", a);
+	if (!a)
+		return ag__null_arg("ag_slice", "a");
 	if (a->ndim == 0) {
 		ag__err(AG_EINVAL, "ag_slice: cannot slice a 0-d tensor");
 		return NULL;
@@ -333,7 +337,8 @@ struct ag_tensor *ag_expand(struct ag_tensor *a, int ndim, const int64_t *shape)
 	int64_t sh[AG_MAX_DIMS], st[AG_MAX_DIMS], numel;
 	char x[160], y[160];
 
-	AG_CHECK_ARG("ag_expand", a);
+	if (!a)
+		return ag__null_arg("ag_expand", "a");
 	if (ndim < a->ndim || ndim > AG_MAX_DIMS || (ndim && !shape)) {
 		ag__err(AG_EINVAL,
 			"ag_expand: cannot expand a %d-dim tensor to %d dims",
@@ -376,7 +381,8 @@ struct ag_tensor *ag_unsqueeze(struct ag_tensor *a, int dim)
 	struct view_node proto = { .kind = V_RESHAPE };
 	int64_t sh[AG_MAX_DIMS], st[AG_MAX_DIMS];
 
-	AG_CHECK_ARG("ag_unsqueeze", a);
+	if (!a)
+		return ag__null_arg("ag_unsqueeze", "a");
 	if (a->ndim == AG_MAX_DIMS) {
 		ag__err(AG_EINVAL,
 			"ag_unsqueeze: a tensor already has the maximum of %d dims",
@@ -411,7 +417,8 @@ struct ag_tensor *ag_squeeze(struct ag_tensor *a, int dim)
 	int64_t sh[AG_MAX_DIMS], st[AG_MAX_DIMS];
 	int n = 0;
 
-	AG_CHECK_ARG("ag_squeeze", a);
+	if (!a)
+		return ag__null_arg("ag_squeeze", "a");
 	if (ag__wrap_dim("ag_squeeze", dim, a->ndim, &dim))
 		return NULL;
 	for (int d = 0; d < a->ndim; d++) {
@@ -429,23 +436,26 @@ struct ag_tensor *ag_clone(struct ag_tensor *a)
 {
 	struct view_node proto = { .kind = V_CLONE };
 
-	AG_CHECK_ARG("ag_clone", a);
+	if (!a)
+		return ag__null_arg("ag_clone", "a");
 	return finish_view("ag_clone", &clone_ops, a, ag__contiguous_copy(a),
 			   &proto, false);
 }
 
 struct ag_tensor *ag_contiguous(struct ag_tensor *a)
 {
-	AG_CHECK_ARG("ag_contiguous", a);
+	if (!a)
+		return ag__null_arg("ag_contiguous", "a");
 	if (ag_tensor_is_contiguous(a))
-		return ag__ret(ag_tensor_get(a));
+		return ag__scope_add(ag_tensor_get(a));
 	return ag_clone(a);
 }
 
 struct ag_tensor *ag_detach(struct ag_tensor *a)
 {
-	AG_CHECK_ARG("ag_detach", a);
-	return ag__ret(
+	if (!a)
+		return ag__null_arg("ag_detach", "a");
+	return ag__scope_add(
 		ag__tensor_view(a, a->ndim, a->shape, a->strides, a->offset));
 }
 
