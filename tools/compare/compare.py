@@ -333,7 +333,7 @@ def chart(rows, res, configs, threads, png):
 METHOD = """\
 ## ag-bench
 
-`ag-bench` (tools/ag-bench.c, installed with libag) runs the workloads of
+`ag-bench` (tools/bench/, installed with libag) runs the workloads of
 docs/benchmarks.md with libag's public API only and prints a table with median,
 min and max per figure, the CPU model, the ISA path (`AG_ISA` or `auto`),
 the BLAS and its core, `OPENBLAS_CORETYPE`, the thread counts, the peak
