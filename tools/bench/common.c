@@ -93,6 +93,42 @@ struct ag_tensor *uniform(struct ag_generator *g, enum ag_dtype dt, int ndim,
 	return t;
 }
 
+/*
+ * Class targets, i64 [n], uniform over [0, classes) by g; the caller
+ * owns the reference.
+ */
+struct ag_tensor *random_targets(struct ag_generator *g, int64_t n,
+				 int64_t classes)
+{
+	int64_t *t = xmalloc((size_t)n * sizeof(*t));
+	struct ag_tensor *r;
+
+	for (int64_t i = 0; i < n; i++)
+		t[i] = (int64_t)(ag_generator_next(g) % (uint64_t)classes);
+	r = must(ag_from_data(AG_I64, 1, &n, t));
+	free(t);
+	return r;
+}
+
+/*
+ * Plain SGD on n leaves, under no-grad: g = p.grad; g *= lr; p -= g; then
+ * the grad is dropped (torch's zero_grad(set_to_none=True)).  Inside the
+ * caller's scope, which takes the grads' references.
+ */
+void sgd_step(struct ag_tensor **p, int n, double lr)
+{
+	struct ag_mode m = ag_no_grad_enter();
+
+	for (int i = 0; i < n; i++) {
+		struct ag_tensor *g = must(ag_tensor_grad(p[i]));
+
+		must_ok(ag_mul_scalar_(g, lr));
+		must_ok(ag_sub_(p[i], g));
+		must_ok(ag_tensor_zero_grad(p[i]));
+	}
+	ag_mode_exit(m);
+}
+
 void set_threads(int n)
 {
 #if HAVE_POOL

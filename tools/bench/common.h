@@ -58,6 +58,9 @@ double *to_f64(struct ag_tensor *t);
 struct ag_tensor *uniform(struct ag_generator *g, enum ag_dtype dt, int ndim,
 			  const int64_t *shape, double lo, double hi,
 			  bool requires_grad);
+struct ag_tensor *random_targets(struct ag_generator *g, int64_t n,
+				 int64_t classes);
+void sgd_step(struct ag_tensor **p, int n, double lr);
 void set_threads(int n);
 
 /* ------------------------------------------------------------ results */
