@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
 /*
  * ag-bench: the workloads of docs/benchmarks.md (chain, elementwise, wide,
- * mlp) and the machine limits (STREAM-style triad, 1024^3 SGEMM, and wide's
- * backward memory traffic as a bare loop), written against libag's public
- * API only.  See docs/perf.md for what each figure measures, the byte
+ * mlp, cnn) and the machine limits (STREAM-style triad, 1024^3 SGEMM, and
+ * wide's backward memory traffic as a bare loop), written against libag's
+ * public API only.  See docs/perf.md for what each figure measures, the byte
  * counts behind the GB/s figures and the MLP step.  Each workload is a file
  * of its own (wl_*.c), listed in workloads.h; this file parses the options
  * and runs the table.
@@ -27,7 +27,7 @@ static void usage(FILE *f)
 {
 	fputs("usage: ag-bench [options]\n"
 	      "Runs the workloads of docs/benchmarks.md with libag and prints median/min/max.\n"
-	      "  --workload NAME   chain, elementwise, wide, mlp, limits (= triad + gemm\n"
+	      "  --workload NAME   chain, elementwise, wide, mlp, cnn, limits (= triad + gemm\n"
 	      "                    + wide-loop), triad, gemm or wide-loop; repeatable\n"
 	      "                    (default: all)\n"
 	      "  --threads LIST    thread counts, e.g. 1 or 1,2 (default: 1 and all CPUs)\n"

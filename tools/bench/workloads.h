@@ -15,13 +15,14 @@ extern const struct workload wl_chain;
 extern const struct workload wl_elementwise;
 extern const struct workload wl_wide;
 extern const struct workload wl_mlp;
+extern const struct workload wl_cnn;
 extern const struct workload wl_triad;
 extern const struct workload wl_wide_loop;
 extern const struct workload wl_gemm;
 
 static const struct workload *const workloads[] = {
-	&wl_chain, &wl_elementwise, &wl_wide, &wl_mlp,
-	&wl_triad, &wl_wide_loop,   &wl_gemm,
+	&wl_chain, &wl_elementwise, &wl_wide,	   &wl_mlp,
+	&wl_cnn,   &wl_triad,	    &wl_wide_loop, &wl_gemm,
 };
 
 /* Names that select several workloads at once. */
