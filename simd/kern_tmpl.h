@@ -173,8 +173,8 @@ static inline VT F(v_tanh)(VT v)
 
 /*
  * f32 sin and cos, about 2x cheaper than SLEEF's u10 and within 2 ULP
- * (checked for every float with |x| <= 8192 by simd/bench/exhaustive.c;
- * docs/simd.md has the figures).  Larger |x|, inf and NaN take SLEEF.
+ * (checked for every float with |x| <= 8192 by
+ * tools/bench/kernels/exhaustive.c; docs/simd.md has the figures).  Larger |x|, inf and NaN take SLEEF.
  *   q = rint(x 2/pi), r = x - q pi/2 in [-pi/4, pi/4], and by q mod 4
  *   sin x = sin r, cos r, -sin r, -cos r (cos: q + 1).
  * pi/2 is split in three floats c1 + c2 + c3 (Cody-Waite).  For |x| <=

@@ -6,7 +6,6 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
 #include <ag/pool.h>
 
@@ -14,6 +13,7 @@
 #include "internal.h"
 #include "pool/pool.h"
 #include "util.h"
+#include "clock.h"
 
 static struct ag_task dummy;
 static const int tag;
@@ -26,14 +26,14 @@ static double bench_deque_push_pop(void)
 	uint64_t t0;
 
 	ag__deque_init(&dq);
-	t0 = now_ns();
+	t0 = bench_now_ns();
 	for (int i = 0; i < n; i++) {
 		ag__deque_push(&dq, &dummy, &tag, &tag);
 		if (ag__deque_pop(&dq, &want) != &dummy)
 			abort();
 	}
 	ag__deque_destroy(&dq);
-	return (double)(now_ns() - t0) / n;
+	return (double)(bench_now_ns() - t0) / n;
 }
 
 static double bench_deque_steal(void)
@@ -47,11 +47,11 @@ static double bench_deque_steal(void)
 	for (int r = 0; r < 10; r++) {
 		for (int i = 0; i < n / 10; i++)
 			ag__deque_push(&dq, &dummy, &tag, &tag);
-		t0 = now_ns();
+		t0 = bench_now_ns();
 		for (int i = 0; i < n / 10; i++)
 			if (ag__deque_steal(&dq, &want, &t) != AG_STEAL_OK)
 				abort();
-		dt += now_ns() - t0;
+		dt += bench_now_ns() - t0;
 	}
 	ag__deque_destroy(&dq);
 	return (double)dt / n;
@@ -89,10 +89,10 @@ struct outer {
 static void outer_run(struct ag_task *t)
 {
 	struct outer *o = (struct outer *)t;
-	uint64_t t0 = now_ns();
+	uint64_t t0 = bench_now_ns();
 
 	submit_wait();
-	o->ns = now_ns() - t0;
+	o->ns = bench_now_ns() - t0;
 }
 
 /* Submit + run + wait per task, from a pool worker (deque path). */
@@ -111,10 +111,10 @@ static double bench_worker_submit(void)
 /* Same from the calling thread (injection queue path). */
 static double bench_external_submit(void)
 {
-	uint64_t t0 = now_ns();
+	uint64_t t0 = bench_now_ns();
 
 	submit_wait();
-	return (double)(now_ns() - t0) / NTASKS;
+	return (double)(bench_now_ns() - t0) / NTASKS;
 }
 
 static void pf_empty(int64_t b, int64_t e, void *arg)
@@ -126,11 +126,11 @@ static void pf_empty(int64_t b, int64_t e, void *arg)
 
 static double bench_pf(int64_t n, int64_t grain, int reps)
 {
-	uint64_t t0 = now_ns();
+	uint64_t t0 = bench_now_ns();
 
 	for (int i = 0; i < reps; i++)
 		ag_parallel_for(n, grain, pf_empty, NULL);
-	return (double)(now_ns() - t0) / reps;
+	return (double)(bench_now_ns() - t0) / reps;
 }
 
 struct scale {
@@ -147,22 +147,22 @@ static void pf_scale(int64_t b, int64_t e, void *arg)
 
 static double bench_pf_scale(int64_t n, int reps, float *x)
 {
-	uint64_t t0 = now_ns();
+	uint64_t t0 = bench_now_ns();
 
 	for (int i = 0; i < reps; i++)
 		ag_parallel_for(n, 1024, pf_scale, x);
-	return (double)(now_ns() - t0) / reps;
+	return (double)(bench_now_ns() - t0) / reps;
 }
 
 static double bench_serial_scale(int64_t n, int reps, float *x)
 {
 	/* Called as parallel_for calls it, or gcc fuses the repetitions. */
 	void (*volatile fn)(int64_t, int64_t, void *) = pf_scale;
-	uint64_t t0 = now_ns();
+	uint64_t t0 = bench_now_ns();
 
 	for (int i = 0; i < reps; i++)
 		fn(0, n, x);
-	return (double)(now_ns() - t0) / reps;
+	return (double)(bench_now_ns() - t0) / reps;
 }
 
 static double cpu_ns(void)
@@ -199,7 +199,7 @@ static double bench_wide(void)
 {
 	static struct work_task w[20000];
 	struct ag_group g;
-	uint64_t t0 = now_ns();
+	uint64_t t0 = bench_now_ns();
 
 	ag__group_init(&g);
 	for (int i = 0; i < 20000; i++) {
@@ -207,16 +207,16 @@ static double bench_wide(void)
 		ag__group_submit(&g, &w[i].task);
 	}
 	ag__group_wait(&g);
-	return (double)(now_ns() - t0) / 20000;
+	return (double)(bench_now_ns() - t0) / 20000;
 }
 
 static double bench_serial_work(void)
 {
-	uint64_t t0 = now_ns();
+	uint64_t t0 = bench_now_ns();
 
 	for (int i = 0; i < 20000; i++)
 		work_run(NULL);
-	return (double)(now_ns() - t0) / 20000;
+	return (double)(bench_now_ns() - t0) / 20000;
 }
 
 int main(int argc, char **argv)

@@ -36,7 +36,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 RATES = {"GB/s", "steps/s", "GFLOP/s"}  # higher is better
-WORKLOADS = ["chain", "elementwise", "wide", "mlp", "limits"]
+WORKLOADS = ["chain", "elementwise", "wide", "mlp", "cnn", "limits"]
 
 
 def find_torch_python():
@@ -333,7 +333,7 @@ def chart(rows, res, configs, threads, png):
 METHOD = """\
 ## ag-bench
 
-`ag-bench` (tools/ag-bench.c, installed with libag) runs the workloads of
+`ag-bench` (tools/bench/, installed with libag) runs the workloads of
 docs/benchmarks.md with libag's public API only and prints a table with median,
 min and max per figure, the CPU model, the ISA path (`AG_ISA` or `auto`),
 the BLAS and its core, `OPENBLAS_CORETYPE`, the thread counts, the peak
@@ -363,7 +363,8 @@ f64 recurrence `d = prod_k (1 + 0.001 (1 - tanh(y_k)^2))`; elementwise
 against the closed-form derivatives (and `dx = w`, `dw = x` for mul); wide
 against `sum_k w_k prod_j (1 - h_j^2)` for x and `x prod_j (...)` for w_0;
 mlp by central finite differences in f64 on the largest-gradient element
-of each parameter, then by the loss falling over 31 SGD steps in f32; the
+of each parameter, then by the loss falling over 31 SGD steps in f32; cnn
+the same way (f64 at B=3 on 8x8 images, then 11 SGD steps in f32); the
 triad, the GEMM and wide-loop against plain loops.  Ops that do not exist yet (today:
 `sin`) are reported as unavailable (`"status": "unavailable"` in the JSON),
 never as a figure.  Without ag/pool.h libag runs on one thread, and
@@ -398,6 +399,7 @@ count once per repetition) and the configurations are interleaved by
 | elementwise | forward: `y = op(x)` alone; backward: the whole `backward()` of `sum(y)` (the SumBackward expand, the op's derivative and the accumulation into `x.grad`) | ms, and GB/s = nominal bytes of the op's own kernels / time |
 | wide | forward: K = 16 branches `h = x * w_k`, 32 x `tanh`, `sum`, summed; backward: `backward()` | ms |
 | mlp | one step: forward + backward + SGD update + dropping the grads | steps/s, ms |
+| cnn | one step of the Fashion-MNIST-sized CNN, as for mlp | steps/s, ms |
 | limits | triad: one pass of `a = b + 3 c` over three 64 MiB f64 arrays; GEMM: one 1024^3 f32 product; wide-loop (ag-bench only): wide's backward memory traffic as a bare loop, `g *= 1 - y_j^2` over the K x 32 saved arrays a forward just wrote, branches taken one at a time by POSIX threads | GB/s (3 x 64 MiB / time), GFLOP/s (2 n^3 / time), ms |
 
 **Bytes behind GB/s** (f32, per element of x): a unary forward reads x and
@@ -409,26 +411,35 @@ counts: the backward time includes the SumBackward expand and the gradient
 accumulation, so the backward GB/s understate the kernel itself, the same
 way for both libraries.
 
-**The MLP step** is composed from the ops libag has today, and PyTorch runs
-the very same graph:
+**The MLP step** is libag's `ag_linear` and `ag_cross_entropy` (each one
+node, as PyTorch's `F.linear` and `F.cross_entropy`), and PyTorch runs the
+very same graph:
 ```
-h1 = relu(x @ W1 + b1)          x: [128, 784], W: [in, out], b broadcast
-h2 = relu(h1 @ W2 + b2)
-z  = h2 @ W3 + b3               z: [128, 10]
-logp = z - log(sum_dim(exp(z), 1, keepdim))     log-softmax without the
-                                                max shift (no max op yet;
-                                                the logits stay small)
-loss = sum(logp * mask)         mask = -(1/B) * onehot(targets): NLL mean
+h1 = relu(linear(x, W1, b1))    x: [128, 784], W: [out, in], b: [out]
+h2 = relu(linear(h1, W2, b2))
+z  = linear(h2, W3, b3)         z: [128, 10]
+loss = cross_entropy(z, targets)                mean over the batch
 backward(loss)
 under no-grad, for each parameter p: g = p.grad; g *= 0.01; p -= g;
 drop p.grad (set to None)
 ```
-The -1/B is folded into the constant mask instead of a `mul_scalar` on the
-0-d sum: the same loss with one node fewer.  (It first avoided a libag bug
-that `ag-bench --quick` found, since fixed: the backward of a unary op on
-a 0-d tensor accumulated into an uninitialised buffer.)  The `mlp ...,idiomatic` rows are PyTorch only: what
-a PyTorch user would write (`F.linear` + `F.cross_entropy`, fused kernels),
-for reference.
+Until the ops existed the step was composed from matmul, add, exp,
+sum_dim, log and a mul by a -1/B one-hot mask (that graph first caught a
+libag bug through `ag-bench --quick`: the backward of a unary op on a 0-d
+tensor accumulated into an uninitialised buffer).  ag-bench also times the
+step's GEMMs alone, at the step's shapes and transposes (`gemm_ms`,
+`gemm_gflops`), and reports their part of the step (`gemm_share`, % of
+`step_ms` in the same repetition); the rest of the step, `step_ms -
+gemm_ms`, is what libag adds around the BLAS.
+
+**The CNN step** (`cnn`, case `fmnist-cnn,B=128`): x [128, 1, 28, 28]
+uniform in [0, 1); conv 1->32 3x3 pad 1, ReLU, maxpool 2; conv 32->64 3x3
+pad 1, BatchNorm2d in training mode (momentum 0.1, eps 1e-5), ReLU,
+maxpool 2; flatten to [128, 3136]; linear 3136->128, ReLU; linear 128->10;
+cross-entropy against random targets; the same SGD update as the MLP.
+libag: `ag_conv2d`, `ag_relu`, `ag_max_pool2d`, `ag_batch_norm`,
+`ag_reshape`, `ag_linear`, `ag_cross_entropy`; PyTorch: `F.conv2d`,
+`F.max_pool2d`, `F.batch_norm`, `F.linear`, `F.cross_entropy`.
 
 **Triad** is ag-bench's own C loop (POSIX threads for more than one
 thread); the PyTorch column is `torch.add(b, c, alpha=3, out=a)` on f64
@@ -728,8 +739,8 @@ def main():
     if "libtorch" not in configs:
         md.append("- the libtorch C++ variant (skipped in this run: no g++ "
                   "or libtorch headers, or --no-cpp)")
-    md.append("- libtorch C++ variant: no triad and no `idiomatic` MLP "
-              "(the Python columns have them)\n")
+    md.append("- libtorch C++ variant: no triad (the Python columns have "
+              "it)\n")
     md.append(METHOD)
     with open(args.md, "w") as f:
         f.write("\n".join(md))

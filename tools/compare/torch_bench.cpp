@@ -65,7 +65,21 @@ struct Config {
 	int64_t dims[4], b;
 	int steps;
 	int64_t gemm_n;
+	int64_t cnn_b, cnn_hw;
+	int cnn_steps;
 };
+
+/* Under no-grad: g = p.grad; g *= lr; p -= g; the grad dropped. */
+void sgd(std::vector<torch::Tensor> &p, double lr)
+{
+	torch::NoGradGuard ng;
+	for (auto &q : p) {
+		auto g = q.grad();
+		g.mul_(lr);
+		q.sub_(g);
+		q.mutable_grad() = torch::Tensor();
+	}
+}
 
 torch::Tensor uniform(torch::IntArrayRef shape, double lo, double hi,
 		      bool grad = false)
@@ -185,26 +199,19 @@ void wide(Results &r, const Config &c, torch::Tensor &x,
 }
 
 void mlp(Results &r, const Config &c, std::vector<torch::Tensor> &p,
-	 const torch::Tensor &x, const torch::Tensor &mask, int t)
+	 const torch::Tensor &x, const torch::Tensor &tgt, int t)
 {
 	double t0 = now();
 
 	for (int s = 0; s < c.steps; s++) {
 		auto h = x;
 		for (int l = 0; l < 3; l++) {
-			h = torch::matmul(h, p[2 * l]) + p[2 * l + 1];
+			h = torch::linear(h, p[2 * l], p[2 * l + 1]);
 			if (l < 2)
 				h = torch::relu(h);
 		}
-		auto lse = torch::log(torch::exp(h).sum(1, true));
-		((h - lse) * mask).sum().backward();
-		torch::NoGradGuard ng;
-		for (auto &q : p) {
-			auto g = q.grad();
-			g.mul_(0.01);
-			q.sub_(g);
-			q.mutable_grad() = torch::Tensor();
-		}
+		torch::cross_entropy_loss(h, tgt).backward();
+		sgd(p, 0.01);
 	}
 	double st = (now() - t0) / c.steps;
 	std::string cs = std::to_string(c.dims[0]) + "-" +
@@ -213,6 +220,34 @@ void mlp(Results &r, const Config &c, std::vector<torch::Tensor> &p,
 			 std::to_string(c.dims[3]) + ",B=" + std::to_string(c.b);
 	r.record("mlp", cs, t, "steps_per_s", "steps/s", 1 / st);
 	r.record("mlp", cs, t, "step_ms", "ms", st * 1e3);
+}
+
+/* p: conv1 w b, conv2 w b, bn weight bias, fc1 w b, fc2 w b */
+void cnn(Results &r, const Config &c, std::vector<torch::Tensor> &p,
+	 torch::Tensor &rmean, torch::Tensor &rvar, const torch::Tensor &x,
+	 const torch::Tensor &tgt, int t)
+{
+	double t0 = now();
+
+	for (int s = 0; s < c.cnn_steps; s++) {
+		auto h = torch::conv2d(x, p[0], p[1], 1, 1);
+		h = torch::max_pool2d(torch::relu(h), 2);
+		h = torch::conv2d(h, p[2], p[3], 1, 1);
+		h = torch::batch_norm(h, p[4], p[5], rmean, rvar, true, 0.1,
+				      1e-5, false);
+		h = torch::max_pool2d(torch::relu(h), 2).reshape({ c.cnn_b, -1 });
+		h = torch::relu(torch::linear(h, p[6], p[7]));
+		h = torch::linear(h, p[8], p[9]);
+		torch::cross_entropy_loss(h, tgt).backward();
+		sgd(p, 0.01);
+	}
+	double st = (now() - t0) / c.cnn_steps;
+	std::string cs = "fmnist-cnn,B=" + std::to_string(c.cnn_b);
+	if (c.cnn_hw != 28)
+		cs += "," + std::to_string(c.cnn_hw) + "x" +
+		      std::to_string(c.cnn_hw);
+	r.record("cnn", cs, t, "steps_per_s", "steps/s", 1 / st);
+	r.record("cnn", cs, t, "step_ms", "ms", st * 1e3);
 }
 
 void gemm(Results &r, const Config &c, const torch::Tensor &a,
@@ -290,7 +325,7 @@ int main(int argc, char **argv)
 		}
 	}
 	if (sel.empty())
-		sel = { "chain", "elementwise", "wide", "mlp", "limits" };
+		sel = { "chain", "elementwise", "wide", "mlp", "cnn", "limits" };
 	if (json.empty()) {
 		fprintf(stderr, "torch_bench: --json FILE is required\n");
 		return 2;
@@ -298,12 +333,13 @@ int main(int argc, char **argv)
 	torch::set_num_threads(threads);
 	torch::manual_seed(20260101);
 	Config c = quick ? Config{ 1000, { 1, 16 }, 4096, 16, 32, 256,
-				   { 32, 64, 64, 10 }, 16, 2, 96 } :
+				   { 32, 64, 64, 10 }, 16, 2, 96, 4, 8, 1 } :
 			   Config{ 10000, { 1, 1024 }, 1 << 22, 16, 32, 65536,
-				   { 784, 512, 512, 10 }, 128, 5, 1024 };
+				   { 784, 512, 512, 10 }, 128, 5, 1024,
+				   128, 28, 2 };
 
-	std::vector<torch::Tensor> ew_x, wide_w, mp;
-	torch::Tensor ew_w, wide_x, mlp_x, mask, ga, gb;
+	std::vector<torch::Tensor> ew_x, wide_w, mp, cp;
+	torch::Tensor ew_w, wide_x, mlp_x, ga, gb;
 	for (auto &op : ew_ops)
 		ew_x.push_back(uniform({ c.ew_n }, op.lo, op.hi, true));
 	ew_w = uniform({ c.ew_n }, -1, 1, true);
@@ -312,13 +348,34 @@ int main(int argc, char **argv)
 		wide_w.push_back(uniform({ c.wide_n }, -1, 1, true));
 	for (int l = 0; l < 3; l++) {
 		double r = 1 / std::sqrt((double)c.dims[l]);
-		mp.push_back(uniform({ c.dims[l], c.dims[l + 1] }, -r, r, true));
+		/* W as [out, in], as torch::linear and ag_linear take it */
+		mp.push_back(uniform({ c.dims[l + 1], c.dims[l] }, -r, r, true));
 		mp.push_back(uniform({ c.dims[l + 1] }, -r, r, true));
 	}
 	mlp_x = uniform({ c.b, c.dims[0] }, -1, 1);
 	auto tgt = torch::randint(0, c.dims[3], { c.b }, torch::kLong);
-	mask = torch::zeros({ c.b, c.dims[3] });
-	mask.index_put_({ torch::arange(c.b), tgt }, -1.0 / (double)c.b);
+	/* the cnn: weights and biases in +-1/sqrt(fan_in), BatchNorm 1, 0 */
+	int64_t q = c.cnn_hw / 4;
+	std::vector<std::vector<int64_t> > cshape = {
+		{ 32, 1, 3, 3 }, { 64, 32, 3, 3 }, {}, { 128, 64 * q * q },
+		{ 10, 128 }
+	};
+	for (auto &sh : cshape) {
+		if (sh.empty()) {
+			cp.push_back(torch::ones({ 64 }).set_requires_grad(true));
+			cp.push_back(torch::zeros({ 64 }).set_requires_grad(true));
+			continue;
+		}
+		int64_t fan_in = 1;
+		for (size_t d = 1; d < sh.size(); d++)
+			fan_in *= sh[d];
+		double r = 1 / std::sqrt((double)fan_in);
+		cp.push_back(uniform(sh, -r, r, true));
+		cp.push_back(uniform({ sh[0] }, -r, r, true));
+	}
+	auto cnn_rmean = torch::zeros({ 64 }), cnn_rvar = torch::ones({ 64 });
+	auto cnn_x = uniform({ c.cnn_b, 1, c.cnn_hw, c.cnn_hw }, 0, 1);
+	auto cnn_tgt = torch::randint(0, 10, { c.cnn_b }, torch::kLong);
 	ga = uniform({ c.gemm_n, c.gemm_n }, -1, 1);
 	gb = uniform({ c.gemm_n, c.gemm_n }, -1, 1);
 
@@ -332,7 +389,10 @@ int main(int argc, char **argv)
 		if (sel.count("wide"))
 			wide(r, c, wide_x, wide_w, threads);
 		if (sel.count("mlp"))
-			mlp(r, c, mp, mlp_x, mask, threads);
+			mlp(r, c, mp, mlp_x, tgt, threads);
+		if (sel.count("cnn"))
+			cnn(r, c, cp, cnn_rmean, cnn_rvar, cnn_x, cnn_tgt,
+			    threads);
 		if (sel.count("limits") || sel.count("gemm"))
 			gemm(r, c, ga, gb, threads);
 	}

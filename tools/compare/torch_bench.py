@@ -12,6 +12,7 @@ Timing boundaries (as in ag-bench):
   elementwise  forward = y = op(x) only; backward = backward() of sum(y)
   wide         forward = all K branches and the loss; backward = backward()
   mlp          one step = forward + backward + SGD update + grad drop
+  cnn          the same for the Fashion-MNIST-sized CNN
   limits       one triad pass (torch.add with out=, f64); one torch.mm
 """
 
@@ -25,6 +26,7 @@ import time
 
 try:
     import torch
+    import torch.nn.functional as F
 except ImportError:
     print("torch_bench.py: PyTorch is not importable by %s" % sys.executable,
           file=sys.stderr)
@@ -148,23 +150,23 @@ def wide(res, cfg, state, threads):
     res.record("wide", case, threads, "bwd_ms", "ms", (t2 - t1) * 1e3)
 
 
-def mlp_loss(p, x, mask):
+def mlp_loss(p, x, target):
     h = x
     for i in range(3):
-        h = torch.matmul(h, p[2 * i]) + p[2 * i + 1]
+        h = F.linear(h, p[2 * i], p[2 * i + 1])
         if i < 2:
             h = torch.relu(h)
-    lse = torch.log(torch.exp(h).sum(1, keepdim=True))
-    return ((h - lse) * mask).sum()
+    return F.cross_entropy(h, target)
 
 
-def mlp_loss_idiomatic(p, x, target):
-    h = x
-    for i in range(3):
-        h = torch.nn.functional.linear(h, p[2 * i], p[2 * i + 1])
-        if i < 2:
-            h = torch.relu(h)
-    return torch.nn.functional.cross_entropy(h, target)
+def cnn_loss(p, bn_stats, x, target):
+    h = F.max_pool2d(torch.relu(F.conv2d(x, p[0], p[1], padding=1)), 2)
+    h = F.conv2d(h, p[2], p[3], padding=1)
+    h = F.batch_norm(h, bn_stats[0], bn_stats[1], p[4], p[5], training=True,
+                     momentum=0.1, eps=1e-5)
+    h = F.max_pool2d(torch.relu(h), 2).reshape(x.shape[0], -1)
+    h = torch.relu(F.linear(h, p[6], p[7]))
+    return F.cross_entropy(F.linear(h, p[8], p[9]), target)
 
 
 def sgd(p, lr):
@@ -180,26 +182,33 @@ def mlp(res, cfg, state, threads):
     steps = cfg["mlp_steps"]
     d, b = cfg["mlp_dims"], cfg["mlp_b"]
     case = "%d-%d-%d-%d,B=%d" % (d[0], d[1], d[2], d[3], b)
-    # the same graph as ag-bench: matmul + bias, composed log-softmax,
-    # NLL through the -1/B scaled one-hot mask
-    p, x, mask = state["mlp_p"], state["mlp_x"], state["mlp_mask"]
+    # the same graph as ag-bench: F.linear (ag_linear), F.cross_entropy
+    # (ag_cross_entropy, mean over the batch)
+    p, x, tgt = state["mlp_p"], state["mlp_x"], state["mlp_target"]
     t0 = now()
     for _ in range(steps):
-        mlp_loss(p, x, mask).backward()
+        mlp_loss(p, x, tgt).backward()
         sgd(p, 0.01)
     t = (now() - t0) / steps
     res.record("mlp", case, threads, "steps_per_s", "steps/s", 1 / t)
     res.record("mlp", case, threads, "step_ms", "ms", t * 1e3)
-    # what a PyTorch user would write: F.linear + F.cross_entropy
-    p, x, tgt = state["mlp_pi"], state["mlp_x"], state["mlp_target"]
+
+
+def cnn(res, cfg, state, threads):
+    steps = cfg["cnn_steps"]
+    b, hw = cfg["cnn_b"], cfg["cnn_hw"]
+    case = "fmnist-cnn,B=%d" % b
+    if hw != 28:
+        case += ",%dx%d" % (hw, hw)
+    p, stats = state["cnn_p"], state["cnn_bn"]
+    x, tgt = state["cnn_x"], state["cnn_target"]
     t0 = now()
     for _ in range(steps):
-        mlp_loss_idiomatic(p, x, tgt).backward()
+        cnn_loss(p, stats, x, tgt).backward()
         sgd(p, 0.01)
     t = (now() - t0) / steps
-    case += ",idiomatic"
-    res.record("mlp", case, threads, "steps_per_s", "steps/s", 1 / t)
-    res.record("mlp", case, threads, "step_ms", "ms", t * 1e3)
+    res.record("cnn", case, threads, "steps_per_s", "steps/s", 1 / t)
+    res.record("cnn", case, threads, "step_ms", "ms", t * 1e3)
 
 
 def triad(res, cfg, state, threads):
@@ -227,10 +236,12 @@ def config(quick):
     if quick:
         return dict(chain_n=1000, chain_s=[1, 16], ew_n=4096, wide_k=16,
                     wide_l=32, wide_n=256, mlp_dims=[32, 64, 64, 10],
-                    mlp_b=16, mlp_steps=2, triad_bytes=1 << 20, gemm_n=96)
+                    mlp_b=16, mlp_steps=2, cnn_b=4, cnn_hw=8, cnn_steps=1,
+                    triad_bytes=1 << 20, gemm_n=96)
     return dict(chain_n=10000, chain_s=[1, 1024], ew_n=1 << 22, wide_k=16,
                 wide_l=32, wide_n=65536, mlp_dims=[784, 512, 512, 10],
-                mlp_b=128, mlp_steps=5, triad_bytes=64 << 20, gemm_n=1024)
+                mlp_b=128, mlp_steps=5, cnn_b=128, cnn_hw=28, cnn_steps=2,
+                triad_bytes=64 << 20, gemm_n=1024)
 
 
 def setup(cfg, gen, sel):
@@ -246,22 +257,31 @@ def setup(cfg, gen, sel):
                         for _ in range(cfg["wide_k"])]
     if "mlp" in sel:
         d, b = cfg["mlp_dims"], cfg["mlp_b"]
-        p, pi = [], []
+        p = []
         for i in range(3):
             r = 1 / math.sqrt(d[i])
-            w = uniform(gen, (d[i], d[i + 1]), -r, r, grad=True)
-            bias = uniform(gen, (d[i + 1],), -r, r, grad=True)
-            p += [w, bias]
-            # F.linear takes W as [out, in]
-            pi += [w.detach().t().contiguous().requires_grad_(True),
-                   bias.detach().clone().requires_grad_(True)]
-        st["mlp_p"], st["mlp_pi"] = p, pi
+            # W as [out, in], as F.linear and ag_linear take it
+            p += [uniform(gen, (d[i + 1], d[i]), -r, r, grad=True),
+                  uniform(gen, (d[i + 1],), -r, r, grad=True)]
+        st["mlp_p"] = p
         st["mlp_x"] = uniform(gen, (b, d[0]), -1, 1)
-        tgt = torch.randint(0, d[3], (b,), generator=gen)
-        st["mlp_target"] = tgt
-        mask = torch.zeros(b, d[3])
-        mask[torch.arange(b), tgt] = -1.0 / b
-        st["mlp_mask"] = mask
+        st["mlp_target"] = torch.randint(0, d[3], (b,), generator=gen)
+    if "cnn" in sel:
+        b, hw = cfg["cnn_b"], cfg["cnn_hw"]
+        p = []
+        for shape in [(32, 1, 3, 3), (64, 32, 3, 3), None,
+                      (128, 64 * (hw // 4) ** 2), (10, 128)]:
+            if shape is None:  # BatchNorm2d's scale and shift
+                p += [torch.ones(64, requires_grad=True),
+                      torch.zeros(64, requires_grad=True)]
+                continue
+            r = 1 / math.sqrt(math.prod(shape[1:]))
+            p += [uniform(gen, shape, -r, r, grad=True),
+                  uniform(gen, (shape[0],), -r, r, grad=True)]
+        st["cnn_p"] = p
+        st["cnn_bn"] = (torch.zeros(64), torch.ones(64))
+        st["cnn_x"] = uniform(gen, (b, 1, hw, hw), 0, 1)
+        st["cnn_target"] = torch.randint(0, 10, (b,), generator=gen)
     if "triad" in sel:
         n = cfg["triad_bytes"] // 8
         st["triad"] = (torch.zeros(n, dtype=torch.float64),
@@ -311,13 +331,14 @@ def main():
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--workload", action="append",
-                    choices=["chain", "elementwise", "wide", "mlp", "limits",
+                    choices=["chain", "elementwise", "wide", "mlp", "cnn",
+                             "limits",
                              "triad", "gemm"])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
 
-    sel = set(args.workload or ["chain", "elementwise", "wide", "mlp",
+    sel = set(args.workload or ["chain", "elementwise", "wide", "mlp", "cnn",
                                 "limits"])
     if "limits" in sel:
         sel |= {"triad", "gemm"}
@@ -337,6 +358,8 @@ def main():
             wide(res, cfg, st, t)
         if "mlp" in sel:
             mlp(res, cfg, st, t)
+        if "cnn" in sel:
+            cnn(res, cfg, st, t)
         if "triad" in sel:
             triad(res, cfg, st, t)
         if "gemm" in sel:

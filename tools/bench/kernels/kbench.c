@@ -5,25 +5,17 @@
  * Prints ns/element and GB/s (bytes read + written / time), best of 9
  * (the build machines are shared; the best run is the least disturbed).
  *
- *   ./build/simd/bench/kbench [op ...]
+ *   ./build/tools/kbench [op ...]
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "isa.h"
 
 #define N (1 << 22)
 #define REPS 9
-
-static double now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static int cmp_d(const void *a, const void *b)
 {
@@ -87,19 +79,19 @@ int main(int argc, char **argv)
 				g[i] = 1;
 			}
 			for (r = 0; r < REPS; r++) {
-				double t0 = now();
+				double t0 = bench_now();
 
 				isa->unary_f32(ops[o].op, N, x, 1, y, 1, NULL);
-				t[r] = now() - t0;
+				t[r] = bench_now() - t0;
 			}
 			qsort(t, REPS, sizeof(t[0]), cmp_d);
 			fwd = t[0];
 			for (r = 0; r < REPS; r++) {
-				double t0 = now();
+				double t0 = bench_now();
 
 				isa->unary_bwd_f32(ops[o].op, N, g, 1, x, 1, y,
 						   1, gx, 1, NULL);
-				t[r] = now() - t0;
+				t[r] = bench_now() - t0;
 			}
 			qsort(t, REPS, sizeof(t[0]), cmp_d);
 			bwd = t[0];
@@ -118,19 +110,19 @@ int main(int argc, char **argv)
 		for (i = 0; i < N; i++)
 			x[i] = g[i] = 0.5f;
 		for (r = 0; r < REPS; r++) {
-			double t0 = now();
+			double t0 = bench_now();
 
 			isa->binary_f32(AG_K_MUL, N, x, 1, g, 1, y, 1);
-			t[r] = now() - t0;
+			t[r] = bench_now() - t0;
 		}
 		qsort(t, REPS, sizeof(t[0]), cmp_d);
 		fwd = t[0];
 		for (r = 0; r < REPS; r++) {
-			double t0 = now();
+			double t0 = bench_now();
 
 			isa->binary_bwd_f32(AG_K_MUL, N, g, 1, x, 1, y, 1, gx,
 					    1, x, 1);
-			t[r] = now() - t0;
+			t[r] = bench_now() - t0;
 		}
 		qsort(t, REPS, sizeof(t[0]), cmp_d);
 		bwd = t[0];
@@ -154,11 +146,11 @@ int main(int argc, char **argv)
 			c3[i] = 2;
 		}
 		for (r = 0; r < REPS; r++) {
-			double t0 = now();
+			double t0 = bench_now();
 
 			for (i = 0; i < m; i++)
 				a3[i] = b3[i] + 3.0f * c3[i];
-			t[r] = now() - t0;
+			t[r] = bench_now() - t0;
 		}
 		qsort(t, REPS, sizeof(t[0]), cmp_d);
 		printf("triad 3x64MiB: %.2f GB/s (a[1] = %g)\n",

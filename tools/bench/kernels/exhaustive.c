@@ -5,7 +5,7 @@
  * runs, against libm's double functions (< 1 ULP of f64, i.e. 2^-29 ULP of
  * f32).  Takes minutes; not a test.
  *
- *   ./build/simd/exhaustive [limit [sin|cos|tanh]]
+ *   ./build/tools/exhaustive [limit [sin|cos|tanh]]
  *	limit for sin and cos, default 8192 (tanh: every float); naming a
  *	function checks only it, on the best path only
  */

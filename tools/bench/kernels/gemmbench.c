@@ -5,7 +5,7 @@
  * measured by one binary (they export the same cblas symbols).
  * Reports GFLOP/s, median and best of 9 after a warm-up.
  *
- *   ./build/simd/gemmbench \
+ *   ./build/tools/gemmbench \
  *	/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0 \
  *	/usr/lib/x86_64-linux-gnu/blis-openmp/libblis.so.4
  */
@@ -13,7 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+
+#include "clock.h"
 
 #define N 1024
 #define REPS 9
@@ -25,14 +26,6 @@
 typedef void (*sgemm_fn)(int order, int ta, int tb, int m, int n, int k,
 			 float alpha, const float *a, int lda, const float *b,
 			 int ldb, float beta, float *c, int ldc);
-
-static double now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static int cmp_d(const void *a, const void *b)
 {
@@ -104,11 +97,11 @@ int main(int argc, char **argv)
 		f(ROW_MAJOR, NO_TRANS, NO_TRANS, N, N, N, 1, a, N, b, N, 0, c,
 		  N);
 		for (r = 0; r < REPS; r++) {
-			double t0 = now();
+			double t0 = bench_now();
 
 			f(ROW_MAJOR, NO_TRANS, NO_TRANS, N, N, N, 1, a, N, b, N,
 			  0, c, N);
-			t[r] = now() - t0;
+			t[r] = bench_now() - t0;
 		}
 		qsort(t, REPS, sizeof(t[0]), cmp_d);
 		printf("  sgemm 1024^3, 1 thread: median %.1f GFLOP/s, best %.1f GFLOP/s\n",

@@ -1,0 +1,172 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * What ag-bench's workloads share: checked calls, tensors from a
+ * generator, the recorded series, the configuration, the gradient-check
+ * reports and POSIX threads for the limits.  The machine report (JSON and
+ * table) is in report.c.
+ */
+#ifndef AG_BENCH_COMMON_H
+#define AG_BENCH_COMMON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <ag/error.h>
+#include <ag/tensor.h>
+#include <ag/ops.h>
+#include <ag/autograd.h>
+#include <ag/mode.h>
+
+#if __has_include(<ag/pool.h>)
+#include <ag/pool.h>
+#define HAVE_POOL 1
+#else
+#define HAVE_POOL 0
+#endif
+
+#if __has_include(<ag/trace.h>)
+#include <ag/trace.h>
+#define HAVE_TRACE 1
+#else
+#define HAVE_TRACE 0
+#endif
+
+#ifndef AG_BENCH_VERSION
+#define AG_BENCH_VERSION "unknown"
+#endif
+
+#include "clock.h"
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define MAX_THREADS 64
+
+void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+struct ag_tensor *must_check(struct ag_tensor *t, const char *what, int line);
+void must_ok_check(int rc, const char *what, int line);
+
+/*
+ * must(): a tensor-returning call that must succeed, else ag-bench dies
+ * naming the call; must_ok(): the same for an int-returning one.
+ */
+#define must(x) must_check((x), #x, __LINE__)
+#define must_ok(x) must_ok_check((x), #x, __LINE__)
+
+void *xmalloc(size_t n);
+int cmp_double(const void *a, const void *b);
+double *to_f64(struct ag_tensor *t);
+struct ag_tensor *uniform(struct ag_generator *g, enum ag_dtype dt, int ndim,
+			  const int64_t *shape, double lo, double hi,
+			  bool requires_grad);
+struct ag_tensor *random_targets(struct ag_generator *g, int64_t n,
+				 int64_t classes);
+void sgd_step(struct ag_tensor **p, int n, double lr);
+void set_threads(int n);
+
+/* ------------------------------------------------------------ results */
+
+struct series {
+	const char *workload;
+	char case_name[64];
+	int threads;
+	const char *metric;
+	const char *unit;
+	double *v;
+	int n, cap;
+};
+
+extern struct series *all_series;
+extern int n_series;
+/* Whether figures are recorded (false during warm-up). */
+extern bool recording;
+
+void record(const char *workload, const char *case_name, int threads,
+	    const char *metric, const char *unit, double v);
+void series_stats(const struct series *s, double *med, double *mn, double *mx);
+double series_median(const char *workload, const char *metric, int threads);
+void series_free_all(void);
+
+/* ------------------------------------------------------------- config */
+
+struct config {
+	bool quick;
+	int reps, warmup;
+	int threads[MAX_THREADS];
+	int n_threads;
+	const char *json_path, *trace_path;
+
+	int64_t chain_n;
+	int64_t chain_s[2];
+	int64_t ew_n;
+	int64_t wide_k, wide_l, wide_n;
+	int64_t mlp_dims[4], mlp_b;
+	int mlp_steps; /* steps timed per repetition */
+	int64_t cnn_b;
+	int cnn_steps; /* steps timed per repetition */
+	size_t triad_bytes; /* per array */
+	int64_t gemm_n;
+};
+
+void config_sizes(struct config *c);
+
+/* ------------------------------------------------------------- checks */
+
+/* Set by the checks; the exit status. */
+extern int check_failures;
+
+void check_report(bool ok, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+double worst_ratio(const double *got, const double *want, int64_t n,
+		   double rtol, double atol, int64_t *where);
+
+/* ------------------------------------------------------------ threads */
+
+void run_threads(int n, void *(*fn)(void *), void *args, size_t size);
+
+/* ------------------------------------------------------------- report */
+
+#define CPU_PROBE_MAX 64
+
+struct machine {
+	double load_start, load_end; /* 1-minute load averages */
+	double cpu_ns[2][CPU_PROBE_MAX]; /* cpu_speeds at start and end */
+	int ncpu_probed;
+	int main_cpu[2]; /* where the main thread was then */
+	double cpu_s, wall_s; /* of the timed repetitions */
+	char cpu[256];
+	char blas[512];
+	const char *isa;
+	const char *coretype;
+	long cores;
+};
+
+void machine_probe(struct machine *mc);
+double load_avg(void);
+void cpu_speeds(double *ns, int n);
+double cpu_seconds(void);
+void write_json(const char *path, const struct machine *mc,
+		const struct config *c);
+void print_table(const struct machine *mc, const struct config *c);
+
+/* ---------------------------------------------------------- workloads */
+
+/*
+ * One workload: setup makes its state from the configuration; check runs
+ * it once at tiny sizes (--quick) and reports its gradient checks; run
+ * records one repetition's figures; trace (optional) runs it once under
+ * ag_trace; free drops the state.  needs_libag: it runs on libag's pool,
+ * so at more than one thread only when the build has one.
+ */
+struct workload {
+	const char *name;
+	const char *description;
+	bool needs_libag;
+	void *(*setup)(const struct config *c, struct ag_generator *g);
+	void (*check)(void *st, const struct config *c, int threads,
+		      struct ag_generator *g);
+	void (*run)(void *st, const struct config *c, int threads);
+	void (*trace)(void *st, const char *path);
+	void (*free)(void *st);
+};
+
+#endif /* AG_BENCH_COMMON_H */
