@@ -322,7 +322,7 @@ static int test_roots_reachable_from_each_other(void)
 				fabs(ag__get(g, i) - want) < 1e-12,
 				"iteration %d: x.grad[%d] = %.17g, want %.17g",
 				it, i, ag__get(g, i), want);
-		ag_tensor_put(g);
+		/* g is the scope's reference: no put of our own */
 		ag_tensor_zero_grad(x);
 		ag_scope_end(s);
 	}
