@@ -106,7 +106,13 @@ AG_API const char *ag_tensor_name(const struct ag_tensor *t);
 AG_API bool ag_tensor_requires_grad(const struct ag_tensor *t);
 AG_API int ag_tensor_set_requires_grad(struct ag_tensor *t, bool on);
 AG_API bool ag_tensor_is_leaf(const struct ag_tensor *t);
-AG_API struct ag_tensor *ag_tensor_grad(struct ag_tensor *t); /* NULL if none */
+/*
+ * .grad as a new reference (NULL, no error, if none): put it, unless a
+ * scope is open, which then owns it like every returned tensor -- do not
+ * put it as well.  It shares storage with .grad: a later backward that
+ * accumulates in place changes what it reads.
+ */
+AG_API struct ag_tensor *ag_tensor_grad(struct ag_tensor *t);
 AG_API int ag_tensor_zero_grad(struct ag_tensor *t); /* drops .grad */
 AG_API int ag_tensor_retain_grad(struct ag_tensor *t);
 AG_API struct ag_node *ag_tensor_grad_fn(struct ag_tensor *t); /* borrowed */
