@@ -61,6 +61,7 @@ struct ag_safetensors {
 	uint64_t data_size;
 	int n;
 	struct st_entry *e; /* sorted by offset */
+	struct st_entry **by_name; /* the same, sorted by name */
 	json_t *meta; /* the "__metadata__" object or NULL */
 };
 
@@ -89,6 +90,7 @@ void ag_safetensors_close(struct ag_safetensors *st)
 		free(st->e[i].shape);
 	}
 	free(st->e);
+	free(st->by_name);
 	free(st->data);
 	json_decref(st->meta);
 	free(st);
@@ -263,6 +265,25 @@ static int st_check_tiling(const char *what, struct ag_safetensors *st)
 	return 0;
 }
 
+static int st_cmp_name(const void *pa, const void *pb)
+{
+	const struct st_entry *const *a = pa, *const *b = pb;
+
+	return strcmp((*a)->name, (*b)->name);
+}
+
+/* Names are looked up by binary search: a module load asks for each. */
+static int st_index(struct ag_safetensors *st)
+{
+	st->by_name = malloc(sizeof(*st->by_name) * ((size_t)st->n + 1));
+	if (!st->by_name)
+		return ag__err(AG_ENOMEM, "ag_safetensors_open: out of memory");
+	for (int i = 0; i < st->n; i++)
+		st->by_name[i] = &st->e[i];
+	qsort(st->by_name, st->n, sizeof(*st->by_name), st_cmp_name);
+	return 0;
+}
+
 static int st_parse_header(const char *what, struct ag_safetensors *st,
 			   const char *hdr, size_t len)
 {
@@ -309,6 +330,8 @@ static int st_parse_header(const char *what, struct ag_safetensors *st,
 			goto out;
 	}
 	err = st_check_tiling(what, st);
+	if (!err)
+		err = st_index(st);
 out:
 	json_decref(root);
 	return err;
@@ -458,9 +481,12 @@ static const struct st_entry *st_find(const struct ag_safetensors *st,
 		ag__err(AG_EINVAL, "%s: %s is NULL", fn, st ? "name" : "st");
 		return NULL;
 	}
-	for (int i = 0; i < st->n; i++)
-		if (!strcmp(st->e[i].name, name))
-			return &st->e[i];
+	struct st_entry key = { .name = (char *)name }, *kp = &key, **hit;
+
+	hit = bsearch(&kp, st->by_name, st->n, sizeof(*st->by_name),
+		      st_cmp_name);
+	if (hit)
+		return *hit;
 	ag__err(AG_EINVAL, "%s: no tensor '%s' in the file", fn, name);
 	return NULL;
 }
