@@ -2,7 +2,8 @@
 # missing (as root on Debian), configure, build and run.
 
 DEB_PKGS := meson ninja-build pkg-config gcc clang clang-format libsleef-dev \
-	libcriterion-dev libopenblas-dev valgrind
+	libcriterion-dev libopenblas-dev valgrind libjansson-dev zlib1g-dev \
+	dataset-fashion-mnist
 MESON_CI := -Dwerror=true --buildtype=debugoptimized
 ASAN_OPTS := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
@@ -77,7 +78,7 @@ check-fuzz: deps
 		$(MESON_CI) -Dtests=false -Dfuzz=true \
 		-Db_sanitize=address,undefined -Db_lundef=false
 	ninja -C build-fuzz
-	for t in views ops; do \
+	for t in views ops checkpoint; do \
 		mkdir -p build-fuzz/corpus-$$t && \
 		$(FUZZ_OPTS) build-fuzz/tests/fuzz/fuzz_$$t \
 			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \

@@ -10,6 +10,7 @@
 #include <ag/function.h>
 #include <ag/pool.h>
 #include <ag/trace.h>
+#include <ag/checkpoint.h>
 #include <ag/version.h>
 
 #endif /* AG_AG_H */

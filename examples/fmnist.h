@@ -1,0 +1,49 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef AG_EXAMPLES_FMNIST_H
+#define AG_EXAMPLES_FMNIST_H
+
+/*
+ * Fashion-MNIST from its IDX files (gzip'd, as Debian's
+ * dataset-fashion-mnist installs them in FMNIST_DIR): images normalised
+ * with torch's usual mean and std, (x / 255 - 0.2860) / 0.3530, labels
+ * 0..9, a seeded shuffle per epoch and batches of [B, 1, 28, 28] f32
+ * images with [B] i64 labels.
+ */
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <ag/tensor.h>
+
+#define FMNIST_DIR "/usr/share/datasets/fashion-mnist"
+#define FMNIST_SIDE 28
+#define FMNIST_PIXELS (FMNIST_SIDE * FMNIST_SIDE)
+#define FMNIST_MEAN 0.2860
+#define FMNIST_STD 0.3530
+
+struct fmnist {
+	int64_t n;
+	float *images; /* n * FMNIST_PIXELS, normalised */
+	int64_t *labels; /* n */
+	int64_t *order; /* this epoch's permutation of [0, n) */
+	char errmsg[256]; /* why the last call failed */
+};
+
+/*
+ * Loads the training (60000) or test (10000) set from dir (NULL:
+ * FMNIST_DIR); 0, or -1 with d->errmsg saying what is wrong (a missing,
+ * truncated or corrupt file, bad magic numbers or sizes).  d holds nothing
+ * to free after a failure.
+ */
+int fmnist_load(struct fmnist *d, const char *dir, bool train);
+/* Loads the pair of files given by path (for tests of corrupt files). */
+int fmnist_load_files(struct fmnist *d, const char *images, const char *labels);
+void fmnist_free(struct fmnist *d);
+/* A new permutation (Fisher-Yates over ag_generator_next). */
+void fmnist_shuffle(struct fmnist *d, struct ag_generator *g);
+/* Batches per epoch: the last one may be short, as torch's drop_last=False. */
+int64_t fmnist_batches(const struct fmnist *d, int64_t batch);
+/* Batch i of size batch in the current order; new tensors or -1. */
+int fmnist_batch(struct fmnist *d, int64_t i, int64_t batch,
+		 struct ag_tensor **x, struct ag_tensor **y);
+
+#endif /* AG_EXAMPLES_FMNIST_H */

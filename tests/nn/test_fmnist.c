@@ -1,0 +1,267 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The Fashion-MNIST loader (examples/fmnist.c) on Debian's
+ * dataset-fashion-mnist, and on small IDX files made corrupt on purpose.
+ * Known values were read once with /usr/bin/python3's gzip module.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <zlib.h>
+
+#include "common.h"
+#include "fmnist.h"
+
+static bool have_dataset(void)
+{
+	return !access(FMNIST_DIR "/t10k-labels-idx1-ubyte.gz", R_OK) &&
+	       !access(FMNIST_DIR "/t10k-images-idx3-ubyte.gz", R_OK);
+}
+
+#define NEED_DATASET()                                                       \
+	do {                                                                 \
+		if (!have_dataset())                                         \
+			cr_skip_test(                                        \
+				"no " FMNIST_DIR                             \
+				" (apt-get install dataset-fashion-mnist)"); \
+	} while (0)
+
+Test(nn_fmnist, test_set)
+{
+	/* t10k-labels-idx1-ubyte.gz, items 0..19 */
+	static const int64_t first[20] = { 9, 2, 1, 1, 6, 1, 4, 6, 5, 7,
+					   4, 5, 7, 3, 4, 1, 2, 4, 8, 0 };
+	struct fmnist d;
+	int64_t hist[10] = { 0 };
+	double sum = 0, want;
+	float top = -10;
+	int at = -1;
+
+	NEED_DATASET();
+	cr_assert_eq(fmnist_load(&d, NULL, false), 0, "%s", d.errmsg);
+	cr_assert_eq(d.n, 10000);
+	for (int64_t i = 0; i < d.n; i++)
+		hist[d.labels[i]]++;
+	for (int c = 0; c < 10; c++)
+		cr_assert_eq(hist[c], 1000, "class %d: %lld", c,
+			     (long long)hist[c]);
+	for (int i = 0; i < 20; i++)
+		cr_assert_eq(d.labels[i], first[i], "label %d", i);
+	/* image 0: its pixels sum to 33456, the first 255 is pixel 577 */
+	for (int i = 0; i < FMNIST_PIXELS; i++) {
+		sum += d.images[i];
+		if (d.images[i] > top) {
+			top = d.images[i];
+			at = i;
+		}
+	}
+	want = (33456 / 255.0 - FMNIST_PIXELS * 0.2860) / 0.3530;
+	cr_assert(fabs(sum - want) < 1e-3, "sum %g, want %g", sum, want);
+	cr_assert_eq(at, 577);
+	cr_assert_float_eq(top, (1 - 0.2860) / 0.3530, 1e-6);
+	fmnist_free(&d);
+}
+
+Test(nn_fmnist, shuffle_and_batches)
+{
+	struct ag_generator *g = ag_generator_new(42);
+	struct ag_tensor *x, *y;
+	struct fmnist d;
+	int64_t *seen, *first, moved = 0;
+
+	NEED_DATASET();
+	cr_assert_eq(fmnist_load(&d, NULL, false), 0, "%s", d.errmsg);
+	seen = calloc(d.n, sizeof(*seen));
+	first = malloc(d.n * sizeof(*first));
+	fmnist_shuffle(&d, g);
+	memcpy(first, d.order, d.n * sizeof(*first));
+	for (int64_t i = 0; i < d.n; i++) {
+		seen[d.order[i]]++;
+		moved += d.order[i] != i;
+	}
+	for (int64_t i = 0; i < d.n; i++)
+		cr_assert_eq(seen[i], 1, "item %lld appears %lld times",
+			     (long long)i, (long long)seen[i]);
+	cr_assert_gt(moved, 9900);
+	/* the same seed gives the same epoch, the next epoch another */
+	ag_generator_free(g);
+	g = ag_generator_new(42);
+	for (int64_t i = 0; i < d.n; i++)
+		d.order[i] = i;
+	fmnist_shuffle(&d, g);
+	cr_assert(!memcmp(first, d.order, d.n * sizeof(*first)));
+	fmnist_shuffle(&d, g);
+	cr_assert(memcmp(first, d.order, d.n * sizeof(*first)));
+
+	cr_assert_eq(fmnist_batches(&d, 64), 157);
+	cr_assert_eq(fmnist_batch(&d, 156, 64, &x, &y), 0, "%s", d.errmsg);
+	cr_assert_eq(ag_tensor_ndim(x), 4);
+	cr_assert_eq(ag_tensor_shape(x)[0], 16); /* 10000 - 156 * 64 */
+	cr_assert_eq(ag_tensor_shape(x)[1], 1);
+	cr_assert_eq(ag_tensor_shape(x)[2], 28);
+	cr_assert_eq(ag_tensor_dtype(y), AG_I64);
+	cr_assert_eq(ag_tensor_shape(y)[0], 16);
+	for (int k = 0; k < 16; k++) {
+		int64_t s = d.order[156 * 64 + k];
+
+		cr_assert_eq(((int64_t *)ag_tensor_data(y))[k], d.labels[s]);
+		cr_assert(!memcmp(
+			(float *)ag_tensor_data(x) + k * FMNIST_PIXELS,
+			d.images + s * FMNIST_PIXELS, 4 * FMNIST_PIXELS));
+	}
+	ag_tensor_put(x);
+	ag_tensor_put(y);
+	cr_assert_eq(fmnist_batch(&d, 157, 64, &x, &y), -1);
+	cr_assert_null(x);
+	cr_assert(strstr(d.errmsg, "out of range"));
+	free(seen);
+	free(first);
+	fmnist_free(&d);
+	ag_generator_free(g);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* ---- corrupt files ---- */
+
+static char dir[64], img[128], lab[128];
+
+static void mkdir_tmp(void)
+{
+	strcpy(dir, "/tmp/ag-fmnist.XXXXXX");
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(img, sizeof(img), "%s/img.gz", dir);
+	snprintf(lab, sizeof(lab), "%s/lab.gz", dir);
+}
+
+static void rm_tmp(void)
+{
+	unlink(img);
+	unlink(lab);
+	rmdir(dir);
+}
+
+static void put_u32(unsigned char *p, uint32_t v)
+{
+	p[0] = (unsigned char)(v >> 24);
+	p[1] = (unsigned char)(v >> 16);
+	p[2] = (unsigned char)(v >> 8);
+	p[3] = (unsigned char)v;
+}
+
+static void write_gz(const char *path, const void *buf, size_t n)
+{
+	gzFile f = gzopen(path, "wb");
+
+	cr_assert_not_null(f);
+	cr_assert_eq(gzwrite(f, buf, (unsigned)n), (int)n);
+	cr_assert_eq(gzclose(f), Z_OK);
+}
+
+/* n images of 28x28 and m labels, valid unless changed afterwards. */
+static void write_set(uint32_t n, uint32_t m, uint32_t img_magic, uint32_t side,
+		      int label_value)
+{
+	size_t ni = 16 + (size_t)n * side * side, nl = 8 + m;
+	unsigned char *bi = calloc(1, ni), *bl = calloc(1, nl);
+
+	put_u32(bi, img_magic);
+	put_u32(bi + 4, n);
+	put_u32(bi + 8, side);
+	put_u32(bi + 12, side);
+	for (size_t i = 16; i < ni; i++)
+		bi[i] = (unsigned char)i;
+	put_u32(bl, 0x801);
+	put_u32(bl + 4, m);
+	for (uint32_t i = 0; i < m; i++)
+		bl[8 + i] = (unsigned char)(label_value >= 0 ? label_value :
+							       (int)(i % 10));
+	write_gz(img, bi, ni);
+	write_gz(lab, bl, nl);
+	free(bi);
+	free(bl);
+}
+
+static void assert_refused(const char *why)
+{
+	struct fmnist d;
+
+	cr_assert_eq(fmnist_load_files(&d, img, lab), -1);
+	cr_assert(strstr(d.errmsg, why), "\"%s\" lacks \"%s\"", d.errmsg, why);
+	cr_assert_null(d.images);
+	cr_assert_eq(d.n, 0);
+}
+
+TestSuite(nn_fmnist_corrupt, .init = mkdir_tmp, .fini = rm_tmp);
+
+Test(nn_fmnist_corrupt, small_valid_set_loads)
+{
+	struct fmnist d;
+
+	write_set(3, 3, 0x803, 28, -1);
+	cr_assert_eq(fmnist_load_files(&d, img, lab), 0, "%s", d.errmsg);
+	cr_assert_eq(d.n, 3);
+	cr_assert_eq(d.labels[2], 2);
+	/* pixel 0 of image 0 is byte 16 of the file */
+	cr_assert_float_eq(d.images[0], (16 / 255.0 - 0.2860) / 0.3530, 1e-6);
+	fmnist_free(&d);
+}
+
+Test(nn_fmnist_corrupt, bad_headers)
+{
+	write_set(3, 3, 0x802, 28, -1);
+	assert_refused("magic number 0x00000802, want 0x00000803");
+	write_set(3, 3, 0x803, 27, -1);
+	assert_refused("images are 27x27");
+	write_set(3, 2, 0x803, 28, -1);
+	assert_refused("3 images but 2 labels");
+	write_set(3, 3, 0x803, 28, 10);
+	assert_refused("label 10 of item 0");
+	unlink(lab);
+	assert_refused("cannot open");
+}
+
+/* Every cut of the gzip stream, and flipped bytes in it, are refused. */
+Test(nn_fmnist_corrupt, truncated_and_garbled_gz)
+{
+	unsigned char *buf = malloc(1 << 16);
+	size_t n;
+	FILE *f;
+
+	write_set(2, 2, 0x803, 28, -1);
+	f = fopen(img, "rb");
+	n = fread(buf, 1, 1 << 16, f);
+	fclose(f);
+	for (size_t len = 0; len < n; len++) {
+		struct fmnist d;
+
+		f = fopen(img, "wb");
+		cr_assert_eq(fwrite(buf, 1, len, f), len);
+		fclose(f);
+		cr_assert_eq(fmnist_load_files(&d, img, lab), -1, "len %zu",
+			     len);
+	}
+	/* a flipped byte in the deflate data or its CRC */
+	for (size_t at = 12; at < n; at += 7) {
+		struct fmnist d;
+
+		buf[at] ^= 0x5a;
+		f = fopen(img, "wb");
+		cr_assert_eq(fwrite(buf, 1, n, f), n);
+		fclose(f);
+		cr_assert_eq(fmnist_load_files(&d, img, lab), -1, "at %zu", at);
+		buf[at] ^= 0x5a;
+	}
+	free(buf);
+}
+
+Test(nn_fmnist_corrupt, trailing_data)
+{
+	unsigned char bl[8 + 4] = { 0 };
+
+	write_set(3, 3, 0x803, 28, -1);
+	put_u32(bl, 0x801);
+	put_u32(bl + 4, 3);
+	write_gz(lab, bl, sizeof(bl));
+	assert_refused("data after the last item");
+}
