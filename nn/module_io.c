@@ -37,7 +37,7 @@ static int state_of(struct ag_module *m, const char *fn, struct state *s)
 
 	memset(s, 0, sizeof(*s));
 	if (!m)
-		return ag__err(AG_EINVAL, "%s: module is NULL", fn);
+		return ag_set_error(AG_EINVAL, "%s: module is NULL", fn);
 	err = ag_module_named_parameters(m, &pn, &pt, &np);
 	if (!err)
 		err = ag_module_named_buffers(m, &bn, &bt, &nb);
@@ -48,7 +48,7 @@ static int state_of(struct ag_module *m, const char *fn, struct state *s)
 	if (!s->names || !s->ts) {
 		free(s->names);
 		free(s->ts);
-		return ag__err(AG_ENOMEM, "%s: out of memory", fn);
+		return ag_set_error(AG_ENOMEM, "%s: out of memory", fn);
 	}
 	for (int i = 0; i < np; i++) {
 		s->names[s->n] = pn[i];
@@ -106,11 +106,11 @@ static int keys_add(struct keys *l, const char *name)
 	char **k = realloc(l->k, sizeof(*k) * ((size_t)l->n + 1));
 
 	if (!k)
-		return ag__err(AG_ENOMEM, "ag_module_load: out of memory");
+		return ag_set_error(AG_ENOMEM, "ag_module_load: out of memory");
 	l->k = k;
 	k[l->n] = strdup(name);
 	if (!k[l->n])
-		return ag__err(AG_ENOMEM, "ag_module_load: out of memory");
+		return ag_set_error(AG_ENOMEM, "ag_module_load: out of memory");
 	l->n++;
 	return 0;
 }
@@ -170,7 +170,7 @@ static int check_entry(const char *path, struct ag_safetensors *st,
 	shape_text(fs, sizeof(fs), dt, ndim, shape);
 	shape_text(ms, sizeof(ms), ag_tensor_dtype(t), ag_tensor_ndim(t),
 		   ag_tensor_shape(t));
-	return ag__err(
+	return ag_set_error(
 		AG_EINVAL,
 		"ag_module_load: %s: '%s' is %s in the file but %s in the module",
 		path, name, fs, ms);
@@ -189,7 +189,7 @@ static int plan(const char *path, struct ag_safetensors *st,
 	const char **fnames = calloc((size_t)nf + 1, sizeof(*fnames));
 
 	if (!fnames)
-		return ag__err(AG_ENOMEM, "ag_module_load: out of memory");
+		return ag_set_error(AG_ENOMEM, "ag_module_load: out of memory");
 	for (int i = 0; i < nf; i++)
 		fnames[i] = ag_safetensors_name(st, i);
 	for (int i = 0; !err && i < s->n; i++) {
@@ -217,7 +217,7 @@ static int strict_error(const char *path, const struct keys *missing,
 {
 	char a[512], b[512];
 
-	return ag__err(
+	return ag_set_error(
 		AG_EINVAL,
 		"ag_module_load: %s: missing keys: [%s]; unexpected keys: [%s]",
 		path, keys_text(missing, a, sizeof(a)),
@@ -279,7 +279,7 @@ int ag_module_load_ex(struct ag_module *m, const char *path,
 	}
 	srcs = calloc((size_t)s.n + 1, sizeof(*srcs));
 	if (!srcs) {
-		err = ag__err(AG_ENOMEM, "ag_module_load: out of memory");
+		err = ag_set_error(AG_ENOMEM, "ag_module_load: out of memory");
 		goto out;
 	}
 	err = plan(path, st, &s, srcs, &missing, &unexpected);

@@ -104,14 +104,14 @@ static int st_parse_meta(const char *what, json_t *v)
 	json_t *s;
 
 	if (!json_is_object(v))
-		return ag__err(
+		return ag_set_error(
 			AG_EIO,
 			"ag_safetensors_open: %s: \"__metadata__\" is not an object",
 			what);
 	json_object_foreach(v, k, s)
 	{
 		if (!json_is_string(s))
-			return ag__err(
+			return ag_set_error(
 				AG_EIO,
 				"ag_safetensors_open: %s: \"__metadata__\" value of '%s' is not a string",
 				what, k);
@@ -141,66 +141,67 @@ static int st_parse_entry(const char *what, const char *key, json_t *v,
 	size_t i;
 
 	if (!json_is_object(v))
-		return ag__err(
+		return ag_set_error(
 			AG_EIO,
 			"ag_safetensors_open: %s: tensor '%s' is not an object",
 			what, key);
 	if (!json_is_string(dt))
-		return ag__err(
+		return ag_set_error(
 			AG_EIO,
 			"ag_safetensors_open: %s: tensor '%s' has no dtype string",
 			what, key);
 	e->dt = st_dtype_find(json_string_value(dt));
 	if (!e->dt)
-		return ag__err(
+		return ag_set_error(
 			AG_EIO,
 			"ag_safetensors_open: %s: tensor '%s' has unknown dtype \"%s\"",
 			what, key, json_string_value(dt));
 	if (!json_is_array(shape))
-		return ag__err(
+		return ag_set_error(
 			AG_EIO,
 			"ag_safetensors_open: %s: tensor '%s' has no shape array",
 			what, key);
 	if (json_array_size(shape) > INT_MAX / 8)
-		return ag__err(
+		return ag_set_error(
 			AG_EIO,
 			"ag_safetensors_open: %s: tensor '%s' has %zu dims",
 			what, key, json_array_size(shape));
 	e->ndim = (int)json_array_size(shape);
 	e->shape = malloc(sizeof(*e->shape) * (e->ndim ? e->ndim : 1));
 	if (!e->shape)
-		return ag__err(AG_ENOMEM, "ag_safetensors_open: out of memory");
+		return ag_set_error(AG_ENOMEM,
+				    "ag_safetensors_open: out of memory");
 	bytes = e->dt->size;
 	for (i = 0; i < json_array_size(shape); i++) {
 		x = st_uint(json_array_get(shape, i));
 		if (x < 0)
-			return ag__err(
+			return ag_set_error(
 				AG_EIO,
 				"ag_safetensors_open: %s: tensor '%s': shape[%zu] is not a non-negative integer",
 				what, key, i);
 		e->shape[i] = x;
 		if (__builtin_mul_overflow(bytes, (uint64_t)x, &bytes))
-			return ag__err(
+			return ag_set_error(
 				AG_EIO,
 				"ag_safetensors_open: %s: tensor '%s': the byte size of its shape overflows",
 				what, key);
 	}
 	if (!json_is_array(offs) || json_array_size(offs) != 2)
-		return ag__err(
+		return ag_set_error(
 			AG_EIO,
 			"ag_safetensors_open: %s: tensor '%s' has no data_offsets [begin, end]",
 			what, key);
 	b = st_uint(json_array_get(offs, 0));
 	x = st_uint(json_array_get(offs, 1));
 	if (b < 0 || x < 0 || x < b)
-		return ag__err(
+		return ag_set_error(
 			AG_EIO,
 			"ag_safetensors_open: %s: tensor '%s': data_offsets are not integers 0 <= begin <= end",
 			what, key);
 	e->begin = (uint64_t)b;
 	e->end = (uint64_t)x;
 	if (e->end - e->begin != bytes)
-		return ag__err(
+		return ag_set_error(
 			AG_EIO,
 			"ag_safetensors_open: %s: tensor '%s': data_offsets [%llu, %llu] hold %llu bytes but %s of its shape needs %llu",
 			what, key, (unsigned long long)e->begin,
@@ -209,7 +210,8 @@ static int st_parse_entry(const char *what, const char *key, json_t *v,
 			(unsigned long long)bytes);
 	e->name = strdup(key);
 	if (!e->name)
-		return ag__err(AG_ENOMEM, "ag_safetensors_open: out of memory");
+		return ag_set_error(AG_ENOMEM,
+				    "ag_safetensors_open: out of memory");
 	return 0;
 }
 
@@ -234,14 +236,14 @@ static int st_check_tiling(const char *what, struct ag_safetensors *st)
 		struct st_entry *e = &st->e[i];
 
 		if (e->end > st->data_size)
-			return ag__err(
+			return ag_set_error(
 				AG_EIO,
 				"ag_safetensors_open: %s: tensor '%s': data_offsets [%llu, %llu] run past the %llu-byte data",
 				what, e->name, (unsigned long long)e->begin,
 				(unsigned long long)e->end,
 				(unsigned long long)st->data_size);
 		if (e->begin < at)
-			return ag__err(
+			return ag_set_error(
 				AG_EIO,
 				"ag_safetensors_open: %s: tensor '%s' [%llu, %llu] overlaps tensor '%s' [%llu, %llu]",
 				what, e->name, (unsigned long long)e->begin,
@@ -249,7 +251,7 @@ static int st_check_tiling(const char *what, struct ag_safetensors *st)
 				(unsigned long long)st->e[i - 1].begin,
 				(unsigned long long)st->e[i - 1].end);
 		if (e->begin > at)
-			return ag__err(
+			return ag_set_error(
 				AG_EIO,
 				"ag_safetensors_open: %s: data bytes [%llu, %llu) before tensor '%s' belong to no tensor",
 				what, (unsigned long long)at,
@@ -257,7 +259,7 @@ static int st_check_tiling(const char *what, struct ag_safetensors *st)
 		at = e->end;
 	}
 	if (at != st->data_size)
-		return ag__err(
+		return ag_set_error(
 			AG_EIO,
 			"ag_safetensors_open: %s: data bytes [%llu, %llu) after the last tensor belong to no tensor",
 			what, (unsigned long long)at,
@@ -277,7 +279,8 @@ static int st_index(struct ag_safetensors *st)
 {
 	st->by_name = malloc(sizeof(*st->by_name) * ((size_t)st->n + 1));
 	if (!st->by_name)
-		return ag__err(AG_ENOMEM, "ag_safetensors_open: out of memory");
+		return ag_set_error(AG_ENOMEM,
+				    "ag_safetensors_open: out of memory");
 	for (int i = 0; i < st->n; i++)
 		st->by_name[i] = &st->e[i];
 	qsort(st->by_name, st->n, sizeof(*st->by_name), st_cmp_name);
@@ -293,18 +296,18 @@ static int st_parse_header(const char *what, struct ag_safetensors *st,
 	int err = 0;
 
 	if (!len || hdr[0] != '{')
-		return ag__err(
+		return ag_set_error(
 			AG_EIO,
 			"ag_safetensors_open: %s: the header does not begin with '{'",
 			what);
 	root = json_loadb(hdr, len, JSON_REJECT_DUPLICATES, &jerr);
 	if (!root)
-		return ag__err(
+		return ag_set_error(
 			AG_EIO,
 			"ag_safetensors_open: %s: the header is not valid JSON: %s (at byte %d)",
 			what, jerr.text, jerr.position);
 	if (!json_is_object(root)) {
-		err = ag__err(
+		err = ag_set_error(
 			AG_EIO,
 			"ag_safetensors_open: %s: the header is not a JSON object",
 			what);
@@ -312,7 +315,8 @@ static int st_parse_header(const char *what, struct ag_safetensors *st,
 	}
 	st->e = calloc(json_object_size(root) + 1, sizeof(*st->e));
 	if (!st->e) {
-		err = ag__err(AG_ENOMEM, "ag_safetensors_open: out of memory");
+		err = ag_set_error(AG_ENOMEM,
+				   "ag_safetensors_open: out of memory");
 		goto out;
 	}
 	json_object_foreach(root, key, v)
@@ -347,7 +351,8 @@ struct ag_safetensors *ag__safetensors_open_mem(const void *buf, size_t n,
 	if (!buf && n)
 		goto einval;
 	if (n < 8) {
-		ag__err(AG_EIO,
+		ag_set_error(
+			AG_EIO,
 			"ag_safetensors_open: %s: %zu bytes, too short for the 8-byte header length",
 			what, n);
 		return NULL;
@@ -355,13 +360,15 @@ struct ag_safetensors *ag__safetensors_open_mem(const void *buf, size_t n,
 	for (int i = 7; i >= 0; i--)
 		hlen = hlen << 8 | p[i];
 	if (hlen > ST_MAX_HEADER) {
-		ag__err(AG_EIO,
+		ag_set_error(
+			AG_EIO,
 			"ag_safetensors_open: %s: header length %llu is over the %u-byte limit",
 			what, (unsigned long long)hlen, ST_MAX_HEADER);
 		return NULL;
 	}
 	if (hlen > n - 8) {
-		ag__err(AG_EIO,
+		ag_set_error(
+			AG_EIO,
 			"ag_safetensors_open: %s: header length %llu runs past the end of the %zu-byte file",
 			what, (unsigned long long)hlen, n);
 		return NULL;
@@ -375,7 +382,7 @@ struct ag_safetensors *ag__safetensors_open_mem(const void *buf, size_t n,
 	/* +1: malloc(0) may return NULL */
 	st->data = malloc(st->data_size + 1);
 	if (!st->data) {
-		ag__err(AG_ENOMEM, "ag_safetensors_open: out of memory");
+		ag_set_error(AG_ENOMEM, "ag_safetensors_open: out of memory");
 		goto fail;
 	}
 	memcpy(st->data, p + 8 + hlen, st->data_size);
@@ -384,10 +391,10 @@ fail:
 	ag_safetensors_close(st);
 	return NULL;
 enomem:
-	ag__err(AG_ENOMEM, "ag_safetensors_open: out of memory");
+	ag_set_error(AG_ENOMEM, "ag_safetensors_open: out of memory");
 	return NULL;
 einval:
-	ag__err(AG_EINVAL, "ag_safetensors_open: buffer is NULL");
+	ag_set_error(AG_EINVAL, "ag_safetensors_open: buffer is NULL");
 	return NULL;
 }
 
@@ -414,31 +421,33 @@ struct ag_safetensors *ag_safetensors_open(const char *path)
 	int fd, e;
 
 	if (!path) {
-		ag__err(AG_EINVAL, "ag_safetensors_open: path is NULL");
+		ag_set_error(AG_EINVAL, "ag_safetensors_open: path is NULL");
 		return NULL;
 	}
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
-		ag__err(AG_EIO, "ag_safetensors_open: %s: %s", path,
-			strerror(errno));
+		ag_set_error(AG_EIO, "ag_safetensors_open: %s: %s", path,
+			     strerror(errno));
 		return NULL;
 	}
 	if (fstat(fd, &sb) || !S_ISREG(sb.st_mode)) {
-		ag__err(AG_EIO, "ag_safetensors_open: %s: not a regular file",
-			path);
+		ag_set_error(AG_EIO,
+			     "ag_safetensors_open: %s: not a regular file",
+			     path);
 		goto out;
 	}
 	buf = malloc((size_t)sb.st_size + 1);
 	if (!buf) {
-		ag__err(AG_ENOMEM,
+		ag_set_error(
+			AG_ENOMEM,
 			"ag_safetensors_open: %s: out of memory for %lld bytes",
 			path, (long long)sb.st_size);
 		goto out;
 	}
 	e = read_all(fd, buf, (size_t)sb.st_size);
 	if (e) {
-		ag__err(AG_EIO, "ag_safetensors_open: %s: read: %s", path,
-			strerror(-e));
+		ag_set_error(AG_EIO, "ag_safetensors_open: %s: read: %s", path,
+			     strerror(-e));
 		goto out;
 	}
 	st = ag__safetensors_open_mem(buf, (size_t)sb.st_size, path);
@@ -451,14 +460,16 @@ out:
 int ag_safetensors_count(const struct ag_safetensors *st)
 {
 	if (!st)
-		return ag__err(AG_EINVAL, "ag_safetensors_count: st is NULL");
+		return ag_set_error(AG_EINVAL,
+				    "ag_safetensors_count: st is NULL");
 	return st->n;
 }
 
 const char *ag_safetensors_name(const struct ag_safetensors *st, int i)
 {
 	if (!st || i < 0 || i >= st->n) {
-		ag__err(AG_EINVAL,
+		ag_set_error(
+			AG_EINVAL,
 			"ag_safetensors_name: index %d out of range [0, %d)", i,
 			st ? st->n : 0);
 		return NULL;
@@ -478,7 +489,8 @@ static const struct st_entry *st_find(const struct ag_safetensors *st,
 				      const char *fn, const char *name)
 {
 	if (!st || !name) {
-		ag__err(AG_EINVAL, "%s: %s is NULL", fn, st ? "name" : "st");
+		ag_set_error(AG_EINVAL, "%s: %s is NULL", fn,
+			     st ? "name" : "st");
 		return NULL;
 	}
 	struct st_entry key = { .name = (char *)name }, *kp = &key, **hit;
@@ -487,19 +499,19 @@ static const struct st_entry *st_find(const struct ag_safetensors *st,
 		      st_cmp_name);
 	if (hit)
 		return *hit;
-	ag__err(AG_EINVAL, "%s: no tensor '%s' in the file", fn, name);
+	ag_set_error(AG_EINVAL, "%s: no tensor '%s' in the file", fn, name);
 	return NULL;
 }
 
 static int st_check_entry(const char *fn, const struct st_entry *e)
 {
 	if (e->dt->ag < 0)
-		return ag__err(
+		return ag_set_error(
 			AG_EDTYPE,
 			"%s: tensor '%s' is %s, which libag has no dtype for",
 			fn, e->name, e->dt->name);
 	if (e->ndim > AG_MAX_DIMS)
-		return ag__err(
+		return ag_set_error(
 			AG_EINVAL,
 			"%s: tensor '%s' has %d dims, more than AG_MAX_DIMS (%d)",
 			fn, e->name, e->ndim, AG_MAX_DIMS);
@@ -565,11 +577,12 @@ static int st_check_items(const char *const *names,
 {
 	for (int i = 0; i < n; i++) {
 		if (!names[i] || !tensors[i])
-			return ag__err(AG_EINVAL,
-				       "ag_safetensors_save: %s[%d] is NULL",
-				       names[i] ? "tensors" : "names", i);
+			return ag_set_error(
+				AG_EINVAL,
+				"ag_safetensors_save: %s[%d] is NULL",
+				names[i] ? "tensors" : "names", i);
 		if (!strcmp(names[i], "__metadata__"))
-			return ag__err(
+			return ag_set_error(
 				AG_EINVAL,
 				"ag_safetensors_save: the name \"__metadata__\" is reserved");
 		it[i].name = names[i];
@@ -581,7 +594,7 @@ static int st_check_items(const char *const *names,
 	qsort(it, n, sizeof(*it), st_cmp_item);
 	for (int i = 1; i < n; i++)
 		if (!strcmp(it[i].name, it[i - 1].name))
-			return ag__err(
+			return ag_set_error(
 				AG_EINVAL,
 				"ag_safetensors_save: the name '%s' is given twice",
 				it[i].name);
@@ -629,7 +642,8 @@ static char *st_header(const struct st_item *it, int n, size_t *len)
 		/* jansson takes keys as UTF-8 only */
 		if (json_object_set_new(root, it[i].name, o)) {
 			json_decref(root);
-			ag__err(AG_EINVAL,
+			ag_set_error(
+				AG_EINVAL,
 				"ag_safetensors_save: the name '%s' is not valid UTF-8",
 				it[i].name);
 			return NULL;
@@ -654,7 +668,7 @@ static char *st_header(const struct st_item *it, int n, size_t *len)
 	return p;
 enomem:
 	json_decref(root);
-	ag__err(AG_ENOMEM, "ag_safetensors_save: out of memory");
+	ag_set_error(AG_ENOMEM, "ag_safetensors_save: out of memory");
 	return NULL;
 }
 
@@ -724,7 +738,8 @@ static int st_temp_names(const char *path, char **tmp, char **dir)
 	*tmp = malloc(strlen(path) + 16);
 	*dir = malloc(dlen + 2);
 	if (!*tmp || !*dir)
-		return ag__err(AG_ENOMEM, "ag_safetensors_save: out of memory");
+		return ag_set_error(AG_ENOMEM,
+				    "ag_safetensors_save: out of memory");
 	if (slash) {
 		memcpy(*dir, path, dlen);
 		(*dir)[dlen] = 0;
@@ -752,8 +767,8 @@ static int st_replace(const char *path, const char *hdr, size_t hlen,
 		mode = sb.st_mode & 07777;
 	fd = mkstemp(tmp);
 	if (fd < 0) {
-		err = ag__err(AG_EIO, "ag_safetensors_save: %s: %s", tmp,
-			      strerror(errno));
+		err = ag_set_error(AG_EIO, "ag_safetensors_save: %s: %s", tmp,
+				   strerror(errno));
 		goto out;
 	}
 	e = fchmod(fd, mode) ? -errno : 0;
@@ -765,16 +780,16 @@ static int st_replace(const char *path, const char *hdr, size_t hlen,
 		e = -errno;
 	if (e) {
 		unlink(tmp);
-		err = ag__err(e == -ENOMEM ? AG_ENOMEM : AG_EIO,
-			      "ag_safetensors_save: %s: %s", path,
-			      strerror(-e));
+		err = ag_set_error(e == -ENOMEM ? AG_ENOMEM : AG_EIO,
+				   "ag_safetensors_save: %s: %s", path,
+				   strerror(-e));
 		goto out;
 	}
 	/* the rename itself is durable once the directory is synced */
 	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd < 0 || fsync(dfd))
-		err = ag__err(AG_EIO, "ag_safetensors_save: %s: sync: %s", dir,
-			      strerror(errno));
+		err = ag_set_error(AG_EIO, "ag_safetensors_save: %s: sync: %s",
+				   dir, strerror(errno));
 	if (dfd >= 0)
 		close(dfd);
 out:
@@ -792,13 +807,14 @@ int ag_safetensors_save(const char *path, const char *const *names,
 	int err;
 
 	if (!path || n < 0 || (n && (!names || !tensors)))
-		return ag__err(
+		return ag_set_error(
 			AG_EINVAL,
 			"ag_safetensors_save: path, names or tensors is NULL, or n = %d < 0",
 			n);
 	it = calloc((size_t)n + 1, sizeof(*it));
 	if (!it)
-		return ag__err(AG_ENOMEM, "ag_safetensors_save: out of memory");
+		return ag_set_error(AG_ENOMEM,
+				    "ag_safetensors_save: out of memory");
 	err = st_check_items(names, tensors, n, it);
 	if (err)
 		goto out;

@@ -5,14 +5,7 @@
 #include <stddef.h>
 
 #include <ag/checkpoint.h>
-
-/*
- * nn/ includes only public headers, but it must report errors the way the
- * rest of the library does: this is the library's hidden error setter
- * (engine/error.c), which nn/ reaches through the same link.
- */
-int ag__err(int code, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+#include <ag/error.h>
 
 /*
  * ag_safetensors_open() over bytes already in memory (the fuzz target's
