@@ -1,0 +1,381 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Trains a classifier on Fashion-MNIST (Debian's dataset-fashion-mnist)
+ * with libag alone, then reports the test accuracy in eval mode and saves
+ * a checkpoint (the model as safetensors, the optimiser state beside it).
+ *
+ *   fashion_mnist [--model mlp|cnn] [--epochs N] [--batch B] [--threads T]
+ *                 [--lr X] [--seed S] [--checkpoint PATH] [--resume]
+ *                 [--limit N] [--data DIR]
+ *
+ * mlp: 784-512-512-10, ReLU, dropout 0.2, Adam (lr 1e-3).
+ * cnn: conv 1->32 3x3 pad 1, ReLU, maxpool 2, conv 32->64 3x3 pad 1,
+ *      BatchNorm2d, ReLU, maxpool 2, linear 3136->128, ReLU, linear
+ *      128->10; AdamW (lr 1e-3, weight decay 1e-2).
+ * --limit trains on the first N training images (a quick run);
+ * --resume continues from the checkpoint, at the epoch it stopped.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <ag/ag.h>
+#include <ag/checkpoint.h>
+#include <ag/nn.h>
+#include <ag/optim.h>
+
+#include "fmnist.h"
+
+struct args {
+	const char *model, *checkpoint, *data;
+	int epochs, threads;
+	int64_t batch, limit;
+	double lr;
+	uint64_t seed;
+	bool resume;
+};
+
+static double now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int usage(const char *why)
+{
+	fprintf(stderr,
+		"fashion_mnist: %s\n"
+		"usage: fashion_mnist [--model mlp|cnn] [--epochs N] [--batch B] [--threads T]\n"
+		"                     [--lr X] [--seed S] [--checkpoint PATH] [--resume]\n"
+		"                     [--limit N] [--data DIR]\n",
+		why);
+	return 2;
+}
+
+static int parse(int argc, char **argv, struct args *a)
+{
+	*a = (struct args){ .model = "mlp",
+			    .checkpoint = "fashion_mnist.safetensors",
+			    .data = FMNIST_DIR,
+			    .epochs = 10,
+			    .batch = 128,
+			    .lr = 1e-3,
+			    .seed = 1 };
+	for (int i = 1; i < argc; i++) {
+		const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+		char *end = NULL;
+
+		if (!strcmp(k, "--resume")) {
+			a->resume = true;
+			continue;
+		}
+		if (!v)
+			return usage("an option needs a value");
+		i++;
+		errno = 0;
+		if (!strcmp(k, "--model"))
+			a->model = v;
+		else if (!strcmp(k, "--checkpoint"))
+			a->checkpoint = v;
+		else if (!strcmp(k, "--data"))
+			a->data = v;
+		else if (!strcmp(k, "--epochs"))
+			a->epochs = (int)strtol(v, &end, 10);
+		else if (!strcmp(k, "--threads"))
+			a->threads = (int)strtol(v, &end, 10);
+		else if (!strcmp(k, "--batch"))
+			a->batch = strtoll(v, &end, 10);
+		else if (!strcmp(k, "--limit"))
+			a->limit = strtoll(v, &end, 10);
+		else if (!strcmp(k, "--seed"))
+			a->seed = strtoull(v, &end, 10);
+		else if (!strcmp(k, "--lr"))
+			a->lr = strtod(v, &end);
+		else
+			return usage("unknown option");
+		if (end && (*end || errno))
+			return usage("a number is malformed");
+	}
+	if (strcmp(a->model, "mlp") && strcmp(a->model, "cnn"))
+		return usage("--model is mlp or cnn");
+	if (a->epochs < 0 || a->batch < 1 || a->limit < 0 || a->threads < 0 ||
+	    !(a->lr > 0))
+		return usage(
+			"--epochs, --limit, --threads >= 0; --batch >= 1; --lr > 0");
+	return 0;
+}
+
+static struct ag_module *mlp(struct ag_generator *g)
+{
+	struct ag_module *m[] = {
+		ag_flatten_new(1, -1),
+		ag_linear_new(784, 512, true, g),
+		ag_relu_new(),
+		ag_dropout_new(0.2, NULL),
+		ag_linear_new(512, 512, true, g),
+		ag_relu_new(),
+		ag_dropout_new(0.2, NULL),
+		ag_linear_new(512, 10, true, g),
+	};
+
+	return ag_sequential_new(m, sizeof(m) / sizeof(m[0]));
+}
+
+static struct ag_module *cnn(struct ag_generator *g)
+{
+	struct ag_conv2d_opts pad1 = { .stride = { 1, 1 },
+				       .padding = { 1, 1 },
+				       .dilation = { 1, 1 },
+				       .groups = 1 };
+	const int64_t two[2] = { 2, 2 };
+	struct ag_module *m[] = {
+		ag_conv2d_new(1, 32, 3, 3, &pad1, true, g),
+		ag_relu_new(),
+		ag_maxpool2d_new(two, NULL, NULL),
+		ag_conv2d_new(32, 64, 3, 3, &pad1, true, g),
+		ag_batchnorm2d_new(64, 1e-5, 0.1),
+		ag_relu_new(),
+		ag_maxpool2d_new(two, NULL, NULL),
+		ag_flatten_new(1, -1),
+		ag_linear_new(3136, 128, true, g),
+		ag_relu_new(),
+		ag_linear_new(128, 10, true, g),
+	};
+
+	return ag_sequential_new(m, sizeof(m) / sizeof(m[0]));
+}
+
+/* The optimiser's state and the next epoch, in "<checkpoint>.optim". */
+static int save_optim(struct ag_optim *o, const char *path, int next_epoch)
+{
+	const char *const *names;
+	struct ag_tensor *const *ts;
+	const char **all_names = NULL;
+	struct ag_tensor **all = NULL, *ep = NULL;
+	int n, rc;
+
+	rc = ag_optim_state(o, &names, &ts, &n);
+	if (rc)
+		return rc;
+	all_names = calloc((size_t)n + 1, sizeof(*all_names));
+	all = calloc((size_t)n + 1, sizeof(*all));
+	ep = ag_scalar(AG_I64, next_epoch);
+	rc = -AG_ENOMEM;
+	if (all_names && all && ep) {
+		memcpy(all_names, names, (size_t)n * sizeof(*names));
+		memcpy(all, ts, (size_t)n * sizeof(*ts));
+		all_names[n] = "meta.next_epoch";
+		all[n] = ep;
+		rc = ag_safetensors_save(path, all_names, all, n + 1);
+	}
+	ag_tensor_put(ep);
+	free(all_names);
+	free(all);
+	return rc;
+}
+
+static int load_optim(struct ag_optim *o, const char *path, int *next_epoch)
+{
+	struct ag_safetensors *st = ag_safetensors_open(path);
+	const char **names = NULL;
+	struct ag_tensor **ts = NULL;
+	int n, k = 0, rc = -AG_ENOMEM;
+
+	if (!st)
+		return -ag_errcode();
+	n = ag_safetensors_count(st);
+	names = calloc((size_t)n + 1, sizeof(*names));
+	ts = calloc((size_t)n + 1, sizeof(*ts));
+	if (!names || !ts)
+		goto out;
+	for (int i = 0; i < n; i++) {
+		const char *name = ag_safetensors_name(st, i);
+		struct ag_tensor *t = ag_safetensors_get(st, name);
+
+		if (!t) {
+			rc = -ag_errcode();
+			goto out;
+		}
+		if (!strcmp(name, "meta.next_epoch")) {
+			*next_epoch = (int)ag_tensor_item_i64(t);
+			ag_tensor_put(t);
+			continue;
+		}
+		names[k] = name;
+		ts[k++] = t;
+	}
+	rc = ag_optim_load_state(o, names, ts, k);
+out:
+	for (int i = 0; i < k; i++)
+		ag_tensor_put(ts[i]);
+	free(names);
+	free(ts);
+	ag_safetensors_close(st);
+	return rc;
+}
+
+/* Accuracy over a set in eval mode, recording nothing. */
+static double evaluate(struct ag_module *m, struct fmnist *d, int64_t batch)
+{
+	struct ag_mode prev = ag_inference_mode_enter();
+	int64_t right = 0, seen = 0, nb = fmnist_batches(d, batch);
+
+	ag_module_eval(m);
+	for (int64_t i = 0; i < nb; i++) {
+		struct ag_scope *s = ag_scope_begin();
+		struct ag_tensor *x, *y, *pred;
+
+		if (fmnist_batch(d, i, batch, &x, &y) == 0) {
+			pred = ag_argmax(ag_module_forward(m, x), 1, false);
+			for (int64_t j = 0; pred && j < ag_tensor_numel(y); j++)
+				right += ((int64_t *)ag_tensor_data(pred))[j] ==
+					 ((int64_t *)ag_tensor_data(y))[j];
+			seen += ag_tensor_numel(y);
+		}
+		ag_scope_end(s);
+	}
+	ag_mode_exit(prev);
+	return seen ? (double)right / (double)seen : 0;
+}
+
+struct epoch_stats {
+	double loss, acc, secs;
+	int64_t seen;
+};
+
+static int train_epoch(struct ag_module *m, struct ag_optim *o,
+		       struct fmnist *d, const struct args *a,
+		       struct ag_generator *g, struct epoch_stats *es)
+{
+	int64_t nb = fmnist_batches(d, a->batch), right = 0;
+	double t0 = now(), loss_sum = 0;
+
+	*es = (struct epoch_stats){ 0 };
+	ag_module_train(m, true);
+	fmnist_shuffle(d, g);
+	for (int64_t i = 0; i < nb; i++) {
+		struct ag_scope *s = ag_scope_begin();
+		struct ag_tensor *x, *y, *logits, *loss, *pred;
+		int rc = -1;
+
+		if (fmnist_batch(d, i, a->batch, &x, &y)) {
+			fprintf(stderr, "fashion_mnist: %s\n", d->errmsg);
+			ag_scope_end(s);
+			return -1;
+		}
+		logits = ag_module_forward(m, x);
+		loss = ag_cross_entropy(logits, y);
+		if (loss && !ag_backward(loss, NULL, NULL))
+			rc = ag_optim_step(o);
+		if (!rc) {
+			ag_optim_zero_grad(o);
+			loss_sum += ag_tensor_item(loss) *
+				    (double)ag_tensor_numel(y);
+			pred = ag_argmax(logits, 1, false);
+			for (int64_t j = 0; pred && j < ag_tensor_numel(y); j++)
+				right += ((int64_t *)ag_tensor_data(pred))[j] ==
+					 ((int64_t *)ag_tensor_data(y))[j];
+			es->seen += ag_tensor_numel(y);
+		}
+		ag_scope_end(s); /* x, y and the step's graph */
+		if (rc) {
+			fprintf(stderr, "fashion_mnist: step %lld: %s\n",
+				(long long)i, ag_errmsg());
+			return -1;
+		}
+	}
+	es->secs = now() - t0;
+	es->loss = es->seen ? loss_sum / (double)es->seen : 0;
+	es->acc = es->seen ? (double)right / (double)es->seen : 0;
+	return 0;
+}
+
+static struct ag_optim *make_optim(struct ag_module *m, const struct args *a)
+{
+	struct ag_tensor **p;
+	int n;
+
+	if (ag_module_parameters(m, &p, &n))
+		return NULL;
+	if (!strcmp(a->model, "mlp"))
+		return ag_adam_new(p, n, a->lr, 0.9, 0.999, 1e-8, 0);
+	return ag_adamw_new(p, n, a->lr, 0.9, 0.999, 1e-8, 1e-2);
+}
+
+int main(int argc, char **argv)
+{
+	struct fmnist train = { 0 }, test = { 0 };
+	struct ag_module *m = NULL;
+	struct ag_optim *o = NULL;
+	struct ag_generator *g = NULL;
+	char optim_path[4096];
+	struct args a;
+	int rc, first = 0;
+
+	rc = parse(argc, argv, &a);
+	if (rc)
+		return rc;
+	snprintf(optim_path, sizeof(optim_path), "%s.optim", a.checkpoint);
+	if (a.threads && ag_set_num_threads(a.threads)) {
+		fprintf(stderr, "fashion_mnist: %s\n", ag_errmsg());
+		return 1;
+	}
+	if (fmnist_load(&train, a.data, true) ||
+	    fmnist_load(&test, a.data, false)) {
+		fprintf(stderr, "fashion_mnist: %s%s\n",
+			train.errmsg[0] ? train.errmsg : test.errmsg,
+			"\n(apt-get install dataset-fashion-mnist, or --data DIR)");
+		rc = 1;
+		goto out;
+	}
+	if (a.limit && a.limit < train.n)
+		train.n = a.limit;
+	ag_manual_seed(a.seed);
+	g = ag_generator_new(a.seed);
+	m = g ? (!strcmp(a.model, "mlp") ? mlp(g) : cnn(g)) : NULL;
+	o = m ? make_optim(m, &a) : NULL;
+	rc = 1;
+	if (!o) {
+		fprintf(stderr, "fashion_mnist: %s\n", ag_errmsg());
+		goto out;
+	}
+	if (a.resume && (ag_module_load(m, a.checkpoint) ||
+			 load_optim(o, optim_path, &first))) {
+		fprintf(stderr, "fashion_mnist: --resume: %s\n", ag_errmsg());
+		goto out;
+	}
+	printf("%s on %lld training images, batch %lld, %d thread(s)%s\n",
+	       a.model, (long long)train.n, (long long)a.batch,
+	       ag_get_num_threads(), first ? " (resumed)" : "");
+	for (int e = first; e < a.epochs; e++) {
+		struct epoch_stats es;
+
+		if (train_epoch(m, o, &train, &a, g, &es))
+			goto out;
+		printf("epoch %2d/%d  loss %.4f  train acc %.4f  %6.0f images/s  %5.1f s  ~%.0f s left\n",
+		       e + 1, a.epochs, es.loss, es.acc, es.seen / es.secs,
+		       es.secs, es.secs * (a.epochs - e - 1));
+		fflush(stdout);
+		if (ag_module_save(m, a.checkpoint) ||
+		    save_optim(o, optim_path, e + 1)) {
+			fprintf(stderr, "fashion_mnist: saving: %s\n",
+				ag_errmsg());
+			goto out;
+		}
+	}
+	printf("test accuracy %.4f (eval mode, %lld images)\n",
+	       evaluate(m, &test, 1000), (long long)test.n);
+	printf("checkpoint: %s (optimiser: %s)\n", a.checkpoint, optim_path);
+	rc = 0;
+out:
+	ag_optim_free(o);
+	ag_module_put(m);
+	ag_generator_free(g);
+	fmnist_free(&train);
+	fmnist_free(&test);
+	return rc;
+}
