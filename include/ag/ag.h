@@ -10,6 +10,8 @@
 #include <ag/function.h>
 #include <ag/pool.h>
 #include <ag/trace.h>
+#include <ag/nn.h>
+#include <ag/optim.h>
 #include <ag/version.h>
 
 #endif /* AG_AG_H */
