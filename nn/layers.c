@@ -383,15 +383,13 @@ static struct ag_tensor *batchnorm_forward(struct ag_module *m,
 			b->ndim_hi > b->ndim_lo ? " or 3-d" : "", nd);
 		return NULL;
 	}
-	if (m->training && nbt) {
-		/* torch counts batches even when momentum is given */
-		struct ag_mode prev = ag_no_grad_enter();
-		int err = ag_add_scalar_(nbt, 1.0);
-
-		ag_mode_exit(prev);
-		if (err)
-			return NULL;
-	}
+	/*
+	 * torch counts batches even when momentum is given.  The counter is
+	 * i64, which the in-place ops do not take, and no graph saves it, so
+	 * it is written directly.
+	 */
+	if (m->training && nbt)
+		((int64_t *)ag_tensor_data(nbt))[0]++;
 	return ag_batch_norm(x, ag_module_get_buffer(m, "running_mean"),
 			     ag_module_get_buffer(m, "running_var"),
 			     ag_module_get_parameter(m, "weight"),
