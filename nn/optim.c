@@ -868,21 +868,17 @@ double ag_clip_grad_norm(struct ag_tensor *const *params, int n,
 	for (int i = 0; i < n; i++) {
 		struct ag_tensor *g = params[i] ? ag_tensor_grad(params[i]) :
 						  NULL;
-		struct ag_tensor *c;
 
 		if (!g)
 			continue;
-		c = ag_tensor_is_contiguous(g) ? ag_tensor_get(g) :
-						 ag_contiguous(g);
-		if (!c || ag_tensor_dtype(c) == AG_I64) {
-			ag_tensor_put(c);
+		if (ag_tensor_dtype(g) == AG_I64) {
 			ag_tensor_put(g);
-			err = c ? ag__err(AG_EDTYPE,
-					  "ag_clip_grad_norm: i64 grad") :
-				  -ag_errcode();
+			err = ag__err(
+				AG_EDTYPE,
+				"ag_clip_grad_norm: parameter %d has an i64 grad",
+				i);
 			goto out;
 		}
-		ag_tensor_put(c);
 		grads[ng++] = g;
 	}
 	/* torch: the norm of the per-gradient norms */
