@@ -108,17 +108,20 @@ AG_API bool ag_module_is_training(const struct ag_module *m);
 /* Sets requires_grad of every parameter, recursively. */
 AG_API void ag_module_requires_grad(struct ag_module *m, bool on);
 /*
- * All parameters, recursively, in state_dict order: a borrowed array valid
- * until the module or one of its children changes (registration or put).
+ * All parameters, recursively, in named_parameters' order: a borrowed
+ * array, valid as the named lists' below.
  */
 AG_API int ag_module_parameters(struct ag_module *m, struct ag_tensor ***params,
 				int *n);
 /* Drops every parameter's .grad (torch's set_to_none=True). */
 AG_API void ag_module_zero_grad(struct ag_module *m);
 /*
- * Named parameters and named buffers, recursively, in torch's state_dict
- * order and names ("0.weight", "3.running_mean", "3.num_batches_tracked").
- * Borrowed arrays, valid until the module or one of its children changes.
+ * Named parameters and named buffers, recursively, in torch's order and
+ * names (named_parameters(), named_buffers(): "0.weight",
+ * "3.running_mean", "3.num_batches_tracked").  Borrowed arrays owned by m,
+ * rebuilt by each call: valid until the next call of the same function
+ * (ag_module_parameters shares named_parameters' arrays) on m, or until m
+ * or one of its children changes.
  */
 AG_API int ag_module_named_parameters(struct ag_module *m,
 				      const char *const **names,
