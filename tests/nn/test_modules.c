@@ -337,3 +337,60 @@ Test(nn_modules, registration_errors_and_refs)
 	ag_generator_free(g);
 	AG_ASSERT_NO_LEAKS();
 }
+
+/* Sequential runs its children in order; BatchNorm1d takes [N, C] */
+Test(nn_modules, sequential_matches_chain)
+{
+	struct ag_generator *g = ag_generator_new(10);
+	struct ag_module *mods[3] = { ag_linear_new(5, 4, true, g),
+				      ag_batchnorm1d_new(4, 1e-3, 0.3),
+				      ag_tanh_new() };
+	struct ag_module *seq = ag_sequential_new(mods, 3);
+	int64_t xs[2] = { 6, 5 }, c = 4;
+	struct ag_tensor *x = randn(g, 2, xs), *h, *b, *want;
+	struct ag_tensor *rm = ag_zeros(AG_F32, 1, &c),
+			 *rv = ag_ones(AG_F32, 1, &c);
+
+	cr_assert(seq, "%s", ag_errmsg());
+	/* one more reference keeps the module alive across a put */
+	cr_assert_eq(ag_module_get(seq), seq);
+	ag_module_put(seq);
+	h = ag_linear(x, ag_module_get_parameter(mods[0], "weight"),
+		      ag_module_get_parameter(mods[0], "bias"));
+	b = ag_batch_norm(h, rm, rv, ag_module_get_parameter(mods[1], "weight"),
+			  ag_module_get_parameter(mods[1], "bias"), true, 0.3,
+			  1e-3);
+	want = ag_tanh(b);
+	ag_tensor_put(h);
+	assert_same(ag_module_forward(seq, x), want);
+	cr_assert(ag_equal(ag_module_get_buffer(mods[1], "running_var"), rv));
+	cr_assert_eq(ag_tensor_item_i64(ag_module_get_buffer(
+			     mods[1], "num_batches_tracked")),
+		     1);
+	/* a replaced parameter is the one the forward and the lists use */
+	struct ag_tensor *zw = ag_zeros(AG_F32, 1, &c);
+	struct ag_tensor *const *ts;
+	const char *const *names;
+	int n;
+
+	cr_assert_eq(ag_module_set_parameter(mods[1], "weight", zw), 0);
+	cr_assert_eq(ag_module_named_parameters(seq, &names, &ts, &n), 0);
+	cr_assert_str_eq(names[2], "1.weight");
+	cr_assert_eq(ts[2], zw);
+	ag_module_eval(seq);
+	h = ag_module_forward(seq, x);
+	for (int i = 0; i < 24; i++)
+		cr_assert_eq(
+			((float *)ag_tensor_data(h))[i],
+			tanhf(((float *)ag_tensor_data(ag_module_get_parameter(
+				mods[1], "bias")))[i % 4]));
+	ag_tensor_put(h);
+	ag_tensor_put(zw);
+	ag_tensor_put(b);
+	ag_tensor_put(rm);
+	ag_tensor_put(rv);
+	ag_tensor_put(x);
+	ag_module_put(seq);
+	ag_generator_free(g);
+	AG_ASSERT_NO_LEAKS();
+}
