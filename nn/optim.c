@@ -332,22 +332,57 @@ struct adam_args {
  * addcmul is a + (v g) g, addcdiv is p + (v e) / den).
  */
 #define DEFINE_KERNELS(T, SQRT)                                                \
-	static void sgd_##T(T *restrict p, const T *restrict g,                \
-			    T *restrict buf, int64_t n,                        \
-			    const struct sgd_args *a)                          \
+	/* loop-invariant choices as constants, so each loop vectorises */     \
+	static inline __attribute__((always_inline)) void sgd_body_##T(        \
+		T *restrict p, const T *restrict g, T *restrict buf,           \
+		int64_t n, const struct sgd_args *a, bool has_wd, int mode,    \
+		bool nesterov)                                                 \
 	{                                                                      \
 		const T wd = (T)a->wd, mom = (T)a->momentum,                   \
 			damp1 = (T)(1 - a->dampening), nlr = (T)-a->lr;        \
 		for (int64_t i = 0; i < n; i++) {                              \
 			T d = g[i];                                            \
-			if (a->wd != 0)                                        \
+			if (has_wd)                                            \
 				d = d + wd * p[i];                             \
-			if (buf) {                                             \
-				T b = a->first ? d : buf[i] * mom + damp1 * d; \
+			if (mode) {                                            \
+				T b = mode == 1 ? d :                          \
+						  buf[i] * mom + damp1 * d;    \
 				buf[i] = b;                                    \
-				d = a->nesterov ? d + mom * b : b;             \
+				d = nesterov ? d + mom * b : b;                \
 			}                                                      \
 			p[i] = p[i] + nlr * d;                                 \
+		}                                                              \
+	}                                                                      \
+	static void sgd_##T(T *restrict p, const T *restrict g,                \
+			    T *restrict buf, int64_t n,                        \
+			    const struct sgd_args *a)                          \
+	{                                                                      \
+		int mode = !buf ? 0 : a->first ? 1 : 2;                        \
+		if (a->wd != 0) {                                              \
+			if (mode == 0)                                         \
+				sgd_body_##T(p, g, buf, n, a, true, 0, false); \
+			else if (mode == 1 && a->nesterov)                     \
+				sgd_body_##T(p, g, buf, n, a, true, 1, true);  \
+			else if (mode == 1)                                    \
+				sgd_body_##T(p, g, buf, n, a, true, 1, false); \
+			else if (a->nesterov)                                  \
+				sgd_body_##T(p, g, buf, n, a, true, 2, true);  \
+			else                                                   \
+				sgd_body_##T(p, g, buf, n, a, true, 2, false); \
+		} else {                                                       \
+			if (mode == 0)                                         \
+				sgd_body_##T(p, g, buf, n, a, false, 0,        \
+					     false);                           \
+			else if (mode == 1 && a->nesterov)                     \
+				sgd_body_##T(p, g, buf, n, a, false, 1, true); \
+			else if (mode == 1)                                    \
+				sgd_body_##T(p, g, buf, n, a, false, 1,        \
+					     false);                           \
+			else if (a->nesterov)                                  \
+				sgd_body_##T(p, g, buf, n, a, false, 2, true); \
+			else                                                   \
+				sgd_body_##T(p, g, buf, n, a, false, 2,        \
+					     false);                           \
 		}                                                              \
 	}                                                                      \
 	static void adam_##T(T *restrict p, const T *restrict g,               \
