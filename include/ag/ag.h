@@ -11,6 +11,8 @@
 #include <ag/pool.h>
 #include <ag/trace.h>
 #include <ag/checkpoint.h>
+#include <ag/nn.h>
+#include <ag/optim.h>
 #include <ag/version.h>
 
 #endif /* AG_AG_H */
