@@ -14,7 +14,7 @@ FUZZ_SECONDS := 30
 FUZZ_OPTS := ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
-.PHONY: all deps build demo check check-normal check-clang check-asan \
+.PHONY: all deps build demo train check check-normal check-clang check-asan \
 	check-tsan check-format check-fuzz format clean
 
 all: build
@@ -45,6 +45,12 @@ build: deps build/build.ninja
 
 demo: build
 	./build/examples/demo
+
+# Trains on Fashion-MNIST (examples/fashion_mnist.c); TRAIN_ARGS passes
+# flags, e.g. make train TRAIN_ARGS='--model cnn --epochs 10 --threads 2'
+TRAIN_ARGS :=
+train: build
+	./build/examples/fashion_mnist $(TRAIN_ARGS)
 
 check-normal: build
 	meson test -C build --print-errorlogs

@@ -81,3 +81,18 @@ size_t ag__scope_count(const struct ag_scope *s)
 {
 	return s->n;
 }
+
+struct ag_scope *ag_scope_suspend(void)
+{
+	return ag__scope_suspend();
+}
+
+void ag_scope_resume(struct ag_scope *s)
+{
+	ag__scope_resume(s);
+}
+
+struct ag_tensor *ag_scope_adopt(struct ag_tensor *t)
+{
+	return ag__scope_add(t);
+}

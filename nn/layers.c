@@ -95,6 +95,7 @@ static const struct ag_module_ops linear_ops = {
 struct ag_module *ag_linear_new(int64_t in, int64_t out, bool bias,
 				struct ag_generator *g)
 {
+	NN_UNSCOPED();
 	int64_t shape[2] = { out, in };
 	struct ag_module *m;
 
@@ -140,6 +141,7 @@ struct ag_module *ag_conv2d_new(int64_t in, int64_t out, int64_t kh, int64_t kw,
 				const struct ag_conv2d_opts *o, bool bias,
 				struct ag_generator *g)
 {
+	NN_UNSCOPED();
 	struct conv2d *c;
 	int64_t groups = o && o->groups ? o->groups : 1;
 	int64_t shape[4];
@@ -244,6 +246,7 @@ struct ag_module *ag_maxpool2d_new(const int64_t kernel[2],
 				   const int64_t stride[2],
 				   const int64_t padding[2])
 {
+	NN_UNSCOPED();
 	return pool_new(&maxpool_ops, kernel, stride, padding);
 }
 
@@ -251,11 +254,13 @@ struct ag_module *ag_avgpool2d_new(const int64_t kernel[2],
 				   const int64_t stride[2],
 				   const int64_t padding[2])
 {
+	NN_UNSCOPED();
 	return pool_new(&avgpool_ops, kernel, stride, padding);
 }
 
 struct ag_module *ag_adaptive_avgpool2d_new(int64_t out_h, int64_t out_w)
 {
+	NN_UNSCOPED();
 	struct pool2d *p;
 
 	if (out_h <= 0 || out_w <= 0) {
@@ -321,6 +326,7 @@ static const struct ag_module_ops flatten_ops = {
 
 struct ag_module *ag_flatten_new(int start_dim, int end_dim)
 {
+	NN_UNSCOPED();
 	struct flatten *f = module_alloc(sizeof(*f), &flatten_ops);
 
 	if (!f)
@@ -353,6 +359,7 @@ static const struct ag_module_ops dropout_ops = {
 
 struct ag_module *ag_dropout_new(double p, struct ag_generator *g)
 {
+	NN_UNSCOPED();
 	struct dropout *d;
 
 	if (!(p >= 0.0 && p <= 1.0)) {
@@ -455,12 +462,14 @@ static struct ag_module *batchnorm_new(const struct ag_module_ops *ops, int lo,
 struct ag_module *ag_batchnorm1d_new(int64_t features, double eps,
 				     double momentum)
 {
+	NN_UNSCOPED();
 	return batchnorm_new(&bn1d_ops, 2, 3, features, eps, momentum);
 }
 
 struct ag_module *ag_batchnorm2d_new(int64_t channels, double eps,
 				     double momentum)
 {
+	NN_UNSCOPED();
 	return batchnorm_new(&bn2d_ops, 4, 4, channels, eps, momentum);
 }
 
@@ -511,26 +520,31 @@ static const struct ag_module_ops leaky_ops = { "LeakyReLU", leaky_forward,
 
 struct ag_module *ag_relu_new(void)
 {
+	NN_UNSCOPED();
 	return module_alloc(sizeof(struct act), &relu_ops);
 }
 
 struct ag_module *ag_gelu_new(void)
 {
+	NN_UNSCOPED();
 	return module_alloc(sizeof(struct act), &gelu_ops);
 }
 
 struct ag_module *ag_tanh_new(void)
 {
+	NN_UNSCOPED();
 	return module_alloc(sizeof(struct act), &tanh_ops);
 }
 
 struct ag_module *ag_sigmoid_new(void)
 {
+	NN_UNSCOPED();
 	return module_alloc(sizeof(struct act), &sigmoid_ops);
 }
 
 struct ag_module *ag_leaky_relu_new(double slope)
 {
+	NN_UNSCOPED();
 	struct act *a = module_alloc(sizeof(*a), &leaky_ops);
 
 	if (a)
@@ -554,6 +568,7 @@ static const struct ag_module_ops embedding_ops = {
 struct ag_module *ag_embedding_new(int64_t num, int64_t dim,
 				   struct ag_generator *g)
 {
+	NN_UNSCOPED();
 	int64_t shape[2] = { num, dim };
 	struct ag_module *m;
 
@@ -597,6 +612,7 @@ static const struct ag_module_ops sequential_ops = {
 
 struct ag_module *ag_sequential_new(struct ag_module *const *mods, int n)
 {
+	NN_UNSCOPED();
 	struct ag_module *m = NULL;
 	int i = 0;
 

@@ -19,6 +19,7 @@ char *ag__nn_strdup(const char *s)
 
 void ag_module_init(struct ag_module *m, const struct ag_module_ops *ops)
 {
+	NN_UNSCOPED();
 	memset(m, 0, sizeof(*m));
 	m->ops = ops;
 	m->refs = 1;
@@ -105,6 +106,7 @@ static int add_entry(struct ag_module *m, struct ag_module_entry **arr, int *n,
 int ag_module_add_parameter(struct ag_module *m, const char *name,
 			    struct ag_tensor *t)
 {
+	NN_UNSCOPED();
 	if (!m)
 		return ag_set_error(AG_EINVAL,
 				    "ag_module_add_parameter: module is NULL");
@@ -115,6 +117,7 @@ int ag_module_add_parameter(struct ag_module *m, const char *name,
 int ag_module_add_buffer(struct ag_module *m, const char *name,
 			 struct ag_tensor *t)
 {
+	NN_UNSCOPED();
 	if (!m)
 		return ag_set_error(AG_EINVAL,
 				    "ag_module_add_buffer: module is NULL");
@@ -125,6 +128,7 @@ int ag_module_add_buffer(struct ag_module *m, const char *name,
 int ag_module_add_child(struct ag_module *m, const char *name,
 			struct ag_module *child)
 {
+	NN_UNSCOPED();
 	struct ag_module_child *na;
 	char *nm;
 	int err;
@@ -184,6 +188,7 @@ struct ag_tensor *ag_module_get_buffer(struct ag_module *m, const char *name)
 
 struct ag_module *ag_module_get_child(struct ag_module *m, const char *name)
 {
+	NN_UNSCOPED();
 	if (!m || !name)
 		return NULL;
 	for (int i = 0; i < m->n_children; i++)
@@ -211,6 +216,7 @@ static int set_entry(struct ag_module *m, struct ag_module_entry *e,
 int ag_module_set_parameter(struct ag_module *m, const char *name,
 			    struct ag_tensor *t)
 {
+	NN_UNSCOPED();
 	return set_entry(m,
 			 m && name ? find(m->params, m->n_params, name) : NULL,
 			 "ag_module_set_parameter", name, t);
@@ -219,6 +225,7 @@ int ag_module_set_parameter(struct ag_module *m, const char *name,
 int ag_module_set_buffer(struct ag_module *m, const char *name,
 			 struct ag_tensor *t)
 {
+	NN_UNSCOPED();
 	return set_entry(
 		m, m && name ? find(m->buffers, m->n_buffers, name) : NULL,
 		"ag_module_set_buffer", name, t);
@@ -231,6 +238,7 @@ const char *ag_module_name(const struct ag_module *m)
 
 struct ag_module *ag_module_get(struct ag_module *m)
 {
+	NN_UNSCOPED();
 	if (m)
 		__atomic_add_fetch(&m->refs, 1, __ATOMIC_RELAXED);
 	return m;
@@ -238,6 +246,7 @@ struct ag_module *ag_module_get(struct ag_module *m)
 
 void ag_module_put(struct ag_module *m)
 {
+	NN_UNSCOPED();
 	if (!m || __atomic_sub_fetch(&m->refs, 1, __ATOMIC_ACQ_REL))
 		return;
 	for (int i = 0; i < m->n_params; i++) {
@@ -265,6 +274,9 @@ void ag_module_put(struct ag_module *m)
 
 struct ag_tensor *ag_module_forward(struct ag_module *m, struct ag_tensor *x)
 {
+	struct ag_scope *scope;
+	struct ag_tensor *y;
+
 	if (!m || !m->ops || !m->ops->forward) {
 		ag_set_error(
 			AG_EINVAL,
@@ -279,11 +291,16 @@ struct ag_tensor *ag_module_forward(struct ag_module *m, struct ag_tensor *x)
 				     ag_module_name(m));
 		return NULL;
 	}
-	return m->ops->forward(m, x);
+	/* the forward owns what it gets; its result goes to our caller */
+	scope = ag_scope_suspend();
+	y = m->ops->forward(m, x);
+	ag_scope_resume(scope);
+	return ag_scope_adopt(y);
 }
 
 void ag_module_train(struct ag_module *m, bool on)
 {
+	NN_UNSCOPED();
 	if (!m)
 		return;
 	m->training = on;
@@ -293,11 +310,13 @@ void ag_module_train(struct ag_module *m, bool on)
 
 void ag_module_eval(struct ag_module *m)
 {
+	NN_UNSCOPED();
 	ag_module_train(m, false);
 }
 
 bool ag_module_is_training(const struct ag_module *m)
 {
+	NN_UNSCOPED();
 	return m && m->training;
 }
 
@@ -394,18 +413,21 @@ static int named(struct ag_module *m, bool buffers, const char *fn,
 int ag_module_named_parameters(struct ag_module *m, const char *const **names,
 			       struct ag_tensor *const **tensors, int *n)
 {
+	NN_UNSCOPED();
 	return named(m, false, "ag_module_named_parameters", names, tensors, n);
 }
 
 int ag_module_named_buffers(struct ag_module *m, const char *const **names,
 			    struct ag_tensor *const **tensors, int *n)
 {
+	NN_UNSCOPED();
 	return named(m, true, "ag_module_named_buffers", names, tensors, n);
 }
 
 int ag_module_parameters(struct ag_module *m, struct ag_tensor ***params,
 			 int *n)
 {
+	NN_UNSCOPED();
 	int err = named(m, false, "ag_module_parameters", NULL, NULL, n);
 
 	if (!err && params)
@@ -415,6 +437,7 @@ int ag_module_parameters(struct ag_module *m, struct ag_tensor ***params,
 
 void ag_module_requires_grad(struct ag_module *m, bool on)
 {
+	NN_UNSCOPED();
 	if (!m)
 		return;
 	for (int i = 0; i < m->n_params; i++)
@@ -426,6 +449,7 @@ void ag_module_requires_grad(struct ag_module *m, bool on)
 
 void ag_module_zero_grad(struct ag_module *m)
 {
+	NN_UNSCOPED();
 	if (!m)
 		return;
 	for (int i = 0; i < m->n_params; i++)

@@ -21,6 +21,7 @@
 #include <ag/tensor.h>
 
 #include "safetensors.h"
+#include "nn_internal.h"
 
 /* The state dict, parameters then buffers, in arrays the caller frees. */
 struct state {
@@ -69,6 +70,7 @@ static void state_free(struct state *s)
 
 int ag_module_save(struct ag_module *m, const char *path)
 {
+	NN_UNSCOPED();
 	struct state s;
 	int err = state_of(m, "ag_module_save", &s);
 
@@ -81,6 +83,7 @@ int ag_module_save(struct ag_module *m, const char *path)
 
 int ag_module_load(struct ag_module *m, const char *path)
 {
+	NN_UNSCOPED();
 	struct ag_load_opts o = AG_LOAD_OPTS_DEFAULT;
 
 	return ag_module_load_ex(m, path, &o);
@@ -88,6 +91,7 @@ int ag_module_load(struct ag_module *m, const char *path)
 
 void ag_load_keys_free(char **keys, int n)
 {
+	NN_UNSCOPED();
 	if (!keys)
 		return;
 	for (int i = 0; i < n; i++)
@@ -256,6 +260,7 @@ static void hand_out(const struct ag_load_opts *o, struct keys *missing,
 int ag_module_load_ex(struct ag_module *m, const char *path,
 		      const struct ag_load_opts *o)
 {
+	NN_UNSCOPED();
 	struct keys missing = { 0 }, unexpected = { 0 };
 	struct ag_load_opts def = AG_LOAD_OPTS_DEFAULT;
 	struct ag_tensor **srcs = NULL;

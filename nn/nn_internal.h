@@ -10,6 +10,22 @@
  * with ag_set_error, as a user's own module would.
  */
 
+static inline void nn_scope_restore(struct ag_scope **s)
+{
+	ag_scope_resume(*s);
+}
+
+/*
+ * First line of every public nn/ function that returns no tensor: the
+ * caller's scope is suspended until the function returns, so every
+ * reference nn/ gets is its own (it keeps or puts each one), whether or
+ * not the caller has a scope open.
+ */
+#define NN_UNSCOPED()                                        \
+	struct ag_scope *nn_scope__                          \
+		__attribute__((cleanup(nn_scope_restore))) = \
+			ag_scope_suspend()
+
 #define nn_container_of(ptr, type, member) \
 	((type *)((char *)(ptr)-offsetof(type, member)))
 

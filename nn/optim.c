@@ -126,6 +126,7 @@ int ag_optim_add_param_group(struct ag_optim *o,
 			     struct ag_tensor *const *params, int n, double lr,
 			     double weight_decay)
 {
+	NN_UNSCOPED();
 	if (!o)
 		return ag_set_error(
 			AG_EINVAL,
@@ -155,6 +156,7 @@ static struct ag_optim *optim_new(const char *fn, enum optim_kind kind,
 struct ag_optim *ag_sgd_new_ex(struct ag_tensor *const *params, int n,
 			       const struct ag_sgd_opts *so)
 {
+	NN_UNSCOPED();
 	struct ag_optim *o;
 
 	if (!so) {
@@ -182,6 +184,7 @@ struct ag_optim *ag_sgd_new_ex(struct ag_tensor *const *params, int n,
 struct ag_optim *ag_sgd_new(struct ag_tensor *const *params, int n, double lr,
 			    double momentum, double weight_decay)
 {
+	NN_UNSCOPED();
 	struct ag_sgd_opts so = { .lr = lr,
 				  .momentum = momentum,
 				  .weight_decay = weight_decay };
@@ -220,12 +223,14 @@ static struct ag_optim *adam_new(const char *fn, enum optim_kind kind,
 struct ag_optim *ag_adam_new_ex(struct ag_tensor *const *params, int n,
 				const struct ag_adam_opts *ao)
 {
+	NN_UNSCOPED();
 	return adam_new("ag_adam_new", OPT_ADAM, params, n, ao);
 }
 
 struct ag_optim *ag_adamw_new_ex(struct ag_tensor *const *params, int n,
 				 const struct ag_adam_opts *ao)
 {
+	NN_UNSCOPED();
 	return adam_new("ag_adamw_new", OPT_ADAMW, params, n, ao);
 }
 
@@ -233,6 +238,7 @@ struct ag_optim *ag_adam_new(struct ag_tensor *const *params, int n, double lr,
 			     double beta1, double beta2, double eps,
 			     double weight_decay)
 {
+	NN_UNSCOPED();
 	struct ag_adam_opts ao = { lr, beta1, beta2, eps, weight_decay, false };
 
 	return ag_adam_new_ex(params, n, &ao);
@@ -242,6 +248,7 @@ struct ag_optim *ag_adamw_new(struct ag_tensor *const *params, int n, double lr,
 			      double beta1, double beta2, double eps,
 			      double weight_decay)
 {
+	NN_UNSCOPED();
 	struct ag_adam_opts ao = { lr, beta1, beta2, eps, weight_decay, false };
 
 	return ag_adamw_new_ex(params, n, &ao);
@@ -270,6 +277,7 @@ static void state_clear(struct optim_state *s)
 
 void ag_optim_free(struct ag_optim *o)
 {
+	NN_UNSCOPED();
 	if (!o)
 		return;
 	for (int i = 0; i < o->n_params; i++) {
@@ -285,23 +293,27 @@ void ag_optim_free(struct ag_optim *o)
 
 void ag_optim_zero_grad(struct ag_optim *o)
 {
+	NN_UNSCOPED();
 	for (int i = 0; o && i < o->n_params; i++)
 		ag_tensor_zero_grad(o->params[i]);
 }
 
 void ag_optim_set_lr(struct ag_optim *o, double lr)
 {
+	NN_UNSCOPED();
 	for (int i = 0; o && i < o->n_groups; i++)
 		o->groups[i].lr = lr;
 }
 
 double ag_optim_get_lr(const struct ag_optim *o)
 {
+	NN_UNSCOPED();
 	return o && o->n_groups ? o->groups[0].lr : NAN;
 }
 
 int ag_optim_group_set_lr(struct ag_optim *o, int group, double lr)
 {
+	NN_UNSCOPED();
 	if (!o || group < 0 || group >= o->n_groups)
 		return ag_set_error(
 			AG_EINVAL, "ag_optim_group_set_lr: no group %d", group);
@@ -311,6 +323,7 @@ int ag_optim_group_set_lr(struct ag_optim *o, int group, double lr)
 
 double ag_optim_group_get_lr(const struct ag_optim *o, int group)
 {
+	NN_UNSCOPED();
 	if (!o || group < 0 || group >= o->n_groups)
 		return NAN;
 	return o->groups[group].lr;
@@ -534,6 +547,7 @@ out:
 
 int ag_optim_step(struct ag_optim *o)
 {
+	NN_UNSCOPED();
 	struct ag_mode prev;
 	int err = 0;
 
@@ -578,6 +592,7 @@ static const int adam_order[] = { 1, 2, 3, 4 };
 int ag_optim_state(struct ag_optim *o, const char *const **names,
 		   struct ag_tensor *const **tensors, int *n)
 {
+	NN_UNSCOPED();
 	int cap;
 
 	if (!o)
@@ -687,6 +702,7 @@ static int check_entry(const struct ag_optim *o, const char *name,
 int ag_optim_load_state(struct ag_optim *o, const char *const *names,
 			struct ag_tensor *const *tensors, int n)
 {
+	NN_UNSCOPED();
 	struct optim_state *fresh;
 	struct ag_mode prev;
 	int err = 0, idx, key;
@@ -795,6 +811,7 @@ static struct ag_lr_scheduler *sched_new(const char *fn, struct ag_optim *o,
 struct ag_lr_scheduler *ag_step_lr_new(struct ag_optim *o, int step_size,
 				       double gamma)
 {
+	NN_UNSCOPED();
 	struct ag_lr_scheduler *s;
 
 	if (step_size <= 0) {
@@ -814,6 +831,7 @@ struct ag_lr_scheduler *ag_step_lr_new(struct ag_optim *o, int step_size,
 struct ag_lr_scheduler *ag_cosine_lr_new(struct ag_optim *o, int t_max,
 					 double eta_min)
 {
+	NN_UNSCOPED();
 	struct ag_lr_scheduler *s;
 
 	if (t_max <= 0) {
@@ -846,6 +864,7 @@ static double next_lr(const struct ag_lr_scheduler *s, double lr, double base)
 
 int ag_scheduler_step(struct ag_lr_scheduler *s)
 {
+	NN_UNSCOPED();
 	if (!s)
 		return ag_set_error(AG_EINVAL,
 				    "ag_scheduler_step: scheduler is NULL");
@@ -857,6 +876,7 @@ int ag_scheduler_step(struct ag_lr_scheduler *s)
 
 void ag_scheduler_free(struct ag_lr_scheduler *s)
 {
+	NN_UNSCOPED();
 	if (!s)
 		return;
 	free(s->base);
@@ -894,6 +914,7 @@ static double grad_norm(struct ag_tensor *g, double p)
 double ag_clip_grad_norm(struct ag_tensor *const *params, int n,
 			 double max_norm, double norm_type)
 {
+	NN_UNSCOPED();
 	struct ag_tensor **grads;
 	double total = 0, coef;
 	struct ag_mode prev;

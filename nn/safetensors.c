@@ -19,6 +19,7 @@
 #include <ag/tensor.h>
 
 #include "safetensors.h"
+#include "nn_internal.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors data is little-endian; a big-endian host would swap it"
@@ -83,6 +84,7 @@ static const struct st_dtype *st_dtype_find(const char *name)
 
 void ag_safetensors_close(struct ag_safetensors *st)
 {
+	NN_UNSCOPED();
 	if (!st)
 		return;
 	for (int i = 0; i < st->n; i++) {
@@ -344,6 +346,7 @@ out:
 struct ag_safetensors *ag__safetensors_open_mem(const void *buf, size_t n,
 						const char *what)
 {
+	NN_UNSCOPED();
 	const unsigned char *p = buf;
 	struct ag_safetensors *st;
 	uint64_t hlen = 0;
@@ -415,6 +418,7 @@ static int read_all(int fd, unsigned char *p, size_t n)
 
 struct ag_safetensors *ag_safetensors_open(const char *path)
 {
+	NN_UNSCOPED();
 	struct ag_safetensors *st = NULL;
 	unsigned char *buf = NULL;
 	struct stat sb;
@@ -459,6 +463,7 @@ out:
 
 int ag_safetensors_count(const struct ag_safetensors *st)
 {
+	NN_UNSCOPED();
 	if (!st)
 		return ag_set_error(AG_EINVAL,
 				    "ag_safetensors_count: st is NULL");
@@ -521,6 +526,7 @@ static int st_check_entry(const char *fn, const struct st_entry *e)
 int ag_safetensors_info(const struct ag_safetensors *st, const char *name,
 			enum ag_dtype *dt, int *ndim, const int64_t **shape)
 {
+	NN_UNSCOPED();
 	const struct st_entry *e = st_find(st, "ag_safetensors_info", name);
 	int err;
 
@@ -801,6 +807,7 @@ out:
 int ag_safetensors_save(const char *path, const char *const *names,
 			struct ag_tensor *const *tensors, int n)
 {
+	NN_UNSCOPED();
 	struct st_item *it;
 	size_t hlen;
 	char *hdr;

@@ -138,5 +138,17 @@ AG_API bool ag_allclose(const struct ag_tensor *a, const struct ag_tensor *b,
 struct ag_scope;
 AG_API struct ag_scope *ag_scope_begin(void);
 AG_API void ag_scope_end(struct ag_scope *s);
+/*
+ * For library code that keeps or puts the references it gets -- a module's
+ * forward, an optimiser keeping state, a custom op built from other ops:
+ * ag_scope_suspend() hides the thread's scopes until ag_scope_resume(),
+ * so what such code gets is its own to put, whether or not its caller had
+ * a scope open; ag_scope_adopt(t) then hands the one result to the
+ * caller's innermost scope, if any (returns t).  ag_module_forward() does
+ * this around every module's forward.
+ */
+AG_API struct ag_scope *ag_scope_suspend(void);
+AG_API void ag_scope_resume(struct ag_scope *s);
+AG_API struct ag_tensor *ag_scope_adopt(struct ag_tensor *t);
 
 #endif /* AG_TENSOR_H */

@@ -394,3 +394,50 @@ Test(nn_modules, sequential_matches_chain)
 	ag_generator_free(g);
 	AG_ASSERT_NO_LEAKS();
 }
+
+/*
+ * A model made, trained and stepped inside scopes, as a service writes it:
+ * what nn/ gets for itself (Sequential's intermediates, an optimiser's
+ * state, a constructor's parameters) is not the caller's scope's to put.
+ * Before ag_module_forward and the nn/ entry points suspended the scope,
+ * the scope put those a second time.
+ */
+Test(modules, trained_inside_scopes)
+{
+	struct ag_scope *outer = ag_scope_begin();
+	struct ag_generator *g = ag_generator_new(3);
+	struct ag_module *mods[3] = { ag_linear_new(4, 8, true, g),
+				      ag_relu_new(),
+				      ag_linear_new(8, 2, true, g) };
+	struct ag_module *m = ag_sequential_new(mods, 3);
+	struct ag_tensor **p;
+	struct ag_optim *o;
+	int np;
+
+	cr_assert_not_null(m, "%s", ag_errmsg());
+	cr_assert_eq(ag_module_parameters(m, &p, &np), 0);
+	o = ag_adam_new(p, np, 1e-2, 0.9, 0.999, 1e-8, 0);
+	cr_assert_not_null(o, "%s", ag_errmsg());
+	for (int step = 0; step < 3; step++) {
+		struct ag_scope *s = ag_scope_begin();
+		struct ag_tensor *x =
+			ag_randn(g, AG_F32, 2, (int64_t[]){ 5, 4 });
+		struct ag_tensor *y = ag_module_forward(m, x);
+
+		cr_assert_not_null(y, "%s", ag_errmsg());
+		/* x and y only: the hidden activations are not the scope's */
+		cr_expect_eq(ag__scope_count(s), 2);
+		cr_assert_eq(ag_backward(ag_sum(y), NULL, NULL), 0, "%s",
+			     ag_errmsg());
+		cr_assert_eq(ag_optim_step(o), 0, "%s", ag_errmsg());
+		ag_optim_zero_grad(o);
+		ag_scope_end(s);
+	}
+	ag_scope_end(outer);
+	/* the model and the optimiser's state outlive both scopes */
+	cr_expect_gt(ag__live_tensors(), 0);
+	ag_optim_free(o);
+	ag_module_put(m);
+	ag_generator_free(g);
+	AG_ASSERT_NO_LEAKS();
+}
