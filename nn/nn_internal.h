@@ -21,9 +21,9 @@ static inline void nn_scope_restore(struct ag_scope **s)
  * reference nn/ gets is its own (it keeps or puts each one), whether or
  * not the caller has a scope open.
  */
-#define NN_UNSCOPED()                                        \
-	struct ag_scope *nn_scope__                          \
-		__attribute__((cleanup(nn_scope_restore))) = \
+#define NN_UNSCOPED()                                                \
+	struct ag_scope *nn_scope__                                  \
+		__attribute__((unused, cleanup(nn_scope_restore))) = \
 			ag_scope_suspend()
 
 #define nn_container_of(ptr, type, member) \

@@ -289,8 +289,19 @@ void ag__for_lanes(int ndim, const int64_t *shape, int dim, int nt,
 	const int64_t *strides[AG_WALK_MAX_OPS];
 	struct ag_walk w;
 
-	for (int d = 0; d < ndim; d++)
+	int64_t lanes = 1;
+
+	for (int d = 0; d < ndim; d++) {
 		kshape[d] = d == dim ? 1 : shape[d];
+		/*
+		 * An empty lane dim leaves the others unbounded (only the
+		 * element count is): so many lanes cannot have an output to
+		 * fill, and an op without one (softmax of an empty tensor)
+		 * has nothing to do.
+		 */
+		if (__builtin_mul_overflow(lanes, kshape[d], &lanes))
+			return;
+	}
 	for (int k = 0; k < nt; k++) {
 		strides[k] = t[k]->strides;
 		base[k] = t[k]->offset;
