@@ -12,7 +12,7 @@
  * cnn: conv 1->32 3x3 pad 1, ReLU, maxpool 2, conv 32->64 3x3 pad 1,
  *      BatchNorm2d, ReLU, maxpool 2, linear 3136->128, ReLU, linear
  *      128->10; AdamW (lr 1e-3, weight decay 1e-2).
- * --limit trains on the first N training images (a quick run);
+ * --limit uses the first N training and N test images (a quick run);
  * --resume continues from the checkpoint, at the epoch it stopped.
  */
 #include <errno.h>
@@ -334,6 +334,8 @@ int main(int argc, char **argv)
 	}
 	if (a.limit && a.limit < train.n)
 		train.n = a.limit;
+	if (a.limit && a.limit < test.n)
+		test.n = a.limit;
 	ag_manual_seed(a.seed);
 	g = ag_generator_new(a.seed);
 	m = g ? (!strcmp(a.model, "mlp") ? mlp(g) : cnn(g)) : NULL;
