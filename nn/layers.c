@@ -623,8 +623,8 @@ struct ag_module *ag_sequential_new(struct ag_module *const *mods, int n)
 	}
 	for (int j = 0; j < n; j++)
 		if (!mods[j]) {
-			ag_set_error(AG_EINVAL,
-				     "ag_sequential_new: module %d is NULL", j);
+			ag__nn_err_null("ag_sequential_new: module %d is NULL",
+					j);
 			goto fail;
 		}
 	m = module_alloc(sizeof(*m), &sequential_ops);

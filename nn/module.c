@@ -3,6 +3,8 @@
  * The module object: named parameters, buffers and children, a training
  * flag and a reference count, behind an ops table.
  */
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "nn_internal.h"
@@ -108,8 +110,8 @@ int ag_module_add_parameter(struct ag_module *m, const char *name,
 {
 	NN_UNSCOPED();
 	if (!m)
-		return ag_set_error(AG_EINVAL,
-				    "ag_module_add_parameter: module is NULL");
+		return ag__nn_err_null(
+			"ag_module_add_parameter: module is NULL");
 	return add_entry(m, &m->params, &m->n_params, "ag_module_add_parameter",
 			 name, t);
 }
@@ -119,8 +121,7 @@ int ag_module_add_buffer(struct ag_module *m, const char *name,
 {
 	NN_UNSCOPED();
 	if (!m)
-		return ag_set_error(AG_EINVAL,
-				    "ag_module_add_buffer: module is NULL");
+		return ag__nn_err_null("ag_module_add_buffer: module is NULL");
 	return add_entry(m, &m->buffers, &m->n_buffers, "ag_module_add_buffer",
 			 name, t);
 }
@@ -135,8 +136,7 @@ int ag_module_add_child(struct ag_module *m, const char *name,
 
 	if (!child) {
 		ag_module_put(child);
-		return ag_set_error(AG_EINVAL,
-				    "ag_module_add_child: child is NULL");
+		return ag__nn_err_null("ag_module_add_child: child is NULL");
 	}
 	err = check_name(m, "ag_module_add_child", name);
 	if (err) {
@@ -286,9 +286,8 @@ struct ag_tensor *ag_module_forward(struct ag_module *m, struct ag_tensor *x)
 	if (!x) {
 		/* keeps the error that made x NULL, like the ops */
 		if (!ag_errcode())
-			ag_set_error(AG_EINVAL,
-				     "ag_module_forward: %s: input is NULL",
-				     ag_module_name(m));
+			ag__nn_err_null("ag_module_forward: %s: input is NULL",
+					ag_module_name(m));
 		return NULL;
 	}
 	/* the forward owns what it gets; its result goes to our caller */
@@ -392,7 +391,7 @@ static int named(struct ag_module *m, bool buffers, const char *fn,
 	int err;
 
 	if (!m)
-		return ag_set_error(AG_EINVAL, "%s: module is NULL", fn);
+		return ag__nn_err_null("%s: module is NULL", fn);
 	f = buffers ? &m->flat_buffers : &m->flat_params;
 	flat_clear(f);
 	err = collect(m, f, "", buffers);
@@ -465,7 +464,7 @@ struct ag_tensor *ag_parameter(struct ag_tensor *t)
 
 	if (!t) {
 		if (!ag_errcode())
-			ag_set_error(AG_EINVAL, "ag_parameter: tensor is NULL");
+			ag__nn_err_null("ag_parameter: tensor is NULL");
 		return NULL;
 	}
 	p = ag_detach(t);
@@ -474,4 +473,17 @@ struct ag_tensor *ag_parameter(struct ag_tensor *t)
 		return NULL;
 	}
 	return p;
+}
+
+int ag__nn_err_null(const char *fmt, ...)
+{
+	char msg[256];
+	va_list ap;
+
+	if (ag_errcode())
+		return -ag_errcode();
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	return ag_set_error(AG_EINVAL, "%s", msg);
 }

@@ -38,7 +38,7 @@ static int state_of(struct ag_module *m, const char *fn, struct state *s)
 
 	memset(s, 0, sizeof(*s));
 	if (!m)
-		return ag_set_error(AG_EINVAL, "%s: module is NULL", fn);
+		return ag__nn_err_null("%s: module is NULL", fn);
 	err = ag_module_named_parameters(m, &pn, &pt, &np);
 	if (!err)
 		err = ag_module_named_buffers(m, &bn, &bt, &nb);

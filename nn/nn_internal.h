@@ -31,4 +31,12 @@ static inline void nn_scope_restore(struct ag_scope **s)
 
 char *ag__nn_strdup(const char *s);
 
+/*
+ * For a NULL object argument (a module, tensor or optimiser that a failed
+ * call returned): keeps the error already set, so a chain of calls
+ * reports its first failure, as the ops do; else sets AG_EINVAL with the
+ * message.  Returns -code, like ag_set_error.
+ */
+int ag__nn_err_null(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 #endif /* AG_NN_INTERNAL_H */

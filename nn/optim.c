@@ -56,8 +56,8 @@ static int check_params(const char *fn, struct ag_tensor *const *params, int n)
 		enum ag_dtype dt;
 
 		if (!params[i])
-			return ag_set_error(AG_EINVAL,
-					    "%s: parameter %d is NULL", fn, i);
+			return ag__nn_err_null("%s: parameter %d is NULL", fn,
+					       i);
 		dt = ag_tensor_dtype(params[i]);
 		if (dt != AG_F32 && dt != AG_F64)
 			return ag_set_error(
@@ -552,8 +552,7 @@ int ag_optim_step(struct ag_optim *o)
 	int err = 0;
 
 	if (!o)
-		return ag_set_error(AG_EINVAL,
-				    "ag_optim_step: optimiser is NULL");
+		return ag__nn_err_null("ag_optim_step: optimiser is NULL");
 	prev = ag_no_grad_enter();
 	for (int k = 0; k < o->n_groups && !err; k++) {
 		const struct optim_group *gr = &o->groups[k];
@@ -789,7 +788,7 @@ static struct ag_lr_scheduler *sched_new(const char *fn, struct ag_optim *o,
 	struct ag_lr_scheduler *s;
 
 	if (!o) {
-		ag_set_error(AG_EINVAL, "%s: optimiser is NULL", fn);
+		ag__nn_err_null("%s: optimiser is NULL", fn);
 		return NULL;
 	}
 	s = calloc(1, sizeof(*s));
