@@ -261,7 +261,14 @@ struct ag_tensor *ag__tensor_on(struct ag_storage *s, enum ag_dtype dt,
 	t->inference = s->inference;
 	t->storage = s;
 	ag__storage_get(s);
+	/*
+	 * The shape fills s, so its product fits -- unless a size is 0: the
+	 * others may then be anything up to INT64_MAX, and are not multiplied.
+	 */
 	for (int d = 0; d < ndim; d++)
+		if (!shape[d])
+			numel = 0;
+	for (int d = 0; d < ndim && numel; d++)
 		numel *= shape[d];
 	dense_geometry(t, dt, ndim, shape, numel);
 	return t;
