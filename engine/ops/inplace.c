@@ -346,8 +346,14 @@ static struct inplace_node *inplace_node(const struct ag_node_ops *ops,
 		ag_tensor_put(old);
 		old = NULL;
 	}
+	/*
+	 * a.mul_(a): other is self, whose grad_fn this node becomes; a
+	 * strong reference would be a cycle (found by fuzz_ops).  Saved as
+	 * the output instead, its version moves with the write, so backward
+	 * fails with the version error, as torch's does.
+	 */
 	if ((op == AG_K_MUL || op == AG_K_DIV) && other &&
-	    ag__save(&p->node, 1, other, false, 0))
+	    ag__save(&p->node, 1, other, other == self, 0))
 		goto fail;
 	return p;
 fail:

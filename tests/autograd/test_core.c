@@ -378,3 +378,31 @@ Test(core, anomaly_names_forward_op)
 	ag_tensor_put(x);
 	AG_ASSERT_NO_LEAKS();
 }
+
+/*
+ * a.mul_(a) on a tensor in a graph saves a, which becomes the output of
+ * the very node that saves it: held strongly, that was a reference cycle
+ * and a leak (fuzz_ops).  Backward fails with the version error, as
+ * torch 1.13's does.
+ */
+Test(core, inplace_mul_by_itself_holds_no_cycle)
+{
+	int64_t n = 3;
+	struct ag_tensor *x = ag_ones(AG_F64, 1, &n), *a, *s;
+
+	cr_assert_eq(ag_tensor_set_requires_grad(x, true), 0);
+	a = ag_mul_scalar(x, 2.0);
+	cr_assert_eq(ag_mul_(a, a), 0, "%s", ag_errmsg());
+	cr_expect_eq(ag__get(a, 0), 4.0);
+	s = ag_sum(a);
+	cr_expect_eq(ag_backward(s, NULL, NULL), -AG_EVERSION);
+	AG_ASSERT_ERR(AG_EVERSION, "modified by an inplace operation");
+	ag_tensor_put(s);
+	ag_tensor_put(a);
+	/* and with no backward at all, dropping a frees its graph */
+	a = ag_mul_scalar(x, 2.0);
+	cr_assert_eq(ag_mul_(a, a), 0, "%s", ag_errmsg());
+	ag_tensor_put(a);
+	ag_tensor_put(x);
+	AG_ASSERT_NO_LEAKS();
+}
