@@ -330,3 +330,28 @@ void run_threads(int n, void *(*fn)(void *), void *args, size_t size)
 	for (int i = 1; i < n; i++)
 		pthread_join(tid[i], NULL);
 }
+
+void check_param_fd(const char *what, int threads, int i, struct ag_tensor *p,
+		    double (*loss)(void *model), void *model)
+{
+	struct ag_tensor *gr = must(ag_tensor_grad(p));
+	int64_t n = ag_tensor_numel(p), e = 0;
+	double *d = ag_tensor_data(p), *ga = to_f64(gr), keep, lp, lm, fd, an;
+
+	for (int64_t j = 1; j < n; j++)
+		if (fabs(ga[j]) > fabs(ga[e]))
+			e = j;
+	an = ga[e];
+	free(ga);
+	keep = d[e];
+	d[e] = keep + 1e-6;
+	lp = loss(model);
+	d[e] = keep - 1e-6;
+	lm = loss(model);
+	d[e] = keep;
+	fd = (lp - lm) / 2e-6;
+	check_report(
+		fabs(fd - an) <= 1e-6 + 1e-5 * fabs(fd),
+		"%s f64 threads=%d: param %d elem %lld: backward %.10g vs finite difference %.10g",
+		what, threads, i, (long long)e, an, fd);
+}

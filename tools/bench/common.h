@@ -55,6 +55,13 @@ void must_ok_check(int rc, const char *what, int line);
 void *xmalloc(size_t n);
 int cmp_double(const void *a, const void *b);
 double *to_f64(struct ag_tensor *t);
+/*
+ * Checks backward against a central finite difference at the element of
+ * f64 parameter p with the largest gradient (not a dead ReLU); loss(model)
+ * recomputes the loss.  what names the model and parameter in the report.
+ */
+void check_param_fd(const char *what, int threads, int i, struct ag_tensor *p,
+		    double (*loss)(void *model), void *model);
 struct ag_tensor *uniform(struct ag_generator *g, enum ag_dtype dt, int ndim,
 			  const int64_t *shape, double lo, double hi,
 			  bool requires_grad);

@@ -137,6 +137,11 @@ static double cnn_loss_value(struct cnn *m)
 	return v;
 }
 
+static double cnn_loss_fd(void *m)
+{
+	return cnn_loss_value(m);
+}
+
 /*
  * In f64 at B=3 and 8x8, central finite differences on the largest-gradient
  * element of each parameter against the backward pass (BatchNorm in
@@ -158,29 +163,8 @@ static void cnn_check(void *arg, const struct config *c, int threads,
 	s = ag_scope_begin();
 	loss = must(cnn_loss(&m));
 	must_ok(ag_backward(loss, NULL, NULL));
-	for (int i = 0; i < CNN_NPARAM; i++) {
-		struct ag_tensor *p = m.p[i], *gr = must(ag_tensor_grad(p));
-		int64_t n = ag_tensor_numel(p), e = 0;
-		double *d = ag_tensor_data(p), *ga = to_f64(gr), keep, lp, lm,
-		       fd, an;
-
-		for (int64_t j = 1; j < n; j++)
-			if (fabs(ga[j]) > fabs(ga[e]))
-				e = j;
-		an = ga[e];
-		free(ga);
-		keep = d[e];
-		d[e] = keep + 1e-6;
-		lp = cnn_loss_value(&m);
-		d[e] = keep - 1e-6;
-		lm = cnn_loss_value(&m);
-		d[e] = keep;
-		fd = (lp - lm) / 2e-6;
-		check_report(
-			fabs(fd - an) <= 1e-6 + 1e-5 * fabs(fd),
-			"cnn f64 threads=%d: param %d elem %lld: backward %.10g vs finite difference %.10g",
-			threads, i, (long long)e, an, fd);
-	}
+	for (int i = 0; i < CNN_NPARAM; i++)
+		check_param_fd("cnn", threads, i, m.p[i], cnn_loss_fd, &m);
 	ag_scope_end(s);
 	cnn_free(&m);
 

@@ -186,6 +186,11 @@ static double mlp_loss_value(struct mlp *m)
 	return v;
 }
 
+static double mlp_loss_fd(void *m)
+{
+	return mlp_loss_value(m);
+}
+
 /*
  * In f64, central finite differences on one element of each parameter
  * against the backward pass; then, in f32 at the benchmark's layout, the
@@ -210,32 +215,9 @@ static void mlp_check(const struct config *c, int threads,
 		ag_clear_error();
 	} else {
 		must_ok(ag_backward(loss, NULL, NULL));
-		for (int i = 0; i < 6; i++) {
-			struct ag_tensor *p = m.p[i], *gr;
-			int64_t n = ag_tensor_numel(p), e = 0;
-			double *d = ag_tensor_data(p), keep, lp, lm, fd, an,
-			       *ga;
-
-			/* the element with the largest gradient: not a dead ReLU */
-			gr = must(ag_tensor_grad(p));
-			ga = to_f64(gr);
-			for (int64_t j = 1; j < n; j++)
-				if (fabs(ga[j]) > fabs(ga[e]))
-					e = j;
-			an = ga[e];
-			free(ga);
-			keep = d[e];
-			d[e] = keep + 1e-6;
-			lp = mlp_loss_value(&m);
-			d[e] = keep - 1e-6;
-			lm = mlp_loss_value(&m);
-			d[e] = keep;
-			fd = (lp - lm) / 2e-6;
-			check_report(
-				fabs(fd - an) <= 1e-6 + 1e-5 * fabs(fd),
-				"mlp f64 threads=%d: param %d elem %lld: backward %.10g vs finite difference %.10g",
-				threads, i, (long long)e, an, fd);
-		}
+		for (int i = 0; i < 6; i++)
+			check_param_fd("mlp", threads, i, m.p[i], mlp_loss_fd,
+				       &m);
 	}
 	ag_scope_end(s);
 	mlp_free(&m);
