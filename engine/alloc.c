@@ -440,17 +440,17 @@ static inline __attribute__((always_inline)) void *alloc(size_t size)
 
 			/* the lines an op writes first: header, shape, storage;
 			 * not past the block (a tensor block is 4 lines) */
-			size_t lines = (HEADER + class_size[c]) / 64;
+			size_t lines = (HEADER + class_size[c]) / AG_CACHE_LINE;
 
 			__builtin_prefetch(next, 1);
 			if (lines > 1)
-				__builtin_prefetch(next + 64, 1);
+				__builtin_prefetch(next + AG_CACHE_LINE, 1);
 			if (lines > 2)
-				__builtin_prefetch(next + 128, 1);
+				__builtin_prefetch(next + 2 * AG_CACHE_LINE, 1);
 			if (lines > 3)
-				__builtin_prefetch(next + 192, 1);
+				__builtin_prefetch(next + 3 * AG_CACHE_LINE, 1);
 			if (lines > 4)
-				__builtin_prefetch(next + 256, 1);
+				__builtin_prefetch(next + 4 * AG_CACHE_LINE, 1);
 		}
 		return m->p[--m->n];
 	}

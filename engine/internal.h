@@ -15,11 +15,18 @@
 #include <ag/tensor.h>
 
 #include "alloc.h"
+#include "lib/list.h"
 
 #define ag_container_of(ptr, type, member) \
 	((type *)((char *)(ptr)-offsetof(type, member)))
 
-#define AG_ALIGN 64
+/*
+ * x86-64's (and most arm64 parts') cache line: the unit of false sharing
+ * that per-thread fields are padded to, and the step of prefetch spans.
+ */
+#define AG_CACHE_LINE 64
+/* Storage data and slabs start on a line (engine/storage.c says why). */
+#define AG_ALIGN AG_CACHE_LINE
 
 /*
  * Thread-local state read on every op.  The default model for a shared
@@ -43,10 +50,11 @@
  */
 #define ag__prefetch_span(p, bytes, rw)                           \
 	do {                                                      \
-		uintptr_t a_ = (uintptr_t)(p) & ~(uintptr_t)63;   \
+		uintptr_t a_ = (uintptr_t)(p) &                   \
+			       ~(uintptr_t)(AG_CACHE_LINE - 1);   \
 		uintptr_t e_ = (uintptr_t)(p) + (bytes);          \
                                                                   \
-		for (; a_ < e_; a_ += 64)                         \
+		for (; a_ < e_; a_ += AG_CACHE_LINE)              \
 			__builtin_prefetch((const void *)a_, rw); \
 	} while (0)
 
@@ -87,7 +95,7 @@ enum ag_live_kind {
 struct ag_live_counts {
 	atomic_long n[AG_LIVE_KINDS];
 	bool registered;
-	struct ag_live_counts *prev, *next; /* under live.c's lock */
+	struct ag__list link; /* in live.c's list, under its lock */
 };
 extern AG_TLS struct ag_live_counts ag__live_tls;
 void ag__live_register(struct ag_live_counts *c);
@@ -306,8 +314,19 @@ int ag__shape_size(const char *fn, int ndim, const int64_t *shape,
 int ag__check_shape(const char *fn, int ndim, const int64_t *shape,
 		    enum ag_dtype dt, int64_t *numel);
 int ag__check_dtype(const char *fn, enum ag_dtype dt);
-/* Formats "[3, 5]" into buf. */
-const char *ag__shape_str(char *buf, size_t n, int ndim, const int64_t *shape);
+/*
+ * A shape as text for an error message, "[3, 5]": room for AG_MAX_DIMS
+ * dims of 20 characters each (INT64_MIN) with their separators, so no
+ * shape is ever cut short.  Declared where the message is built.
+ */
+struct ag__shape_str {
+	char s[3 + AG_MAX_DIMS * 22];
+};
+/* Formats the shape into b and returns b->s. */
+const char *ag__shape_fmt(struct ag__shape_str *b, int ndim,
+			  const int64_t *shape);
+/* ag__shape_fmt of t's shape */
+const char *ag__shape_of(struct ag__shape_str *b, const struct ag_tensor *t);
 
 /*
  * A new tensor of the given shape with fresh contiguous storage, not

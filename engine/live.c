@@ -17,7 +17,7 @@
 AG_TLS struct ag_live_counts ag__live_tls;
 
 static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct ag_live_counts *live_head;
+static struct ag__list live_head = AG_LIST_INIT(live_head);
 static long retired[AG_LIVE_KINDS]; /* under live_lock */
 static pthread_key_t live_key;
 static pthread_once_t live_once = PTHREAD_ONCE_INIT;
@@ -32,13 +32,7 @@ static void live_retire(void *arg)
 			atomic_load_explicit(&c->n[k], memory_order_relaxed);
 		atomic_store_explicit(&c->n[k], 0, memory_order_relaxed);
 	}
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		live_head = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
-	c->prev = c->next = NULL;
+	ag__list_del(&c->link);
 	c->registered = false; /* a later count registers again */
 	pthread_mutex_unlock(&live_lock);
 }
@@ -64,16 +58,22 @@ static void live_fork_release(void)
 static void live_fork_child(void)
 {
 	struct ag_live_counts *self = &ag__live_tls;
+	struct ag__list *pos;
 
-	for (struct ag_live_counts *c = live_head; c; c = c->next) {
+	ag__list_for_each(pos, &live_head)
+	{
+		struct ag_live_counts *c =
+			ag__list_entry(pos, struct ag_live_counts, link);
+
 		if (c == self)
 			continue;
 		for (int k = 0; k < AG_LIVE_KINDS; k++)
 			retired[k] += atomic_load_explicit(
 				&c->n[k], memory_order_relaxed);
 	}
-	live_head = self->registered ? self : NULL;
-	self->prev = self->next = NULL;
+	ag__list_init(&live_head);
+	if (self->registered)
+		ag__list_add(&self->link, &live_head);
 	pthread_mutex_unlock(&live_lock);
 }
 
@@ -89,11 +89,7 @@ void ag__live_register(struct ag_live_counts *c)
 {
 	pthread_once(&live_once, live_init);
 	pthread_mutex_lock(&live_lock);
-	c->prev = NULL;
-	c->next = live_head;
-	if (live_head)
-		live_head->prev = c;
-	live_head = c;
+	ag__list_add(&c->link, &live_head);
 	c->registered = true;
 	pthread_mutex_unlock(&live_lock);
 	if (live_key != (pthread_key_t)-1)
@@ -102,12 +98,18 @@ void ag__live_register(struct ag_live_counts *c)
 
 long ag__live_sum(enum ag_live_kind k)
 {
+	struct ag__list *pos;
 	long sum;
 
 	pthread_mutex_lock(&live_lock);
 	sum = retired[k];
-	for (struct ag_live_counts *c = live_head; c; c = c->next)
+	ag__list_for_each(pos, &live_head)
+	{
+		struct ag_live_counts *c =
+			ag__list_entry(pos, struct ag_live_counts, link);
+
 		sum += atomic_load_explicit(&c->n[k], memory_order_relaxed);
+	}
 	pthread_mutex_unlock(&live_lock);
 	return sum;
 }

@@ -7,11 +7,11 @@
 #include <stdlib.h>
 
 #include "internal.h"
+#include "lib/ptrvec.h"
 
 struct ag_scope {
 	struct ag_scope *parent;
-	struct ag_tensor **refs;
-	size_t n, cap;
+	struct ag__ptrvec refs; /* of struct ag_tensor */
 };
 
 static AG_TLS struct ag_scope *scope_top;
@@ -43,9 +43,9 @@ void ag_scope_end(struct ag_scope *s)
 	}
 	scope_top = s->parent;
 	/* newest first, as a stack of temporaries unwinds */
-	while (s->n)
-		ag_tensor_put(s->refs[--s->n]);
-	ag__free(s->refs);
+	while (s->refs.n)
+		ag_tensor_put(ag__ptrvec_pop(&s->refs));
+	ag__ptrvec_free(&s->refs);
 	ag__mfree(s);
 }
 
@@ -55,12 +55,10 @@ struct ag_tensor *ag__scope_add(struct ag_tensor *t)
 
 	if (!t || !s)
 		return t;
-	if (s->n == s->cap && ag__array_grow((void **)&s->refs, &s->cap,
-					     s->n + 1, sizeof(*s->refs))) {
+	if (ag__ptrvec_push(&s->refs, t)) {
 		ag_tensor_put(t);
 		return NULL;
 	}
-	s->refs[s->n++] = t;
 	return t;
 }
 
@@ -79,7 +77,7 @@ void ag__scope_resume(struct ag_scope *s)
 
 size_t ag__scope_count(const struct ag_scope *s)
 {
-	return s->n;
+	return s->refs.n;
 }
 
 struct ag_scope *ag_scope_suspend(void)

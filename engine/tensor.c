@@ -59,9 +59,11 @@ int ag__check_dtype(const char *fn, enum ag_dtype dt)
 	return 0;
 }
 
-const char *ag__shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
+const char *ag__shape_fmt(struct ag__shape_str *b, int ndim,
+			  const int64_t *shape)
 {
-	size_t len = 0;
+	char *buf = b->s;
+	size_t n = sizeof(b->s), len = 0;
 
 	len += snprintf(buf + len, n - len, "[");
 	for (int d = 0; d < ndim && len < n; d++)
@@ -72,13 +74,18 @@ const char *ag__shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
 	return buf;
 }
 
+const char *ag__shape_of(struct ag__shape_str *b, const struct ag_tensor *t)
+{
+	return ag__shape_fmt(b, t->ndim, t->shape);
+}
+
 int ag__shape_size(const char *fn, int ndim, const int64_t *shape,
 		   enum ag_dtype dt, int64_t *numel, size_t *nbytes)
 {
 	size_t es = ag_dtype_size(dt);
 	const char *what = "element count";
 	int64_t n = 1;
-	char buf[200];
+	struct ag__shape_str buf;
 
 	/* with a 0 anywhere the count is 0, however large the other dims */
 	for (int d = 0; d < ndim; d++)
@@ -100,8 +107,8 @@ overflow:
 	return ag__err(AG_EINVAL,
 		       "%s%sshape %s of %s is too large: its %s overflows",
 		       fn ? fn : "", fn ? ": " : "",
-		       ag__shape_str(buf, sizeof(buf), ndim, shape),
-		       ag_dtype_name(dt), what);
+		       ag__shape_fmt(&buf, ndim, shape), ag_dtype_name(dt),
+		       what);
 }
 
 int ag__check_shape(const char *fn, int ndim, const int64_t *shape,
@@ -624,14 +631,13 @@ int ag_tensor_copy_to(const struct ag_tensor *t, void *dst, size_t nbytes)
 			   &need))
 		return -AG_EINVAL;
 	if (nbytes != need) {
-		char buf[200];
+		struct ag__shape_str buf;
 
 		return ag__err(
 			AG_EINVAL,
 			"ag_tensor_copy_to: a %s tensor of shape %s needs %zu bytes, got %zu",
-			ag_dtype_name(t->dtype),
-			ag__shape_str(buf, sizeof(buf), t->ndim, t->shape),
-			need, nbytes);
+			ag_dtype_name(t->dtype), ag__shape_of(&buf, t), need,
+			nbytes);
 	}
 	ag__copy_dense(t, dst);
 	return 0;
@@ -671,7 +677,7 @@ static int64_t get_i64(const struct ag_tensor *t, int64_t i)
 
 static bool one_element(const char *fn, const struct ag_tensor *t)
 {
-	char buf[200];
+	struct ag__shape_str buf;
 
 	if (!t) {
 		ag__err_null(fn, "t");
@@ -682,8 +688,7 @@ static bool one_element(const char *fn, const struct ag_tensor *t)
 	ag__err(AG_EINVAL,
 		"%s: a tensor of shape %s has %" PRId64
 		" elements; only one-element tensors convert to a scalar",
-		fn, ag__shape_str(buf, sizeof(buf), t->ndim, t->shape),
-		t->numel);
+		fn, ag__shape_of(&buf, t), t->numel);
 	return false;
 }
 

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 
 #include "graph.h"
+#include "lib/ptrvec.h"
 
 struct seen {
 	struct ag_node **keys;
@@ -73,12 +74,12 @@ static int seen_add(struct seen *s, struct ag_node *n, size_t *id, bool *fresh)
 
 static void write_node(FILE *f, size_t id, const struct ag_node *n)
 {
-	char shape[160];
+	struct ag__shape_str shape;
 
 	fprintf(f, "\tn%zu [label=\"%s", id, n->ops->name);
 	if (n->ops == &ag__accumulate_ops)
 		fprintf(f, "\\n%s %s", ag_dtype_name(n->in_meta[0].dtype),
-			ag__shape_str(shape, sizeof(shape), n->in_meta[0].ndim,
+			ag__shape_fmt(&shape, n->in_meta[0].ndim,
 				      n->in_meta[0].shape));
 	fprintf(f, "\"%s];\n",
 		n->ops == &ag__accumulate_ops ? ", fillcolor=lightblue" : "");
@@ -86,8 +87,8 @@ static void write_node(FILE *f, size_t id, const struct ag_node *n)
 
 int ag_graph_dot(struct ag_tensor *root, FILE *out)
 {
-	struct ag_node **stack = NULL;
-	size_t sp = 0, scap = 0, id;
+	struct ag__ptrvec stack = { 0 };
+	size_t id;
 	struct seen seen = { 0 };
 	struct ag_edge e;
 	bool fresh;
@@ -109,11 +110,10 @@ int ag_graph_dot(struct ag_tensor *root, FILE *out)
 	if (seen_add(&seen, e.node, &id, &fresh))
 		goto oom;
 	write_node(out, id, e.node);
-	if (ag__array_grow((void **)&stack, &scap, 1, sizeof(*stack)))
+	if (ag__ptrvec_push(&stack, e.node))
 		goto oom;
-	stack[sp++] = e.node;
-	while (sp) {
-		struct ag_node *n = stack[--sp];
+	while (stack.n) {
+		struct ag_node *n = ag__ptrvec_pop(&stack);
 		size_t from;
 
 		if (seen_add(&seen, n, &from, &fresh))
@@ -127,11 +127,8 @@ int ag_graph_dot(struct ag_tensor *root, FILE *out)
 				goto oom;
 			if (fresh) {
 				write_node(out, id, c);
-				if (sp == scap &&
-				    ag__array_grow((void **)&stack, &scap,
-						   sp + 1, sizeof(*stack)))
+				if (ag__ptrvec_push(&stack, c))
 					goto oom;
-				stack[sp++] = c;
 			}
 			if (c->num_inputs > 1)
 				fprintf(out, "\tn%zu -> n%zu [label=\"%d\"];\n",
@@ -147,7 +144,7 @@ int ag_graph_dot(struct ag_tensor *root, FILE *out)
 oom:
 	rc = -AG_ENOMEM; /* the allocation that failed set the error */
 done:
-	ag__free(stack);
+	ag__ptrvec_free(&stack);
 	ag__mfree(seen.keys);
 	ag__mfree(seen.ids);
 	return rc;

@@ -29,6 +29,8 @@
 #include <ag/ops.h>
 
 #include "graph.h"
+#include "lib/env.h"
+#include "lib/ptrvec.h"
 
 struct capture {
 	struct ag_node *node;
@@ -189,12 +191,14 @@ static int state_room(struct ag_graph_task *gt, uint32_t idx)
 	 * ag__alloc keeps freed blocks this size, where fresh pages would
 	 * fault in on every backward; aligned here to whole lines.
 	 */
-	mem = ag__alloc(STATE_CHUNK * sizeof(struct ag_node_state) + 64);
+	mem = ag__alloc(STATE_CHUNK * sizeof(struct ag_node_state) +
+			AG_CACHE_LINE);
 	if (!mem)
 		return -AG_ENOMEM;
 	gt->chunk_mem[gt->nchunks] = mem;
 	gt->chunks[gt->nchunks++] =
-		(void *)(((uintptr_t)mem + 63) & ~(uintptr_t)63);
+		(void *)(((uintptr_t)mem + AG_CACHE_LINE - 1) &
+			 ~(uintptr_t)(AG_CACHE_LINE - 1));
 	return 0;
 }
 
@@ -293,21 +297,16 @@ static void task_cleanup(struct ag_graph_task *gt)
 static int count_deps(struct ag_graph_task *gt, struct ag_node **roots,
 		      int nroots)
 {
-	struct ag_node **stack = NULL;
-	size_t sp = 0, scap = 0;
-	int rc = 0;
+	struct ag__ptrvec stack = { 0 };
 
 	for (int i = 0; i < nroots; i++) {
 		if (state_of(gt, roots[i]))
 			continue;
-		if (!claim(gt, roots[i]))
+		if (!claim(gt, roots[i]) || ag__ptrvec_push(&stack, roots[i]))
 			goto oom;
-		if (sp == scap && grow((void **)&stack, &scap, sizeof(*stack)))
-			goto oom;
-		stack[sp++] = roots[i];
 	}
-	while (sp) {
-		struct ag_node *n = stack[--sp];
+	while (stack.n) {
+		struct ag_node *n = ag__ptrvec_pop(&stack);
 
 		/* nodes a few steps down the walk (a 256-byte block) */
 		if (n->hint)
@@ -329,12 +328,8 @@ static int count_deps(struct ag_graph_task *gt, struct ag_node **roots,
 			st = state_of(gt, c);
 			if (!st) {
 				st = claim(gt, c);
-				if (!st)
+				if (!st || ag__ptrvec_push(&stack, c))
 					goto oom;
-				if (sp == scap && grow((void **)&stack, &scap,
-						       sizeof(*stack)))
-					goto oom;
-				stack[sp++] = c;
 			}
 			/* only this thread touches deps until the run pass */
 			atomic_store_explicit(
@@ -345,12 +340,11 @@ static int count_deps(struct ag_graph_task *gt, struct ag_node **roots,
 				memory_order_relaxed);
 		}
 	}
-	ag__free(stack);
+	ag__ptrvec_free(&stack);
 	return 0;
 oom:
-	ag__free(stack);
-	rc = ag__err_last();
-	return rc;
+	ag__ptrvec_free(&stack);
+	return ag__err_last();
 }
 
 static int cmp_seq(const void *a, const void *b)
@@ -495,7 +489,7 @@ static bool has_nonfinite(struct ag_tensor *t)
 static int check_grad(struct ag_node *n, int i, struct ag_tensor *g,
 		      const struct ag_input_meta *want)
 {
-	char a[160], b[160];
+	struct ag__shape_str a, b;
 
 	if (g->dtype == want->dtype && g->ndim == want->ndim &&
 	    ag__shape_eq(g->ndim, g->shape, want->shape))
@@ -503,13 +497,22 @@ static int check_grad(struct ag_node *n, int i, struct ag_tensor *g,
 	return ag__err(
 		AG_ESHAPE,
 		"%s returned an invalid gradient at index %d: got %s %s but expected %s %s",
-		n->ops->name, i, ag_dtype_name(g->dtype),
-		ag__shape_str(a, sizeof(a), g->ndim, g->shape),
+		n->ops->name, i, ag_dtype_name(g->dtype), ag__shape_of(&a, g),
 		ag_dtype_name(want->dtype),
-		ag__shape_str(b, sizeof(b), want->ndim, want->shape));
+		ag__shape_fmt(&b, want->ndim, want->shape));
 }
 
 static int run_hooks(struct ag_node *n, struct ag_tensor **grads);
+
+/*
+ * Prefetch distances, in nodes of the run order: first the node itself,
+ * then (closer) the fields it points to, which need the node's line to
+ * have arrived, then (closest) its first saved tensor's storage, which
+ * needs those.  Each step of the chain waits on one miss of the last.
+ */
+#define AHEAD_NODE 24
+#define AHEAD_FIELDS 16
+#define AHEAD_SAVED 8
 
 /*
  * Nodes run in about the order the count pass claimed them, and a long
@@ -520,20 +523,20 @@ AG_PREFETCH_FN prefetch_ahead(struct ag_graph_task *gt, uint32_t idx)
 {
 	struct ag_node *m;
 
-	if (idx + 24 < gt->n) {
-		m = gt->nodes[idx + 24];
+	if (idx + AHEAD_NODE < gt->n) {
+		m = gt->nodes[idx + AHEAD_NODE];
 		ag__prefetch_span(m, sizeof(*m), 0);
 	}
-	if (idx + 16 < gt->n) {
-		m = gt->nodes[idx + 16];
-		__builtin_prefetch(state_at(gt, idx + 16), 1);
+	if (idx + AHEAD_FIELDS < gt->n) {
+		m = gt->nodes[idx + AHEAD_FIELDS];
+		__builtin_prefetch(state_at(gt, idx + AHEAD_FIELDS), 1);
 		__builtin_prefetch(m->next);
 		__builtin_prefetch(m->in_meta);
 		__builtin_prefetch(m->saved);
 	}
 	/* the slot may be being released by whoever runs m: atomic peeks */
-	if (idx + 8 < gt->n) {
-		m = gt->nodes[idx + 8];
+	if (idx + AHEAD_SAVED < gt->n) {
+		m = gt->nodes[idx + AHEAD_SAVED];
 		if (m->num_saved &&
 		    __atomic_load_n(&m->saved[0].compact, __ATOMIC_RELAXED)) {
 			const char *sp = (const char *)__atomic_load_n(
@@ -541,7 +544,7 @@ AG_PREFETCH_FN prefetch_ahead(struct ag_graph_task *gt, uint32_t idx)
 
 			/* the header, and a small tensor's data after it */
 			__builtin_prefetch(sp);
-			__builtin_prefetch(sp + 64);
+			__builtin_prefetch(sp + AG_CACHE_LINE);
 		}
 	}
 }
@@ -670,7 +673,7 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 static int check_hook_grad(struct ag_node *n, int slot, struct ag_tensor *r)
 {
 	const struct ag_input_meta *want = &n->in_meta[slot];
-	char a[160], b[160];
+	struct ag__shape_str a, b;
 
 	if (r->dtype == want->dtype && r->ndim == want->ndim &&
 	    ag__shape_eq(r->ndim, r->shape, want->shape))
@@ -679,9 +682,8 @@ static int check_hook_grad(struct ag_node *n, int slot, struct ag_tensor *r)
 		AG_ESHAPE,
 		"a tensor hook on %s (gradient slot %d) returned an invalid gradient: got %s %s but expected %s %s",
 		n->ops->name, slot, ag_dtype_name(r->dtype),
-		ag__shape_str(a, sizeof(a), r->ndim, r->shape),
-		ag_dtype_name(want->dtype),
-		ag__shape_str(b, sizeof(b), want->ndim, want->shape));
+		ag__shape_of(&a, r), ag_dtype_name(want->dtype),
+		ag__shape_fmt(&b, want->ndim, want->shape));
 }
 
 /*
@@ -771,7 +773,7 @@ static int run_hooks(struct ag_node *n, struct ag_tensor **grads)
 static int root_grad(const char *fn, struct ag_tensor *root,
 		     struct ag_tensor *grad, int i, struct ag_tensor **out)
 {
-	char a[160], b[160];
+	struct ag__shape_str a, b;
 	struct ag_tensor *g;
 
 	if (!grad) {
@@ -779,9 +781,7 @@ static int root_grad(const char *fn, struct ag_tensor *root,
 			return ag__err(
 				AG_ESCALAR,
 				"%s: grad can be implicitly created only for scalar outputs; root %d has shape %s, pass a gradient of that shape",
-				fn, i,
-				ag__shape_str(a, sizeof(a), root->ndim,
-					      root->shape));
+				fn, i, ag__shape_of(&a, root));
 		g = ag__tensor_new(fn, root->dtype, root->ndim, root->shape);
 		if (!g)
 			return ag__err_last();
@@ -798,9 +798,8 @@ static int root_grad(const char *fn, struct ag_tensor *root,
 			AG_ESHAPE,
 			"%s: mismatch in shape: grad_output[%d] has %s %s and output[%d] has %s %s",
 			fn, i, ag_dtype_name(grad->dtype),
-			ag__shape_str(a, sizeof(a), grad->ndim, grad->shape), i,
-			ag_dtype_name(root->dtype),
-			ag__shape_str(b, sizeof(b), root->ndim, root->shape));
+			ag__shape_of(&a, grad), i, ag_dtype_name(root->dtype),
+			ag__shape_of(&b, root));
 	if (grad->dtype != root->dtype)
 		return ag__err(
 			AG_EDTYPE,
@@ -977,9 +976,7 @@ static bool env_deterministic(void)
 	int v = atomic_load_explicit(&cached, memory_order_relaxed);
 
 	if (v < 0) {
-		const char *e = getenv("AG_DETERMINISTIC");
-
-		v = e && *e && strcmp(e, "0") != 0;
+		v = ag__env_flag("AG_DETERMINISTIC");
 		atomic_store_explicit(&cached, v, memory_order_relaxed);
 	}
 	return v;

@@ -453,7 +453,7 @@ static int check_grad_in(const struct ag_ctx *ctx, int i,
 			 const struct ag_tensor *g)
 {
 	const struct ag_input_meta *m = &ctx->ins[i].meta;
-	char a[160], b[160];
+	struct ag__shape_str a, b;
 
 	if (g->dtype == m->dtype && g->ndim == m->ndim &&
 	    ag__shape_eq(m->ndim, g->shape, m->shape))
@@ -461,10 +461,8 @@ static int check_grad_in(const struct ag_ctx *ctx, int i,
 	return ag__err(
 		AG_ESHAPE,
 		"%s: backward of the custom function returned an invalid gradient for input %d: got %s %s but expected %s %s (the input's dtype and shape)",
-		ctx->name, i, ag_dtype_name(g->dtype),
-		ag__shape_str(a, sizeof(a), g->ndim, g->shape),
-		ag_dtype_name(m->dtype),
-		ag__shape_str(b, sizeof(b), m->ndim, m->shape));
+		ctx->name, i, ag_dtype_name(g->dtype), ag__shape_of(&a, g),
+		ag_dtype_name(m->dtype), ag__shape_fmt(&b, m->ndim, m->shape));
 }
 
 static int fn_apply(struct ag_node *n, struct ag_tensor **grads,

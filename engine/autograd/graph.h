@@ -141,7 +141,7 @@ struct ag_node_state {
 	bool capture;
 	bool queued;
 	bool done; /* ran and handed back: cleanup skips it */
-} __attribute__((aligned(64)));
+} __attribute__((aligned(AG_CACHE_LINE)));
 
 struct ag_node_ops {
 	const char *name;

@@ -139,11 +139,12 @@ static struct ag_storage *saved_storage(const struct ag_saved *s)
 static int version_error(const struct ag_saved *s, int ndim,
 			 const int64_t *dims, enum ag_dtype dtype, uint64_t now)
 {
-	char shape[160], who[160] = "";
+	struct ag__shape_str shape;
+	char who[160] = "";
 	const char *writer = atomic_load_explicit(
 		&saved_storage(s)->last_writer, memory_order_relaxed);
 
-	ag__shape_str(shape, sizeof(shape), ndim, dims);
+	ag__shape_fmt(&shape, ndim, dims);
 	if (s->producer)
 		snprintf(who, sizeof(who), ", which is output %d of %s",
 			 s->output_nr, s->producer);
@@ -152,7 +153,7 @@ static int version_error(const struct ag_saved *s, int ndim,
 		"one of the variables needed for gradient computation has been modified by an inplace operation: [%s %s]%s, is at version %" PRIu64
 		"; expected version %" PRIu64
 		" instead. It was last modified in place by %s. Hint: do that write out of place (or on a clone), or after backward.",
-		ag_dtype_name(dtype), shape, who, now, s->version,
+		ag_dtype_name(dtype), shape.s, who, now, s->version,
 		writer ? writer : "a write through ag_tensor_data");
 }
 

@@ -562,7 +562,7 @@ static int bn_check(const struct bn_args *a)
 {
 	const char *fn = "ag_batch_norm";
 	struct ag_tensor *x = a->x;
-	char s[160];
+	struct ag__shape_str s;
 
 	if (ag__check_float(fn, x))
 		return -ag_errcode();
@@ -570,7 +570,7 @@ static int bn_check(const struct bn_args *a)
 		return ag__err(
 			AG_ESHAPE,
 			"%s: expected an input of 2 or more dims [N, C, ...], got %s",
-			fn, ag__shape_str(s, sizeof(s), x->ndim, x->shape));
+			fn, ag__shape_of(&s, x));
 	if (!a->rm != !a->rv)
 		return ag__err(
 			AG_EINVAL,
@@ -590,7 +590,7 @@ static int bn_check(const struct bn_args *a)
 		return ag__err(
 			AG_EINVAL,
 			"%s: Expected more than 1 value per channel when training, got input size %s",
-			fn, ag__shape_str(s, sizeof(s), x->ndim, x->shape));
+			fn, ag__shape_of(&s, x));
 	return 0;
 }
 

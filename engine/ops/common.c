@@ -55,15 +55,13 @@ int ag__broadcast_shape(const char *fn, const struct ag_tensor *a,
 		int64_t sb = db >= 0 ? b->shape[db] : 1;
 
 		if (sa != sb && sa != 1 && sb != 1) {
-			char x[160], y[160];
+			struct ag__shape_str x, y;
 
 			return ag__err(
 				AG_ESHAPE,
 				"%s: shapes %s and %s cannot be broadcast (dim %d: %ld vs %ld)",
-				fn,
-				ag__shape_str(x, sizeof(x), a->ndim, a->shape),
-				ag__shape_str(y, sizeof(y), b->ndim, b->shape),
-				i, (long)sa, (long)sb);
+				fn, ag__shape_of(&x, a), ag__shape_of(&y, b), i,
+				(long)sa, (long)sb);
 		}
 		shape[i] = sa == 1 ? sb : sa;
 	}

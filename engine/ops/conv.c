@@ -733,11 +733,6 @@ out:
 
 /* ---- checks ---- */
 
-static const char *shp(char *buf, size_t n, const struct ag_tensor *t)
-{
-	return ag__shape_str(buf, n, t->ndim, t->shape);
-}
-
 /* An option pair: 0 means dflt; below lo is refused. */
 static int opt_pair(const char *what, const int64_t *v, int64_t dflt,
 		    int64_t lo, int64_t *out)
@@ -800,7 +795,7 @@ static int out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d,
 static int check_shapes(struct ag_tensor *x, struct ag_tensor *w,
 			struct ag_tensor *b, struct conv_geom *gm)
 {
-	char xs[160], ws[160], bs[160];
+	struct ag__shape_str xs, ws, bs;
 	int lead;
 	int64_t ph, pw, eh, ew;
 	size_t cols;
@@ -809,12 +804,12 @@ static int check_shapes(struct ag_tensor *x, struct ag_tensor *w,
 		return ag__err(
 			AG_ESHAPE,
 			"ag_conv2d: expected 3-D (unbatched) or 4-D (batched) input, but got input of size %s",
-			shp(xs, sizeof(xs), x));
+			ag__shape_of(&xs, x));
 	if (w->ndim != 4)
 		return ag__err(
 			AG_ESHAPE,
 			"ag_conv2d: expected a 4-D weight [out_channels, in_channels / groups, kH, kW], but got weight of size %s",
-			shp(ws, sizeof(ws), w));
+			ag__shape_of(&ws, w));
 	gm->batched = x->ndim == 4;
 	lead = gm->batched ? 1 : 0;
 	gm->n = gm->batched ? x->shape[0] : 1;
@@ -830,32 +825,32 @@ static int check_shapes(struct ag_tensor *x, struct ag_tensor *w,
 			AG_ESHAPE,
 			"ag_conv2d: given groups=%ld, expected weight to be divisible by %ld at dimension 0, but got weight of size %s",
 			(long)gm->groups, (long)gm->groups,
-			shp(ws, sizeof(ws), w));
+			ag__shape_of(&ws, w));
 	if (gm->cin != gm->cg * gm->groups)
 		return ag__err(
 			AG_ESHAPE,
 			"ag_conv2d: given groups=%ld, weight of size %s, expected input%s to have %ld channels, but got %ld channels instead",
-			(long)gm->groups, shp(ws, sizeof(ws), w),
-			shp(xs, sizeof(xs), x), (long)(gm->cg * gm->groups),
+			(long)gm->groups, ag__shape_of(&ws, w),
+			ag__shape_of(&xs, x), (long)(gm->cg * gm->groups),
 			(long)gm->cin);
 	if (b && (b->ndim != 1 || b->shape[0] != gm->cout))
 		return ag__err(
 			AG_ESHAPE,
 			"ag_conv2d: given weight of size %s, expected bias to be 1-dimensional with %ld elements, but got bias of size %s instead",
-			shp(ws, sizeof(ws), w), (long)gm->cout,
-			shp(bs, sizeof(bs), b));
+			ag__shape_of(&ws, w), (long)gm->cout,
+			ag__shape_of(&bs, b));
 	if (gm->kh < 1 || gm->kw < 1)
 		return ag__err(
 			AG_ESHAPE,
 			"ag_conv2d: kernel size must be positive, got weight of size %s",
-			shp(ws, sizeof(ws), w));
+			ag__shape_of(&ws, w));
 	if (out_size(gm->h, gm->kh, gm->sh, gm->ph, gm->dh, &ph, &eh,
 		     &gm->oh) ||
 	    out_size(gm->w, gm->kw, gm->sw, gm->pw, gm->dw, &pw, &ew, &gm->ow))
 		return ag__err(
 			AG_EINVAL,
 			"ag_conv2d: padding or dilation too large (integer overflow) for input %s and weight %s",
-			shp(xs, sizeof(xs), x), shp(ws, sizeof(ws), w));
+			ag__shape_of(&xs, x), ag__shape_of(&ws, w));
 	if (gm->oh < 0 || gm->ow < 0)
 		return ag__err(
 			AG_ESHAPE,
@@ -870,7 +865,7 @@ static int check_shapes(struct ag_tensor *x, struct ag_tensor *w,
 			AG_EINVAL,
 			"ag_conv2d: output %ld x %ld with %ld rows of patches per group is too large for input %s and weight %s",
 			(long)gm->oh, (long)gm->ow, (long)gm->k,
-			shp(xs, sizeof(xs), x), shp(ws, sizeof(ws), w));
+			ag__shape_of(&xs, x), ag__shape_of(&ws, w));
 	return 0;
 }
 

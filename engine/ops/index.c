@@ -361,7 +361,7 @@ struct ag_tensor *ag_index_select(struct ag_tensor *a, int dim,
 	const char *fn = "ag_index_select";
 	struct ag_tensor *ic, *out;
 	const int64_t *iv;
-	char buf[160];
+	struct ag__shape_str buf;
 
 	if (!a)
 		return ag__null_arg(fn, "a");
@@ -372,8 +372,7 @@ struct ag_tensor *ag_index_select(struct ag_tensor *a, int dim,
 	if (idx->ndim > 1 || (!a->ndim && idx->numel != 1)) {
 		ag__err(AG_ESHAPE,
 			"%s: index must be 0-d or 1-d (one element for a 0-d input), got %s",
-			fn,
-			ag__shape_str(buf, sizeof(buf), idx->ndim, idx->shape));
+			fn, ag__shape_of(&buf, idx));
 		return NULL;
 	}
 	iv = index_data(fn, idx, dim, a->ndim ? a->shape[dim] : 1, &ic);
@@ -447,35 +446,27 @@ static int check_gather_shapes(const char *fn, struct ag_tensor *a, int dim,
 	int64_t st[AG_MAX_DIMS];
 	int na = dims_of(a, as, st), ni = dims_of(idx, is, st);
 	int ns = src ? dims_of(src, ss, st) : ni;
-	char x[160], y[160];
+	struct ag__shape_str x, y;
 
 	if (na != ni || ns != ni)
 		return ag__err(
 			AG_ESHAPE,
 			"%s: index %s must have as many dims as the input %s%s",
-			fn, ag__shape_str(x, sizeof(x), idx->ndim, idx->shape),
-			ag__shape_str(y, sizeof(y), a->ndim, a->shape),
+			fn, ag__shape_of(&x, idx), ag__shape_of(&y, a),
 			src ? " and src" : "");
 	for (int d = 0; d < ni; d++) {
 		if (d != dim && is[d] > as[d])
 			return ag__err(
 				AG_ESHAPE,
 				"%s: index %s is larger than the input %s in dim %d",
-				fn,
-				ag__shape_str(x, sizeof(x), idx->ndim,
-					      idx->shape),
-				ag__shape_str(y, sizeof(y), a->ndim, a->shape),
+				fn, ag__shape_of(&x, idx), ag__shape_of(&y, a),
 				d);
 		if (src && is[d] > ss[d])
 			return ag__err(
 				AG_ESHAPE,
 				"%s: index %s is larger than src %s in dim %d",
-				fn,
-				ag__shape_str(x, sizeof(x), idx->ndim,
-					      idx->shape),
-				ag__shape_str(y, sizeof(y), src->ndim,
-					      src->shape),
-				d);
+				fn, ag__shape_of(&x, idx),
+				ag__shape_of(&y, src), d);
 	}
 	return 0;
 }
@@ -610,12 +601,11 @@ struct ag_tensor *ag_scatter_add(struct ag_tensor *a, int dim,
 	if (ag__should_record(&src, 1) && ag__requires_grad(src) &&
 	    (src->ndim != idx->ndim ||
 	     !ag__shape_eq(src->ndim, src->shape, idx->shape))) {
-		char x[160], y[160];
+		struct ag__shape_str x, y;
 
 		ag__err(AG_ESHAPE,
 			"%s: src %s requires grad, so it must have the index's shape %s",
-			fn, ag__shape_str(x, sizeof(x), src->ndim, src->shape),
-			ag__shape_str(y, sizeof(y), idx->ndim, idx->shape));
+			fn, ag__shape_of(&x, src), ag__shape_of(&y, idx));
 		return NULL;
 	}
 	iv = index_data(fn, idx, dim, a->ndim ? a->shape[dim] : 1, &ic);
@@ -651,7 +641,7 @@ struct ag_tensor *ag_embedding(struct ag_tensor *weight, struct ag_tensor *idx)
 	int64_t shape[AG_MAX_DIMS], n;
 	struct ag_tensor *flat = NULL, *sel = NULL, *out = NULL, *ic;
 	struct ag_scope *scope;
-	char buf[160];
+	struct ag__shape_str buf;
 
 	if (!weight)
 		return ag__null_arg(fn, "weight");
@@ -662,9 +652,7 @@ struct ag_tensor *ag_embedding(struct ag_tensor *weight, struct ag_tensor *idx)
 	if (weight->ndim != 2 || idx->ndim >= AG_MAX_DIMS) {
 		ag__err(AG_ESHAPE,
 			"%s: weight must be 2-d and indices at most %d-d, got weight %s and indices of %d dims",
-			fn, AG_MAX_DIMS - 1,
-			ag__shape_str(buf, sizeof(buf), weight->ndim,
-				      weight->shape),
+			fn, AG_MAX_DIMS - 1, ag__shape_of(&buf, weight),
 			idx->ndim);
 		return NULL;
 	}

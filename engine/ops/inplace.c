@@ -390,14 +390,13 @@ static int binary_(const char *fn, const struct ag_node_ops *ops,
 	    ag__broadcast_shape(fn, self, other, &ndim, shape))
 		return -ag_errcode();
 	if (ndim != self->ndim || !ag__shape_eq(ndim, shape, self->shape)) {
-		char a[160], b[160];
+		struct ag__shape_str a, b;
 
 		return ag__err(
 			AG_ESHAPE,
 			"%s: output with shape %s doesn't match the broadcast shape %s",
-			fn,
-			ag__shape_str(a, sizeof(a), self->ndim, self->shape),
-			ag__shape_str(b, sizeof(b), ndim, shape));
+			fn, ag__shape_of(&a, self),
+			ag__shape_fmt(&b, ndim, shape));
 	}
 	rc = ag__inplace_check(fn, self, true);
 	if (!rc)
@@ -532,13 +531,12 @@ int ag_copy_(struct ag_tensor *self, struct ag_tensor *src)
 		return ag__check_same_dtype("ag_copy_", self, src);
 	if (ag__broadcast_shape("ag_copy_", self, src, &ndim, shape) ||
 	    ndim != self->ndim || !ag__shape_eq(ndim, shape, self->shape)) {
-		char a[160], b[160];
+		struct ag__shape_str a, b;
 
 		return ag__err(
 			AG_ESHAPE,
 			"ag_copy_: source of shape %s cannot be broadcast to %s",
-			ag__shape_str(a, sizeof(a), src->ndim, src->shape),
-			ag__shape_str(b, sizeof(b), self->ndim, self->shape));
+			ag__shape_of(&a, src), ag__shape_of(&b, self));
 	}
 	rc = ag__inplace_check("ag_copy_", self, true);
 	if (!rc)

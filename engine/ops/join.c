@@ -88,7 +88,7 @@ static int check_shapes(struct ag_tensor *const *ts, int n, int ref, int dim,
 	for (int k = 0; k < n; k++) {
 		const struct ag_tensor *t = ts[k];
 		bool ok = t->ndim == r->ndim;
-		char a[160], b[160];
+		struct ag__shape_str a, b;
 
 		if (skipped(t))
 			continue;
@@ -98,9 +98,7 @@ static int check_shapes(struct ag_tensor *const *ts, int n, int ref, int dim,
 			return ag__err(
 				AG_ESHAPE,
 				"ag_cat: tensor %d has shape %s, expected %s except in dim %d",
-				k,
-				ag__shape_str(a, sizeof(a), t->ndim, t->shape),
-				ag__shape_str(b, sizeof(b), r->ndim, r->shape),
+				k, ag__shape_of(&a, t), ag__shape_of(&b, r),
 				dim);
 		if (__builtin_add_overflow(*total, t->shape[dim], total))
 			return ag__err(AG_EINVAL,
@@ -218,15 +216,14 @@ struct ag_tensor *ag_stack(struct ag_tensor *const *ts, int n, int dim)
 	if (check_inputs("ag_stack", ts, n))
 		return NULL;
 	for (int k = 1; k < n; k++) {
-		char a[160], b[160];
+		struct ag__shape_str a, b;
 
 		if (ts[k]->ndim == ts[0]->ndim &&
 		    ag__shape_eq(ts[0]->ndim, ts[k]->shape, ts[0]->shape))
 			continue;
 		ag__err(AG_ESHAPE,
 			"ag_stack: tensor %d has shape %s, expected %s", k,
-			ag__shape_str(a, sizeof(a), ts[k]->ndim, ts[k]->shape),
-			ag__shape_str(b, sizeof(b), ts[0]->ndim, ts[0]->shape));
+			ag__shape_of(&a, ts[k]), ag__shape_of(&b, ts[0]));
 		return NULL;
 	}
 	if (ts[0]->ndim == AG_MAX_DIMS) {

@@ -320,7 +320,7 @@ static int linear_check(struct ag_tensor *x, struct ag_tensor *w,
 			struct ag_tensor *b)
 {
 	const char *fn = "ag_linear";
-	char s1[160], s2[160];
+	struct ag__shape_str s1, s2;
 
 	if (ag__check_same_dtype(fn, x, w) ||
 	    (b && ag__check_same_dtype(fn, x, b)))
@@ -329,14 +329,13 @@ static int linear_check(struct ag_tensor *x, struct ag_tensor *w,
 		return ag__err(
 			AG_ESHAPE,
 			"%s: input %s and weight %s cannot be multiplied; expected input [*, in] and weight [out, in]",
-			fn, ag__shape_str(s1, sizeof(s1), x->ndim, x->shape),
-			ag__shape_str(s2, sizeof(s2), w->ndim, w->shape));
+			fn, ag__shape_of(&s1, x), ag__shape_of(&s2, w));
 	if (b && (b->ndim > 1 || (b->numel != w->shape[0] && b->numel != 1)))
 		return ag__err(
 			AG_ESHAPE,
 			"%s: bias %s does not match %ld output features; expected [%ld] (or one element)",
-			fn, ag__shape_str(s1, sizeof(s1), b->ndim, b->shape),
-			(long)w->shape[0], (long)w->shape[0]);
+			fn, ag__shape_of(&s1, b), (long)w->shape[0],
+			(long)w->shape[0]);
 	return 0;
 }
 

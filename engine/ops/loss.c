@@ -133,7 +133,7 @@ static int64_t cl_off(const struct cl_geom *g, int64_t r, int64_t k)
 static int cl_check(const char *fn, struct ag_tensor *x, struct ag_tensor *t,
 		    const struct ag_loss_opts *o)
 {
-	char s1[160], s2[160];
+	struct ag__shape_str s1, s2;
 	bool ok;
 
 	if (ag__check_float(fn, x))
@@ -149,8 +149,7 @@ static int cl_check(const char *fn, struct ag_tensor *x, struct ag_tensor *t,
 		return ag__err(
 			AG_ESHAPE,
 			"%s: input %s and targets %s do not match; expected input [N, C, d...] with targets [N, d...], or input [C] with 0-d targets",
-			fn, ag__shape_str(s1, sizeof(s1), x->ndim, x->shape),
-			ag__shape_str(s2, sizeof(s2), t->ndim, t->shape));
+			fn, ag__shape_of(&s1, x), ag__shape_of(&s2, t));
 	if (o->weight) {
 		int64_t c = x->ndim == 1 ? x->shape[0] : x->shape[1];
 
@@ -164,10 +163,7 @@ static int cl_check(const char *fn, struct ag_tensor *x, struct ag_tensor *t,
 			return ag__err(
 				AG_ESHAPE,
 				"%s: weight %s should hold one value per class (%ld)",
-				fn,
-				ag__shape_str(s1, sizeof(s1), o->weight->ndim,
-					      o->weight->shape),
-				(long)c);
+				fn, ag__shape_of(&s1, o->weight), (long)c);
 	}
 	return 0;
 }
@@ -878,7 +874,7 @@ static int bce_check_bcast(const char *fn, const char *what,
 			   struct ag_tensor *v, const struct ag_tensor *x)
 {
 	int64_t shape[AG_MAX_DIMS];
-	char s1[160], s2[160];
+	struct ag__shape_str s1, s2;
 	int nd;
 
 	if (!v)
@@ -891,11 +887,10 @@ static int bce_check_bcast(const char *fn, const char *what,
 	if (ag__broadcast_shape(fn, x, v, &nd, shape))
 		return -ag_errcode();
 	if (nd != x->ndim || !ag__shape_eq(nd, shape, x->shape))
-		return ag__err(
-			AG_ESHAPE,
-			"%s: %s %s does not broadcast to the input %s", fn,
-			what, ag__shape_str(s1, sizeof(s1), v->ndim, v->shape),
-			ag__shape_str(s2, sizeof(s2), x->ndim, x->shape));
+		return ag__err(AG_ESHAPE,
+			       "%s: %s %s does not broadcast to the input %s",
+			       fn, what, ag__shape_of(&s1, v),
+			       ag__shape_of(&s2, x));
 	return 0;
 }
 
@@ -907,7 +902,7 @@ struct ag_tensor *ag_bce_with_logits_ex(struct ag_tensor *logits,
 	struct ag_tensor *in[2] = { logits, targets }, *out;
 	struct bce_node *bn = NULL;
 	struct bce_in b;
-	char s1[160], s2[160];
+	struct ag__shape_str s1, s2;
 
 	if (!logits)
 		return ag__null_arg(fn, "logits");
@@ -922,11 +917,8 @@ struct ag_tensor *ag_bce_with_logits_ex(struct ag_tensor *logits,
 	    !ag__shape_eq(logits->ndim, logits->shape, targets->shape)) {
 		ag__err(AG_ESHAPE,
 			"%s: target size %s must be the same as input size %s",
-			fn,
-			ag__shape_str(s1, sizeof(s1), targets->ndim,
-				      targets->shape),
-			ag__shape_str(s2, sizeof(s2), logits->ndim,
-				      logits->shape));
+			fn, ag__shape_of(&s1, targets),
+			ag__shape_of(&s2, logits));
 		return NULL;
 	}
 	if (bce_check_bcast(fn, "weight", o->weight, logits) ||

@@ -112,7 +112,7 @@ struct ag_tensor *ag_matmul(struct ag_tensor *a, struct ag_tensor *b)
 {
 	struct ag_tensor *in[2] = { a, b }, *out;
 	struct mm_node *n = NULL;
-	char x[160], y[160];
+	struct ag__shape_str x, y;
 
 	if (!a)
 		return ag__null_arg("ag_matmul", "a");
@@ -123,8 +123,7 @@ struct ag_tensor *ag_matmul(struct ag_tensor *a, struct ag_tensor *b)
 	if (a->ndim != 2 || b->ndim != 2 || a->shape[1] != b->shape[0]) {
 		ag__err(AG_ESHAPE,
 			"ag_matmul: mat1 and mat2 shapes cannot be multiplied (%s and %s); 2-D operands with matching inner size are supported",
-			ag__shape_str(x, sizeof(x), a->ndim, a->shape),
-			ag__shape_str(y, sizeof(y), b->ndim, b->shape));
+			ag__shape_of(&x, a), ag__shape_of(&y, b));
 		return NULL;
 	}
 	out = mm_fwd("ag_matmul", a, b);

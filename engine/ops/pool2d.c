@@ -433,7 +433,7 @@ static int pool_apply(struct ag_node *n, struct ag_tensor **grads,
 static int check_input(const char *fn, struct ag_tensor *x,
 		       struct pool_geom *pg)
 {
-	char xs[160];
+	struct ag__shape_str xs;
 	int lead;
 
 	if (ag__check_float(fn, x))
@@ -453,7 +453,7 @@ static int check_input(const char *fn, struct ag_tensor *x,
 	return ag__err(
 		AG_ESHAPE,
 		"%s: expected a 3-D [C, H, W] or 4-D [N, C, H, W] input with non-zero C, H and W, but got input of size %s",
-		fn, ag__shape_str(xs, sizeof(xs), x->ndim, x->shape));
+		fn, ag__shape_of(&xs, x));
 }
 
 static int check_window(const char *fn, const int64_t *kernel,

@@ -43,21 +43,18 @@ static int broadcast_n(const char *fn, struct ag_tensor *const *t, int n,
 		for (int k = 0; k < n; k++) {
 			int d = t[k]->ndim - nd + i;
 			int64_t s = d >= 0 ? t[k]->shape[d] : 1;
-			char a[160], b[160], c[160];
+			struct ag__shape_str a, b, c;
 
 			if (s == 1 || s == shape[i] || shape[i] == 1) {
 				shape[i] = s == 1 ? shape[i] : s;
 				continue;
 			}
-			ag__shape_str(a, sizeof(a), t[0]->ndim, t[0]->shape);
-			ag__shape_str(b, sizeof(b), t[1]->ndim, t[1]->shape);
-			ag__shape_str(c, sizeof(c), t[n - 1]->ndim,
-				      t[n - 1]->shape);
 			return ag__err(
 				AG_ESHAPE,
 				"%s: shapes %s, %s%s%s cannot be broadcast (dim %d)",
-				fn, a, b, n > 2 ? " and " : "", n > 2 ? c : "",
-				i);
+				fn, ag__shape_of(&a, t[0]),
+				ag__shape_of(&b, t[1]), n > 2 ? " and " : "",
+				n > 2 ? ag__shape_of(&c, t[n - 1]) : "", i);
 		}
 	}
 	*ndim = nd;

@@ -167,7 +167,7 @@ struct ag_tensor *ag_reshape(struct ag_tensor *a, int ndim,
 	struct ag_tensor *out, *c;
 	bool zero = false;
 	int infer = -1;
-	char buf[200];
+	struct ag__shape_str buf;
 
 	if (!a)
 		return ag__null_arg("ag_reshape", "a");
@@ -226,7 +226,7 @@ bad:
 	ag__err(AG_ESHAPE,
 		"ag_reshape: shape %s is invalid for a tensor of %" PRId64
 		" elements",
-		ag__shape_str(buf, sizeof(buf), ndim, shape), a->numel);
+		ag__shape_fmt(&buf, ndim, shape), a->numel);
 	return NULL;
 }
 
@@ -335,7 +335,7 @@ struct ag_tensor *ag_expand(struct ag_tensor *a, int ndim, const int64_t *shape)
 {
 	struct view_node proto = { .kind = V_EXPAND };
 	int64_t sh[AG_MAX_DIMS], st[AG_MAX_DIMS], numel;
-	char x[160], y[160];
+	struct ag__shape_str x, y;
 
 	if (!a)
 		return ag__null_arg("ag_expand", "a");
@@ -371,8 +371,7 @@ struct ag_tensor *ag_expand(struct ag_tensor *a, int ndim, const int64_t *shape)
 bad:
 	ag__err(AG_ESHAPE,
 		"ag_expand: the shape %s cannot be expanded to %s (only size-1 dims expand)",
-		ag__shape_str(x, sizeof(x), a->ndim, a->shape),
-		ag__shape_str(y, sizeof(y), ndim, shape));
+		ag__shape_of(&x, a), ag__shape_fmt(&y, ndim, shape));
 	return NULL;
 }
 

@@ -21,6 +21,7 @@
 #include "deque.h"
 #include "eventcount.h"
 #include "pool.h"
+#include "lib/env.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #define cpu_relax() __builtin_ia32_pause()
@@ -516,21 +517,12 @@ static int online_cpus(void)
 static int configured_threads(void)
 {
 	int n = atomic_load_explicit(&pool.requested, memory_order_relaxed);
-	const char *env;
-	char *end;
-	long v;
+	long long v;
 
 	if (n > 0)
 		return n;
-	env = getenv("AG_NUM_THREADS");
-	if (env && *env) {
-		errno = 0;
-		v = strtol(env, &end, 10);
-		if (!errno && !*end && v >= 1)
-			return v > AG_POOL_MAX_WORKERS + 1 ?
-				       AG_POOL_MAX_WORKERS + 1 :
-				       (int)v;
-	}
+	if (ag__env_int("AG_NUM_THREADS", 1, AG_POOL_MAX_WORKERS + 1, &v))
+		return (int)v;
 	return online_cpus();
 }
 
@@ -956,21 +948,11 @@ int64_t ag__parallel_threshold(void)
 {
 	static atomic_llong cached;
 	long long v = atomic_load_explicit(&cached, memory_order_relaxed);
-	const char *env;
-	char *end;
 
 	if (v)
 		return v;
-	v = AG_PARALLEL_THRESHOLD_DEFAULT;
-	env = getenv("AG_PAR_THRESHOLD");
-	if (env && *env) {
-		long long e;
-
-		errno = 0;
-		e = strtoll(env, &end, 10);
-		if (!errno && !*end && e > 0)
-			v = e;
-	}
+	if (!ag__env_int("AG_PAR_THRESHOLD", 1, LLONG_MAX, &v))
+		v = AG_PARALLEL_THRESHOLD_DEFAULT;
 	atomic_store_explicit(&cached, v, memory_order_relaxed);
 	return v;
 }

@@ -29,6 +29,7 @@
 
 #include "internal.h"
 #include "pool.h"
+#include "lib/env.h"
 
 struct trace_ev {
 	const char *name;
@@ -434,8 +435,8 @@ void ag__trace_env(void)
 	if (atomic_load_explicit(&checked, memory_order_acquire) ||
 	    atomic_exchange_explicit(&checked, 1, memory_order_acq_rel))
 		return;
-	path = getenv("AG_TRACE");
-	if (!path || !*path)
+	path = ag__env_str("AG_TRACE");
+	if (!path)
 		return;
 	pthread_mutex_lock(&tr.lock);
 	/* A trace the user already started wins; errors stay silent here. */

@@ -132,16 +132,14 @@ static void expect(struct ag_tensor *t, const double *want, int64_t n,
 
 static void expect_shape(struct ag_tensor *t, int ndim, const int64_t *shape)
 {
-	char a[160], b[160];
+	struct ag__shape_str a, b;
 
 	cr_assert(t, "NULL: %s", ag_errmsg());
 	cr_assert(ag_tensor_ndim(t) == ndim &&
 			  (!ndim || !memcmp(ag_tensor_shape(t), shape,
 					    sizeof(*shape) * (size_t)ndim)),
-		  "shape %s, want %s",
-		  ag__shape_str(a, sizeof(a), ag_tensor_ndim(t),
-				ag_tensor_shape(t)),
-		  ag__shape_str(b, sizeof(b), ndim, shape));
+		  "shape %s, want %s", ag__shape_of(&a, t),
+		  ag__shape_fmt(&b, ndim, shape));
 }
 
 static double tol_of(enum ag_dtype dt)
