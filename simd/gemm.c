@@ -46,147 +46,6 @@ static int64_t max64(int64_t a, int64_t b)
 	return a > b ? a : b;
 }
 
-#define AG_K_GEMM(T, S, BLASFN)                                                 \
-	static void gemm_ref_##S(bool ta, bool tb, int64_t m, int64_t n,        \
-				 int64_t k, T alpha, const T *a, int64_t lda,   \
-				 const T *b, int64_t ldb, T beta, T *c,         \
-				 int64_t ldc)                                   \
-	{                                                                       \
-		int64_t i, j, l;                                                \
-                                                                                \
-		for (i = 0; i < m; i++) {                                       \
-			for (j = 0; j < n; j++) {                               \
-				T s = 0;                                        \
-                                                                                \
-				for (l = 0; l < k; l++)                         \
-					s += (ta ? a[l * lda + i] :             \
-						   a[i * lda + l]) *            \
-					     (tb ? b[j * ldb + l] :             \
-						   b[l * ldb + j]);             \
-				/* beta 0 overwrites (NaN in C ignored),      \
-				 * as BLAS does */ \
-				c[i * ldc + j] =                                \
-					alpha * s +                             \
-					(beta == 0 ? 0 :                        \
-						     beta * c[i * ldc + j]);    \
-			}                                                       \
-		}                                                               \
-	}                                                                       \
-                                                                                \
-	static void gemm_one_##S(bool ta, bool tb, int64_t m, int64_t n,        \
-				 int64_t k, T alpha, const T *a, int64_t lda,   \
-				 const T *b, int64_t ldb, T beta, T *c,         \
-				 int64_t ldc)                                   \
-	{                                                                       \
-		int64_t i, j;                                                   \
-                                                                                \
-		if (m <= 0 || n <= 0)                                           \
-			return;                                                 \
-		if (k <= 0 || alpha == 0) {                                     \
-			for (i = 0; i < m; i++)                                 \
-				for (j = 0; j < n; j++)                         \
-					c[i * ldc + j] =                        \
-						beta == 0 ?                     \
-							0 :                     \
-							beta * c[i * ldc + j];  \
-			return;                                                 \
-		}                                                               \
-		/* BLAS rejects a leading dimension below the row length     \
-		 * even where it is never used (one stored row); one that    \
-		 * is really too short (rows overlap) takes the loops. */  \
-		if ((ta ? k : m) == 1)                                          \
-			lda = max64(lda, ta ? m : k);                           \
-		if ((tb ? n : k) == 1)                                          \
-			ldb = max64(ldb, tb ? k : n);                           \
-		if (m == 1)                                                     \
-			ldc = max64(ldc, n);                                    \
-		if (lda < (ta ? m : k) || ldb < (tb ? k : n) || ldc < n)        \
-			goto ref;                                               \
-		if (m > INT_MAX || n > INT_MAX || k > INT_MAX ||                \
-		    lda > INT_MAX || ldb > INT_MAX || ldc > INT_MAX ||          \
-		    !AG_K_HAVE_BLAS)                                            \
-			goto ref;                                               \
-		BLASFN(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);   \
-		return;                                                         \
-ref:                                                                            \
-		gemm_ref_##S(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c,   \
-			     ldc);                                              \
-	}                                                                       \
-                                                                                \
-	struct gemm_args_##S {                                                  \
-		bool ta, tb, by_rows;                                           \
-		int64_t m, n, k;                                                \
-		T alpha, beta;                                                  \
-		const T *a, *b;                                                 \
-		T *c;                                                           \
-		int64_t lda, ldb, ldc;                                          \
-	};                                                                      \
-                                                                                \
-	static void gemm_part_##S(int64_t s, int64_t e, void *arg)              \
-	{                                                                       \
-		struct gemm_args_##S *g = arg;                                  \
-                                                                                \
-		if (g->by_rows)                                                 \
-			gemm_one_##S(g->ta, g->tb, e - s, g->n, g->k,           \
-				     g->alpha,                                  \
-				     g->a + (g->ta ? s : s * g->lda), g->lda,   \
-				     g->b, g->ldb, g->beta, g->c + s * g->ldc,  \
-				     g->ldc);                                   \
-		else                                                            \
-			gemm_one_##S(g->ta, g->tb, g->m, e - s, g->k,           \
-				     g->alpha, g->a, g->lda,                    \
-				     g->b + (g->tb ? s * g->ldb : s), g->ldb,   \
-				     g->beta, g->c + s, g->ldc);                \
-	}                                                                       \
-                                                                                \
-	void ag_k_gemm_##S(bool ta, bool tb, int64_t m, int64_t n, int64_t k,   \
-			   T alpha, const T *a, int64_t lda, const T *b,        \
-			   int64_t ldb, T beta, T *c, int64_t ldc)              \
-	{                                                                       \
-		ag_k_parallel_for_fn pf = ag_k_get_parallel_for();              \
-		double flops = (double)m * (double)n * (double)k;               \
-                                                                                \
-		pthread_once(&blas_once, blas_one_thread);                      \
-		if (pf && flops >= 2.0 * GEMM_PAR_FLOPS && k > 0) {             \
-			struct gemm_args_##S g = {                              \
-				.ta = ta,                                       \
-				.tb = tb,                                       \
-				.by_rows = m >= n,                              \
-				.m = m,                                         \
-				.n = n,                                         \
-				.k = k,                                         \
-				.alpha = alpha,                                 \
-				.beta = beta,                                   \
-				.a = a,                                         \
-				.b = b,                                         \
-				.c = c,                                         \
-				.lda = lda,                                     \
-				.ldb = ldb,                                     \
-				.ldc = ldc,                                     \
-			};                                                      \
-			int64_t len = g.by_rows ? m : n;                        \
-			int64_t per = (g.by_rows ? n : m) * k;                  \
-                                                                                \
-			/* parts of >= GEMM_PAR_FLOPS and >= 16 rows keep the \
-			 * BLAS kernels on full panels */ \
-			pf(len, max64(16, GEMM_PAR_FLOPS / max64(per, 1)),      \
-			   gemm_part_##S, &g);                                  \
-			return;                                                 \
-		}                                                               \
-		gemm_one_##S(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c,   \
-			     ldc);                                              \
-	}                                                                       \
-                                                                                \
-	void ag_k_gemm_serial_##S(bool ta, bool tb, int64_t m, int64_t n,       \
-				  int64_t k, T alpha, const T *a, int64_t lda,  \
-				  const T *b, int64_t ldb, T beta, T *c,        \
-				  int64_t ldc)                                  \
-	{                                                                       \
-		pthread_once(&blas_once, blas_one_thread);                      \
-		gemm_one_##S(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c,   \
-			     ldc);                                              \
-	}
-
 #ifdef AG_K_HAVE_CBLAS
 #define AG_K_HAVE_BLAS 1
 static void sgemm_rm(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
@@ -213,8 +72,21 @@ static void dgemm_rm(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
 #define dgemm_rm gemm_ref_f64
 #endif
 
-AG_K_GEMM(float, f32, sgemm_rm)
-AG_K_GEMM(double, f64, dgemm_rm)
+#define T float
+#define F(x) x##_f32
+#define BLAS_GEMM sgemm_rm
+#include "gemm_tmpl.h"
+#undef T
+#undef F
+#undef BLAS_GEMM
+
+#define T double
+#define F(x) x##_f64
+#define BLAS_GEMM dgemm_rm
+#include "gemm_tmpl.h"
+#undef T
+#undef F
+#undef BLAS_GEMM
 
 const char *ag_k_blas_name(void)
 {
