@@ -52,27 +52,28 @@ struct foreign {
 #define STATE_SHIFT 8
 #define STATE_CHUNK (1u << STATE_SHIFT)
 
+/* Field tags (T, C, A, R, L): the legend in graph.h. */
 struct ag_graph_task {
-	bool retain;
-	bool create;
-	bool prune; /* ag_grad: only nodes on a path to the inputs */
-	bool allow_unused;
-	bool deterministic; /* sum each slot's gradients in a fixed order */
-	struct ag_node **nodes; /* every node this task reached */
-	size_t n, cap;
-	atomic_size_t unclaimed; /* nodes run_node handed back already */
-	struct ag_group group;
-	struct ag_tls_mode mode; /* installed on whoever runs a node */
-	atomic_int err; /* first error, cancels the rest */
-	char errmsg[512];
-	struct capture *caps;
-	int ncaps;
-	struct ag_node_state **chunks; /* state of nodes[i]: state_at(i) */
-	void **chunk_mem; /* the blocks behind chunks, to free */
-	size_t nchunks, chunks_cap;
-	/* nodes claimed by another task: open addressing */
+	bool retain; /* T */
+	bool create; /* T */
+	bool prune; /* T: ag_grad: only nodes on a path to the inputs */
+	bool allow_unused; /* T */
+	bool deterministic; /* T: sum each slot's gradients in a fixed order */
+	struct ag_node **nodes; /* C: every node this task reached */
+	size_t n, cap; /* C */
+	atomic_size_t unclaimed; /* A: nodes run_node handed back already */
+	struct ag_group group; /* A: the pool's own */
+	struct ag_tls_mode mode; /* T: installed on whoever runs a node */
+	atomic_int err; /* A: first error, cancels the rest */
+	char errmsg[512]; /* the thread whose CAS set err, once */
+	struct capture *caps; /* T; caps[i].grad: R of caps[i].node */
+	int ncaps; /* T */
+	struct ag_node_state **chunks; /* C: state of nodes[i]: state_at(i) */
+	void **chunk_mem; /* C: the blocks behind chunks, to free */
+	size_t nchunks, chunks_cap; /* C */
+	/* C: nodes claimed by another task: open addressing */
 	struct foreign *tab;
-	size_t tab_cap, tab_n;
+	size_t tab_cap, tab_n; /* C */
 };
 
 static inline struct ag_node_state *state_at(struct ag_graph_task *gt,

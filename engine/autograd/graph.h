@@ -23,12 +23,29 @@
 
 #include "../internal.h"
 
+/*
+ * Who writes each field of the structs below, and when (a tag at the start
+ * of a field's comment, as kernel/workqueue.c does):
+ *
+ *   I: set while the op is recorded (or the struct is made) by one
+ *      thread; read-only once the node is published as a grad_fn.
+ *   A: atomic; any thread, with the order the code's comment gives.
+ *   L: under the lock the struct names (the node state's spin flag, the
+ *      grad cell's or the hook list's mutex).
+ *   C: the count pass of a backward: only the thread that called
+ *      ag_backward/ag_grad, before any node of the task runs.
+ *   R: the one thread running the node (it won the node when its deps
+ *      reached 0; the release that dropped them orders the writes before).
+ *   T: the thread that called ag_backward/ag_grad, before the count pass
+ *      or after the task's group has finished.
+ */
+
 struct ag_node;
 struct ag_graph_task;
 
 struct ag_edge {
-	struct ag_node *node; /* NULL: that input needs no gradient */
-	int input_nr;
+	struct ag_node *node; /* I: NULL: that input needs no gradient */
+	int input_nr; /* I */
 };
 
 /* What a gradient slot must look like (an output of the forward op). */
@@ -46,10 +63,10 @@ struct ag_input_meta {
  * would be a reference cycle.
  */
 struct ag_grad_cell {
-	atomic_long refcount;
+	atomic_long refcount; /* A */
 	pthread_mutex_t lock;
-	struct ag_tensor *grad;
-	bool orphan; /* under lock */
+	struct ag_tensor *grad; /* L */
+	bool orphan; /* L */
 };
 
 struct ag_grad_cell *ag__cell_new(void);
@@ -112,7 +129,7 @@ struct ag_grad_contrib {
  */
 struct ag_hook_list {
 	pthread_mutex_t lock;
-	struct ag_hook *head; /* appended under lock */
+	struct ag_hook *head; /* L: appended under lock */
 };
 
 /* Drops the node's references to its hooks (node_free). */
@@ -130,17 +147,17 @@ struct ag_contribs {
  * these as a dense array and the run pass reads them in about that order.
  */
 struct ag_node_state {
-	struct ag_task task; /* runs the node on the pool */
-	atomic_int deps;
-	uint32_t idx; /* the node is task->nodes[idx] */
-	struct ag_contribs *contribs; /* deterministic mode, on first use */
-	struct ag_tensor **inbuf; /* num_inputs; &inbuf_one when 1 */
-	struct ag_tensor *inbuf_one;
+	struct ag_task task; /* C: runs the node on the pool */
+	atomic_int deps; /* C counts up, then A: senders count down */
+	uint32_t idx; /* C: the node is task->nodes[idx] */
+	struct ag_contribs *contribs; /* L: deterministic mode, first use */
+	struct ag_tensor **inbuf; /* C: num_inputs; &inbuf_one when 1 */
+	struct ag_tensor *inbuf_one; /* L while senders sum, then R */
 	atomic_flag lock; /* guards inbuf while gradients are summed */
-	bool needed;
-	bool capture;
-	bool queued;
-	bool done; /* ran and handed back: cleanup skips it */
+	bool needed; /* C */
+	bool capture; /* C: ag_grad reads a gradient slot here */
+	bool queued; /* T: a ready root, started once */
+	bool done; /* R: ran and handed back: cleanup skips it */
 } __attribute__((aligned(AG_CACHE_LINE)));
 
 struct ag_node_ops {
@@ -171,30 +188,30 @@ struct ag_node_ops {
  * backward lives with its graph task.
  */
 struct ag_node {
-	const struct ag_node_ops *ops;
-	atomic_int refcount;
-	uint32_t idx; /* its state in the claiming task: see task */
-	uint64_t seq;
-	uint16_t mem_off; /* offset of the node in its container */
-	atomic_bool released;
-	int num_inputs;
-	int num_next;
-	int num_saved;
-	const char *fwd_op; /* the forward op that recorded it, for anomaly */
-	struct ag_edge *next; /* num_next */
+	const struct ag_node_ops *ops; /* I */
+	atomic_int refcount; /* A */
+	uint32_t idx; /* C of the claiming task: its state there; see task */
+	uint64_t seq; /* I */
+	uint16_t mem_off; /* I: offset of the node in its container */
+	atomic_bool released; /* A: saved tensors freed (R, or a user) */
+	int num_inputs; /* I */
+	int num_next; /* I */
+	int num_saved; /* I */
+	const char *fwd_op; /* I: the forward op that recorded it */
+	struct ag_edge *next; /* I: num_next */
 	union {
-		struct ag_input_meta *in_meta; /* num_inputs */
+		struct ag_input_meta *in_meta; /* I: num_inputs */
 		struct ag_node *reap_next; /* once dead: the free list */
 	};
-	struct ag_saved *saved; /* num_saved, inside the container */
-	/* set once with the first hook; atomic so the engine may peek */
+	struct ag_saved *saved; /* I: num_saved, inside the container */
+	/* A: set once with the first hook, so the engine may peek */
 	struct ag_hook_list *_Atomic hooks;
 	/*
 	 * The graph task that claimed the node keeps its state at index idx
 	 * of a dense array: no lookup per edge.  A second task running over
 	 * the same node at the same time finds its own index in a table.
 	 */
-	struct ag_graph_task *_Atomic task;
+	struct ag_graph_task *_Atomic task; /* A: claimed by CAS */
 	/*
 	 * The block of the node this thread recorded AG_HINT_DIST nodes
 	 * before this one.  Backward reaches nodes in about the reverse of
