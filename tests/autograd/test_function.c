@@ -4,6 +4,28 @@
 
 #include "common.h"
 
+/*
+ * The scaffolding of a custom function: FN_FORWARD(x) and FN_BACKWARD(x)
+ * open x_fwd and x_bwd with ag_function_ops' signatures (the arity and
+ * context arguments may go unused), FN_OPS(var, "Name", x) is the table.
+ */
+#define FN_FORWARD(x)                                                  \
+	static int x##_fwd(struct ag_ctx *ctx __attribute__((unused)), \
+			   struct ag_tensor *const *in,                \
+			   int nin __attribute__((unused)),            \
+			   struct ag_tensor **out,                     \
+			   int nout __attribute__((unused)))
+#define FN_BACKWARD(x)                                                 \
+	static int x##_bwd(struct ag_ctx *ctx __attribute__((unused)), \
+			   struct ag_tensor *const *g,                 \
+			   int nout __attribute__((unused)),           \
+			   struct ag_tensor **gi,                      \
+			   int nin __attribute__((unused)))
+#define FN_OPS(var, label, x)                                           \
+	static const struct ag_function_ops var = { .name = label,      \
+						    .forward = x##_fwd, \
+						    .backward = x##_bwd }
+
 static struct ag_tensor *vec(const double *v, int64_t n, bool rg)
 {
 	struct ag_tensor *t = ag_from_data(AG_F64, 1, &n, v);
@@ -35,8 +57,7 @@ static void assert_grad(struct ag_tensor *x, const double *want, int n)
 
 /* ---- LegendrePolynomial: saves its input ---- */
 
-static int legendre_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in,
-			int nin, struct ag_tensor **out, int nout)
+FN_FORWARD(legendre)
 {
 	struct ag_tensor *x = in[0];
 	struct ag_tensor *x3 = ag_pow_scalar(x, 3), *a = ag_mul_scalar(x3, 5);
@@ -53,8 +74,7 @@ static int legendre_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in,
 	return ag_ctx_save_for_backward(ctx, &x, 1);
 }
 
-static int legendre_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g,
-			int nout, struct ag_tensor **gi, int nin)
+FN_BACKWARD(legendre)
 {
 	struct ag_tensor **s, *x2, *a, *b, *c;
 	int n, rc;
@@ -77,11 +97,7 @@ static int legendre_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g,
 	return 0;
 }
 
-static const struct ag_function_ops legendre = {
-	.name = "LegendrePolynomial",
-	.forward = legendre_fwd,
-	.backward = legendre_bwd,
-};
+FN_OPS(legendre, "LegendrePolynomial", legendre);
 
 static struct ag_tensor *apply1(const struct ag_function_ops *f,
 				struct ag_tensor *x, void *arg)
@@ -181,34 +197,24 @@ Test(function, outputs_go_to_the_scope)
 
 /* ---- saving an output: exp ---- */
 
-static int exp_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
-		   struct ag_tensor **out, int nout)
+FN_FORWARD(exp)
 {
-	(void)nin;
-	(void)nout;
 	out[0] = ag_exp(in[0]);
 	return ag_ctx_save_for_backward(ctx, out, 1);
 }
 
-static int exp_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
-		   struct ag_tensor **gi, int nin)
+FN_BACKWARD(exp)
 {
 	struct ag_tensor **s;
 	int n, rc = ag_ctx_saved_tensors(ctx, &s, &n);
 
-	(void)nout;
-	(void)nin;
 	if (rc)
 		return rc;
 	gi[0] = ag_mul(g[0], s[0]);
 	return 0;
 }
 
-static const struct ag_function_ops exp_fn = {
-	.name = "MyExp",
-	.forward = exp_fwd,
-	.backward = exp_bwd,
-};
+FN_OPS(exp_fn, "MyExp", exp);
 
 Test(function, save_output_no_cycle)
 {
@@ -271,16 +277,13 @@ Test(function, save_output_double_backward)
 }
 
 /* cube: saves 3 x^2, a temporary of forward, and a NULL */
-static int cube_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
-		    struct ag_tensor **out, int nout)
+FN_FORWARD(cube)
 {
 	struct ag_tensor *x2 = ag_mul(in[0], in[0]);
 	struct ag_tensor *d = ag_mul_scalar(x2, 3.0);
 	struct ag_tensor *keep[2] = { d, NULL };
 	int rc;
 
-	(void)nin;
-	(void)nout;
 	out[0] = ag_mul(x2, in[0]);
 	rc = ag_ctx_save_for_backward(ctx, keep, 2);
 	ag_tensor_put(x2);
@@ -288,14 +291,11 @@ static int cube_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
 	return rc;
 }
 
-static int cube_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
-		    struct ag_tensor **gi, int nin)
+FN_BACKWARD(cube)
 {
 	struct ag_tensor **s, **s2;
 	int n, rc = ag_ctx_saved_tensors(ctx, &s, &n);
 
-	(void)nout;
-	(void)nin;
 	if (rc)
 		return rc;
 	cr_assert_eq(n, 2);
@@ -307,11 +307,7 @@ static int cube_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
 	return 0;
 }
 
-static const struct ag_function_ops cube_fn = {
-	.name = "Cube",
-	.forward = cube_fwd,
-	.backward = cube_bwd,
-};
+FN_OPS(cube_fn, "Cube", cube);
 
 Test(function, save_intermediate_and_null)
 {
@@ -378,12 +374,10 @@ struct needs_rec {
 	int bwd_calls;
 };
 
-static int mul_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
-		   struct ag_tensor **out, int nout)
+FN_FORWARD(mul)
 {
 	struct needs_rec *r = ag_ctx_arg(ctx);
 
-	(void)nout;
 	for (int i = 0; i < nin; i++)
 		r->fwd[i] = ag_ctx_needs_input_grad(ctx, i);
 	cr_assert_not(ag_ctx_needs_input_grad(ctx, nin));
@@ -392,14 +386,12 @@ static int mul_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
 	return ag_ctx_save_for_backward(ctx, in, 2);
 }
 
-static int mul_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
-		   struct ag_tensor **gi, int nin)
+FN_BACKWARD(mul)
 {
 	struct needs_rec *r = ag_ctx_arg(ctx);
 	struct ag_tensor **s;
 	int n, rc = ag_ctx_saved_tensors(ctx, &s, &n);
 
-	(void)nout;
 	if (rc)
 		return rc;
 	r->bwd_calls++;
@@ -411,11 +403,7 @@ static int mul_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
 	return 0;
 }
 
-static const struct ag_function_ops mul_fn = {
-	.name = "MyMul",
-	.forward = mul_fwd,
-	.backward = mul_bwd,
-};
+FN_OPS(mul_fn, "MyMul", mul);
 
 Test(function, needs_input_grad)
 {
@@ -465,13 +453,11 @@ struct multi_rec {
 };
 
 /* out[0] = 2x, out[1] = x^2, out[2] = (x > 0) as i64 */
-static int multi_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
-		     struct ag_tensor **out, int nout)
+FN_FORWARD(multi)
 {
 	struct multi_rec *r = ag_ctx_arg(ctx);
 	int64_t n = ag_tensor_numel(in[0]), mask[8];
 
-	(void)nin;
 	cr_assert_eq(nout, 3);
 	out[0] = ag_mul_scalar(in[0], 2);
 	out[1] = ag_mul(in[0], in[0]);
@@ -483,14 +469,12 @@ static int multi_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
 	return ag_ctx_save_for_backward(ctx, in, 1);
 }
 
-static int multi_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
-		     struct ag_tensor **gi, int nin)
+FN_BACKWARD(multi)
 {
 	struct multi_rec *r = ag_ctx_arg(ctx);
 	struct ag_tensor **s, *a, *b;
 	int n, rc = ag_ctx_saved_tensors(ctx, &s, &n);
 
-	(void)nin;
 	if (rc)
 		return rc;
 	cr_assert_eq(nout, 3);
@@ -509,11 +493,7 @@ static int multi_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
 	return 0;
 }
 
-static const struct ag_function_ops multi_fn = {
-	.name = "Multi",
-	.forward = multi_fwd,
-	.backward = multi_bwd,
-};
+FN_OPS(multi_fn, "Multi", multi);
 
 Test(function, unused_output_gets_zeros)
 {
@@ -599,14 +579,11 @@ Test(function, mark_non_differentiable)
 
 /* ---- mark_dirty: x += 1 in place ---- */
 
-static int add1_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
-		    struct ag_tensor **out, int nout)
+FN_FORWARD(add1)
 {
 	double *p = ag_tensor_data(in[0]);
 	int rc;
 
-	(void)nin;
-	(void)nout;
 	/* a raw write: ag_ctx_mark_dirty is what tells autograd */
 	for (int64_t i = 0; i < ag_tensor_numel(in[0]); i++)
 		p[i] += 1.0;
@@ -620,21 +597,13 @@ static int add1_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
 	return 0;
 }
 
-static int add1_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
-		    struct ag_tensor **gi, int nin)
+FN_BACKWARD(add1)
 {
-	(void)ctx;
-	(void)nout;
-	(void)nin;
 	gi[0] = ag_tensor_get(g[0]);
 	return 0;
 }
 
-static const struct ag_function_ops add1_fn = {
-	.name = "AddOne",
-	.forward = add1_fwd,
-	.backward = add1_bwd,
-};
+FN_OPS(add1_fn, "AddOne", add1);
 
 Test(function, mark_dirty_rebases_history)
 {
@@ -732,13 +701,10 @@ Test(function, mark_dirty_not_returned)
 }
 
 /* x += w in place: a plain leaf x takes on the history of w */
-static int addinto_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
-		       struct ag_tensor **out, int nout)
+FN_FORWARD(addinto)
 {
 	int rc;
 
-	(void)nin;
-	(void)nout;
 	rc = ag_add_(in[0], in[1]); /* bumps the version itself, no-grad */
 	if (!rc)
 		rc = ag_ctx_mark_dirty(ctx, in[0]);
@@ -746,22 +712,15 @@ static int addinto_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
 	return rc;
 }
 
-static int addinto_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
-		       struct ag_tensor **gi, int nin)
+FN_BACKWARD(addinto)
 {
-	(void)nout;
-	(void)nin;
 	cr_assert_not(ag_ctx_needs_input_grad(ctx, 0));
 	cr_assert(ag_ctx_needs_input_grad(ctx, 1));
 	gi[1] = ag_tensor_get(g[0]);
 	return 0;
 }
 
-static const struct ag_function_ops addinto_fn = {
-	.name = "AddInto",
-	.forward = addinto_fwd,
-	.backward = addinto_bwd,
-};
+FN_OPS(addinto_fn, "AddInto", addinto);
 
 Test(function, mark_dirty_plain_leaf_takes_history)
 {
@@ -793,31 +752,19 @@ Test(function, mark_dirty_plain_leaf_takes_history)
 
 /* ---- an input returned as it is (not dirty) ---- */
 
-static int ident_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
-		     struct ag_tensor **out, int nout)
+FN_FORWARD(ident)
 {
-	(void)ctx;
-	(void)nin;
-	(void)nout;
 	out[0] = ag_tensor_get(in[0]);
 	return 0;
 }
 
-static int ident_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
-		     struct ag_tensor **gi, int nin)
+FN_BACKWARD(ident)
 {
-	(void)ctx;
-	(void)nout;
-	(void)nin;
 	gi[0] = ag_mul_scalar(g[0], 3.0);
 	return 0;
 }
 
-static const struct ag_function_ops ident_fn = {
-	.name = "Ident",
-	.forward = ident_fwd,
-	.backward = ident_bwd,
-};
+FN_OPS(ident_fn, "Ident", ident);
 
 Test(function, returned_input_is_aliased)
 {
@@ -840,13 +787,10 @@ Test(function, returned_input_is_aliased)
 
 /* ---- failures in backward ---- */
 
-static int fail_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
-		    struct ag_tensor **gi, int nin)
+FN_BACKWARD(fail)
 {
 	int mode = *(int *)ag_ctx_arg(ctx);
 
-	(void)nout;
-	(void)nin;
 	switch (mode) {
 	case 0: /* an error with a message */
 		gi[0] = ag_mul_scalar(g[0], 1.0); /* made, then dropped */
@@ -939,8 +883,7 @@ Test(function, null_grad_in_is_zero)
 
 static struct ag_ctx *stashed;
 
-static int stash_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
-		     struct ag_tensor **out, int nout)
+FN_FORWARD(stash)
 {
 	stashed = ctx;
 	return legendre_fwd(ctx, in, nin, out, nout);
@@ -987,13 +930,10 @@ Test(function, retain_graph_twice_then_freed)
 
 /* ---- ag_grad prunes what does not lead to the inputs ---- */
 
-static int count_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
-		     struct ag_tensor **gi, int nin)
+FN_BACKWARD(count)
 {
 	int *calls = ag_ctx_arg(ctx);
 
-	(void)nout;
-	(void)nin;
 	++*calls;
 	gi[0] = ag_mul_scalar(g[0], 3.0);
 	return 0;
@@ -1038,8 +978,7 @@ struct nest {
 	int rc;
 };
 
-static int nest_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
-		    struct ag_tensor **gi, int nin);
+FN_BACKWARD(nest);
 
 static const struct ag_function_ops nest_fn = {
 	.name = "Nested",
@@ -1075,14 +1014,11 @@ static int nest_run(struct nest *st)
 	return rc;
 }
 
-static int nest_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
-		    struct ag_tensor **gi, int nin)
+FN_BACKWARD(nest)
 {
 	struct nest *st = ag_ctx_arg(ctx);
 	int rc = 0;
 
-	(void)nout;
-	(void)nin;
 	st->ran++;
 	if (st->depth < st->max) {
 		st->depth++;
@@ -1107,23 +1043,17 @@ Test(function, reentrant_backward_100_deep)
 
 /* ---- checkpointing: backward recomputes forward and differentiates it ---- */
 
-static int ckpt_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
-		    struct ag_tensor **out, int nout)
+FN_FORWARD(ckpt)
 {
-	(void)nin;
-	(void)nout;
 	out[0] = ag_tanh(in[0]); /* nothing recorded: grad mode is off */
 	return ag_ctx_save_for_backward(ctx, in, 1);
 }
 
-static int ckpt_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
-		    struct ag_tensor **gi, int nin)
+FN_BACKWARD(ckpt)
 {
 	struct ag_tensor **s, *xd, *y;
 	int n, rc = ag_ctx_saved_tensors(ctx, &s, &n);
 
-	(void)nout;
-	(void)nin;
 	if (rc)
 		return rc;
 	AG_ENABLE_GRAD_SCOPE();
@@ -1136,11 +1066,7 @@ static int ckpt_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
 	return rc;
 }
 
-static const struct ag_function_ops ckpt_fn = {
-	.name = "Checkpoint",
-	.forward = ckpt_fwd,
-	.backward = ckpt_bwd,
-};
+FN_OPS(ckpt_fn, "Checkpoint", ckpt);
 
 Test(function, checkpoint_with_ag_grad_inside_backward)
 {
@@ -1163,12 +1089,8 @@ Test(function, checkpoint_with_ag_grad_inside_backward)
 
 /* ---- anomaly mode names the custom function ---- */
 
-static int nan_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
-		   struct ag_tensor **gi, int nin)
+FN_BACKWARD(nan)
 {
-	(void)ctx;
-	(void)nout;
-	(void)nin;
 	gi[0] = ag_mul_scalar(g[0], NAN);
 	return 0;
 }
@@ -1198,31 +1120,19 @@ Test(function, anomaly_names_the_function)
 
 /* ---- a long chain of custom functions builds, runs and frees ---- */
 
-static int twice_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
-		     struct ag_tensor **out, int nout)
+FN_FORWARD(twice)
 {
-	(void)ctx;
-	(void)nin;
-	(void)nout;
 	out[0] = ag_mul_scalar(in[0], 1.0);
 	return 0;
 }
 
-static int twice_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
-		     struct ag_tensor **gi, int nin)
+FN_BACKWARD(twice)
 {
-	(void)ctx;
-	(void)nout;
-	(void)nin;
 	gi[0] = ag_tensor_get(g[0]);
 	return 0;
 }
 
-static const struct ag_function_ops chain_fn = {
-	.name = "Link",
-	.forward = twice_fwd,
-	.backward = twice_bwd,
-};
+FN_OPS(chain_fn, "Link", twice);
 
 Test(function, chain_of_200000, .timeout = 120)
 {
@@ -1252,14 +1162,11 @@ static void data_free(void *p)
 }
 
 /* y = s x with s chosen in forward (the first element of x) */
-static int scale_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
-		     struct ag_tensor **out, int nout)
+FN_FORWARD(scale)
 {
 	double *s = malloc(sizeof(*s));
 	int rc;
 
-	(void)nin;
-	(void)nout;
 	*s = ag__get(in[0], 0);
 	rc = ag_ctx_set_data(ctx, s, data_free);
 	cr_assert_eq(rc, 0);
@@ -1270,24 +1177,17 @@ static int scale_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
 	return 0;
 }
 
-static int scale_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
-		     struct ag_tensor **gi, int nin)
+FN_BACKWARD(scale)
 {
 	double *s = ag_ctx_data(ctx);
 
-	(void)nout;
-	(void)nin;
 	cr_assert_eq(ag_ctx_set_data(ctx, NULL, NULL), -AG_EINVAL);
 	ag_clear_error();
 	gi[0] = ag_mul_scalar(g[0], *s);
 	return 0;
 }
 
-static const struct ag_function_ops scale_fn = {
-	.name = "Scale",
-	.forward = scale_fwd,
-	.backward = scale_bwd,
-};
+FN_OPS(scale_fn, "Scale", scale);
 
 Test(function, ctx_data_lives_with_the_node)
 {
@@ -1336,8 +1236,7 @@ static int gc_call(struct ag_tensor *const *in, int nin, struct ag_tensor **out,
 	return ag_function_apply(a->f, in, nin, out, 1, a->arg);
 }
 
-static int bad_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
-		   struct ag_tensor **gi, int nin)
+FN_BACKWARD(bad)
 {
 	int rc = legendre_bwd(ctx, g, nout, gi, nin);
 	struct ag_tensor *t;
@@ -1382,21 +1281,15 @@ Test(function, gradcheck_and_gradgradcheck)
 
 /* ---- apply's own checks ---- */
 
-static int nofill_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
-		      struct ag_tensor **out, int nout)
+FN_FORWARD(nofill)
 {
-	(void)ctx;
-	(void)nin;
 	cr_assert_eq(nout, 2);
 	out[0] = ag_mul_scalar(in[0], 2.0);
 	return 0; /* out[1] left NULL */
 }
 
-static int err_fwd(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
-		   struct ag_tensor **out, int nout)
+FN_FORWARD(err)
 {
-	(void)nin;
-	(void)nout;
 	out[0] = ag_mul_scalar(in[0], 2.0);
 	if (ag_ctx_arg(ctx))
 		return ag__err(AG_EDTYPE, "forward says no");
@@ -1483,11 +1376,8 @@ Test(function, argument_checks)
 	AG_ASSERT_NO_LEAKS();
 }
 
-static int late_bwd(struct ag_ctx *ctx, struct ag_tensor *const *g, int nout,
-		    struct ag_tensor **gi, int nin)
+FN_BACKWARD(late)
 {
-	(void)nout;
-	(void)nin;
 	cr_assert_eq(ag_ctx_save_for_backward(ctx, g, 1), -AG_EINVAL);
 	AG_ASSERT_ERR(AG_EINVAL,
 		      "may only be called from the function's forward");
