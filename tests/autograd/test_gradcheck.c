@@ -273,7 +273,7 @@ UNARY(f_pow, ag_pow_scalar(a, s))
 UNARY(f_mul_scalar, ag_mul_scalar(a, s))
 UNARY(f_add_scalar, ag_add_scalar(a, s))
 
-Test(gradcheck, unary)
+Test(gradcheck, unary_math_gradients)
 {
 	struct ag_tensor *in[1];
 
@@ -324,7 +324,7 @@ static struct ag_tensor *values(const double *v, int64_t n)
 }
 
 /* The rest of the unary ops of include/ag/ops.h: first and second derivatives. */
-Test(gradcheck, unary_more)
+Test(gradcheck, unary_gradients_near_kinks_and_thresholds)
 {
 	/* away from clamp's bounds (+-0.5) and from 0 */
 	static const double around_bounds[] = { -0.9, -0.6, -0.3, 0.2,
@@ -388,7 +388,7 @@ static double softplus_ref(double x)
 }
 
 /* Forward values in f64 against libm, including the special points. */
-Test(gradcheck, unary_more_values)
+Test(gradcheck, unary_values_and_gradients_against_formulas)
 {
 	static const double v[] = { -25,  -3,	-1.5, -0.5, -0.1, -0.0, 0.0,
 				    1e-8, 0.25, 0.75, 1.2,  3,	  19.5, 20.5 };
@@ -550,7 +550,7 @@ Test(gradcheck, mean_divides_by_n)
 }
 
 /* Positive domains: sqrt, rsqrt, reciprocal, log1p against libm. */
-Test(gradcheck, unary_more_values_positive)
+Test(gradcheck, positive_domain_values_from_1e_300_to_1e300)
 {
 	static const double v[] = { 1e-300, 1e-8, 0.25, 1, 2, 1e8, 1e300 };
 	int64_t n = sizeof(v) / sizeof(v[0]);
@@ -575,7 +575,7 @@ Test(gradcheck, unary_more_values_positive)
 	AG_ASSERT_NO_LEAKS();
 }
 
-Test(gradcheck, unary_more_errors)
+Test(gradcheck, unary_refuses_bad_parameters_and_dtypes)
 {
 	struct ag_tensor *x = IN(3);
 	struct ag_tensor *i = ag_zeros(AG_I64, 1, SHAPE(3));
@@ -1319,7 +1319,7 @@ static int f_to_f32_sum(struct ag_tensor *const *in, int nin,
 	return *out ? 0 : -ag_errcode();
 }
 
-Test(gradcheck, errors)
+Test(gradcheck, refuses_f32_expanded_inputs_and_bad_options)
 {
 	struct ag_tensor *x = IN(3);
 	struct ag_tensor *f = ag_zeros(AG_F32, 1, SHAPE(3));

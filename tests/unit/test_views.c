@@ -235,7 +235,7 @@ Test(permute, reorders)
 	AG_ASSERT_NO_LEAKS();
 }
 
-Test(permute, bad)
+Test(permute, refuses_repeated_and_out_of_range_dims)
 {
 	int64_t s23[2] = { 2, 3 };
 	int rep[2] = { 1, -1 }, out[2] = { 0, 5 };
@@ -336,7 +336,7 @@ Test(slice, inner_dim_with_step)
 	AG_ASSERT_NO_LEAKS();
 }
 
-Test(slice, bad)
+Test(slice, refuses_bad_dims_steps_and_nulls)
 {
 	int64_t s23[2] = { 2, 3 };
 	struct ag_tensor *a = iota(2, s23);
@@ -416,7 +416,7 @@ Test(expand, inplace_write_overlaps)
 	AG_ASSERT_NO_LEAKS();
 }
 
-Test(expand, bad)
+Test(expand, refuses_incompatible_and_overflowing_shapes)
 {
 	int64_t s31[2] = { 3, 1 }, s24[2] = { 2, 4 }, s4[1] = { 4 };
 	int64_t neg[2] = { 3, -2 }, nine[9] = { 1, 1, 1, 1, 1, 1, 1, 3, 1 };
@@ -578,7 +578,7 @@ Test(unsqueeze, inserts_size_one)
 	AG_ASSERT_NO_LEAKS();
 }
 
-Test(unsqueeze, bad)
+Test(unsqueeze, refuses_out_of_range_dims)
 {
 	int64_t s8[AG_MAX_DIMS] = { 1, 1, 1, 1, 1, 1, 1, 1 }, s23[2] = { 2, 3 };
 	struct ag_tensor *full = ag_zeros(AG_F32, AG_MAX_DIMS, s8);
