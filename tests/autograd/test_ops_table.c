@@ -21,58 +21,59 @@ enum domain { ANY, POS };
 #define N 4
 
 /*
- * X(name, inputs, domain, expression over x[]): the expression makes the
- * op's output from inputs x[0..inputs) of shape [M, N].
+ * X(name, inputs, domain, broadcasts, expression over x[]): the expression
+ * makes the op's output from inputs x[0..inputs) of shape [M, N]; when
+ * broadcasts is true the second input is also tried as [1, N].
  */
-#define OPS(X)                                                  \
-	X(neg, 1, ANY, ag_neg(x[0]))                            \
-	X(exp, 1, ANY, ag_exp(x[0]))                            \
-	X(log, 1, POS, ag_log(x[0]))                            \
-	X(tanh, 1, ANY, ag_tanh(x[0]))                          \
-	X(sin, 1, ANY, ag_sin(x[0]))                            \
-	X(cos, 1, ANY, ag_cos(x[0]))                            \
-	X(tan, 1, ANY, ag_tan(x[0]))                            \
-	X(sigmoid, 1, ANY, ag_sigmoid(x[0]))                    \
-	X(relu, 1, ANY, ag_relu(x[0]))                          \
-	X(abs, 1, ANY, ag_abs(x[0]))                            \
-	X(expm1, 1, ANY, ag_expm1(x[0]))                        \
-	X(log1p, 1, POS, ag_log1p(x[0]))                        \
-	X(sqrt, 1, POS, ag_sqrt(x[0]))                          \
-	X(rsqrt, 1, POS, ag_rsqrt(x[0]))                        \
-	X(square, 1, ANY, ag_square(x[0]))                      \
-	X(reciprocal, 1, POS, ag_reciprocal(x[0]))              \
-	X(gelu, 1, ANY, ag_gelu(x[0]))                          \
-	X(silu, 1, ANY, ag_silu(x[0]))                          \
-	X(softplus, 1, ANY, ag_softplus(x[0]))                  \
-	X(erf, 1, ANY, ag_erf(x[0]))                            \
-	X(atan, 1, ANY, ag_atan(x[0]))                          \
-	X(add_scalar, 1, ANY, ag_add_scalar(x[0], 0.75))        \
-	X(mul_scalar, 1, ANY, ag_mul_scalar(x[0], -1.5))        \
-	X(pow_scalar, 1, POS, ag_pow_scalar(x[0], 2.5))         \
-	X(clamp, 1, ANY, ag_clamp(x[0], -0.55, 0.45))           \
-	X(leaky_relu, 1, ANY, ag_leaky_relu(x[0], 0.1))         \
-	X(add, 2, ANY, ag_add(x[0], x[1]))                      \
-	X(sub, 2, ANY, ag_sub(x[0], x[1]))                      \
-	X(mul, 2, ANY, ag_mul(x[0], x[1]))                      \
-	X(div, 2, POS, ag_div(x[0], x[1]))                      \
-	X(maximum, 2, ANY, ag_maximum(x[0], x[1]))              \
-	X(minimum, 2, ANY, ag_minimum(x[0], x[1]))              \
-	X(pow, 2, POS, ag_pow(x[0], x[1]))                      \
-	X(where, 2, ANY, where_positive(x[0], x[1]))            \
-	X(matmul, 2, ANY, matmul_bt(x[0], x[1]))                \
-	X(sum, 1, ANY, ag_sum(x[0]))                            \
-	X(mean, 1, ANY, ag_mean(x[0]))                          \
-	X(sum_dim, 1, ANY, ag_sum_dim(x[0], 1, false))          \
-	X(mean_dim, 1, ANY, ag_mean_dim(x[0], 0, true))         \
-	X(logsumexp, 1, ANY, ag_logsumexp(x[0], 1, false))      \
-	X(max_dim, 1, ANY, ag_max_dim(x[0], 0, false))          \
-	X(var_dim, 1, ANY, ag_var_dim(x[0], 1, true, false))    \
-	X(softmax, 1, ANY, ag_softmax(x[0], 1))                 \
-	X(log_softmax, 1, ANY, ag_log_softmax(x[0], 0))         \
-	X(mse_loss, 2, ANY, ag_mse_loss(x[0], x[1]))            \
-	X(bce_with_logits, 2, ANY, bce_prob_target(x[0], x[1])) \
-	X(cat, 2, ANY, cat_rows(x[0], x[1]))                    \
-	X(stack, 2, ANY, stack_last(x[0], x[1]))
+#define OPS(X)                                                         \
+	X(neg, 1, ANY, false, ag_neg(x[0]))                            \
+	X(exp, 1, ANY, false, ag_exp(x[0]))                            \
+	X(log, 1, POS, false, ag_log(x[0]))                            \
+	X(tanh, 1, ANY, false, ag_tanh(x[0]))                          \
+	X(sin, 1, ANY, false, ag_sin(x[0]))                            \
+	X(cos, 1, ANY, false, ag_cos(x[0]))                            \
+	X(tan, 1, ANY, false, ag_tan(x[0]))                            \
+	X(sigmoid, 1, ANY, false, ag_sigmoid(x[0]))                    \
+	X(relu, 1, ANY, false, ag_relu(x[0]))                          \
+	X(abs, 1, ANY, false, ag_abs(x[0]))                            \
+	X(expm1, 1, ANY, false, ag_expm1(x[0]))                        \
+	X(log1p, 1, POS, false, ag_log1p(x[0]))                        \
+	X(sqrt, 1, POS, false, ag_sqrt(x[0]))                          \
+	X(rsqrt, 1, POS, false, ag_rsqrt(x[0]))                        \
+	X(square, 1, ANY, false, ag_square(x[0]))                      \
+	X(reciprocal, 1, POS, false, ag_reciprocal(x[0]))              \
+	X(gelu, 1, ANY, false, ag_gelu(x[0]))                          \
+	X(silu, 1, ANY, false, ag_silu(x[0]))                          \
+	X(softplus, 1, ANY, false, ag_softplus(x[0]))                  \
+	X(erf, 1, ANY, false, ag_erf(x[0]))                            \
+	X(atan, 1, ANY, false, ag_atan(x[0]))                          \
+	X(add_scalar, 1, ANY, false, ag_add_scalar(x[0], 0.75))        \
+	X(mul_scalar, 1, ANY, false, ag_mul_scalar(x[0], -1.5))        \
+	X(pow_scalar, 1, POS, false, ag_pow_scalar(x[0], 2.5))         \
+	X(clamp, 1, ANY, false, ag_clamp(x[0], -0.55, 0.45))           \
+	X(leaky_relu, 1, ANY, false, ag_leaky_relu(x[0], 0.1))         \
+	X(add, 2, ANY, true, ag_add(x[0], x[1]))                       \
+	X(sub, 2, ANY, true, ag_sub(x[0], x[1]))                       \
+	X(mul, 2, ANY, true, ag_mul(x[0], x[1]))                       \
+	X(div, 2, POS, true, ag_div(x[0], x[1]))                       \
+	X(maximum, 2, ANY, true, ag_maximum(x[0], x[1]))               \
+	X(minimum, 2, ANY, true, ag_minimum(x[0], x[1]))               \
+	X(pow, 2, POS, true, ag_pow(x[0], x[1]))                       \
+	X(where, 2, ANY, true, where_positive(x[0], x[1]))             \
+	X(matmul, 2, ANY, true, matmul_bt(x[0], x[1]))                 \
+	X(sum, 1, ANY, false, ag_sum(x[0]))                            \
+	X(mean, 1, ANY, false, ag_mean(x[0]))                          \
+	X(sum_dim, 1, ANY, false, ag_sum_dim(x[0], 1, false))          \
+	X(mean_dim, 1, ANY, false, ag_mean_dim(x[0], 0, true))         \
+	X(logsumexp, 1, ANY, false, ag_logsumexp(x[0], 1, false))      \
+	X(max_dim, 1, ANY, false, ag_max_dim(x[0], 0, false))          \
+	X(var_dim, 1, ANY, false, ag_var_dim(x[0], 1, true, false))    \
+	X(softmax, 1, ANY, false, ag_softmax(x[0], 1))                 \
+	X(log_softmax, 1, ANY, false, ag_log_softmax(x[0], 0))         \
+	X(mse_loss, 2, ANY, true, ag_mse_loss(x[0], x[1]))             \
+	X(bce_with_logits, 2, ANY, false, bce_prob_target(x[0], x[1])) \
+	X(cat, 2, ANY, true, cat_rows(x[0], x[1]))                     \
+	X(stack, 2, ANY, false, stack_last(x[0], x[1]))
 
 /* b transposed, so that both inputs have the table's one shape */
 static struct ag_tensor *matmul_bt(struct ag_tensor *a, struct ag_tensor *b)
@@ -130,10 +131,11 @@ struct op_row {
 	const char *name;
 	int nin;
 	enum domain dom;
+	bool broadcasts; /* a second input of [1, N] is allowed */
 	op_fn f;
 };
 
-#define DEFINE_OP(name, nin, dom, expr)                                \
+#define DEFINE_OP(name, nin, dom, bc, expr)                            \
 	static struct ag_tensor *op_##name(struct ag_tensor *const *x) \
 	{                                                              \
 		return expr;                                           \
@@ -147,14 +149,14 @@ enum layout { CONTIGUOUS, TRANSPOSED, STRIDED, LAYOUTS };
 static const char *const layout_name[LAYOUTS] = { "contiguous", "transposed",
 						  "every other column" };
 
-/* the leaf's shape for a layout: the view of it is [M, N] */
-static void leaf_shape(enum layout l, int64_t shape[2])
+/* the leaf's shape for a layout: the view of it is [rows, N] */
+static void leaf_shape(enum layout l, int64_t rows, int64_t shape[2])
 {
-	shape[0] = l == TRANSPOSED ? N : M;
-	shape[1] = l == TRANSPOSED ? M : l == STRIDED ? 2 * N : N;
+	shape[0] = l == TRANSPOSED ? N : rows;
+	shape[1] = l == TRANSPOSED ? rows : l == STRIDED ? 2 * N : N;
 }
 
-/* a new [M, N] view of leaf in layout l */
+/* a new [rows, N] view of leaf in layout l */
 static struct ag_tensor *view_of(struct ag_tensor *leaf, enum layout l)
 {
 	switch (l) {
@@ -190,14 +192,14 @@ static int run_op(struct ag_tensor *const *in, int nin, struct ag_tensor **out,
 	return rc;
 }
 
-static struct ag_tensor *leaf(struct ag_generator *g, enum ag_dtype dt,
-			      enum domain dom, enum layout l)
+static struct ag_tensor *leaf(struct ag_generator *g, enum domain dom,
+			      enum layout l, int64_t rows)
 {
 	int64_t shape[2];
 	struct ag_tensor *t;
 	double *p;
 
-	leaf_shape(l, shape);
+	leaf_shape(l, rows, shape);
 	t = ag_rand(g, AG_F64, 2, shape);
 	cr_assert_not_null(t, "%s", ag_errmsg());
 	p = ag_tensor_data(t);
@@ -209,12 +211,6 @@ static struct ag_tensor *leaf(struct ag_generator *g, enum ag_dtype dt,
 		p[i] = 2 * p[i] - 1;
 		if (fabs(p[i]) < 0.1)
 			p[i] = p[i] < 0 ? -0.1 - p[i] : 0.1 + p[i];
-	}
-	if (dt != AG_F64) {
-		struct ag_tensor *c = ag_to(t, dt);
-
-		ag_tensor_put(t);
-		t = c;
 	}
 	cr_assert_eq(ag_tensor_set_requires_grad(t, true), 0, "%s",
 		     ag_errmsg());
@@ -328,38 +324,53 @@ static void check_bad_inputs(const struct op_row *row, struct ag_tensor **x)
 	ag_clear_error();
 }
 
+/*
+ * Shapes: every input [M, N]; then, for a binary op that broadcasts, the
+ * second input [1, N], which exercises the sum back to a broadcast shape.
+ */
+enum shapes { SAME, BROADCAST_ROW, SHAPES };
+
+static void run_case(const struct op_row *row, struct ag_generator *g,
+		     enum layout l, enum shapes sh)
+{
+	struct call c = { row, l };
+	struct ag_tensor *x[2] = { NULL, NULL };
+	int rc;
+
+	for (int i = 0; i < row->nin; i++)
+		x[i] = leaf(g, row->dom, l, sh == BROADCAST_ROW && i ? 1 : M);
+	rc = ag_gradcheck(run_op, &c, x, row->nin, NULL);
+	cr_assert_eq(rc, 0, "%s, %s%s: gradcheck: %s", row->name,
+		     layout_name[l], sh ? ", broadcast" : "", ag_errmsg());
+	rc = ag_gradgradcheck(run_op, &c, x, row->nin, NULL);
+	cr_assert_eq(rc, 0, "%s, %s%s: gradgradcheck: %s", row->name,
+		     layout_name[l], sh ? ", broadcast" : "", ag_errmsg());
+	check_f32(&c, x);
+	if (l == CONTIGUOUS && sh == SAME)
+		check_bad_inputs(row, x);
+	for (int i = 0; i < row->nin; i++)
+		ag_tensor_put(x[i]);
+}
+
 static void run_row(const struct op_row *row)
 {
 	struct ag_generator *g = ag_generator_new(2024);
 
-	for (int l = 0; l < LAYOUTS; l++) {
-		struct call c = { row, (enum layout)l };
-		struct ag_tensor *x[2] = { NULL, NULL };
-		int rc;
-
-		for (int i = 0; i < row->nin; i++)
-			x[i] = leaf(g, AG_F64, row->dom, c.layout);
-		rc = ag_gradcheck(run_op, &c, x, row->nin, NULL);
-		cr_assert_eq(rc, 0, "%s, %s: gradcheck: %s", row->name,
-			     layout_name[l], ag_errmsg());
-		rc = ag_gradgradcheck(run_op, &c, x, row->nin, NULL);
-		cr_assert_eq(rc, 0, "%s, %s: gradgradcheck: %s", row->name,
-			     layout_name[l], ag_errmsg());
-		check_f32(&c, x);
-		if (l == CONTIGUOUS)
-			check_bad_inputs(row, x);
-		for (int i = 0; i < row->nin; i++)
-			ag_tensor_put(x[i]);
+	for (int sh = 0; sh < SHAPES; sh++) {
+		if (sh == BROADCAST_ROW && (row->nin < 2 || !row->broadcasts))
+			continue;
+		for (int l = 0; l < LAYOUTS; l++)
+			run_case(row, g, (enum layout)l, (enum shapes)sh);
 	}
 	ag_generator_free(g);
 	AG_ASSERT_NO_LEAKS();
 }
 
-#define TEST_OP(name, nin, dom, expr)                               \
-	Test(ops_table, name)                                       \
-	{                                                           \
-		static const struct op_row row = { #name, nin, dom, \
-						   op_##name };     \
-		run_row(&row);                                      \
+#define TEST_OP(name, nin, dom, bc, expr)                               \
+	Test(ops_table, name)                                           \
+	{                                                               \
+		static const struct op_row row = { #name, nin, dom, bc, \
+						   op_##name };         \
+		run_row(&row);                                          \
 	}
 OPS(TEST_OP)
