@@ -325,6 +325,13 @@ struct ag__shape_str {
 /* Formats the shape into b and returns b->s. */
 const char *ag__shape_fmt(struct ag__shape_str *b, int ndim,
 			  const int64_t *shape);
+/*
+ * The product of shape[from..to) of an existing tensor's shape.  Only a
+ * shape with a 0 elsewhere can hold dims whose product overflows ([0,
+ * 2^40, 2^40] holds nothing): the product is 0 then, so loops over the
+ * range do nothing, which is right for a tensor with no elements.
+ */
+int64_t ag__dims_prod(int ndim, const int64_t *shape, int from, int to);
 /* ag__shape_fmt of t's shape */
 const char *ag__shape_of(struct ag__shape_str *b, const struct ag_tensor *t);
 

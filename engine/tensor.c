@@ -74,6 +74,17 @@ const char *ag__shape_fmt(struct ag__shape_str *b, int ndim,
 	return buf;
 }
 
+int64_t ag__dims_prod(int ndim, const int64_t *shape, int from, int to)
+{
+	int64_t p = 1;
+
+	(void)ndim;
+	for (int d = from; d < to; d++)
+		if (__builtin_mul_overflow(p, shape[d], &p))
+			return 0;
+	return p;
+}
+
 const char *ag__shape_of(struct ag__shape_str *b, const struct ag_tensor *t)
 {
 	return ag__shape_fmt(b, t->ndim, t->shape);

@@ -43,9 +43,8 @@ static struct bn_dims bn_dims(const struct ag_tensor *x)
 {
 	struct bn_dims d = { x->shape[0], x->shape[1], 1, 0 };
 
-	for (int i = 2; i < x->ndim; i++)
-		d.s *= x->shape[i];
-	d.count = d.n * d.s;
+	d.s = ag__dims_prod(x->ndim, x->shape, 2, x->ndim);
+	d.count = ag__dims_prod(x->ndim, x->shape, 0, 1) * d.s;
 	return d;
 }
 

@@ -70,13 +70,8 @@ static int dims_of(const struct ag_tensor *t, int64_t *shape, int64_t *strides)
 static void outer_inner(int ndim, const int64_t *shape, int dim, int64_t *outer,
 			int64_t *inner)
 {
-	*outer = *inner = 1;
-	for (int d = 0; d < ndim; d++) {
-		if (d < dim)
-			*outer *= shape[d];
-		else if (d > dim)
-			*inner *= shape[d];
-	}
+	*outer = ag__dims_prod(ndim, shape, 0, dim);
+	*inner = ag__dims_prod(ndim, shape, dim + 1, ndim);
 }
 
 static struct ag_tensor *zeros_of(const char *fn, enum ag_dtype dt, int ndim,

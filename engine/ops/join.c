@@ -112,15 +112,15 @@ static int cat_copy(struct ag_tensor *out, struct ag_tensor *const *ts, int n,
 		    int dim)
 {
 	size_t es = ag_dtype_size(out->dtype);
-	int64_t outer = 1, inner = 1, at = 0;
+	int64_t outer = ag__dims_prod(out->ndim, out->shape, 0, dim);
+	int64_t inner =
+		ag__dims_prod(out->ndim, out->shape, dim + 1, out->ndim);
+	int64_t at = 0;
 	char *dst = ag__data(out);
 
-	for (int d = 0; d < out->ndim; d++) {
-		if (d < dim)
-			outer *= out->shape[d];
-		else if (d > dim)
-			inner *= out->shape[d];
-	}
+	/* nothing to copy, and rows of an empty shape may not even fit */
+	if (!out->numel)
+		return 0;
 	for (int k = 0; k < n; k++) {
 		struct ag_tensor *t = ts[k], *c = NULL;
 		int64_t row;

@@ -38,6 +38,13 @@ static bool mat_strides(const struct ag_tensor *t, int64_t rows, int64_t cols,
 {
 	int64_t expect = -1;
 
+	/* nothing is read: any layout serves, and an empty tensor's strides
+	 * times its other sizes may not even fit */
+	if (!rows || !cols) {
+		*rs = cols > 1 ? cols : 1;
+		*cs = 1;
+		return true;
+	}
 	*rs = 0;
 	*cs = t->strides[t->ndim - 1];
 	for (int d = t->ndim - 2; d >= 0; d--) {
@@ -112,11 +119,7 @@ static void gemm(enum ag_dtype dt, const struct mat *a, bool ta,
 /* The rows of t read as a matrix: the product of its leading dims. */
 static int64_t lead_rows(const struct ag_tensor *t)
 {
-	int64_t r = 1;
-
-	for (int d = 0; d < t->ndim - 1; d++)
-		r *= t->shape[d];
-	return r;
+	return ag__dims_prod(t->ndim, t->shape, 0, t->ndim - 1);
 }
 
 /* g's shape with the last dim of size last: the shape of dx. */

@@ -174,9 +174,8 @@ static struct cl_geom cl_geom(const struct ag_tensor *x)
 
 	if (x->ndim == 1)
 		return g;
-	for (int d = 2; d < x->ndim; d++)
-		g.s *= x->shape[d];
-	g.rows = x->shape[0] * g.s;
+	g.s = ag__dims_prod(x->ndim, x->shape, 2, x->ndim);
+	g.rows = ag__dims_prod(x->ndim, x->shape, 0, 1) * g.s;
 	return g;
 }
 

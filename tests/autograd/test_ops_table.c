@@ -374,3 +374,49 @@ static void run_row(const struct op_row *row)
 		run_row(&row);                                          \
 	}
 OPS(TEST_OP)
+
+/*
+ * An empty tensor may have other dims of any size ([0, 2^40, 2^40] holds
+ * nothing): no op may multiply those sizes together, which overflows
+ * int64_t (undefined behaviour that UBSan stops on).  Each op runs forward
+ * and backward on such shapes and must give an empty result.
+ */
+Test(ops_table, empty_tensors_with_huge_dims)
+{
+	const int64_t big = INT64_C(1) << 40;
+	int64_t s3[3] = { 0, big, big }, s4[4] = { 0, big, big, 4 };
+	int64_t sr[3] = { big, big, 0 };
+	struct ag_scope *s = ag_scope_begin();
+	struct ag_tensor *a = ag_zeros(AG_F32, 3, s3);
+	struct ag_tensor *x = ag_zeros(AG_F32, 4, s4);
+	struct ag_tensor *r = ag_zeros(AG_F32, 3, sr);
+	struct ag_tensor *w = ag_ones(AG_F32, 2, (int64_t[]){ 3, 4 });
+	struct ag_tensor *idx = ag_zeros(AG_I64, 1, (int64_t[]){ 0 });
+	struct ag_tensor *ts[2];
+	struct ag_tensor *y[8];
+	int ny = 0;
+
+	cr_assert(a && x && r && w && idx, "%s", ag_errmsg());
+	ag_tensor_set_requires_grad(a, true);
+	ag_tensor_set_requires_grad(x, true);
+	ag_tensor_set_requires_grad(r, true);
+	ag_tensor_set_requires_grad(w, true);
+	y[ny++] = ag_index_select(a, 0, idx);
+	y[ny++] = ag_index_select(r, 2, idx);
+	y[ny++] = ag_linear(x, w, NULL);
+	ts[0] = a;
+	ts[1] = a;
+	y[ny++] = ag_cat(ts, 2, 1);
+	y[ny++] = ag_stack(ts, 2, 0);
+	y[ny++] = ag_sum_dim(r, 0, false);
+	y[ny++] = ag_softmax(a, 1);
+	y[ny++] = ag_reshape(a, 2, (int64_t[]){ big, 0 });
+	for (int i = 0; i < ny; i++) {
+		cr_assert_not_null(y[i], "op %d: %s", i, ag_errmsg());
+		cr_assert_eq(ag_tensor_numel(y[i]), 0, "op %d", i);
+		cr_assert_eq(ag_backward(ag_sum(y[i]), NULL, NULL), 0,
+			     "op %d backward: %s", i, ag_errmsg());
+	}
+	ag_scope_end(s);
+	AG_ASSERT_NO_LEAKS();
+}
