@@ -115,3 +115,9 @@ const char *ag_strerror(int code)
 		return "AG_E?";
 	return names[code < 0 ? -code : code];
 }
+
+void ag__err_recovered(int before)
+{
+	if (!before)
+		ag_clear_error();
+}

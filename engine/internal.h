@@ -79,6 +79,13 @@ int ag__err_null(const char *fn, const char *arg);
  * when it only passes a failure on.
  */
 int ag__err_last(void);
+/*
+ * For a failure the caller recovers from (an allocation with a slower
+ * fallback that still succeeds): before is ag_errcode() from before the
+ * attempt.  If no error was set then, the recovered one is cleared, so a
+ * user who cleared the error and got success reads none.
+ */
+void ag__err_recovered(int before);
 
 /* ---- live-object counters (tests assert they return to zero) ---- */
 

@@ -921,8 +921,11 @@ int ag_parallel_for(int64_t n, int64_t grain,
 	}
 	c.tasks = stack_tasks;
 	if (nchunks > PF_STACK_CHUNKS) {
+		int before = ag_errcode();
+
 		c.tasks = ag__malloc((size_t)nchunks * sizeof(*c.tasks));
 		if (!c.tasks) {
+			ag__err_recovered(before);
 			ag__pool_leave();
 			goto serial; /* slower, still correct */
 		}

@@ -221,13 +221,16 @@ static void trace_add(const char *name, uint64_t t0, uint64_t t1, int64_t begin,
 	struct trace_buf *b = my_buf;
 	bool stalled = false;
 	struct trace_chunk *c;
+	int before = ag_errcode();
 	unsigned s;
 
 	if (!b) {
 		stalled = true;
 		b = buf_register();
-		if (!b)
+		if (!b) {
+			ag__err_recovered(before); /* work goes on */
 			return;
+		}
 	}
 	pthread_mutex_lock(&b->lock);
 	s = atomic_load_explicit(&tr.session, memory_order_relaxed);
@@ -236,8 +239,10 @@ static void trace_add(const char *name, uint64_t t0, uint64_t t1, int64_t begin,
 		b->session = s;
 		buf_clear(b);
 	}
-	if (!buf_room(b, &stalled))
+	if (!buf_room(b, &stalled)) {
+		ag__err_recovered(before);
 		goto out; /* the trace loses a slice; work goes on */
+	}
 	c = b->tail;
 	c->ev[c->n++] = (struct trace_ev){ name, t0, t1, begin, end };
 	/*

@@ -90,6 +90,35 @@ static int test_errors(void)
 	return 0;
 }
 
+/*
+ * A split too large for the on-stack task array allocates it; when that
+ * fails the loop runs serially, correctly, and leaves no error behind:
+ * a caller that cleared the error and got 0 must read no error.
+ */
+static void count_fn(int64_t b, int64_t e, void *arg)
+{
+	atomic_fetch_add_explicit((atomic_llong *)arg, e - b,
+				  memory_order_relaxed);
+}
+
+static int test_alloc_failure_runs_serially(void)
+{
+	int64_t n = 1 << 16;
+	atomic_llong done = 0;
+
+	TAP_CHECK(ag_set_num_threads(8) == 0);
+	TAP_CHECK(check_cover(n, 1) == 0); /* starts the workers */
+	ag_clear_error();
+	ag__fault_set(1, true);
+	TAP_CHECK(ag_parallel_for(n, 1, count_fn, &done) == 0);
+	TAP_CHECKF(ag__fault_count() >= 1, "no allocation was made (%ld)",
+		   ag__fault_count());
+	ag__fault_set(-1, false);
+	TAP_CHECKF(ag_errcode() == 0, "error left set: %s", ag_errmsg());
+	TAP_CHECK(atomic_load(&done) == n);
+	return 0;
+}
+
 /* ---- nested three deep: sum over an n x n x n cube ---- */
 
 #define N3 24
@@ -297,11 +326,17 @@ static int test_idle_no_cpu(void)
 }
 
 static const struct tap_test tests[] = {
-	TAP_TEST(test_idle_no_cpu),	  TAP_TEST(test_errors),
-	TAP_TEST(test_threshold),	  TAP_TEST(test_cover),
-	TAP_TEST(test_nested_3_deep),	  TAP_TEST(test_inside_tasks),
-	TAP_TEST(test_many_callers),	  TAP_TEST(test_resize),
-	TAP_TEST(test_resize_under_load), { 0 },
+	TAP_TEST(test_idle_no_cpu),
+	TAP_TEST(test_errors),
+	TAP_TEST(test_threshold),
+	TAP_TEST(test_cover),
+	TAP_TEST(test_nested_3_deep),
+	TAP_TEST(test_inside_tasks),
+	TAP_TEST(test_many_callers),
+	TAP_TEST(test_resize),
+	TAP_TEST(test_resize_under_load),
+	TAP_TEST(test_alloc_failure_runs_serially),
+	{ 0 },
 };
 
 int main(void)

@@ -444,6 +444,10 @@ static int fault_loop(bool persistent, int nthreads)
 		} else {
 			TAP_CHECKF(same(&got, &ref), "N=%ld: results differ",
 				   n);
+			/* a fallback that recovered leaves no error behind */
+			TAP_CHECKF(!ag_errcode(),
+				   "N=%ld: succeeded with %s set: %s", n,
+				   ag_strerror(ag_errcode()), ag_errmsg());
 		}
 		live_now(&now);
 		TAP_CHECKF(
