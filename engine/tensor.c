@@ -579,6 +579,14 @@ uint64_t ag_tensor_version(const struct ag_tensor *t)
 	return atomic_load_explicit(&t->storage->version, memory_order_acquire);
 }
 
+int ag_tensor_bump_version(struct ag_tensor *t)
+{
+	if (!t)
+		return ag__err_null("ag_tensor_bump_version", "t");
+	ag__storage_bump(t->storage, "a write through ag_tensor_data");
+	return 0;
+}
+
 bool ag_tensor_is_inference(const struct ag_tensor *t)
 {
 	return t && t->inference;

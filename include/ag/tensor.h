@@ -117,6 +117,14 @@ AG_API int ag_tensor_zero_grad(struct ag_tensor *t); /* drops .grad */
 AG_API int ag_tensor_retain_grad(struct ag_tensor *t);
 AG_API struct ag_node *ag_tensor_grad_fn(struct ag_tensor *t); /* borrowed */
 AG_API uint64_t ag_tensor_version(const struct ag_tensor *t);
+/*
+ * Counts a write made through ag_tensor_data() (or another view's data),
+ * as torch.autograd.graph.increment_version does: a backward that saved
+ * this storage then fails with AG_EVERSION instead of reading the new
+ * values.  One atomic add; no data is touched.  0, or -AG_EINVAL for
+ * NULL.  A no-op for an inference tensor, which has no version.
+ */
+AG_API int ag_tensor_bump_version(struct ag_tensor *t);
 AG_API bool ag_tensor_is_inference(const struct ag_tensor *t);
 AG_API struct ag_tensor *ag_detach(struct ag_tensor *t);
 AG_API struct ag_tensor *ag_clone(struct ag_tensor *t);

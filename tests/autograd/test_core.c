@@ -406,3 +406,42 @@ Test(core, inplace_mul_by_itself_holds_no_cycle)
 	ag_tensor_put(x);
 	AG_ASSERT_NO_LEAKS();
 }
+
+/* A write through the data pointer, declared with ag_tensor_bump_version,
+ * is caught by the saved-tensor check like an in-place op. */
+Test(core, bump_version_catches_a_raw_write)
+{
+	int64_t s3 = 3;
+	struct ag_tensor *x = ag_ones(AG_F64, 1, &s3);
+	struct ag_tensor *a = ag_full(AG_F64, 1, &s3, 2.0);
+	struct ag_tensor *v = ag_slice(a, 0, 1, 3, 1);
+	struct ag_tensor *y, *s;
+	uint64_t before = ag_tensor_version(a);
+
+	ag_tensor_set_requires_grad(x, true);
+	y = ag_mul(x, a); /* saves a for x's gradient */
+	s = ag_sum(y);
+	((double *)ag_tensor_data(a))[0] = 5.0;
+	cr_assert_eq(ag_tensor_bump_version(v), 0); /* a view shares it */
+	cr_assert_eq(ag_tensor_version(a), before + 1);
+	cr_assert_eq(ag_backward(s, NULL, NULL), -AG_EVERSION);
+	AG_ASSERT_ERR(
+		AG_EVERSION,
+		"last modified in place by a write through ag_tensor_data");
+	cr_assert_eq(ag_tensor_bump_version(NULL), -AG_EINVAL);
+	ag_tensor_put(s);
+	ag_tensor_put(y);
+	ag_tensor_put(v);
+	ag_tensor_put(a);
+	ag_tensor_put(x);
+	{
+		struct ag_mode m = ag_inference_mode_enter();
+
+		a = ag_zeros(AG_F64, 1, &s3);
+		cr_assert_eq(ag_tensor_bump_version(a), 0);
+		cr_assert_eq(ag_tensor_version(a), 0);
+		ag_tensor_put(a);
+		ag_mode_exit(m);
+	}
+	AG_ASSERT_NO_LEAKS();
+}
