@@ -35,15 +35,14 @@ Test(core, tanh_chain_gradient)
 
 Test(core, pow_saves_self)
 {
+	struct ag_scope *scope = ag_scope_begin();
 	double v[2] = { 1.5, -2.0 };
 	struct ag_tensor *x = leaf(v, 2);
 	struct ag_tensor *y = ag_pow_scalar(x, 2);
 	struct ag_tensor *s = ag_node_saved(ag_tensor_grad_fn(y), "self");
 
 	cr_assert(ag_equal(x, s));
-	ag_tensor_put(s);
-	ag_tensor_put(y);
-	ag_tensor_put(x);
+	ag_scope_end(scope);
 	AG_ASSERT_NO_LEAKS();
 }
 
@@ -87,6 +86,7 @@ Test(core, saved_result_outlives_output)
 
 Test(core, saved_result_version_error)
 {
+	struct ag_scope *scope = ag_scope_begin();
 	double v[2] = { 0.5, -1.0 };
 	struct ag_tensor *x = leaf(v, 2);
 	struct ag_tensor *y = ag_exp(x);
@@ -100,9 +100,7 @@ Test(core, saved_result_version_error)
 	AG_ASSERT_ERR(
 		AG_EVERSION,
 		"[f64 [2]], which is output 0 of ExpBackward, is at version 1; expected version 0 instead. It was last modified in place by ag_mul_scalar_");
-	ag_tensor_put(z);
-	ag_tensor_put(y);
-	ag_tensor_put(x);
+	ag_scope_end(scope);
 	AG_ASSERT_NO_LEAKS();
 }
 
@@ -144,6 +142,7 @@ Test(core, fan_out_accumulates)
 
 Test(core, version_error_after_optimizer_update)
 {
+	struct ag_scope *scope = ag_scope_begin();
 	double v[3] = { 0.1, 0.2, 0.3 };
 	struct ag_tensor *w = leaf(v, 3);
 	struct ag_tensor *y = ag_tanh(w);
@@ -160,15 +159,13 @@ Test(core, version_error_after_optimizer_update)
 	cr_assert(strstr(ag_errmsg(), "is at version 1; expected version 0"),
 		  "%s", ag_errmsg());
 	AG_ASSERT_ERR(AG_EVERSION, "ag_mul_scalar_");
-	ag_tensor_put(l);
-	ag_tensor_put(z);
-	ag_tensor_put(y);
-	ag_tensor_put(w);
+	ag_scope_end(scope);
 	AG_ASSERT_NO_LEAKS();
 }
 
 Test(core, version_error_names_producer)
 {
+	struct ag_scope *scope = ag_scope_begin();
 	double v[3] = { 0.1, 0.2, 0.3 };
 	struct ag_tensor *x = leaf(v, 3);
 	struct ag_tensor *y = ag_tanh(x); /* saves its result */
@@ -179,9 +176,7 @@ Test(core, version_error_names_producer)
 	l = ag_sum(y);
 	cr_assert_eq(ag_backward(l, NULL, NULL), -AG_EVERSION);
 	AG_ASSERT_ERR(AG_EVERSION, "output 0 of TanhBackward");
-	ag_tensor_put(l);
-	ag_tensor_put(y);
-	ag_tensor_put(x);
+	ag_scope_end(scope);
 	AG_ASSERT_NO_LEAKS();
 }
 
@@ -208,6 +203,7 @@ Test(core, retain_graph_twice_then_freed)
 
 Test(core, root_errors)
 {
+	struct ag_scope *scope = ag_scope_begin();
 	double v[2] = { 0.5, 1.5 };
 	struct ag_tensor *x = leaf(v, 2),
 			 *c = ag_from_data(AG_F64, 1, (int64_t[]){ 2 }, v);
@@ -219,9 +215,7 @@ Test(core, root_errors)
 	AG_ASSERT_ERR(AG_ENOGRAD, "does not require grad");
 	cr_assert_eq(ag_backward(NULL, NULL, NULL), -AG_EINVAL);
 	ag_clear_error();
-	ag_tensor_put(y);
-	ag_tensor_put(c);
-	ag_tensor_put(x);
+	ag_scope_end(scope);
 	AG_ASSERT_NO_LEAKS();
 }
 
@@ -276,6 +270,7 @@ Test(core, grad_returns_without_touching_dot_grad)
 
 Test(core, double_backward_of_tanh)
 {
+	struct ag_scope *scope = ag_scope_begin();
 	double v[1] = { 0.7 };
 	struct ag_tensor *x = leaf(v, 1);
 	struct ag_tensor *y = ag_tanh(x), *l = ag_sum(y), *g1, *l2, *g2;
@@ -290,12 +285,7 @@ Test(core, double_backward_of_tanh)
 	cr_assert_eq(ag_grad(&l2, NULL, 1, &x, 1, &g2, NULL), 0, "%s",
 		     ag_errmsg());
 	cr_assert_float_eq(ag__get(g2, 0), -2 * t * (1 - t * t), 1e-14);
-	ag_tensor_put(g2);
-	ag_tensor_put(l2);
-	ag_tensor_put(g1);
-	ag_tensor_put(l);
-	ag_tensor_put(y);
-	ag_tensor_put(x);
+	ag_scope_end(scope);
 	AG_ASSERT_NO_LEAKS();
 }
 
@@ -365,6 +355,7 @@ Test(core, million_node_chain)
 
 Test(core, anomaly_names_forward_op)
 {
+	struct ag_scope *scope = ag_scope_begin();
 	double v[1] = { 0.0 };
 	struct ag_tensor *x = leaf(v, 1);
 	struct ag_tensor *y = ag_log(x), *l = ag_sum(y);
@@ -373,9 +364,7 @@ Test(core, anomaly_names_forward_op)
 	cr_assert_eq(ag_backward(l, NULL, NULL), -AG_ENAN);
 	ag_set_detect_anomaly(false);
 	AG_ASSERT_ERR(AG_ENAN, "ag_log");
-	ag_tensor_put(l);
-	ag_tensor_put(y);
-	ag_tensor_put(x);
+	ag_scope_end(scope);
 	AG_ASSERT_NO_LEAKS();
 }
 

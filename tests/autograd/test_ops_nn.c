@@ -347,6 +347,7 @@ Test(ops_nn, linear_gradcheck)
 
 Test(ops_nn, linear_errors)
 {
+	struct ag_scope *scope = ag_scope_begin();
 	struct ag_tensor *x = ag_zeros(AG_F64, 2, SHAPE(3, 4));
 	struct ag_tensor *w = ag_zeros(AG_F64, 2, SHAPE(5, 3));
 	struct ag_tensor *w2 = ag_zeros(AG_F64, 2, SHAPE(5, 4));
@@ -367,12 +368,7 @@ Test(ops_nn, linear_errors)
 	AG_ASSERT_ERR(AG_ESHAPE, "ag_linear: input [] and weight [5, 4]");
 	cr_assert_null(ag_linear(NULL, w2, NULL));
 	AG_ASSERT_ERR(AG_EINVAL, "ag_linear");
-	ag_tensor_put(x);
-	ag_tensor_put(w);
-	ag_tensor_put(w2);
-	ag_tensor_put(b);
-	ag_tensor_put(f);
-	ag_tensor_put(s);
+	ag_scope_end(scope);
 	AG_ASSERT_NO_LEAKS();
 }
 
@@ -601,6 +597,7 @@ Test(ops_nn, dropout_gradcheck)
 /* A second backward through a freed graph fails: the mask is gone. */
 Test(ops_nn, dropout_freed_mask)
 {
+	struct ag_scope *scope = ag_scope_begin();
 	struct ag_tensor *a = ag_ones(AG_F64, 1, SHAPE(8)), *y, *s;
 
 	ag_tensor_set_requires_grad(a, true);
@@ -609,9 +606,7 @@ Test(ops_nn, dropout_freed_mask)
 	cr_assert_eq(ag_backward(s, NULL, NULL), 0, "%s", ag_errmsg());
 	cr_assert_lt(ag_backward(s, NULL, NULL), 0);
 	AG_ASSERT_ERR(AG_EFREED, "backward through the graph a second time");
-	ag_tensor_put(s);
-	ag_tensor_put(y);
-	ag_tensor_put(a);
+	ag_scope_end(scope);
 	AG_ASSERT_NO_LEAKS();
 }
 
@@ -873,6 +868,7 @@ Test(ops_nn, batch_norm_errors_and_empty)
 /* Modifying the running stats after an eval forward breaks its backward. */
 Test(ops_nn, batch_norm_saved_stats_versioned)
 {
+	struct ag_scope *scope = ag_scope_begin();
 	struct ag_tensor *x = mk(AG_F64, 2, SHAPE(4, 3), REF_BNX, DENSE, true);
 	struct ag_tensor *rm = ag_zeros(AG_F64, 1, SHAPE(3));
 	struct ag_tensor *rv = ag_ones(AG_F64, 1, SHAPE(3)), *y, *s;
@@ -882,11 +878,7 @@ Test(ops_nn, batch_norm_saved_stats_versioned)
 	cr_assert_eq(ag_add_scalar_(rv, 1), 0);
 	cr_assert_lt(ag_backward(s, NULL, NULL), 0);
 	AG_ASSERT_ERR(AG_EVERSION, "modified by an inplace operation");
-	ag_tensor_put(s);
-	ag_tensor_put(y);
-	ag_tensor_put(x);
-	ag_tensor_put(rm);
-	ag_tensor_put(rv);
+	ag_scope_end(scope);
 	AG_ASSERT_NO_LEAKS();
 }
 

@@ -147,6 +147,7 @@ Test(create, max_dims)
 
 Test(create, arange_positive_step)
 {
+	struct ag_scope *scope = ag_scope_begin();
 	struct ag_tensor *a = ag_arange(AG_F64, 0, 5, 1);
 	struct ag_tensor *b = ag_arange(AG_F32, 1, 2, 0.25);
 	struct ag_tensor *c = ag_arange(AG_I64, 2, 11, 3);
@@ -161,15 +162,13 @@ Test(create, arange_positive_step)
 	cr_assert_eq(ag_tensor_dtype(c), AG_I64);
 	cr_assert_eq(ag_tensor_ndim(e), 1);
 	cr_assert_eq(ag_tensor_numel(e), 0);
-	ag_tensor_put(a);
-	ag_tensor_put(b);
-	ag_tensor_put(c);
-	ag_tensor_put(e);
+	ag_scope_end(scope);
 	AG_ASSERT_NO_LEAKS();
 }
 
 Test(create, arange_negative_step)
 {
+	struct ag_scope *scope = ag_scope_begin();
 	struct ag_tensor *a = ag_arange(AG_F64, 5, 0, -1);
 	struct ag_tensor *b = ag_arange(AG_F64, 1, -1, -0.5);
 	struct ag_tensor *c = ag_arange(AG_I64, 10, 1, -4);
@@ -180,9 +179,7 @@ Test(create, arange_negative_step)
 	assert_values(a, wa, 5);
 	assert_values(b, wb, 4);
 	assert_values(c, wc, 3);
-	ag_tensor_put(a);
-	ag_tensor_put(b);
-	ag_tensor_put(c);
+	ag_scope_end(scope);
 	AG_ASSERT_NO_LEAKS();
 }
 
@@ -594,6 +591,7 @@ Test(copy, copy_to_dense_and_strided)
 
 Test(copy, copy_to_expanded_and_stepped)
 {
+	struct ag_scope *scope = ag_scope_begin();
 	int64_t s31[2] = { 3, 1 }, s34[2] = { 3, 4 };
 	const int64_t want_e[12] = { 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2 };
 	const int64_t want_s[2] = { 0, 2 };
@@ -611,11 +609,7 @@ Test(copy, copy_to_expanded_and_stepped)
 	cr_assert_eq(ag_tensor_copy_to(stc, out, 2 * sizeof(int64_t)), 0, "%s",
 		     ag_errmsg());
 	cr_assert_arr_eq(out, want_s, sizeof(want_s));
-	ag_tensor_put(a);
-	ag_tensor_put(col);
-	ag_tensor_put(e);
-	ag_tensor_put(st);
-	ag_tensor_put(stc);
+	ag_scope_end(scope);
 	AG_ASSERT_NO_LEAKS();
 }
 
@@ -636,6 +630,7 @@ Test(copy, copy_to_bad)
 
 Test(copy, item_and_item_i64)
 {
+	struct ag_scope *scope = ag_scope_begin();
 	int64_t one = 1, big = (1LL << 53) + 1, exact = 1LL << 53;
 	struct ag_tensor *f = ag_full(AG_F32, 1, &one, 0.5);
 	struct ag_tensor *i = ag_from_data(AG_I64, 1, &one, &big);
@@ -654,30 +649,26 @@ Test(copy, item_and_item_i64)
 	AG_ASSERT_ERR(AG_EINVAL, "shape [2, 3] has 6 elements");
 	cr_assert_eq(ag_tensor_item_i64(m), 0);
 	AG_ASSERT_ERR(AG_EINVAL, "only one-element tensors");
-	ag_tensor_put(f);
-	ag_tensor_put(i);
-	ag_tensor_put(e);
-	ag_tensor_put(m);
+	ag_scope_end(scope);
 	AG_ASSERT_NO_LEAKS();
 }
 
 Test(copy, item_of_a_strided_element)
 {
+	struct ag_scope *scope = ag_scope_begin();
 	struct ag_tensor *a = ag_arange(AG_F64, 0, 6, 1);
 	struct ag_tensor *r = ag_reshape(a, 2, s23);
 	struct ag_tensor *row = ag_slice(r, 0, 1, 2, 1);
 	struct ag_tensor *el = ag_slice(row, 1, 2, 3, 1);
 
 	cr_assert_eq(ag_tensor_item(el), 5.0, "%s", ag_errmsg());
-	ag_tensor_put(el);
-	ag_tensor_put(row);
-	ag_tensor_put(r);
-	ag_tensor_put(a);
+	ag_scope_end(scope);
 	AG_ASSERT_NO_LEAKS();
 }
 
 Test(copy, clone_is_deep_and_contiguous)
 {
+	struct ag_scope *scope = ag_scope_begin();
 	struct ag_tensor *a = ag_arange(AG_F32, 0, 6, 1);
 	struct ag_tensor *r = ag_reshape(a, 2, s23);
 	struct ag_tensor *tr = ag_transpose(r, 0, 1);
@@ -689,15 +680,13 @@ Test(copy, clone_is_deep_and_contiguous)
 	cr_assert_eq(ag_fill_(a, 9), 0, "%s", ag_errmsg());
 	cr_assert_eq(ag__get(c, 1), 3.0);
 	cr_assert_eq(ag_tensor_version(c), 0);
-	ag_tensor_put(c);
-	ag_tensor_put(tr);
-	ag_tensor_put(r);
-	ag_tensor_put(a);
+	ag_scope_end(scope);
 	AG_ASSERT_NO_LEAKS();
 }
 
 Test(copy, contiguous_returns_self_or_copy)
 {
+	struct ag_scope *scope = ag_scope_begin();
 	struct ag_tensor *a = ag_zeros(AG_F64, 2, s23);
 	struct ag_tensor *same = ag_contiguous(a);
 	struct ag_tensor *tr = ag_transpose(a, 0, 1);
@@ -709,10 +698,7 @@ Test(copy, contiguous_returns_self_or_copy)
 	cr_assert_eq(ag_tensor_shape(c)[0], 3);
 	cr_assert_eq(ag_tensor_strides(c)[0], 2);
 	cr_assert(ag_equal(c, tr));
-	ag_tensor_put(same);
-	ag_tensor_put(c);
-	ag_tensor_put(tr);
-	ag_tensor_put(a);
+	ag_scope_end(scope);
 	AG_ASSERT_NO_LEAKS();
 }
 
@@ -799,6 +785,7 @@ Test(compare, equal_i64_exact)
 
 Test(compare, allclose)
 {
+	struct ag_scope *scope = ag_scope_begin();
 	double x[3] = { 1, 2, 3 }, y[3] = { 1, 2.001, 3 };
 	double inf[3] = { INFINITY, 2, 3 };
 	int64_t n = 3, two = 2;
@@ -815,16 +802,13 @@ Test(compare, allclose)
 	cr_assert(ag_allclose(i1, i2, 0, 0), "equal infinities");
 	cr_assert_not(ag_allclose(a, i1, 1, 1));
 	cr_assert_not(ag_allclose(a, short_, 1, 1));
-	ag_tensor_put(a);
-	ag_tensor_put(b);
-	ag_tensor_put(i1);
-	ag_tensor_put(i2);
-	ag_tensor_put(short_);
+	ag_scope_end(scope);
 	AG_ASSERT_NO_LEAKS();
 }
 
 Test(compare, allclose_broadcasts_b)
 {
+	struct ag_scope *scope = ag_scope_begin();
 	double x[6] = { 1, 2, 3, 1, 2, 3 }, row[3] = { 1, 2, 3 };
 	int64_t n = 3;
 	struct ag_tensor *a = ag_from_data(AG_F64, 2, s23, x);
@@ -836,10 +820,7 @@ Test(compare, allclose_broadcasts_b)
 	cr_assert(ag_allclose(t, s, 0, 0), "a 0-d b broadcasts");
 	cr_assert_not(ag_allclose(a, s, 0, 0));
 	cr_assert_not(ag_allclose(b, a, 0, 0), "a is not broadcast to b");
-	ag_tensor_put(a);
-	ag_tensor_put(b);
-	ag_tensor_put(s);
-	ag_tensor_put(t);
+	ag_scope_end(scope);
 	AG_ASSERT_NO_LEAKS();
 }
 
