@@ -46,10 +46,18 @@ demo: build
 	./build/examples/demo
 
 # Trains on Fashion-MNIST (examples/fashion_mnist.c); TRAIN_ARGS passes
-# flags, e.g. make train TRAIN_ARGS='--model cnn --epochs 10 --threads 2'
+# flags, e.g. make train TRAIN_ARGS='--model cnn --epochs 10 --threads 2'.
+# NP=N trains data-parallel on N ranks under mpirun (docs/distributed.md);
+# MPIRUN_ARGS adds mpirun options (a hostfile: --hostfile hosts).
 TRAIN_ARGS :=
+NP :=
+MPIRUN_ARGS := --oversubscribe $(if $(filter 0,$(shell id -u)),--allow-run-as-root)
 train: build
+ifeq ($(NP),)
 	./build/examples/fashion_mnist $(TRAIN_ARGS)
+else
+	mpirun -np $(NP) $(MPIRUN_ARGS) ./build/examples/fashion_mnist_dist $(TRAIN_ARGS)
+endif
 
 check-normal: build
 	meson test -C build --print-errorlogs
