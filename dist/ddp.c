@@ -59,6 +59,14 @@ struct ag_ddp {
 	int np;
 	struct ddp_bucket *b;
 	int nb;
+	/*
+	 * Parameters in bucket order: at first the reverse of theirs; after
+	 * the first reduced backward, the order their gradients became ready
+	 * in on rank 0 (torch rebuilds its buckets the same way).
+	 */
+	int *order;
+	int nordered; /* recorded so far in the first backward */
+	bool rebuilt;
 	pthread_mutex_t lock; /* the state of the backward being reduced */
 	bool active; /* a backward's hooks ran, its callback is queued */
 	bool no_sync;
@@ -158,10 +166,7 @@ static int broadcast_buffers(struct ag_module *m)
 	return broadcast_all(t, n);
 }
 
-/*
- * Buckets in the reverse of the parameters' order (backward reaches the
- * last layer first), a new one at bucket_bytes or a change of dtype.
- */
+/* Buckets in d->order, a new one at bucket_bytes or a change of dtype. */
 static int make_buckets(struct ag_ddp *d)
 {
 	size_t cap = d->o.bucket_bytes, bytes = 0;
@@ -170,8 +175,8 @@ static int make_buckets(struct ag_ddp *d)
 	d->b = calloc(d->np ? d->np : 1, sizeof(*d->b));
 	if (!d->b)
 		return ag_set_error(AG_ENOMEM, "%s: out of memory", fn_new);
-	for (int i = d->np - 1; i >= 0; i--) {
-		struct ddp_param *p = &d->p[i];
+	for (int i = 0; i < d->np; i++) {
+		struct ddp_param *p = &d->p[d->order[i]];
 		enum ag_dtype dt = ag_tensor_dtype(p->t);
 		size_t sz = (size_t)p->numel * ag_dtype_size(dt);
 
@@ -201,6 +206,36 @@ static int make_buckets(struct ag_ddp *d)
 		b->req = MPI_REQUEST_NULL;
 	}
 	return 0;
+}
+
+static void free_buckets(struct ag_ddp *d)
+{
+	for (int k = 0; k < d->nb; k++)
+		free(d->b[k].buf);
+	free(d->b);
+	d->b = NULL;
+	d->nb = 0;
+}
+
+/*
+ * After the first reduced backward: buckets in the order the gradients
+ * arrived on rank 0 (every rank must use the same buckets), so the first
+ * ready start first.  No request is in flight.
+ */
+static int rebuild(struct ag_ddp *d)
+{
+	int rc;
+
+	ag__dist_lock();
+	rc = ag__dist_check(MPI_Bcast(d->order, d->np, MPI_INT, 0,
+				      ag__dist_comm()),
+			    "ag_ddp", "MPI_Bcast");
+	ag__dist_unlock();
+	d->rebuilt = true;
+	if (rc)
+		return rc;
+	free_buckets(d);
+	return make_buckets(d);
 }
 
 /* Starts, in order, every bucket whose parameters are all in. */
@@ -263,6 +298,7 @@ static int grad_ready(struct ag_tensor *grad, void *arg)
 	if (!d->active) {
 		rc = ag_queue_callback(finish, d);
 		d->active = !rc;
+		d->nordered = 0; /* a failed backward may have left some */
 		memset(&d->stats, 0, sizeof(d->stats));
 	}
 	if (!rc && p->ready)
@@ -281,6 +317,8 @@ static int grad_ready(struct ag_tensor *grad, void *arg)
 	pthread_mutex_lock(&d->lock);
 	p->ready = true;
 	b->pending--;
+	if (!d->rebuilt && d->nordered < d->np)
+		d->order[d->nordered++] = (int)(p - d->p);
 	rc = start_ready(d, true);
 	if (!rc)
 		rc = progress(d);
@@ -309,6 +347,8 @@ static int fill_unused(struct ag_ddp *d, unsigned char *used, int *nunused)
 		p->ready = true;
 		b->pending--;
 		++*nunused;
+		if (!d->rebuilt && d->nordered < d->np)
+			d->order[d->nordered++] = i;
 	}
 	return start_ready(d, false);
 }
@@ -418,6 +458,8 @@ static int finish(void *arg)
 			rc = write_grad(d, &d->p[i]);
 	}
 	reset(d);
+	if (!rc && !d->rebuilt)
+		rc = rebuild(d);
 	pthread_mutex_unlock(&d->lock);
 	free(used);
 	if (!rc && nunused && !d->o.find_unused_parameters)
@@ -426,6 +468,17 @@ static int finish(void *arg)
 			"ag_ddp: parameter '%s' (and %d more) received no gradient in this backward on this rank; pass find_unused_parameters if some parameters may go unused",
 			d->p[first_unused].name, nunused - 1);
 	return rc;
+}
+
+/* Backward reaches the last layer first: the reverse of the parameters. */
+static int first_order(struct ag_ddp *d)
+{
+	d->order = calloc(d->np ? d->np : 1, sizeof(*d->order));
+	if (!d->order)
+		return ag_set_error(AG_ENOMEM, "%s: out of memory", fn_new);
+	for (int i = 0; i < d->np; i++)
+		d->order[i] = d->np - 1 - i;
+	return 0;
 }
 
 static int hook_params(struct ag_ddp *d)
@@ -510,6 +563,8 @@ struct ag_ddp *ag_ddp_new(struct ag_module *module,
 	if (!rc)
 		rc = take_params(d);
 	if (!rc)
+		rc = first_order(d);
+	if (!rc)
 		rc = make_buckets(d);
 	if (!rc)
 		rc = hook_params(d);
@@ -565,9 +620,8 @@ void ag_ddp_free(struct ag_ddp *d)
 		ag_tensor_put(d->p[i].t);
 		free(d->p[i].name);
 	}
-	for (int k = 0; k < d->nb; k++)
-		free(d->b[k].buf);
-	free(d->b);
+	free_buckets(d);
+	free(d->order);
 	free(d->p);
 	ag_module_put(d->module);
 	pthread_mutex_destroy(&d->lock);

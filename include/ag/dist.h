@@ -64,7 +64,8 @@ AG_API int ag_dist_barrier(void);
  * ag_backward() through the module's output reduces the gradients while it
  * runs: parameters are packed into buckets of about bucket_bytes, in the
  * reverse of their registration order (about the order backward reaches
- * them); a bucket whose gradients are all accumulated starts a
+ * them) and, from the second backward on, in the order their gradients
+ * became ready on rank 0 in the first; a bucket whose gradients are all accumulated starts a
  * non-blocking MPI all-reduce at once (buckets start in the same order on
  * every rank), and a callback queued on the backward waits for them all,
  * divides by the world size and writes the mean into each .grad before

@@ -328,6 +328,58 @@ static int test_first_bucket_starts_while_nodes_pending(void)
 	return 0;
 }
 
+/*
+ * Layers used in the reverse of their registration: the first buckets
+ * (the last parameters) are the last ready.  After the first backward the
+ * buckets follow the order the gradients arrived in, and start early.
+ */
+static int test_buckets_rebuilt_in_ready_order(void)
+{
+	struct ag_ddp_opts o = { .bucket_bytes = 1 };
+	struct ag_generator *g = ag_generator_new(13);
+	struct ag_module *mods[3] = {
+		ag_linear_new(4, 4, true, g),
+		ag_linear_new(4, 4, true, g),
+		ag_linear_new(4, 4, true, g),
+	};
+	struct ag_module *m = ag_sequential_new(mods, 3);
+	struct overlap ov = { 0 };
+	int64_t xs[2] = { 3, 4 };
+	int seen[2];
+
+	ag_generator_free(g);
+	ov.d = ag_ddp_new(m, &o);
+	TAP_CHECKF(ov.d, "%s", ag_errmsg());
+	for (int round = 0; round < 2; round++) {
+		struct ag_scope *s = ag_scope_begin();
+		struct ag_tensor *x = ag_ones(AG_F32, 2, xs), *h, *loss;
+		struct ag_hook *hk;
+
+		/* 2 first, then 1, then 0 */
+		h = ag_module_forward(ag_module_get_child(m, "2"), x);
+		hk = ag_tensor_register_hook(h, look, &ov);
+		loss = ag_module_forward(ag_module_get_child(m, "1"), h);
+		loss = ag_sum(
+			ag_module_forward(ag_module_get_child(m, "0"), loss));
+		ov.started_before = -1;
+		TAP_CHECKF(ag_backward(loss, NULL, NULL) == 0, "%s",
+			   ag_errmsg());
+		seen[round] = ov.started_before;
+		ag_hook_remove(hk);
+		ag_scope_end(s);
+	}
+	/* bucket 0 is 2.bias at first: nothing can start before it */
+	TAP_CHECKF(seen[0] == 0, "%d buckets started in the first backward",
+		   seen[0]);
+	/* then 0.* and 1.* lead, and are on the wire before 2.* is ready */
+	TAP_CHECKF(seen[1] == 4, "%d buckets started in the second backward",
+		   seen[1]);
+	ag_ddp_free(ov.d);
+	ag_module_put(m);
+	NO_LEAKS();
+	return 0;
+}
+
 /* A module that differs on one rank fails on every rank, without a hang. */
 static int test_mismatched_models_fail_everywhere(void)
 {
@@ -490,6 +542,7 @@ static const struct tap_test tests[] = {
 	TAP_TEST(test_ddp_matches_one_process),
 	TAP_TEST(test_ddp_small_buckets_2_threads),
 	TAP_TEST(test_first_bucket_starts_while_nodes_pending),
+	TAP_TEST(test_buckets_rebuilt_in_ready_order),
 	TAP_TEST(test_mismatched_models_fail_everywhere),
 	TAP_TEST(test_unused_parameters),
 	TAP_TEST(test_no_sync_accumulates),
