@@ -286,11 +286,13 @@ static int grad_ready(struct ag_tensor *grad, void *arg)
 {
 	struct ddp_param *p = arg;
 	struct ag_ddp *d = p->ddp;
-	struct ddp_bucket *b = &d->b[p->bucket];
-	size_t esz = ag_dtype_size(b->dtype);
+	struct ddp_bucket *b;
+	size_t esz;
 	int rc = 0;
 
 	pthread_mutex_lock(&d->lock);
+	b = &d->b[p->bucket]; /* the buckets change between backwards */
+	esz = ag_dtype_size(b->dtype);
 	if (d->no_sync) {
 		pthread_mutex_unlock(&d->lock);
 		return 0;
