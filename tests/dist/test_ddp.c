@@ -194,7 +194,8 @@ static int same_on_every_rank(struct ag_module *m)
 
 	ag_module_named_parameters(m, &names, &t, &n);
 	for (int i = 0; i < n; i++) {
-		struct ag_tensor *c = ag_clone(t[i]);
+		/* a reference of our own: the caller may have a scope open */
+		struct ag_tensor *c = ag_tensor_get(ag_clone(t[i]));
 		int differ;
 
 		TAP_CHECK(ag_dist_broadcast(c, 0) == 0);
