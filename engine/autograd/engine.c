@@ -932,6 +932,7 @@ static int run_callbacks(struct ag_graph_task *gt)
 	struct ag_graph_task *outer = cur_task;
 	struct callback cb;
 	char msg[512];
+	unsigned seq;
 	int rc = 0;
 
 	cur_task = gt;
@@ -943,10 +944,11 @@ static int run_callbacks(struct ag_graph_task *gt)
 		}
 		cb = gt->cbs[i];
 		cb_unlock(gt);
-		ag_clear_error();
+		seq = ag__err_seq();
 		if (!cb.fn(cb.arg))
 			continue;
-		if (!ag_errcode()) /* failed without saying why */
+		/* failed without saying why: an older error is not its own */
+		if (ag__err_seq() == seq || !ag_errcode())
 			ag__err(AG_EINVAL,
 				"returned non-zero with no error set");
 		snprintf(msg, sizeof(msg), "%s", ag_errmsg());

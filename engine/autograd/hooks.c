@@ -212,6 +212,7 @@ int ag__run_post_hooks(struct ag_node *n, struct ag_tensor *grad)
 		atomic_load_explicit(&n->hooks, memory_order_acquire);
 	char msg[512];
 	struct ag_hook *h;
+	unsigned seq;
 	int rc = 0;
 
 	pthread_mutex_lock(&l->lock);
@@ -219,10 +220,12 @@ int ag__run_post_hooks(struct ag_node *n, struct ag_tensor *grad)
 		if (!h->post_fn ||
 		    atomic_load_explicit(&h->removed, memory_order_acquire))
 			continue;
+		seq = ag__err_seq();
 		rc = h->post_fn(grad, h->arg);
 		if (!rc)
 			continue;
-		if (!ag_errcode()) /* failed without saying why */
+		/* failed without saying why: an older error is not its own */
+		if (ag__err_seq() == seq || !ag_errcode())
 			ag__err(AG_EINVAL, "returned %d with no error set", rc);
 		snprintf(msg, sizeof(msg), "%s", ag_errmsg());
 		rc = ag__err(ag_errcode(),

@@ -438,3 +438,52 @@ Test(callbacks, post_hooked_leaf_runs_before_the_rest_of_the_chain)
 	ag_tensor_put(x);
 	AG_ASSERT_NO_LEAKS();
 }
+
+static int silent_failure(void *arg)
+{
+	(void)arg;
+	return 1; /* forgot to say why */
+}
+
+static struct ag_tensor *queue_silent(struct ag_tensor *g, void *arg)
+{
+	(void)g;
+	ag_queue_callback(arg ? silent_failure : noop_cb, NULL);
+	return NULL;
+}
+
+/* An error set before the backward is neither cleared nor taken as a
+ * callback's own. */
+Test(callbacks, stale_error_is_not_a_callbacks)
+{
+	for (int fail = 0; fail < 2; fail++) {
+		int64_t n = 2;
+		struct ag_tensor *x = ag_ones(AG_F64, 1, &n), *y, *loss;
+		struct ag_hook *h;
+		int rc;
+
+		ag_tensor_set_requires_grad(x, true);
+		y = ag_mul_scalar(x, 3);
+		h = ag_tensor_register_hook(y, queue_silent,
+					    fail ? (void *)1 : NULL);
+		loss = ag_sum(y);
+		ag_set_error(AG_EIO, "stale");
+		rc = ag_backward(loss, NULL, NULL);
+		if (fail) {
+			cr_assert_eq(rc, -AG_EINVAL);
+			AG_ASSERT_ERR(
+				AG_EINVAL,
+				"a backward callback failed: returned non-zero with no error set");
+		} else {
+			cr_assert_eq(rc, 0, "%s", ag_errmsg());
+			/* like errno: a success leaves the error alone */
+			AG_ASSERT_ERR(AG_EIO, "stale");
+		}
+		ag_hook_remove(h);
+		ag_tensor_put(loss);
+		ag_tensor_put(y);
+		ag_tensor_put(x);
+	}
+	ag_clear_error();
+	AG_ASSERT_NO_LEAKS();
+}
