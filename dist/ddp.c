@@ -67,6 +67,11 @@ struct ag_ddp {
 	int *order;
 	int nordered; /* recorded so far in the first backward */
 	bool rebuilt;
+	/*
+	 * Which parameters got a gradient, in finish(): made with the ddp,
+	 * for an allocation failing there on one rank would hang the others.
+	 */
+	unsigned char *used;
 	pthread_mutex_t lock; /* the state of the backward being reduced */
 	bool active; /* a backward's hooks ran, its callback is queued */
 	bool no_sync;
@@ -433,12 +438,11 @@ static int write_grad(struct ag_ddp *d, struct ddp_param *p)
 static int finish(void *arg)
 {
 	struct ag_ddp *d = arg;
-	unsigned char *used = calloc(d->np ? d->np : 1, 1);
+	unsigned char *used = d->used;
 	int rc, nunused = 0, first_unused = -1;
 
 	pthread_mutex_lock(&d->lock);
-	rc = used ? fill_unused(d, used, &nunused) :
-		    ag_set_error(AG_ENOMEM, "ag_ddp: out of memory");
+	rc = fill_unused(d, used, &nunused);
 	if (!rc && d->o.find_unused_parameters) {
 		ag__dist_lock();
 		rc = ag__dist_check(MPI_Allreduce(MPI_IN_PLACE, used, d->np,
@@ -463,7 +467,6 @@ static int finish(void *arg)
 	if (!rc && !d->rebuilt)
 		rc = rebuild(d);
 	pthread_mutex_unlock(&d->lock);
-	free(used);
 	if (!rc && nunused && !d->o.find_unused_parameters)
 		rc = ag_set_error(
 			AG_EINVAL,
@@ -472,11 +475,15 @@ static int finish(void *arg)
 	return rc;
 }
 
-/* Backward reaches the last layer first: the reverse of the parameters. */
+/*
+ * The bucket order before any backward ran: backward reaches the last
+ * layer first, so the reverse of the parameters.  And the used flags.
+ */
 static int first_order(struct ag_ddp *d)
 {
 	d->order = calloc(d->np ? d->np : 1, sizeof(*d->order));
-	if (!d->order)
+	d->used = calloc(d->np ? d->np : 1, 1);
+	if (!d->order || !d->used)
 		return ag_set_error(AG_ENOMEM, "%s: out of memory", fn_new);
 	for (int i = 0; i < d->np; i++)
 		d->order[i] = d->np - 1 - i;
@@ -624,6 +631,7 @@ void ag_ddp_free(struct ag_ddp *d)
 	}
 	free_buckets(d);
 	free(d->order);
+	free(d->used);
 	free(d->p);
 	ag_module_put(d->module);
 	pthread_mutex_destroy(&d->lock);
