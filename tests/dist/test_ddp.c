@@ -537,6 +537,36 @@ static int test_no_sync_accumulates(void)
 	return 0;
 }
 
+/*
+ * BatchNorm statistics: rank 0's reach every rank at each forward (torch's
+ * broadcast_buffers), here in eval mode so the forward leaves them as is.
+ */
+static int test_forward_broadcasts_buffers(void)
+{
+	struct ag_module *bn = ag_batchnorm1d_new(3, 1e-5, 0.1);
+	struct ag_tensor *mean = ag_module_get_buffer(bn, "running_mean");
+	float *mv = ag_tensor_data(mean);
+	struct ag_scope *s;
+	struct ag_ddp *d;
+
+	d = ag_ddp_new(bn, NULL);
+	TAP_CHECKF(d, "%s", ag_errmsg());
+	for (int i = 0; i < 3; i++)
+		mv[i] = (float)(rank * 10 + i); /* drifted apart */
+	ag_module_eval(bn);
+	s = ag_scope_begin();
+	TAP_CHECKF(ag_ddp_forward(d, ag_ones(AG_F32, 2, (int64_t[]){ 4, 3 })),
+		   "%s", ag_errmsg());
+	ag_scope_end(s);
+	for (int i = 0; i < 3; i++)
+		TAP_CHECKF(mv[i] == (float)i, "running_mean[%d] = %g", i,
+			   mv[i]);
+	ag_ddp_free(d);
+	ag_module_put(bn);
+	NO_LEAKS();
+	return 0;
+}
+
 static const struct tap_test tests[] = {
 	TAP_TEST(test_collectives),
 	TAP_TEST(test_mpi_errors_map),
@@ -547,6 +577,7 @@ static const struct tap_test tests[] = {
 	TAP_TEST(test_mismatched_models_fail_everywhere),
 	TAP_TEST(test_unused_parameters),
 	TAP_TEST(test_no_sync_accumulates),
+	TAP_TEST(test_forward_broadcasts_buffers),
 	{ 0 },
 };
 
@@ -554,6 +585,13 @@ int main(int argc, char **argv)
 {
 	int rc;
 
+	/* before init: a clean error, no MPI call */
+	if (ag_dist_barrier() != -AG_EINVAL ||
+	    !strstr(ag_errmsg(), "call ag_dist_init() first") ||
+	    ag_dist_rank() != 0 || ag_dist_world_size() != 1) {
+		printf("Bail out! before init: %s\n", ag_errmsg());
+		return 1;
+	}
 	if (ag_dist_init(&argc, &argv)) {
 		printf("Bail out! %s\n", ag_errmsg());
 		return 1;
