@@ -3,7 +3,7 @@
 
 DEB_PKGS := meson ninja-build pkg-config gcc clang clang-format libsleef-dev \
 	libcriterion-dev libopenblas-dev valgrind libjansson-dev zlib1g-dev \
-	dataset-fashion-mnist
+	dataset-fashion-mnist openmpi-bin libopenmpi-dev
 MESON_CI := -Dwerror=true --buildtype=debugoptimized
 ASAN_OPTS := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
@@ -46,10 +46,18 @@ demo: build
 	./build/examples/demo
 
 # Trains on Fashion-MNIST (examples/fashion_mnist.c); TRAIN_ARGS passes
-# flags, e.g. make train TRAIN_ARGS='--model cnn --epochs 10 --threads 2'
+# flags, e.g. make train TRAIN_ARGS='--model cnn --epochs 10 --threads 2'.
+# NP=N trains data-parallel on N ranks under mpirun (docs/distributed.md);
+# MPIRUN_ARGS adds mpirun options (a hostfile: --hostfile hosts).
 TRAIN_ARGS :=
+NP :=
+MPIRUN_ARGS := --oversubscribe $(if $(filter 0,$(shell id -u)),--allow-run-as-root)
 train: build
+ifeq ($(NP),)
 	./build/examples/fashion_mnist $(TRAIN_ARGS)
+else
+	mpirun -np $(NP) $(MPIRUN_ARGS) ./build/examples/fashion_mnist_dist $(TRAIN_ARGS)
+endif
 
 check-normal: build
 	meson test -C build --print-errorlogs

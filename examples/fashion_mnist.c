@@ -14,6 +14,12 @@
  *      128->10; AdamW (lr 1e-3, weight decay 1e-2).
  * --limit uses the first N training and N test images (a quick run);
  * --resume continues from the checkpoint, at the epoch it stopped.
+ *
+ * Built as fashion_mnist_dist (with libag-dist, when MPI is found) it
+ * trains data-parallel: mpirun -np N fashion_mnist_dist ... runs N ranks,
+ * each on its shard of every epoch (fmnist_shard) with --batch images per
+ * step, and DDP averages the gradients (docs/distributed.md).  Rank 0
+ * prints, evaluates and saves; a rank uses 1 pool thread unless --threads.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -27,6 +33,13 @@
 #include <ag/optim.h>
 
 #include "fmnist.h"
+
+#ifdef FMNIST_DIST
+#include <ag/dist.h>
+#else
+/* one process: the data-parallel calls reduce to the module's own */
+struct ag_ddp;
+#endif
 
 struct args {
 	const char *model, *checkpoint, *data;
@@ -247,9 +260,59 @@ struct epoch_stats {
 	int64_t seen;
 };
 
-static int train_epoch(struct ag_module *m, struct ag_optim *o,
-		       struct fmnist *d, const struct args *a,
-		       struct ag_generator *g, struct epoch_stats *es)
+static struct ag_tensor *forward(struct ag_module *m, struct ag_ddp *ddp,
+				 struct ag_tensor *x)
+{
+#ifdef FMNIST_DIST
+	if (ddp)
+		return ag_ddp_forward(ddp, x);
+#else
+	(void)ddp;
+#endif
+	return ag_module_forward(m, x);
+}
+
+static int rank(void)
+{
+#ifdef FMNIST_DIST
+	return ag_dist_rank();
+#else
+	return 0;
+#endif
+}
+
+/* The epoch's loss sum, hits and images over every rank. */
+static int sum_ranks(double *loss_sum, int64_t *right, int64_t *seen)
+{
+#ifdef FMNIST_DIST
+	int64_t n = 3;
+	struct ag_tensor *t = ag_zeros(AG_F64, 1, &n);
+	double *v = t ? ag_tensor_data(t) : NULL;
+	int rc;
+
+	if (!t)
+		return -ag_errcode();
+	v[0] = *loss_sum;
+	v[1] = (double)*right;
+	v[2] = (double)*seen;
+	rc = ag_dist_all_reduce(t, AG_DIST_SUM);
+	*loss_sum = v[0];
+	*right = (int64_t)v[1];
+	*seen = (int64_t)v[2];
+	ag_tensor_put(t);
+	return rc;
+#else
+	(void)loss_sum;
+	(void)right;
+	(void)seen;
+	return 0;
+#endif
+}
+
+static int train_epoch(struct ag_module *m, struct ag_ddp *ddp,
+		       struct ag_optim *o, struct fmnist *d,
+		       const struct args *a, struct ag_generator *g,
+		       struct epoch_stats *es)
 {
 	int64_t nb = fmnist_batches(d, a->batch), right = 0;
 	double t0 = now(), loss_sum = 0;
@@ -267,7 +330,7 @@ static int train_epoch(struct ag_module *m, struct ag_optim *o,
 			ag_scope_end(s);
 			return -1;
 		}
-		logits = ag_module_forward(m, x);
+		logits = forward(m, ddp, x);
 		loss = ag_cross_entropy(logits, y);
 		if (loss && !ag_backward(loss, NULL, NULL))
 			rc = ag_optim_step(o);
@@ -287,6 +350,10 @@ static int train_epoch(struct ag_module *m, struct ag_optim *o,
 				(long long)i, ag_errmsg());
 			return -1;
 		}
+	}
+	if (sum_ranks(&loss_sum, &right, &es->seen)) {
+		fprintf(stderr, "fashion_mnist: %s\n", ag_errmsg());
+		return -1;
 	}
 	es->secs = now() - t0;
 	es->loss = es->seen ? loss_sum / (double)es->seen : 0;
@@ -312,17 +379,30 @@ int main(int argc, char **argv)
 	struct ag_module *m = NULL;
 	struct ag_optim *o = NULL;
 	struct ag_generator *g = NULL;
+	struct ag_ddp *ddp = NULL;
 	char optim_path[4096];
 	struct args a;
 	int rc, first = 0;
 
-	rc = parse(argc, argv, &a);
-	if (rc)
-		return rc;
-	snprintf(optim_path, sizeof(optim_path), "%s.optim", a.checkpoint);
-	if (a.threads && ag_set_num_threads(a.threads)) {
+#ifdef FMNIST_DIST
+	if (ag_dist_init(&argc, &argv)) {
 		fprintf(stderr, "fashion_mnist: %s\n", ag_errmsg());
 		return 1;
+	}
+#endif
+	rc = parse(argc, argv, &a);
+	if (rc)
+		goto out;
+#ifdef FMNIST_DIST
+	/* N ranks on a machine: a thread each, not N pools of every core */
+	if (!a.threads)
+		a.threads = 1;
+#endif
+	snprintf(optim_path, sizeof(optim_path), "%s.optim", a.checkpoint);
+	rc = 1;
+	if (a.threads && ag_set_num_threads(a.threads)) {
+		fprintf(stderr, "fashion_mnist: %s\n", ag_errmsg());
+		goto out;
 	}
 	if (fmnist_load(&train, a.data, true) ||
 	    fmnist_load(&test, a.data, false)) {
@@ -336,7 +416,8 @@ int main(int argc, char **argv)
 		train.n = a.limit;
 	if (a.limit && a.limit < test.n)
 		test.n = a.limit;
-	ag_manual_seed(a.seed);
+	/* the model from one seed everywhere, dropout differs per rank */
+	ag_manual_seed(a.seed + (uint64_t)rank());
 	g = ag_generator_new(a.seed);
 	m = g ? (!strcmp(a.model, "mlp") ? mlp(g) : cnn(g)) : NULL;
 	o = m ? make_optim(m, &a) : NULL;
@@ -350,14 +431,29 @@ int main(int argc, char **argv)
 		fprintf(stderr, "fashion_mnist: --resume: %s\n", ag_errmsg());
 		goto out;
 	}
-	printf("%s on %lld training images, batch %lld, %d thread(s)%s\n",
-	       a.model, (long long)train.n, (long long)a.batch,
-	       ag_get_num_threads(), first ? " (resumed)" : "");
+#ifdef FMNIST_DIST
+	ddp = ag_ddp_new(m, NULL);
+	if (!ddp ||
+	    fmnist_shard(&train, ag_dist_rank(), ag_dist_world_size())) {
+		fprintf(stderr, "fashion_mnist: %s\n",
+			ddp ? train.errmsg : ag_errmsg());
+		goto out;
+	}
+	if (!rank())
+		printf("%d ranks, each: ", ag_dist_world_size());
+#endif
+	if (!rank())
+		printf("%s on %lld training images, batch %lld, %d thread(s)%s\n",
+		       a.model, (long long)fmnist_len(&train),
+		       (long long)a.batch, ag_get_num_threads(),
+		       first ? " (resumed)" : "");
 	for (int e = first; e < a.epochs; e++) {
 		struct epoch_stats es;
 
-		if (train_epoch(m, o, &train, &a, g, &es))
+		if (train_epoch(m, ddp, o, &train, &a, g, &es))
 			goto out;
+		if (rank())
+			continue;
 		printf("epoch %2d/%d  loss %.4f  train acc %.4f  %6.0f images/s  %5.1f s  ~%.0f s left\n",
 		       e + 1, a.epochs, es.loss, es.acc, es.seen / es.secs,
 		       es.secs, es.secs * (a.epochs - e - 1));
@@ -369,15 +465,24 @@ int main(int argc, char **argv)
 			goto out;
 		}
 	}
-	printf("test accuracy %.4f (eval mode, %lld images)\n",
-	       evaluate(m, &test, 1000), (long long)test.n);
-	printf("checkpoint: %s (optimiser: %s)\n", a.checkpoint, optim_path);
+	if (!rank()) {
+		printf("test accuracy %.4f (eval mode, %lld images)\n",
+		       evaluate(m, &test, 1000), (long long)test.n);
+		printf("checkpoint: %s (optimiser: %s)\n", a.checkpoint,
+		       optim_path);
+	}
 	rc = 0;
 out:
+#ifdef FMNIST_DIST
+	ag_ddp_free(ddp);
+#endif
 	ag_optim_free(o);
 	ag_module_put(m);
 	ag_generator_free(g);
 	fmnist_free(&train);
 	fmnist_free(&test);
+#ifdef FMNIST_DIST
+	ag_dist_finalize();
+#endif
 	return rc;
 }

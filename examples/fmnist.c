@@ -220,9 +220,33 @@ void fmnist_shuffle(struct fmnist *d, struct ag_generator *g)
 	}
 }
 
+int fmnist_shard(struct fmnist *d, int rank, int world)
+{
+	if (world < 1 || rank < 0 || rank >= world)
+		return fail(d, "rank %d of %d ranks", rank, world);
+	d->rank = rank;
+	d->world = world;
+	return 0;
+}
+
+int64_t fmnist_len(const struct fmnist *d)
+{
+	int64_t w = d->world > 1 ? d->world : 1;
+
+	return (d->n + w - 1) / w;
+}
+
+/* Where the k-th image of this rank's share is in the epoch's order. */
+static int64_t position(const struct fmnist *d, int64_t k)
+{
+	if (d->world <= 1)
+		return k;
+	return (d->rank + k * d->world) % d->n;
+}
+
 int64_t fmnist_batches(const struct fmnist *d, int64_t batch)
 {
-	return batch > 0 ? (d->n + batch - 1) / batch : 0;
+	return batch > 0 ? (fmnist_len(d) + batch - 1) / batch : 0;
 }
 
 int fmnist_batch(struct fmnist *d, int64_t i, int64_t batch,
@@ -236,7 +260,7 @@ int fmnist_batch(struct fmnist *d, int64_t i, int64_t batch,
 	if (batch <= 0 || i < 0 || i >= fmnist_batches(d, batch))
 		return fail(d, "batch %lld of size %lld is out of range",
 			    (long long)i, (long long)batch);
-	b = d->n - start < batch ? d->n - start : batch;
+	b = fmnist_len(d) - start < batch ? fmnist_len(d) - start : batch;
 	xs[0] = b;
 	xs[1] = 1;
 	xs[2] = xs[3] = FMNIST_SIDE;
@@ -253,7 +277,7 @@ int fmnist_batch(struct fmnist *d, int64_t i, int64_t batch,
 	xp = ag_tensor_data(*x);
 	yp = ag_tensor_data(*y);
 	for (int64_t k = 0; k < b; k++) {
-		int64_t s = d->order[start + k];
+		int64_t s = d->order[position(d, start + k)];
 
 		memcpy(xp + k * FMNIST_PIXELS, d->images + s * FMNIST_PIXELS,
 		       sizeof(float) * FMNIST_PIXELS);

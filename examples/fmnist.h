@@ -25,6 +25,7 @@ struct fmnist {
 	float *images; /* n * FMNIST_PIXELS, normalised */
 	int64_t *labels; /* n */
 	int64_t *order; /* this epoch's permutation of [0, n) */
+	int rank, world; /* fmnist_shard(); world 0 or 1: the whole set */
 	char errmsg[256]; /* why the last call failed */
 };
 
@@ -40,6 +41,17 @@ int fmnist_load_files(struct fmnist *d, const char *images, const char *labels);
 void fmnist_free(struct fmnist *d);
 /* A new permutation (Fisher-Yates over ag_generator_next). */
 void fmnist_shuffle(struct fmnist *d, struct ag_generator *g);
+/*
+ * A distributed sampler, as torch's DistributedSampler: from now on the
+ * batches come from rank's share of each epoch's order, every world-th
+ * position from rank, the order padded by wrapping around to a multiple
+ * of world.  So every rank has ceil(n / world) images and as many
+ * batches, and ranks that shuffle with the same seed hold disjoint shares
+ * that cover the epoch.  0, or -1 if rank is not in [0, world).
+ */
+int fmnist_shard(struct fmnist *d, int rank, int world);
+/* This rank's images per epoch. */
+int64_t fmnist_len(const struct fmnist *d);
 /* Batches per epoch: the last one may be short, as torch's drop_last=False. */
 int64_t fmnist_batches(const struct fmnist *d, int64_t batch);
 /* Batch i of size batch in the current order; new tensors or -1. */

@@ -8,9 +8,11 @@
 #
 #   core (engine/*) -> pool (engine/pool) -> autograd -> ops -> nn
 #   simd/ beside: it sees only itself; every engine layer but pool may use it
+#   dist/ (libag-dist) on top, a library of its own
 #
 # A file may include (with "...") headers of its own layer and of the
-# layers its row below allows; nn/ uses the public API (<ag/...>) only.
+# layers its row below allows; nn/ and dist/ use the public API (<ag/...>)
+# only.
 # Each violation is printed as file:line and fails the test.
 set -eu
 
@@ -26,6 +28,7 @@ layer_of() {
 	engine/ops/*) echo ops ;;
 	engine/*) echo core ;;
 	nn/*) echo nn ;;
+	dist/*) echo dist ;;
 	*) echo other ;;
 	esac
 }
@@ -39,6 +42,7 @@ allowed() {
 	autograd) echo "core pool autograd simd" ;;
 	ops) echo "core pool autograd ops simd" ;;
 	nn) echo "nn" ;;
+	dist) echo "dist" ;;
 	*) echo "" ;;
 	esac
 }
@@ -59,7 +63,7 @@ normalize() {
 
 status=0
 checked=0
-for f in $(find engine simd nn -name '*.[ch]' 2>/dev/null | sort); do
+for f in $(find engine simd nn dist -name '*.[ch]' 2>/dev/null | sort); do
 	from=$(layer_of "$f")
 	ok=$(allowed "$from")
 	dir=$(dirname "$f")

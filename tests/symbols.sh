@@ -3,6 +3,8 @@
 #
 # Usage: symbols.sh LIBRARY [HEADER_DIR [NM]]
 #
+# HEADER_DIR may also be one header: that library's only (libag-dist).
+#
 # Fails if the shared library exports a defined dynamic symbol outside the
 # public namespace: only ag_* and AG_* names may be exported, besides the
 # linker's own markers.  Internal helpers are named ag__* and must stay
@@ -45,7 +47,13 @@ fi
 # its name is the identifier before the first '(' that is not an
 # attribute, or the last identifier of a declaration without one.
 api_names() {
-	for h in "$1"/*.h; do
+	if [ -f "$1" ]; then
+		files=$1
+	else
+		# dist.h is libag-dist's, a library of its own
+		files=$(ls "$1"/*.h | grep -v '/dist\.h$')
+	fi
+	for h in $files; do
 		awk '
 		/^[ \t]*AG_API[ \t]/ { decl = ""; on = 1 }
 		on {

@@ -23,7 +23,7 @@ static int accumulate_apply(struct ag_node *n, struct ag_tensor **grads,
 {
 	struct ag_grad_cell *c =
 		ag_container_of(n, struct acc_node, node)->cell;
-	struct ag_tensor *g = grads[0], *old, *sum = NULL;
+	struct ag_tensor *g = grads[0], *old, *sum = NULL, *post;
 	int rc = 0;
 
 	(void)out;
@@ -54,7 +54,17 @@ static int accumulate_apply(struct ag_node *n, struct ag_tensor **grads,
 			rc = -ag_errcode();
 		}
 	}
+	/* the hooks see the sum, not a tensor another thread may replace */
+	post = !rc && !c->orphan &&
+			       atomic_load_explicit(&n->hooks,
+						    memory_order_acquire) ?
+		       ag_tensor_get(c->grad) :
+		       NULL;
 	pthread_mutex_unlock(&c->lock);
+	if (post) {
+		rc = ag__run_post_hooks(n, post);
+		ag_tensor_put(post);
+	}
 	return rc;
 }
 

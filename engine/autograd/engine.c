@@ -38,6 +38,12 @@ struct capture {
 	struct ag_tensor *grad;
 };
 
+/* A function ag_queue_callback() queued to run when the backward ends. */
+struct callback {
+	ag_backward_callback_fn fn;
+	void *arg;
+};
+
 /* A node claimed by another task: where this task keeps its state. */
 struct foreign {
 	struct ag_node *node;
@@ -74,7 +80,19 @@ struct ag_graph_task {
 	/* C: nodes claimed by another task: open addressing */
 	struct foreign *tab;
 	size_t tab_cap, tab_n; /* C */
+	/* ag_queue_callback(): appended from any thread running a node */
+	atomic_bool cb_busy; /* A: spin lock: held for an append or a read */
+	struct callback *cbs; /* under cb_busy */
+	int ncbs; /* under cb_busy */
+	size_t cbs_cap; /* under cb_busy */
 };
+
+/*
+ * The graph task whose node (or callback) this thread is running, for
+ * ag_queue_callback().  Set by run_from and run_callbacks, restored after:
+ * a backward started inside a hook has its own.
+ */
+static AG_TLS struct ag_graph_task *cur_task;
 
 static inline struct ag_node_state *state_at(struct ag_graph_task *gt,
 					     uint32_t idx)
@@ -292,6 +310,7 @@ static void task_cleanup(struct ag_graph_task *gt)
 	ag__free(gt->nodes);
 	ag__mfree(gt->caps);
 	ag__mfree(gt->tab);
+	ag__free(gt->cbs);
 }
 
 /* Counts the edges into every node reachable from the roots. */
@@ -657,7 +676,19 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 			continue;
 		if (cs->contribs)
 			rc = contrib_flush(cs);
-		if (!rc)
+		if (rc)
+			continue;
+		/*
+		 * A leaf with post-accumulate hooks runs at once, as torch
+		 * runs AccumulateGrad first: its hooks start work that
+		 * overlaps the rest of the backward (a data-parallel
+		 * all-reduce), and queued behind this chain it would run
+		 * only when the chain ends.  It has no next nodes.
+		 */
+		if (next && c->ops == &ag__accumulate_ops &&
+		    atomic_load_explicit(&c->hooks, memory_order_acquire))
+			rc = run_node(gt, c, NULL);
+		else
 			schedule(gt, cs, next);
 	}
 	if (out != small)
@@ -740,7 +771,7 @@ static int run_hooks(struct ag_node *n, struct ag_tensor **grads)
 	for (h = l->head; h && !rc; h = h->next) {
 		struct ag_tensor *g = grads[h->slot], *r;
 
-		if (h->removed || !g)
+		if (h->removed || h->post_fn || !g)
 			continue;
 		if (!h->fn) {
 			rc = retain_grad(h->cell, g);
@@ -829,8 +860,10 @@ static void run_from(struct ag_graph_task *gt, struct ag_node *n)
 {
 	struct ag_tls_mode saved = ag__mode;
 	struct ag_scope *scope = ag__scope_suspend();
+	struct ag_graph_task *outer = cur_task;
 
 	ag__mode = gt->mode;
+	cur_task = gt;
 	while (n) {
 		struct ag_node *next = NULL;
 		int rc;
@@ -842,6 +875,7 @@ static void run_from(struct ag_graph_task *gt, struct ag_node *n)
 			fail(gt, rc);
 		n = next;
 	}
+	cur_task = outer;
 	ag__mode = saved;
 	ag__scope_resume(scope);
 }
@@ -855,6 +889,74 @@ static void node_task_run(struct ag_task *t)
 		ag_container_of(t->group, struct ag_graph_task, group);
 
 	run_from(gt, gt->nodes[st->idx]);
+}
+
+static void cb_lock(struct ag_graph_task *gt)
+{
+	while (atomic_exchange_explicit(&gt->cb_busy, true,
+					memory_order_acquire))
+		;
+}
+
+static void cb_unlock(struct ag_graph_task *gt)
+{
+	atomic_store_explicit(&gt->cb_busy, false, memory_order_release);
+}
+
+int ag_queue_callback(ag_backward_callback_fn fn, void *arg)
+{
+	struct ag_graph_task *gt = cur_task;
+	int rc;
+
+	if (!fn)
+		return ag__err(AG_EINVAL, "ag_queue_callback: fn is NULL");
+	if (!gt)
+		return ag__err(
+			AG_EINVAL,
+			"ag_queue_callback: no backward is running on this thread; call it from a hook, a custom function's backward or a backward callback");
+	cb_lock(gt);
+	rc = ag__array_grow((void **)&gt->cbs, &gt->cbs_cap,
+			    (size_t)gt->ncbs + 1, sizeof(*gt->cbs));
+	if (!rc)
+		gt->cbs[gt->ncbs++] = (struct callback){ fn, arg };
+	cb_unlock(gt);
+	return rc ? ag__err(AG_ENOMEM, "ag_queue_callback: out of memory") : 0;
+}
+
+/*
+ * After every node ran, on the calling thread: in order, including those
+ * queued by a callback, until one fails.
+ */
+static int run_callbacks(struct ag_graph_task *gt)
+{
+	struct ag_graph_task *outer = cur_task;
+	struct callback cb;
+	char msg[512];
+	unsigned seq;
+	int rc = 0;
+
+	cur_task = gt;
+	for (int i = 0; !rc; i++) {
+		cb_lock(gt);
+		if (i >= gt->ncbs) {
+			cb_unlock(gt);
+			break;
+		}
+		cb = gt->cbs[i];
+		cb_unlock(gt);
+		seq = ag__err_seq();
+		if (!cb.fn(cb.arg))
+			continue;
+		/* failed without saying why: an older error is not its own */
+		if (ag__err_seq() == seq || !ag_errcode())
+			ag__err(AG_EINVAL,
+				"returned non-zero with no error set");
+		snprintf(msg, sizeof(msg), "%s", ag_errmsg());
+		rc = ag__err(ag_errcode(), "a backward callback failed: %s",
+			     msg);
+	}
+	cur_task = outer;
+	return rc;
 }
 
 static int wait_graph(struct ag_graph_task *gt)
@@ -965,6 +1067,8 @@ static int run_backward(struct ag_graph_task *gt, const char *fn,
 	if (!rc)
 		rc = wait_graph(gt);
 	ag__pool_leave();
+	if (!rc)
+		rc = run_callbacks(gt);
 	ag__scope_resume(scope);
 	ag__mfree(rn);
 	return rc;

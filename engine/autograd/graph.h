@@ -107,7 +107,9 @@ struct ag_hook {
 	struct ag_hook *next;
 	struct ag_node *node; /* borrowed: the node the hook hangs on */
 	int slot;
-	ag_tensor_hook_fn fn; /* NULL: retain_grad into cell */
+	ag_tensor_hook_fn fn; /* NULL: retain_grad into cell (unless post) */
+	/* post-accumulate-grad hook: runs after the leaf's .grad was summed */
+	ag_post_accumulate_grad_hook_fn post_fn;
 	void *arg;
 	struct ag_grad_cell *cell;
 	atomic_bool removed;
@@ -134,6 +136,11 @@ struct ag_hook_list {
 
 /* Drops the node's references to its hooks (node_free). */
 void ag__hooks_free(struct ag_node *n);
+/*
+ * Runs the post-accumulate-grad hooks of AccumulateGrad node n on the
+ * leaf's .grad (borrowed); 0 or -AG_E* with the error set.
+ */
+int ag__run_post_hooks(struct ag_node *n, struct ag_tensor *grad);
 
 /* Gradients kept per slot until the node is ready (deterministic mode). */
 struct ag_contribs {

@@ -19,6 +19,7 @@
  * retain_grad is a hook without a function: the engine stores the slot's
  * gradient into the tensor's grad cell.  It has no handle.
  */
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "graph.h"
@@ -157,6 +158,82 @@ struct ag_hook *ag_tensor_register_hook(struct ag_tensor *t,
 		return NULL;
 	}
 	return h;
+}
+
+struct ag_hook *ag_tensor_register_post_accumulate_grad_hook(
+	struct ag_tensor *t, ag_post_accumulate_grad_hook_fn fn, void *arg)
+{
+	const char *fn_name = "ag_tensor_register_post_accumulate_grad_hook";
+	struct ag_hook *h;
+	struct ag_edge e;
+
+	if (!t) {
+		ag__err_null(fn_name, "t");
+		return NULL;
+	}
+	if (!fn) {
+		ag__err(AG_EINVAL, "%s: fn is NULL", fn_name);
+		return NULL;
+	}
+	if (!ag__requires_grad(t)) {
+		ag__err(AG_EINVAL,
+			"%s: cannot register a hook on a tensor that doesn't require gradient",
+			fn_name);
+		return NULL;
+	}
+	if (!ag_tensor_is_leaf(t)) {
+		ag__err(AG_EINVAL,
+			"%s: post accumulate grad hooks cannot be registered on non-leaf tensors",
+			fn_name);
+		return NULL;
+	}
+	e = ag__grad_edge(t);
+	if (!e.node)
+		return NULL;
+	h = hook_new(NULL, arg, 2);
+	if (!h)
+		return NULL;
+	h->post_fn = fn;
+	if (attach(e, h)) {
+		atomic_store(&h->refs, 1);
+		hook_put(h);
+		return NULL;
+	}
+	return h;
+}
+
+/*
+ * Under the list's lock, as the pre-hooks: a remove during the backward
+ * only sets the flag, and the recursive lock lets a hook register another.
+ */
+int ag__run_post_hooks(struct ag_node *n, struct ag_tensor *grad)
+{
+	struct ag_hook_list *l =
+		atomic_load_explicit(&n->hooks, memory_order_acquire);
+	char msg[512];
+	struct ag_hook *h;
+	unsigned seq;
+	int rc = 0;
+
+	pthread_mutex_lock(&l->lock);
+	for (h = l->head; h && !rc; h = h->next) {
+		if (!h->post_fn ||
+		    atomic_load_explicit(&h->removed, memory_order_acquire))
+			continue;
+		seq = ag__err_seq();
+		rc = h->post_fn(grad, h->arg);
+		if (!rc)
+			continue;
+		/* failed without saying why: an older error is not its own */
+		if (ag__err_seq() == seq || !ag_errcode())
+			ag__err(AG_EINVAL, "returned %d with no error set", rc);
+		snprintf(msg, sizeof(msg), "%s", ag_errmsg());
+		rc = ag__err(ag_errcode(),
+			     "a post-accumulate-grad hook on %s failed: %s",
+			     n->ops->name, msg);
+	}
+	pthread_mutex_unlock(&l->lock);
+	return rc;
 }
 
 void ag_hook_remove(struct ag_hook *h)

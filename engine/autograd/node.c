@@ -282,6 +282,35 @@ int ag_tensor_zero_grad(struct ag_tensor *t)
 	return 0;
 }
 
+int ag_tensor_set_grad(struct ag_tensor *t, struct ag_tensor *g)
+{
+	struct ag__shape_str a, b;
+	struct ag_grad_cell *c;
+	struct ag_tensor *old;
+
+	if (!t)
+		return ag__err_null("ag_tensor_set_grad", "t");
+	if (!g)
+		return ag_tensor_zero_grad(t);
+	if (g->dtype != t->dtype || g->ndim != t->ndim ||
+	    !ag__shape_eq(t->ndim, t->shape, g->shape))
+		return ag__err(
+			AG_ESHAPE,
+			"ag_tensor_set_grad: assigned grad has %s %s but the tensor is %s %s",
+			ag_dtype_name(g->dtype), ag__shape_of(&a, g),
+			ag_dtype_name(t->dtype), ag__shape_of(&b, t));
+	c = ag__meta_cell(ag__meta(t));
+	if (!c)
+		return ag__err_last();
+	ag_tensor_get(g);
+	pthread_mutex_lock(&c->lock);
+	old = c->grad;
+	c->grad = g;
+	pthread_mutex_unlock(&c->lock);
+	ag_tensor_put(old);
+	return 0;
+}
+
 /*
  * The leaf's AccumulateGrad, created on first use; racing creators agree
  * on one through the CAS.

@@ -98,6 +98,40 @@ AG_API struct ag_hook *ag_tensor_register_hook(struct ag_tensor *t,
 					       ag_tensor_hook_fn fn, void *arg);
 AG_API void ag_hook_remove(struct ag_hook *h);
 
+/*
+ * A post-accumulate-grad hook (torch's register_post_accumulate_grad_hook)
+ * runs after a backward summed a gradient into the .grad of leaf t, with
+ * that .grad (borrowed; the hook may read it or change it in place, not
+ * replace it).  It runs on whichever pool thread accumulated, once per
+ * backward that reaches t (never from ag_grad, which leaves .grad alone),
+ * after t's tensor hooks.  It returns 0, or fails as a tensor hook does:
+ * it sets an error and returns non-zero, and the backward fails with that
+ * code, the message prefixed "a post-accumulate-grad hook on
+ * AccumulateGrad failed: ".  t must be a leaf that requires grad (else
+ * NULL, AG_EINVAL).  The handle is a struct ag_hook: removed with
+ * ag_hook_remove(), with the same rules and the same safety.
+ */
+typedef int (*ag_post_accumulate_grad_hook_fn)(struct ag_tensor *grad,
+					       void *arg);
+AG_API struct ag_hook *ag_tensor_register_post_accumulate_grad_hook(
+	struct ag_tensor *t, ag_post_accumulate_grad_hook_fn fn, void *arg);
+
+/*
+ * Queues fn(arg) to run when the backward that is running now finishes
+ * (torch's Variable._execution_engine.queue_callback): call it from a
+ * hook, a custom function's backward or another callback.  The callbacks
+ * run in the order queued, on the thread that called ag_backward (or
+ * ag_grad), after every node ran and before it returns, so a callback may
+ * wait for work the hooks started and write .grad.  A callback queued by
+ * a callback runs too.  One returns 0, or sets an error and returns
+ * non-zero: the backward then fails with it, and the callbacks after it
+ * do not run.  When the backward fails before they run, none run: a user
+ * who must release arg keeps it somewhere it can be found.  Outside a
+ * backward this is -AG_EINVAL; -AG_ENOMEM when it cannot queue.
+ */
+typedef int (*ag_backward_callback_fn)(void *arg);
+AG_API int ag_queue_callback(ag_backward_callback_fn fn, void *arg);
+
 /* Anomaly mode, per thread: a NaN/Inf gradient fails with AG_ENAN. */
 AG_API void ag_set_detect_anomaly(bool on);
 AG_API bool ag_is_anomaly_enabled(void);

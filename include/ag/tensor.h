@@ -114,6 +114,12 @@ AG_API bool ag_tensor_is_leaf(const struct ag_tensor *t);
  */
 AG_API struct ag_tensor *ag_tensor_grad(struct ag_tensor *t);
 AG_API int ag_tensor_zero_grad(struct ag_tensor *t); /* drops .grad */
+/*
+ * t.grad = g as in torch: .grad becomes g itself (a new reference; a later
+ * backward accumulates into it in place).  g must have t's dtype and shape
+ * (else AG_ESHAPE); NULL is ag_tensor_zero_grad().
+ */
+AG_API int ag_tensor_set_grad(struct ag_tensor *t, struct ag_tensor *g);
 AG_API int ag_tensor_retain_grad(struct ag_tensor *t);
 AG_API struct ag_node *ag_tensor_grad_fn(struct ag_tensor *t); /* borrowed */
 AG_API uint64_t ag_tensor_version(const struct ag_tensor *t);

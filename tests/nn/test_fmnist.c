@@ -265,3 +265,54 @@ Test(nn_fmnist_corrupt, trailing_data)
 	write_gz(lab, bl, sizeof(bl));
 	assert_refused("data after the last item");
 }
+
+/*
+ * The distributed sampler: 3 ranks over 7 images, shuffled with one seed
+ * on each, hold ceil(7/3) = 3 images each; together every image, the two
+ * of the padding wrapping around to the start of the order.
+ */
+Test(nn_fmnist_corrupt, shards_cover_the_epoch)
+{
+	int64_t count[7] = { 0 }, order0[7];
+	struct fmnist d;
+
+	write_set(7, 7, 0x803, 28, -1);
+	cr_assert_eq(fmnist_load_files(&d, img, lab), 0, "%s", d.errmsg);
+	cr_assert_eq(fmnist_shard(&d, 3, 3), -1);
+	for (int r = 0; r < 3; r++) {
+		struct ag_generator *g = ag_generator_new(11);
+		struct ag_tensor *x, *y;
+
+		for (int64_t i = 0; i < d.n; i++)
+			d.order[i] = i;
+		fmnist_shuffle(&d, g);
+		if (r == 0)
+			memcpy(order0, d.order, sizeof(order0));
+		cr_assert(!memcmp(order0, d.order, sizeof(order0)));
+		cr_assert_eq(fmnist_shard(&d, r, 3), 0);
+		cr_assert_eq(fmnist_len(&d), 3);
+		cr_assert_eq(fmnist_batches(&d, 2), 2);
+		for (int b = 0; b < 2; b++) {
+			cr_assert_eq(fmnist_batch(&d, b, 2, &x, &y), 0, "%s",
+				     d.errmsg);
+			cr_assert_eq(ag_tensor_numel(y), b ? 1 : 2);
+			for (int64_t k = 0; k < ag_tensor_numel(y); k++) {
+				int64_t lab = ((int64_t *)ag_tensor_data(y))[k];
+				int64_t pos = (r + (2 * b + k) * 3) % 7;
+
+				/* label i is image i's (write_set) */
+				cr_assert_eq(lab, order0[pos]);
+				count[lab]++;
+			}
+			ag_tensor_put(x);
+			ag_tensor_put(y);
+		}
+		ag_generator_free(g);
+	}
+	/* 9 draws: every image once, order0[0] and order0[1] twice */
+	for (int i = 0; i < 7; i++)
+		cr_assert_eq(count[i], 1 + (i == order0[0]) + (i == order0[1]),
+			     "image %d drawn %lld times", i,
+			     (long long)count[i]);
+	fmnist_free(&d);
+}

@@ -29,7 +29,8 @@ static void usage(FILE *f)
 	      "Runs the workloads of docs/benchmarks.md with libag and prints median/min/max.\n"
 	      "  --workload NAME   chain, elementwise, wide, mlp, cnn, limits (= triad + gemm\n"
 	      "                    + wide-loop), triad, gemm or wide-loop; repeatable\n"
-	      "                    (default: all)\n"
+	      "                    (default: all); dist (by name only, under mpirun -np N\n"
+	      "                    where built with MPI; rank 0 reports)\n"
 	      "  --threads LIST    thread counts, e.g. 1 or 1,2 (default: 1 and all CPUs)\n"
 	      "  --reps N          timed repetitions (default 7; 2 with --quick)\n"
 	      "  --warmup N        untimed repetitions first (default 1; 0 with --quick)\n"
@@ -191,7 +192,7 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < ARRAY_SIZE(workloads); i++)
 		any |= sel[i];
 	for (size_t i = 0; i < ARRAY_SIZE(workloads); i++) {
-		sel[i] |= !any;
+		sel[i] |= !any && !workloads[i]->only_by_name;
 		if (sel[i] && workloads[i]->trace)
 			traced = workloads[i];
 	}
@@ -285,8 +286,9 @@ int main(int argc, char **argv)
 			"ag-bench: --trace traces a wide backward; wide was not selected\n");
 	}
 
-	print_table(&mc, &c);
-	if (c.json_path)
+	if (!bench_silent)
+		print_table(&mc, &c);
+	if (c.json_path && !bench_silent)
 		write_json(c.json_path, &mc, &c);
 
 	for (size_t i = 0; i < ARRAY_SIZE(workloads); i++)

@@ -140,6 +140,7 @@ void set_threads(int n)
 
 /* ------------------------------------------------------------ results */
 
+bool bench_silent;
 struct series *all_series;
 int n_series;
 static int cap_series;

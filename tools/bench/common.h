@@ -86,6 +86,8 @@ extern struct series *all_series;
 extern int n_series;
 /* Whether figures are recorded (false during warm-up). */
 extern bool recording;
+/* This process reports nothing (an MPI rank other than 0). */
+extern bool bench_silent;
 
 void record(const char *workload, const char *case_name, int threads,
 	    const char *metric, const char *unit, double v);
@@ -168,6 +170,7 @@ struct workload {
 	const char *name;
 	const char *description;
 	bool needs_libag;
+	bool only_by_name; /* not in the default "every workload" */
 	void *(*setup)(const struct config *c, struct ag_generator *g);
 	void (*check)(void *st, const struct config *c, int threads,
 		      struct ag_generator *g);

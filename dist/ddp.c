@@ -1,0 +1,639 @@
+// SPDX-License-Identifier: MIT
+/*
+ * DistributedDataParallel: gradients all-reduced in buckets while the
+ * backward runs.
+ *
+ * A post-accumulate-grad hook on each parameter copies the parameter's
+ * .grad into its slot of a bucket, a flat buffer of one dtype.  When the
+ * last parameter of a bucket is in, the bucket's MPI_Iallreduce starts,
+ * but only in bucket order: MPI needs every rank to start collectives on
+ * a communicator in the same order, and the order hooks run in differs
+ * between ranks (pool scheduling).  The first hook of a backward queues a
+ * callback (ag_queue_callback) that runs when every node ran: it reduces
+ * the parameters that got no gradient as zeros, waits for every bucket,
+ * and writes the mean into each .grad before ag_backward returns.
+ *
+ * Open MPI progresses a non-blocking collective only inside MPI calls:
+ * each hook tests the buckets in flight, so they advance while the
+ * backward computes.
+ */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <ag/autograd.h>
+
+#include "dist_internal.h"
+
+#define DEFAULT_BUCKET_BYTES (25u << 20) /* torch's bucket_cap_mb */
+
+struct ddp_param {
+	struct ag_ddp *ddp;
+	struct ag_tensor *t; /* a reference */
+	char *name;
+	struct ag_hook *hook;
+	int bucket;
+	int64_t off; /* elements into the bucket */
+	int64_t numel;
+	bool ready; /* under ddp->lock: its gradient is in the bucket */
+};
+
+struct ddp_bucket {
+	enum ag_dtype dtype;
+	void *buf;
+	int64_t numel;
+	int nparams;
+	int pending; /* parameters not ready yet, under ddp->lock */
+	bool started;
+	bool done;
+	MPI_Request req;
+};
+
+struct ag_ddp {
+	struct ag_module *module;
+	struct ag_ddp_opts o;
+	struct ddp_param *p;
+	int np;
+	struct ddp_bucket *b;
+	int nb;
+	/*
+	 * Parameters in bucket order: at first the reverse of theirs; after
+	 * the first reduced backward, the order their gradients became ready
+	 * in on rank 0 (torch rebuilds its buckets the same way).
+	 */
+	int *order;
+	int nordered; /* recorded so far in the first backward */
+	bool rebuilt;
+	/*
+	 * Which parameters got a gradient, in finish(): made with the ddp,
+	 * for an allocation failing there on one rank would hang the others.
+	 */
+	unsigned char *used;
+	pthread_mutex_t lock; /* the state of the backward being reduced */
+	bool active; /* a backward's hooks ran, its callback is queued */
+	bool no_sync;
+	int next; /* the next bucket to start */
+	int world;
+	struct ag_ddp_stats stats; /* of the last (or running) backward */
+};
+
+static const char *fn_new = "ag_ddp_new";
+
+/* FNV-1a over the bytes of s. */
+static uint64_t fnv(uint64_t h, const void *s, size_t n)
+{
+	const unsigned char *c = s;
+
+	for (size_t i = 0; i < n; i++) {
+		h ^= c[i];
+		h *= 0x100000001b3ULL;
+	}
+	return h;
+}
+
+/* A hash of every name, dtype and shape: equal on ranks that match. */
+static uint64_t describe(const char *const *names, struct ag_tensor *const *t,
+			 int n, uint64_t h)
+{
+	for (int i = 0; i < n; i++) {
+		int dt = ag_tensor_dtype(t[i]), nd = ag_tensor_ndim(t[i]);
+
+		h = fnv(h, names[i], strlen(names[i]) + 1);
+		h = fnv(h, &dt, sizeof(dt));
+		h = fnv(h, &nd, sizeof(nd));
+		h = fnv(h, ag_tensor_shape(t[i]), sizeof(int64_t) * nd);
+	}
+	return h;
+}
+
+/*
+ * Every rank learns every rank's description, so a mismatch is an error
+ * on all of them, in one collective, and never a hang in a later one.
+ */
+static int check_same(struct ag_module *m, int world)
+{
+	const char *const *pn, *const *bn;
+	struct ag_tensor *const *pt, *const *bt;
+	uint64_t mine[3], *all;
+	int npar, nbuf, rc, bad = -1;
+
+	if (ag_module_named_parameters(m, &pn, &pt, &npar) ||
+	    ag_module_named_buffers(m, &bn, &bt, &nbuf))
+		return -ag_errcode();
+	mine[0] = describe(pn, pt, npar, 0xcbf29ce484222325ULL);
+	mine[0] = describe(bn, bt, nbuf, mine[0] ^ 1);
+	mine[1] = (uint64_t)npar;
+	mine[2] = (uint64_t)nbuf;
+	all = calloc((size_t)world * 3, sizeof(*all));
+	if (!all)
+		return ag_set_error(AG_ENOMEM, "%s: out of memory", fn_new);
+	ag__dist_lock();
+	rc = ag__dist_check(MPI_Allgather(mine, 3, MPI_UINT64_T, all, 3,
+					  MPI_UINT64_T, ag__dist_comm()),
+			    fn_new, "MPI_Allgather");
+	ag__dist_unlock();
+	for (int r = 1; r < world && !rc && bad < 0; r++)
+		if (memcmp(&all[3 * r], all, 3 * sizeof(*all)))
+			bad = r;
+	if (bad >= 0)
+		rc = ag_set_error(
+			AG_EINVAL,
+			"%s: rank %d's module differs from rank 0's: %" PRIu64
+			" parameters and %" PRIu64 " buffers against %" PRIu64
+			" and %" PRIu64
+			", or their names, dtypes or shapes differ",
+			fn_new, bad, all[3 * bad + 1], all[3 * bad + 2], all[1],
+			all[2]);
+	free(all);
+	return rc;
+}
+
+static int broadcast_all(struct ag_tensor *const *t, int n)
+{
+	int rc = 0;
+
+	for (int i = 0; i < n && !rc; i++)
+		rc = ag_dist_broadcast(t[i], 0);
+	return rc;
+}
+
+static int broadcast_buffers(struct ag_module *m)
+{
+	const char *const *names;
+	struct ag_tensor *const *t;
+	int n;
+
+	if (ag_module_named_buffers(m, &names, &t, &n))
+		return -ag_errcode();
+	return broadcast_all(t, n);
+}
+
+/* Buckets in d->order, a new one at bucket_bytes or a change of dtype. */
+static int make_buckets(struct ag_ddp *d)
+{
+	size_t cap = d->o.bucket_bytes, bytes = 0;
+	struct ddp_bucket *b = NULL;
+
+	d->b = calloc(d->np ? d->np : 1, sizeof(*d->b));
+	if (!d->b)
+		return ag_set_error(AG_ENOMEM, "%s: out of memory", fn_new);
+	for (int i = 0; i < d->np; i++) {
+		struct ddp_param *p = &d->p[d->order[i]];
+		enum ag_dtype dt = ag_tensor_dtype(p->t);
+		size_t sz = (size_t)p->numel * ag_dtype_size(dt);
+
+		if (!b || b->dtype != dt || (bytes && bytes + sz > cap)) {
+			b = &d->b[d->nb++];
+			b->dtype = dt;
+			bytes = 0;
+		}
+		p->bucket = (int)(b - d->b);
+		p->off = b->numel;
+		b->numel += p->numel;
+		b->nparams++;
+		bytes += sz;
+	}
+	for (int k = 0; k < d->nb; k++) {
+		b = &d->b[k];
+		if (b->numel > INT32_MAX)
+			return ag_set_error(
+				AG_EINVAL,
+				"%s: bucket %d holds %lld elements, MPI counts stop at %d",
+				fn_new, k, (long long)b->numel, INT32_MAX);
+		b->buf = calloc((size_t)b->numel, ag_dtype_size(b->dtype));
+		if (!b->buf)
+			return ag_set_error(AG_ENOMEM, "%s: out of memory",
+					    fn_new);
+		b->pending = b->nparams;
+		b->req = MPI_REQUEST_NULL;
+	}
+	return 0;
+}
+
+static void free_buckets(struct ag_ddp *d)
+{
+	for (int k = 0; k < d->nb; k++)
+		free(d->b[k].buf);
+	free(d->b);
+	d->b = NULL;
+	d->nb = 0;
+}
+
+/*
+ * After the first reduced backward: buckets in the order the gradients
+ * arrived on rank 0 (every rank must use the same buckets), so the first
+ * ready start first.  No request is in flight.
+ */
+static int rebuild(struct ag_ddp *d)
+{
+	int rc;
+
+	ag__dist_lock();
+	rc = ag__dist_check(MPI_Bcast(d->order, d->np, MPI_INT, 0,
+				      ag__dist_comm()),
+			    "ag_ddp", "MPI_Bcast");
+	ag__dist_unlock();
+	d->rebuilt = true;
+	if (rc)
+		return rc;
+	free_buckets(d);
+	return make_buckets(d);
+}
+
+/* Starts, in order, every bucket whose parameters are all in. */
+static int start_ready(struct ag_ddp *d, bool from_hook)
+{
+	int rc = 0;
+
+	while (d->next < d->nb && !d->b[d->next].pending && !rc) {
+		struct ddp_bucket *b = &d->b[d->next++];
+
+		ag__dist_lock();
+		rc = ag__dist_check(
+			MPI_Iallreduce(MPI_IN_PLACE, b->buf, (int)b->numel,
+				       ag__dist_type(b->dtype), MPI_SUM,
+				       ag__dist_comm(), &b->req),
+			"ag_ddp", "MPI_Iallreduce");
+		ag__dist_unlock();
+		b->started = !rc;
+		d->stats.buckets++;
+		d->stats.buckets_overlapped += from_hook;
+		d->stats.bytes += (size_t)b->numel * ag_dtype_size(b->dtype);
+	}
+	return rc;
+}
+
+/* Lets the buckets in flight advance (MPI progresses inside calls). */
+static int progress(struct ag_ddp *d)
+{
+	int rc = 0, flag;
+
+	for (int k = 0; k < d->next && !rc; k++) {
+		struct ddp_bucket *b = &d->b[k];
+
+		if (!b->started || b->done)
+			continue;
+		ag__dist_lock();
+		rc = ag__dist_check(MPI_Test(&b->req, &flag, MPI_STATUS_IGNORE),
+				    "ag_ddp", "MPI_Test");
+		ag__dist_unlock();
+		b->done = !rc && flag;
+	}
+	return rc;
+}
+
+static int finish(void *arg);
+
+static int grad_ready(struct ag_tensor *grad, void *arg)
+{
+	struct ddp_param *p = arg;
+	struct ag_ddp *d = p->ddp;
+	struct ddp_bucket *b;
+	size_t esz;
+	int rc = 0;
+
+	pthread_mutex_lock(&d->lock);
+	b = &d->b[p->bucket]; /* the buckets change between backwards */
+	esz = ag_dtype_size(b->dtype);
+	if (d->no_sync) {
+		pthread_mutex_unlock(&d->lock);
+		return 0;
+	}
+	if (!d->active) {
+		rc = ag_queue_callback(finish, d);
+		d->active = !rc;
+		d->nordered = 0; /* a failed backward may have left some */
+		memset(&d->stats, 0, sizeof(d->stats));
+	}
+	if (!rc && p->ready)
+		rc = ag_set_error(
+			AG_EINVAL,
+			"ag_ddp: parameter '%s' got a gradient twice in one backward; run one backward at a time through a DDP module",
+			p->name);
+	pthread_mutex_unlock(&d->lock);
+	if (rc)
+		return rc;
+	/* its own slot, in a bucket that cannot start before it is in */
+	rc = ag_tensor_copy_to(grad, (char *)b->buf + p->off * esz,
+			       (size_t)p->numel * esz);
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&d->lock);
+	p->ready = true;
+	b->pending--;
+	if (!d->rebuilt && d->nordered < d->np)
+		d->order[d->nordered++] = (int)(p - d->p);
+	rc = start_ready(d, true);
+	if (!rc)
+		rc = progress(d);
+	pthread_mutex_unlock(&d->lock);
+	return rc;
+}
+
+/*
+ * Parameters no hook saw get zeros, so every rank starts every bucket;
+ * with find_unused_parameters, which parameters some rank used is a MAX
+ * over a byte per parameter.
+ */
+static int fill_unused(struct ag_ddp *d, unsigned char *used, int *nunused)
+{
+	*nunused = 0;
+	for (int i = 0; i < d->np; i++) {
+		struct ddp_param *p = &d->p[i];
+		struct ddp_bucket *b = &d->b[p->bucket];
+		size_t esz = ag_dtype_size(b->dtype);
+
+		used[i] = p->ready;
+		if (p->ready)
+			continue;
+		memset((char *)b->buf + p->off * esz, 0,
+		       (size_t)p->numel * esz);
+		p->ready = true;
+		b->pending--;
+		++*nunused;
+		if (!d->rebuilt && d->nordered < d->np)
+			d->order[d->nordered++] = i;
+	}
+	return start_ready(d, false);
+}
+
+static int wait_all(struct ag_ddp *d)
+{
+	int rc = 0, r;
+
+	/* every started request must complete, even after an error */
+	for (int k = 0; k < d->nb; k++) {
+		struct ddp_bucket *b = &d->b[k];
+
+		if (!b->started || b->done)
+			continue;
+		ag__dist_lock();
+		r = MPI_Wait(&b->req, MPI_STATUS_IGNORE);
+		ag__dist_unlock();
+		if (!rc)
+			rc = ag__dist_check(r, "ag_ddp", "MPI_Wait");
+		b->done = true;
+	}
+	return rc;
+}
+
+/* Ready for the next backward. */
+static void reset(struct ag_ddp *d)
+{
+	for (int i = 0; i < d->np; i++)
+		d->p[i].ready = false;
+	for (int k = 0; k < d->nb; k++) {
+		d->b[k].pending = d->b[k].nparams;
+		d->b[k].started = false;
+		d->b[k].done = false;
+		d->b[k].req = MPI_REQUEST_NULL;
+	}
+	d->next = 0;
+	d->active = false;
+}
+
+static void scale(struct ddp_bucket *b, int world)
+{
+	if (b->dtype == AG_F32) {
+		float *v = b->buf;
+
+		for (int64_t i = 0; i < b->numel; i++)
+			v[i] /= (float)world;
+	} else if (b->dtype == AG_F64) {
+		double *v = b->buf;
+
+		for (int64_t i = 0; i < b->numel; i++)
+			v[i] /= world;
+	}
+}
+
+/* .grad = the mean: in place when .grad is dense, else a new tensor. */
+static int write_grad(struct ag_ddp *d, struct ddp_param *p)
+{
+	struct ddp_bucket *b = &d->b[p->bucket];
+	size_t esz = ag_dtype_size(b->dtype);
+	const char *src = (const char *)b->buf + p->off * esz;
+	struct ag_tensor *g = ag_tensor_grad(p->t), *ng;
+	int rc;
+
+	if (g && ag_tensor_is_contiguous(g)) {
+		memcpy(ag_tensor_data(g), src, (size_t)p->numel * esz);
+		ag_tensor_put(g);
+		return 0;
+	}
+	ag_tensor_put(g);
+	ng = ag_from_data(b->dtype, ag_tensor_ndim(p->t), ag_tensor_shape(p->t),
+			  src);
+	if (!ng)
+		return -ag_errcode();
+	rc = ag_tensor_set_grad(p->t, ng);
+	ag_tensor_put(ng);
+	return rc;
+}
+
+/* The backward's callback: on the thread that called ag_backward. */
+static int finish(void *arg)
+{
+	struct ag_ddp *d = arg;
+	unsigned char *used = d->used;
+	int rc, nunused = 0, first_unused = -1;
+
+	pthread_mutex_lock(&d->lock);
+	rc = fill_unused(d, used, &nunused);
+	if (!rc && d->o.find_unused_parameters) {
+		ag__dist_lock();
+		rc = ag__dist_check(MPI_Allreduce(MPI_IN_PLACE, used, d->np,
+						  MPI_UNSIGNED_CHAR, MPI_MAX,
+						  ag__dist_comm()),
+				    "ag_ddp", "MPI_Allreduce");
+		ag__dist_unlock();
+	}
+	if (!rc)
+		rc = wait_all(d);
+	else
+		wait_all(d);
+	for (int k = 0; k < d->nb && !rc; k++)
+		scale(&d->b[k], d->world);
+	for (int i = 0; i < d->np && !rc; i++) {
+		if (!used[i] && first_unused < 0)
+			first_unused = i;
+		if (used[i] || !d->o.find_unused_parameters)
+			rc = write_grad(d, &d->p[i]);
+	}
+	reset(d);
+	if (!rc && !d->rebuilt)
+		rc = rebuild(d);
+	pthread_mutex_unlock(&d->lock);
+	if (!rc && nunused && !d->o.find_unused_parameters)
+		rc = ag_set_error(
+			AG_EINVAL,
+			"ag_ddp: parameter '%s' (and %d more) received no gradient in this backward on this rank; pass find_unused_parameters if some parameters may go unused",
+			d->p[first_unused].name, nunused - 1);
+	return rc;
+}
+
+/*
+ * The bucket order before any backward ran: backward reaches the last
+ * layer first, so the reverse of the parameters.  And the used flags.
+ */
+static int first_order(struct ag_ddp *d)
+{
+	d->order = calloc(d->np ? d->np : 1, sizeof(*d->order));
+	d->used = calloc(d->np ? d->np : 1, 1);
+	if (!d->order || !d->used)
+		return ag_set_error(AG_ENOMEM, "%s: out of memory", fn_new);
+	for (int i = 0; i < d->np; i++)
+		d->order[i] = d->np - 1 - i;
+	return 0;
+}
+
+static int hook_params(struct ag_ddp *d)
+{
+	for (int i = 0; i < d->np; i++) {
+		d->p[i].hook = ag_tensor_register_post_accumulate_grad_hook(
+			d->p[i].t, grad_ready, &d->p[i]);
+		if (!d->p[i].hook)
+			return -ag_errcode();
+	}
+	return 0;
+}
+
+/* The parameters that require grad, with references and names. */
+static int take_params(struct ag_ddp *d)
+{
+	const char *const *names;
+	struct ag_tensor *const *t;
+	int n;
+
+	if (ag_module_named_parameters(d->module, &names, &t, &n))
+		return -ag_errcode();
+	d->p = calloc(n ? n : 1, sizeof(*d->p));
+	if (!d->p)
+		return ag_set_error(AG_ENOMEM, "%s: out of memory", fn_new);
+	for (int i = 0; i < n; i++) {
+		struct ddp_param *p = &d->p[d->np];
+
+		if (!ag_tensor_requires_grad(t[i]))
+			continue;
+		if (!ag_tensor_is_contiguous(t[i]))
+			return ag_set_error(
+				AG_EINVAL,
+				"%s: parameter '%s' is not contiguous", fn_new,
+				names[i]);
+		p->ddp = d;
+		p->t = ag_tensor_get(t[i]);
+		p->numel = ag_tensor_numel(t[i]);
+		p->name = strdup(names[i]);
+		d->np++;
+		if (!p->name)
+			return ag_set_error(AG_ENOMEM, "%s: out of memory",
+					    fn_new);
+	}
+	return 0;
+}
+
+struct ag_ddp *ag_ddp_new(struct ag_module *module,
+			  const struct ag_ddp_opts *opts)
+{
+	const char *const *names;
+	struct ag_tensor *const *t;
+	struct ag_ddp *d;
+	int n, rc;
+
+	if (!module) {
+		ag_set_error(AG_EINVAL, "%s: module is NULL", fn_new);
+		return NULL;
+	}
+	if (ag__dist_need_init(fn_new))
+		return NULL;
+	/* first, so that every rank takes part in it whatever fails later */
+	if (check_same(module, ag_dist_world_size()))
+		return NULL;
+	d = calloc(1, sizeof(*d));
+	if (!d) {
+		ag_set_error(AG_ENOMEM, "%s: out of memory", fn_new);
+		return NULL;
+	}
+	pthread_mutex_init(&d->lock, NULL);
+	d->module = ag_module_get(module);
+	d->world = ag_dist_world_size();
+	if (opts)
+		d->o = *opts;
+	if (!d->o.bucket_bytes)
+		d->o.bucket_bytes = DEFAULT_BUCKET_BYTES;
+	rc = ag_module_named_parameters(module, &names, &t, &n) ?
+		     -ag_errcode() :
+		     broadcast_all(t, n);
+	if (!rc)
+		rc = broadcast_buffers(module);
+	if (!rc)
+		rc = take_params(d);
+	if (!rc)
+		rc = first_order(d);
+	if (!rc)
+		rc = make_buckets(d);
+	if (!rc)
+		rc = hook_params(d);
+	if (rc) {
+		ag_ddp_free(d);
+		return NULL;
+	}
+	return d;
+}
+
+struct ag_tensor *ag_ddp_forward(struct ag_ddp *d, struct ag_tensor *x)
+{
+	if (!d) {
+		ag_set_error(AG_EINVAL, "ag_ddp_forward: ddp is NULL");
+		return NULL;
+	}
+	if (!d->o.no_broadcast_buffers && d->world > 1 &&
+	    broadcast_buffers(d->module))
+		return NULL;
+	return ag_module_forward(d->module, x);
+}
+
+int ag_ddp_no_sync(struct ag_ddp *d, bool on)
+{
+	if (!d)
+		return ag_set_error(AG_EINVAL, "ag_ddp_no_sync: ddp is NULL");
+	pthread_mutex_lock(&d->lock);
+	d->no_sync = on;
+	pthread_mutex_unlock(&d->lock);
+	return 0;
+}
+
+int ag_ddp_stats(struct ag_ddp *d, struct ag_ddp_stats *st)
+{
+	if (!d || !st)
+		return ag_set_error(AG_EINVAL, "ag_ddp_stats: NULL argument");
+	pthread_mutex_lock(&d->lock);
+	*st = d->stats;
+	pthread_mutex_unlock(&d->lock);
+	return 0;
+}
+
+void ag_ddp_free(struct ag_ddp *d)
+{
+	if (!d)
+		return;
+	for (int i = 0; i < d->np; i++)
+		ag_hook_remove(d->p[i].hook);
+	/* a backward that failed midway left requests MPI must complete */
+	if (d->b)
+		wait_all(d);
+	for (int i = 0; i < d->np; i++) {
+		ag_tensor_put(d->p[i].t);
+		free(d->p[i].name);
+	}
+	free_buckets(d);
+	free(d->order);
+	free(d->used);
+	free(d->p);
+	ag_module_put(d->module);
+	pthread_mutex_destroy(&d->lock);
+	free(d);
+}

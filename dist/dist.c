@@ -1,0 +1,267 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The process group: MPI set up (or attached to), a duplicate of
+ * MPI_COMM_WORLD whose errors return instead of aborting the job, and
+ * collectives on tensors.
+ */
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "dist_internal.h"
+
+static MPI_Comm comm = MPI_COMM_NULL;
+static bool started_mpi; /* ag_dist_init called MPI_Init_thread */
+static int my_rank, world = 1;
+static pthread_mutex_t mpi_lock = PTHREAD_MUTEX_INITIALIZER;
+
+MPI_Comm ag__dist_comm(void)
+{
+	return comm;
+}
+
+void ag__dist_lock(void)
+{
+	pthread_mutex_lock(&mpi_lock);
+}
+
+void ag__dist_unlock(void)
+{
+	pthread_mutex_unlock(&mpi_lock);
+}
+
+/* An MPI error class as the closest AG_E* code. */
+static int code_of(int mpi_rc)
+{
+	int cls = MPI_ERR_OTHER;
+
+	MPI_Error_class(mpi_rc, &cls);
+	switch (cls) {
+	case MPI_ERR_NO_MEM:
+		return AG_ENOMEM;
+	case MPI_ERR_ARG:
+	case MPI_ERR_COUNT:
+	case MPI_ERR_TYPE:
+	case MPI_ERR_OP:
+	case MPI_ERR_ROOT:
+	case MPI_ERR_RANK:
+	case MPI_ERR_COMM:
+	case MPI_ERR_BUFFER:
+	case MPI_ERR_TRUNCATE:
+		return AG_EINVAL;
+	default:
+		return AG_EIO;
+	}
+}
+
+int ag__dist_check(int mpi_rc, const char *fn, const char *what)
+{
+	char msg[MPI_MAX_ERROR_STRING];
+	int len = 0;
+
+	if (mpi_rc == MPI_SUCCESS)
+		return 0;
+	if (MPI_Error_string(mpi_rc, msg, &len) != MPI_SUCCESS)
+		snprintf(msg, sizeof(msg), "MPI error %d", mpi_rc);
+	return ag_set_error(code_of(mpi_rc), "%s: %s failed: %s", fn, what,
+			    msg);
+}
+
+MPI_Datatype ag__dist_type(enum ag_dtype dt)
+{
+	switch (dt) {
+	case AG_F32:
+		return MPI_FLOAT;
+	case AG_F64:
+		return MPI_DOUBLE;
+	default:
+		return MPI_INT64_T;
+	}
+}
+
+int ag__dist_need_init(const char *fn)
+{
+	if (comm != MPI_COMM_NULL)
+		return 0;
+	return ag_set_error(AG_EINVAL, "%s: call ag_dist_init() first", fn);
+}
+
+int ag_dist_init(int *argc, char ***argv)
+{
+	const char *fn = "ag_dist_init";
+	int inited = 0, provided = 0, rc;
+
+	if (comm != MPI_COMM_NULL)
+		return 0;
+	MPI_Initialized(&inited);
+	if (!inited) {
+		rc = MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE,
+				     &provided);
+		if (rc != MPI_SUCCESS)
+			return ag_set_error(AG_EIO,
+					    "%s: MPI_Init_thread failed (%d)",
+					    fn, rc);
+		started_mpi = true;
+	} else {
+		MPI_Query_thread(&provided);
+	}
+	if (provided < MPI_THREAD_SERIALIZED) {
+		rc = ag_set_error(
+			AG_EINVAL,
+			"%s: MPI gives thread level %d, libag-dist needs MPI_THREAD_SERIALIZED (%d) or more",
+			fn, provided, MPI_THREAD_SERIALIZED);
+		goto err_fini;
+	}
+	rc = ag__dist_check(MPI_Comm_dup(MPI_COMM_WORLD, &comm), fn,
+			    "MPI_Comm_dup");
+	if (rc)
+		goto err_fini;
+	rc = ag__dist_check(MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN),
+			    fn, "MPI_Comm_set_errhandler");
+	if (!rc)
+		rc = ag__dist_check(MPI_Comm_rank(comm, &my_rank), fn,
+				    "MPI_Comm_rank");
+	if (!rc)
+		rc = ag__dist_check(MPI_Comm_size(comm, &world), fn,
+				    "MPI_Comm_size");
+	if (rc)
+		goto err_comm;
+	return 0;
+err_comm:
+	MPI_Comm_free(&comm);
+	comm = MPI_COMM_NULL;
+err_fini:
+	if (started_mpi)
+		MPI_Finalize();
+	started_mpi = false;
+	my_rank = 0;
+	world = 1;
+	return rc;
+}
+
+int ag_dist_finalize(void)
+{
+	int rc = 0;
+
+	if (comm == MPI_COMM_NULL)
+		return 0;
+	MPI_Comm_free(&comm);
+	comm = MPI_COMM_NULL;
+	if (started_mpi)
+		rc = ag__dist_check(MPI_Finalize(), "ag_dist_finalize",
+				    "MPI_Finalize");
+	started_mpi = false;
+	my_rank = 0;
+	world = 1;
+	return rc;
+}
+
+int ag_dist_rank(void)
+{
+	return my_rank;
+}
+
+int ag_dist_world_size(void)
+{
+	return world;
+}
+
+/* t's dense data, or -AG_E* naming fn. */
+static int dense(const char *fn, struct ag_tensor *t, void **data)
+{
+	if (!t)
+		return ag_errcode() ?
+			       -ag_errcode() :
+			       ag_set_error(AG_EINVAL, "%s: t is NULL", fn);
+	if (!ag_tensor_is_contiguous(t))
+		return ag_set_error(
+			AG_EINVAL,
+			"%s: t must be contiguous (call ag_contiguous)", fn);
+	*data = ag_tensor_data(t);
+	return 0;
+}
+
+int ag_dist_all_reduce(struct ag_tensor *t, enum ag_dist_op op)
+{
+	const char *fn = "ag_dist_all_reduce";
+	enum ag_dtype dt;
+	int64_t n;
+	void *data;
+	int rc;
+
+	rc = ag__dist_need_init(fn);
+	if (!rc)
+		rc = dense(fn, t, &data);
+	if (rc)
+		return rc;
+	dt = ag_tensor_dtype(t);
+	n = ag_tensor_numel(t);
+	if (op != AG_DIST_SUM && op != AG_DIST_MEAN && op != AG_DIST_MAX)
+		return ag_set_error(AG_EINVAL, "%s: unknown op %d", fn,
+				    (int)op);
+	if (op == AG_DIST_MEAN && dt == AG_I64)
+		return ag_set_error(AG_EDTYPE,
+				    "%s: AG_DIST_MEAN of an i64 tensor", fn);
+	if (n > INT32_MAX)
+		return ag_set_error(AG_EINVAL,
+				    "%s: %lld elements, MPI counts stop at %d",
+				    fn, (long long)n, INT32_MAX);
+	ag__dist_lock();
+	rc = ag__dist_check(
+		MPI_Allreduce(MPI_IN_PLACE, data, (int)n, ag__dist_type(dt),
+			      op == AG_DIST_MAX ? MPI_MAX : MPI_SUM, comm),
+		fn, "MPI_Allreduce");
+	ag__dist_unlock();
+	if (rc || op != AG_DIST_MEAN)
+		return rc;
+	for (int64_t i = 0; i < n; i++) {
+		if (dt == AG_F32)
+			((float *)data)[i] /= (float)world;
+		else
+			((double *)data)[i] /= world;
+	}
+	return 0;
+}
+
+int ag_dist_broadcast(struct ag_tensor *t, int root)
+{
+	const char *fn = "ag_dist_broadcast";
+	int64_t n;
+	void *data;
+	int rc;
+
+	rc = ag__dist_need_init(fn);
+	if (!rc)
+		rc = dense(fn, t, &data);
+	if (rc)
+		return rc;
+	n = ag_tensor_numel(t);
+	if (root < 0 || root >= world)
+		return ag_set_error(AG_EINVAL,
+				    "%s: root %d out of range for %d ranks", fn,
+				    root, world);
+	if (n > INT32_MAX)
+		return ag_set_error(AG_EINVAL,
+				    "%s: %lld elements, MPI counts stop at %d",
+				    fn, (long long)n, INT32_MAX);
+	ag__dist_lock();
+	rc = ag__dist_check(MPI_Bcast(data, (int)n,
+				      ag__dist_type(ag_tensor_dtype(t)), root,
+				      comm),
+			    fn, "MPI_Bcast");
+	ag__dist_unlock();
+	return rc;
+}
+
+int ag_dist_barrier(void)
+{
+	int rc = ag__dist_need_init("ag_dist_barrier");
+
+	if (rc)
+		return rc;
+	ag__dist_lock();
+	rc = ag__dist_check(MPI_Barrier(comm), "ag_dist_barrier",
+			    "MPI_Barrier");
+	ag__dist_unlock();
+	return rc;
+}

@@ -1,0 +1,116 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef AG_DIST_H
+#define AG_DIST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <ag/nn.h>
+#include <ag/tensor.h>
+
+/*
+ * Data-parallel training over MPI: libag-dist (link -lag-dist -lag and
+ * MPI's libraries; pkg-config ag-dist).  Built only where MPI is found;
+ * libag itself never depends on MPI.  docs/distributed.md tells how to run.
+ *
+ * Every process (rank) runs the same program on its shard of the data.
+ * The functions below that communicate are collective: every rank calls
+ * them, in the same order.  Errors follow libag's rules (0 or -AG_E*, the
+ * message per thread); an MPI failure is reported, not aborted on, with
+ * the MPI error string in the message: AG_ENOMEM for MPI_ERR_NO_MEM,
+ * AG_EINVAL for a bad argument, AG_EIO for the rest (a lost peer).
+ */
+
+/*
+ * Initialises MPI (MPI_Init_thread; argc and argv may be NULL) asking for
+ * MPI_THREAD_MULTIPLE; hooks run on pool threads and every MPI call of
+ * libag-dist is serialised by a lock, so MPI_THREAD_SERIALIZED suffices.
+ * If the application initialised MPI already, attaches to it (and then
+ * ag_dist_finalize() leaves MPI running).  Works on a duplicate of
+ * MPI_COMM_WORLD whose errors return.  A second call is a no-op.
+ */
+AG_API int ag_dist_init(int *argc, char ***argv);
+/* Frees the communicator, and finalises MPI if ag_dist_init started it. */
+AG_API int ag_dist_finalize(void);
+/* This process's rank and the number of ranks; 0 and 1 before init. */
+AG_API int ag_dist_rank(void);
+AG_API int ag_dist_world_size(void);
+
+enum ag_dist_op {
+	AG_DIST_SUM,
+	AG_DIST_MEAN, /* sum / world size; f32 and f64 only */
+	AG_DIST_MAX,
+};
+
+/*
+ * In place on t (contiguous, any dtype; every rank the same dtype and
+ * number of elements): t = op over the ranks' t.  Writes t's data as
+ * ag_tensor_data() does, without a version bump: do not reduce a tensor a
+ * recorded op saved.
+ */
+AG_API int ag_dist_all_reduce(struct ag_tensor *t, enum ag_dist_op op);
+/* In place: every rank's t becomes root's. */
+AG_API int ag_dist_broadcast(struct ag_tensor *t, int root);
+AG_API int ag_dist_barrier(void);
+
+/*
+ * DistributedDataParallel.
+ *
+ * ag_ddp_new() checks that every rank holds a module with the same
+ * parameter and buffer names, dtypes and shapes (a mismatch fails on every
+ * rank with AG_EINVAL naming the first rank that differs from rank 0),
+ * copies rank 0's parameters and buffers to every rank, and hooks every
+ * parameter that requires grad (post-accumulate-grad hooks).  Then each
+ * ag_backward() through the module's output reduces the gradients while it
+ * runs: parameters are packed into buckets of about bucket_bytes, in the
+ * reverse of their registration order (about the order backward reaches
+ * them) and, from the second backward on, in the order their gradients
+ * became ready on rank 0 in the first; a bucket whose gradients are all accumulated starts a
+ * non-blocking MPI all-reduce at once (buckets start in the same order on
+ * every rank), and a callback queued on the backward waits for them all,
+ * divides by the world size and writes the mean into each .grad before
+ * ag_backward() returns.  So after backward every rank holds the same
+ * .grad, the mean of the ranks' gradients, as torch's DDP.
+ *
+ * A parameter that got no gradient in a backward is reduced as zeros;
+ * with find_unused_parameters it then gets the mean of the others (its
+ * .grad untouched only if no rank used it), without it the backward fails
+ * with AG_EINVAL naming it (after the reduction: every rank returns).
+ * ag_ddp_no_sync(ddp, true) accumulates gradients locally (micro-batches);
+ * the first backward after ag_ddp_no_sync(ddp, false) reduces the sums.
+ *
+ * ag_ddp_forward() broadcasts rank 0's buffers (BatchNorm statistics)
+ * before the module's forward, as torch's broadcast_buffers.  Run one
+ * backward at a time through a ddp's module.  After a backward fails
+ * midway the ranks may have started different reductions: ag_ddp_free()
+ * and stop.
+ */
+struct ag_ddp_opts {
+	size_t bucket_bytes; /* 0: 25 MiB, as torch's bucket_cap_mb */
+	bool find_unused_parameters;
+	bool no_broadcast_buffers; /* ag_ddp_forward leaves buffers alone */
+};
+
+struct ag_ddp;
+
+/* Takes a reference to module; opts NULL: the defaults. */
+AG_API struct ag_ddp *ag_ddp_new(struct ag_module *module,
+				 const struct ag_ddp_opts *opts);
+AG_API struct ag_tensor *ag_ddp_forward(struct ag_ddp *ddp,
+					struct ag_tensor *x);
+AG_API int ag_ddp_no_sync(struct ag_ddp *ddp, bool on);
+AG_API void ag_ddp_free(struct ag_ddp *ddp); /* NULL is fine */
+
+/* What the last synchronised backward did, for tests and tuning. */
+struct ag_ddp_stats {
+	int buckets;
+	/*
+	 * Buckets started from a hook, while the backward still had nodes to
+	 * run, rather than from the final callback.
+	 */
+	int buckets_overlapped;
+	size_t bytes; /* all-reduced per backward */
+};
+AG_API int ag_ddp_stats(struct ag_ddp *ddp, struct ag_ddp_stats *st);
+
+#endif /* AG_DIST_H */
