@@ -281,6 +281,13 @@ struct conv_run {
 	const void *g; /* contiguous */
 	const void *bias;
 	int64_t bias_inc;
+	/*
+	 * Forward with a bias, through columns: the weight with the bias as
+	 * an extra column, [groups * cog, k + 1], against columns with an
+	 * extra row of ones; kb is k + 1 then, else k.
+	 */
+	const void *wb;
+	int64_t kb;
 	void *out; /* contiguous */
 	void *parts; /* weight gradient: a partial sum per block */
 	int64_t per_block; /* weight gradient: images per block */
@@ -293,9 +300,10 @@ static void *cols_alloc(struct conv_run *r)
 	size_t es = ag_dtype_size(r->dt), n;
 	void *p;
 
-	/* k * l * es was checked against SIZE_MAX when the op was set up */
-	n = (size_t)r->gm->k * (size_t)r->gm->l * es;
-	p = ag__malloc(n ? n : 1);
+	/* (k + 1) * l * es was checked against SIZE_MAX at setup */
+	n = (size_t)r->kb * (size_t)r->gm->l * es;
+	/* ag__alloc: a cached block, not fresh pages faulting in each step */
+	p = ag__alloc(n ? n : 1);
 	if (!p)
 		atomic_store(&r->oom, true);
 	return p;
@@ -310,6 +318,14 @@ static void fwd_chunk(int64_t begin, int64_t end, void *arg)
 
 	if (!direct && !cols)
 		return;
+	if (r->wb) { /* the row of ones the bias column multiplies */
+		void *ones = elem(cols, r->dt, gm->k * gm->l);
+
+		if (r->dt == AG_F32)
+			ag_k_fill_f32(gm->l, 1.0f, ones, 1);
+		else
+			ag_k_fill_f64(gm->l, 1.0, ones, 1);
+	}
 	for (int64_t i = begin; i < end; i++) {
 		const void *xi = elem(r->x, r->dt, i * r->xs[0]);
 
@@ -327,7 +343,13 @@ static void fwd_chunk(int64_t begin, int64_t end, void *arg)
 			} else {
 				im2col(r->dt, gm, xg, r->xs, cols);
 			}
-			if (r->bias) {
+			if (r->wb) {
+				gemm(r->dt, false, false, gm->cog, gm->l, r->kb,
+				     elem(r->wb, r->dt, gi * gm->cog * r->kb),
+				     r->kb, cols, gm->l, false, y, gm->l);
+				continue;
+			}
+			if (r->bias) { /* 1x1 in place: no row of ones */
 				for (int64_t co = 0; co < gm->cog; co++) {
 					int64_t bi = (gi * gm->cog + co) *
 						     r->bias_inc;
@@ -352,7 +374,7 @@ static void fwd_chunk(int64_t begin, int64_t end, void *arg)
 			     ldb, r->bias != NULL, y, gm->l);
 		}
 	}
-	ag__mfree(cols);
+	ag__free(cols);
 }
 
 static void input_chunk(int64_t begin, int64_t end, void *arg)
@@ -386,7 +408,7 @@ static void input_chunk(int64_t begin, int64_t end, void *arg)
 				col2im(r->dt, gm, cols, dxg);
 		}
 	}
-	ag__mfree(cols);
+	ag__free(cols);
 }
 
 static void weight_chunk(int64_t begin, int64_t end, void *arg)
@@ -431,7 +453,7 @@ static void weight_chunk(int64_t begin, int64_t end, void *arg)
 			}
 		}
 	}
-	ag__mfree(cols);
+	ag__free(cols);
 }
 
 /* ---- plain (unrecorded) ops ---- */
@@ -450,6 +472,7 @@ static void run_init(struct conv_run *r, const struct conv_geom *gm,
 	memset(r, 0, sizeof(*r));
 	r->gm = gm;
 	r->dt = dt;
+	r->kb = gm->k;
 	atomic_init(&r->oom, false);
 }
 
@@ -486,12 +509,36 @@ static struct ag_tensor *finish_run(struct conv_run *r, struct ag_tensor *out)
 	return out;
 }
 
+/*
+ * The weight (r->w, dense) with the bias appended to each output channel's
+ * row, so that the GEMM adds it: no pass of its own over the output.  NULL
+ * with the error set when out of memory.
+ */
+static void *weight_bias(const struct conv_run *r)
+{
+	const struct conv_geom *gm = r->gm;
+	size_t es = ag_dtype_size(r->dt);
+	char *wb = ag__alloc((size_t)(gm->cout * (gm->k + 1)) * es);
+
+	if (!wb)
+		return NULL;
+	for (int64_t co = 0; co < gm->cout; co++) {
+		char *row = wb + (size_t)(co * (gm->k + 1)) * es;
+
+		memcpy(row, elem(r->w, r->dt, co * gm->k), (size_t)gm->k * es);
+		memcpy(row + (size_t)gm->k * es,
+		       elem(r->bias, r->dt, co * r->bias_inc), es);
+	}
+	return wb;
+}
+
 static struct ag_tensor *conv_fwd(const struct conv_geom *gm,
 				  struct ag_tensor *x, struct ag_tensor *w,
 				  struct ag_tensor *bias)
 {
 	struct ag_tensor *wc = dense(w), *out = NULL;
 	struct conv_run r;
+	void *wb = NULL;
 
 	if (!wc)
 		return NULL;
@@ -505,10 +552,18 @@ static struct ag_tensor *conv_fwd(const struct conv_geom *gm,
 	if (bias) {
 		r.bias = ag__data(bias);
 		r.bias_inc = bias->strides[0];
+		if (!cols_in_place(gm, r.xs) && !(wb = weight_bias(&r))) {
+			ag_tensor_put(out);
+			out = NULL;
+			goto done;
+		}
+		r.wb = wb;
+		r.kb = wb ? gm->k + 1 : gm->k;
 	}
 	ag_parallel_for(gm->n, 1, fwd_chunk, &r);
 	out = finish_run(&r, out);
 done:
+	ag__free(wb);
 	ag_tensor_put(wc);
 	return out;
 }
@@ -571,7 +626,7 @@ static struct ag_tensor *conv_weight(const struct conv_geom *gm,
 	}
 	r.per_block = (gm->n + nb - 1) / nb;
 	nb = (gm->n + r.per_block - 1) / r.per_block;
-	if (nb > 1 && !(r.parts = ag__malloc((size_t)(nb * wn) * es))) {
+	if (nb > 1 && !(r.parts = ag__alloc((size_t)(nb * wn) * es))) {
 		atomic_store(&r.oom, true);
 		goto fail;
 	}
@@ -589,10 +644,10 @@ static struct ag_tensor *conv_weight(const struct conv_geom *gm,
 					     r.out, 1);
 		}
 	}
-	ag__mfree(r.parts);
+	ag__free(r.parts);
 	goto done;
 fail:
-	ag__mfree(r.parts);
+	ag__free(r.parts);
 	out = finish_run(&r, out);
 done:
 	ag_tensor_put(gc);
@@ -864,7 +919,7 @@ static int check_shapes(struct ag_tensor *x, struct ag_tensor *w,
 	gm->cog = gm->cout / gm->groups;
 	gm->k = gm->cg * gm->kh * gm->kw; /* at most w's numel */
 	if (__builtin_mul_overflow(gm->oh, gm->ow, &gm->l) ||
-	    __builtin_mul_overflow((size_t)gm->k, (size_t)gm->l, &cols) ||
+	    __builtin_mul_overflow((size_t)gm->k + 1, (size_t)gm->l, &cols) ||
 	    __builtin_mul_overflow(cols, ag_dtype_size(x->dtype), &cols))
 		return ag__err(
 			AG_EINVAL,
