@@ -142,6 +142,12 @@ ALWAYS_INLINE double win_max(const struct pool_run *r, const void *src,
 	return m;
 }
 
+static bool is_max2(const struct pool_geom *pg)
+{
+	return pg->kind == POOL_MAX && pg->kh == 2 && pg->kw == 2 &&
+	       pg->sh == 2 && pg->sw == 2 && pg->ph == 0 && pg->pw == 0;
+}
+
 /*
  * 2x2 windows at stride 2 inside the input, rows dense: the common case.
  * Branch-free (the selects are bit masks, which compilers keep as such): on
@@ -211,9 +217,7 @@ ALWAYS_INLINE void fwd_plane(const struct pool_run *r, int64_t p,
 	int64_t o = p * pg->oh * pg->ow;
 	const void *src =
 		(const char *)r->src + src_plane(r, p) * (f32 ? 4 : 8);
-	bool max2 = pg->kind == POOL_MAX && pg->kh == 2 && pg->kw == 2 &&
-		    pg->sh == 2 && pg->sw == 2 && pg->ph == 0 && pg->pw == 0 &&
-		    r->ss[3] == 1;
+	bool max2 = is_max2(pg) && r->ss[3] == 1;
 
 	for (int64_t oy = 0; oy < pg->oh; oy++) {
 		int64_t hs, he, hspan;
@@ -291,6 +295,42 @@ ALWAYS_INLINE void gather_plane(const struct pool_run *r, int64_t p,
 	}
 }
 
+/*
+ * The scatter of 2x2 stride-2 windows, which tile the plane: each element
+ * is written once, the gradient where idx points and 0 elsewhere, with no
+ * pass to zero the plane first.  g + 0 as the zeroed plane's sum gives
+ * (-0 + 0 is +0).  A last odd row or column is in no window.
+ */
+#define SCATTER2(T, S)                                                         \
+	static void scatter2_##S(const struct pool_geom *pg,                   \
+				 const T *restrict g,                          \
+				 const int64_t *restrict idx, T *restrict dx)  \
+	{                                                                      \
+		int64_t w = pg->w;                                             \
+                                                                               \
+		for (int64_t oy = 0; oy < pg->oh; oy++) {                      \
+			T *d = dx + 2 * oy * w;                                \
+                                                                               \
+			for (int64_t ox = 0; ox < pg->ow; ox++, g++, idx++) {  \
+				int64_t a = 2 * oy * w + 2 * ox;               \
+				T v = *g + 0;                                  \
+                                                                               \
+				d[2 * ox] = *idx == a ? v : 0;                 \
+				d[2 * ox + 1] = *idx == a + 1 ? v : 0;         \
+				d[w + 2 * ox] = *idx == a + w ? v : 0;         \
+				d[w + 2 * ox + 1] = *idx == a + w + 1 ? v : 0; \
+			}                                                      \
+			if (w & 1)                                             \
+				d[w - 1] = d[2 * w - 1] = 0;                   \
+		}                                                              \
+		if (pg->h & 1)                                                 \
+			memset(dx + (pg->h - 1) * w, 0,                        \
+			       (size_t)w * sizeof(T));                         \
+	}
+
+SCATTER2(float, f32)
+SCATTER2(double, f64)
+
 ALWAYS_INLINE void scatter_plane(const struct pool_run *r, int64_t p,
 				 const bool f32)
 {
@@ -298,6 +338,15 @@ ALWAYS_INLINE void scatter_plane(const struct pool_run *r, int64_t p,
 	int64_t l = pg->oh * pg->ow, hw = pg->h * pg->w;
 	void *dx = (char *)r->dst + p * hw * (f32 ? 4 : 8);
 
+	if (is_max2(pg)) {
+		if (f32)
+			scatter2_f32(pg, (const float *)r->src + p * l,
+				     r->idx + p * l, dx);
+		else
+			scatter2_f64(pg, (const double *)r->src + p * l,
+				     r->idx + p * l, dx);
+		return;
+	}
 	memset(dx, 0, (size_t)hw * (f32 ? 4 : 8));
 	for (int64_t o = p * l; o < (p + 1) * l; o++)
 		acc(dx, r->idx[o], ld(r->src, o, f32), f32);

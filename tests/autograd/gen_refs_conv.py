@@ -123,6 +123,15 @@ emit("MAXP_2_X", x)
 emit("MAXP_2_R", r)
 emit("MAXP_2_Y", y)
 emit("MAXP_2_GX", gx)
+x = leaf(2, 2, 7, 9)  # odd: the last row and column are in no window
+y = F.max_pool2d(x, 2)
+r = torch.randn(y.shape)
+(gx,) = torch.autograd.grad((y * r).sum(), x)
+emit_shape("MAXP_2O_XS", x.shape)
+emit("MAXP_2O_X", x)
+emit("MAXP_2O_R", r)
+emit("MAXP_2O_Y", y)
+emit("MAXP_2O_GX", gx)
 x = torch.tensor([[[[1.0, nan, 3.0, 3.0, 0.0, 2.0, nan, nan],
                     [2.0, 2.0, 5.0, nan, 0.0, 2.0, nan, 1.0],
                     [0.0, nan, -1.0, -1.0, 7.0, 7.0, -2.0, -3.0],

@@ -395,6 +395,8 @@ static const struct pool_case pool_cases[] = {
 	{ "max U", MAXP, .k = { 3, 3 }, .s = SHAPE(1, 2), .p = SHAPE(1, 0),
 	  POOL_REFS(MAXP_U) },
 	{ "max 2", MAXP, .k = { 2, 2 }, .p = SHAPE(0, 0), POOL_REFS(MAXP_2) },
+	{ "max 2 odd", MAXP, .k = { 2, 2 }, .p = SHAPE(0, 0),
+	  POOL_REFS(MAXP_2O) },
 	{ "avg A", AVGP, .k = { 3, 3 }, .s = SHAPE(2, 1), .p = SHAPE(1, 1),
 	  POOL_REFS(AVGP_A) },
 	{ "avg U", AVGP, .k = { 2, 2 }, .s = SHAPE(0, 0), .p = SHAPE(1, 0),
