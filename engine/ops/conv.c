@@ -157,10 +157,79 @@ im2col_t(const struct conv_geom *gm, const void *xv, const int64_t *xs,
 	}
 }
 
+/*
+ * Stride 1, output rows as long as the input's and rows dense (3x3 at
+ * padding 1, the common case): each (channel, kernel row, kernel column)
+ * block of columns is the channel's rows ih0.. shifted by off, so one
+ * copy fills the block's valid rows; the few columns that read across a
+ * row's end, and the rows outside the input, are then zeroed.
+ */
+static bool im2col_shifts(const struct conv_geom *gm, const int64_t *xs)
+{
+	return gm->sh == 1 && gm->sw == 1 && gm->ow == gm->w && xs[3] == 1 &&
+	       xs[2] == gm->w;
+}
+
+/* n elements of es bytes, n small: stores, no call */
+static inline void zero_few(char *d, int64_t n, size_t es)
+{
+	if (es == 4)
+		for (int64_t i = 0; i < n; i++)
+			((float *)(void *)d)[i] = 0;
+	else
+		for (int64_t i = 0; i < n; i++)
+			((double *)(void *)d)[i] = 0;
+}
+
+static void im2col_shifted(const struct conv_geom *gm, const char *x,
+			   const int64_t *xs, char *d, size_t es)
+{
+	int64_t w = gm->w, oh = gm->oh, l = gm->l;
+
+	for (int64_t c = 0; c < gm->cg; c++) {
+		for (int64_t ki = 0; ki < gm->kh; ki++) {
+			int64_t ih0 = ki * gm->dh - gm->ph;
+			/* the output rows oy that read input rows in [0, h) */
+			int64_t y0 = ih0 < 0 ? -ih0 : 0;
+			int64_t y1 = gm->h - ih0 < oh ? gm->h - ih0 : oh;
+
+			y1 = y1 > y0 ? y1 : y0;
+			for (int64_t kj = 0; kj < gm->kw; kj++, d += l * es) {
+				int64_t off, lo, hi, n;
+				const char *src;
+
+				col_span(gm, kj, &off, &lo, &hi);
+				if (y1 == y0 || lo == hi) {
+					memset(d, 0, (size_t)l * es);
+					continue;
+				}
+				memset(d, 0, (size_t)(y0 * w + lo) * es);
+				/* from (y0, lo) to (y1 - 1, hi - 1): in bounds */
+				n = (y1 - y0 - 1) * w + hi - lo;
+				src = x + (c * xs[1] + (y0 + ih0) * w + lo +
+					   off) * (int64_t)es;
+				memcpy(d + (y0 * w + lo) * (int64_t)es, src,
+				       (size_t)n * es);
+				memset(d + ((y1 - 1) * w + hi) * (int64_t)es, 0,
+				       (size_t)(l - (y1 - 1) * w - hi) * es);
+				if (lo == 0 && hi == w)
+					continue;
+				/* the columns that read across a row's end */
+				for (int64_t oy = y0; oy < y1 - 1; oy++)
+					zero_few(d + (oy * w + hi) *
+								 (int64_t)es,
+						 w - hi + lo, es);
+			}
+		}
+	}
+}
+
 static void im2col(enum ag_dtype dt, const struct conv_geom *gm, const void *x,
 		   const int64_t *xs, void *cols)
 {
-	if (dt == AG_F32)
+	if (im2col_shifts(gm, xs))
+		im2col_shifted(gm, x, xs, cols, ag_dtype_size(dt));
+	else if (dt == AG_F32)
 		im2col_t(gm, x, xs, cols, true);
 	else
 		im2col_t(gm, x, xs, cols, false);
