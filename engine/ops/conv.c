@@ -295,10 +295,60 @@ col2im_t(const struct conv_geom *gm, const void *colsv, void *dxv,
 	}
 }
 
-static void col2im(enum ag_dtype dt, const struct conv_geom *gm,
-		   const void *cols, void *dx)
+/*
+ * col2im in im2col_shifted's case: each block of columns is added back
+ * with one long sum over its valid rows, after the entries that stand
+ * for reads across a row's end are zeroed (they belong to no input; dx
+ * starts at +0, so adding +0 changes nothing).  cols is overwritten.
+ */
+static void col2im_shifted(const struct conv_geom *gm, char *cols, char *dx,
+			   bool f32)
 {
-	if (dt == AG_F32)
+	int64_t w = gm->w, oh = gm->oh, l = gm->l;
+	size_t es = f32 ? 4 : 8;
+	char *s = cols;
+
+	for (int64_t c = 0; c < gm->cg; c++) {
+		for (int64_t ki = 0; ki < gm->kh; ki++) {
+			int64_t ih0 = ki * gm->dh - gm->ph;
+			int64_t y0 = ih0 < 0 ? -ih0 : 0;
+			int64_t y1 = gm->h - ih0 < oh ? gm->h - ih0 : oh;
+
+			for (int64_t kj = 0; kj < gm->kw; kj++, s += l * es) {
+				int64_t off, lo, hi, n;
+				char *a, *d;
+
+				col_span(gm, kj, &off, &lo, &hi);
+				if (y1 <= y0 || lo == hi)
+					continue;
+				if (lo != 0 || hi != w)
+					for (int64_t oy = y0; oy < y1 - 1; oy++)
+						zero_few(s + (oy * w +
+							      hi) * (int64_t)es,
+							 w - hi + lo, es);
+				n = (y1 - y0 - 1) * w + hi - lo;
+				a = s + (y0 * w + lo) * (int64_t)es;
+				d = dx + ((c * gm->h + y0 + ih0) * w + lo +
+					  off) * (int64_t)es;
+				if (f32)
+					ag_k_acc_f32(n,
+						     (const float *)(void *)a,
+						     1, (float *)(void *)d, 1);
+				else
+					ag_k_acc_f64(n,
+						     (const double *)(void *)a,
+						     1, (double *)(void *)d, 1);
+			}
+		}
+	}
+}
+
+static void col2im(enum ag_dtype dt, const struct conv_geom *gm, void *cols,
+		   void *dx)
+{
+	if (gm->sh == 1 && gm->sw == 1 && gm->ow == gm->w)
+		col2im_shifted(gm, cols, dx, dt == AG_F32);
+	else if (dt == AG_F32)
 		col2im_t(gm, cols, dx, true);
 	else
 		col2im_t(gm, cols, dx, false);
