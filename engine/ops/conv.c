@@ -157,10 +157,79 @@ im2col_t(const struct conv_geom *gm, const void *xv, const int64_t *xs,
 	}
 }
 
+/*
+ * Stride 1, output rows as long as the input's and rows dense (3x3 at
+ * padding 1, the common case): each (channel, kernel row, kernel column)
+ * block of columns is the channel's rows ih0.. shifted by off, so one
+ * copy fills the block's valid rows; the few columns that read across a
+ * row's end, and the rows outside the input, are then zeroed.
+ */
+static bool im2col_shifts(const struct conv_geom *gm, const int64_t *xs)
+{
+	return gm->sh == 1 && gm->sw == 1 && gm->ow == gm->w && xs[3] == 1 &&
+	       xs[2] == gm->w;
+}
+
+/* n elements of es bytes, n small: stores, no call */
+static inline void zero_few(char *d, int64_t n, size_t es)
+{
+	if (es == 4)
+		for (int64_t i = 0; i < n; i++)
+			((float *)(void *)d)[i] = 0;
+	else
+		for (int64_t i = 0; i < n; i++)
+			((double *)(void *)d)[i] = 0;
+}
+
+static void im2col_shifted(const struct conv_geom *gm, const char *x,
+			   const int64_t *xs, char *d, size_t es)
+{
+	int64_t w = gm->w, oh = gm->oh, l = gm->l;
+
+	for (int64_t c = 0; c < gm->cg; c++) {
+		for (int64_t ki = 0; ki < gm->kh; ki++) {
+			int64_t ih0 = ki * gm->dh - gm->ph;
+			/* the output rows oy that read input rows in [0, h) */
+			int64_t y0 = ih0 < 0 ? -ih0 : 0;
+			int64_t y1 = gm->h - ih0 < oh ? gm->h - ih0 : oh;
+
+			y1 = y1 > y0 ? y1 : y0;
+			for (int64_t kj = 0; kj < gm->kw; kj++, d += l * es) {
+				int64_t off, lo, hi, n;
+				const char *src;
+
+				col_span(gm, kj, &off, &lo, &hi);
+				if (y1 == y0 || lo == hi) {
+					memset(d, 0, (size_t)l * es);
+					continue;
+				}
+				memset(d, 0, (size_t)(y0 * w + lo) * es);
+				/* from (y0, lo) to (y1 - 1, hi - 1): in bounds */
+				n = (y1 - y0 - 1) * w + hi - lo;
+				src = x + (c * xs[1] + (y0 + ih0) * w + lo +
+					   off) * (int64_t)es;
+				memcpy(d + (y0 * w + lo) * (int64_t)es, src,
+				       (size_t)n * es);
+				memset(d + ((y1 - 1) * w + hi) * (int64_t)es, 0,
+				       (size_t)(l - (y1 - 1) * w - hi) * es);
+				if (lo == 0 && hi == w)
+					continue;
+				/* the columns that read across a row's end */
+				for (int64_t oy = y0; oy < y1 - 1; oy++)
+					zero_few(d + (oy * w + hi) *
+								 (int64_t)es,
+						 w - hi + lo, es);
+			}
+		}
+	}
+}
+
 static void im2col(enum ag_dtype dt, const struct conv_geom *gm, const void *x,
 		   const int64_t *xs, void *cols)
 {
-	if (dt == AG_F32)
+	if (im2col_shifts(gm, xs))
+		im2col_shifted(gm, x, xs, cols, ag_dtype_size(dt));
+	else if (dt == AG_F32)
 		im2col_t(gm, x, xs, cols, true);
 	else
 		im2col_t(gm, x, xs, cols, false);
@@ -226,10 +295,60 @@ col2im_t(const struct conv_geom *gm, const void *colsv, void *dxv,
 	}
 }
 
-static void col2im(enum ag_dtype dt, const struct conv_geom *gm,
-		   const void *cols, void *dx)
+/*
+ * col2im in im2col_shifted's case: each block of columns is added back
+ * with one long sum over its valid rows, after the entries that stand
+ * for reads across a row's end are zeroed (they belong to no input; dx
+ * starts at +0, so adding +0 changes nothing).  cols is overwritten.
+ */
+static void col2im_shifted(const struct conv_geom *gm, char *cols, char *dx,
+			   bool f32)
 {
-	if (dt == AG_F32)
+	int64_t w = gm->w, oh = gm->oh, l = gm->l;
+	size_t es = f32 ? 4 : 8;
+	char *s = cols;
+
+	for (int64_t c = 0; c < gm->cg; c++) {
+		for (int64_t ki = 0; ki < gm->kh; ki++) {
+			int64_t ih0 = ki * gm->dh - gm->ph;
+			int64_t y0 = ih0 < 0 ? -ih0 : 0;
+			int64_t y1 = gm->h - ih0 < oh ? gm->h - ih0 : oh;
+
+			for (int64_t kj = 0; kj < gm->kw; kj++, s += l * es) {
+				int64_t off, lo, hi, n;
+				char *a, *d;
+
+				col_span(gm, kj, &off, &lo, &hi);
+				if (y1 <= y0 || lo == hi)
+					continue;
+				if (lo != 0 || hi != w)
+					for (int64_t oy = y0; oy < y1 - 1; oy++)
+						zero_few(s + (oy * w +
+							      hi) * (int64_t)es,
+							 w - hi + lo, es);
+				n = (y1 - y0 - 1) * w + hi - lo;
+				a = s + (y0 * w + lo) * (int64_t)es;
+				d = dx + ((c * gm->h + y0 + ih0) * w + lo +
+					  off) * (int64_t)es;
+				if (f32)
+					ag_k_acc_f32(n,
+						     (const float *)(void *)a,
+						     1, (float *)(void *)d, 1);
+				else
+					ag_k_acc_f64(n,
+						     (const double *)(void *)a,
+						     1, (double *)(void *)d, 1);
+			}
+		}
+	}
+}
+
+static void col2im(enum ag_dtype dt, const struct conv_geom *gm, void *cols,
+		   void *dx)
+{
+	if (gm->sh == 1 && gm->sw == 1 && gm->ow == gm->w)
+		col2im_shifted(gm, cols, dx, dt == AG_F32);
+	else if (dt == AG_F32)
 		col2im_t(gm, cols, dx, true);
 	else
 		col2im_t(gm, cols, dx, false);
@@ -281,6 +400,13 @@ struct conv_run {
 	const void *g; /* contiguous */
 	const void *bias;
 	int64_t bias_inc;
+	/*
+	 * Forward with a bias, through columns: the weight with the bias as
+	 * an extra column, [groups * cog, k + 1], against columns with an
+	 * extra row of ones; kb is k + 1 then, else k.
+	 */
+	const void *wb;
+	int64_t kb;
 	void *out; /* contiguous */
 	void *parts; /* weight gradient: a partial sum per block */
 	int64_t per_block; /* weight gradient: images per block */
@@ -293,9 +419,10 @@ static void *cols_alloc(struct conv_run *r)
 	size_t es = ag_dtype_size(r->dt), n;
 	void *p;
 
-	/* k * l * es was checked against SIZE_MAX when the op was set up */
-	n = (size_t)r->gm->k * (size_t)r->gm->l * es;
-	p = ag__malloc(n ? n : 1);
+	/* (k + 1) * l * es was checked against SIZE_MAX at setup */
+	n = (size_t)r->kb * (size_t)r->gm->l * es;
+	/* ag__alloc: a cached block, not fresh pages faulting in each step */
+	p = ag__alloc(n ? n : 1);
 	if (!p)
 		atomic_store(&r->oom, true);
 	return p;
@@ -310,6 +437,14 @@ static void fwd_chunk(int64_t begin, int64_t end, void *arg)
 
 	if (!direct && !cols)
 		return;
+	if (r->wb) { /* the row of ones the bias column multiplies */
+		void *ones = elem(cols, r->dt, gm->k * gm->l);
+
+		if (r->dt == AG_F32)
+			ag_k_fill_f32(gm->l, 1.0f, ones, 1);
+		else
+			ag_k_fill_f64(gm->l, 1.0, ones, 1);
+	}
 	for (int64_t i = begin; i < end; i++) {
 		const void *xi = elem(r->x, r->dt, i * r->xs[0]);
 
@@ -327,7 +462,13 @@ static void fwd_chunk(int64_t begin, int64_t end, void *arg)
 			} else {
 				im2col(r->dt, gm, xg, r->xs, cols);
 			}
-			if (r->bias) {
+			if (r->wb) {
+				gemm(r->dt, false, false, gm->cog, gm->l, r->kb,
+				     elem(r->wb, r->dt, gi * gm->cog * r->kb),
+				     r->kb, cols, gm->l, false, y, gm->l);
+				continue;
+			}
+			if (r->bias) { /* 1x1 in place: no row of ones */
 				for (int64_t co = 0; co < gm->cog; co++) {
 					int64_t bi = (gi * gm->cog + co) *
 						     r->bias_inc;
@@ -352,7 +493,7 @@ static void fwd_chunk(int64_t begin, int64_t end, void *arg)
 			     ldb, r->bias != NULL, y, gm->l);
 		}
 	}
-	ag__mfree(cols);
+	ag__free(cols);
 }
 
 static void input_chunk(int64_t begin, int64_t end, void *arg)
@@ -386,7 +527,7 @@ static void input_chunk(int64_t begin, int64_t end, void *arg)
 				col2im(r->dt, gm, cols, dxg);
 		}
 	}
-	ag__mfree(cols);
+	ag__free(cols);
 }
 
 static void weight_chunk(int64_t begin, int64_t end, void *arg)
@@ -431,7 +572,7 @@ static void weight_chunk(int64_t begin, int64_t end, void *arg)
 			}
 		}
 	}
-	ag__mfree(cols);
+	ag__free(cols);
 }
 
 /* ---- plain (unrecorded) ops ---- */
@@ -450,6 +591,7 @@ static void run_init(struct conv_run *r, const struct conv_geom *gm,
 	memset(r, 0, sizeof(*r));
 	r->gm = gm;
 	r->dt = dt;
+	r->kb = gm->k;
 	atomic_init(&r->oom, false);
 }
 
@@ -486,12 +628,36 @@ static struct ag_tensor *finish_run(struct conv_run *r, struct ag_tensor *out)
 	return out;
 }
 
+/*
+ * The weight (r->w, dense) with the bias appended to each output channel's
+ * row, so that the GEMM adds it: no pass of its own over the output.  NULL
+ * with the error set when out of memory.
+ */
+static void *weight_bias(const struct conv_run *r)
+{
+	const struct conv_geom *gm = r->gm;
+	size_t es = ag_dtype_size(r->dt);
+	char *wb = ag__alloc((size_t)(gm->cout * (gm->k + 1)) * es);
+
+	if (!wb)
+		return NULL;
+	for (int64_t co = 0; co < gm->cout; co++) {
+		char *row = wb + (size_t)(co * (gm->k + 1)) * es;
+
+		memcpy(row, elem(r->w, r->dt, co * gm->k), (size_t)gm->k * es);
+		memcpy(row + (size_t)gm->k * es,
+		       elem(r->bias, r->dt, co * r->bias_inc), es);
+	}
+	return wb;
+}
+
 static struct ag_tensor *conv_fwd(const struct conv_geom *gm,
 				  struct ag_tensor *x, struct ag_tensor *w,
 				  struct ag_tensor *bias)
 {
 	struct ag_tensor *wc = dense(w), *out = NULL;
 	struct conv_run r;
+	void *wb = NULL;
 
 	if (!wc)
 		return NULL;
@@ -505,10 +671,18 @@ static struct ag_tensor *conv_fwd(const struct conv_geom *gm,
 	if (bias) {
 		r.bias = ag__data(bias);
 		r.bias_inc = bias->strides[0];
+		if (!cols_in_place(gm, r.xs) && !(wb = weight_bias(&r))) {
+			ag_tensor_put(out);
+			out = NULL;
+			goto done;
+		}
+		r.wb = wb;
+		r.kb = wb ? gm->k + 1 : gm->k;
 	}
 	ag_parallel_for(gm->n, 1, fwd_chunk, &r);
 	out = finish_run(&r, out);
 done:
+	ag__free(wb);
 	ag_tensor_put(wc);
 	return out;
 }
@@ -571,7 +745,7 @@ static struct ag_tensor *conv_weight(const struct conv_geom *gm,
 	}
 	r.per_block = (gm->n + nb - 1) / nb;
 	nb = (gm->n + r.per_block - 1) / r.per_block;
-	if (nb > 1 && !(r.parts = ag__malloc((size_t)(nb * wn) * es))) {
+	if (nb > 1 && !(r.parts = ag__alloc((size_t)(nb * wn) * es))) {
 		atomic_store(&r.oom, true);
 		goto fail;
 	}
@@ -589,10 +763,10 @@ static struct ag_tensor *conv_weight(const struct conv_geom *gm,
 					     r.out, 1);
 		}
 	}
-	ag__mfree(r.parts);
+	ag__free(r.parts);
 	goto done;
 fail:
-	ag__mfree(r.parts);
+	ag__free(r.parts);
 	out = finish_run(&r, out);
 done:
 	ag_tensor_put(gc);
@@ -859,7 +1033,7 @@ static int check_shapes(struct ag_tensor *x, struct ag_tensor *w,
 	gm->cog = gm->cout / gm->groups;
 	gm->k = gm->cg * gm->kh * gm->kw; /* at most w's numel */
 	if (__builtin_mul_overflow(gm->oh, gm->ow, &gm->l) ||
-	    __builtin_mul_overflow((size_t)gm->k, (size_t)gm->l, &cols) ||
+	    __builtin_mul_overflow((size_t)gm->k + 1, (size_t)gm->l, &cols) ||
 	    __builtin_mul_overflow(cols, ag_dtype_size(x->dtype), &cols))
 		return ag__err(
 			AG_EINVAL,

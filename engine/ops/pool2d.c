@@ -17,6 +17,7 @@
  * thread in a fixed order.
  */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include <ag/pool.h>
@@ -53,8 +54,9 @@ struct pool_node {
  * Window i along dim 0 (rows) or 1 (columns): inputs [*s, *e), and its
  * span for the divisor (avg pool counts the padding in).
  */
-static void window(const struct pool_geom *pg, int dim, int64_t i, int64_t *s,
-		   int64_t *e, int64_t *span)
+static inline __attribute__((always_inline)) void
+window(const struct pool_geom *pg, int dim, int64_t i, int64_t *s, int64_t *e,
+       int64_t *span)
 {
 	int64_t in = dim ? pg->w : pg->h, out = dim ? pg->ow : pg->oh;
 	int64_t k = dim ? pg->kw : pg->kh, st = dim ? pg->sw : pg->sh;
@@ -110,12 +112,164 @@ struct pool_run {
 	int64_t *idx; /* dense, y's shape */
 };
 
-/* Element (ih, iw) of plane p of the x-shaped source. */
-static int64_t src_at(const struct pool_run *r, int64_t p, int64_t ih,
-		      int64_t iw)
+/* Offset of element (0, 0) of plane p of the x-shaped source. */
+static int64_t src_plane(const struct pool_run *r, int64_t p)
 {
-	return (p / r->pg->c) * r->ss[0] + (p % r->pg->c) * r->ss[1] +
-	       ih * r->ss[2] + iw * r->ss[3];
+	return (p / r->pg->c) * r->ss[0] + (p % r->pg->c) * r->ss[1];
+}
+
+/*
+ * The max of a window, as torch: the first largest, or the last NaN (NaN
+ * is the max); *at is its flat index in the plane.
+ */
+ALWAYS_INLINE double win_max(const struct pool_run *r, const void *src,
+			     int64_t hs, int64_t he, int64_t ws, int64_t we,
+			     int64_t *at, const bool f32)
+{
+	int64_t s2 = r->ss[2], s3 = r->ss[3], w = r->pg->w;
+	double m = -INFINITY;
+
+	*at = hs * w + ws;
+	for (int64_t ih = hs; ih < he; ih++) {
+		for (int64_t iw = ws; iw < we; iw++) {
+			double v = ld(src, ih * s2 + iw * s3, f32);
+
+			if (v > m || isnan(v)) {
+				m = v;
+				*at = ih * w + iw;
+			}
+		}
+	}
+	return m;
+}
+
+static bool is_max2(const struct pool_geom *pg)
+{
+	return pg->kind == POOL_MAX && pg->kh == 2 && pg->kw == 2 &&
+	       pg->sh == 2 && pg->sw == 2 && pg->ph == 0 && pg->pw == 0;
+}
+
+/*
+ * 2x2 windows at stride 2 inside the input, rows dense: the common case.
+ * Branch-free (the selects are bit masks, which compilers keep as such): on
+ * random data each comparison would mispredict half the time, and that
+ * cost several times the loads.  t is all ones where v takes the max.
+ */
+#define MAX2_ROW(T, S, U)                                                   \
+	static inline T sel_##S(T a, T b, int64_t t)                        \
+	{                                                                   \
+		U x, y;                                                     \
+                                                                            \
+		memcpy(&x, &a, sizeof(x));                                  \
+		memcpy(&y, &b, sizeof(y));                                  \
+		x = (x & ~(U)t) | (y & (U)t);                               \
+		memcpy(&a, &x, sizeof(a));                                  \
+		return a;                                                   \
+	}                                                                   \
+                                                                            \
+	static inline void max2_row_##S(const T *restrict s0, int64_t s2,   \
+					int64_t ow, int64_t at0, int64_t w, \
+					T *restrict y, int64_t *restrict i) \
+	{                                                                   \
+		for (int64_t ox = 0; ox < ow; ox++) {                       \
+			const T *s = s0 + 2 * ox;                           \
+			int64_t a = at0 + 2 * ox, at = a, t;                \
+			T m = s[0], v;                                      \
+                                                                            \
+			/* torch's order: (0,0) (0,1) (1,0) (1,1); the    \
+			 * first largest, or the last NaN */ \
+			v = s[1];                                           \
+			t = -(int64_t)((v > m) | (v != v));                 \
+			m = sel_##S(m, v, t);                               \
+			at = (at & ~t) | ((a + 1) & t);                     \
+			v = s[s2];                                          \
+			t = -(int64_t)((v > m) | (v != v));                 \
+			m = sel_##S(m, v, t);                               \
+			at = (at & ~t) | ((a + w) & t);                     \
+			v = s[s2 + 1];                                      \
+			t = -(int64_t)((v > m) | (v != v));                 \
+			m = sel_##S(m, v, t);                               \
+			at = (at & ~t) | ((a + w + 1) & t);                 \
+			y[ox] = m;                                          \
+			i[ox] = at;                                         \
+		}                                                           \
+	}
+
+MAX2_ROW(float, f32, uint32_t)
+MAX2_ROW(double, f64, uint64_t)
+
+/*
+ * The same for f32, four windows at a time in generic vectors (the
+ * compiler's vector extensions, SSE2 at least on x86-64): the even and odd
+ * columns of the two rows are the windows' four positions.  Returns how
+ * many windows it did; the scalar loop does the rest.
+ */
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+typedef int64_t v4l __attribute__((vector_size(32)));
+
+static inline v4i max2_take(v4f *m, v4f v)
+{
+	v4i t = (v > *m) | (v != v);
+
+	*m = (v4f)(((v4i)*m & ~t) | ((v4i)v & t));
+	return t;
+}
+
+static int64_t max2_vec_f32(const float *restrict s0, int64_t s2, int64_t ow,
+			    int64_t at0, int64_t w, float *restrict y,
+			    int64_t *restrict idx)
+{
+	int64_t ox = 0;
+
+	/* positions in int32: the plane's 2x2 windows fit, or not this way */
+	if (at0 + w + 2 * ow > INT32_MAX)
+		return 0;
+	for (; ox + 4 <= ow; ox += 4) {
+		const float *s = s0 + 2 * ox;
+		v4f t0, t1, b0, b1, m, v;
+		v4i base = { 0, 2, 4, 6 }, at, t;
+		v4l at64;
+
+		memcpy(&t0, s, sizeof(t0));
+		memcpy(&t1, s + 4, sizeof(t1));
+		memcpy(&b0, s + s2, sizeof(b0));
+		memcpy(&b1, s + s2 + 4, sizeof(b1));
+		base += (int32_t)(at0 + 2 * ox);
+		/* torch's order: (0,0) (0,1) (1,0) (1,1) */
+		m = __builtin_shufflevector(t0, t1, 0, 2, 4, 6);
+		at = base;
+		v = __builtin_shufflevector(t0, t1, 1, 3, 5, 7);
+		t = max2_take(&m, v);
+		at = (at & ~t) | ((base + 1) & t);
+		v = __builtin_shufflevector(b0, b1, 0, 2, 4, 6);
+		t = max2_take(&m, v);
+		at = (at & ~t) | ((base + (int32_t)w) & t);
+		v = __builtin_shufflevector(b0, b1, 1, 3, 5, 7);
+		t = max2_take(&m, v);
+		at = (at & ~t) | ((base + (int32_t)w + 1) & t);
+		at64 = __builtin_convertvector(at, v4l);
+		memcpy(y + ox, &m, sizeof(m));
+		memcpy(idx + ox, &at64, sizeof(at64));
+	}
+	return ox;
+}
+
+ALWAYS_INLINE void max2_row(const struct pool_run *r, const void *src,
+			    int64_t oy, int64_t o, const bool f32)
+{
+	int64_t w = r->pg->w, s2 = r->ss[2], ow = r->pg->ow, n;
+
+	if (f32) {
+		const float *s = (const float *)src + 2 * oy * s2;
+		float *y = (float *)r->dst + o;
+
+		n = max2_vec_f32(s, s2, ow, 2 * oy * w, w, y, r->idx + o);
+		max2_row_f32(s + 2 * n, s2, ow - n, 2 * oy * w + 2 * n, w,
+			     y + n, r->idx + o + n);
+	} else
+		max2_row_f64((const double *)src + 2 * oy * s2, s2, ow,
+			     2 * oy * w, w, (double *)r->dst + o, r->idx + o);
 }
 
 ALWAYS_INLINE void fwd_plane(const struct pool_run *r, int64_t p,
@@ -123,38 +277,37 @@ ALWAYS_INLINE void fwd_plane(const struct pool_run *r, int64_t p,
 {
 	const struct pool_geom *pg = r->pg;
 	int64_t o = p * pg->oh * pg->ow;
+	const void *src =
+		(const char *)r->src + src_plane(r, p) * (f32 ? 4 : 8);
+	bool max2 = is_max2(pg) && r->ss[3] == 1;
 
 	for (int64_t oy = 0; oy < pg->oh; oy++) {
 		int64_t hs, he, hspan;
 
+		if (max2) {
+			max2_row(r, src, oy, o, f32);
+			o += pg->ow;
+			continue;
+		}
 		window(pg, 0, oy, &hs, &he, &hspan);
 		for (int64_t ox = 0; ox < pg->ow; ox++, o++) {
 			int64_t ws, we, wspan, at;
-			double m = -INFINITY, s = 0;
+			double s = 0;
 
 			window(pg, 1, ox, &ws, &we, &wspan);
-			at = hs * pg->w + ws;
-			for (int64_t ih = hs; ih < he; ih++) {
-				for (int64_t iw = ws; iw < we; iw++) {
-					double v = ld(r->src,
-						      src_at(r, p, ih, iw),
-						      f32);
-
-					if (pg->kind != POOL_MAX) {
-						s += v;
-					} else if (v > m || isnan(v)) {
-						/* NaN is the max, as torch */
-						m = v;
-						at = ih * pg->w + iw;
-					}
-				}
-			}
 			if (pg->kind == POOL_MAX) {
-				st(r->dst, o, m, f32);
+				st(r->dst, o,
+				   win_max(r, src, hs, he, ws, we, &at, f32),
+				   f32);
 				r->idx[o] = at;
-			} else {
-				st(r->dst, o, s / (double)(hspan * wspan), f32);
+				continue;
 			}
+			for (int64_t ih = hs; ih < he; ih++)
+				for (int64_t iw = ws; iw < we; iw++)
+					s += ld(src,
+						ih * r->ss[2] + iw * r->ss[3],
+						f32);
+			st(r->dst, o, s / (double)(hspan * wspan), f32);
 		}
 	}
 }
@@ -192,14 +345,53 @@ ALWAYS_INLINE void gather_plane(const struct pool_run *r, int64_t p,
 {
 	const struct pool_geom *pg = r->pg;
 	int64_t l = pg->oh * pg->ow;
+	const void *src =
+		(const char *)r->src + src_plane(r, p) * (f32 ? 4 : 8);
 
 	for (int64_t o = p * l; o < (p + 1) * l; o++) {
 		int64_t at = r->idx[o];
 
 		st(r->dst, o,
-		   ld(r->src, src_at(r, p, at / pg->w, at % pg->w), f32), f32);
+		   ld(src, at / pg->w * r->ss[2] + at % pg->w * r->ss[3], f32),
+		   f32);
 	}
 }
+
+/*
+ * The scatter of 2x2 stride-2 windows, which tile the plane: each element
+ * is written once, the gradient where idx points and 0 elsewhere, with no
+ * pass to zero the plane first.  g + 0 as the zeroed plane's sum gives
+ * (-0 + 0 is +0).  A last odd row or column is in no window.
+ */
+#define SCATTER2(T, S)                                                         \
+	static void scatter2_##S(const struct pool_geom *pg,                   \
+				 const T *restrict g,                          \
+				 const int64_t *restrict idx, T *restrict dx)  \
+	{                                                                      \
+		int64_t w = pg->w;                                             \
+                                                                               \
+		for (int64_t oy = 0; oy < pg->oh; oy++) {                      \
+			T *d = dx + 2 * oy * w;                                \
+                                                                               \
+			for (int64_t ox = 0; ox < pg->ow; ox++, g++, idx++) {  \
+				int64_t a = 2 * oy * w + 2 * ox;               \
+				T v = *g + 0;                                  \
+                                                                               \
+				d[2 * ox] = *idx == a ? v : 0;                 \
+				d[2 * ox + 1] = *idx == a + 1 ? v : 0;         \
+				d[w + 2 * ox] = *idx == a + w ? v : 0;         \
+				d[w + 2 * ox + 1] = *idx == a + w + 1 ? v : 0; \
+			}                                                      \
+			if (w & 1)                                             \
+				d[w - 1] = d[2 * w - 1] = 0;                   \
+		}                                                              \
+		if (pg->h & 1)                                                 \
+			memset(dx + (pg->h - 1) * w, 0,                        \
+			       (size_t)w * sizeof(T));                         \
+	}
+
+SCATTER2(float, f32)
+SCATTER2(double, f64)
 
 ALWAYS_INLINE void scatter_plane(const struct pool_run *r, int64_t p,
 				 const bool f32)
@@ -208,6 +400,15 @@ ALWAYS_INLINE void scatter_plane(const struct pool_run *r, int64_t p,
 	int64_t l = pg->oh * pg->ow, hw = pg->h * pg->w;
 	void *dx = (char *)r->dst + p * hw * (f32 ? 4 : 8);
 
+	if (is_max2(pg)) {
+		if (f32)
+			scatter2_f32(pg, (const float *)r->src + p * l,
+				     r->idx + p * l, dx);
+		else
+			scatter2_f64(pg, (const double *)r->src + p * l,
+				     r->idx + p * l, dx);
+		return;
+	}
 	memset(dx, 0, (size_t)hw * (f32 ? 4 : 8));
 	for (int64_t o = p * l; o < (p + 1) * l; o++)
 		acc(dx, r->idx[o], ld(r->src, o, f32), f32);

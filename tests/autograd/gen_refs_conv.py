@@ -112,6 +112,38 @@ emit("MAXP_NAN_X", x)
 emit("MAXP_NAN_Y", y)
 emit("MAXP_NAN_GX", gx)
 
+# The 2x2, stride 2 max pool of image models (a fast path in libag): a
+# random case, and NaN and ties in each position of the window.
+x = leaf(2, 3, 6, 8)
+y = F.max_pool2d(x, 2)
+r = torch.randn(y.shape)
+(gx,) = torch.autograd.grad((y * r).sum(), x)
+emit_shape("MAXP_2_XS", x.shape)
+emit("MAXP_2_X", x)
+emit("MAXP_2_R", r)
+emit("MAXP_2_Y", y)
+emit("MAXP_2_GX", gx)
+x = leaf(2, 2, 7, 9)  # odd: the last row and column are in no window
+y = F.max_pool2d(x, 2)
+r = torch.randn(y.shape)
+(gx,) = torch.autograd.grad((y * r).sum(), x)
+emit_shape("MAXP_2O_XS", x.shape)
+emit("MAXP_2O_X", x)
+emit("MAXP_2O_R", r)
+emit("MAXP_2O_Y", y)
+emit("MAXP_2O_GX", gx)
+x = torch.tensor([[[[1.0, nan, 3.0, 3.0, 0.0, 2.0, nan, nan],
+                    [2.0, 2.0, 5.0, nan, 0.0, 2.0, nan, 1.0],
+                    [0.0, nan, -1.0, -1.0, 7.0, 7.0, -2.0, -3.0],
+                    [nan, 4.0, -1.0, -1.0, 7.0, 7.0, -3.0, -2.0]]]],
+                 requires_grad=True)
+y = F.max_pool2d(x, 2)
+r = torch.arange(1.0, 1.0 + y.numel()).reshape(y.shape)
+(gx,) = torch.autograd.grad((y * r).sum(), x)
+emit("MAXP_NAN2_X", x)
+emit("MAXP_NAN2_Y", y)
+emit("MAXP_NAN2_GX", gx)
+
 path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_refs_conv.h")
 with open(path, "w") as f:
     f.write("/* SPDX-License-Identifier: MIT */\n")
