@@ -138,7 +138,7 @@ static int child_backward(void)
 /*
  * GCC 12's AddressSanitizer allocator takes a lock that fork() does not
  * hand over: a child forked while a worker allocates can block in malloc
- * forever (seen with libag's allocator out of the picture).  libag's own
+ * forever (a hung child's stack ended in libasan's allocator).  libag's own
  * fork safety is checked by the TSan and normal builds; under ASan the
  * forker stays idle.
  */
