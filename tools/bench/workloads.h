@@ -19,10 +19,11 @@ extern const struct workload wl_cnn;
 extern const struct workload wl_triad;
 extern const struct workload wl_wide_loop;
 extern const struct workload wl_gemm;
+extern const struct workload wl_serve;
 
 static const struct workload *const workloads[] = {
-	&wl_chain, &wl_elementwise, &wl_wide,	   &wl_mlp,
-	&wl_cnn,   &wl_triad,	    &wl_wide_loop, &wl_gemm,
+	&wl_chain, &wl_elementwise, &wl_wide, &wl_mlp,	 &wl_cnn,
+	&wl_triad, &wl_wide_loop,   &wl_gemm, &wl_serve,
 };
 
 /* Names that select several workloads at once. */
