@@ -189,24 +189,42 @@ ref:                                                                            
 
 #ifdef AG_K_HAVE_CBLAS
 #define AG_K_HAVE_BLAS 1
-static void sgemm_rm(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
-		     float alpha, const float *a, int64_t lda, const float *b,
-		     int64_t ldb, float beta, float *c, int64_t ldc)
-{
-	cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
-		    tb ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k,
-		    alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
-}
+/*
+ * A product with one row or one column is a matrix-vector product: GEMV
+ * reads the matrix once where GEMM first packs all of it, which made a
+ * batch-1 linear layer spend a third of its time copying its weight
+ * (ag-bench --workload serve).  beta == 0 overwrites, as GEMM does: y is
+ * cleared first, so NaN in it never propagates.
+ */
+#define AG_K_BLAS_RM(T, S, GEMM, GEMV)                                         \
+	static void S##gemm_rm(bool ta, bool tb, int64_t m, int64_t n,         \
+			       int64_t k, T alpha, const T *a, int64_t lda,    \
+			       const T *b, int64_t ldb, T beta, T *c,          \
+			       int64_t ldc)                                    \
+	{                                                                      \
+		int64_t len = m == 1 ? n : m, inc = m == 1 ? 1 : ldc;          \
+                                                                               \
+		if ((m == 1 || n == 1) && beta == 0)                           \
+			for (int64_t i = 0; i < len; i++)                      \
+				c[i * inc] = 0;                                \
+		if (m == 1) /* c = op(B)^T op(A)'s row */                      \
+			GEMV(CblasRowMajor, tb ? CblasNoTrans : CblasTrans,    \
+			     (int)(tb ? n : k), (int)(tb ? k : n), alpha, b,   \
+			     (int)ldb, a, ta ? (int)lda : 1, beta, c, 1);      \
+		else if (n == 1) /* c's column = op(A) op(B)'s column */       \
+			GEMV(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,    \
+			     (int)(ta ? k : m), (int)(ta ? m : k), alpha, a,   \
+			     (int)lda, b, tb ? 1 : (int)ldb, beta, c,          \
+			     (int)ldc);                                        \
+		else                                                           \
+			GEMM(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,    \
+			     tb ? CblasTrans : CblasNoTrans, (int)m, (int)n,   \
+			     (int)k, alpha, a, (int)lda, b, (int)ldb, beta, c, \
+			     (int)ldc);                                        \
+	}
 
-static void dgemm_rm(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
-		     double alpha, const double *a, int64_t lda,
-		     const double *b, int64_t ldb, double beta, double *c,
-		     int64_t ldc)
-{
-	cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
-		    tb ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k,
-		    alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
-}
+AG_K_BLAS_RM(float, s, cblas_sgemm, cblas_sgemv)
+AG_K_BLAS_RM(double, d, cblas_dgemm, cblas_dgemv)
 #else
 #define AG_K_HAVE_BLAS 0
 #define sgemm_rm gemm_ref_f32
