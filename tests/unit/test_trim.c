@@ -178,3 +178,45 @@ Test(trim, free_slabs_are_unmapped)
 		ag__free(p[i]);
 	}
 }
+
+/*
+ * ag_grad with respect to the input only computes no weight gradient
+ * (torch's should_compute_output): the 4 MB gradient of W is never
+ * allocated, so no block that big reaches the allocator's cache.  dx is
+ * checked by hand: d sum(x W^T + b) / dx = the column sums of W.
+ */
+Test(trim, grad_skips_unwanted_weight_grads)
+{
+	int64_t ws[2] = { 1000, 1000 }, xs[2] = { 1, 1000 }, bs = 1000;
+	struct ag_scope *s = ag_scope_begin();
+	struct ag_generator *g = ag_generator_new(5);
+	struct ag_tensor *w = ag_rand(g, AG_F32, 2, ws);
+	struct ag_tensor *b = ag_zeros(AG_F32, 1, &bs);
+	struct ag_tensor *x = ag_rand(g, AG_F32, 2, xs);
+	struct ag_tensor *y, *gx = NULL, *want;
+	struct ag__alloc_stats st;
+	float got[1000], ref[1000];
+
+	cr_assert_eq(ag_tensor_set_requires_grad(w, true), 0);
+	cr_assert_eq(ag_tensor_set_requires_grad(b, true), 0);
+	cr_assert_eq(ag_tensor_set_requires_grad(x, true), 0);
+	y = ag_sum(ag_linear(x, w, b));
+	ag_trim();
+	cr_assert_eq(ag_grad(&y, NULL, 1, &x, 1, &gx, NULL), 0);
+	st = stats();
+	if (!PASSTHROUGH)
+		cr_assert_lt(st.big_global_bytes + st.big_thread_bytes,
+			     (size_t)4000000,
+			     "a weight gradient was computed: %zu bytes cached",
+			     st.big_global_bytes + st.big_thread_bytes);
+	want = ag_sum_dim(w, 0, false);
+	cr_assert_eq(ag_tensor_copy_to(gx, got, sizeof(got)), 0);
+	cr_assert_eq(ag_tensor_copy_to(want, ref, sizeof(ref)), 0);
+	for (int i = 0; i < 1000; i++)
+		cr_assert_float_eq(got[i], ref[i],
+				   1e-3f * fabsf(ref[i]) + 1e-4f);
+	cr_assert_null(ag_tensor_grad(w));
+	ag_generator_free(g);
+	ag_scope_end(s);
+	AG_ASSERT_NO_LEAKS();
+}
