@@ -13,9 +13,12 @@
  * the next link, one after another.  A full or empty magazine is traded
  * with a global depot under one mutex, once per MAG_SIZE operations.  New
  * blocks are carved in order from per-thread slabs, so a forward pass
- * writes its objects as one stream.  Memory is kept for reuse, never
- * returned, so the peak is bounded by the peak of live objects.  Under
- * AddressSanitizer all of it is bypassed so that use-after-free is caught.
+ * writes its objects as one stream.  Memory is kept for reuse, so the
+ * small-object cache is bounded by the peak of live objects (each thread
+ * holds at most two magazines per class; the rest is in the depot), and
+ * ag_trim() returns every slab whose blocks are all free in the depot.
+ * Under AddressSanitizer all of it is bypassed so that use-after-free is
+ * caught.
  *
  * The C library's allocator is wrapped here too (ag__malloc and friends):
  * every allocation of libag passes this file, which sets the error when one
@@ -25,6 +28,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+#include <ag/memory.h>
 
 #include "internal.h"
 
@@ -67,6 +76,14 @@ struct free_block {
  * that made a forward of 65536-element ops cost ten times its math.  They
  * are kept on global lists instead, in classes of 8 steps per power of two
  * (at most 12.5% slack), up to BIG_CACHE_MAX bytes in all.
+ *
+ * In front of the global lists each thread keeps a few blocks per class
+ * (BIG_TC_PER_CLASS, at most BIG_TC_BYTES in all, blocks up to
+ * BIG_TC_BLOCK): a batch-1 forward makes a handful of 2-8 KiB activations,
+ * and taking the global lock for each made every request thread of a
+ * service wait on the others (ag-bench --workload serve).  ag_trim() frees
+ * the global lists and its caller's cache, and bumps trim_epoch: every
+ * other thread frees its own cache at its next big allocation or free.
  */
 #define BIG_BASE 100 /* header class of the first big class */
 #define BIG_MIN_SHIFT 11
@@ -74,9 +91,22 @@ struct free_block {
 #define BIG_NCLASS ((BIG_MAX_SHIFT - BIG_MIN_SHIFT) * 8)
 #define BIG_CACHE_MAX ((size_t)512 << 20)
 
+#define BIG_TC_PER_CLASS 4
+#define BIG_TC_BYTES ((size_t)4 << 20)
+#define BIG_TC_BLOCK ((size_t)1 << 20)
+
 static pthread_mutex_t big_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct free_block *big_head[BIG_NCLASS];
 static size_t big_cached;
+static atomic_uint trim_epoch;
+
+/* A thread's big blocks; malloc'd on first use, to keep the TLS small. */
+struct big_tc {
+	struct free_block *head[BIG_NCLASS];
+	unsigned char n[BIG_NCLASS];
+	size_t bytes;
+	unsigned epoch; /* trim_epoch when last emptied */
+};
 
 /* Big class index for size (>= 2048), or -1 past the largest class. */
 static int big_class(size_t size, size_t *class_bytes)
@@ -101,18 +131,60 @@ static size_t big_bytes(int k)
 }
 
 static void *oom(size_t size);
+static struct big_tc *big_tc_get(bool make);
+
+/* Frees every block of bt (this thread's). */
+static void big_tc_drain(struct big_tc *bt)
+{
+	for (int k = 0; k < BIG_NCLASS; k++) {
+		while (bt->head[k]) {
+			struct free_block *b = bt->head[k];
+
+			bt->head[k] = b->next;
+			free((unsigned char *)b - HEADER);
+		}
+		bt->n[k] = 0;
+	}
+	bt->bytes = 0;
+}
+
+/* This thread's big cache, emptied first if ag_trim() ran since. */
+static struct big_tc *big_tc_current(bool make)
+{
+	struct big_tc *bt = big_tc_get(make);
+	unsigned e;
+
+	if (!bt)
+		return NULL;
+	e = atomic_load_explicit(&trim_epoch, memory_order_relaxed);
+	if (bt->epoch != e) {
+		big_tc_drain(bt);
+		bt->epoch = e;
+	}
+	return bt;
+}
 
 /* NULL with the error set when out of memory, like every path below. */
 static void *big_alloc(size_t size)
 {
 	size_t req = size, bytes, min = (size_t)1 << BIG_MIN_SHIFT;
 	unsigned char *p = NULL;
+	struct big_tc *bt;
 	int k;
 
 	size = bytes = size < min ? min : size;
 	k = big_class(size, &bytes);
 
 	if (k >= 0 && !passthrough) {
+		bt = big_tc_current(false);
+		if (bt && bt->head[k]) {
+			struct free_block *b = bt->head[k];
+
+			bt->head[k] = b->next;
+			bt->n[k]--;
+			bt->bytes -= bytes;
+			return b;
+		}
 		pthread_mutex_lock(&big_lock);
 		if (big_head[k]) {
 			struct free_block *b = big_head[k];
@@ -136,7 +208,16 @@ static void big_free(void *ptr, int c)
 	struct free_block *b = ptr;
 	int k = c - BIG_BASE;
 	size_t bytes = big_bytes(k);
+	struct big_tc *bt;
 
+	if (bytes <= BIG_TC_BLOCK && (bt = big_tc_current(true)) &&
+	    bt->n[k] < BIG_TC_PER_CLASS && bt->bytes + bytes <= BIG_TC_BYTES) {
+		b->next = bt->head[k];
+		bt->head[k] = b;
+		bt->n[k]++;
+		bt->bytes += bytes;
+		return;
+	}
 	pthread_mutex_lock(&big_lock);
 	if (big_cached + bytes <= BIG_CACHE_MAX) {
 		b->next = big_head[k];
@@ -160,7 +241,23 @@ struct cache {
 	struct magazine *prev[NCLASS];
 	unsigned char *slab; /* fresh blocks are carved from here */
 	size_t slab_left;
+	struct slab *cur; /* the slab being carved */
+	struct big_tc *big;
 	bool registered;
+};
+
+/*
+ * A slab: SLAB_BYTES, aligned to SLAB_BYTES so that a block finds its slab
+ * by masking its address; this header fills the first line.  nblocks counts
+ * the blocks carved (written by the carving thread only, until retired);
+ * a retired slab is carved no more, and once ag_trim() finds all its blocks
+ * free in the depot, it goes back to the system.
+ */
+struct slab {
+	struct slab *next; /* every slab, in the depot */
+	size_t nblocks;
+	size_t nfree; /* ag_trim's count, under global_lock */
+	bool retired;
 };
 
 /*
@@ -172,7 +269,8 @@ struct depot {
 	struct magazine *full[NCLASS];
 	struct magazine *empty[NCLASS];
 	struct free_block *loose[NCLASS];
-	struct free_block *slabs;
+	struct slab *slabs;
+	size_t nslabs;
 };
 
 static AG_TLS struct cache tcache;
@@ -215,7 +313,19 @@ static void thread_exit(void *arg)
 		}
 		tc->loaded[c] = tc->prev[c] = NULL;
 	}
+	if (tc->cur)
+		tc->cur->retired = true;
+	tc->cur = NULL;
+	tc->slab = NULL;
+	tc->slab_left = 0;
 	pthread_mutex_unlock(&global_lock);
+	if (tc->big) {
+		big_tc_drain(tc->big);
+		free(tc->big);
+		tc->big = NULL;
+	}
+	/* a destructor that runs later and frees registers again */
+	tc->registered = false;
 }
 
 static void make_key(void)
@@ -230,6 +340,47 @@ static void register_thread(struct cache *tc)
 	tc->registered = true;
 }
 
+static struct big_tc *big_tc_get(bool make)
+{
+	struct cache *tc = &tcache;
+
+	if (tc->big || !make)
+		return tc->big;
+	tc->big = calloc(1, sizeof(*tc->big));
+	if (!tc->big)
+		return NULL;
+	tc->big->epoch =
+		atomic_load_explicit(&trim_epoch, memory_order_relaxed);
+	if (!tc->registered)
+		register_thread(tc);
+	return tc->big;
+}
+
+/* A zeroed slab aligned to SLAB_BYTES, from the system; NULL if none. */
+static struct slab *slab_map(void)
+{
+	size_t len = 2 * SLAB_BYTES;
+	unsigned char *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+				MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uintptr_t a, head, tail;
+
+	if (p == MAP_FAILED)
+		return NULL;
+	a = ((uintptr_t)p + SLAB_BYTES - 1) & ~(uintptr_t)(SLAB_BYTES - 1);
+	head = a - (uintptr_t)p;
+	tail = len - head - SLAB_BYTES;
+	if (head)
+		munmap(p, head);
+	if (tail)
+		munmap((unsigned char *)a + SLAB_BYTES, tail);
+	return (struct slab *)a;
+}
+
+static struct slab *slab_of(const void *block)
+{
+	return (struct slab *)((uintptr_t)block & ~(uintptr_t)(SLAB_BYTES - 1));
+}
+
 /* A fresh block of class c, carved from this thread's slab. */
 static void *carve(struct cache *tc, int c)
 {
@@ -237,21 +388,26 @@ static void *carve(struct cache *tc, int c)
 	unsigned char *p;
 
 	if (tc->slab_left < bytes) {
-		struct free_block *s = aligned_alloc(AG_ALIGN, SLAB_BYTES);
+		struct slab *s = slab_map();
 
 		if (!s)
 			return NULL;
 		pthread_mutex_lock(&global_lock);
+		if (tc->cur)
+			tc->cur->retired = true;
 		s->next = depot.slabs;
 		depot.slabs = s;
+		depot.nslabs++;
 		pthread_mutex_unlock(&global_lock);
-		/* the first line keeps the slab list link */
+		/* the first line keeps the slab's header */
+		tc->cur = s;
 		tc->slab = (unsigned char *)s + AG_ALIGN;
 		tc->slab_left = SLAB_BYTES - AG_ALIGN;
 	}
 	p = tc->slab;
 	tc->slab += bytes;
 	tc->slab_left -= bytes;
+	tc->cur->nblocks++;
 	*(int *)p = c;
 	return p + HEADER;
 }
@@ -594,6 +750,173 @@ char *ag__strdup(const char *s)
 void ag__mfree(void *p)
 {
 	free(p);
+}
+
+/* ----------------------------------------------------------- trimming */
+
+/* Under global_lock: drops the blocks of doomed slabs from magazine m. */
+static void mag_filter(struct magazine *m)
+{
+	int j = 0;
+
+	for (int i = 0; i < m->n; i++)
+		if (slab_of(m->p[i])->nfree != SIZE_MAX)
+			m->p[j++] = m->p[i];
+	m->n = j;
+}
+
+/* Under global_lock: the same for an intrusive list. */
+static void loose_filter(struct free_block **head)
+{
+	while (*head) {
+		if (slab_of(*head)->nfree == SIZE_MAX)
+			*head = (*head)->next;
+		else
+			head = &(*head)->next;
+	}
+}
+
+/*
+ * Under global_lock: counts the depot's free blocks per retired slab,
+ * unmaps each slab all of whose blocks are there (nfree == SIZE_MAX marks
+ * it doomed while its blocks are dropped), and frees the empty magazines.
+ * Returns the bytes given back.
+ */
+static size_t trim_depot(void)
+{
+	struct slab **sp, *s;
+	size_t freed = 0, ndoomed = 0;
+
+	for (s = depot.slabs; s; s = s->next)
+		s->nfree = 0;
+	for (size_t c = 0; c < NCLASS; c++) {
+		for (struct magazine *m = depot.full[c]; m; m = m->next)
+			for (int i = 0; i < m->n; i++)
+				slab_of(m->p[i])->nfree++;
+		for (struct free_block *f = depot.loose[c]; f; f = f->next)
+			slab_of(f)->nfree++;
+	}
+	for (s = depot.slabs; s; s = s->next) {
+		if (s->retired && s->nfree == s->nblocks) {
+			s->nfree = SIZE_MAX;
+			ndoomed++;
+		}
+	}
+	for (size_t c = 0; c < NCLASS; c++) {
+		struct magazine **mp = &depot.full[c];
+
+		if (ndoomed) {
+			loose_filter(&depot.loose[c]);
+			while (*mp) {
+				struct magazine *m = *mp;
+
+				mag_filter(m);
+				if (m->n) {
+					mp = &m->next;
+					continue;
+				}
+				*mp = m->next;
+				free(m);
+				freed += sizeof(*m);
+			}
+		}
+		while (depot.empty[c]) {
+			struct magazine *m = depot.empty[c];
+
+			depot.empty[c] = m->next;
+			free(m);
+			freed += sizeof(*m);
+		}
+	}
+	for (sp = &depot.slabs; (s = *sp);) {
+		if (s->nfree != SIZE_MAX) {
+			sp = &s->next;
+			continue;
+		}
+		*sp = s->next;
+		depot.nslabs--;
+		munmap(s, SLAB_BYTES);
+		freed += SLAB_BYTES;
+	}
+	return freed;
+}
+
+size_t ag_trim(void)
+{
+	struct cache *tc = &tcache;
+	size_t freed = 0;
+
+	if (passthrough)
+		goto out;
+	/* this thread's magazines and slab go to the depot, as at exit */
+	pthread_mutex_lock(&global_lock);
+	for (size_t c = 0; c < NCLASS; c++) {
+		struct magazine *m[2] = { tc->loaded[c], tc->prev[c] };
+
+		for (int i = 0; i < 2; i++) {
+			struct magazine **list;
+
+			if (!m[i])
+				continue;
+			list = m[i]->n ? &depot.full[c] : &depot.empty[c];
+			m[i]->next = *list;
+			*list = m[i];
+		}
+		tc->loaded[c] = tc->prev[c] = NULL;
+	}
+	if (tc->cur)
+		tc->cur->retired = true;
+	tc->cur = NULL;
+	tc->slab = NULL;
+	tc->slab_left = 0;
+	freed += trim_depot();
+	pthread_mutex_unlock(&global_lock);
+
+	/* every thread's big cache: this one now, the others on next use */
+	atomic_fetch_add_explicit(&trim_epoch, 1, memory_order_relaxed);
+	if (tc->big) {
+		freed += tc->big->bytes;
+		big_tc_drain(tc->big);
+		tc->big->epoch =
+			atomic_load_explicit(&trim_epoch, memory_order_relaxed);
+	}
+	pthread_mutex_lock(&big_lock);
+	for (int k = 0; k < BIG_NCLASS; k++) {
+		while (big_head[k]) {
+			struct free_block *b = big_head[k];
+
+			big_head[k] = b->next;
+			free((unsigned char *)b - HEADER);
+		}
+	}
+	freed += big_cached;
+	big_cached = 0;
+	pthread_mutex_unlock(&big_lock);
+out:
+#if defined(__GLIBC__)
+	malloc_trim(0);
+#endif
+	return freed;
+}
+
+void ag__alloc_stats(struct ag__alloc_stats *st)
+{
+	struct big_tc *bt = tcache.big;
+
+	memset(st, 0, sizeof(*st));
+	pthread_mutex_lock(&big_lock);
+	st->big_global_bytes = big_cached;
+	pthread_mutex_unlock(&big_lock);
+	st->big_thread_bytes = bt ? bt->bytes : 0;
+	pthread_mutex_lock(&global_lock);
+	st->slabs = depot.nslabs;
+	for (size_t c = 0; c < NCLASS; c++) {
+		for (struct magazine *m = depot.full[c]; m; m = m->next)
+			st->depot_blocks += (size_t)m->n;
+		for (struct magazine *m = depot.empty[c]; m; m = m->next)
+			st->depot_empty_mags++;
+	}
+	pthread_mutex_unlock(&global_lock);
 }
 
 /* A child of fork() must not inherit a lock some other thread held. */

@@ -52,4 +52,15 @@ int ag__array_grow(void **p, size_t *cap, size_t need, size_t elem);
 void ag__fault_set(long n, bool persistent);
 long ag__fault_count(void);
 
+/*
+ * What the allocator caches (tests of ag_trim): free big blocks on the
+ * global lists and in this thread's cache, slabs mapped, free small blocks
+ * in the depot's magazines and its empty magazines.
+ */
+struct ag__alloc_stats {
+	size_t big_global_bytes, big_thread_bytes;
+	size_t slabs, depot_blocks, depot_empty_mags;
+};
+void ag__alloc_stats(struct ag__alloc_stats *st);
+
 #endif /* AG_ENGINE_ALLOC_H */

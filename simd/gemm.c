@@ -48,45 +48,29 @@ static int64_t max64(int64_t a, int64_t b)
 
 #ifdef AG_K_HAVE_CBLAS
 #define AG_K_HAVE_BLAS 1
-static void sgemm_rm(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
-		     float alpha, const float *a, int64_t lda, const float *b,
-		     int64_t ldb, float beta, float *c, int64_t ldc)
-{
-	cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
-		    tb ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k,
-		    alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
-}
-
-static void dgemm_rm(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
-		     double alpha, const double *a, int64_t lda,
-		     const double *b, int64_t ldb, double beta, double *c,
-		     int64_t ldc)
-{
-	cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
-		    tb ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k,
-		    alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
-}
 #else
 #define AG_K_HAVE_BLAS 0
-#define sgemm_rm gemm_ref_f32
-#define dgemm_rm gemm_ref_f64
 #endif
 
 #define T float
 #define F(x) x##_f32
-#define BLAS_GEMM sgemm_rm
+#define CBLAS_GEMM cblas_sgemm
+#define CBLAS_GEMV cblas_sgemv
 #include "gemm_tmpl.h"
 #undef T
 #undef F
-#undef BLAS_GEMM
+#undef CBLAS_GEMM
+#undef CBLAS_GEMV
 
 #define T double
 #define F(x) x##_f64
-#define BLAS_GEMM dgemm_rm
+#define CBLAS_GEMM cblas_dgemm
+#define CBLAS_GEMV cblas_dgemv
 #include "gemm_tmpl.h"
 #undef T
 #undef F
-#undef BLAS_GEMM
+#undef CBLAS_GEMM
+#undef CBLAS_GEMV
 
 const char *ag_k_blas_name(void)
 {

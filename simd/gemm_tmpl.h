@@ -2,9 +2,10 @@
 /*
  * GEMM per element type, written once.  gemm.c includes this file twice,
  * with
- *   T          the element type (float, double)
- *   F(x)       x with the type suffix (x_f32, x_f64)
- *   BLAS_GEMM  the row-major BLAS call for T, or the reference loops
+ *   T           the element type (float, double)
+ *   F(x)        x with the type suffix (x_f32, x_f64)
+ *   CBLAS_GEMM  cblas_sgemm or cblas_dgemm, when built with a CBLAS
+ *   CBLAS_GEMV  cblas_sgemv or cblas_dgemv, likewise
  * No include guard on purpose.
  */
 
@@ -29,6 +30,47 @@ static void F(gemm_ref)(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
 		}
 	}
 }
+
+#ifdef AG_K_HAVE_CBLAS
+/*
+ * A product with one row or one column is a matrix-vector product: GEMV
+ * reads the matrix once where GEMM first packs all of it, which made a
+ * batch-1 linear layer spend a third of its time copying its weight
+ * (ag-bench --workload serve).  beta == 0 overwrites, as GEMM does: y is
+ * cleared first, so NaN in it never propagates.
+ */
+static void F(gemm_blas)(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+			 T alpha, const T *a, int64_t lda, const T *b,
+			 int64_t ldb, T beta, T *c, int64_t ldc)
+{
+	int64_t len = m == 1 ? n : m, inc = m == 1 ? 1 : ldc;
+
+	if ((m == 1 || n == 1) && beta == 0)
+		for (int64_t i = 0; i < len; i++)
+			c[i * inc] = 0;
+	if (m == 1) /* c = op(B)^T op(A)'s row */
+		CBLAS_GEMV(CblasRowMajor, tb ? CblasNoTrans : CblasTrans,
+			   (int)(tb ? n : k), (int)(tb ? k : n), alpha, b,
+			   (int)ldb, a, ta ? (int)lda : 1, beta, c, 1);
+	else if (n == 1) /* c's column = op(A) op(B)'s column */
+		CBLAS_GEMV(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
+			   (int)(ta ? k : m), (int)(ta ? m : k), alpha, a,
+			   (int)lda, b, tb ? 1 : (int)ldb, beta, c, (int)ldc);
+	else
+		CBLAS_GEMM(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
+			   tb ? CblasTrans : CblasNoTrans, (int)m, (int)n,
+			   (int)k, alpha, a, (int)lda, b, (int)ldb, beta, c,
+			   (int)ldc);
+}
+#else
+/* no BLAS in this build: the loops (gemm_one never gets here then) */
+static void F(gemm_blas)(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+			 T alpha, const T *a, int64_t lda, const T *b,
+			 int64_t ldb, T beta, T *c, int64_t ldc)
+{
+	F(gemm_ref)(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+#endif
 
 static void F(gemm_one)(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
 			T alpha, const T *a, int64_t lda, const T *b,
@@ -59,7 +101,7 @@ static void F(gemm_one)(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
 	if (m > INT_MAX || n > INT_MAX || k > INT_MAX || lda > INT_MAX ||
 	    ldb > INT_MAX || ldc > INT_MAX || !AG_K_HAVE_BLAS)
 		goto ref;
-	BLAS_GEMM(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+	F(gemm_blas)(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 	return;
 ref:
 	F(gemm_ref)(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
@@ -80,14 +122,12 @@ static void F(gemm_part)(int64_t s, int64_t e, void *arg)
 
 	if (g->by_rows)
 		F(gemm_one)
-		(g->ta, g->tb, e - s, g->n, g->k, g->alpha,
-		 g->a + (g->ta ? s : s * g->lda), g->lda, g->b, g->ldb, g->beta,
-		 g->c + s * g->ldc, g->ldc);
-	else
-		F(gemm_one)
-		(g->ta, g->tb, g->m, e - s, g->k, g->alpha, g->a, g->lda,
-		 g->b + (g->tb ? s * g->ldb : s), g->ldb, g->beta, g->c + s,
-		 g->ldc);
+	(g->ta, g->tb, e - s, g->n, g->k, g->alpha,
+	 g->a + (g->ta ? s : s * g->lda), g->lda, g->b, g->ldb, g->beta,
+	 g->c + s * g->ldc, g->ldc);
+	else F(gemm_one)(g->ta, g->tb, g->m, e - s, g->k, g->alpha, g->a,
+			 g->lda, g->b + (g->tb ? s * g->ldb : s), g->ldb,
+			 g->beta, g->c + s, g->ldc);
 }
 
 void F(ag_k_gemm)(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha,

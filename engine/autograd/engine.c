@@ -179,6 +179,25 @@ static inline struct ag_node_state *state_of(struct ag_graph_task *gt,
 	return f ? state_at(gt, f->idx) : NULL;
 }
 
+/* The graph task whose node this thread is applying, for ag__grad_wanted. */
+static AG_TLS struct ag_graph_task *running_gt;
+
+bool ag__grad_wanted(const struct ag_node *n, int i)
+{
+	struct ag_graph_task *gt = running_gt;
+	struct ag_node *c = n->next[i].node;
+	struct ag_node_state *cs;
+
+	if (!c)
+		return false;
+	if (!gt)
+		return true;
+	cs = state_of(gt, c);
+	/* what the engine would drop after apply: see run_node */
+	return cs && cs->needed &&
+	       !(gt->prune && c->ops == &ag__accumulate_ops && !cs->capture);
+}
+
 static void state_init(struct ag_node_state *st, uint32_t idx)
 {
 	atomic_store_explicit(&st->deps, 0, memory_order_relaxed);
@@ -574,6 +593,7 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 {
 	struct ag_node_state *st = state_of(gt, n);
 	struct ag_tensor *small[8], **out = small;
+	struct ag_graph_task *outer;
 	bool acc = n->ops == &ag__accumulate_ops;
 	bool last;
 	int rc = 0;
@@ -610,6 +630,8 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 			return -AG_ENOMEM;
 	}
 	memset(out, 0, sizeof(*out) * n->num_next);
+	outer = running_gt;
+	running_gt = gt;
 	if (ag__trace_on()) {
 		uint64_t t0 = ag__trace_now();
 
@@ -618,6 +640,7 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 	} else {
 		rc = n->ops->apply(n, st->inbuf, out);
 	}
+	running_gt = outer;
 	if (!acc && !gt->retain) {
 		atomic_store_explicit(&n->released, true, memory_order_release);
 		ag__node_release(n);

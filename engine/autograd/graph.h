@@ -253,6 +253,15 @@ void ag__node_put(struct ag_node *n);
 struct ag_node *ag__accumulate_new(struct ag_tensor *t, struct ag_grad_cell *c);
 extern const struct ag_node_ops ag__accumulate_ops;
 
+/*
+ * Inside a node's apply: whether the engine will use the gradient for its
+ * next edge i (false for an edge to nothing, and in ag_grad for one that
+ * leads to no requested input, e.g. a weight when only the input's
+ * gradient is asked for).  An op may skip computing an unwanted one
+ * (torch's should_compute_output); true outside the engine.
+ */
+bool ag__grad_wanted(const struct ag_node *n, int i);
+
 /* ---- summing gradients (grad_sum.c) ---- */
 
 /* dst += src, same dtype and shape; dst exclusively owned, not recorded. */

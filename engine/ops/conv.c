@@ -860,7 +860,7 @@ static int conv_apply(struct ag_node *n, struct ag_tensor **grads,
 	struct conv_node *c = ag_container_of(n, struct conv_node, node);
 	enum conv_kind kind = (enum conv_kind)(n->ops - conv_ops);
 	struct ag_tensor *g = grads[0], *a = NULL, *b = NULL;
-	bool need0 = n->next[0].node, need1 = n->next[1].node;
+	bool need0 = ag__grad_wanted(n, 0), need1 = ag__grad_wanted(n, 1);
 	int rc = 0;
 
 	if (!g)
@@ -878,7 +878,7 @@ static int conv_apply(struct ag_node *n, struct ag_tensor **grads,
 		if (need1 &&
 		    !(out[1] = conv_op(CONV_WEIGHT, &c->gm, a, g, NULL)))
 			goto err;
-		if (n->next[2].node && !(out[2] = bias_grad(&c->gm, g)))
+		if (ag__grad_wanted(n, 2) && !(out[2] = bias_grad(&c->gm, g)))
 			goto err;
 		break;
 	case CONV_INPUT: /* a = grad_output, b = w; g is dx's gradient */

@@ -191,7 +191,7 @@ static int linear_graph_grads(struct linear_node *l, struct ag_tensor *g,
 	g2 = ag_reshape(g, 2, gs);
 	if (!g2)
 		return -ag_errcode();
-	if (n->next[0].node) {
+	if (ag__grad_wanted(n, 0)) {
 		w = ag__unpack(n, 1);
 		t[0] = w ? ag_matmul(g2, w) : NULL;
 		if (t[0]) {
@@ -204,7 +204,7 @@ static int linear_graph_grads(struct linear_node *l, struct ag_tensor *g,
 		rc = out[0] ? 0 : -ag_errcode();
 		ag_tensor_put(w);
 	}
-	if (!rc && n->next[1].node) {
+	if (!rc && ag__grad_wanted(n, 1)) {
 		x = ag__unpack(n, 0);
 		if (x) {
 			int64_t xs[2] = { rows, x->shape[x->ndim - 1] };
@@ -216,7 +216,7 @@ static int linear_graph_grads(struct linear_node *l, struct ag_tensor *g,
 		rc = out[1] ? 0 : -ag_errcode();
 		ag_tensor_put(x);
 	}
-	if (!rc && n->next[2].node) {
+	if (!rc && ag__grad_wanted(n, 2)) {
 		struct ag_tensor *s = ag_sum_dim(g2, 0, false);
 
 		out[2] = s ? ag__sum_to(s, l->bias_ndim, &l->bias_len) : NULL;
@@ -242,7 +242,7 @@ static int linear_plain_grads(struct linear_node *l, struct ag_tensor *g,
 
 	if (mat_get(g, rows, nout, &mg))
 		return -ag_errcode();
-	if (n->next[0].node) {
+	if (ag__grad_wanted(n, 0)) {
 		w = ag__unpack(n, 1);
 		if (!w)
 			goto fail;
@@ -253,7 +253,7 @@ static int linear_plain_grads(struct linear_node *l, struct ag_tensor *g,
 		gemm(dt, &mg, mg.trans, &mw, mw.trans, rows, in, nout, 0.0,
 		     ag__data(out[0]));
 	}
-	if (n->next[1].node) {
+	if (ag__grad_wanted(n, 1)) {
 		int64_t ws[2];
 
 		x = ag__unpack(n, 0);
@@ -268,7 +268,7 @@ static int linear_plain_grads(struct linear_node *l, struct ag_tensor *g,
 		gemm(dt, &mg, !mg.trans, &mx, mx.trans, nout, in, rows, 0.0,
 		     ag__data(out[1]));
 	}
-	if (n->next[2].node) {
+	if (ag__grad_wanted(n, 2)) {
 		ones = ag__tensor_new("ag_linear", dt, 1, &rows);
 		db = ag__tensor_new("ag_linear", dt, 1, &nout);
 		if (!ones || !db)

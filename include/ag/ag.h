@@ -9,6 +9,7 @@
 #include <ag/autograd.h>
 #include <ag/function.h>
 #include <ag/pool.h>
+#include <ag/memory.h>
 #include <ag/trace.h>
 #include <ag/checkpoint.h>
 #include <ag/nn.h>

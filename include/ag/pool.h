@@ -40,7 +40,10 @@ AG_API int ag_get_num_threads(void);
  * Calls fn(begin, end, arg) over disjoint ranges covering [0, n), each at
  * least grain long except possibly the last (grain < 1 counts as 1), on the
  * calling thread and on idle pool workers, and returns when all have
- * returned.  n <= grain, or a pool of one thread, runs fn(0, n, arg) inline.
+ * returned.  n <= grain, or a pool of one thread, runs fn(0, n, arg) inline;
+ * so does a call made while as many threads from outside the pool are in
+ * parallel work as the pool has threads (request threads of a service:
+ * every core is busy already; docs/serving.md).
  * Safe inside a pool task and in nested ag_parallel_for(): the caller helps
  * only with its own chunks while it waits.  fn runs with the grad mode of
  * the thread that runs it.  Returns 0, or -AG_EINVAL (fn NULL or n < 0).

@@ -5,6 +5,7 @@
  * resizing between uses, and argument errors.
  */
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -325,6 +326,76 @@ static int test_idle_no_cpu(void)
 	return 0;
 }
 
+/*
+ * Request threads (issue 16): once as many outside threads are inside
+ * parallel regions as the pool has threads, ag_parallel_for runs the whole
+ * range inline on its caller instead of splitting it into chunks that the
+ * (busy) workers would run late.  A thread holds a region open inside its
+ * chunks; the main thread's call must then come as one call over [0, n)
+ * on the main thread.
+ */
+static atomic_int crowd_release, crowd_inside;
+
+static void crowd_hold(int64_t b, int64_t e, void *arg)
+{
+	(void)b;
+	(void)e;
+	(void)arg;
+	atomic_fetch_add(&crowd_inside, 1);
+	while (!atomic_load(&crowd_release))
+		sched_yield();
+}
+
+static void *crowd_thread(void *arg)
+{
+	(void)arg;
+	ag_parallel_for(2, 1, crowd_hold, NULL);
+	return NULL;
+}
+
+struct crowd_calls {
+	atomic_int calls;
+	atomic_llong covered;
+	pthread_t caller;
+	atomic_int elsewhere;
+};
+
+static void crowd_count(int64_t b, int64_t e, void *arg)
+{
+	struct crowd_calls *c = arg;
+
+	atomic_fetch_add(&c->calls, 1);
+	atomic_fetch_add(&c->covered, e - b);
+	if (!pthread_equal(pthread_self(), c->caller))
+		atomic_fetch_add(&c->elsewhere, 1);
+}
+
+static int test_crowded_runs_inline(void)
+{
+	struct crowd_calls c = { .caller = pthread_self() };
+	pthread_t t;
+
+	TAP_CHECK(ag_set_num_threads(2) == 0);
+	atomic_store(&crowd_release, 0);
+	atomic_store(&crowd_inside, 0);
+	TAP_CHECK(pthread_create(&t, NULL, crowd_thread, NULL) == 0);
+	while (atomic_load(&crowd_inside) < 1)
+		sched_yield();
+	/* two outside threads in regions, a pool of two: inline */
+	TAP_CHECK(ag_parallel_for(1000, 1, crowd_count, &c) == 0);
+	atomic_store(&crowd_release, 1);
+	pthread_join(t, NULL);
+	TAP_CHECKF(atomic_load(&c.calls) == 1, "%d calls: the range was split",
+		   atomic_load(&c.calls));
+	TAP_CHECK(atomic_load(&c.covered) == 1000);
+	TAP_CHECK(atomic_load(&c.elsewhere) == 0);
+	/* alone again: split over the pool as before */
+	atomic_store(&c.calls, 0);
+	TAP_CHECK(ag_parallel_for(1000, 1, crowd_count, &c) == 0);
+	TAP_CHECK(atomic_load(&c.calls) > 1);
+	return 0;
+}
+
 static const struct tap_test tests[] = {
 	TAP_TEST(test_idle_no_cpu),
 	TAP_TEST(test_errors),
@@ -336,6 +407,7 @@ static const struct tap_test tests[] = {
 	TAP_TEST(test_resize),
 	TAP_TEST(test_resize_under_load),
 	TAP_TEST(test_alloc_failure_runs_serially),
+	TAP_TEST(test_crowded_runs_inline),
 	{ 0 },
 };
 

@@ -39,9 +39,14 @@ static void usage(FILE *f)
 	      "  --quick           tiny sizes plus gradient checks (exit 1 on a mismatch)\n"
 	      "  --chain-steps N   chain length (default 10000, docs/benchmarks.md): shows\n"
 	      "                    how the cost per node depends on the graph's footprint\n"
+	      "  --serve-threads LIST  serve: request threads (default 1,2,8,64; 1,2,8 with\n"
+	      "                    --quick); the pool keeps the last --threads size\n"
+	      "  --serve-requests N    serve: requests per thread (default: a budget per case)\n"
+	      "  --serve-model M   serve: mlp or cnn only (default both)\n"
+	      "  --serve-soak      serve: also the resident set after 10^6 requests (long)\n"
 	      "  --help            this text\n",
 	      f);
-	fputs("workloads:\n", f);
+	fputs("workloads (serve runs only when named):\n", f);
 	for (size_t i = 0; i < ARRAY_SIZE(workloads); i++)
 		fprintf(f, "  %-12s %s\n", workloads[i]->name,
 			workloads[i]->description);
@@ -95,6 +100,28 @@ static int parse_threads(struct config *c, const char *arg)
 	return c->n_threads ? 0 : -1;
 }
 
+static int parse_serve_threads(struct config *c, const char *arg)
+{
+	const char *p = arg;
+
+	c->n_serve_threads = 0;
+	while (*p) {
+		char *end;
+		long v = strtol(p, &end, 10);
+
+		if (end == p || v < 1 || v > MAX_THREADS ||
+		    c->n_serve_threads == (int)ARRAY_SIZE(c->serve_threads))
+			return -1;
+		c->serve_threads[c->n_serve_threads++] = (int)v;
+		p = end;
+		if (*p == ',')
+			p++;
+		else if (*p)
+			return -1;
+	}
+	return c->n_serve_threads ? 0 : -1;
+}
+
 /* An integer option in [lo, 1000000]; says which option was bad. */
 static int parse_int(const char *opt, const char *s, int lo, int *out)
 {
@@ -120,6 +147,10 @@ int main(int argc, char **argv)
 		{ "trace", required_argument, NULL, 'T' },
 		{ "quick", no_argument, NULL, 'q' },
 		{ "chain-steps", required_argument, NULL, 'N' },
+		{ "serve-threads", required_argument, NULL, 'S' },
+		{ "serve-requests", required_argument, NULL, 'R' },
+		{ "serve-model", required_argument, NULL, 'M' },
+		{ "serve-soak", no_argument, NULL, 'K' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -134,7 +165,7 @@ int main(int argc, char **argv)
 	double t_start = bench_now();
 
 	mc.cores = sysconf(_SC_NPROCESSORS_ONLN);
-	while ((opt = getopt_long(argc, argv, "w:t:r:u:j:T:N:qh", opts,
+	while ((opt = getopt_long(argc, argv, "w:t:r:u:j:T:N:S:R:M:Kqh", opts,
 				  NULL)) != -1) {
 		switch (opt) {
 		case 'w':
@@ -175,6 +206,31 @@ int main(int argc, char **argv)
 			if (parse_int("chain-steps", optarg, 1, &chain_steps))
 				return 2;
 			break;
+		case 'S':
+			if (parse_serve_threads(&c, optarg)) {
+				fprintf(stderr,
+					"ag-bench: bad --serve-threads '%s'\n",
+					optarg);
+				return 2;
+			}
+			break;
+		case 'R':
+			if (parse_int("serve-requests", optarg, 1,
+				      &c.serve_requests))
+				return 2;
+			break;
+		case 'M':
+			if (strcmp(optarg, "mlp") && strcmp(optarg, "cnn")) {
+				fprintf(stderr,
+					"ag-bench: bad --serve-model '%s'\n",
+					optarg);
+				return 2;
+			}
+			c.serve_models = optarg;
+			break;
+		case 'K':
+			c.serve_soak = true;
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -192,7 +248,9 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < ARRAY_SIZE(workloads); i++)
 		any |= sel[i];
 	for (size_t i = 0; i < ARRAY_SIZE(workloads); i++) {
-		sel[i] |= !any && !workloads[i]->only_by_name;
+		/* serve and dist run only when named (serve in --quick too) */
+		sel[i] |= !any && (!workloads[i]->only_by_name ||
+				   (c.quick && workloads[i] == &wl_serve));
 		if (sel[i] && workloads[i]->trace)
 			traced = workloads[i];
 	}
@@ -202,6 +260,12 @@ int main(int argc, char **argv)
 			c.threads[c.n_threads++] = mc.cores > MAX_THREADS ?
 							   MAX_THREADS :
 							   (int)mc.cores;
+	}
+	if (!c.n_serve_threads) {
+		static const int dflt[] = { 1, 2, 8, 64 };
+
+		c.n_serve_threads = c.quick ? 3 : 4;
+		memcpy(c.serve_threads, dflt, sizeof(dflt));
 	}
 	c.reps = reps >= 0 ? reps : c.quick ? 2 : 7;
 	c.warmup = warmup >= 0 ? warmup : c.quick ? 0 : 1;

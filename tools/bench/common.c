@@ -256,6 +256,7 @@ void config_sizes(struct config *c)
 		c->cnn_steps = 1;
 		c->triad_bytes = 1 << 20;
 		c->gemm_n = 96;
+		c->serve_requests = c->serve_requests ? c->serve_requests : 4;
 	} else {
 		c->chain_n = 10000;
 		c->chain_s[0] = 1;

@@ -114,6 +114,13 @@ struct config {
 	int cnn_steps; /* steps timed per repetition */
 	size_t triad_bytes; /* per array */
 	int64_t gemm_n;
+
+	/* serve: request threads, requests per thread (0: by case) */
+	int serve_threads[8];
+	int n_serve_threads;
+	int serve_requests;
+	bool serve_soak; /* also RSS after 10^6 requests */
+	const char *serve_models; /* "mlp", "cnn" or NULL: both */
 };
 
 void config_sizes(struct config *c);

@@ -19,13 +19,14 @@ extern const struct workload wl_cnn;
 extern const struct workload wl_triad;
 extern const struct workload wl_wide_loop;
 extern const struct workload wl_gemm;
+extern const struct workload wl_serve;
 #ifdef AG_BENCH_DIST
 extern const struct workload wl_dist; /* built when MPI is found */
 #endif
 
 static const struct workload *const workloads[] = {
-	&wl_chain, &wl_elementwise, &wl_wide,	   &wl_mlp,
-	&wl_cnn,   &wl_triad,	    &wl_wide_loop, &wl_gemm,
+	&wl_chain, &wl_elementwise, &wl_wide, &wl_mlp,	 &wl_cnn,
+	&wl_triad, &wl_wide_loop,   &wl_gemm, &wl_serve,
 #ifdef AG_BENCH_DIST
 	&wl_dist,
 #endif

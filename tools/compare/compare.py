@@ -24,6 +24,7 @@ tests needs this script.
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import shlex
@@ -35,7 +36,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-RATES = {"GB/s", "steps/s", "GFLOP/s"}  # higher is better
+RATES = {"GB/s", "steps/s", "GFLOP/s", "req/s"}  # higher is better
 WORKLOADS = ["chain", "elementwise", "wide", "mlp", "cnn", "limits"]
 
 
@@ -62,8 +63,12 @@ def build_cpp():
         print("compare.py: no g++ or libtorch headers (%s); skipping the "
               "C++ variant" % inc, file=sys.stderr)
         return None
-    out = os.path.join(tempfile.gettempdir(), "ag-compare-torch_bench")
-    if os.path.exists(out) and os.path.getmtime(out) > os.path.getmtime(src):
+    # cached by the source's hash: other checkouts share the temp dir
+    with open(src, "rb") as f:
+        tag = hashlib.sha1(f.read()).hexdigest()[:12]
+    out = os.path.join(tempfile.gettempdir(),
+                       "ag-compare-torch_bench-" + tag)
+    if os.path.exists(out):
         return out
     cmd = [gxx, "-O2", "-std=c++17", "-I" + inc, src, "-ltorch",
            "-ltorch_cpu", "-lc10", "-o", out]
@@ -449,6 +454,124 @@ against `torch.mm`.
 """
 
 
+SERVE_GOALS = [
+    # (description, case template, metric, minimum speedup)
+    ("batch-1 inference req/s >= 3x at T=2", "%s,B=1,T=2,infer",
+     "requests_per_s", 3.0),
+    ("batch-1 inference req/s >= 3x at T=64", "%s,B=1,T=64,infer",
+     "requests_per_s", 3.0),
+    ("batch-1 inference p99 <= 0.5x at T=2", "%s,B=1,T=2,infer",
+     "p99_us", 2.0),
+    ("batch-1 inference p99 <= 0.5x at T=64", "%s,B=1,T=64,infer",
+     "p99_us", 2.0),
+    ("batch-32 inference req/s >= 1.2x at T=2", "%s,B=32,T=2,infer",
+     "requests_per_s", 1.2),
+    ("batch-32 inference req/s >= 1.2x at T=64", "%s,B=32,T=64,infer",
+     "requests_per_s", 1.2),
+    ("fwd+bwd batch-1 req/s >= 3x at T=2", "%s,B=1,T=2,grad",
+     "requests_per_s", 3.0),
+    ("fwd+bwd batch-1 req/s >= 3x at T=64", "%s,B=1,T=64,grad",
+     "requests_per_s", 3.0),
+]
+
+
+def serve_main(args, agb):
+    """ag-bench --workload serve against torch_bench's serve, one run.
+
+    Configurations, interleaved over rounds with the order rotating:
+    libag; libtorch with at::set_num_threads(1) in each request thread
+    (how libtorch services are deployed); libtorch-intra with its default
+    intra-op pool.  Prints each figure side by side with libag's speedup
+    over each (rates: libag/libtorch; latencies: libtorch/libag) and the
+    issue-16 goals against the per-thread libtorch.
+    """
+    cpp = build_cpp()
+    if not cpp:
+        print("compare.py: --serve needs the libtorch C++ variant",
+              file=sys.stderr)
+        return 2
+    extra = ["--workload", "serve", "--reps", str(args.reps),
+             "--warmup", str(args.warmup)]
+    if args.serve_threads:
+        extra += ["--serve-threads", args.serve_threads]
+    if args.serve_model:
+        extra += ["--serve-model", args.serve_model]
+    if args.serve_requests:
+        extra += ["--serve-requests", str(args.serve_requests)]
+    if args.quick:
+        extra.append("--quick")
+    runs = [Run("libag", [agb] + extra, {}),
+            Run("libtorch", [cpp] + extra, {}),
+            Run("libtorch-intra", [cpp] + extra + ["--serve-intra"], {})]
+    configs = [r.config for r in runs]
+    docs = {c: [] for c in configs}
+    tmp = tempfile.mkdtemp(prefix="ag-serve-")
+    log = sys.stderr
+    for rnd in range(args.rounds):
+        k = rnd % len(runs)
+        print("round %d/%d" % (rnd + 1, args.rounds), file=log)
+        for i, run in enumerate(runs[k:] + runs[:k]):
+            path = os.path.join(tmp, "%02d-%s.json" % (rnd, run.config))
+            docs[run.config].append(run_one(run, path, log))
+            if args.save_json:
+                os.makedirs(args.save_json, exist_ok=True)
+                shutil.copy(path, args.save_json)
+    res = {}
+    order = None
+    for c in configs:
+        res[c], o = merge(docs[c])
+        if c == "libag":
+            order = o
+    # libtorch-intra's cases end in ",intra": key them as libag's
+    intra = {}
+    for (wl, case, thr, metric), e in res["libtorch-intra"].items():
+        intra[(wl, case.replace(",intra", ""), thr, metric)] = e
+    res["libtorch-intra"] = intra
+    hdr = ["case", "metric", "unit", "libag", "libtorch", "libtorch-intra",
+           "x libtorch", "x intra"]
+    lines = [hdr]
+    for key in order:
+        wl, case, thr, metric = key
+        if wl != "serve":
+            continue
+        a = res["libag"].get(key)
+        b = res["libtorch"].get(key)
+        c = res["libtorch-intra"].get(key)
+        unit = a["unit"] if a else "-"
+        sb = speedup(a, b, unit) if unit != "MiB" else None
+        sc = speedup(a, c, unit) if unit != "MiB" else None
+        lines.append([case, metric, unit,
+                      fmt(a and a.get("median")),
+                      fmt(b and b.get("median")),
+                      fmt(c and c.get("median")),
+                      "%.2fx" % sb if sb else "-",
+                      "%.2fx" % sc if sc else "-"])
+    print_table(lines)
+    rounds = args.rounds
+    print("\nmedians of %d round(s) x %d rep(s); speedup = libag over "
+          "libtorch (rates) or libtorch over libag (latencies)" %
+          (rounds, args.reps))
+    if LOADS:
+        print("1-min load average during the runs: %.2f-%.2f on %d CPUs" %
+              (min(LOADS), max(LOADS), os.cpu_count() or 1))
+    print("\ngoals (issue 16, against libtorch with one thread per "
+          "request):")
+    for model in ("mlp", "cnn"):
+        for desc, tmpl, metric, want in SERVE_GOALS:
+            key = ("serve", tmpl % model, int(tmpl.split("T=")[1]
+                                              .split(",")[0]), metric)
+            a = res["libag"].get(key)
+            b = res["libtorch"].get(key)
+            if not a or not b:
+                continue
+            sp = speedup(a, b, a["unit"])
+            if sp is None:
+                continue
+            print("  %-4s %-42s %6.2fx  %s" %
+                  (model, desc, sp, "met" if sp >= want else "NOT met"))
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(
         description="libag vs PyTorch on the docs/benchmarks.md workloads")
@@ -475,6 +598,14 @@ def main():
                     help="write the chart only, not docs/perf.md")
     ap.add_argument("--save-json", metavar="DIR",
                     help="keep every run's JSON in DIR")
+    ap.add_argument("--serve", action="store_true",
+                    help="the serve workload only (issue 16): libag "
+                    "against libtorch per request thread and with its "
+                    "intra-op pool, side by side; writes nothing")
+    ap.add_argument("--serve-threads", help="request threads, e.g. 2,64")
+    ap.add_argument("--serve-model", choices=["mlp", "cnn"])
+    ap.add_argument("--serve-requests", type=int,
+                    help="requests per thread (default: a budget per case)")
     ap.add_argument("--no-write", action="store_true",
                     help="print the table only")
     args = ap.parse_args()
@@ -496,6 +627,8 @@ def main():
         print("compare.py: ag-bench not found; build it (meson setup build "
               "&& ninja -C build) or pass --ag-bench PATH", file=sys.stderr)
         return 2
+    if args.serve:
+        return serve_main(args, agb)
     ncpu = os.cpu_count() or 1
     if args.threads:
         threads = [int(t) for t in args.threads.split(",")]

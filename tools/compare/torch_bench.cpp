@@ -8,10 +8,16 @@
  *       torch_bench.cpp -ltorch -ltorch_cpu -lc10 -o torch_bench
  *   torch_bench --threads T --reps R --warmup W [--quick] --json FILE
  *               [--workload NAME]...
+ *               [--serve-threads LIST] [--serve-requests N]
+ *               [--serve-model mlp|cnn] [--serve-intra]
+ *
+ * serve runs only when named, as in ag-bench.
  */
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <atomic>
+#include <unistd.h>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -262,6 +268,234 @@ void gemm(Results &r, const Config &c, const torch::Tensor &a,
 		 "GFLOP/s", 2 * n * n * n / s * 1e-9);
 }
 
+/* ------------------------------------------------------------- serve */
+
+/*
+ * ag-bench's serve workload (tools/bench/wl_serve.c): T request threads
+ * share one model and each runs R requests, every request copying its
+ * input into a fresh tensor.  infer: at::InferenceMode, logits -> softmax,
+ * probabilities copied out (batch 1 and 32); grad: grad mode on, the
+ * cross-entropy's gradient with respect to the input only (torch::autograd
+ * ::grad; no parameter's .grad is touched), batch 1.  Each request thread
+ * calls at::set_num_threads(1), as libtorch services are deployed; with
+ * --serve-intra the threads keep the default intra-op pool instead, and
+ * the case names end in ",intra".
+ */
+struct ServeModel {
+	bool cnn;
+	std::string name;
+	std::vector<torch::Tensor> p;
+	torch::Tensor rmean, rvar;
+	int64_t in, hw;
+};
+
+torch::Tensor serve_forward(const ServeModel &m, const torch::Tensor &x)
+{
+	if (!m.cnn) {
+		auto h = x;
+		for (int l = 0; l < 3; l++) {
+			h = torch::linear(h, m.p[2 * l], m.p[2 * l + 1]);
+			if (l < 2)
+				h = torch::relu(h);
+		}
+		return h;
+	}
+	auto h = torch::conv2d(x, m.p[0], m.p[1], 1, 1);
+	h = torch::max_pool2d(torch::relu(h), 2);
+	h = torch::conv2d(h, m.p[2], m.p[3], 1, 1);
+	h = torch::batch_norm(h, m.p[4], m.p[5], m.rmean, m.rvar, false, 0.1,
+			      1e-5, false);
+	h = torch::max_pool2d(torch::relu(h), 2).reshape({ x.size(0), -1 });
+	h = torch::relu(torch::linear(h, m.p[6], m.p[7]));
+	return torch::linear(h, m.p[8], m.p[9]);
+}
+
+struct ServeKind {
+	bool grad;
+	int64_t b;
+};
+
+const ServeKind serve_kinds[] = { { false, 1 }, { false, 32 }, { true, 1 } };
+
+/* One request: probabilities [b, 10] or the input gradient into out. */
+void serve_request(const ServeModel &m, const ServeKind &k, const float *in,
+		   const torch::Tensor &tgt, float *out)
+{
+	std::vector<int64_t> shape = m.cnn ?
+		std::vector<int64_t>{ k.b, 1, m.hw, m.hw } :
+		std::vector<int64_t>{ k.b, m.in };
+	if (!k.grad) {
+		c10::InferenceMode guard;
+		auto x = torch::from_blob(const_cast<float *>(in), shape)
+				 .clone();
+		auto y = torch::softmax(serve_forward(m, x), 1).contiguous();
+		std::memcpy(out, y.data_ptr<float>(), sizeof(float) * k.b * 10);
+		return;
+	}
+	torch::AutoGradMode on(true);
+	auto x = torch::from_blob(const_cast<float *>(in), shape)
+			 .clone()
+			 .set_requires_grad(true);
+	auto loss = torch::cross_entropy_loss(serve_forward(m, x), tgt);
+	auto g = torch::autograd::grad({ loss }, { x })[0].contiguous();
+	std::memcpy(out, g.data_ptr<float>(), sizeof(float) * k.b * m.in);
+}
+
+/* Log-linear histogram of ns, as wl_serve.c's: 32 buckets per octave. */
+struct Hist {
+	std::vector<uint64_t> n = std::vector<uint64_t>(64 + 35 * 32);
+	uint64_t count = 0;
+
+	void add(double s)
+	{
+		uint64_t ns = (uint64_t)(s * 1e9);
+		int i;
+		if (ns < 64) {
+			i = (int)ns;
+		} else {
+			int msb = 63 - __builtin_clzll(ns);
+			i = 64 + (msb - 6) * 32 + (int)((ns >> (msb - 5)) & 31);
+		}
+		n[std::min<size_t>(i, n.size() - 1)]++;
+		count++;
+	}
+	double quantile(double q) const
+	{
+		uint64_t want = std::max<uint64_t>(1, (uint64_t)std::ceil(q * count));
+		uint64_t seen = 0;
+		for (size_t i = 0; i < n.size(); i++) {
+			seen += n[i];
+			if (seen >= want) {
+				if (i < 64)
+					return i * 1e-3;
+				int msb = (int)(i - 64) / 32 + 6;
+				return std::ldexp(1.0 + ((i - 64) % 32 + 1) / 32.0,
+						  msb) * 1e-3;
+			}
+		}
+		return NAN;
+	}
+};
+
+double rss_mib()
+{
+	long pages = 0, res = 0;
+	FILE *f = fopen("/proc/self/statm", "r");
+	if (!f)
+		return NAN;
+	if (fscanf(f, "%ld %ld", &pages, &res) != 2)
+		res = 0;
+	fclose(f);
+	return (double)res * (double)sysconf(_SC_PAGESIZE) / (1 << 20);
+}
+
+long serve_budget(const ServeModel &m, const ServeKind &k, int t, int fixed)
+{
+	if (fixed)
+		return fixed;
+	long b = !m.cnn ? (k.b == 1 ? (k.grad ? 8000 : 20000) : 2000) :
+			  (k.b == 1 ? (k.grad ? 800 : 2000) : 100);
+	b /= t;
+	return b < 50 ? 50 : b;
+}
+
+void serve(Results &r, const ServeModel &m, const std::vector<int> &ts,
+	   int fixed, bool intra, const std::vector<float> &input,
+	   const std::vector<torch::Tensor> &tgts)
+{
+	for (size_t ki = 0; ki < 3; ki++) {
+		const ServeKind &k = serve_kinds[ki];
+		for (int t : ts) {
+			long reqs = serve_budget(m, k, t, fixed);
+			std::vector<Hist> h(t);
+			std::vector<double> t_end(t);
+			std::vector<std::thread> th;
+			std::atomic<int> ready{ 0 };
+			std::atomic<bool> go{ false };
+			for (int i = 0; i < t; i++)
+				th.emplace_back([&, i]() {
+					if (!intra)
+						at::set_num_threads(1);
+					std::vector<float> out(32 * m.in);
+					ready++;
+					while (!go.load())
+						std::this_thread::yield();
+					for (long j = 0; j < reqs; j++) {
+						double t0 = now();
+						serve_request(m, k, input.data(),
+							      tgts[ki], out.data());
+						h[i].add(now() - t0);
+					}
+					t_end[i] = now();
+				});
+			while (ready.load() < t)
+				std::this_thread::yield();
+			double t0 = now();
+			go = true;
+			for (auto &x : th)
+				x.join();
+			Hist all;
+			for (auto &x : h) {
+				for (size_t b = 0; b < all.n.size(); b++)
+					all.n[b] += x.n[b];
+				all.count += x.count;
+			}
+			double wall = *std::max_element(t_end.begin(), t_end.end()) - t0;
+			std::string cs = m.name + ",B=" + std::to_string(k.b) +
+					 ",T=" + std::to_string(t) + "," +
+					 (k.grad ? "grad" : "infer") +
+					 (intra ? ",intra" : "");
+			r.record("serve", cs, t, "requests_per_s", "req/s",
+				 all.count / wall);
+			r.record("serve", cs, t, "p50_us", "us", all.quantile(0.5));
+			r.record("serve", cs, t, "p99_us", "us", all.quantile(0.99));
+			r.record("serve", cs, t, "p999_us", "us", all.quantile(0.999));
+			r.record("serve", cs, t, "rss_mib", "MiB", rss_mib());
+		}
+	}
+}
+
+ServeModel serve_model(bool cnn, bool quick)
+{
+	ServeModel m;
+	m.cnn = cnn;
+	m.name = cnn ? "cnn" : "mlp";
+	if (!cnn) {
+		std::vector<int64_t> d = quick ? std::vector<int64_t>{ 32, 64, 64, 10 } :
+						 std::vector<int64_t>{ 784, 512, 512, 10 };
+		for (int l = 0; l < 3; l++) {
+			double rr = 1 / std::sqrt((double)d[l]);
+			m.p.push_back(uniform({ d[l + 1], d[l] }, -rr, rr, true));
+			m.p.push_back(uniform({ d[l + 1] }, -rr, rr, true));
+		}
+		m.in = d[0];
+		m.hw = 0;
+		return m;
+	}
+	m.hw = quick ? 8 : 28;
+	m.in = m.hw * m.hw;
+	int64_t q = m.hw / 4;
+	std::vector<std::vector<int64_t> > sh = {
+		{ 32, 1, 3, 3 }, { 64, 32, 3, 3 }, {}, { 128, 64 * q * q }, { 10, 128 }
+	};
+	for (auto &s : sh) {
+		if (s.empty()) {
+			m.p.push_back(uniform({ 64 }, 0.5, 1.5, true));
+			m.p.push_back(uniform({ 64 }, -0.1, 0.1, true));
+			continue;
+		}
+		int64_t fan_in = 1;
+		for (size_t d = 1; d < s.size(); d++)
+			fan_in *= s[d];
+		double rr = 1 / std::sqrt((double)fan_in);
+		m.p.push_back(uniform(s, -rr, rr, true));
+		m.p.push_back(uniform({ s[0] }, -rr, rr, true));
+	}
+	m.rmean = uniform({ 64 }, -0.1, 0.1);
+	m.rvar = uniform({ 64 }, 0.5, 1.5);
+	return m;
+}
+
 std::string jstr(const std::string &s)
 {
 	std::string o = "\"";
@@ -295,6 +529,10 @@ int main(int argc, char **argv)
 	bool quick = false;
 	std::string json;
 	std::set<std::string> sel;
+	std::vector<int> serve_threads = { 1, 2, 8, 64 };
+	std::string serve_models = "both";
+	int serve_requests = 0;
+	bool serve_intra = false;
 
 	for (int i = 1; i < argc; i++) {
 		std::string a = argv[i];
@@ -318,6 +556,23 @@ int main(int argc, char **argv)
 			sel.insert(next());
 		else if (a == "--quick")
 			quick = true;
+		else if (a == "--serve-threads") {
+			std::string v = next();
+			serve_threads.clear();
+			for (size_t p = 0; p < v.size();) {
+				size_t e = v.find(',', p);
+				if (e == std::string::npos)
+					e = v.size();
+				serve_threads.push_back(
+					std::atoi(v.substr(p, e - p).c_str()));
+				p = e + 1;
+			}
+		} else if (a == "--serve-requests")
+			serve_requests = std::atoi(next().c_str());
+		else if (a == "--serve-model")
+			serve_models = next();
+		else if (a == "--serve-intra")
+			serve_intra = true;
 		else {
 			fprintf(stderr, "torch_bench: unknown option %s\n",
 				a.c_str());
@@ -379,6 +634,21 @@ int main(int argc, char **argv)
 	ga = uniform({ c.gemm_n, c.gemm_n }, -1, 1);
 	gb = uniform({ c.gemm_n, c.gemm_n }, -1, 1);
 
+	std::vector<ServeModel> sm;
+	std::vector<float> serve_in;
+	std::vector<torch::Tensor> serve_tgt;
+	if (sel.count("serve")) {
+		if (serve_models != "cnn")
+			sm.push_back(serve_model(false, quick));
+		if (serve_models != "mlp")
+			sm.push_back(serve_model(true, quick));
+		auto u = uniform({ 32 * 784 }, 0, 1);
+		serve_in.assign(u.data_ptr<float>(), u.data_ptr<float>() + u.numel());
+		for (auto &k : serve_kinds)
+			serve_tgt.push_back(
+				torch::randint(0, 10, { k.b }, torch::kLong));
+	}
+
 	Results r;
 	for (int rep = -warmup; rep < reps; rep++) {
 		r.recording = rep >= 0;
@@ -395,6 +665,9 @@ int main(int argc, char **argv)
 			    threads);
 		if (sel.count("limits") || sel.count("gemm"))
 			gemm(r, c, ga, gb, threads);
+		for (auto &m : sm)
+			serve(r, m, serve_threads, serve_requests, serve_intra,
+			      serve_in, serve_tgt);
 	}
 
 	FILE *f = fopen(json.c_str(), "w");
