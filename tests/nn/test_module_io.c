@@ -4,6 +4,7 @@
  * files that do not fit the module, which must change nothing, and a
  * state_dict saved from torch (tests/nn/gen_safetensors.py).
  */
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include <ag/nn.h>
 
 #include "common.h"
+#include "../../nn/safetensors.h"
 
 #ifndef FIXTURE_DIR
 #error "FIXTURE_DIR names tests/nn/data"
@@ -39,6 +41,7 @@ static void rm_tmp(void)
 {
 	unlink(path_in("a"));
 	unlink(path_in("cut"));
+	unlink(path_in("b"));
 	rmdir(dir);
 }
 
@@ -351,5 +354,96 @@ Test(nn_module_io, torch_cnn_fixture)
 	ag_scope_end(s);
 	ag_safetensors_close(io);
 	ag_module_put(m);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* Entries of the test directory besides . and .. */
+static int count_entries(void)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	int n = 0;
+
+	cr_assert_not_null(d);
+	while ((e = readdir(d)))
+		n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+	closedir(d);
+	return n;
+}
+
+static bool file_is(const char *p, const unsigned char *want, size_t n)
+{
+	size_t got_n;
+	unsigned char *got = slurp(p, &got_n);
+	bool same = got_n == n && !memcmp(got, want, n);
+
+	free(got);
+	return same;
+}
+
+/*
+ * A save over an existing checkpoint fails at each of its steps in turn
+ * (tests-only hook in nn/safetensors.c: an allocation, mkstemp, fchmod,
+ * every write, fsync, close, rename, the directory sync).  Each failure is
+ * an error, leaves no temporary file, and until the rename the old file
+ * is there bit for bit and loads; after it, the new file is there whole.
+ */
+Test(nn_module_io, save_interrupted_at_every_step)
+{
+	struct ag_module *a = small_cnn(1), *b = small_cnn(2),
+			 *c = small_cnn(3);
+	struct ag_tensor **sa, **sc;
+	unsigned char *old, *neu;
+	size_t n_old, n_new;
+	long steps, renamed = 0;
+	int n, n2, rc;
+
+	cr_assert_eq(ag_module_save(a, path_in("a")), 0, "%s", ag_errmsg());
+	old = slurp(path_in("a"), &n_old);
+	ag__safetensors_fail_at(0);
+	cr_assert_eq(ag_module_save(b, path_in("b")), 0, "%s", ag_errmsg());
+	steps = ag__safetensors_steps();
+	neu = slurp(path_in("b"), &n_new);
+	/* 4 allocations, 2 + 13 writes (length, header, 13 tensors), mkstemp,
+	 * fchmod, fsync, close, rename, the directory's open and fsync */
+	cr_assert_eq(steps, 26, "%ld", steps);
+	sa = snapshot(a, &n);
+
+	for (long k = 1; k <= steps; k++) {
+		ag__safetensors_fail_at(k);
+		rc = ag_module_save(b, path_in("a"));
+		cr_assert(rc == -AG_EIO || rc == -AG_ENOMEM,
+			  "step %ld of %ld: rc %d", k, steps, rc);
+		cr_assert_eq(-rc, ag_errcode());
+		cr_assert_eq(count_entries(), 2,
+			     "step %ld left a temporary file", k);
+		ag__safetensors_fail_at(-1);
+		if (!file_is(path_in("a"), old, n_old)) {
+			/* renamed: only the directory's sync failed */
+			cr_assert(file_is(path_in("a"), neu, n_new),
+				  "step %ld tore the file", k);
+			cr_assert(strstr(ag_errmsg(), ": sync: "), "%s",
+				  ag_errmsg());
+			renamed++;
+			cr_assert_eq(ag_module_save(a, path_in("a")), 0);
+			continue;
+		}
+		ag_clear_error();
+		cr_assert_eq(ag_module_load(c, path_in("a")), 0, "%s",
+			     ag_errmsg());
+		sc = snapshot(c, &n2);
+		cr_assert(same_state(sa, sc, n), "step %ld", k);
+		put_all(sc, n2);
+	}
+	cr_assert_eq(renamed, 2); /* the directory's open and its fsync */
+	ag__safetensors_fail_at(-1);
+	cr_assert_eq(ag_module_save(b, path_in("a")), 0, "%s", ag_errmsg());
+	cr_assert(file_is(path_in("a"), neu, n_new));
+	free(old);
+	free(neu);
+	put_all(sa, n);
+	ag_module_put(a);
+	ag_module_put(b);
+	ag_module_put(c);
 	AG_ASSERT_NO_LEAKS();
 }
