@@ -123,6 +123,8 @@ ALWAYS_INLINE void fwd_plane(const struct pool_run *r, int64_t p,
 {
 	const struct pool_geom *pg = r->pg;
 	int64_t o = p * pg->oh * pg->ow;
+	/* the plane's start once: src_at divides, a cost per element */
+	const int64_t base = src_at(r, p, 0, 0), sh = r->ss[2], sw = r->ss[3];
 
 	for (int64_t oy = 0; oy < pg->oh; oy++) {
 		int64_t hs, he, hspan;
@@ -137,7 +139,7 @@ ALWAYS_INLINE void fwd_plane(const struct pool_run *r, int64_t p,
 			for (int64_t ih = hs; ih < he; ih++) {
 				for (int64_t iw = ws; iw < we; iw++) {
 					double v = ld(r->src,
-						      src_at(r, p, ih, iw),
+						      base + ih * sh + iw * sw,
 						      f32);
 
 					if (pg->kind != POOL_MAX) {
@@ -192,12 +194,16 @@ ALWAYS_INLINE void gather_plane(const struct pool_run *r, int64_t p,
 {
 	const struct pool_geom *pg = r->pg;
 	int64_t l = pg->oh * pg->ow;
+	const int64_t base = src_at(r, p, 0, 0);
 
 	for (int64_t o = p * l; o < (p + 1) * l; o++) {
 		int64_t at = r->idx[o];
 
 		st(r->dst, o,
-		   ld(r->src, src_at(r, p, at / pg->w, at % pg->w), f32), f32);
+		   ld(r->src,
+		      base + at / pg->w * r->ss[2] + at % pg->w * r->ss[3],
+		      f32),
+		   f32);
 	}
 }
 
