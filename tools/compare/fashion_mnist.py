@@ -3,7 +3,8 @@
 """examples/fashion_mnist.c in PyTorch: the same models, data and settings.
 
   fashion_mnist.py [--model mlp|cnn] [--epochs N] [--batch B] [--threads T]
-                   [--lr X] [--seed S] [--limit N] [--data DIR] [--cosine]
+                   [--lr X] [--seed S] [--limit N] [--data DIR]
+                   [--schedule cosine|constant]
 
 The same IDX files (Debian's dataset-fashion-mnist), normalised as
 examples/fmnist.c does ((x / 255 - 0.2860) / 0.3530), reshuffled every
@@ -15,8 +16,8 @@ has none), the last batch short.  Models and optimisers as the C example:
        BatchNorm2d, ReLU, maxpool 2, linear 3136->128, ReLU, linear 128->10;
        AdamW (lr 1e-3, weight decay 1e-2)
 
---cosine anneals the lr per epoch to 0 over --epochs (CosineAnnealingLR),
-as the C example's --cosine.  Torch's own initialisation (the same
+The lr anneals per epoch from --lr to 0 over --epochs (CosineAnnealingLR),
+or stays at --lr with --schedule constant, as in the C example.  Torch's own initialisation (the same
 distributions as libag's, other random numbers).  Prints one line per
 epoch in the C example's format (compare.py parses "images/s") and the
 test accuracy in eval mode.  Needs PyTorch and numpy (/usr/bin/python3).
@@ -93,7 +94,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--data", default=DATA)
-    ap.add_argument("--cosine", action="store_true")
+    ap.add_argument("--schedule", choices=["cosine", "constant"],
+                    default="cosine")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -109,12 +111,13 @@ def main():
     else:
         opt = torch.optim.AdamW(m.parameters(), lr=a.lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, a.epochs) \
-        if a.cosine else None
+        if a.schedule == "cosine" else None
     print("%s on %d training images, batch %d, %d thread(s) (PyTorch %s)" %
           (a.model, len(ytr), a.batch, torch.get_num_threads(),
            torch.__version__))
     n = len(ytr)
     for e in range(a.epochs):
+        lr = opt.param_groups[0]["lr"]
         t0 = time.perf_counter()
         m.train()
         order = torch.randperm(n)
@@ -132,10 +135,10 @@ def main():
         secs = time.perf_counter() - t0
         if sched:
             sched.step()
-        print("epoch %2d/%d  loss %.4f  train acc %.4f  %6.0f images/s  "
-              "%5.1f s  ~%.0f s left" % (e + 1, a.epochs, loss_sum / n,
-                                         right / n, n / secs, secs,
-                                         secs * (a.epochs - e - 1)))
+        print("epoch %2d/%d  lr %.2e  loss %.4f  train acc %.4f  %6.0f "
+              "images/s  %5.1f s  ~%.0f s left" % (
+                  e + 1, a.epochs, lr, loss_sum / n, right / n, n / secs,
+                  secs, secs * (a.epochs - e - 1)))
         sys.stdout.flush()
     print("test accuracy %.4f (eval mode, %d images)" %
           (evaluate(m, xte, yte), len(yte)))
