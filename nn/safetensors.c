@@ -688,6 +688,7 @@ static char *st_header(const struct st_item *it, int n, size_t *len)
 	}
 	s = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	json_decref(root);
+	root = NULL; /* enomem below must not put it again */
 	if (!s)
 		goto enomem;
 	l = strlen(s);
