@@ -6,12 +6,15 @@
  *
  *   fashion_mnist [--model mlp|cnn] [--epochs N] [--batch B] [--threads T]
  *                 [--lr X] [--seed S] [--checkpoint PATH] [--resume]
- *                 [--limit N] [--data DIR]
+ *                 [--limit N] [--data DIR] [--schedule cosine|constant]
  *
  * mlp: 784-512-512-10, ReLU, dropout 0.2, Adam (lr 1e-3).
  * cnn: conv 1->32 3x3 pad 1, ReLU, maxpool 2, conv 32->64 3x3 pad 1,
  *      BatchNorm2d, ReLU, maxpool 2, linear 3136->128, ReLU, linear
  *      128->10; AdamW (lr 1e-3, weight decay 1e-2).
+ * The lr follows a cosine from --lr to 0 over --epochs (torch's
+ * CosineAnnealingLR stepped per epoch), or stays at --lr with
+ * --schedule constant.
  * --limit uses the first N training and N test images (a quick run);
  * --resume continues from the checkpoint, at the epoch it stopped.
  *
@@ -42,7 +45,7 @@ struct ag_ddp;
 #endif
 
 struct args {
-	const char *model, *checkpoint, *data;
+	const char *model, *checkpoint, *data, *schedule;
 	int epochs, threads;
 	int64_t batch, limit;
 	double lr;
@@ -64,7 +67,7 @@ static int usage(const char *why)
 		"fashion_mnist: %s\n"
 		"usage: fashion_mnist [--model mlp|cnn] [--epochs N] [--batch B] [--threads T]\n"
 		"                     [--lr X] [--seed S] [--checkpoint PATH] [--resume]\n"
-		"                     [--limit N] [--data DIR]\n",
+		"                     [--limit N] [--data DIR] [--schedule cosine|constant]\n",
 		why);
 	return 2;
 }
@@ -74,6 +77,7 @@ static int parse(int argc, char **argv, struct args *a)
 	*a = (struct args){ .model = "mlp",
 			    .checkpoint = "fashion_mnist.safetensors",
 			    .data = FMNIST_DIR,
+			    .schedule = "cosine",
 			    .epochs = 10,
 			    .batch = 128,
 			    .lr = 1e-3,
@@ -96,6 +100,8 @@ static int parse(int argc, char **argv, struct args *a)
 			a->checkpoint = v;
 		else if (!strcmp(k, "--data"))
 			a->data = v;
+		else if (!strcmp(k, "--schedule"))
+			a->schedule = v;
 		else if (!strcmp(k, "--epochs"))
 			a->epochs = (int)strtol(v, &end, 10);
 		else if (!strcmp(k, "--threads"))
@@ -115,6 +121,8 @@ static int parse(int argc, char **argv, struct args *a)
 	}
 	if (strcmp(a->model, "mlp") && strcmp(a->model, "cnn"))
 		return usage("--model is mlp or cnn");
+	if (strcmp(a->schedule, "cosine") && strcmp(a->schedule, "constant"))
+		return usage("--schedule is cosine or constant");
 	if (a->epochs < 0 || a->batch < 1 || a->limit < 0 || a->threads < 0 ||
 	    !(a->lr > 0))
 		return usage(
@@ -380,6 +388,7 @@ int main(int argc, char **argv)
 	struct ag_optim *o = NULL;
 	struct ag_generator *g = NULL;
 	struct ag_ddp *ddp = NULL;
+	struct ag_lr_scheduler *sched = NULL;
 	char optim_path[4096];
 	struct args a;
 	int rc, first = 0;
@@ -421,8 +430,11 @@ int main(int argc, char **argv)
 	g = ag_generator_new(a.seed);
 	m = g ? (!strcmp(a.model, "mlp") ? mlp(g) : cnn(g)) : NULL;
 	o = m ? make_optim(m, &a) : NULL;
+	/* made before a resume loads the lr, so it starts from --lr */
+	if (o && !strcmp(a.schedule, "cosine"))
+		sched = ag_cosine_lr_new(o, a.epochs > 0 ? a.epochs : 1, 0);
 	rc = 1;
-	if (!o) {
+	if (!o || (!strcmp(a.schedule, "cosine") && !sched)) {
 		fprintf(stderr, "fashion_mnist: %s\n", ag_errmsg());
 		goto out;
 	}
@@ -442,6 +454,8 @@ int main(int argc, char **argv)
 	if (!rank())
 		printf("%d ranks, each: ", ag_dist_world_size());
 #endif
+	for (int e = 0; sched && e < first; e++)
+		ag_scheduler_step(sched);
 	if (!rank())
 		printf("%s on %lld training images, batch %lld, %d thread(s)%s\n",
 		       a.model, (long long)fmnist_len(&train),
@@ -449,13 +463,18 @@ int main(int argc, char **argv)
 		       first ? " (resumed)" : "");
 	for (int e = first; e < a.epochs; e++) {
 		struct epoch_stats es;
+		double lr = ag_optim_get_lr(o);
 
 		if (train_epoch(m, ddp, o, &train, &a, g, &es))
 			goto out;
+		if (sched && ag_scheduler_step(sched)) {
+			fprintf(stderr, "fashion_mnist: %s\n", ag_errmsg());
+			goto out;
+		}
 		if (rank())
 			continue;
-		printf("epoch %2d/%d  loss %.4f  train acc %.4f  %6.0f images/s  %5.1f s  ~%.0f s left\n",
-		       e + 1, a.epochs, es.loss, es.acc, es.seen / es.secs,
+		printf("epoch %2d/%d  lr %.2e  loss %.4f  train acc %.4f  %6.0f images/s  %5.1f s  ~%.0f s left\n",
+		       e + 1, a.epochs, lr, es.loss, es.acc, es.seen / es.secs,
 		       es.secs, es.secs * (a.epochs - e - 1));
 		fflush(stdout);
 		if (ag_module_save(m, a.checkpoint) ||
@@ -476,6 +495,7 @@ out:
 #ifdef FMNIST_DIST
 	ag_ddp_free(ddp);
 #endif
+	ag_scheduler_free(sched);
 	ag_optim_free(o);
 	ag_module_put(m);
 	ag_generator_free(g);

@@ -347,6 +347,21 @@ struct adam_args {
  * add_ is (buf m) + (1 - damp) d, lerp with weight < 0.5 is a + w (b - a),
  * addcmul is a + (v g) g, addcdiv is p + (v e) / den).
  */
+/*
+ * The update loops again for AVX2 (no FMA: a fused multiply-add would
+ * round differently from torch), picked at load time where the CPU has it.
+ */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define AG_OPTIM_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define AG_OPTIM_CLONES
+#endif
+
+#define ADAM_CASE(T, W, H, A)                                   \
+	case W * 4 + H * 2 + A:                                 \
+		adam_body_##T(p, g, m, v, vmax, n, a, W, H, A); \
+		break;
+
 #define DEFINE_KERNELS(T, SQRT)                                                \
 	/* loop-invariant choices as constants, so each loop vectorises */     \
 	static inline __attribute__((always_inline)) void sgd_body_##T(        \
@@ -369,9 +384,10 @@ struct adam_args {
 			p[i] = p[i] + nlr * d;                                 \
 		}                                                              \
 	}                                                                      \
-	static void sgd_##T(T *restrict p, const T *restrict g,                \
-			    T *restrict buf, int64_t n,                        \
-			    const struct sgd_args *a)                          \
+	AG_OPTIM_CLONES static void sgd_##T(T *restrict p,                     \
+					    const T *restrict g,               \
+					    T *restrict buf, int64_t n,        \
+					    const struct sgd_args *a)          \
 	{                                                                      \
 		int mode = !buf ? 0 : a->first ? 1 : 2;                        \
 		if (a->wd != 0) {                                              \
@@ -401,26 +417,28 @@ struct adam_args {
 					     false);                           \
 		}                                                              \
 	}                                                                      \
-	static void adam_##T(T *restrict p, const T *restrict g,               \
-			     T *restrict m, T *restrict v, T *restrict vmax,   \
-			     int64_t n, const struct adam_args *a)             \
+	/* wdm: 0 no weight decay, 1 L2 (Adam), 2 decoupled (AdamW) */         \
+	static inline __attribute__((always_inline)) void adam_body_##T(       \
+		T *restrict p, const T *restrict g, T *restrict m,             \
+		T *restrict v, T *restrict vmax, int64_t n,                    \
+		const struct adam_args *a, int wdm, bool lerp_hi, bool ams)    \
 	{                                                                      \
 		const double bc1 = 1 - pow(a->beta1, a->step);                 \
 		const double bc2 = 1 - pow(a->beta2, a->step);                 \
 		const T nss = (T) - (a->lr / bc1), bc2s = (T)sqrt(bc2);        \
-		const T w = (T)(1 - a->beta1), b2 = (T)a->beta2,               \
+		const T w = (T)(1 - a->beta1), w1 = 1 - w, b2 = (T)a->beta2,   \
 			c2 = (T)(1 - a->beta2), eps = (T)a->eps,               \
 			wd = (T)a->wd, decay = (T)(1 - a->lr * a->wd);         \
 		for (int64_t i = 0; i < n; i++) {                              \
 			T gi = g[i], den;                                      \
-			if (a->decoupled)                                      \
+			if (wdm == 2)                                          \
 				p[i] = p[i] * decay;                           \
-			else if (a->wd != 0)                                   \
+			else if (wdm == 1)                                     \
 				gi = gi + wd * p[i];                           \
-			m[i] = a->beta1 > 0.5 ? m[i] + w * (gi - m[i]) :       \
-						gi - (gi - m[i]) * (1 - w);    \
+			m[i] = lerp_hi ? m[i] + w * (gi - m[i]) :              \
+					 gi - (gi - m[i]) * w1;                \
 			v[i] = v[i] * b2 + c2 * gi * gi;                       \
-			if (vmax) {                                            \
+			if (ams) {                                             \
 				vmax[i] = vmax[i] > v[i] || isnan(vmax[i]) ?   \
 						  vmax[i] :                    \
 						  v[i];                        \
@@ -429,6 +447,29 @@ struct adam_args {
 				den = SQRT(v[i]) / bc2s + eps;                 \
 			}                                                      \
 			p[i] = p[i] + nss * m[i] / den;                        \
+		}                                                              \
+	}                                                                      \
+	/* one loop per choice, its options constants, so each vectorises */   \
+	AG_OPTIM_CLONES static void adam_##T(T *restrict p,                    \
+					     const T *restrict g,              \
+					     T *restrict m, T *restrict v,     \
+					     T *restrict vmax, int64_t n,      \
+					     const struct adam_args *a)        \
+	{                                                                      \
+		int wdm = a->decoupled ? 2 : a->wd != 0 ? 1 : 0;               \
+		switch (wdm * 4 + (a->beta1 > 0.5) * 2 + !!vmax) {             \
+			ADAM_CASE(T, 0, 0, 0)                                  \
+			ADAM_CASE(T, 0, 0, 1)                                  \
+			ADAM_CASE(T, 0, 1, 0)                                  \
+			ADAM_CASE(T, 0, 1, 1)                                  \
+			ADAM_CASE(T, 1, 0, 0)                                  \
+			ADAM_CASE(T, 1, 0, 1)                                  \
+			ADAM_CASE(T, 1, 1, 0)                                  \
+			ADAM_CASE(T, 1, 1, 1)                                  \
+			ADAM_CASE(T, 2, 0, 0)                                  \
+			ADAM_CASE(T, 2, 0, 1)                                  \
+			ADAM_CASE(T, 2, 1, 0)                                  \
+			ADAM_CASE(T, 2, 1, 1)                                  \
 		}                                                              \
 	}
 

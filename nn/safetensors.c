@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -557,6 +558,35 @@ struct ag_tensor *ag_safetensors_get(struct ag_safetensors *st,
 
 /* ---- save ---- */
 
+static atomic_long st_fail_step, st_steps;
+
+void ag__safetensors_fail_at(long n)
+{
+	atomic_store(&st_steps, 0);
+	atomic_store(&st_fail_step, n);
+}
+
+long ag__safetensors_steps(void)
+{
+	return atomic_load(&st_steps);
+}
+
+/* A fallible step of a save: true (errno = err) if the test hook fails it. */
+static bool st_fault(int err)
+{
+	long k = atomic_fetch_add(&st_steps, 1) + 1;
+
+	if (k != atomic_load(&st_fail_step))
+		return false;
+	errno = err;
+	return true;
+}
+
+static void *st_malloc(size_t n)
+{
+	return st_fault(ENOMEM) ? NULL : malloc(n);
+}
+
 struct st_item {
 	const char *name;
 	struct ag_tensor *t;
@@ -658,10 +688,11 @@ static char *st_header(const struct st_item *it, int n, size_t *len)
 	}
 	s = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	json_decref(root);
+	root = NULL; /* enomem below must not put it again */
 	if (!s)
 		goto enomem;
 	l = strlen(s);
-	p = malloc(l + 8);
+	p = st_malloc(l + 8);
 	if (!p) {
 		free(s);
 		goto enomem;
@@ -683,7 +714,7 @@ static int write_all(int fd, const void *buf, size_t n)
 	const unsigned char *p = buf;
 
 	while (n) {
-		ssize_t w = write(fd, p, n);
+		ssize_t w = st_fault(EIO) ? -1 : write(fd, p, n);
 
 		if (w < 0 && errno == EINTR)
 			continue;
@@ -705,7 +736,7 @@ static int st_write_tensor(int fd, const struct st_item *it)
 		return 0;
 	if (ag_tensor_is_contiguous(t))
 		return write_all(fd, ag_tensor_data(t), it->bytes);
-	buf = malloc(it->bytes);
+	buf = st_malloc(it->bytes);
 	if (!buf)
 		return -ENOMEM;
 	e = ag_tensor_copy_to(t, buf, it->bytes) ? -ENOMEM : 0;
@@ -729,7 +760,7 @@ static int st_write_file(int fd, const char *hdr, size_t hlen,
 		e = write_all(fd, hdr, hlen);
 	for (int i = 0; !e && i < n; i++)
 		e = st_write_tensor(fd, &it[i]);
-	if (!e && fsync(fd))
+	if (!e && (st_fault(EIO) || fsync(fd)))
 		e = -errno;
 	return e;
 }
@@ -741,8 +772,8 @@ static int st_temp_names(const char *path, char **tmp, char **dir)
 	const char *base = slash ? slash + 1 : path;
 	size_t dlen = slash ? (size_t)(slash - path) : 1;
 
-	*tmp = malloc(strlen(path) + 16);
-	*dir = malloc(dlen + 2);
+	*tmp = st_malloc(strlen(path) + 16);
+	*dir = st_malloc(dlen + 2);
 	if (!*tmp || !*dir)
 		return ag_set_error(AG_ENOMEM,
 				    "ag_safetensors_save: out of memory");
@@ -771,18 +802,18 @@ static int st_replace(const char *path, const char *hdr, size_t hlen,
 		goto out;
 	if (!stat(path, &sb) && S_ISREG(sb.st_mode))
 		mode = sb.st_mode & 07777;
-	fd = mkstemp(tmp);
+	fd = st_fault(EIO) ? -1 : mkstemp(tmp);
 	if (fd < 0) {
 		err = ag_set_error(AG_EIO, "ag_safetensors_save: %s: %s", tmp,
 				   strerror(errno));
 		goto out;
 	}
-	e = fchmod(fd, mode) ? -errno : 0;
+	e = st_fault(EIO) || fchmod(fd, mode) ? -errno : 0;
 	if (!e)
 		e = st_write_file(fd, hdr, hlen, it, n);
-	if (close(fd) && !e)
+	if ((close(fd) || st_fault(EIO)) && !e)
 		e = -errno;
-	if (!e && rename(tmp, path))
+	if (!e && (st_fault(EIO) || rename(tmp, path)))
 		e = -errno;
 	if (e) {
 		unlink(tmp);
@@ -792,8 +823,9 @@ static int st_replace(const char *path, const char *hdr, size_t hlen,
 		goto out;
 	}
 	/* the rename itself is durable once the directory is synced */
-	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd < 0 || fsync(dfd))
+	dfd = st_fault(EIO) ? -1 :
+			      open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0 || st_fault(EIO) || fsync(dfd))
 		err = ag_set_error(AG_EIO, "ag_safetensors_save: %s: sync: %s",
 				   dir, strerror(errno));
 	if (dfd >= 0)
@@ -818,7 +850,7 @@ int ag_safetensors_save(const char *path, const char *const *names,
 			AG_EINVAL,
 			"ag_safetensors_save: path, names or tensors is NULL, or n = %d < 0",
 			n);
-	it = calloc((size_t)n + 1, sizeof(*it));
+	it = st_fault(ENOMEM) ? NULL : calloc((size_t)n + 1, sizeof(*it));
 	if (!it)
 		return ag_set_error(AG_ENOMEM,
 				    "ag_safetensors_save: out of memory");

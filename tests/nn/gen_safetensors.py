@@ -12,6 +12,14 @@ descending, then name), data little-endian and dense.
                      (no metadata, as safetensors.torch.save_file writes)
   plain.safetensors  written by hand: metadata first, header keys not in
                      data order, a BF16 entry libag has no dtype for
+  cnn.safetensors    the state_dict of a small torch.nn copy of the
+                     fashion_mnist CNN (same layer names, fewer channels),
+                     with {"format": "pt"} metadata as Hugging Face writes
+  cnn_bare.safetensors  the same without metadata (save_file's default)
+  cnn_io.safetensors the fixed input and labels, torch's eval and train
+                     outputs, the running stats after the train forward
+                     and the gradients of the cross entropy (F64 copies of
+                     torch's F32 results)
 
 Run: /usr/bin/python3 tests/nn/gen_safetensors.py tests/nn/data
 """
@@ -76,12 +84,62 @@ def plain_fixture():
     return struct.pack("<Q", len(h)) + h + raw[8 + hlen:]
 
 
+def cnn_fixture():
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    torch.manual_seed(15)
+    # examples/fashion_mnist.c's CNN, 8x8 inputs and fewer channels
+    m = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(24, 8), nn.ReLU(),
+        nn.Linear(8, 3))
+    with torch.no_grad():
+        m[4].weight.uniform_(0.5, 1.5)
+        m[4].bias.uniform_(-0.5, 0.5)
+    m.train()
+    with torch.no_grad():  # running stats that are not the defaults
+        for _ in range(3):
+            m(torch.randn(5, 1, 8, 8) * 2 + 0.5)
+    name = {torch.float32: "F32", torch.float64: "F64", torch.int64: "I64"}
+
+    def entries(ts):
+        return {k: (name[t.dtype], t.shape, t.contiguous().numpy().tobytes())
+                for k, t in ts.items()}
+
+    state = entries({k: v.detach() for k, v in m.state_dict().items()})
+    x = torch.randn(4, 1, 8, 8)
+    y = torch.tensor([0, 2, 1, 2])
+    m.eval()
+    with torch.no_grad():
+        out_eval = m(x)
+    m.train()
+    out_train = m(x)
+    F.cross_entropy(out_train, y).backward()
+    io = {"x": x, "y": y, "out_eval": out_eval,
+          "out_train": out_train.detach(),
+          "4.running_mean": m[4].running_mean,
+          "4.running_var": m[4].running_var,
+          "4.num_batches_tracked": m[4].num_batches_tracked}
+    for k, p in m.named_parameters():
+        io["grad." + k] = p.grad
+    io = {k: (v.double() if v.is_floating_point() else v)
+          for k, v in io.items()}
+    return (serialize(state, {"format": "pt"}), serialize(state),
+            serialize(entries(io)))
+
+
 def main():
     out = sys.argv[1]
     with open(out + "/torch.safetensors", "wb") as f:
         f.write(torch_fixture())
     with open(out + "/plain.safetensors", "wb") as f:
         f.write(plain_fixture())
+    cnn, bare, io = cnn_fixture()
+    for n, b in [("cnn", cnn), ("cnn_bare", bare), ("cnn_io", io)]:
+        with open(out + "/" + n + ".safetensors", "wb") as f:
+            f.write(b)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,10 @@
 // SPDX-License-Identifier: MIT
 /*
  * Module checkpoints (nn/module_io.c) on real modules: a round trip, and
- * files that do not fit the module, which must change nothing.
- *
- * Not built yet: it needs ag/nn.h.  Enable with nn/module_io.c by adding
- * 'module_io' beside 'checkpoint' in tests/nn/meson.build.
+ * files that do not fit the module, which must change nothing, and a
+ * state_dict saved from torch (tests/nn/gen_safetensors.py).
  */
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -14,6 +13,11 @@
 #include <ag/nn.h>
 
 #include "common.h"
+#include "../../nn/safetensors.h"
+
+#ifndef FIXTURE_DIR
+#error "FIXTURE_DIR names tests/nn/data"
+#endif
 
 static char dir[64];
 
@@ -37,6 +41,7 @@ static void rm_tmp(void)
 {
 	unlink(path_in("a"));
 	unlink(path_in("cut"));
+	unlink(path_in("b"));
 	rmdir(dir);
 }
 
@@ -217,5 +222,235 @@ Test(nn_module_io, strict_and_non_strict)
 	ag_generator_free(g);
 	ag_module_put(a);
 	ag_module_put(d);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* The whole file, for byte comparisons. */
+static unsigned char *slurp(const char *p, size_t *n)
+{
+	FILE *f = fopen(p, "rb");
+	unsigned char *buf;
+	long len;
+
+	cr_assert_not_null(f, "%s", p);
+	cr_assert_eq(fseek(f, 0, SEEK_END), 0);
+	len = ftell(f);
+	cr_assert_eq(fseek(f, 0, SEEK_SET), 0);
+	buf = malloc((size_t)len + 1);
+	cr_assert_eq(fread(buf, 1, (size_t)len, f), (size_t)len);
+	fclose(f);
+	*n = (size_t)len;
+	return buf;
+}
+
+/* tests/nn/gen_safetensors.py's torch.nn copy of the fashion_mnist CNN. */
+static struct ag_module *small_cnn(uint64_t seed)
+{
+	struct ag_generator *g = ag_generator_new(seed);
+	struct ag_conv2d_opts pad1 = { .stride = { 1, 1 },
+				       .padding = { 1, 1 },
+				       .dilation = { 1, 1 },
+				       .groups = 1 };
+	const int64_t two[2] = { 2, 2 };
+	struct ag_module *mods[] = {
+		ag_conv2d_new(1, 4, 3, 3, &pad1, true, g),
+		ag_relu_new(),
+		ag_maxpool2d_new(two, NULL, NULL),
+		ag_conv2d_new(4, 6, 3, 3, &pad1, true, g),
+		ag_batchnorm2d_new(6, 1e-5, 0.1),
+		ag_relu_new(),
+		ag_maxpool2d_new(two, NULL, NULL),
+		ag_flatten_new(1, -1),
+		ag_linear_new(24, 8, true, g),
+		ag_relu_new(),
+		ag_linear_new(8, 3, true, g),
+	};
+	struct ag_module *m = ag_sequential_new(mods, 11);
+
+	ag_generator_free(g);
+	cr_assert_not_null(m, "%s", ag_errmsg());
+	return m;
+}
+
+/* f32 results against torch's (stored as f64), inside a scope. */
+static void assert_near(struct ag_safetensors *io, const char *key,
+			struct ag_tensor *got, double tol)
+{
+	struct ag_tensor *want = ag_safetensors_get(io, key);
+	struct ag_tensor *g64 = ag_to(got, AG_F64);
+
+	cr_assert_not_null(want, "%s: %s", key, ag_errmsg());
+	cr_assert_not_null(g64, "%s: %s", key, ag_errmsg());
+	cr_assert_eq(ag_tensor_numel(g64), ag_tensor_numel(want), "%s", key);
+	cr_assert(ag_allclose(g64, want, tol, tol), "%s differs from torch's",
+		  key);
+}
+
+/*
+ * A state_dict saved from torch (safetensors written by the format's rules,
+ * with metadata) loads into the same libag model, which then computes what
+ * torch computed; saved again it is the file torch's save_file writes.
+ */
+Test(nn_module_io, torch_cnn_fixture)
+{
+	struct ag_module *m = small_cnn(5);
+	struct ag_safetensors *io =
+		ag_safetensors_open(FIXTURE_DIR "/cnn_io.safetensors");
+	const char *const *names;
+	struct ag_tensor *const *ps;
+	struct ag_scope *s;
+	struct ag_tensor *x, *y, *out, *loss;
+	struct ag_mode prev;
+	unsigned char *want, *got;
+	size_t nw, ng;
+	int np;
+	char key[64];
+
+	cr_assert_not_null(io, "%s", ag_errmsg());
+	cr_assert_eq(ag_module_load(m, FIXTURE_DIR "/cnn.safetensors"), 0, "%s",
+		     ag_errmsg());
+
+	/* saved before any forward: the bytes safetensors.torch writes */
+	cr_assert_eq(ag_module_save(m, path_in("a")), 0, "%s", ag_errmsg());
+	want = slurp(FIXTURE_DIR "/cnn_bare.safetensors", &nw);
+	got = slurp(path_in("a"), &ng);
+	cr_assert_eq(ng, nw);
+	cr_assert(!memcmp(got, want, nw), "not the bytes torch's writer makes");
+	free(want);
+	free(got);
+
+	s = ag_scope_begin();
+	x = ag_to(ag_safetensors_get(io, "x"), AG_F32);
+	y = ag_safetensors_get(io, "y");
+	cr_assert_not_null(x, "%s", ag_errmsg());
+	cr_assert_not_null(y, "%s", ag_errmsg());
+
+	/* eval: BatchNorm on the running stats torch left */
+	ag_module_eval(m);
+	prev = ag_inference_mode_enter();
+	assert_near(io, "out_eval", ag_module_forward(m, x), 1e-5);
+	ag_mode_exit(prev);
+
+	/* train: batch stats, the running stats it updates, the gradients */
+	ag_module_train(m, true);
+	out = ag_module_forward(m, x);
+	assert_near(io, "out_train", out, 1e-5);
+	loss = ag_cross_entropy(out, y);
+	cr_assert_eq(ag_backward(loss, NULL, NULL), 0, "%s", ag_errmsg());
+	cr_assert_eq(ag_module_named_buffers(m, &names, &ps, &np), 0);
+	for (int i = 0; i < np; i++)
+		if (strstr(names[i], "running"))
+			assert_near(io, names[i], ps[i], 1e-6);
+		else
+			cr_assert(ag_equal(ps[i],
+					   ag_safetensors_get(io, names[i])),
+				  "%s", names[i]);
+	cr_assert_eq(ag_module_named_parameters(m, &names, &ps, &np), 0);
+	cr_assert_eq(np, 10);
+	for (int i = 0; i < np; i++) {
+		snprintf(key, sizeof(key), "grad.%s", names[i]);
+		assert_near(io, key, ag_tensor_grad(ps[i]), 1e-5);
+	}
+	ag_scope_end(s);
+	ag_safetensors_close(io);
+	ag_module_put(m);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* Entries of the test directory besides . and .. */
+static int count_entries(void)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	int n = 0;
+
+	cr_assert_not_null(d);
+	while ((e = readdir(d)))
+		n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+	closedir(d);
+	return n;
+}
+
+static bool file_is(const char *p, const unsigned char *want, size_t n)
+{
+	size_t got_n;
+	unsigned char *got = slurp(p, &got_n);
+	bool same = got_n == n && !memcmp(got, want, n);
+
+	free(got);
+	return same;
+}
+
+/*
+ * A save over an existing checkpoint fails at each of its steps in turn
+ * (tests-only hook in nn/safetensors.c: an allocation, mkstemp, fchmod,
+ * every write, fsync, close, rename, the directory sync).  Each failure is
+ * an error, leaves no temporary file, and until the rename the old file
+ * is there bit for bit and loads; after it, the new file is there whole.
+ */
+Test(nn_module_io, save_interrupted_at_every_step)
+{
+	struct ag_module *a = small_cnn(1), *b = small_cnn(2),
+			 *c = small_cnn(3);
+	struct ag_tensor **sa, **sc;
+	unsigned char *old, *neu;
+	size_t n_old, n_new;
+	long steps, renamed = 0;
+	int n, n2, rc;
+
+	cr_assert_eq(ag_module_save(a, path_in("a")), 0, "%s", ag_errmsg());
+	old = slurp(path_in("a"), &n_old);
+	/*
+	 * the save takes nothing from libag's allocator (engine/alloc.h's
+	 * fault injector has nothing to fail): the hook sees every step
+	 */
+	ag__safetensors_fail_at(0);
+	ag__fault_set(0, false);
+	cr_assert_eq(ag_module_save(b, path_in("b")), 0, "%s", ag_errmsg());
+	cr_assert_eq(ag__fault_count(), 0);
+	ag__fault_set(-1, false);
+	steps = ag__safetensors_steps();
+	neu = slurp(path_in("b"), &n_new);
+	/* 4 allocations, 2 + 13 writes (length, header, 13 tensors), mkstemp,
+	 * fchmod, fsync, close, rename, the directory's open and fsync */
+	cr_assert_eq(steps, 26, "%ld", steps);
+	sa = snapshot(a, &n);
+
+	for (long k = 1; k <= steps; k++) {
+		ag__safetensors_fail_at(k);
+		rc = ag_module_save(b, path_in("a"));
+		cr_assert(rc == -AG_EIO || rc == -AG_ENOMEM,
+			  "step %ld of %ld: rc %d", k, steps, rc);
+		cr_assert_eq(-rc, ag_errcode());
+		cr_assert_eq(count_entries(), 2,
+			     "step %ld left a temporary file", k);
+		ag__safetensors_fail_at(-1);
+		if (!file_is(path_in("a"), old, n_old)) {
+			/* renamed: only the directory's sync failed */
+			cr_assert(file_is(path_in("a"), neu, n_new),
+				  "step %ld tore the file", k);
+			cr_assert(strstr(ag_errmsg(), ": sync: "), "%s",
+				  ag_errmsg());
+			renamed++;
+			cr_assert_eq(ag_module_save(a, path_in("a")), 0);
+			continue;
+		}
+		ag_clear_error();
+		cr_assert_eq(ag_module_load(c, path_in("a")), 0, "%s",
+			     ag_errmsg());
+		sc = snapshot(c, &n2);
+		cr_assert(same_state(sa, sc, n), "step %ld", k);
+		put_all(sc, n2);
+	}
+	cr_assert_eq(renamed, 2); /* the directory's open and its fsync */
+	ag__safetensors_fail_at(-1);
+	cr_assert_eq(ag_module_save(b, path_in("a")), 0, "%s", ag_errmsg());
+	cr_assert(file_is(path_in("a"), neu, n_new));
+	free(old);
+	free(neu);
+	put_all(sa, n);
+	ag_module_put(a);
+	ag_module_put(b);
+	ag_module_put(c);
 	AG_ASSERT_NO_LEAKS();
 }
