@@ -4,10 +4,10 @@
  * each a fused loop over a parameter's contiguous data; parameter groups,
  * named state, StepLR, CosineAnnealingLR and clip_grad_norm_.
  *
- * The loops write the data directly, then bump the parameter's version
- * through the public in-place API with ag_mul_scalar_(p, 1), which is
- * exact for every value (it keeps -0 and NaN), so a graph that saved the
- * old parameter reports the change as torch does.
+ * The loops write the data directly, then count the write with
+ * ag_tensor_bump_version(), so a graph that saved the old parameter
+ * reports the change as torch does (one atomic add, no pass over the
+ * data).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -580,7 +580,7 @@ static int step_one(struct ag_optim *o, const struct optim_group *gr, int i)
 				    ag_tensor_data(s->exp_avg),
 				    ag_tensor_data(s->exp_avg_sq), vmax, n, &a);
 	}
-	err = ag_mul_scalar_(p, 1.0); /* the version bump, see the top */
+	err = ag_tensor_bump_version(p); /* see the top */
 out:
 	ag_tensor_put(gc);
 	return err;
