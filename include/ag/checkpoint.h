@@ -20,8 +20,11 @@
  * the header is padded with spaces to a multiple of 8 bytes.  It is atomic:
  * the file is written beside the target (same directory, created with
  * mkstemp), fsync'd, renamed over the target and the directory fsync'd; on
- * any failure the temporary file is removed and an existing file at path is
- * left as it was.  A new file gets mode 0644, a replaced one keeps its mode.
+ * a failure before the rename the temporary file is removed and an existing
+ * file at path is left as it was.  A failure after it (opening or syncing
+ * the directory, AG_EIO naming "sync") leaves the new, complete file in
+ * place, whose rename may not yet be on disk.  A new file gets mode 0644, a
+ * replaced one keeps its mode.
  *
  * ag_safetensors_open() reads the whole file into memory with read() (not
  * mmap: a file truncated or rewritten by someone else later cannot fault

@@ -99,7 +99,16 @@ AG_API int ag_module_set_buffer(struct ag_module *m, const char *name,
 AG_API const char *ag_module_name(const struct ag_module *m); /* ops->name */
 AG_API struct ag_module *ag_module_get(struct ag_module *m); /* returns m */
 AG_API void ag_module_put(struct ag_module *m); /* NULL is fine */
-/* NULL with the error set on failure; x NULL keeps the earlier error. */
+/*
+ * NULL with the error set on failure; x NULL keeps the earlier error.
+ * Threads: many threads may run ag_module_forward on one module at once
+ * (a service's request threads) as long as nothing changes it meanwhile:
+ * in eval mode a forward only reads parameters and buffers, with or
+ * without grad mode (tests/tsan/tsan_serve.c).  In training mode
+ * BatchNorm updates its running stats in place, so one thread at a time;
+ * ag_module_train/eval, loads, set_parameter and optimiser steps must
+ * not run while another thread runs a forward.
+ */
 AG_API struct ag_tensor *ag_module_forward(struct ag_module *m,
 					   struct ag_tensor *x);
 AG_API void ag_module_train(struct ag_module *m, bool on); /* recursive */
