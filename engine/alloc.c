@@ -294,11 +294,9 @@ static int class_of(size_t size)
 	       (int)((b - ((size_t)1 << shift)) >> (shift - 2));
 }
 
-static void thread_exit(void *arg)
+/* Under global_lock: tc's magazines and slab go to the depot. */
+static void cache_to_depot(struct cache *tc)
 {
-	struct cache *tc = arg;
-
-	pthread_mutex_lock(&global_lock);
 	for (size_t c = 0; c < NCLASS; c++) {
 		struct magazine *m[2] = { tc->loaded[c], tc->prev[c] };
 
@@ -318,6 +316,14 @@ static void thread_exit(void *arg)
 	tc->cur = NULL;
 	tc->slab = NULL;
 	tc->slab_left = 0;
+}
+
+static void thread_exit(void *arg)
+{
+	struct cache *tc = arg;
+
+	pthread_mutex_lock(&global_lock);
+	cache_to_depot(tc);
 	pthread_mutex_unlock(&global_lock);
 	if (tc->big) {
 		big_tc_drain(tc->big);
@@ -850,25 +856,7 @@ size_t ag_trim(void)
 		goto out;
 	/* this thread's magazines and slab go to the depot, as at exit */
 	pthread_mutex_lock(&global_lock);
-	for (size_t c = 0; c < NCLASS; c++) {
-		struct magazine *m[2] = { tc->loaded[c], tc->prev[c] };
-
-		for (int i = 0; i < 2; i++) {
-			struct magazine **list;
-
-			if (!m[i])
-				continue;
-			list = m[i]->n ? &depot.full[c] : &depot.empty[c];
-			m[i]->next = *list;
-			*list = m[i];
-		}
-		tc->loaded[c] = tc->prev[c] = NULL;
-	}
-	if (tc->cur)
-		tc->cur->retired = true;
-	tc->cur = NULL;
-	tc->slab = NULL;
-	tc->slab_left = 0;
+	cache_to_depot(tc);
 	freed += trim_depot();
 	pthread_mutex_unlock(&global_lock);
 
