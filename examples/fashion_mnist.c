@@ -130,46 +130,6 @@ static int parse(int argc, char **argv, struct args *a)
 	return 0;
 }
 
-static struct ag_module *mlp(struct ag_generator *g)
-{
-	struct ag_module *m[] = {
-		ag_flatten_new(1, -1),
-		ag_linear_new(784, 512, true, g),
-		ag_relu_new(),
-		ag_dropout_new(0.2, NULL),
-		ag_linear_new(512, 512, true, g),
-		ag_relu_new(),
-		ag_dropout_new(0.2, NULL),
-		ag_linear_new(512, 10, true, g),
-	};
-
-	return ag_sequential_new(m, sizeof(m) / sizeof(m[0]));
-}
-
-static struct ag_module *cnn(struct ag_generator *g)
-{
-	struct ag_conv2d_opts pad1 = { .stride = { 1, 1 },
-				       .padding = { 1, 1 },
-				       .dilation = { 1, 1 },
-				       .groups = 1 };
-	const int64_t two[2] = { 2, 2 };
-	struct ag_module *m[] = {
-		ag_conv2d_new(1, 32, 3, 3, &pad1, true, g),
-		ag_relu_new(),
-		ag_maxpool2d_new(two, NULL, NULL),
-		ag_conv2d_new(32, 64, 3, 3, &pad1, true, g),
-		ag_batchnorm2d_new(64, 1e-5, 0.1),
-		ag_relu_new(),
-		ag_maxpool2d_new(two, NULL, NULL),
-		ag_flatten_new(1, -1),
-		ag_linear_new(3136, 128, true, g),
-		ag_relu_new(),
-		ag_linear_new(128, 10, true, g),
-	};
-
-	return ag_sequential_new(m, sizeof(m) / sizeof(m[0]));
-}
-
 /* The optimiser's state and the next epoch, in "<checkpoint>.optim". */
 static int save_optim(struct ag_optim *o, const char *path, int next_epoch)
 {
@@ -428,7 +388,7 @@ int main(int argc, char **argv)
 	/* the model from one seed everywhere, dropout differs per rank */
 	ag_manual_seed(a.seed + (uint64_t)rank());
 	g = ag_generator_new(a.seed);
-	m = g ? (!strcmp(a.model, "mlp") ? mlp(g) : cnn(g)) : NULL;
+	m = g ? fmnist_model(a.model, g) : NULL;
 	o = m ? make_optim(m, &a) : NULL;
 	/* made before a resume loads the lr, so it starts from --lr */
 	if (o && !strcmp(a.schedule, "cosine"))

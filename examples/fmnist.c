@@ -11,6 +11,8 @@
 
 #include <zlib.h>
 
+#include <ag/nn.h>
+
 #include "fmnist.h"
 
 #define IDX_IMAGES 0x00000803u
@@ -284,4 +286,55 @@ int fmnist_batch(struct fmnist *d, int64_t i, int64_t batch,
 		yp[k] = d->labels[s];
 	}
 	return 0;
+}
+
+/* ---- the models ---- */
+
+static struct ag_module *model_mlp(struct ag_generator *g)
+{
+	struct ag_module *m[] = {
+		ag_flatten_new(1, -1),
+		ag_linear_new(784, 512, true, g),
+		ag_relu_new(),
+		ag_dropout_new(0.2, NULL),
+		ag_linear_new(512, 512, true, g),
+		ag_relu_new(),
+		ag_dropout_new(0.2, NULL),
+		ag_linear_new(512, 10, true, g),
+	};
+
+	return ag_sequential_new(m, sizeof(m) / sizeof(m[0]));
+}
+
+static struct ag_module *model_cnn(struct ag_generator *g)
+{
+	struct ag_conv2d_opts pad1 = { .stride = { 1, 1 },
+				       .padding = { 1, 1 },
+				       .dilation = { 1, 1 },
+				       .groups = 1 };
+	const int64_t two[2] = { 2, 2 };
+	struct ag_module *m[] = {
+		ag_conv2d_new(1, 32, 3, 3, &pad1, true, g),
+		ag_relu_new(),
+		ag_maxpool2d_new(two, NULL, NULL),
+		ag_conv2d_new(32, 64, 3, 3, &pad1, true, g),
+		ag_batchnorm2d_new(64, 1e-5, 0.1),
+		ag_relu_new(),
+		ag_maxpool2d_new(two, NULL, NULL),
+		ag_flatten_new(1, -1),
+		ag_linear_new(3136, 128, true, g),
+		ag_relu_new(),
+		ag_linear_new(128, 10, true, g),
+	};
+
+	return ag_sequential_new(m, sizeof(m) / sizeof(m[0]));
+}
+
+struct ag_module *fmnist_model(const char *name, struct ag_generator *g)
+{
+	if (!strcmp(name, "mlp"))
+		return model_mlp(g);
+	if (!strcmp(name, "cnn"))
+		return model_cnn(g);
+	return NULL;
 }

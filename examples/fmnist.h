@@ -58,4 +58,14 @@ int64_t fmnist_batches(const struct fmnist *d, int64_t batch);
 int fmnist_batch(struct fmnist *d, int64_t i, int64_t batch,
 		 struct ag_tensor **x, struct ag_tensor **y);
 
+struct ag_module;
+/*
+ * The example's models, by name, with weights drawn from g: "mlp"
+ * (784-512-512-10, ReLU, dropout 0.2) or "cnn" (conv 1->32 3x3 pad 1,
+ * ReLU, maxpool 2, conv 32->64 3x3 pad 1, BatchNorm2d, ReLU, maxpool 2,
+ * linear 3136->128, ReLU, linear 128->10).  NULL for another name or
+ * with libag's error set.
+ */
+struct ag_module *fmnist_model(const char *name, struct ag_generator *g);
+
 #endif /* AG_EXAMPLES_FMNIST_H */

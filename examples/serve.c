@@ -35,6 +35,8 @@
 
 #include <ag/ag.h>
 
+#include "fmnist.h"
+
 #define PIXELS 784
 #define LINE_MAX_BYTES (PIXELS * 32)
 #define MAX_CONN 256
@@ -92,42 +94,6 @@ static int parse(int argc, char **argv, struct args *a)
 	if (a->port > 65535 || a->max_requests < 0)
 		return usage("bad --port or --max-requests");
 	return 0;
-}
-
-/* fashion_mnist's two models; dropout is the identity in eval mode. */
-static struct ag_module *make_model(const char *name, struct ag_generator *g)
-{
-	static const struct ag_conv2d_opts pad1 = { .padding = { 1, 1 } };
-	static const int64_t two[2] = { 2, 2 };
-
-	if (!strcmp(name, "mlp")) {
-		struct ag_module *m[] = {
-			ag_flatten_new(1, -1),
-			ag_linear_new(784, 512, true, g),
-			ag_relu_new(),
-			ag_dropout_new(0.2, NULL),
-			ag_linear_new(512, 512, true, g),
-			ag_relu_new(),
-			ag_dropout_new(0.2, NULL),
-			ag_linear_new(512, 10, true, g),
-		};
-		return ag_sequential_new(m, sizeof(m) / sizeof(m[0]));
-	} else {
-		struct ag_module *m[] = {
-			ag_conv2d_new(1, 32, 3, 3, &pad1, true, g),
-			ag_relu_new(),
-			ag_maxpool2d_new(two, NULL, NULL),
-			ag_conv2d_new(32, 64, 3, 3, &pad1, true, g),
-			ag_batchnorm2d_new(64, 1e-5, 0.1),
-			ag_relu_new(),
-			ag_maxpool2d_new(two, NULL, NULL),
-			ag_flatten_new(1, -1),
-			ag_linear_new(3136, 128, true, g),
-			ag_relu_new(),
-			ag_linear_new(128, 10, true, g),
-		};
-		return ag_sequential_new(m, sizeof(m) / sizeof(m[0]));
-	}
 }
 
 /*
@@ -366,7 +332,7 @@ int main(int argc, char **argv)
 	if ((rc = parse(argc, argv, &a)))
 		return rc;
 	g = ag_generator_new(a.seed);
-	model = g ? make_model(a.model, g) : NULL;
+	model = g ? fmnist_model(a.model, g) : NULL;
 	ag_generator_free(g);
 	if (!model) {
 		fprintf(stderr, "serve: %s\n", ag_errmsg());
