@@ -111,13 +111,17 @@ static uint64_t describe(const char *const *names, struct ag_tensor *const *t,
 
 /*
  * Every rank learns every rank's description, so a mismatch is an error
- * on all of them, in one collective, and never a hang in a later one.
+ * on all of them, in one collective, and never a hang in a later one: the
+ * module's hash and counts, then the options that shape the buckets.
  */
-static int check_same(struct ag_module *m, int world)
+#define NDESC 5
+
+static int check_same(struct ag_module *m, int world,
+		      const struct ag_ddp_opts *o)
 {
 	const char *const *pn, *const *bn;
 	struct ag_tensor *const *pt, *const *bt;
-	uint64_t mine[3], *all;
+	uint64_t mine[NDESC], *all;
 	int npar, nbuf, rc, bad = -1;
 
 	if (ag_module_named_parameters(m, &pn, &pt, &npar) ||
@@ -127,17 +131,32 @@ static int check_same(struct ag_module *m, int world)
 	mine[0] = describe(bn, bt, nbuf, mine[0] ^ 1);
 	mine[1] = (uint64_t)npar;
 	mine[2] = (uint64_t)nbuf;
-	all = calloc((size_t)world * 3, sizeof(*all));
+	/* options that decide the buckets and which collectives run */
+	mine[3] = o->bucket_bytes;
+	mine[4] = (uint64_t)o->find_unused_parameters |
+		  (uint64_t)o->no_broadcast_buffers << 1;
+	all = calloc((size_t)world * NDESC, sizeof(*all));
 	if (!all)
 		return ag_set_error(AG_ENOMEM, "%s: out of memory", fn_new);
 	ag__dist_lock();
-	rc = ag__dist_check(MPI_Allgather(mine, 3, MPI_UINT64_T, all, 3,
+	rc = ag__dist_check(MPI_Allgather(mine, NDESC, MPI_UINT64_T, all, NDESC,
 					  MPI_UINT64_T, ag__dist_comm()),
 			    fn_new, "MPI_Allgather");
 	ag__dist_unlock();
 	for (int r = 1; r < world && !rc && bad < 0; r++)
-		if (memcmp(&all[3 * r], all, 3 * sizeof(*all)))
+		if (memcmp(&all[NDESC * r], all, 3 * sizeof(*all)))
 			bad = r;
+	for (int r = 1; r < world && !rc && bad < 0; r++)
+		if (memcmp(&all[NDESC * r + 3], &all[3], 2 * sizeof(*all)))
+			rc = ag_set_error(
+				AG_EINVAL,
+				"%s: rank %d's options differ from rank 0's: bucket_bytes %" PRIu64
+				", find_unused_parameters %d, no_broadcast_buffers %d against %" PRIu64
+				", %d, %d; every rank must pass the same",
+				fn_new, r, all[NDESC * r + 3],
+				(int)(all[NDESC * r + 4] & 1),
+				(int)(all[NDESC * r + 4] >> 1), all[3],
+				(int)(all[4] & 1), (int)(all[4] >> 1));
 	if (bad >= 0)
 		rc = ag_set_error(
 			AG_EINVAL,
@@ -145,8 +164,8 @@ static int check_same(struct ag_module *m, int world)
 			" parameters and %" PRIu64 " buffers against %" PRIu64
 			" and %" PRIu64
 			", or their names, dtypes or shapes differ",
-			fn_new, bad, all[3 * bad + 1], all[3 * bad + 2], all[1],
-			all[2]);
+			fn_new, bad, all[NDESC * bad + 1], all[NDESC * bad + 2],
+			all[1], all[2]);
 	free(all);
 	return rc;
 }
@@ -538,6 +557,7 @@ static int take_params(struct ag_ddp *d)
 struct ag_ddp *ag_ddp_new(struct ag_module *module,
 			  const struct ag_ddp_opts *opts)
 {
+	struct ag_ddp_opts o = opts ? *opts : (struct ag_ddp_opts){ 0 };
 	const char *const *names;
 	struct ag_tensor *const *t;
 	struct ag_ddp *d;
@@ -549,8 +569,10 @@ struct ag_ddp *ag_ddp_new(struct ag_module *module,
 	}
 	if (ag__dist_need_init(fn_new))
 		return NULL;
+	if (!o.bucket_bytes)
+		o.bucket_bytes = DEFAULT_BUCKET_BYTES;
 	/* first, so that every rank takes part in it whatever fails later */
-	if (check_same(module, ag_dist_world_size()))
+	if (check_same(module, ag_dist_world_size(), &o))
 		return NULL;
 	d = calloc(1, sizeof(*d));
 	if (!d) {
@@ -560,10 +582,7 @@ struct ag_ddp *ag_ddp_new(struct ag_module *module,
 	pthread_mutex_init(&d->lock, NULL);
 	d->module = ag_module_get(module);
 	d->world = ag_dist_world_size();
-	if (opts)
-		d->o = *opts;
-	if (!d->o.bucket_bytes)
-		d->o.bucket_bytes = DEFAULT_BUCKET_BYTES;
+	d->o = o;
 	rc = ag_module_named_parameters(module, &names, &t, &n) ?
 		     -ag_errcode() :
 		     broadcast_all(t, n);

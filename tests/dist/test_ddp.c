@@ -403,6 +403,29 @@ static int test_mismatched_models_fail_everywhere(void)
 	return 0;
 }
 
+/* Options that shape the buckets must agree too: else every rank fails. */
+static int test_mismatched_options_fail_everywhere(void)
+{
+	struct ag_generator *g = ag_generator_new(3);
+	struct ag_module *m = ag_linear_new(4, 4, true, g);
+	struct ag_ddp_opts o = { .bucket_bytes = rank == world - 1 ? 4096 :
+								     8192 };
+	struct ag_ddp *d;
+	char want[64];
+
+	ag_generator_free(g);
+	ag_clear_error();
+	d = ag_ddp_new(m, &o);
+	TAP_CHECK(!d);
+	snprintf(want, sizeof(want), "rank %d's options differ from rank 0's",
+		 world - 1);
+	TAP_CHECKF(ag_errcode() == AG_EINVAL && strstr(ag_errmsg(), want), "%s",
+		   ag_errmsg());
+	ag_module_put(m);
+	NO_LEAKS();
+	return 0;
+}
+
 /*
  * 3.weight/3.bias are used on the last rank only.  With
  * find_unused_parameters every rank gets their mean gradient; without, a
@@ -575,6 +598,7 @@ static const struct tap_test tests[] = {
 	TAP_TEST(test_first_bucket_starts_while_nodes_pending),
 	TAP_TEST(test_buckets_rebuilt_in_ready_order),
 	TAP_TEST(test_mismatched_models_fail_everywhere),
+	TAP_TEST(test_mismatched_options_fail_everywhere),
 	TAP_TEST(test_unused_parameters),
 	TAP_TEST(test_no_sync_accumulates),
 	TAP_TEST(test_forward_broadcasts_buffers),
