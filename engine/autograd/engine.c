@@ -179,12 +179,10 @@ static inline struct ag_node_state *state_of(struct ag_graph_task *gt,
 	return f ? state_at(gt, f->idx) : NULL;
 }
 
-/* The graph task whose node this thread is applying, for ag__grad_wanted. */
-static AG_TLS struct ag_graph_task *running_gt;
-
+/* cur_task: run_node runs only inside run_from, which sets it. */
 bool ag__grad_wanted(const struct ag_node *n, int i)
 {
-	struct ag_graph_task *gt = running_gt;
+	struct ag_graph_task *gt = cur_task;
 	struct ag_node *c = n->next[i].node;
 	struct ag_node_state *cs;
 
@@ -593,7 +591,6 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 {
 	struct ag_node_state *st = state_of(gt, n);
 	struct ag_tensor *small[8], **out = small;
-	struct ag_graph_task *outer;
 	bool acc = n->ops == &ag__accumulate_ops;
 	bool last;
 	int rc = 0;
@@ -630,8 +627,6 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 			return -AG_ENOMEM;
 	}
 	memset(out, 0, sizeof(*out) * n->num_next);
-	outer = running_gt;
-	running_gt = gt;
 	if (ag__trace_on()) {
 		uint64_t t0 = ag__trace_now();
 
@@ -640,7 +635,6 @@ static int run_node(struct ag_graph_task *gt, struct ag_node *n,
 	} else {
 		rc = n->ops->apply(n, st->inbuf, out);
 	}
-	running_gt = outer;
 	if (!acc && !gt->retain) {
 		atomic_store_explicit(&n->released, true, memory_order_release);
 		ag__node_release(n);
