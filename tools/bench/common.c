@@ -357,3 +357,27 @@ void check_param_fd(const char *what, int threads, int i, struct ag_tensor *p,
 		"%s f64 threads=%d: param %d elem %lld: backward %.10g vs finite difference %.10g",
 		what, threads, i, (long long)e, an, fd);
 }
+
+struct ag_tensor *cnn_logits(struct ag_tensor *x, struct ag_tensor *const *p,
+			     struct ag_tensor *running_mean,
+			     struct ag_tensor *running_var, bool training)
+{
+	static const struct ag_conv2d_opts pad1 = { .padding = { 1, 1 } };
+	static const int64_t k2[2] = { 2, 2 };
+	int64_t flat[2] = { ag_tensor_shape(x)[0], -1 };
+	struct ag_tensor *h;
+
+	h = ag_conv2d(x, p[0], p[1], &pad1);
+	h = h ? ag_relu(h) : NULL;
+	h = h ? ag_max_pool2d(h, k2, NULL, NULL) : NULL;
+	h = h ? ag_conv2d(h, p[2], p[3], &pad1) : NULL;
+	h = h ? ag_batch_norm(h, running_mean, running_var, p[4], p[5],
+			      training, 0.1, 1e-5) :
+		NULL;
+	h = h ? ag_relu(h) : NULL;
+	h = h ? ag_max_pool2d(h, k2, NULL, NULL) : NULL;
+	h = h ? ag_reshape(h, 2, flat) : NULL;
+	h = h ? ag_linear(h, p[6], p[7]) : NULL;
+	h = h ? ag_relu(h) : NULL;
+	return h ? ag_linear(h, p[8], p[9]) : NULL;
+}

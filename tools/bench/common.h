@@ -68,6 +68,14 @@ struct ag_tensor *uniform(struct ag_generator *g, enum ag_dtype dt, int ndim,
 struct ag_tensor *random_targets(struct ag_generator *g, int64_t n,
 				 int64_t classes);
 void sgd_step(struct ag_tensor **p, int n, double lr);
+/*
+ * fashion_mnist's cnn on x [B, 1, hw, hw] (wl_cnn, wl_serve): the logits
+ * [B, 10] in the caller's scope, NULL with ag_errmsg on error.  p: conv1
+ * w b, conv2 w b, batch-norm weight bias, fc1 w b, fc2 w b.
+ */
+struct ag_tensor *cnn_logits(struct ag_tensor *x, struct ag_tensor *const *p,
+			     struct ag_tensor *running_mean,
+			     struct ag_tensor *running_var, bool training);
 void set_threads(int n);
 
 /* ------------------------------------------------------------ results */

@@ -90,24 +90,9 @@ static void cnn_free(struct cnn *m)
 /* The loss inside the caller's scope; NULL (with ag_errmsg) on error. */
 static struct ag_tensor *cnn_loss(struct cnn *m)
 {
-	static const struct ag_conv2d_opts pad1 = { .padding = { 1, 1 } };
-	static const int64_t k2[2] = { 2, 2 };
-	int64_t flat[2] = { m->b, -1 };
-	struct ag_tensor *h;
+	struct ag_tensor *h =
+		cnn_logits(m->x, m->p, m->running_mean, m->running_var, true);
 
-	h = ag_conv2d(m->x, m->p[0], m->p[1], &pad1);
-	h = h ? ag_relu(h) : NULL;
-	h = h ? ag_max_pool2d(h, k2, NULL, NULL) : NULL;
-	h = h ? ag_conv2d(h, m->p[2], m->p[3], &pad1) : NULL;
-	h = h ? ag_batch_norm(h, m->running_mean, m->running_var, m->p[4],
-			      m->p[5], true, 0.1, 1e-5) :
-		NULL;
-	h = h ? ag_relu(h) : NULL;
-	h = h ? ag_max_pool2d(h, k2, NULL, NULL) : NULL;
-	h = h ? ag_reshape(h, 2, flat) : NULL;
-	h = h ? ag_linear(h, m->p[6], m->p[7]) : NULL;
-	h = h ? ag_relu(h) : NULL;
-	h = h ? ag_linear(h, m->p[8], m->p[9]) : NULL;
 	return h ? ag_cross_entropy(h, m->targets) : NULL;
 }
 

@@ -122,9 +122,6 @@ static struct ag_tensor *model_input(const struct model *m, int64_t b,
 static struct ag_tensor *model_forward(const struct model *m,
 				       struct ag_tensor *x)
 {
-	static const struct ag_conv2d_opts pad1 = { .padding = { 1, 1 } };
-	static const int64_t k2[2] = { 2, 2 };
-	int64_t flat[2] = { ag_tensor_shape(x)[0], -1 };
 	struct ag_tensor *h = x;
 
 	if (m->kind == SERVE_MLP) {
@@ -135,19 +132,7 @@ static struct ag_tensor *model_forward(const struct model *m,
 		}
 		return h;
 	}
-	h = ag_conv2d(h, m->p[0], m->p[1], &pad1);
-	h = h ? ag_relu(h) : NULL;
-	h = h ? ag_max_pool2d(h, k2, NULL, NULL) : NULL;
-	h = h ? ag_conv2d(h, m->p[2], m->p[3], &pad1) : NULL;
-	h = h ? ag_batch_norm(h, m->running_mean, m->running_var, m->p[4],
-			      m->p[5], false, 0.1, 1e-5) :
-		NULL;
-	h = h ? ag_relu(h) : NULL;
-	h = h ? ag_max_pool2d(h, k2, NULL, NULL) : NULL;
-	h = h ? ag_reshape(h, 2, flat) : NULL;
-	h = h ? ag_linear(h, m->p[6], m->p[7]) : NULL;
-	h = h ? ag_relu(h) : NULL;
-	return h ? ag_linear(h, m->p[8], m->p[9]) : NULL;
+	return cnn_logits(x, m->p, m->running_mean, m->running_var, false);
 }
 
 /* -------------------------------------------------------- one request */
