@@ -403,6 +403,29 @@ static int test_mismatched_models_fail_everywhere(void)
 	return 0;
 }
 
+/* NULL arguments: a clear error, no collective, so no rank waits. */
+static int test_null_arguments(void)
+{
+	struct ag_ddp_stats st;
+	int64_t s2[2] = { 2, 4 };
+	struct ag_tensor *x = ag_zeros(AG_F64, 2, s2);
+
+	ag_clear_error();
+	TAP_CHECK(!ag_ddp_new(NULL, NULL));
+	TAP_CHECKF(ag_errcode() == AG_EINVAL &&
+			   strstr(ag_errmsg(), "module is NULL"),
+		   "%s", ag_errmsg());
+	TAP_CHECK(!ag_ddp_forward(NULL, x));
+	TAP_CHECKF(strstr(ag_errmsg(), "ddp is NULL"), "%s", ag_errmsg());
+	TAP_CHECK(ag_ddp_no_sync(NULL, true) == -AG_EINVAL);
+	TAP_CHECK(ag_ddp_stats(NULL, &st) == -AG_EINVAL);
+	ag_ddp_free(NULL);
+	ag_tensor_put(x);
+	ag_clear_error();
+	NO_LEAKS();
+	return 0;
+}
+
 /* Options that shape the buckets must agree too: else every rank fails. */
 static int test_mismatched_options_fail_everywhere(void)
 {
@@ -599,6 +622,7 @@ static const struct tap_test tests[] = {
 	TAP_TEST(test_buckets_rebuilt_in_ready_order),
 	TAP_TEST(test_mismatched_models_fail_everywhere),
 	TAP_TEST(test_mismatched_options_fail_everywhere),
+	TAP_TEST(test_null_arguments),
 	TAP_TEST(test_unused_parameters),
 	TAP_TEST(test_no_sync_accumulates),
 	TAP_TEST(test_forward_broadcasts_buffers),
