@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "dist_internal.h"
 
@@ -86,13 +87,62 @@ int ag__dist_need_init(const char *fn)
 	return ag_set_error(AG_EINVAL, "%s: call ag_dist_init() first", fn);
 }
 
+/*
+ * Every rank learns every rank's expected world size (one collective on
+ * the new communicator), so a mismatch fails on all of them together,
+ * naming the first rank that expects something else.
+ */
+static int check_world(const char *fn, int expect)
+{
+	int *all, rc;
+
+	all = calloc((size_t)world, sizeof(*all));
+	if (!all)
+		return ag_set_error(AG_ENOMEM, "%s: out of memory", fn);
+	rc = ag__dist_check(MPI_Allgather(&expect, 1, MPI_INT, all, 1, MPI_INT,
+					  comm),
+			    fn, "MPI_Allgather");
+	for (int r = 0; r < world && !rc; r++) {
+		if (all[r] < 0)
+			rc = ag_set_error(
+				AG_EINVAL,
+				"%s: rank %d passes world_size %d; 0 (whatever MPI runs) or the number of ranks expected",
+				fn, r, all[r]);
+		else if (all[r] && all[r] != world)
+			rc = ag_set_error(
+				AG_EINVAL,
+				"%s: rank %d expects a world size of %d, but MPI runs %d ranks",
+				fn, r, all[r], world);
+	}
+	free(all);
+	return rc;
+}
+
 int ag_dist_init(int *argc, char ***argv)
 {
-	const char *fn = "ag_dist_init";
-	int inited = 0, provided = 0, rc;
+	return ag_dist_init_ex(argc, argv, NULL);
+}
 
-	if (comm != MPI_COMM_NULL)
+int ag_dist_init_ex(int *argc, char ***argv, const struct ag_dist_opts *o)
+{
+	const char *fn = "ag_dist_init";
+	int expect = o ? o->world_size : 0;
+	int inited = 0, finalized = 0, provided = 0, rc;
+
+	if (comm != MPI_COMM_NULL) {
+		if (expect && expect != world)
+			return ag_set_error(
+				AG_EINVAL,
+				"%s: already initialised with %d ranks, this call expects %d",
+				fn, world, expect);
 		return 0;
+	}
+	MPI_Finalized(&finalized);
+	if (finalized)
+		return ag_set_error(
+			AG_EINVAL,
+			"%s: MPI was finalised already, and cannot start again in this process",
+			fn);
 	MPI_Initialized(&inited);
 	if (!inited) {
 		rc = MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE,
@@ -105,17 +155,18 @@ int ag_dist_init(int *argc, char ***argv)
 	} else {
 		MPI_Query_thread(&provided);
 	}
-	if (provided < MPI_THREAD_SERIALIZED) {
-		rc = ag_set_error(
+	/* on failure MPI stays up: ag_dist_finalize() ends what we started */
+	if (provided < MPI_THREAD_SERIALIZED)
+		return ag_set_error(
 			AG_EINVAL,
 			"%s: MPI gives thread level %d, libag-dist needs MPI_THREAD_SERIALIZED (%d) or more",
 			fn, provided, MPI_THREAD_SERIALIZED);
-		goto err_fini;
-	}
 	rc = ag__dist_check(MPI_Comm_dup(MPI_COMM_WORLD, &comm), fn,
 			    "MPI_Comm_dup");
-	if (rc)
-		goto err_fini;
+	if (rc) {
+		comm = MPI_COMM_NULL;
+		return rc;
+	}
 	rc = ag__dist_check(MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN),
 			    fn, "MPI_Comm_set_errhandler");
 	if (!rc)
@@ -124,16 +175,12 @@ int ag_dist_init(int *argc, char ***argv)
 	if (!rc)
 		rc = ag__dist_check(MPI_Comm_size(comm, &world), fn,
 				    "MPI_Comm_size");
-	if (rc)
-		goto err_comm;
-	return 0;
-err_comm:
+	if (!rc)
+		rc = check_world(fn, expect);
+	if (!rc)
+		return 0;
 	MPI_Comm_free(&comm);
 	comm = MPI_COMM_NULL;
-err_fini:
-	if (started_mpi)
-		MPI_Finalize();
-	started_mpi = false;
 	my_rank = 0;
 	world = 1;
 	return rc;
@@ -141,13 +188,13 @@ err_fini:
 
 int ag_dist_finalize(void)
 {
-	int rc = 0;
+	int rc = 0, finalized = 0;
 
-	if (comm == MPI_COMM_NULL)
-		return 0;
-	MPI_Comm_free(&comm);
+	if (comm != MPI_COMM_NULL)
+		MPI_Comm_free(&comm);
 	comm = MPI_COMM_NULL;
-	if (started_mpi)
+	/* also after a failed ag_dist_init, which leaves MPI running */
+	if (started_mpi && !MPI_Finalized(&finalized) && !finalized)
 		rc = ag__dist_check(MPI_Finalize(), "ag_dist_finalize",
 				    "MPI_Finalize");
 	started_mpi = false;

@@ -27,10 +27,36 @@
  * libag-dist is serialised by a lock, so MPI_THREAD_SERIALIZED suffices.
  * If the application initialised MPI already, attaches to it (and then
  * ag_dist_finalize() leaves MPI running).  Works on a duplicate of
- * MPI_COMM_WORLD whose errors return.  A second call is a no-op.
+ * MPI_COMM_WORLD whose errors return.  ag_dist_init(argc, argv) is
+ * ag_dist_init_ex(argc, argv, NULL).
+ */
+struct ag_dist_opts {
+	/*
+	 * 0: as many ranks as mpirun started.  Else the number of ranks this
+	 * rank expects: if any rank expects a size MPI does not run (or
+	 * passes a negative one), init fails on every rank with AG_EINVAL
+	 * naming the first such rank, its expected size and MPI's, instead
+	 * of a hang or wrong shards later.  Every rank takes part in one
+	 * collective in init anyway, whatever it passes.
+	 */
+	int world_size;
+};
+
+/*
+ * On failure nothing is left set up but MPI itself, if this call started
+ * it (MPI cannot start again once finalised): call ag_dist_init_ex again,
+ * or ag_dist_finalize() to end MPI.  Once ag_dist_finalize() ended MPI,
+ * init fails with AG_EINVAL.  A call while initialised communicates
+ * nothing: it returns 0, or AG_EINVAL on this rank alone if its
+ * world_size is set and differs from the current one.
  */
 AG_API int ag_dist_init(int *argc, char ***argv);
-/* Frees the communicator, and finalises MPI if ag_dist_init started it. */
+AG_API int ag_dist_init_ex(int *argc, char ***argv,
+			   const struct ag_dist_opts *o);
+/*
+ * Frees the communicator, and finalises MPI if ag_dist_init started it
+ * (also after an init that failed).
+ */
 AG_API int ag_dist_finalize(void);
 /* This process's rank and the number of ranks; 0 and 1 before init. */
 AG_API int ag_dist_rank(void);
