@@ -304,6 +304,28 @@ static int progress(struct ag_ddp *d)
 	return rc;
 }
 
+/*
+ * A gradient's slot times 1 / world, as torch's DDP divides while it
+ * copies into the bucket: the all-reduce's sum is then the mean, with no
+ * pass over the buckets after it.
+ */
+static void scale(void *v, enum ag_dtype dt, int64_t n, int world)
+{
+	if (world == 1)
+		return;
+	if (dt == AG_F32) {
+		float *f = v, k = 1.0f / (float)world;
+
+		for (int64_t i = 0; i < n; i++)
+			f[i] *= k;
+	} else if (dt == AG_F64) {
+		double *f = v, k = 1.0 / world;
+
+		for (int64_t i = 0; i < n; i++)
+			f[i] *= k;
+	}
+}
+
 static int finish(void *arg);
 
 static int grad_ready(struct ag_tensor *grad, void *arg)
@@ -340,6 +362,7 @@ static int grad_ready(struct ag_tensor *grad, void *arg)
 			       (size_t)p->numel * esz);
 	if (rc)
 		return rc;
+	scale((char *)b->buf + p->off * esz, b->dtype, p->numel, d->world);
 	pthread_mutex_lock(&d->lock);
 	p->ready = true;
 	b->pending--;
@@ -414,21 +437,6 @@ static void reset(struct ag_ddp *d)
 	d->active = false;
 }
 
-static void scale(struct ddp_bucket *b, int world)
-{
-	if (b->dtype == AG_F32) {
-		float *v = b->buf;
-
-		for (int64_t i = 0; i < b->numel; i++)
-			v[i] /= (float)world;
-	} else if (b->dtype == AG_F64) {
-		double *v = b->buf;
-
-		for (int64_t i = 0; i < b->numel; i++)
-			v[i] /= world;
-	}
-}
-
 /* .grad = the mean: in place when .grad is dense, else a new tensor. */
 static int write_grad(struct ag_ddp *d, struct ddp_param *p)
 {
@@ -474,8 +482,6 @@ static int finish(void *arg)
 		rc = wait_all(d);
 	else
 		wait_all(d);
-	for (int k = 0; k < d->nb && !rc; k++)
-		scale(&d->b[k], d->world);
 	for (int i = 0; i < d->np && !rc; i++) {
 		if (!used[i] && first_unused < 0)
 			first_unused = i;

@@ -91,11 +91,12 @@ AG_API int ag_dist_barrier(void);
  * runs: parameters are packed into buckets of about bucket_bytes, in the
  * reverse of their registration order (about the order backward reaches
  * them) and, from the second backward on, in the order their gradients
- * became ready on rank 0 in the first; a bucket whose gradients are all accumulated starts a
- * non-blocking MPI all-reduce at once (buckets start in the same order on
- * every rank), and a callback queued on the backward waits for them all,
- * divides by the world size and writes the mean into each .grad before
- * ag_backward() returns.  So after backward every rank holds the same
+ * became ready on rank 0 in the first.  A hook copies its gradient
+ * divided by the world size into its bucket (as torch's DDP); a bucket
+ * whose gradients are all in starts a non-blocking MPI all-reduce (a sum)
+ * at once (buckets start in the same order on every rank), and a callback
+ * queued on the backward waits for them all and writes the mean into each
+ * .grad before ag_backward() returns.  So after backward every rank holds the same
  * .grad, the mean of the ranks' gradients, as torch's DDP.
  *
  * A parameter that got no gradient in a backward is reduced as zeros;
