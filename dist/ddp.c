@@ -29,6 +29,8 @@
 #include "dist_internal.h"
 
 #define DEFAULT_BUCKET_BYTES (25u << 20) /* torch's bucket_cap_mb */
+/* torch.distributed._DEFAULT_FIRST_BUCKET_BYTES */
+#define FIRST_BUCKET_BYTES (1u << 20)
 
 struct ddp_param {
 	struct ag_ddp *ddp;
@@ -190,12 +192,17 @@ static int broadcast_buffers(struct ag_module *m)
 	return broadcast_all(t, n);
 }
 
-/* Buckets in d->order, a new one at bucket_bytes or a change of dtype. */
+/*
+ * Buckets in d->order, of one dtype each, closed once they hold at least
+ * their limit (as torch): FIRST_BUCKET_BYTES for the first, so that the
+ * first gradients go on the wire early, bucket_bytes for the others.
+ */
 static int make_buckets(struct ag_ddp *d)
 {
-	size_t cap = d->o.bucket_bytes, bytes = 0;
+	size_t cap = d->o.bucket_bytes, bytes = 0, limit;
 	struct ddp_bucket *b = NULL;
 
+	limit = cap < FIRST_BUCKET_BYTES ? cap : FIRST_BUCKET_BYTES;
 	d->b = calloc(d->np ? d->np : 1, sizeof(*d->b));
 	if (!d->b)
 		return ag_set_error(AG_ENOMEM, "%s: out of memory", fn_new);
@@ -204,7 +211,11 @@ static int make_buckets(struct ag_ddp *d)
 		enum ag_dtype dt = ag_tensor_dtype(p->t);
 		size_t sz = (size_t)p->numel * ag_dtype_size(dt);
 
-		if (!b || b->dtype != dt || (bytes && bytes + sz > cap)) {
+		if (b && (b->dtype != dt || bytes >= limit)) {
+			b = NULL;
+			limit = cap;
+		}
+		if (!b) {
 			b = &d->b[d->nb++];
 			b->dtype = dt;
 			bytes = 0;

@@ -113,7 +113,12 @@ AG_API int ag_dist_barrier(void);
  * and stop.
  */
 struct ag_ddp_opts {
-	size_t bucket_bytes; /* 0: 25 MiB, as torch's bucket_cap_mb */
+	/*
+	 * 0: 25 MiB, as torch's bucket_cap_mb.  A bucket closes once it
+	 * holds at least this many bytes, the first (as torch) once it holds
+	 * 1 MiB or bucket_bytes if less, so that communication starts early.
+	 */
+	size_t bucket_bytes;
 	bool find_unused_parameters;
 	bool no_broadcast_buffers; /* ag_ddp_forward leaves buffers alone */
 };

@@ -381,6 +381,48 @@ static int test_buckets_rebuilt_in_ready_order(void)
 	return 0;
 }
 
+/*
+ * As torch, the first bucket closes once it holds 1 MiB, so the first
+ * gradients go on the wire early even with the default 25 MiB buckets:
+ * three Linear(512, 512) in f32, 1 MiB weights: 2.* is the first bucket,
+ * 1.* and 0.* the second.
+ */
+static int test_first_bucket_holds_1_mib(void)
+{
+	struct ag_generator *g = ag_generator_new(11);
+	struct ag_module *mods[3] = {
+		ag_linear_new(512, 512, true, g),
+		ag_linear_new(512, 512, true, g),
+		ag_linear_new(512, 512, true, g),
+	};
+	struct ag_module *m = ag_sequential_new(mods, 3);
+	struct ag_ddp_stats st;
+	struct ag_ddp *d;
+	int64_t xs[2] = { 2, 512 };
+
+	ag_generator_free(g);
+	d = ag_ddp_new(m, NULL);
+	TAP_CHECKF(d, "%s", ag_errmsg());
+	for (int round = 0; round < 2; round++) {
+		struct ag_scope *s = ag_scope_begin();
+		struct ag_tensor *x = ag_full(AG_F32, 2, xs, rank + 1.0);
+
+		TAP_CHECKF(ag_backward(ag_sum(ag_module_forward(m, x)), NULL,
+				       NULL) == 0,
+			   "%s", ag_errmsg());
+		ag_scope_end(s);
+		TAP_CHECK(ag_ddp_stats(d, &st) == 0);
+		TAP_CHECKF(st.buckets == 2 && st.buckets_overlapped == 2,
+			   "round %d: %d buckets, %d overlapped", round,
+			   st.buckets, st.buckets_overlapped);
+		TAP_CHECK(st.bytes == 3 * (512 * 512 + 512) * sizeof(float));
+	}
+	ag_ddp_free(d);
+	ag_module_put(m);
+	NO_LEAKS();
+	return 0;
+}
+
 /* A module that differs on one rank fails on every rank, without a hang. */
 static int test_mismatched_models_fail_everywhere(void)
 {
@@ -620,6 +662,7 @@ static const struct tap_test tests[] = {
 	TAP_TEST(test_ddp_small_buckets_2_threads),
 	TAP_TEST(test_first_bucket_starts_while_nodes_pending),
 	TAP_TEST(test_buckets_rebuilt_in_ready_order),
+	TAP_TEST(test_first_bucket_holds_1_mib),
 	TAP_TEST(test_mismatched_models_fail_everywhere),
 	TAP_TEST(test_mismatched_options_fail_everywhere),
 	TAP_TEST(test_null_arguments),
