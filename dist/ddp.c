@@ -14,8 +14,8 @@
  * and writes the mean into each .grad before ag_backward returns.
  *
  * Open MPI progresses a non-blocking collective only inside MPI calls:
- * each hook tests the buckets in flight, so they advance while the
- * backward computes.
+ * each hook tests the buckets in flight, and so does a progress thread
+ * between hooks, so they advance while the backward computes.
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <ag/autograd.h>
 
@@ -31,6 +32,12 @@
 #define DEFAULT_BUCKET_BYTES (25u << 20) /* torch's bucket_cap_mb */
 /* torch.distributed._DEFAULT_FIRST_BUCKET_BYTES */
 #define FIRST_BUCKET_BYTES (1u << 20)
+/*
+ * How often the progress thread tests the buckets in flight: 1 us or so
+ * per test, so about 2% of a core while a bucket is on the wire, and a
+ * round of the all-reduce waits at most this long for it.
+ */
+#define PROGRESS_NS 50000L
 
 struct ddp_param {
 	struct ag_ddp *ddp;
@@ -78,6 +85,13 @@ struct ag_ddp {
 	bool active; /* a backward's hooks ran, its callback is queued */
 	bool no_sync;
 	int next; /* the next bucket to start */
+	/*
+	 * The progress thread (when world > 1): tests the buckets while one
+	 * is in flight, waits on prog_cv (signalled when one starts) else.
+	 */
+	pthread_t prog;
+	pthread_cond_t prog_cv;
+	bool prog_on, prog_quit;
 	int world;
 	struct ag_ddp_stats stats; /* of the last (or running) backward */
 };
@@ -289,6 +303,8 @@ static int start_ready(struct ag_ddp *d, bool from_hook)
 			"ag_ddp", "MPI_Iallreduce");
 		ag__dist_unlock();
 		b->started = !rc;
+		if (b->started && d->prog_on)
+			pthread_cond_signal(&d->prog_cv);
 		d->stats.buckets++;
 		d->stats.buckets_overlapped += from_hook;
 		d->stats.bytes += (size_t)b->numel * ag_dtype_size(b->dtype);
@@ -311,6 +327,7 @@ static int progress(struct ag_ddp *d)
 				    "ag_ddp", "MPI_Test");
 		ag__dist_unlock();
 		b->done = !rc && flag;
+		d->stats.buckets_done_early += b->done;
 	}
 	return rc;
 }
@@ -335,6 +352,71 @@ static void scale(void *v, enum ag_dtype dt, int64_t n, int world)
 		for (int64_t i = 0; i < n; i++)
 			f[i] *= k;
 	}
+}
+
+static bool in_flight(const struct ag_ddp *d)
+{
+	for (int k = 0; k < d->next; k++)
+		if (d->b[k].started && !d->b[k].done)
+			return true;
+	return false;
+}
+
+/*
+ * Open MPI moves a non-blocking collective on only inside MPI calls: the
+ * hooks test the buckets, but between hooks (a long GEMM) and after the
+ * last one nothing would until finish() waits.  This thread tests them
+ * every PROGRESS_NS while one is in flight, and sleeps on prog_cv
+ * otherwise; it holds d->lock only while it tests.
+ */
+static void *prog_main(void *arg)
+{
+	struct ag_ddp *d = arg;
+	struct timespec ts = { 0, PROGRESS_NS };
+
+	pthread_mutex_lock(&d->lock);
+	while (!d->prog_quit) {
+		if (!in_flight(d)) {
+			pthread_cond_wait(&d->prog_cv, &d->lock);
+			continue;
+		}
+		progress(d); /* an error is finish()'s to report */
+		pthread_mutex_unlock(&d->lock);
+		nanosleep(&ts, NULL);
+		pthread_mutex_lock(&d->lock);
+	}
+	pthread_mutex_unlock(&d->lock);
+	return NULL;
+}
+
+static int prog_start(struct ag_ddp *d)
+{
+	if (d->world == 1)
+		return 0;
+	if (pthread_cond_init(&d->prog_cv, NULL))
+		return ag_set_error(AG_ENOMEM, "%s: pthread_cond_init failed",
+				    fn_new);
+	if (pthread_create(&d->prog, NULL, prog_main, d)) {
+		pthread_cond_destroy(&d->prog_cv);
+		return ag_set_error(AG_ENOMEM,
+				    "%s: cannot start a progress thread",
+				    fn_new);
+	}
+	d->prog_on = true;
+	return 0;
+}
+
+static void prog_stop(struct ag_ddp *d)
+{
+	if (!d->prog_on)
+		return;
+	pthread_mutex_lock(&d->lock);
+	d->prog_quit = true;
+	pthread_cond_signal(&d->prog_cv);
+	pthread_mutex_unlock(&d->lock);
+	pthread_join(d->prog, NULL);
+	pthread_cond_destroy(&d->prog_cv);
+	d->prog_on = false;
 }
 
 static int finish(void *arg);
@@ -613,6 +695,8 @@ struct ag_ddp *ag_ddp_new(struct ag_module *module,
 		rc = make_buckets(d);
 	if (!rc)
 		rc = hook_params(d);
+	if (!rc)
+		rc = prog_start(d);
 	if (rc) {
 		ag_ddp_free(d);
 		return NULL;
@@ -658,6 +742,7 @@ void ag_ddp_free(struct ag_ddp *d)
 		return;
 	for (int i = 0; i < d->np; i++)
 		ag_hook_remove(d->p[i].hook);
+	prog_stop(d);
 	/* a backward that failed midway left requests MPI must complete */
 	if (d->b)
 		wait_all(d);

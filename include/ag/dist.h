@@ -23,8 +23,10 @@
 
 /*
  * Initialises MPI (MPI_Init_thread; argc and argv may be NULL) asking for
- * MPI_THREAD_MULTIPLE; hooks run on pool threads and every MPI call of
- * libag-dist is serialised by a lock, so MPI_THREAD_SERIALIZED suffices.
+ * MPI_THREAD_MULTIPLE; DDP calls MPI from pool threads (hooks) and its
+ * progress thread, and every MPI call of libag-dist is serialised by a
+ * lock, so MPI_THREAD_SERIALIZED suffices unless the application calls
+ * MPI itself while a DDP backward runs.
  * If the application initialised MPI already, attaches to it (and then
  * ag_dist_finalize() leaves MPI running).  Works on a duplicate of
  * MPI_COMM_WORLD whose errors return.  ag_dist_init(argc, argv) is
@@ -96,8 +98,11 @@ AG_API int ag_dist_barrier(void);
  * whose gradients are all in starts a non-blocking MPI all-reduce (a sum)
  * at once (buckets start in the same order on every rank), and a callback
  * queued on the backward waits for them all and writes the mean into each
- * .grad before ag_backward() returns.  So after backward every rank holds the same
- * .grad, the mean of the ranks' gradients, as torch's DDP.
+ * .grad before ag_backward() returns.  So after backward every rank holds
+ * the same .grad, the mean of the ranks' gradients, as torch's DDP.  MPI
+ * moves a non-blocking all-reduce on only inside MPI calls: with more
+ * than one rank, each ddp has a thread that tests the buckets in flight
+ * every 50 us (and sleeps while none is).
  *
  * A parameter that got no gradient in a backward is reduced as zeros;
  * with find_unused_parameters it then gets the mean of the others (its
@@ -141,6 +146,11 @@ struct ag_ddp_stats {
 	 * run, rather than from the final callback.
 	 */
 	int buckets_overlapped;
+	/*
+	 * Buckets whose all-reduce completed before the final callback
+	 * waited: communication the backward hid.
+	 */
+	int buckets_done_early;
 	size_t bytes; /* all-reduced per backward */
 };
 AG_API int ag_ddp_stats(struct ag_ddp *ddp, struct ag_ddp_stats *st);
