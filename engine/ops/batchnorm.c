@@ -7,12 +7,18 @@
  * [N, C] single elements C apart, which a walk per channel would take one
  * cache line each.  y = x alpha + beta per channel with alpha = invstd w
  * and beta = b - mean alpha, as torch's CPU kernel.
+ *
+ * Runs of BN_SPAN_MIN elements or more (images) go channel by channel
+ * instead, channels in parallel: a channel's statistics, then its output,
+ * while its runs are still in cache.  Each channel is summed by one thread
+ * in a fixed order, so the result does not depend on the thread count.
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <ag/mode.h>
+#include <ag/pool.h>
 
 #include "ops.h"
 
@@ -59,21 +65,22 @@ static struct bn_dims bn_dims(const struct ag_tensor *x)
 /* Runs of at least this many elements go to simd/'s span kernels. */
 #define BN_SPAN_MIN 16
 
-/* Sum of the run of channel c in sample n (d->s elements). */
-static double run_sum(const struct ag_tensor *t, const struct bn_dims *d,
-		      int64_t n, int64_t c, const void *base)
-{
-	int64_t o = (n * d->c + c) * d->s;
+/* Elements of a parallel chunk; a channel is n * s of them. */
+#define BN_CHUNK 16384
 
-	if (t->dtype == AG_F32)
-		return ag_k_sum_f32(d->s, (const float *)base + o, 1);
-	return ag_k_sum_f64(d->s, (const double *)base + o, 1);
+static int64_t bn_grain(const struct bn_dims *d)
+{
+	return d->count >= BN_CHUNK ? 1 : BN_CHUNK / d->count;
+}
+
+static int64_t run_at(const struct bn_dims *d, int64_t n, int64_t c)
+{
+	return (n * d->c + c) * d->s;
 }
 
 /*
- * Mean and biased variance per channel, in f64.  Long runs: each run's
- * two-pass variance from the kernel, combined with its offset from the
- * channel mean; short ones: two plain passes.  Neither cancels.
+ * Mean and biased variance per channel, in f64, for short runs: two plain
+ * passes in memory order.
  */
 static void bn_stats(const struct ag_tensor *x, const struct bn_dims *d,
 		     double *mean, double *var)
@@ -83,42 +90,87 @@ static void bn_stats(const struct ag_tensor *x, const struct bn_dims *d,
 
 	for (int64_t c = 0; c < d->c; c++)
 		mean[c] = var[c] = 0;
-	if (d->s >= BN_SPAN_MIN) {
-		for (int64_t n = 0; n < d->n; n++)
-			for (int64_t c = 0; c < d->c; c++)
-				mean[c] += run_sum(x, d, n, c, xd);
-	} else if (x->dtype == AG_F32) {
+	if (x->dtype == AG_F32) {
 		BN_PASS(d, mean[c] += xf[i];)
 	} else {
 		BN_PASS(d, mean[c] += xd[i];)
 	}
 	for (int64_t c = 0; c < d->c; c++)
 		mean[c] /= (double)d->count;
-	if (d->s >= BN_SPAN_MIN) {
-		double len = (double)d->s;
-
-		for (int64_t n = 0; n < d->n; n++) {
-			for (int64_t c = 0; c < d->c; c++) {
-				int64_t o = (n * d->c + c) * d->s;
-				double rm, v;
-
-				if (x->dtype == AG_F32)
-					v = ag_k_var_f32(d->s, xf + o, 1, 0,
-							 &rm);
-				else
-					v = ag_k_var_f64(d->s, xd + o, 1, 0,
-							 &rm);
-				var[c] += v * len +
-					  len * (rm - mean[c]) * (rm - mean[c]);
-			}
-		}
-	} else if (x->dtype == AG_F32) {
+	if (x->dtype == AG_F32) {
 		BN_PASS(d, double t = xf[i] - mean[c]; var[c] += t * t;)
 	} else {
 		BN_PASS(d, double t = xd[i] - mean[c]; var[c] += t * t;)
 	}
 	for (int64_t c = 0; c < d->c; c++)
 		var[c] /= (double)d->count;
+}
+
+/*
+ * The same for channel c from its runs: each run's two-pass mean and
+ * variance from the kernel (the second pass reads the run from cache),
+ * merged in order by Chan et al.'s update, which does not cancel.
+ */
+static void run_stats(const struct ag_tensor *x, const struct bn_dims *d,
+		      int64_t c, double *mean, double *var)
+{
+	double cnt = 0, mu = 0, m2 = 0, len = (double)d->s;
+
+	for (int64_t n = 0; n < d->n; n++) {
+		int64_t o = run_at(d, n, c);
+		double rm, v, delta, tot = cnt + len;
+
+		if (x->dtype == AG_F32)
+			v = ag_k_var_f32(d->s, (const float *)ag__data(x) + o,
+					 1, 0, &rm);
+		else
+			v = ag_k_var_f64(d->s, (const double *)ag__data(x) + o,
+					 1, 0, &rm);
+		delta = rm - mu;
+		mu += delta * len / tot;
+		m2 += v * len + delta * delta * cnt * len / tot;
+		cnt = tot;
+	}
+	*mean = mu;
+	*var = m2 / cnt;
+}
+
+typedef float bn_v4f __attribute__((vector_size(16)));
+
+/* y = x a + b over a run, rounded as the element-wise loop: x a, then + b */
+static void run_affine_f32(int64_t len, const float *restrict x,
+			   float *restrict y, float a, float b)
+{
+	bn_v4f va = { a, a, a, a }, vb = { b, b, b, b }, v;
+	int64_t j = 0;
+
+	for (; j + 4 <= len; j += 4) {
+		memcpy(&v, x + j, sizeof(v));
+		v = v * va + vb;
+		memcpy(y + j, &v, sizeof(v));
+	}
+	for (; j < len; j++)
+		y[j] = x[j] * a + b;
+}
+
+static void run_affine(const struct ag_tensor *x, struct ag_tensor *y,
+		       const struct bn_dims *d, int64_t c, double a, double b)
+{
+	for (int64_t n = 0; n < d->n; n++) {
+		int64_t o = run_at(d, n, c);
+
+		if (x->dtype == AG_F32) {
+			run_affine_f32(d->s, (const float *)ag__data(x) + o,
+				       (float *)ag__data(y) + o, (float)a,
+				       (float)b);
+		} else {
+			const double *xs = (const double *)ag__data(x) + o;
+			double *ys = (double *)ag__data(y) + o;
+
+			for (int64_t j = 0; j < d->s; j++)
+				ys[j] = xs[j] * a + b;
+		}
+	}
 }
 
 /* t[i] of a 1-D tensor, any layout, NULL: dflt */
@@ -162,6 +214,63 @@ struct bn_args {
 };
 
 /*
+ * Channel c's alpha (ab[c]) and beta (ab[C + c]) from its statistics:
+ * mean[c] and, in training, the variance in invstd[c], which becomes
+ * 1 / std; the running stats are updated when training.
+ */
+static void bn_params(const struct bn_args *a, const struct bn_dims *d,
+		      int64_t c, double *mean, double *invstd, double *ab)
+{
+	double m, v;
+
+	if (a->training) {
+		if (!d->count) { /* nothing to normalise or learn */
+			mean[c] = invstd[c] = 0;
+			return;
+		}
+		m = mean[c];
+		v = invstd[c];
+	} else {
+		m = mean[c] = at1(a->rm, c, 0);
+		v = at1(a->rv, c, 1);
+	}
+	invstd[c] = 1.0 / sqrt(v + a->eps);
+	ab[c] = invstd[c] * at1(a->w, c, 1);
+	ab[d->c + c] = at1(a->b, c, 0) - m * ab[c];
+	if (a->training && a->rm) {
+		double mo = a->momentum;
+
+		set1(a->rm, c, (1 - mo) * at1(a->rm, c, 0) + mo * m);
+		set1(a->rv, c,
+		     (1 - mo) * at1(a->rv, c, 0) +
+			     mo * v * (double)d->count /
+				     (double)(d->count - 1));
+	}
+}
+
+/* What the channels of a forward by runs share. */
+struct bn_fwd_run {
+	const struct bn_args *a;
+	const struct bn_dims *d;
+	const struct ag_tensor *x;
+	struct ag_tensor *y;
+	double *mean, *invstd, *ab;
+};
+
+static void bn_fwd_chans(int64_t c0, int64_t c1, void *arg)
+{
+	struct bn_fwd_run *r = arg;
+	const struct bn_dims *d = r->d;
+
+	for (int64_t c = c0; c < c1; c++) {
+		if (r->a->training)
+			run_stats(r->x, d, c, &r->mean[c], &r->invstd[c]);
+		bn_params(r->a, d, c, r->mean, r->invstd, r->ab);
+		run_affine(r->x, r->y, d, c, r->ab[c], r->ab[d->c + c]);
+	}
+}
+
+/*
  * The plain forward.  mean and invstd [C] (f64) get the statistics used;
  * the running stats are updated when training.
  */
@@ -179,39 +288,19 @@ static struct ag_tensor *bn_fwd(const struct bn_args *a, struct ag_tensor *xc,
 		ag_tensor_put(y);
 		return NULL;
 	}
-	if (a->training && d.count) {
+	if (d.count && d.s >= BN_SPAN_MIN) {
+		struct bn_fwd_run r = { a, &d, xc, y, mean, invstd, ab };
+
+		ag_parallel_for(d.c, bn_grain(&d), bn_fwd_chans, &r);
+	} else {
 		/* invstd holds the variance until it is final */
-		bn_stats(xc, &d, mean, invstd);
+		if (a->training && d.count)
+			bn_stats(xc, &d, mean, invstd);
+		for (int64_t c = 0; c < d.c; c++)
+			bn_params(a, &d, c, mean, invstd, ab);
+		if (d.count)
+			bn_affine(xc, y, &d, ab, ab + d.c);
 	}
-	for (int64_t c = 0; c < d.c; c++) {
-		double m, v;
-
-		if (a->training) {
-			if (!d.count) { /* nothing to normalise or learn */
-				mean[c] = invstd[c] = 0;
-				continue;
-			}
-			m = mean[c];
-			v = invstd[c];
-		} else {
-			m = mean[c] = at1(a->rm, c, 0);
-			v = at1(a->rv, c, 1);
-		}
-		invstd[c] = 1.0 / sqrt(v + a->eps);
-		ab[c] = invstd[c] * at1(a->w, c, 1);
-		ab[d.c + c] = at1(a->b, c, 0) - m * ab[c];
-		if (a->training && a->rm) {
-			double mo = a->momentum;
-
-			set1(a->rm, c, (1 - mo) * at1(a->rm, c, 0) + mo * m);
-			set1(a->rv, c,
-			     (1 - mo) * at1(a->rv, c, 0) +
-				     mo * v * (double)d.count /
-					     (double)(d.count - 1));
-		}
-	}
-	if (d.count)
-		bn_affine(xc, y, &d, ab, ab + d.c);
 	ag__mfree(ab);
 	if (a->training && a->rm && d.count) {
 		ag__storage_bump(a->rm->storage, "ag_batch_norm");
@@ -238,33 +327,57 @@ static void bn_grad_sums(const struct ag_tensor *g, const struct ag_tensor *x,
 			 const struct bn_dims *d, const double *m, double *sg,
 			 double *sgx)
 {
-	bool runs = d->s >= BN_SPAN_MIN;
-
 	for (int64_t c = 0; c < d->c; c++)
 		sg[c] = sgx[c] = 0;
-	for (int64_t n = 0; runs && n < d->n; n++)
-		for (int64_t c = 0; c < d->c; c++)
-			sg[c] += run_sum(g, d, n, c, ag__data(g));
 	if (g->dtype == AG_F32) {
 		const float *gs = ag__data(g), *xs = ag__data(x);
 
-		if (runs)
-			BN_PASS(d, sgx[c] +=
-				   (double)gs[i] * ((double)xs[i] - m[c]);)
-		else
-			BN_PASS(d, sg[c] += gs[i];
-				sgx[c] +=
-				(double)gs[i] * ((double)xs[i] - m[c]);)
+		BN_PASS(d, sg[c] += gs[i];
+			sgx[c] += (double)gs[i] * ((double)xs[i] - m[c]);)
 	} else {
 		const double *gs = ag__data(g), *xs = ag__data(x);
 
-		if (runs)
-			BN_PASS(d, sgx[c] += gs[i] * (xs[i] - m[c]);)
-		else
-			BN_PASS(d, sg[c] += gs[i];
-				sgx[c] += gs[i] * (xs[i] - m[c]);)
+		BN_PASS(d, sg[c] += gs[i]; sgx[c] += gs[i] * (xs[i] - m[c]);)
 	}
 }
+
+/*
+ * The same for channel c from its runs.  Four partial sums per run: one
+ * chain of dependent f64 additions ran at the adder's latency.
+ */
+#define RUN_GRAD_SUMS(T, S)                                                  \
+	static void run_grad_sums_##S(const struct bn_dims *d, int64_t c,    \
+				      const T *g, const T *x, double m,      \
+				      double *sgp, double *sgxp)             \
+	{                                                                    \
+		double sg = 0, sgx = 0;                                      \
+                                                                             \
+		for (int64_t n = 0; n < d->n; n++) {                         \
+			const T *gr = g + run_at(d, n, c);                   \
+			const T *xr = x + run_at(d, n, c);                   \
+			double a[4] = { 0 }, b[4] = { 0 };                   \
+			int64_t j = 0;                                       \
+                                                                             \
+			for (; j + 4 <= d->s; j += 4) {                      \
+				for (int k = 0; k < 4; k++) {                \
+					a[k] += gr[j + k];                   \
+					b[k] += (double)gr[j + k] *          \
+						((double)xr[j + k] - m);     \
+				}                                            \
+			}                                                    \
+			for (; j < d->s; j++) {                              \
+				a[0] += gr[j];                               \
+				b[0] += (double)gr[j] * ((double)xr[j] - m); \
+			}                                                    \
+			sg += (a[0] + a[1]) + (a[2] + a[3]);                 \
+			sgx += (b[0] + b[1]) + (b[2] + b[3]);                \
+		}                                                            \
+		*sgp = sg;                                                   \
+		*sgxp = sgx;                                                 \
+	}
+
+RUN_GRAD_SUMS(float, f32)
+RUN_GRAD_SUMS(double, f64)
 
 /* dx = g A[c] + (x - m[c]) B[c] + C[c] */
 static void bn_dx(const struct ag_tensor *g, const struct ag_tensor *x,
@@ -287,6 +400,105 @@ static void bn_dx(const struct ag_tensor *g, const struct ag_tensor *x,
 	}
 }
 
+typedef double bn_v4d __attribute__((vector_size(32)));
+
+/* dx = g A + (x - m) B + C over a run, in f64 as bn_dx */
+static void run_dx_f32(int64_t len, const float *restrict g,
+		       const float *restrict x, float *restrict dx, double m,
+		       double A, double B, double C)
+{
+	bn_v4d va = { A, A, A, A }, vb = { B, B, B, B }, vc = { C, C, C, C };
+	bn_v4d vm = { m, m, m, m };
+	int64_t j = 0;
+
+	for (; j + 4 <= len; j += 4) {
+		bn_v4f g4, x4, r;
+
+		memcpy(&g4, g + j, sizeof(g4));
+		memcpy(&x4, x + j, sizeof(x4));
+		r = __builtin_convertvector(
+			__builtin_convertvector(g4, bn_v4d) * va +
+				(__builtin_convertvector(x4, bn_v4d) - vm) *
+					vb +
+				vc,
+			bn_v4f);
+		memcpy(dx + j, &r, sizeof(r));
+	}
+	for (; j < len; j++)
+		dx[j] = (float)(g[j] * A + ((double)x[j] - m) * B + C);
+}
+
+/* The same for channel c's runs. */
+static void run_dx(const struct ag_tensor *g, const struct ag_tensor *x,
+		   struct ag_tensor *dx, const struct bn_dims *d, int64_t c,
+		   double m, double A, double B, double C)
+{
+	for (int64_t n = 0; n < d->n; n++) {
+		int64_t o = run_at(d, n, c);
+
+		if (g->dtype == AG_F32) {
+			const float *gs = (const float *)ag__data(g) + o;
+			const float *xs = (const float *)ag__data(x) + o;
+			float *ys = (float *)ag__data(dx) + o;
+
+			run_dx_f32(d->s, gs, xs, ys, m, A, B, C);
+		} else {
+			const double *gs = (const double *)ag__data(g) + o;
+			const double *xs = (const double *)ag__data(x) + o;
+			double *ys = (double *)ag__data(dx) + o;
+
+			for (int64_t j = 0; j < d->s; j++)
+				ys[j] = gs[j] * A + (xs[j] - m) * B + C;
+		}
+	}
+}
+
+/* What the plain backward's channels share; m, is, sg, sgx [C] in f64. */
+struct bn_bwd {
+	struct bn_node *b;
+	const struct bn_dims *d;
+	const struct ag_tensor *g, *x, *w;
+	struct ag_tensor **out;
+	double *m, *is, *sg, *sgx, *A, *B, *C;
+};
+
+/* dw[c], db[c] and channel c's coefficients of dx, from its sums */
+static void bn_chan_grads(const struct bn_bwd *r, int64_t c)
+{
+	int64_t count = r->d->count;
+	double *A = r->A, *B = r->B, *C = r->C, *is = r->is;
+
+	if (r->out[1])
+		set1(r->out[1], c, r->sgx[c] * is[c]);
+	if (r->out[2])
+		set1(r->out[2], c, r->sg[c]);
+	A[c] = at1(r->w, c, 1) * is[c];
+	B[c] = C[c] = 0;
+	if (r->b->training && count) {
+		B[c] = -A[c] * is[c] * is[c] * r->sgx[c] / (double)count;
+		C[c] = -A[c] * r->sg[c] / (double)count;
+	}
+}
+
+static void bn_bwd_chans(int64_t c0, int64_t c1, void *arg)
+{
+	struct bn_bwd *r = arg;
+	const struct bn_dims *d = r->d;
+
+	for (int64_t c = c0; c < c1; c++) {
+		if (r->g->dtype == AG_F32)
+			run_grad_sums_f32(d, c, ag__data(r->g), ag__data(r->x),
+					  r->m[c], &r->sg[c], &r->sgx[c]);
+		else
+			run_grad_sums_f64(d, c, ag__data(r->g), ag__data(r->x),
+					  r->m[c], &r->sg[c], &r->sgx[c]);
+		bn_chan_grads(r, c);
+		if (r->out[0])
+			run_dx(r->g, r->x, r->out[0], d, c, r->m[c], r->A[c],
+			       r->B[c], r->C[c]);
+	}
+}
+
 /*
  * One pass for the sums, one for dx: db = sum(g),
  * dw = sum(g xhat) with xhat = (x - mean) invstd, and
@@ -300,6 +512,7 @@ static int bn_plain_grads(struct bn_node *b, struct ag_tensor *g,
 	struct ag_tensor *x = ag__unpack(n, BN_INPUT), *w = NULL;
 	struct ag_tensor *sm = NULL, *si = NULL, *xc = NULL, *gc = NULL;
 	double *m = NULL, *is, *sg, *sgx, *A, *B, *C;
+	struct bn_bwd r;
 	struct bn_dims d;
 	int rc = 0;
 
@@ -336,19 +549,14 @@ static int bn_plain_grads(struct bn_node *b, struct ag_tensor *g,
 		if (!b->training)
 			is[c] = 1.0 / sqrt(is[c] + b->eps);
 	}
-	bn_grad_sums(gc, xc, &d, m, sg, sgx);
-	for (int64_t c = 0; c < d.c; c++) {
-		if (out[1])
-			set1(out[1], c, sgx[c] * is[c]);
-		if (out[2])
-			set1(out[2], c, sg[c]);
-		A[c] = at1(w, c, 1) * is[c];
-		B[c] = C[c] = 0;
-		if (b->training && d.count) {
-			B[c] = -A[c] * is[c] * is[c] * sgx[c] / (double)d.count;
-			C[c] = -A[c] * sg[c] / (double)d.count;
-		}
+	r = (struct bn_bwd){ b, &d, gc, xc, w, out, m, is, sg, sgx, A, B, C };
+	if (d.count && d.s >= BN_SPAN_MIN) {
+		ag_parallel_for(d.c, bn_grain(&d), bn_bwd_chans, &r);
+		goto done;
 	}
+	bn_grad_sums(gc, xc, &d, m, sg, sgx);
+	for (int64_t c = 0; c < d.c; c++)
+		bn_chan_grads(&r, c);
 	if (out[0])
 		bn_dx(gc, xc, out[0], &d, m, A, B, C);
 	goto done;

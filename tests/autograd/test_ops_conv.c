@@ -486,6 +486,74 @@ Test(conv, max_pool_nan_and_ties)
 		     MAXP_NAN2_GX, LEN(MAXP_NAN2_GX));
 }
 
+/*
+ * The 2x2 stride-2 max pool, which runs vectorized four windows at a time
+ * with the last group overlapping, against the definition: widths that
+ * leave 3, 0 and 1 window(s) after whole groups, odd sizes, ties and NaNs
+ * everywhere, and strided inputs (which the forward reads another way).
+ */
+static void max_pool2_vs_definition(enum ag_dtype dt, enum layout lay,
+				    int64_t h, int64_t w)
+{
+	int64_t xs[4] = { 2, 3, h, w }, oh = h / 2, ow = w / 2;
+	int64_t nx = 2 * 3 * h * w, ny = 2 * 3 * oh * ow;
+	double *x0 = calloc((size_t)nx, sizeof(double));
+	double *y0 = calloc((size_t)ny, sizeof(double));
+	double *r = calloc((size_t)ny, sizeof(double));
+	double *gx0 = calloc((size_t)nx, sizeof(double));
+	struct ag_tensor *x, *y, *loss;
+
+	cr_assert(x0 && y0 && r && gx0);
+	for (int64_t i = 0; i < nx; i++)
+		x0[i] = i % 11 == 3 ? NAN : (double)((i * 7919) % 5) - 2;
+	for (int64_t p = 0, o = 0; p < 6; p++) {
+		for (int64_t oy = 0; oy < oh; oy++) {
+			for (int64_t ox = 0; ox < ow; ox++, o++) {
+				int64_t at = -1;
+
+				/* torch: the first largest or the last NaN */
+				for (int64_t k = 0; k < 4; k++) {
+					int64_t i = p * h * w +
+						    (2 * oy + k / 2) * w +
+						    2 * ox + k % 2;
+
+					if (at < 0 || x0[i] > x0[at] ||
+					    isnan(x0[i]))
+						at = i;
+				}
+				y0[o] = x0[at];
+				r[o] = (double)(o + 1);
+				gx0[at] += r[o];
+			}
+		}
+	}
+	x = make(dt, 4, xs, x0, lay, true);
+	y = ag_max_pool2d(x, SHAPE(2, 2), NULL, NULL);
+	expect_close("y", y, y0, ny, 0);
+	loss = weighted_sum(y, r);
+	cr_assert_eq(ag_backward(loss, NULL, NULL), 0, "%s", ag_errmsg());
+	expect_grad("x.grad", x, gx0, nx, 0);
+	ag_tensor_put(loss);
+	ag_tensor_put(y);
+	ag_tensor_put(x);
+	free(gx0);
+	free(r);
+	free(y0);
+	free(x0);
+}
+
+Test(conv, max_pool2_vs_definition)
+{
+	static const int64_t hw[][2] = { { 5, 15 }, { 6, 16 }, { 4, 8 },
+					 { 7, 9 },  { 3, 7 },  { 2, 2 } };
+
+	for (size_t i = 0; i < sizeof(hw) / sizeof(hw[0]); i++)
+		for (int dt = AG_F32; dt <= AG_F64; dt++)
+			for (int lay = DENSE; lay <= SLICED; lay++)
+				max_pool2_vs_definition(dt, lay, hw[i][0],
+							hw[i][1]);
+}
+
 struct pool_args {
 	enum pool_kind kind;
 	int64_t k[2], s[2], p[2];

@@ -802,6 +802,141 @@ Test(ops_nn, batch_norm_gradcheck)
 	AG_ASSERT_NO_LEAKS();
 }
 
+/*
+ * Images (runs of 35, channel by channel, in parallel) against the
+ * definition in f64: a mean far from 0 (a cancelling formula loses f32's
+ * digits), weight, bias and running stats, every gradient.
+ */
+static void bn_vs_definition(enum ag_dtype dt, enum layout lay)
+{
+	enum { N = 3, C = 4, S = 35, NX = N * C * S };
+	double x0[NX], r[NX], dx0[NX], y0[NX], w0[C], b0[C], rm0[C], rv0[C];
+	double rm1[C], rv1[C], dw0[C], db0[C];
+	struct ag_tensor *in[3], *g[3], *y, *rm, *rv;
+	double tol = dt == AG_F32 ? 2e-4 : 1e-10;
+
+	for (int i = 0; i < NX; i++) {
+		x0[i] = 300 + ((i * 37) % 23) / 7.0;
+		r[i] = ((i * 11) % 13) / 5.0 - 1;
+	}
+	for (int c = 0; c < C; c++) {
+		double m = 0, v = 0, mr = 0, mrx = 0, is;
+
+		w0[c] = 0.5 + c;
+		b0[c] = c - 1.5;
+		rm0[c] = c;
+		rv0[c] = 1 + c;
+		for (int n = 0; n < N; n++)
+			for (int e = 0; e < S; e++)
+				m += x0[(n * C + c) * S + e] / (N * S);
+		for (int n = 0; n < N; n++)
+			for (int e = 0; e < S; e++) {
+				double t = x0[(n * C + c) * S + e] - m;
+
+				v += t * t / (N * S);
+			}
+		is = 1 / sqrt(v + 1e-5);
+		db0[c] = dw0[c] = 0;
+		for (int n = 0; n < N; n++)
+			for (int e = 0; e < S; e++) {
+				int i = (n * C + c) * S + e;
+				double xh = (x0[i] - m) * is;
+
+				y0[i] = xh * w0[c] + b0[c];
+				db0[c] += r[i];
+				dw0[c] += r[i] * xh;
+			}
+		mr = db0[c] / (N * S);
+		mrx = dw0[c] / (N * S);
+		for (int n = 0; n < N; n++)
+			for (int e = 0; e < S; e++) {
+				int i = (n * C + c) * S + e;
+				double xh = (x0[i] - m) * is;
+
+				dx0[i] = w0[c] * is * (r[i] - mr - xh * mrx);
+			}
+		rm1[c] = 0.9 * rm0[c] + 0.1 * m;
+		rv1[c] = 0.9 * rv0[c] + 0.1 * v * (N * S) / (N * S - 1);
+	}
+	rm = from(dt, 1, SHAPE(C), rm0);
+	rv = from(dt, 1, SHAPE(C), rv0);
+	in[0] = mk(dt, 3, SHAPE(N, C, S), x0, lay, true);
+	in[1] = mk(dt, 1, SHAPE(C), w0, DENSE, true);
+	in[2] = mk(dt, 1, SHAPE(C), b0, DENSE, true);
+	y = ag_batch_norm(in[0], rm, rv, in[1], in[2], true, 0.1, 1e-5);
+	expect(y, y0, NX, tol, "bn y");
+	expect(rm, rm1, C, tol, "bn running mean");
+	expect(rv, rv1, C, tol, "bn running var");
+	grads(y, r, in, 3, g);
+	expect(g[0], dx0, NX, tol, "bn dx");
+	expect(g[1], dw0, C, tol, "bn dw");
+	expect(g[2], db0, C, tol, "bn db");
+	put_all(g, 3);
+	ag_tensor_put(y);
+	put_all(in, 3);
+	ag_tensor_put(rm);
+	ag_tensor_put(rv);
+}
+
+Test(ops_nn, batch_norm_images_vs_definition)
+{
+	for (int di = 0; di < 2; di++)
+		for (int lay = 0; lay < LAYOUTS; lay++)
+			bn_vs_definition(dtypes[di], lay);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* Channels split over threads: the same bits with 1 and 2 threads. */
+Test(ops_nn, batch_norm_same_for_threads)
+{
+	for (int di = 0; di < 2; di++) {
+		enum ag_dtype dt = dtypes[di];
+		struct ag_tensor *out[2][6];
+
+		for (int t = 0; t < 2; t++) {
+			struct ag_tensor *x, *w, *b, *in[3], *g[3], *y;
+
+			struct ag_generator *gen = ag_generator_new(3);
+
+			x = ag_randn(gen, dt, 4, SHAPE(4, 6, 64, 72));
+			w = ag_randn(gen, dt, 1, SHAPE(6));
+			b = ag_randn(gen, dt, 1, SHAPE(6));
+			ag_generator_free(gen);
+			out[t][4] = ag_zeros(dt, 1, SHAPE(6));
+			out[t][5] = ag_ones(dt, 1, SHAPE(6));
+			cr_assert_eq(ag_set_num_threads(t + 1), 0);
+			in[0] = x;
+			in[1] = w;
+			in[2] = b;
+			for (int i = 0; i < 3; i++)
+				ag_tensor_set_requires_grad(in[i], true);
+			y = ag_batch_norm(x, out[t][4], out[t][5], w, b, true,
+					  0.1, 1e-5);
+			grads(y, NULL, in, 3, g);
+			out[t][0] = y;
+			for (int i = 0; i < 3; i++)
+				out[t][i + 1] = g[i];
+			put_all(in, 3);
+		}
+		ag_set_num_threads(0);
+		for (int i = 0; i < 6; i++) {
+			struct ag_tensor *a = out[0][i], *b = out[1][i];
+			size_t n =
+				(size_t)ag_tensor_numel(a) * ag_dtype_size(dt);
+
+			cr_assert(a && b);
+			cr_assert(
+				memcmp(ag_tensor_data(a), ag_tensor_data(b),
+				       n) == 0,
+				"batch_norm output %d differs between 1 and 2 threads",
+				i);
+			ag_tensor_put(a);
+			ag_tensor_put(b);
+		}
+	}
+	AG_ASSERT_NO_LEAKS();
+}
+
 Test(ops_nn, batch_norm_errors_and_empty)
 {
 	struct ag_tensor *x = ag_ones(AG_F64, 2, SHAPE(1, 3));
