@@ -2,7 +2,8 @@
 /*
  * Trains a classifier on Fashion-MNIST (Debian's dataset-fashion-mnist)
  * with libag alone, then reports the test accuracy in eval mode and saves
- * a checkpoint (the model as safetensors, the optimiser state beside it).
+ * a checkpoint (the model as safetensors, the optimiser's and the lr
+ * schedule's state beside it).
  *
  *   fashion_mnist [--model mlp|cnn] [--epochs N] [--batch B] [--threads T]
  *                 [--lr X] [--seed S] [--checkpoint PATH] [--resume]
@@ -16,7 +17,8 @@
  * CosineAnnealingLR stepped per epoch), or stays at --lr with
  * --schedule constant.
  * --limit uses the first N training and N test images (a quick run);
- * --resume continues from the checkpoint, at the epoch it stopped.
+ * --resume continues from the checkpoint, at the epoch it stopped, with
+ * the lr its schedule had there (give the same --epochs).
  *
  * Built as fashion_mnist_dist (with libag-dist, when MPI is found) it
  * trains data-parallel: mpirun -np N fashion_mnist_dist ... runs N ranks,
@@ -130,28 +132,39 @@ static int parse(int argc, char **argv, struct args *a)
 	return 0;
 }
 
-/* The optimiser's state and the next epoch, in "<checkpoint>.optim". */
-static int save_optim(struct ag_optim *o, const char *path, int next_epoch)
+/*
+ * The optimiser's state, the scheduler's (if any) and the next epoch, in
+ * "<checkpoint>.optim".
+ */
+static int save_optim(struct ag_optim *o, struct ag_lr_scheduler *sched,
+		      const char *path, int next_epoch)
 {
-	const char *const *names;
-	struct ag_tensor *const *ts;
+	const char *const *names, *const *snames = NULL;
+	struct ag_tensor *const *ts, *const *sts = NULL;
 	const char **all_names = NULL;
 	struct ag_tensor **all = NULL, *ep = NULL;
-	int n, rc;
+	int n, ns = 0, rc;
 
 	rc = ag_optim_state(o, &names, &ts, &n);
+	if (!rc && sched)
+		rc = ag_scheduler_state(sched, &snames, &sts, &ns);
 	if (rc)
 		return rc;
-	all_names = calloc((size_t)n + 1, sizeof(*all_names));
-	all = calloc((size_t)n + 1, sizeof(*all));
+	all_names = calloc((size_t)(n + ns) + 1, sizeof(*all_names));
+	all = calloc((size_t)(n + ns) + 1, sizeof(*all));
 	ep = ag_scalar(AG_I64, next_epoch);
 	rc = -AG_ENOMEM;
 	if (all_names && all && ep) {
 		memcpy(all_names, names, (size_t)n * sizeof(*names));
 		memcpy(all, ts, (size_t)n * sizeof(*ts));
-		all_names[n] = "meta.next_epoch";
-		all[n] = ep;
-		rc = ag_safetensors_save(path, all_names, all, n + 1);
+		if (ns) {
+			memcpy(all_names + n, snames,
+			       (size_t)ns * sizeof(*names));
+			memcpy(all + n, sts, (size_t)ns * sizeof(*ts));
+		}
+		all_names[n + ns] = "meta.next_epoch";
+		all[n + ns] = ep;
+		rc = ag_safetensors_save(path, all_names, all, n + ns + 1);
 	}
 	ag_tensor_put(ep);
 	free(all_names);
@@ -159,19 +172,26 @@ static int save_optim(struct ag_optim *o, const char *path, int next_epoch)
 	return rc;
 }
 
-static int load_optim(struct ag_optim *o, const char *path, int *next_epoch)
+/*
+ * Loads what save_optim saved.  A file without the scheduler's entries
+ * (from before they were saved) replays its steps up to the epoch.
+ */
+static int load_optim(struct ag_optim *o, struct ag_lr_scheduler *sched,
+		      const char *path, int *next_epoch)
 {
 	struct ag_safetensors *st = ag_safetensors_open(path);
-	const char **names = NULL;
-	struct ag_tensor **ts = NULL;
-	int n, k = 0, rc = -AG_ENOMEM;
+	const char **names = NULL, **snames = NULL;
+	struct ag_tensor **ts = NULL, **sts = NULL;
+	int n, k = 0, ns = 0, rc = -AG_ENOMEM;
 
 	if (!st)
 		return -ag_errcode();
 	n = ag_safetensors_count(st);
 	names = calloc((size_t)n + 1, sizeof(*names));
 	ts = calloc((size_t)n + 1, sizeof(*ts));
-	if (!names || !ts)
+	snames = calloc((size_t)n + 1, sizeof(*snames));
+	sts = calloc((size_t)n + 1, sizeof(*sts));
+	if (!names || !ts || !snames || !sts)
 		goto out;
 	for (int i = 0; i < n; i++) {
 		const char *name = ag_safetensors_name(st, i);
@@ -184,17 +204,28 @@ static int load_optim(struct ag_optim *o, const char *path, int *next_epoch)
 		if (!strcmp(name, "meta.next_epoch")) {
 			*next_epoch = (int)ag_tensor_item_i64(t);
 			ag_tensor_put(t);
-			continue;
+		} else if (!strncmp(name, "scheduler.", 10)) {
+			snames[ns] = name;
+			sts[ns++] = t;
+		} else {
+			names[k] = name;
+			ts[k++] = t;
 		}
-		names[k] = name;
-		ts[k++] = t;
 	}
 	rc = ag_optim_load_state(o, names, ts, k);
+	if (!rc && sched && ns)
+		rc = ag_scheduler_load_state(sched, snames, sts, ns);
+	for (int e = 0; !rc && sched && !ns && e < *next_epoch; e++)
+		rc = ag_scheduler_step(sched);
 out:
 	for (int i = 0; i < k; i++)
 		ag_tensor_put(ts[i]);
+	for (int i = 0; i < ns; i++)
+		ag_tensor_put(sts[i]);
 	free(names);
 	free(ts);
+	free(snames);
+	free(sts);
 	ag_safetensors_close(st);
 	return rc;
 }
@@ -390,7 +421,7 @@ int main(int argc, char **argv)
 	g = ag_generator_new(a.seed);
 	m = g ? fmnist_model(a.model, g) : NULL;
 	o = m ? make_optim(m, &a) : NULL;
-	/* made before a resume loads the lr, so it starts from --lr */
+	/* made before a resume, which loads its state (and the lr) */
 	if (o && !strcmp(a.schedule, "cosine"))
 		sched = ag_cosine_lr_new(o, a.epochs > 0 ? a.epochs : 1, 0);
 	rc = 1;
@@ -399,7 +430,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (a.resume && (ag_module_load(m, a.checkpoint) ||
-			 load_optim(o, optim_path, &first))) {
+			 load_optim(o, sched, optim_path, &first))) {
 		fprintf(stderr, "fashion_mnist: --resume: %s\n", ag_errmsg());
 		goto out;
 	}
@@ -414,8 +445,6 @@ int main(int argc, char **argv)
 	if (!rank())
 		printf("%d ranks, each: ", ag_dist_world_size());
 #endif
-	for (int e = 0; sched && e < first; e++)
-		ag_scheduler_step(sched);
 	if (!rank())
 		printf("%s on %lld training images, batch %lld, %d thread(s)%s\n",
 		       a.model, (long long)fmnist_len(&train),
@@ -438,7 +467,7 @@ int main(int argc, char **argv)
 		       es.secs, es.secs * (a.epochs - e - 1));
 		fflush(stdout);
 		if (ag_module_save(m, a.checkpoint) ||
-		    save_optim(o, optim_path, e + 1)) {
+		    save_optim(o, sched, optim_path, e + 1)) {
 			fprintf(stderr, "fashion_mnist: saving: %s\n",
 				ag_errmsg());
 			goto out;

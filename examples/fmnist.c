@@ -146,9 +146,13 @@ static int fill(struct fmnist *d, const unsigned char *px,
 		d->labels[i] = lb[i];
 		d->order[i] = i;
 	}
+	/* 256 values, not two divisions for each of 55 million pixels */
+	float norm[256];
+
+	for (int v = 0; v < 256; v++)
+		norm[v] = (float)((v / 255.0 - FMNIST_MEAN) / FMNIST_STD);
 	for (int64_t i = 0; i < d->n * FMNIST_PIXELS; i++)
-		d->images[i] =
-			(float)((px[i] / 255.0 - FMNIST_MEAN) / FMNIST_STD);
+		d->images[i] = norm[px[i]];
 	return 0;
 }
 

@@ -821,7 +821,12 @@ struct ag_lr_scheduler {
 	int last_epoch, n_groups, step_size, t_max;
 	double gamma, eta_min;
 	double *base; /* each group's lr at construction */
+	struct ag_tensor *named[3]; /* ag_scheduler_state's, until the next */
 };
+
+static const char *const sched_names[3] = { "scheduler.last_epoch",
+					    "scheduler.base_lrs",
+					    "scheduler.last_lr" };
 
 static struct ag_lr_scheduler *sched_new(const char *fn, struct ag_optim *o,
 					 enum sched_kind kind)
@@ -914,13 +919,161 @@ int ag_scheduler_step(struct ag_lr_scheduler *s)
 	return 0;
 }
 
+static void sched_named_clear(struct ag_lr_scheduler *s)
+{
+	for (int i = 0; i < 3; i++) {
+		ag_tensor_put(s->named[i]);
+		s->named[i] = NULL;
+	}
+}
+
 void ag_scheduler_free(struct ag_lr_scheduler *s)
 {
 	NN_UNSCOPED();
 	if (!s)
 		return;
+	sched_named_clear(s);
 	free(s->base);
 	free(s);
+}
+
+int ag_scheduler_state(struct ag_lr_scheduler *s, const char *const **names,
+		       struct ag_tensor *const **tensors, int *n)
+{
+	NN_UNSCOPED();
+	int64_t g;
+	double *now;
+
+	if (!s)
+		return ag_set_error(AG_EINVAL,
+				    "ag_scheduler_state: scheduler is NULL");
+	sched_named_clear(s);
+	g = s->n_groups;
+	now = calloc((size_t)g + 1, sizeof(*now));
+	for (int i = 0; now && i < s->n_groups; i++)
+		now[i] = s->o->groups[i].lr;
+	s->named[0] = ag_scalar(AG_I64, s->last_epoch);
+	s->named[1] = ag_from_data(AG_F64, 1, &g, s->base);
+	s->named[2] = now ? ag_from_data(AG_F64, 1, &g, now) : NULL;
+	free(now);
+	if (!s->named[0] || !s->named[1] || !s->named[2]) {
+		sched_named_clear(s);
+		return ag_set_error(AG_ENOMEM,
+				    "ag_scheduler_state: out of memory");
+	}
+	if (names)
+		*names = sched_names;
+	if (tensors)
+		*tensors = s->named;
+	if (n)
+		*n = 3;
+	return 0;
+}
+
+/* Entry k of ag_scheduler_load_state is well formed for s. */
+static int sched_check(const struct ag_lr_scheduler *s, int k,
+		       struct ag_tensor *t)
+{
+	const char *fn = "ag_scheduler_load_state";
+
+	if (!t)
+		return ag_set_error(AG_EINVAL, "%s: tensor of \"%s\" is NULL",
+				    fn, sched_names[k]);
+	if (k == 0) {
+		if (ag_tensor_ndim(t) != 0 || ag_tensor_dtype(t) != AG_I64)
+			return ag_set_error(
+				AG_EDTYPE,
+				"%s: \"%s\" must be a 0-d i64, not %dd %s", fn,
+				sched_names[k], ag_tensor_ndim(t),
+				ag_dtype_name(ag_tensor_dtype(t)));
+		if (ag_tensor_item_i64(t) < 0 ||
+		    ag_tensor_item_i64(t) > INT32_MAX)
+			return ag_set_error(AG_EINVAL,
+					    "%s: \"%s\" is %lld, out of range",
+					    fn, sched_names[k],
+					    (long long)ag_tensor_item_i64(t));
+		return 0;
+	}
+	if (ag_tensor_dtype(t) != AG_F64)
+		return ag_set_error(AG_EDTYPE, "%s: \"%s\" is %s, not f64", fn,
+				    sched_names[k],
+				    ag_dtype_name(ag_tensor_dtype(t)));
+	if (ag_tensor_ndim(t) != 1 || ag_tensor_shape(t)[0] != s->n_groups)
+		return ag_set_error(
+			AG_ESHAPE,
+			"%s: \"%s\" must have shape [%d], one lr per group", fn,
+			sched_names[k], s->n_groups);
+	return 0;
+}
+
+/* v[0..n) from a 1-d f64 tensor of any layout */
+static int sched_values(struct ag_tensor *t, double *v, int n)
+{
+	struct ag_tensor *c = ag_contiguous(t);
+
+	if (!c)
+		return -ag_errcode();
+	memcpy(v, ag_tensor_data(c), sizeof(*v) * (size_t)n);
+	ag_tensor_put(c);
+	return 0;
+}
+
+int ag_scheduler_load_state(struct ag_lr_scheduler *s, const char *const *names,
+			    struct ag_tensor *const *tensors, int n)
+{
+	NN_UNSCOPED();
+	struct ag_tensor *got[3] = { NULL, NULL, NULL };
+	double *base = NULL, *now = NULL;
+	int err;
+
+	if (!s || n < 0 || (n > 0 && (!names || !tensors)))
+		return ag_set_error(
+			AG_EINVAL,
+			"ag_scheduler_load_state: bad arguments (%d entries)",
+			n);
+	for (int i = 0; i < n; i++) {
+		int k = 0;
+
+		while (k < 3 && (!names[i] || strcmp(names[i], sched_names[k])))
+			k++;
+		if (k == 3 || got[k])
+			return ag_set_error(
+				AG_EINVAL,
+				"ag_scheduler_load_state: \"%s\" is %s",
+				names[i] ? names[i] : "(null)",
+				k == 3 ? "not a scheduler state entry" :
+					 "given twice");
+		err = sched_check(s, k, tensors[i]);
+		if (err)
+			return err;
+		got[k] = tensors[i];
+	}
+	for (int k = 0; k < 3; k++)
+		if (!got[k])
+			return ag_set_error(
+				AG_EINVAL,
+				"ag_scheduler_load_state: \"%s\" is missing",
+				sched_names[k]);
+	base = calloc((size_t)s->n_groups + 1, sizeof(*base));
+	now = calloc((size_t)s->n_groups + 1, sizeof(*now));
+	err = !base || !now ?
+		      ag_set_error(AG_ENOMEM,
+				   "ag_scheduler_load_state: out of memory") :
+		      0;
+	if (!err)
+		err = sched_values(got[1], base, s->n_groups);
+	if (!err)
+		err = sched_values(got[2], now, s->n_groups);
+	if (!err) {
+		s->last_epoch = (int)ag_tensor_item_i64(got[0]);
+		memcpy(s->base, base, sizeof(*base) * (size_t)s->n_groups);
+		for (int i = 0; i < s->n_groups; i++)
+			s->o->groups[i].lr = now[i];
+		sched_named_clear(s);
+	}
+	free(base);
+	free(now);
+	return err;
 }
 
 /* ---- clip_grad_norm_ ---- */

@@ -34,7 +34,7 @@ static uint64_t mix_at(uint64_t key, int64_t i)
 
 struct drop_ctx {
 	uint64_t key;
-	double keep; /* 1 - p */
+	uint64_t below; /* kept when the draw's top 53 bits are below this */
 	int64_t numel;
 	uint64_t *mask;
 	/* optional: dst[i] = src[i] * factor(bit i), both dense */
@@ -44,24 +44,106 @@ struct drop_ctx {
 	double scale;
 };
 
-/* dst[i] = src[i] times scale or 0 by the mask, over elements [s, e). */
+/* Bit b of a 32-bit half word: a load the loops below vectorise. */
+static const uint32_t bit_of[32] = {
+	1u << 0,  1u << 1,  1u << 2,  1u << 3,	1u << 4,  1u << 5,  1u << 6,
+	1u << 7,  1u << 8,  1u << 9,  1u << 10, 1u << 11, 1u << 12, 1u << 13,
+	1u << 14, 1u << 15, 1u << 16, 1u << 17, 1u << 18, 1u << 19, 1u << 20,
+	1u << 21, 1u << 22, 1u << 23, 1u << 24, 1u << 25, 1u << 26, 1u << 27,
+	1u << 28, 1u << 29, 1u << 30, 1u << 31,
+};
+
+/*
+ * 32 elements by half a mask word, y[b] = x[b] times f or 0 as bit b of h.
+ * Shifting the word by the element's index kept these loops scalar; a
+ * load from bit_of, with x and y apart (restrict) or the same (in place),
+ * vectorises at -O2.  The product is torch's, x * scale or x * 0 (-0 for
+ * negative x, NaN for inf).
+ */
+#define DEFINE_MASK32(T)                                                       \
+	static void mask32_##T(const T *restrict x, T *restrict y, uint32_t h, \
+			       T f)                                            \
+	{                                                                      \
+		for (int b = 0; b < 32; b++)                                   \
+			y[b] = x[b] * (h & bit_of[b] ? f : (T)0);              \
+	}                                                                      \
+	static void mask32_inplace_##T(T *y, uint32_t h, T f)                  \
+	{                                                                      \
+		for (int b = 0; b < 32; b++)                                   \
+			y[b] = y[b] * (h & bit_of[b] ? f : (T)0);              \
+	}                                                                      \
+	static void mask_tail_##T(const T *x, T *y, uint32_t h, T f, int n)    \
+	{                                                                      \
+		for (int b = 0; b < n; b++)                                    \
+			y[b] = x[b] * (h & bit_of[b] ? f : (T)0);              \
+	}                                                                      \
+	static void apply_mask_##T(const struct drop_ctx *c, int64_t s,        \
+				   int64_t e)                                  \
+	{                                                                      \
+		const T *x = c->src;                                           \
+		T *y = c->dst, f = (T)c->scale;                                \
+		for (int64_t i = s; i < e; i += 32) {                          \
+			uint32_t h = (uint32_t)(c->mask[i >> 6] >> (i & 63));  \
+			if (e - i < 32)                                        \
+				mask_tail_##T(x + i, y + i, h, f,              \
+					      (int)(e - i));                   \
+			else if (x == y)                                       \
+				mask32_inplace_##T(y + i, h, f);               \
+			else                                                   \
+				mask32_##T(x + i, y + i, h, f);                \
+		}                                                              \
+	}
+
+DEFINE_MASK32(float)
+DEFINE_MASK32(double)
+
+/* dst[i] = src[i] times scale or 0 by the mask, over [s, e), s % 64 == 0. */
 static void apply_mask(const struct drop_ctx *c, int64_t s, int64_t e)
 {
-	if (c->dt == AG_F32) {
-		const float *x = c->src;
-		float *y = c->dst, f = (float)c->scale;
+	if (c->dt == AG_F32)
+		apply_mask_float(c, s, e);
+	else
+		apply_mask_double(c, s, e);
+}
 
-		for (int64_t i = s; i < e; i++)
-			y[i] = x[i] *
-			       ((c->mask[i >> 6] >> (i & 63)) & 1 ? f : 0.0f);
-	} else {
-		const double *x = c->src;
-		double *y = c->dst, f = c->scale;
+/*
+ * One mask word from 64 draws of the stream at first..first+63, bits n and
+ * above clear.  SplitMix64's 64-bit multiplies vectorise with AVX-512
+ * (vpmullq) and, emulated, with AVX2; the draws go to an array first and
+ * the compares are ORed from a table, so both loops do.  Picked at load
+ * time where the CPU has them; the words are the same on every path.
+ */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define AG_DRAW_CLONES \
+	__attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#else
+#define AG_DRAW_CLONES
+#endif
 
-		for (int64_t i = s; i < e; i++)
-			y[i] = x[i] *
-			       ((c->mask[i >> 6] >> (i & 63)) & 1 ? f : 0.0);
-	}
+static const uint64_t bit64[64] = {
+	1ull << 0,  1ull << 1,	1ull << 2,  1ull << 3,	1ull << 4,  1ull << 5,
+	1ull << 6,  1ull << 7,	1ull << 8,  1ull << 9,	1ull << 10, 1ull << 11,
+	1ull << 12, 1ull << 13, 1ull << 14, 1ull << 15, 1ull << 16, 1ull << 17,
+	1ull << 18, 1ull << 19, 1ull << 20, 1ull << 21, 1ull << 22, 1ull << 23,
+	1ull << 24, 1ull << 25, 1ull << 26, 1ull << 27, 1ull << 28, 1ull << 29,
+	1ull << 30, 1ull << 31, 1ull << 32, 1ull << 33, 1ull << 34, 1ull << 35,
+	1ull << 36, 1ull << 37, 1ull << 38, 1ull << 39, 1ull << 40, 1ull << 41,
+	1ull << 42, 1ull << 43, 1ull << 44, 1ull << 45, 1ull << 46, 1ull << 47,
+	1ull << 48, 1ull << 49, 1ull << 50, 1ull << 51, 1ull << 52, 1ull << 53,
+	1ull << 54, 1ull << 55, 1ull << 56, 1ull << 57, 1ull << 58, 1ull << 59,
+	1ull << 60, 1ull << 61, 1ull << 62, 1ull << 63,
+};
+
+AG_DRAW_CLONES static uint64_t draw_word(uint64_t key, int64_t first,
+					 uint64_t below, int64_t n)
+{
+	uint64_t r[64], bits = 0;
+
+	for (int b = 0; b < 64; b++)
+		r[b] = mix_at(key, first + b) >> 11;
+	for (int b = 0; b < 64; b++)
+		bits |= r[b] < below ? bit64[b] : 0;
+	return n < 64 ? bits & ((1ull << n) - 1) : bits;
 }
 
 /* Words [ws, we) of the mask, then their elements of dst. */
@@ -70,18 +152,9 @@ static void draw_words(int64_t ws, int64_t we, void *arg)
 	struct drop_ctx *c = arg;
 	int64_t end = we * 64 < c->numel ? we * 64 : c->numel;
 
-	for (int64_t w = ws; w < we; w++) {
-		uint64_t bits = 0;
-		int64_t n = c->numel - w * 64 < 64 ? c->numel - w * 64 : 64;
-
-		for (int64_t b = 0; b < n; b++) {
-			double u = (double)(mix_at(c->key, w * 64 + b) >> 11) *
-				   0x1p-53;
-
-			bits |= (uint64_t)(u < c->keep) << b;
-		}
-		c->mask[w] = bits;
-	}
+	for (int64_t w = ws; w < we; w++)
+		c->mask[w] =
+			draw_word(c->key, w * 64, c->below, c->numel - w * 64);
 	if (c->dst)
 		apply_mask(c, ws * 64, end);
 }
@@ -204,7 +277,12 @@ struct ag_tensor *ag_dropout(struct ag_tensor *a, double p, bool training,
 	if (!training || p == 0 || !a->numel)
 		return ag__scope_add(ag_tensor_get(a));
 	c.numel = a->numel;
-	c.keep = 1.0 - p;
+	/*
+	 * The draw k >> 11 as u = k 2^-53 is kept when u < 1 - p, that is
+	 * when the integer k < (1 - p) 2^53 (exact: a power of two apart),
+	 * k < ceil((1 - p) 2^53): no conversion per element.
+	 */
+	c.below = (uint64_t)ceil((1.0 - p) * 0x1p53);
 	c.dt = a->dtype;
 	c.scale = kept_scale(a->dtype, p);
 	c.mask = ag__malloc((size_t)((a->numel + 63) / 64) * sizeof(uint64_t));

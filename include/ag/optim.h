@@ -88,6 +88,27 @@ AG_API struct ag_lr_scheduler *ag_cosine_lr_new(struct ag_optim *o, int t_max,
 						double eta_min);
 AG_API int ag_scheduler_step(struct ag_lr_scheduler *s);
 AG_API void ag_scheduler_free(struct ag_lr_scheduler *s);
+/*
+ * The scheduler's progress as named tensors, as torch's state_dict (the
+ * kind, t_max and so on come from the constructor): "scheduler.last_epoch"
+ * (i64 0-d, the steps taken), "scheduler.base_lrs" and "scheduler.last_lr"
+ * (f64 [groups], each group's lr at construction and now).  The names
+ * differ from ag_optim_state's, so both can go into one safetensors file.
+ * Borrowed, valid until the next call, load or free.
+ */
+AG_API int ag_scheduler_state(struct ag_lr_scheduler *s,
+			      const char *const **names,
+			      struct ag_tensor *const **tensors, int *n);
+/*
+ * Restores ag_scheduler_state's three entries (copied; all needed, all
+ * checked before anything changes) into a scheduler built as the saved one
+ * was, and sets every group's lr of its optimiser to last_lr.  Training
+ * resumed from the module, ag_optim_load_state and this continues bitwise
+ * as if it had never stopped; the steps are not replayed.
+ */
+AG_API int ag_scheduler_load_state(struct ag_lr_scheduler *s,
+				   const char *const *names,
+				   struct ag_tensor *const *tensors, int n);
 
 /*
  * Scales the .grads of params in place so that their joint norm of order

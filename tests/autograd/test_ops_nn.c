@@ -527,6 +527,111 @@ Test(ops_nn, dropout_identity_and_edges)
 	AG_ASSERT_NO_LEAKS();
 }
 
+/* The stream of dropout.c's header, written out again: SplitMix64. */
+static uint64_t splitmix_at(uint64_t key, int64_t i)
+{
+	uint64_t z = key + (uint64_t)(i + 1) * 0x9e3779b97f4a7c15ULL;
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+/* a and b are the same value: NaN both, or equal with the same sign */
+static bool same(double a, double b)
+{
+	return (isnan(a) && isnan(b)) || (a == b && !signbit(a) == !signbit(b));
+}
+
+/* The product as dt computes it: x times (kept ? scale : 0). */
+static double masked(enum ag_dtype dt, double x, bool kept, double scale)
+{
+	if (dt == AG_F32)
+		return (double)((float)x * (kept ? (float)scale : 0.0f));
+	return x * (kept ? scale : 0.0);
+}
+
+/*
+ * Element i is kept exactly when the stream's i-th draw, as a uniform
+ * (k >> 11) 2^-53, is below 1 - p; kept values are x / (1 - p), dropped
+ * ones x * 0 (-0 for negative x, NaN for inf, as torch's x * mask), in the
+ * forward and both backward paths (a gradient of its own, scaled in place,
+ * and one still held, copied).  1073 elements: whole words and a tail.
+ */
+Test(ops_nn, dropout_mask_is_the_documented_stream)
+{
+	const double ps[] = { 0.2, 0.5, 0.7 };
+	const int64_t n = 37 * 29;
+	double *v = calloc((size_t)n, sizeof(double));
+	double *up = calloc((size_t)n, sizeof(double));
+
+	for (int64_t i = 0; i < n; i++) {
+		v[i] = (double)(i % 9) - 4 + 0.25 * (i % 3);
+		up[i] = (double)(i % 5) - 2.5;
+	}
+	v[5] = INFINITY;
+	v[17] = -INFINITY;
+	v[40] = -0.0;
+	for (int k = 0; k < 12; k++) {
+		enum ag_dtype dt = dtypes[k % 2];
+		enum layout lay = k / 2 % 2 ? TRANSPOSED : DENSE;
+		double p = ps[k / 4],
+		       scale = dt == AG_F32 ?
+				       (double)(1.0f / (float)(1.0 - p)) :
+				       1.0 / (1.0 - p);
+		struct ag_generator *gen = ag_generator_new(100 + (uint64_t)k);
+		struct ag_generator *twin = ag_generator_new(100 + (uint64_t)k);
+		uint64_t key = ag_generator_next(twin);
+		struct ag_tensor *a = mk(dt, 2, SHAPE(37, 29), v, lay, true);
+		struct ag_tensor *y = ag_dropout(a, p, true, gen), *g[1],
+				 *g2[1];
+		struct ag_tensor *w, *wy, *l;
+		struct ag_grad_opts o = { .retain_graph = true };
+		int64_t kept_n = 0;
+
+		cr_assert_not_null(y, "%s", ag_errmsg());
+		grads(y, up, &a, 1, g); /* up is still held: the copy path */
+		w = from(dt, 2, SHAPE(37, 29), up);
+		wy = ag_mul(y, w);
+		l = ag_sum(wy); /* mul's gradient, its own: scaled in place */
+		cr_assert_eq(ag_grad(&l, NULL, 1, &a, 1, g2, &o), 0, "%s",
+			     ag_errmsg());
+		for (int64_t i = 0; i < n; i++) {
+			bool kept =
+				(double)(splitmix_at(key, i) >> 11) * 0x1p-53 <
+				1.0 - p;
+			double want = masked(dt, v[i], kept, scale);
+			double gwant = masked(dt, up[i], kept, scale);
+			double got = ag__get(y, i);
+
+			kept_n += kept;
+			cr_assert(same(got, want),
+				  "%s %s p %g: y[%ld] = %g, want %g",
+				  dt == AG_F32 ? "f32" : "f64",
+				  layout_name[lay], p, (long)i, got, want);
+			cr_assert(same(ag__get(g[0], i), gwant),
+				  "grad[%ld] = %g, want %g", (long)i,
+				  ag__get(g[0], i), gwant);
+			cr_assert(same(ag__get(g2[0], i), gwant),
+				  "in-place grad[%ld] = %g, want %g", (long)i,
+				  ag__get(g2[0], i), gwant);
+		}
+		cr_assert(kept_n > 0 && kept_n < n);
+		put_all(g, 1);
+		put_all(g2, 1);
+		ag_tensor_put(l);
+		ag_tensor_put(wy);
+		ag_tensor_put(w);
+		ag_tensor_put(y);
+		ag_tensor_put(a);
+		ag_generator_free(gen);
+		ag_generator_free(twin);
+	}
+	free(v);
+	free(up);
+	AG_ASSERT_NO_LEAKS();
+}
+
 /* The gradient is the upstream where kept, times 1 / (1 - p). */
 Test(ops_nn, dropout_backward_strided)
 {

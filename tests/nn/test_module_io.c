@@ -11,6 +11,7 @@
 
 #include <ag/checkpoint.h>
 #include <ag/nn.h>
+#include <ag/optim.h>
 
 #include "common.h"
 #include "../../nn/safetensors.h"
@@ -42,6 +43,8 @@ static void rm_tmp(void)
 	unlink(path_in("a"));
 	unlink(path_in("cut"));
 	unlink(path_in("b"));
+	unlink(path_in("model"));
+	unlink(path_in("optim"));
 	rmdir(dir);
 }
 
@@ -452,5 +455,283 @@ Test(nn_module_io, save_interrupted_at_every_step)
 	ag_module_put(a);
 	ag_module_put(b);
 	ag_module_put(c);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* ---- resuming training: module, optimiser and lr scheduler ---- */
+
+#define RESUME_STEPS 10
+#define RESUME_STOP 5 /* mid-epoch: the scheduler has stepped twice */
+#define STEPS_PER_EPOCH 2
+
+struct trainer {
+	struct ag_module *m;
+	struct ag_optim *o;
+	struct ag_lr_scheduler *sc;
+};
+
+/*
+ * Linear(4, 6) -> BatchNorm1d(6) -> ReLU -> Linear(6, 3) in f32; AdamW with
+ * the last layer in a second group, lrs times lr_scale; a cosine over 3
+ * epochs, so 5 epochs go past its minimum and back (both of torch's
+ * recursive forms, one of them using the base lrs).
+ */
+static struct trainer trainer_new(uint64_t seed, double lr_scale)
+{
+	struct ag_generator *g = ag_generator_new(seed);
+	struct ag_module *mods[] = {
+		ag_linear_new(4, 6, true, g),
+		ag_batchnorm1d_new(6, 1e-5, 0.1),
+		ag_relu_new(),
+		ag_linear_new(6, 3, true, g),
+	};
+	struct trainer t = { ag_sequential_new(mods, 4), NULL, NULL };
+	struct ag_tensor **p;
+	int n;
+
+	ag_generator_free(g);
+	cr_assert_not_null(t.m, "%s", ag_errmsg());
+	cr_assert_eq(ag_module_parameters(t.m, &p, &n), 0);
+	cr_assert_eq(n, 6); /* 0 and 3's weight and bias, 1's weight, bias */
+	t.o = ag_adamw_new(p, 4, 0.01 * lr_scale, 0.9, 0.999, 1e-8, 0.05);
+	cr_assert_not_null(t.o, "%s", ag_errmsg());
+	cr_assert_eq(ag_optim_add_param_group(t.o, p + 4, 2, 0.003 * lr_scale,
+					      0.01),
+		     1);
+	t.sc = ag_cosine_lr_new(t.o, 3, 1e-4);
+	cr_assert_not_null(t.sc, "%s", ag_errmsg());
+	return t;
+}
+
+static void trainer_free(struct trainer *t)
+{
+	ag_scheduler_free(t->sc);
+	ag_optim_free(t->o);
+	ag_module_put(t->m);
+}
+
+/* Step s: a batch of 5 made from s, one AdamW step, the lr per epoch. */
+static void train_step(struct trainer *t, int s)
+{
+	struct ag_scope *sc = ag_scope_begin();
+	int64_t xs[2] = { 5, 4 }, ys = 5, y[5];
+	float x[20];
+	struct ag_tensor *xt, *yt, *loss;
+
+	for (int i = 0; i < 20; i++)
+		x[i] = (float)sin(0.7 * i + 1.3 * s);
+	for (int i = 0; i < 5; i++)
+		y[i] = (i + s) % 3;
+	xt = ag_from_data(AG_F32, 2, xs, x);
+	yt = ag_from_data(AG_I64, 1, &ys, y);
+	loss = ag_cross_entropy(ag_module_forward(t->m, xt), yt);
+	cr_assert_eq(ag_backward(loss, NULL, NULL), 0, "%s", ag_errmsg());
+	cr_assert_eq(ag_optim_step(t->o), 0, "%s", ag_errmsg());
+	ag_optim_zero_grad(t->o);
+	ag_scope_end(sc);
+	if ((s + 1) % STEPS_PER_EPOCH == 0)
+		cr_assert_eq(ag_scheduler_step(t->sc), 0);
+}
+
+/* The optimiser's and the scheduler's state in one file, as one would. */
+static void save_training(struct trainer *t, const char *path)
+{
+	const char *const *on, *const *sn;
+	struct ag_tensor *const *ot, *const *st;
+	const char *names[32];
+	struct ag_tensor *ts[32];
+	int no, ns;
+
+	cr_assert_eq(ag_optim_state(t->o, &on, &ot, &no), 0);
+	cr_assert_eq(ag_scheduler_state(t->sc, &sn, &st, &ns), 0);
+	cr_assert_eq(no, 6 * 3);
+	cr_assert_eq(ns, 3);
+	for (int i = 0; i < no; i++) {
+		names[i] = on[i];
+		ts[i] = ot[i];
+	}
+	for (int i = 0; i < ns; i++) {
+		names[no + i] = sn[i];
+		ts[no + i] = st[i];
+	}
+	cr_assert_eq(ag_safetensors_save(path, names, ts, no + ns), 0, "%s",
+		     ag_errmsg());
+}
+
+/* Each entry of the file to the optimiser or, "scheduler.*", the scheduler */
+static void load_training(struct trainer *t, const char *path)
+{
+	struct ag_safetensors *f = ag_safetensors_open(path);
+	const char *on[32], *sn[4];
+	struct ag_tensor *ot[32], *st[4];
+	int n, no = 0, ns = 0;
+
+	cr_assert_not_null(f, "%s", ag_errmsg());
+	n = ag_safetensors_count(f);
+	cr_assert_eq(n, 6 * 3 + 3);
+	for (int i = 0; i < n; i++) {
+		const char *name = ag_safetensors_name(f, i);
+		struct ag_tensor *v = ag_safetensors_get(f, name);
+
+		cr_assert_not_null(v, "%s", ag_errmsg());
+		if (!strncmp(name, "scheduler.", 10)) {
+			sn[ns] = name;
+			st[ns++] = v;
+		} else {
+			on[no] = name;
+			ot[no++] = v;
+		}
+	}
+	cr_assert_eq(ag_optim_load_state(t->o, on, ot, no), 0, "%s",
+		     ag_errmsg());
+	cr_assert_eq(ag_scheduler_load_state(t->sc, sn, st, ns), 0, "%s",
+		     ag_errmsg());
+	for (int i = 0; i < no; i++)
+		ag_tensor_put(ot[i]);
+	for (int i = 0; i < ns; i++)
+		ag_tensor_put(st[i]);
+	ag_safetensors_close(f);
+}
+
+static bool bitwise_same(struct ag_tensor **a, struct ag_tensor **b, int n)
+{
+	for (int i = 0; i < n; i++) {
+		size_t bytes = (size_t)ag_tensor_numel(a[i]) *
+			       ag_dtype_size(ag_tensor_dtype(a[i]));
+
+		if (ag_tensor_dtype(a[i]) != ag_tensor_dtype(b[i]) ||
+		    ag_tensor_numel(a[i]) != ag_tensor_numel(b[i]) ||
+		    memcmp(ag_tensor_data(a[i]), ag_tensor_data(b[i]), bytes))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Training stopped mid-way, saved (module; optimiser and scheduler state)
+ * and loaded into new objects made from another seed, continues bit for
+ * bit as the run that never stopped: parameters, BatchNorm's buffers and
+ * every group's lr.
+ */
+Test(nn_module_io, resume_with_cosine_lr_is_bitwise)
+{
+	struct trainer whole = trainer_new(1, 1), part = trainer_new(1, 1),
+		       fresh;
+	struct ag_tensor **want, **got;
+	double want_lr[2];
+	int n, nb;
+
+	for (int s = 0; s < RESUME_STEPS; s++)
+		train_step(&whole, s);
+	want = snapshot(whole.m, &n);
+	for (int g = 0; g < 2; g++)
+		want_lr[g] = ag_optim_group_get_lr(whole.o, g);
+
+	for (int s = 0; s < RESUME_STOP; s++)
+		train_step(&part, s);
+	cr_assert_eq(ag_module_save(part.m, path_in("model")), 0, "%s",
+		     ag_errmsg());
+	save_training(&part, path_in("optim"));
+	trainer_free(&part);
+
+	/* another seed and lrs: all of it must come from the files */
+	fresh = trainer_new(7, 2);
+	cr_assert_eq(ag_module_load(fresh.m, path_in("model")), 0, "%s",
+		     ag_errmsg());
+	load_training(&fresh, path_in("optim"));
+	/* the lr of epoch 2 of a 3-epoch cosine from 0.01 to 1e-4 */
+	cr_assert_float_eq(ag_optim_get_lr(fresh.o),
+			   1e-4 + (0.01 - 1e-4) * (1 + cos(M_PI * 2 / 3)) / 2,
+			   1e-15);
+	for (int s = RESUME_STOP; s < RESUME_STEPS; s++)
+		train_step(&fresh, s);
+	got = snapshot(fresh.m, &nb);
+	cr_assert_eq(nb, n);
+	cr_assert(bitwise_same(want, got, n),
+		  "the resumed run differs from the whole one");
+	for (int g = 0; g < 2; g++)
+		cr_assert_eq(ag_optim_group_get_lr(fresh.o, g), want_lr[g],
+			     "group %d: lr %.17g, want %.17g", g,
+			     ag_optim_group_get_lr(fresh.o, g), want_lr[g]);
+	put_all(want, n);
+	put_all(got, nb);
+	trainer_free(&whole);
+	trainer_free(&fresh);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* Entries that do not fit are refused and change neither lr nor epoch. */
+Test(nn_module_io, scheduler_load_state_errors)
+{
+	struct trainer t = trainer_new(1, 1);
+	const char *const *sn;
+	struct ag_tensor *const *st;
+	const char *names[4];
+	struct ag_tensor *ts[4], *f32, *three, *epoch;
+	int64_t three_n = 3;
+	double lr;
+	int ns;
+
+	train_step(&t, 0);
+	train_step(&t, 1); /* one scheduler step: lr below its base */
+	lr = ag_optim_get_lr(t.o);
+	cr_assert_lt(lr, 0.01);
+	cr_assert_eq(ag_scheduler_state(t.sc, &sn, &st, &ns), 0);
+	cr_assert_eq(ns, 3);
+	cr_assert_str_eq(sn[0], "scheduler.last_epoch");
+	cr_assert_eq(ag_tensor_item_i64(st[0]), 1);
+	cr_assert_eq(ag_tensor_numel(st[1]), 2);
+	cr_assert_eq(((double *)ag_tensor_data(st[1]))[1], 0.003);
+	cr_assert_eq(((double *)ag_tensor_data(st[2]))[0], lr);
+	for (int i = 0; i < 3; i++) {
+		names[i] = sn[i];
+		ts[i] = ag_clone(st[i]);
+	}
+	f32 = ag_zeros(AG_F32, 1, (int64_t[]){ 2 });
+	three = ag_zeros(AG_F64, 1, &three_n);
+	epoch = ag_scalar(AG_F64, 1);
+
+	cr_assert_eq(ag_scheduler_load_state(t.sc, names, ts, 2), -AG_EINVAL);
+	cr_assert_str_eq(
+		ag_errmsg(),
+		"ag_scheduler_load_state: \"scheduler.last_lr\" is missing");
+	names[3] = "scheduler.base_lrs";
+	ts[3] = ts[1];
+	cr_assert_eq(ag_scheduler_load_state(t.sc, names, ts, 4), -AG_EINVAL);
+	names[3] = "scheduler.lr";
+	cr_assert_eq(ag_scheduler_load_state(t.sc, names, ts, 4), -AG_EINVAL);
+	cr_assert_str_eq(
+		ag_errmsg(),
+		"ag_scheduler_load_state: \"scheduler.lr\" is not a scheduler state entry");
+	struct ag_tensor *keep = ts[2];
+	ts[2] = f32;
+	cr_assert_eq(ag_scheduler_load_state(t.sc, names, ts, 3), -AG_EDTYPE);
+	ts[2] = three;
+	cr_assert_eq(ag_scheduler_load_state(t.sc, names, ts, 3), -AG_ESHAPE);
+	cr_assert_str_eq(
+		ag_errmsg(),
+		"ag_scheduler_load_state: \"scheduler.last_lr\" must have shape [2], one lr per group");
+	ts[2] = keep;
+	keep = ts[0];
+	ts[0] = epoch;
+	cr_assert_eq(ag_scheduler_load_state(t.sc, names, ts, 3), -AG_EDTYPE);
+	ts[0] = keep;
+	cr_assert_eq(ag_scheduler_load_state(NULL, names, ts, 3), -AG_EINVAL);
+	cr_assert_eq(ag_scheduler_state(NULL, &sn, &st, &ns), -AG_EINVAL);
+	/* nothing changed: the lr is the same and the next step as before */
+	cr_assert_eq(ag_optim_get_lr(t.o), lr);
+	cr_assert_eq(ag_scheduler_state(t.sc, &sn, &st, &ns), 0);
+	cr_assert_eq(ag_tensor_item_i64(st[0]), 1);
+	/* and the right entries, in any order, load */
+	names[3] = names[0];
+	ts[3] = ts[0];
+	cr_assert_eq(ag_scheduler_load_state(t.sc, names + 1, ts + 1, 3), 0,
+		     "%s", ag_errmsg());
+	for (int i = 0; i < 3; i++)
+		ag_tensor_put(ts[i]);
+	ag_tensor_put(f32);
+	ag_tensor_put(three);
+	ag_tensor_put(epoch);
+	trainer_free(&t);
 	AG_ASSERT_NO_LEAKS();
 }
