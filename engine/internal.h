@@ -382,9 +382,6 @@ double ag__get(const struct ag_tensor *t, int64_t i);
  */
 struct ag_tensor *ag__scope_add(struct ag_tensor *t);
 
-/* This thread's default generator, reseeded by ag_manual_seed (rng.c). */
-struct ag_generator *ag__default_generator(void);
-
 /* ---- modes (engine/mode.c) ---- */
 
 struct ag_tls_mode {

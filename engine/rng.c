@@ -6,6 +6,7 @@
  */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -56,6 +57,32 @@ struct ag_generator *ag_generator_new(uint64_t seed)
 void ag_generator_free(struct ag_generator *g)
 {
 	ag__mfree(g);
+}
+
+int ag_generator_get_state(const struct ag_generator *g,
+			   uint64_t st[AG_GENERATOR_STATE_WORDS])
+{
+	if (!g || !st)
+		return ag_set_error(AG_EINVAL,
+				    "ag_generator_get_state: %s is NULL",
+				    g ? "st" : "generator");
+	memcpy(st, g->s, sizeof(g->s));
+	return 0;
+}
+
+int ag_generator_set_state(struct ag_generator *g,
+			   const uint64_t st[AG_GENERATOR_STATE_WORDS])
+{
+	if (!g || !st)
+		return ag_set_error(AG_EINVAL,
+				    "ag_generator_set_state: %s is NULL",
+				    g ? "st" : "generator");
+	if (!(st[0] | st[1] | st[2] | st[3]))
+		return ag_set_error(
+			AG_EINVAL,
+			"ag_generator_set_state: the all-zero state is not one xoshiro256** can be in");
+	memcpy(g->s, st, sizeof(g->s));
+	return 0;
 }
 
 static double uniform53(struct ag_generator *g)
@@ -129,7 +156,7 @@ void ag_manual_seed(uint64_t seed)
 	atomic_fetch_add_explicit(&seed_epoch, 1, memory_order_release);
 }
 
-struct ag_generator *ag__default_generator(void)
+struct ag_generator *ag_default_generator(void)
 {
 	uint64_t e = atomic_load_explicit(&seed_epoch, memory_order_acquire);
 

@@ -8,6 +8,7 @@
  *   fashion_mnist [--model mlp|cnn] [--epochs N] [--batch B] [--threads T]
  *                 [--lr X] [--seed S] [--checkpoint PATH] [--resume]
  *                 [--limit N] [--data DIR] [--schedule cosine|constant]
+ *                 [--stop-after N]
  *
  * mlp: 784-512-512-10, ReLU, dropout 0.2, Adam (lr 1e-3).
  * cnn: conv 1->32 3x3 pad 1, ReLU, maxpool 2, conv 32->64 3x3 pad 1,
@@ -18,7 +19,10 @@
  * --schedule constant.
  * --limit uses the first N training and N test images (a quick run);
  * --resume continues from the checkpoint, at the epoch it stopped, with
- * the lr its schedule had there (give the same --epochs).
+ * the lr its schedule had there (give the same --epochs), and the
+ * generators where they were, so it ends as the uninterrupted run would.
+ * --stop-after N ends this run after its Nth epoch (counted from the
+ * start of training), as if it were stopped there, to be resumed.
  *
  * Built as fashion_mnist_dist (with libag-dist, when MPI is found) it
  * trains data-parallel: mpirun -np N fashion_mnist_dist ... runs N ranks,
@@ -48,7 +52,7 @@ struct ag_ddp;
 
 struct args {
 	const char *model, *checkpoint, *data, *schedule;
-	int epochs, threads;
+	int epochs, threads, stop_after;
 	int64_t batch, limit;
 	double lr;
 	uint64_t seed;
@@ -69,7 +73,8 @@ static int usage(const char *why)
 		"fashion_mnist: %s\n"
 		"usage: fashion_mnist [--model mlp|cnn] [--epochs N] [--batch B] [--threads T]\n"
 		"                     [--lr X] [--seed S] [--checkpoint PATH] [--resume]\n"
-		"                     [--limit N] [--data DIR] [--schedule cosine|constant]\n",
+		"                     [--limit N] [--data DIR] [--schedule cosine|constant]\n"
+		"                     [--stop-after N]\n",
 		why);
 	return 2;
 }
@@ -106,6 +111,8 @@ static int parse(int argc, char **argv, struct args *a)
 			a->schedule = v;
 		else if (!strcmp(k, "--epochs"))
 			a->epochs = (int)strtol(v, &end, 10);
+		else if (!strcmp(k, "--stop-after"))
+			a->stop_after = (int)strtol(v, &end, 10);
 		else if (!strcmp(k, "--threads"))
 			a->threads = (int)strtol(v, &end, 10);
 		else if (!strcmp(k, "--batch"))
@@ -126,23 +133,67 @@ static int parse(int argc, char **argv, struct args *a)
 	if (strcmp(a->schedule, "cosine") && strcmp(a->schedule, "constant"))
 		return usage("--schedule is cosine or constant");
 	if (a->epochs < 0 || a->batch < 1 || a->limit < 0 || a->threads < 0 ||
-	    !(a->lr > 0))
+	    a->stop_after < 0 || !(a->lr > 0))
 		return usage(
-			"--epochs, --limit, --threads >= 0; --batch >= 1; --lr > 0");
+			"--epochs, --limit, --threads, --stop-after >= 0; --batch >= 1; --lr > 0");
 	return 0;
 }
 
 /*
- * The optimiser's state, the scheduler's (if any) and the next epoch, in
- * "<checkpoint>.optim".
+ * The generators a resumed run must continue: the shuffle's, and this
+ * thread's default one, which dropout draws from.  Under MPI every rank's
+ * dropout generator differs and only rank 0 saves, so there a resumed run
+ * continues the data order exactly but not the dropout masks.
+ */
+#ifdef FMNIST_DIST
+#define NRNG 1
+#else
+#define NRNG 2
+#endif
+static const char *const rng_names[2] = { "meta.rng.shuffle",
+					  "meta.rng.default" };
+
+static struct ag_generator *rng_of(struct ag_generator *shuffle, int i)
+{
+	return i ? ag_default_generator() : shuffle;
+}
+
+static struct ag_tensor *rng_state(struct ag_generator *g)
+{
+	uint64_t st[AG_GENERATOR_STATE_WORDS];
+	int64_t n = AG_GENERATOR_STATE_WORDS;
+
+	if (ag_generator_get_state(g, st))
+		return NULL;
+	/* the words' bits as i64, the one 64-bit integer dtype */
+	return ag_from_data(AG_I64, 1, &n, st);
+}
+
+static int rng_load(struct ag_generator *g, struct ag_tensor *t)
+{
+	uint64_t st[AG_GENERATOR_STATE_WORDS];
+
+	if (ag_tensor_dtype(t) != AG_I64 ||
+	    ag_tensor_numel(t) != AG_GENERATOR_STATE_WORDS)
+		return ag_set_error(AG_EINVAL,
+				    "a generator state is %d i64 words",
+				    AG_GENERATOR_STATE_WORDS);
+	memcpy(st, ag_tensor_data(t), sizeof(st));
+	return ag_generator_set_state(g, st);
+}
+
+/*
+ * The optimiser's state, the scheduler's (if any), the generators' and
+ * the next epoch, in "<checkpoint>.optim".
  */
 static int save_optim(struct ag_optim *o, struct ag_lr_scheduler *sched,
-		      const char *path, int next_epoch)
+		      struct ag_generator *shuffle, const char *path,
+		      int next_epoch)
 {
 	const char *const *names, *const *snames = NULL;
 	struct ag_tensor *const *ts, *const *sts = NULL;
 	const char **all_names = NULL;
-	struct ag_tensor **all = NULL, *ep = NULL;
+	struct ag_tensor **all = NULL, *ep = NULL, *rng[NRNG] = { NULL };
 	int n, ns = 0, rc;
 
 	rc = ag_optim_state(o, &names, &ts, &n);
@@ -150,11 +201,13 @@ static int save_optim(struct ag_optim *o, struct ag_lr_scheduler *sched,
 		rc = ag_scheduler_state(sched, &snames, &sts, &ns);
 	if (rc)
 		return rc;
-	all_names = calloc((size_t)(n + ns) + 1, sizeof(*all_names));
-	all = calloc((size_t)(n + ns) + 1, sizeof(*all));
+	all_names = calloc((size_t)(n + ns) + 1 + NRNG, sizeof(*all_names));
+	all = calloc((size_t)(n + ns) + 1 + NRNG, sizeof(*all));
 	ep = ag_scalar(AG_I64, next_epoch);
+	for (int i = 0; i < NRNG; i++)
+		rng[i] = rng_state(rng_of(shuffle, i));
 	rc = -AG_ENOMEM;
-	if (all_names && all && ep) {
+	if (all_names && all && ep && rng[NRNG - 1] && rng[0]) {
 		memcpy(all_names, names, (size_t)n * sizeof(*names));
 		memcpy(all, ts, (size_t)n * sizeof(*ts));
 		if (ns) {
@@ -164,9 +217,16 @@ static int save_optim(struct ag_optim *o, struct ag_lr_scheduler *sched,
 		}
 		all_names[n + ns] = "meta.next_epoch";
 		all[n + ns] = ep;
-		rc = ag_safetensors_save(path, all_names, all, n + ns + 1);
+		for (int i = 0; i < NRNG; i++) {
+			all_names[n + ns + 1 + i] = rng_names[i];
+			all[n + ns + 1 + i] = rng[i];
+		}
+		rc = ag_safetensors_save(path, all_names, all,
+					 n + ns + 1 + NRNG);
 	}
 	ag_tensor_put(ep);
+	for (int i = 0; i < NRNG; i++)
+		ag_tensor_put(rng[i]);
 	free(all_names);
 	free(all);
 	return rc;
@@ -174,10 +234,12 @@ static int save_optim(struct ag_optim *o, struct ag_lr_scheduler *sched,
 
 /*
  * Loads what save_optim saved.  A file without the scheduler's entries
- * (from before they were saved) replays its steps up to the epoch.
+ * (from before they were saved) replays its steps up to the epoch; one
+ * without the generators' leaves them seeded.
  */
 static int load_optim(struct ag_optim *o, struct ag_lr_scheduler *sched,
-		      const char *path, int *next_epoch)
+		      struct ag_generator *shuffle, const char *path,
+		      int *next_epoch)
 {
 	struct ag_safetensors *st = ag_safetensors_open(path);
 	const char **names = NULL, **snames = NULL;
@@ -204,6 +266,14 @@ static int load_optim(struct ag_optim *o, struct ag_lr_scheduler *sched,
 		if (!strcmp(name, "meta.next_epoch")) {
 			*next_epoch = (int)ag_tensor_item_i64(t);
 			ag_tensor_put(t);
+		} else if (!strncmp(name, "meta.rng.", 9)) {
+			rc = 0;
+			for (int r = 0; r < NRNG && !rc; r++)
+				if (!strcmp(name, rng_names[r]))
+					rc = rng_load(rng_of(shuffle, r), t);
+			ag_tensor_put(t);
+			if (rc)
+				goto out;
 		} else if (!strncmp(name, "scheduler.", 10)) {
 			snames[ns] = name;
 			sts[ns++] = t;
@@ -382,7 +452,7 @@ int main(int argc, char **argv)
 	struct ag_lr_scheduler *sched = NULL;
 	char optim_path[4096];
 	struct args a;
-	int rc, first = 0;
+	int rc, first = 0, last;
 
 #ifdef FMNIST_DIST
 	if (ag_dist_init(&argc, &argv)) {
@@ -430,7 +500,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (a.resume && (ag_module_load(m, a.checkpoint) ||
-			 load_optim(o, sched, optim_path, &first))) {
+			 load_optim(o, sched, g, optim_path, &first))) {
 		fprintf(stderr, "fashion_mnist: --resume: %s\n", ag_errmsg());
 		goto out;
 	}
@@ -450,7 +520,9 @@ int main(int argc, char **argv)
 		       a.model, (long long)fmnist_len(&train),
 		       (long long)a.batch, ag_get_num_threads(),
 		       first ? " (resumed)" : "");
-	for (int e = first; e < a.epochs; e++) {
+	last = a.stop_after && a.stop_after < a.epochs ? a.stop_after :
+							 a.epochs;
+	for (int e = first; e < last; e++) {
 		struct epoch_stats es;
 		double lr = ag_optim_get_lr(o);
 
@@ -467,7 +539,7 @@ int main(int argc, char **argv)
 		       es.secs, es.secs * (a.epochs - e - 1));
 		fflush(stdout);
 		if (ag_module_save(m, a.checkpoint) ||
-		    save_optim(o, sched, optim_path, e + 1)) {
+		    save_optim(o, sched, g, optim_path, e + 1)) {
 			fprintf(stderr, "fashion_mnist: saving: %s\n",
 				ag_errmsg());
 			goto out;

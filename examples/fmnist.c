@@ -216,6 +216,10 @@ void fmnist_free(struct fmnist *d)
 
 void fmnist_shuffle(struct fmnist *d, struct ag_generator *g)
 {
+	/* a permutation of 0..n-1 that depends on g alone, as torch.randperm:
+	 * a run resumed with g's saved state shuffles as the whole run did */
+	for (int64_t i = 0; i < d->n; i++)
+		d->order[i] = i;
 	/* the modulo's bias is below 2^-47 for n <= 2^17 */
 	for (int64_t i = d->n - 1; i > 0; i--) {
 		int64_t j = (int64_t)(ag_generator_next(g) % (uint64_t)(i + 1));

@@ -39,7 +39,7 @@ int fmnist_load(struct fmnist *d, const char *dir, bool train);
 /* Loads the pair of files given by path (for tests of corrupt files). */
 int fmnist_load_files(struct fmnist *d, const char *images, const char *labels);
 void fmnist_free(struct fmnist *d);
-/* A new permutation (Fisher-Yates over ag_generator_next). */
+/* A new permutation of 0..n-1, a function of g alone (Fisher-Yates). */
 void fmnist_shuffle(struct fmnist *d, struct ag_generator *g);
 /*
  * A distributed sampler, as torch's DistributedSampler: from now on the

@@ -300,7 +300,7 @@ struct ag_tensor *ag_dropout(struct ag_tensor *a, double p, bool training,
 		memset(c.mask, 0, (size_t)((a->numel + 63) / 64) * 8);
 		over_words(&c, mask_words);
 	} else {
-		c.key = ag_generator_next(g ? g : ag__default_generator());
+		c.key = ag_generator_next(g ? g : ag_default_generator());
 		over_words(&c, draw_words);
 	}
 	if (!ag__should_record(&a, 1)) {

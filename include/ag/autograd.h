@@ -19,9 +19,13 @@ struct ag_backward_opts {
 	bool retain_graph;
 	bool create_graph;
 	/*
-	 * Sum the gradients arriving at each node in a fixed order, so results
-	 * are bitwise identical for any number of threads (also on with
-	 * AG_DETERMINISTIC=1).  Costs a sort per fan-in node.
+	 * Sum the gradients arriving at each node in a fixed order, so the
+	 * engine's sums are bitwise identical for any number of threads
+	 * (also on with AG_DETERMINISTIC=1).  Costs a sort per fan-in node.
+	 * It does not reach into the ops: a GEMM large enough to be split
+	 * over the pool (ag_linear, ag_matmul) gives the BLAS other shapes
+	 * on another thread count, and its results differ in the last bits.
+	 * Runs on the same thread count are bitwise reproducible.
 	 */
 	bool deterministic;
 };

@@ -39,11 +39,30 @@ AG_API struct ag_generator *ag_generator_new(uint64_t seed);
 AG_API void ag_generator_free(struct ag_generator *g);
 AG_API uint64_t ag_generator_next(struct ag_generator *g); /* raw 64 bits */
 /*
+ * The generator's whole state, the four xoshiro256** words, for
+ * checkpoints that resume a run exactly (torch's get_state/set_state):
+ * a generator given a state it had draws what it drew from there.  Both
+ * return 0, or -AG_EINVAL for a NULL argument; set refuses the all-zero
+ * state, which xoshiro never leaves, and then leaves g unchanged.
+ */
+#define AG_GENERATOR_STATE_WORDS 4
+AG_API int ag_generator_get_state(const struct ag_generator *g,
+				  uint64_t st[AG_GENERATOR_STATE_WORDS]);
+AG_API int ag_generator_set_state(struct ag_generator *g,
+				  const uint64_t st[AG_GENERATOR_STATE_WORDS]);
+/*
  * Reseeds the default generator of every thread (each starts from this seed
  * on its next use), which ops given a NULL generator draw from (ag_dropout).
  * Before any call, the seed is 67280421310721, as torch's default.
  */
 AG_API void ag_manual_seed(uint64_t seed);
+/*
+ * The calling thread's default generator, what a NULL generator means: to
+ * save and restore its state with ag_generator_get/set_state.  Owned by
+ * the thread (never free it); ag_manual_seed() restarts it from the seed
+ * on the thread's next use of it.
+ */
+AG_API struct ag_generator *ag_default_generator(void);
 
 /* Creation.  shape may be NULL when ndim is 0. */
 AG_API struct ag_tensor *ag_empty(enum ag_dtype dt, int ndim,

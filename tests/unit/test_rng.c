@@ -8,6 +8,7 @@
  * against constants computed independently of both.
  */
 #include <math.h>
+#include <string.h>
 
 #include "common.h"
 
@@ -301,5 +302,68 @@ Test(rng, zero_d_and_empty)
 	ag_tensor_put(s);
 	ag_tensor_put(e);
 	ag_generator_free(g);
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(rng, state_round_trip_resumes_the_stream)
+{
+	struct ag_generator *g = ag_generator_new(42), *h = ag_generator_new(7);
+	uint64_t st[AG_GENERATOR_STATE_WORDS], want[8];
+	struct ref_rng r;
+
+	for (int i = 0; i < 3; i++)
+		ag_generator_next(g);
+	cr_assert_eq(ag_generator_get_state(g, st), 0);
+	/* the state is the four reference words after three draws */
+	ref_seed(&r, 42);
+	for (int i = 0; i < 3; i++)
+		ref_next(&r);
+	cr_assert(st[0] == r.a && st[1] == r.b && st[2] == r.c && st[3] == r.d);
+	for (int i = 0; i < 8; i++)
+		want[i] = ag_generator_next(g);
+	cr_assert_eq(ag_generator_set_state(h, st), 0);
+	for (int i = 0; i < 8; i++)
+		cr_assert_eq(ag_generator_next(h), want[i], "draw %d", i);
+	ag_generator_free(g);
+	ag_generator_free(h);
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(rng, state_bad_arguments_change_nothing)
+{
+	struct ag_generator *g = ag_generator_new(5);
+	uint64_t st[AG_GENERATOR_STATE_WORDS], zero[4] = { 0 }, after[4];
+
+	cr_assert_eq(ag_generator_get_state(NULL, st), -AG_EINVAL);
+	cr_assert(strstr(ag_errmsg(), "generator is NULL"));
+	cr_assert_eq(ag_generator_get_state(g, NULL), -AG_EINVAL);
+	cr_assert_eq(ag_generator_set_state(NULL, st), -AG_EINVAL);
+	cr_assert_eq(ag_generator_get_state(g, st), 0);
+	cr_assert_eq(ag_generator_set_state(g, zero), -AG_EINVAL);
+	cr_assert(strstr(ag_errmsg(), "all-zero"), "%s", ag_errmsg());
+	cr_assert_eq(ag_generator_get_state(g, after), 0);
+	cr_assert_eq(memcmp(st, after, sizeof(st)), 0);
+	ag_generator_free(g);
+	AG_ASSERT_NO_LEAKS();
+}
+
+Test(rng, default_generator_is_what_null_draws_from)
+{
+	struct ag_generator *ref = ag_generator_new(1234);
+	struct ag_generator *d;
+	uint64_t st[AG_GENERATOR_STATE_WORDS], rst[4];
+
+	ag_manual_seed(1234);
+	d = ag_default_generator();
+	cr_assert_not_null(d);
+	cr_assert_eq(ag_generator_get_state(d, st), 0);
+	cr_assert_eq(ag_generator_get_state(ref, rst), 0);
+	cr_assert_eq(memcmp(st, rst, sizeof(st)), 0, "reseeded from 1234");
+	/* a draw moves it; reseeding restarts it */
+	ag_generator_next(d);
+	ag_manual_seed(1234);
+	cr_assert_eq(ag_generator_get_state(ag_default_generator(), st), 0);
+	cr_assert_eq(memcmp(st, rst, sizeof(st)), 0);
+	ag_generator_free(ref);
 	AG_ASSERT_NO_LEAKS();
 }
