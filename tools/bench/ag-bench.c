@@ -42,6 +42,8 @@ static void usage(FILE *f)
 	      "  --serve-threads LIST  serve: request threads (default 1,2,8,64; 1,2,8 with\n"
 	      "                    --quick); the pool keeps the last --threads size\n"
 	      "  --serve-requests N    serve: requests per thread (default: a budget per case)\n"
+	      "  --serve-seconds S     serve: no request starts after S seconds of a case\n"
+	      "                    (default 2; 0: no limit)\n"
 	      "  --serve-model M   serve: mlp or cnn only (default both)\n"
 	      "  --serve-soak      serve: also the resident set after 10^6 requests (long)\n"
 	      "  --help            this text\n",
@@ -151,10 +153,11 @@ int main(int argc, char **argv)
 		{ "serve-requests", required_argument, NULL, 'R' },
 		{ "serve-model", required_argument, NULL, 'M' },
 		{ "serve-soak", no_argument, NULL, 'K' },
+		{ "serve-seconds", required_argument, NULL, 'D' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct config c = { 0 };
+	struct config c = { .serve_seconds = 2 };
 	struct machine mc = { 0 };
 	bool sel[ARRAY_SIZE(workloads)] = { 0 }, any = false;
 	void *state[ARRAY_SIZE(workloads)] = { 0 };
@@ -165,7 +168,7 @@ int main(int argc, char **argv)
 	double t_start = bench_now();
 
 	mc.cores = sysconf(_SC_NPROCESSORS_ONLN);
-	while ((opt = getopt_long(argc, argv, "w:t:r:u:j:T:N:S:R:M:Kqh", opts,
+	while ((opt = getopt_long(argc, argv, "w:t:r:u:j:T:N:S:R:M:KD:qh", opts,
 				  NULL)) != -1) {
 		switch (opt) {
 		case 'w':
@@ -231,6 +234,18 @@ int main(int argc, char **argv)
 		case 'K':
 			c.serve_soak = true;
 			break;
+		case 'D': {
+			char *end;
+
+			c.serve_seconds = strtod(optarg, &end);
+			if (end == optarg || *end || !(c.serve_seconds >= 0)) {
+				fprintf(stderr,
+					"ag-bench: bad --serve-seconds '%s'\n",
+					optarg);
+				return 2;
+			}
+			break;
+		}
 		case 'h':
 			usage(stdout);
 			return 0;

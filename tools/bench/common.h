@@ -128,6 +128,7 @@ struct config {
 	int n_serve_threads;
 	int serve_requests;
 	bool serve_soak; /* also RSS after 10^6 requests */
+	double serve_seconds; /* no request starts later in a case; 0: none */
 	const char *serve_models; /* "mlp", "cnn" or NULL: both */
 };
 

@@ -288,6 +288,7 @@ struct worker {
 	const struct model *m;
 	const struct kind *k; /* NULL: the kinds in turn */
 	long requests;
+	double deadline; /* no request starts after it (bench_now()) */
 	pthread_barrier_t *start;
 	float *in, *out;
 	struct ag_tensor *targets[3]; /* per kind: i64 [b] */
@@ -302,7 +303,9 @@ static void *worker_run(void *arg)
 	struct worker *w = arg;
 
 	pthread_barrier_wait(w->start);
-	for (long i = 0; i < w->requests && !w->failed; i++) {
+	for (long i = 0; i < w->requests && !w->failed &&
+			 (!i || bench_now() <= w->deadline);
+	     i++) {
 		int ki = w->k ? (int)(w->k - kinds) : (int)(i % 3);
 		const struct kind *k = &kinds[ki];
 		double t0 = bench_now();
@@ -349,12 +352,13 @@ struct serve {
 };
 
 /*
- * Runs t threads of requests requests each (kind k, or mixed if NULL);
- * merges their clocks into h; returns the wall time.
+ * Runs t threads of requests requests each (kind k, or mixed if NULL),
+ * each thread starting no request after seconds (0: no limit) but at least
+ * one; merges their clocks into h; returns the wall time.
  */
 static double run_case(struct serve *st, const struct model *m,
 		       const struct kind *k, int t, long requests,
-		       struct hist *h)
+		       double seconds, struct hist *h)
 {
 	pthread_t tid[MAX_THREADS];
 	pthread_barrier_t start;
@@ -374,6 +378,9 @@ static double run_case(struct serve *st, const struct model *m,
 			die("serve: pthread_create failed");
 	}
 	t0 = bench_now();
+	/* one deadline for all: the barrier publishes it */
+	for (int i = 0; i < t; i++)
+		st->w[i].deadline = seconds > 0 ? t0 + seconds : INFINITY;
 	pthread_barrier_wait(&start);
 	for (int i = 0; i < t; i++) {
 		struct worker *w = &st->w[i];
@@ -393,6 +400,10 @@ static double run_case(struct serve *st, const struct model *m,
  * Requests per thread: --serve-requests, else a budget per case that
  * keeps each case near a second on two cores, split over the threads (at
  * least 50 each, so that the quantiles of one thread mean something).
+ * --serve-seconds bounds the case's time whatever the budget: a slower
+ * library (or 64 threads times 50 batch-32 cnn requests) stops early and
+ * reports what it served in that time.  torch_bench's serve_budget and
+ * its deadline are the same rule.
  */
 static long requests_for(const struct config *c, const struct model *m,
 			 const struct kind *k, int t)
@@ -420,11 +431,12 @@ static void serve_case(struct serve *st, const struct config *c,
 
 	if (!h)
 		die("out of memory");
-	wall = run_case(st, m, k, t, r, h);
+	wall = run_case(st, m, k, t, r, c->serve_seconds, h);
 	snprintf(name, sizeof(name), "%s,B=%lld,T=%d,%s", m->name,
 		 (long long)k->b, t, k->mode == MODE_INFER ? "infer" : "grad");
 	record("serve", name, t, "requests_per_s", "req/s",
 	       (double)h->count / wall);
+	record("serve", name, t, "requests", "req", (double)h->count);
 	record("serve", name, t, "p50_us", "us", h_quantile(h, 0.5));
 	record("serve", name, t, "p99_us", "us", h_quantile(h, 0.99));
 	record("serve", name, t, "p999_us", "us", h_quantile(h, 0.999));
@@ -448,11 +460,11 @@ static void serve_soak(struct serve *st, const struct config *c,
 	if (!h)
 		die("out of memory");
 	snprintf(name, sizeof(name), "%s,rss,T=%d,mixed", m->name, t);
-	run_case(st, m, NULL, t, first / t, h);
+	run_case(st, m, NULL, t, first / t, 0, h);
 	r4 = rss_mib();
 	record("serve", name, t, "rss_mib_1e4", "MiB", r4);
 	if (c->serve_soak) {
-		run_case(st, m, NULL, t, (1000000 - first) / t, h);
+		run_case(st, m, NULL, t, (1000000 - first) / t, 0, h);
 		r6 = rss_mib();
 		record("serve", name, t, "rss_mib_1e6", "MiB", r6);
 		record("serve", name, t, "rss_growth_pct", "%",
@@ -537,7 +549,7 @@ static void serve_check(void *arg, const struct config *c, int threads,
 						  w->targets[ki], want[i]))
 					die("serve: %s", ag_errmsg());
 			}
-			run_case(st, m, k, T, 3, h);
+			run_case(st, m, k, T, 3, 0, h);
 			for (int i = 0; i < T; i++) {
 				int64_t where;
 				double *got = xmalloc(n * sizeof(double));

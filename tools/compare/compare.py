@@ -505,6 +505,8 @@ def serve_main(args, agb):
         extra += ["--serve-model", args.serve_model]
     if args.serve_requests:
         extra += ["--serve-requests", str(args.serve_requests)]
+    if args.serve_seconds is not None:
+        extra += ["--serve-seconds", str(args.serve_seconds)]
     if args.quick:
         extra.append("--quick")
     runs = [Run("libag", [agb] + extra, {}),
@@ -545,8 +547,8 @@ def serve_main(args, agb):
         b = res["libtorch"].get(key)
         c = res["libtorch-intra"].get(key)
         unit = a["unit"] if a else "-"
-        sb = speedup(a, b, unit) if unit != "MiB" else None
-        sc = speedup(a, c, unit) if unit != "MiB" else None
+        sb = speedup(a, b, unit) if unit not in ("MiB", "req") else None
+        sc = speedup(a, c, unit) if unit not in ("MiB", "req") else None
         lines.append([case, metric, unit,
                       fmt(a and a.get("median")),
                       fmt(b and b.get("median")),
@@ -737,6 +739,9 @@ def main():
     ap.add_argument("--serve-model", choices=["mlp", "cnn"])
     ap.add_argument("--serve-requests", type=int,
                     help="requests per thread (default: a budget per case)")
+    ap.add_argument("--serve-seconds", type=float,
+                    help="no request starts after this many seconds of a "
+                    "case, the same rule on both sides (default 2; 0: none)")
     ap.add_argument("--no-write", action="store_true",
                     help="print the table only")
     ap.add_argument("--fashion-mnist", action="store_true",
