@@ -44,6 +44,8 @@ static void usage(FILE *f)
 	      "  --serve-requests N    serve: requests per thread (default: a budget per case)\n"
 	      "  --serve-seconds S     serve: no request starts after S seconds of a case\n"
 	      "                    (default 2; 0: no limit)\n"
+	      "  --serve-gate N    serve: at most N requests at once, the others queue\n"
+	      "                    in arrival order (the service's admission; default off)\n"
 	      "  --serve-model M   serve: mlp or cnn only (default both)\n"
 	      "  --serve-soak      serve: also the resident set after 10^6 requests (long)\n"
 	      "  --help            this text\n",
@@ -154,6 +156,7 @@ int main(int argc, char **argv)
 		{ "serve-model", required_argument, NULL, 'M' },
 		{ "serve-soak", no_argument, NULL, 'K' },
 		{ "serve-seconds", required_argument, NULL, 'D' },
+		{ "serve-gate", required_argument, NULL, 'G' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -168,8 +171,8 @@ int main(int argc, char **argv)
 	double t_start = bench_now();
 
 	mc.cores = sysconf(_SC_NPROCESSORS_ONLN);
-	while ((opt = getopt_long(argc, argv, "w:t:r:u:j:T:N:S:R:M:KD:qh", opts,
-				  NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "w:t:r:u:j:T:N:S:R:M:KD:G:qh",
+				  opts, NULL)) != -1) {
 		switch (opt) {
 		case 'w':
 			if (select_workload(sel, optarg)) {
@@ -233,6 +236,10 @@ int main(int argc, char **argv)
 			break;
 		case 'K':
 			c.serve_soak = true;
+			break;
+		case 'G':
+			if (parse_int("serve-gate", optarg, 1, &c.serve_gate))
+				return 2;
 			break;
 		case 'D': {
 			char *end;
