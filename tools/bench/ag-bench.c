@@ -42,6 +42,10 @@ static void usage(FILE *f)
 	      "  --serve-threads LIST  serve: request threads (default 1,2,8,64; 1,2,8 with\n"
 	      "                    --quick); the pool keeps the last --threads size\n"
 	      "  --serve-requests N    serve: requests per thread (default: a budget per case)\n"
+	      "  --serve-seconds S     serve: no request starts after S seconds of a case\n"
+	      "                    (default 2; 0: no limit)\n"
+	      "  --serve-gate N    serve: at most N requests at once, the others queue\n"
+	      "                    in arrival order (the service's admission; default off)\n"
 	      "  --serve-model M   serve: mlp or cnn only (default both)\n"
 	      "  --serve-soak      serve: also the resident set after 10^6 requests (long)\n"
 	      "  --help            this text\n",
@@ -151,10 +155,12 @@ int main(int argc, char **argv)
 		{ "serve-requests", required_argument, NULL, 'R' },
 		{ "serve-model", required_argument, NULL, 'M' },
 		{ "serve-soak", no_argument, NULL, 'K' },
+		{ "serve-seconds", required_argument, NULL, 'D' },
+		{ "serve-gate", required_argument, NULL, 'G' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct config c = { 0 };
+	struct config c = { .serve_seconds = 2 };
 	struct machine mc = { 0 };
 	bool sel[ARRAY_SIZE(workloads)] = { 0 }, any = false;
 	void *state[ARRAY_SIZE(workloads)] = { 0 };
@@ -165,8 +171,8 @@ int main(int argc, char **argv)
 	double t_start = bench_now();
 
 	mc.cores = sysconf(_SC_NPROCESSORS_ONLN);
-	while ((opt = getopt_long(argc, argv, "w:t:r:u:j:T:N:S:R:M:Kqh", opts,
-				  NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "w:t:r:u:j:T:N:S:R:M:KD:G:qh",
+				  opts, NULL)) != -1) {
 		switch (opt) {
 		case 'w':
 			if (select_workload(sel, optarg)) {
@@ -231,6 +237,22 @@ int main(int argc, char **argv)
 		case 'K':
 			c.serve_soak = true;
 			break;
+		case 'G':
+			if (parse_int("serve-gate", optarg, 1, &c.serve_gate))
+				return 2;
+			break;
+		case 'D': {
+			char *end;
+
+			c.serve_seconds = strtod(optarg, &end);
+			if (end == optarg || *end || !(c.serve_seconds >= 0)) {
+				fprintf(stderr,
+					"ag-bench: bad --serve-seconds '%s'\n",
+					optarg);
+				return 2;
+			}
+			break;
+		}
 		case 'h':
 			usage(stdout);
 			return 0;

@@ -128,6 +128,8 @@ struct config {
 	int n_serve_threads;
 	int serve_requests;
 	bool serve_soak; /* also RSS after 10^6 requests */
+	double serve_seconds; /* no request starts later in a case; 0: none */
+	int serve_gate; /* requests running at once, the rest queue; 0: any */
 	const char *serve_models; /* "mlp", "cnn" or NULL: both */
 };
 

@@ -272,6 +272,65 @@ static double peak_rss_mib(void)
 
 /* -------------------------------------------------------- the threads */
 
+/*
+ * --serve-gate N: at most N requests run at once, the others wait in
+ * arrival order, each on its own condition variable (a leaving request
+ * hands its place to the oldest waiter).  This is the service's side, not
+ * libag's: with more busy request threads than cores, the kernel runs
+ * them in turn, and a short request that is preempted waits a whole round
+ * of the others' time slices; queueing at the door instead bounds the
+ * tail by the queue's length.
+ */
+struct gate_waiter {
+	pthread_cond_t cond;
+	bool go;
+	struct gate_waiter *next;
+};
+
+struct gate {
+	pthread_mutex_t lock;
+	int free; /* places not taken */
+	struct gate_waiter *head, *tail;
+};
+
+static void gate_enter(struct gate *g, struct gate_waiter *w)
+{
+	pthread_mutex_lock(&g->lock);
+	if (g->free > 0 && !g->head) {
+		g->free--;
+		pthread_mutex_unlock(&g->lock);
+		return;
+	}
+	w->go = false;
+	w->next = NULL;
+	if (g->tail)
+		g->tail->next = w;
+	else
+		g->head = w;
+	g->tail = w;
+	while (!w->go)
+		pthread_cond_wait(&w->cond, &g->lock);
+	pthread_mutex_unlock(&g->lock);
+}
+
+static void gate_leave(struct gate *g)
+{
+	struct gate_waiter *w;
+
+	pthread_mutex_lock(&g->lock);
+	w = g->head;
+	if (w) { /* the place passes to w: free stays as it is */
+		g->head = w->next;
+		if (!g->head)
+			g->tail = NULL;
+		w->go = true;
+		pthread_cond_signal(&w->cond);
+	} else {
+		g->free++;
+	}
+	pthread_mutex_unlock(&g->lock);
+}
+
 /* A kind of request: which mode at which batch. */
 struct kind {
 	enum serve_mode mode;
@@ -288,7 +347,10 @@ struct worker {
 	const struct model *m;
 	const struct kind *k; /* NULL: the kinds in turn */
 	long requests;
+	double deadline; /* no request starts after it (bench_now()) */
 	pthread_barrier_t *start;
+	struct gate *gate; /* NULL: none */
+	struct gate_waiter waiter;
 	float *in, *out;
 	struct ag_tensor *targets[3]; /* per kind: i64 [b] */
 	struct hist h;
@@ -302,16 +364,22 @@ static void *worker_run(void *arg)
 	struct worker *w = arg;
 
 	pthread_barrier_wait(w->start);
-	for (long i = 0; i < w->requests && !w->failed; i++) {
+	for (long i = 0; i < w->requests && !w->failed &&
+			 (!i || bench_now() <= w->deadline);
+	     i++) {
 		int ki = w->k ? (int)(w->k - kinds) : (int)(i % 3);
 		const struct kind *k = &kinds[ki];
 		double t0 = bench_now();
 
+		if (w->gate)
+			gate_enter(w->gate, &w->waiter);
 		if (serve_request(w->m, k->mode, k->b, w->in, w->targets[ki],
 				  w->out)) {
 			snprintf(w->err, sizeof(w->err), "%s", ag_errmsg());
 			w->failed = 1;
 		}
+		if (w->gate)
+			gate_leave(w->gate);
 		h_add(&w->h, bench_now() - t0);
 	}
 	w->t_end = bench_now();
@@ -325,6 +393,7 @@ static void worker_init(struct worker *w, const struct model *m,
 
 	memset(w, 0, sizeof(*w));
 	w->m = m;
+	pthread_cond_init(&w->waiter.cond, NULL);
 	w->in = xmalloc((size_t)n * sizeof(float));
 	w->out = xmalloc((size_t)n * sizeof(float));
 	for (int64_t i = 0; i < n; i++)
@@ -337,6 +406,7 @@ static void worker_free(struct worker *w)
 {
 	for (size_t k = 0; k < ARRAY_SIZE(kinds); k++)
 		ag_tensor_put(w->targets[k]);
+	pthread_cond_destroy(&w->waiter.cond);
 	free(w->in);
 	free(w->out);
 }
@@ -345,16 +415,19 @@ struct serve {
 	struct model m[2];
 	int nm;
 	struct worker *w; /* MAX_THREADS */
+	struct gate gate; /* --serve-gate */
 	bool soaked;
 };
 
 /*
- * Runs t threads of requests requests each (kind k, or mixed if NULL);
- * merges their clocks into h; returns the wall time.
+ * Runs t threads of requests requests each (kind k, or mixed if NULL),
+ * each thread starting no request after seconds (0: no limit) but at least
+ * one, through gate if not NULL; merges their clocks into h; returns the
+ * wall time.
  */
 static double run_case(struct serve *st, const struct model *m,
 		       const struct kind *k, int t, long requests,
-		       struct hist *h)
+		       double seconds, struct gate *gate, struct hist *h)
 {
 	pthread_t tid[MAX_THREADS];
 	pthread_barrier_t start;
@@ -366,6 +439,7 @@ static double run_case(struct serve *st, const struct model *m,
 
 		w->m = m;
 		w->k = k;
+		w->gate = gate;
 		w->requests = requests;
 		w->start = &start;
 		memset(&w->h, 0, sizeof(w->h));
@@ -374,6 +448,9 @@ static double run_case(struct serve *st, const struct model *m,
 			die("serve: pthread_create failed");
 	}
 	t0 = bench_now();
+	/* one deadline for all: the barrier publishes it */
+	for (int i = 0; i < t; i++)
+		st->w[i].deadline = seconds > 0 ? t0 + seconds : INFINITY;
 	pthread_barrier_wait(&start);
 	for (int i = 0; i < t; i++) {
 		struct worker *w = &st->w[i];
@@ -393,6 +470,10 @@ static double run_case(struct serve *st, const struct model *m,
  * Requests per thread: --serve-requests, else a budget per case that
  * keeps each case near a second on two cores, split over the threads (at
  * least 50 each, so that the quantiles of one thread mean something).
+ * --serve-seconds bounds the case's time whatever the budget: a slower
+ * library (or 64 threads times 50 batch-32 cnn requests) stops early and
+ * reports what it served in that time.  torch_bench's serve_budget and
+ * its deadline are the same rule.
  */
 static long requests_for(const struct config *c, const struct model *m,
 			 const struct kind *k, int t)
@@ -420,11 +501,14 @@ static void serve_case(struct serve *st, const struct config *c,
 
 	if (!h)
 		die("out of memory");
-	wall = run_case(st, m, k, t, r, h);
-	snprintf(name, sizeof(name), "%s,B=%lld,T=%d,%s", m->name,
-		 (long long)k->b, t, k->mode == MODE_INFER ? "infer" : "grad");
+	wall = run_case(st, m, k, t, r, c->serve_seconds,
+			c->serve_gate ? &st->gate : NULL, h);
+	snprintf(name, sizeof(name), "%s,B=%lld,T=%d,%s%s", m->name,
+		 (long long)k->b, t, k->mode == MODE_INFER ? "infer" : "grad",
+		 c->serve_gate ? ",gate" : "");
 	record("serve", name, t, "requests_per_s", "req/s",
 	       (double)h->count / wall);
+	record("serve", name, t, "requests", "req", (double)h->count);
 	record("serve", name, t, "p50_us", "us", h_quantile(h, 0.5));
 	record("serve", name, t, "p99_us", "us", h_quantile(h, 0.99));
 	record("serve", name, t, "p999_us", "us", h_quantile(h, 0.999));
@@ -448,11 +532,11 @@ static void serve_soak(struct serve *st, const struct config *c,
 	if (!h)
 		die("out of memory");
 	snprintf(name, sizeof(name), "%s,rss,T=%d,mixed", m->name, t);
-	run_case(st, m, NULL, t, first / t, h);
+	run_case(st, m, NULL, t, first / t, 0, NULL, h);
 	r4 = rss_mib();
 	record("serve", name, t, "rss_mib_1e4", "MiB", r4);
 	if (c->serve_soak) {
-		run_case(st, m, NULL, t, (1000000 - first) / t, h);
+		run_case(st, m, NULL, t, (1000000 - first) / t, 0, NULL, h);
 		r6 = rss_mib();
 		record("serve", name, t, "rss_mib_1e6", "MiB", r6);
 		record("serve", name, t, "rss_growth_pct", "%",
@@ -469,6 +553,8 @@ static void *serve_setup(const struct config *c, struct ag_generator *g)
 	struct serve *st = xmalloc(sizeof(*st));
 
 	memset(st, 0, sizeof(*st));
+	pthread_mutex_init(&st->gate.lock, NULL);
+	st->gate.free = c->serve_gate;
 	if (!c->serve_models || !strcmp(c->serve_models, "mlp"))
 		mlp_make(&st->m[st->nm++], c->quick ? quick_dims : dims, g);
 	if (!c->serve_models || !strcmp(c->serve_models, "cnn"))
@@ -537,7 +623,7 @@ static void serve_check(void *arg, const struct config *c, int threads,
 						  w->targets[ki], want[i]))
 					die("serve: %s", ag_errmsg());
 			}
-			run_case(st, m, k, T, 3, h);
+			run_case(st, m, k, T, 3, 0, NULL, h);
 			for (int i = 0; i < T; i++) {
 				int64_t where;
 				double *got = xmalloc(n * sizeof(double));
@@ -575,6 +661,7 @@ static void serve_free(void *arg)
 	free(st->w);
 	for (int mi = 0; mi < st->nm; mi++)
 		model_free(&st->m[mi]);
+	pthread_mutex_destroy(&st->gate.lock);
 	free(st);
 }
 

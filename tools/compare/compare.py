@@ -482,12 +482,19 @@ SERVE_GOALS = [
 ]
 
 
+# How libtorch services run one intra-op thread per request thread: the
+# environment as well as at::set_num_threads(1) in each thread.  With the
+# call alone, libtorch 1.13's cnn served 5x fewer batch-1 requests at 2
+# request threads than at 1 (OpenMP still ran teams); with these, as many.
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def serve_main(args, agb):
     """ag-bench --workload serve against torch_bench's serve, one run.
 
     Configurations, interleaved over rounds with the order rotating:
     libag; libtorch with at::set_num_threads(1) in each request thread
-    (how libtorch services are deployed); libtorch-intra with its default
+    and ONE_THREAD_ENV (how libtorch services are deployed); libtorch-intra with its default
     intra-op pool.  Prints each figure side by side with libag's speedup
     over each (rates: libag/libtorch; latencies: libtorch/libag) and the
     issue-16 goals against the per-thread libtorch.
@@ -505,10 +512,12 @@ def serve_main(args, agb):
         extra += ["--serve-model", args.serve_model]
     if args.serve_requests:
         extra += ["--serve-requests", str(args.serve_requests)]
+    if args.serve_seconds is not None:
+        extra += ["--serve-seconds", str(args.serve_seconds)]
     if args.quick:
         extra.append("--quick")
     runs = [Run("libag", [agb] + extra, {}),
-            Run("libtorch", [cpp] + extra, {}),
+            Run("libtorch", [cpp] + extra, ONE_THREAD_ENV),
             Run("libtorch-intra", [cpp] + extra + ["--serve-intra"], {})]
     configs = [r.config for r in runs]
     docs = {c: [] for c in configs}
@@ -545,8 +554,8 @@ def serve_main(args, agb):
         b = res["libtorch"].get(key)
         c = res["libtorch-intra"].get(key)
         unit = a["unit"] if a else "-"
-        sb = speedup(a, b, unit) if unit != "MiB" else None
-        sc = speedup(a, c, unit) if unit != "MiB" else None
+        sb = speedup(a, b, unit) if unit not in ("MiB", "req") else None
+        sc = speedup(a, c, unit) if unit not in ("MiB", "req") else None
         lines.append([case, metric, unit,
                       fmt(a and a.get("median")),
                       fmt(b and b.get("median")),
@@ -737,6 +746,9 @@ def main():
     ap.add_argument("--serve-model", choices=["mlp", "cnn"])
     ap.add_argument("--serve-requests", type=int,
                     help="requests per thread (default: a budget per case)")
+    ap.add_argument("--serve-seconds", type=float,
+                    help="no request starts after this many seconds of a "
+                    "case, the same rule on both sides (default 2; 0: none)")
     ap.add_argument("--no-write", action="store_true",
                     help="print the table only")
     ap.add_argument("--fashion-mnist", action="store_true",

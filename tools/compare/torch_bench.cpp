@@ -10,6 +10,7 @@
  *               [--workload NAME]...
  *               [--serve-threads LIST] [--serve-requests N]
  *               [--serve-model mlp|cnn] [--serve-intra]
+ *               [--serve-seconds S]
  *
  * serve runs only when named, as in ag-bench.
  */
@@ -399,8 +400,13 @@ long serve_budget(const ServeModel &m, const ServeKind &k, int t, int fixed)
 	return b < 50 ? 50 : b;
 }
 
+/*
+ * As wl_serve.c: the budget above, and no request starts after seconds
+ * (0: no limit) from the case's start, but each thread runs at least one.
+ */
 void serve(Results &r, const ServeModel &m, const std::vector<int> &ts,
-	   int fixed, bool intra, const std::vector<float> &input,
+	   int fixed, double seconds, bool intra,
+	   const std::vector<float> &input,
 	   const std::vector<torch::Tensor> &tgts)
 {
 	for (size_t ki = 0; ki < 3; ki++) {
@@ -412,6 +418,7 @@ void serve(Results &r, const ServeModel &m, const std::vector<int> &ts,
 			std::vector<std::thread> th;
 			std::atomic<int> ready{ 0 };
 			std::atomic<bool> go{ false };
+			double deadline = HUGE_VAL;
 			for (int i = 0; i < t; i++)
 				th.emplace_back([&, i]() {
 					if (!intra)
@@ -420,7 +427,8 @@ void serve(Results &r, const ServeModel &m, const std::vector<int> &ts,
 					ready++;
 					while (!go.load())
 						std::this_thread::yield();
-					for (long j = 0; j < reqs; j++) {
+					for (long j = 0; j < reqs &&
+					     (!j || now() <= deadline); j++) {
 						double t0 = now();
 						serve_request(m, k, input.data(),
 							      tgts[ki], out.data());
@@ -431,7 +439,9 @@ void serve(Results &r, const ServeModel &m, const std::vector<int> &ts,
 			while (ready.load() < t)
 				std::this_thread::yield();
 			double t0 = now();
-			go = true;
+			if (seconds > 0)
+				deadline = t0 + seconds;
+			go = true; /* publishes the deadline */
 			for (auto &x : th)
 				x.join();
 			Hist all;
@@ -447,6 +457,8 @@ void serve(Results &r, const ServeModel &m, const std::vector<int> &ts,
 					 (intra ? ",intra" : "");
 			r.record("serve", cs, t, "requests_per_s", "req/s",
 				 all.count / wall);
+			r.record("serve", cs, t, "requests", "req",
+				 (double)all.count);
 			r.record("serve", cs, t, "p50_us", "us", all.quantile(0.5));
 			r.record("serve", cs, t, "p99_us", "us", all.quantile(0.99));
 			r.record("serve", cs, t, "p999_us", "us", all.quantile(0.999));
@@ -532,6 +544,7 @@ int main(int argc, char **argv)
 	std::vector<int> serve_threads = { 1, 2, 8, 64 };
 	std::string serve_models = "both";
 	int serve_requests = 0;
+	double serve_seconds = 2;
 	bool serve_intra = false;
 
 	for (int i = 1; i < argc; i++) {
@@ -569,6 +582,8 @@ int main(int argc, char **argv)
 			}
 		} else if (a == "--serve-requests")
 			serve_requests = std::atoi(next().c_str());
+		else if (a == "--serve-seconds")
+			serve_seconds = std::atof(next().c_str());
 		else if (a == "--serve-model")
 			serve_models = next();
 		else if (a == "--serve-intra")
@@ -666,7 +681,8 @@ int main(int argc, char **argv)
 		if (sel.count("limits") || sel.count("gemm"))
 			gemm(r, c, ga, gb, threads);
 		for (auto &m : sm)
-			serve(r, m, serve_threads, serve_requests, serve_intra,
+			serve(r, m, serve_threads, serve_requests, serve_seconds,
+			      serve_intra,
 			      serve_in, serve_tgt);
 	}
 
