@@ -191,7 +191,8 @@ static bool is_max2(const struct pool_geom *pg)
 			m = sel_##S(m, v, t);                               \
 			at = (at & ~t) | ((a + w + 1) & t);                 \
 			y[ox] = m;                                          \
-			i[ox] = at;                                         \
+			if (i)                                              \
+				i[ox] = at;                                 \
 		}                                                           \
 	}
 
@@ -256,7 +257,8 @@ static int64_t max2_vec_f32(const float *restrict s0, int64_t s2, int64_t ow,
 		at = (at & ~t) | ((base + (int32_t)w + 1) & t);
 		at64 = __builtin_convertvector(at, v4l);
 		memcpy(y + ox, &m, sizeof(m));
-		memcpy(idx + ox, &at64, sizeof(at64));
+		if (idx)
+			memcpy(idx + ox, &at64, sizeof(at64));
 	}
 	return ow;
 }
@@ -265,17 +267,19 @@ ALWAYS_INLINE void max2_row(const struct pool_run *r, const void *src,
 			    int64_t oy, int64_t o, const bool f32)
 {
 	int64_t w = r->pg->w, s2 = r->ss[2], ow = r->pg->ow, n;
+	/* no indices when nothing will differentiate (inference) */
+	int64_t *idx = r->idx ? r->idx + o : NULL;
 
 	if (f32) {
 		const float *s = (const float *)src + 2 * oy * s2;
 		float *y = (float *)r->dst + o;
 
-		n = max2_vec_f32(s, s2, ow, 2 * oy * w, w, y, r->idx + o);
+		n = max2_vec_f32(s, s2, ow, 2 * oy * w, w, y, idx);
 		max2_row_f32(s + 2 * n, s2, ow - n, 2 * oy * w + 2 * n, w,
-			     y + n, r->idx + o + n);
+			     y + n, idx ? idx + n : NULL);
 	} else
 		max2_row_f64((const double *)src + 2 * oy * s2, s2, ow,
-			     2 * oy * w, w, (double *)r->dst + o, r->idx + o);
+			     2 * oy * w, w, (double *)r->dst + o, idx);
 }
 
 ALWAYS_INLINE void fwd_plane(const struct pool_run *r, int64_t p,
@@ -305,7 +309,8 @@ ALWAYS_INLINE void fwd_plane(const struct pool_run *r, int64_t p,
 				st(r->dst, o,
 				   win_max(r, src, hs, he, ws, we, &at, f32),
 				   f32);
-				r->idx[o] = at;
+				if (r->idx)
+					r->idx[o] = at;
 				continue;
 			}
 			for (int64_t ih = hs; ih < he; ih++)
@@ -557,7 +562,8 @@ static const char *pool_fn(const struct pool_geom *pg)
 
 /*
  * Runs op over every plane.  src is x-shaped for P_FWD and P_GATHER, else
- * y-shaped; *idxp is made by a max pool's P_FWD, read by the others.
+ * y-shaped; *idxp is made by a max pool's P_FWD (none if idxp is NULL),
+ * read by the others.
  */
 static struct ag_tensor *pool_plain(enum pool_op op, const struct pool_geom *pg,
 				    struct ag_tensor *src,
@@ -572,7 +578,7 @@ static struct ag_tensor *pool_plain(enum pool_op op, const struct pool_geom *pg,
 	out = new_plane_tensor(pool_fn(pg), pg, src->dtype, x_in);
 	if (!out)
 		return NULL;
-	if (op == P_FWD && pg->kind == POOL_MAX) {
+	if (op == P_FWD && pg->kind == POOL_MAX && idxp) {
 		idx = new_plane_tensor(pool_fn(pg), pg, AG_I64, true);
 		if (!idx)
 			goto fail;
@@ -663,10 +669,11 @@ static struct ag_tensor *pool_op(enum pool_op op, const struct pool_geom *pg,
 {
 	struct ag_tensor *own = NULL, *out;
 	struct pool_node *pn;
-	bool max = pg->kind == POOL_MAX;
+	bool max = pg->kind == POOL_MAX, rec = ag__should_record(&a, 1);
 
-	out = pool_plain(op, pg, a, op == P_FWD ? &own : &idx);
-	if (!out || !ag__should_record(&a, 1)) {
+	/* a max pool's forward makes its indices only for a backward */
+	out = pool_plain(op, pg, a, op != P_FWD ? &idx : rec ? &own : NULL);
+	if (!out || !rec) {
 		ag_tensor_put(own);
 		return ag__scope_add(out);
 	}

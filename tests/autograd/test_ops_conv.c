@@ -421,6 +421,38 @@ static const char *const pool_node[] = { "MaxPool2DWithIndicesBackward",
 					 "AvgPool2DBackward",
 					 "AdaptiveAvgPool2DBackward" };
 
+/*
+ * The same op under inference mode: nothing recorded, and a max pool
+ * makes no indices, so its forward runs without them.
+ */
+static void
+expect_inference(const char *what, struct ag_tensor *x,
+		 struct ag_tensor *(*op)(struct ag_tensor *, const void *),
+		 const void *arg, const double *want, int64_t n, double tol)
+{
+	struct ag_mode prev = ag_inference_mode_enter();
+	struct ag_tensor *y = op(x, arg);
+
+	ag_mode_exit(prev);
+	cr_assert(y, "%s: %s", what, ag_errmsg());
+	cr_assert_null(ag_tensor_grad_fn(y), "%s", what);
+	expect_close(what, y, want, n, tol);
+	ag_tensor_put(y);
+}
+
+static struct ag_tensor *pool_case_op(struct ag_tensor *x, const void *arg)
+{
+	const struct pool_case *c = arg;
+
+	return pool(c->kind, x, c->k, c->s, c->p);
+}
+
+static struct ag_tensor *max2_op(struct ag_tensor *x, const void *arg)
+{
+	(void)arg;
+	return ag_max_pool2d(x, SHAPE(2, 2), NULL, NULL);
+}
+
 static void pool_vs_torch(const struct pool_case *c, enum ag_dtype dt,
 			  enum layout lay)
 {
@@ -432,6 +464,7 @@ static void pool_vs_torch(const struct pool_case *c, enum ag_dtype dt,
 	cr_assert_str_eq(ag_node_name(ag_tensor_grad_fn(y)),
 			 pool_node[c->kind]);
 	expect_close(c->name, y, c->y, c->ny, tol);
+	expect_inference(c->name, x, pool_case_op, c, c->y, c->ny, tol);
 	loss = weighted_sum(y, c->r);
 	cr_assert_eq(ag_backward(loss, NULL, NULL), 0, "%s", ag_errmsg());
 	expect_grad("x.grad", x, c->gx, c->nx, tol);
@@ -530,6 +563,7 @@ static void max_pool2_vs_definition(enum ag_dtype dt, enum layout lay,
 	x = make(dt, 4, xs, x0, lay, true);
 	y = ag_max_pool2d(x, SHAPE(2, 2), NULL, NULL);
 	expect_close("y", y, y0, ny, 0);
+	expect_inference("y, inference", x, max2_op, NULL, y0, ny, 0);
 	loss = weighted_sum(y, r);
 	cr_assert_eq(ag_backward(loss, NULL, NULL), 0, "%s", ag_errmsg());
 	expect_grad("x.grad", x, gx0, nx, 0);
