@@ -381,6 +381,13 @@ double ag__get(const struct ag_tensor *t, int64_t i);
  * reference passes it through here.
  */
 struct ag_tensor *ag__scope_add(struct ag_tensor *t);
+/*
+ * Threads with a scope open (scope.c): a service's request threads each
+ * hold one per request, so this says how many are busy in libag, in a
+ * parallel call or not.  The pool runs a parallel call inline when they
+ * fill it (ag_parallel_for).
+ */
+extern atomic_int ag__scoped_threads;
 
 /* ---- modes (engine/mode.c) ---- */
 

@@ -15,6 +15,7 @@ struct ag_scope {
 };
 
 static AG_TLS struct ag_scope *scope_top;
+atomic_int ag__scoped_threads;
 
 struct ag_scope *ag_scope_begin(void)
 {
@@ -24,6 +25,9 @@ struct ag_scope *ag_scope_begin(void)
 		return NULL;
 	s->parent = scope_top;
 	scope_top = s;
+	if (!s->parent)
+		atomic_fetch_add_explicit(&ag__scoped_threads, 1,
+					  memory_order_relaxed);
 	return s;
 }
 
@@ -42,6 +46,9 @@ void ag_scope_end(struct ag_scope *s)
 		return;
 	}
 	scope_top = s->parent;
+	if (!scope_top)
+		atomic_fetch_sub_explicit(&ag__scoped_threads, 1,
+					  memory_order_relaxed);
 	/* newest first, as a stack of temporaries unwinds */
 	while (s->refs.n)
 		ag_tensor_put(ag__ptrvec_pop(&s->refs));

@@ -920,11 +920,16 @@ int ag_parallel_for(int64_t n, int64_t grain,
 	 * is busy with one of them already: splitting would only make each
 	 * wait for chunks that a worker, competing for the same cores, runs
 	 * late (ag-bench --workload serve: at 64 request threads, batch 32
-	 * fell to half the throughput of 2).  Run inline instead.
+	 * fell to half the throughput of 2).  Run inline instead.  Threads
+	 * with a scope open count too, in a parallel call at this instant or
+	 * not: a request thread between its GEMMs still holds its core (at 2
+	 * request threads, batch 32 gained a sixth and its p99 fell 5x).
 	 */
 	if (nt < 2 ||
-	    (!self && atomic_load_explicit(&pool.outside_active,
-					   memory_order_relaxed) >= nt)) {
+	    (!self && (atomic_load_explicit(&pool.outside_active,
+					    memory_order_relaxed) >= nt ||
+		       atomic_load_explicit(&ag__scoped_threads,
+					    memory_order_relaxed) >= nt))) {
 		ag__pool_leave();
 		goto serial;
 	}

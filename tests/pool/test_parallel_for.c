@@ -14,6 +14,7 @@
 
 #include <ag/error.h>
 #include <ag/pool.h>
+#include <ag/tensor.h>
 
 #include "../tsan/tap.h"
 #include "internal.h"
@@ -396,6 +397,63 @@ static int test_crowded_runs_inline(void)
 	return 0;
 }
 
+/*
+ * A request thread between parallel calls still holds its core: threads
+ * with a scope open count as busy.  Another thread holds a scope open (and
+ * no parallel region); with the main thread's scope, a pool of two is
+ * full, and the main thread's call runs inline; once the other thread
+ * ends its scope, the call splits again.
+ */
+static atomic_int scoped_release, scoped_open;
+
+static void *scoped_thread(void *arg)
+{
+	struct ag_scope *s = ag_scope_begin();
+
+	(void)arg;
+	atomic_store(&scoped_open, s != NULL);
+	while (!atomic_load(&scoped_release))
+		sched_yield();
+	ag_scope_end(s);
+	atomic_store(&scoped_open, 0);
+	return NULL;
+}
+
+static int test_scoped_threads_run_inline(void)
+{
+	struct crowd_calls c = { .caller = pthread_self() };
+	struct ag_scope *s;
+	pthread_t t;
+
+	TAP_CHECK(ag_set_num_threads(2) == 0);
+	atomic_store(&scoped_release, 0);
+	atomic_store(&scoped_open, 0);
+	TAP_CHECK(pthread_create(&t, NULL, scoped_thread, NULL) == 0);
+	while (!atomic_load(&scoped_open))
+		sched_yield();
+	s = ag_scope_begin();
+	TAP_CHECK(s);
+	TAP_CHECK(ag_parallel_for(1000, 1, crowd_count, &c) == 0);
+	TAP_CHECKF(atomic_load(&c.calls) == 1,
+		   "%d calls: split although two scoped threads fill the pool",
+		   atomic_load(&c.calls));
+	TAP_CHECK(atomic_load(&c.covered) == 1000);
+	TAP_CHECK(atomic_load(&c.elsewhere) == 0);
+	atomic_store(&scoped_release, 1);
+	pthread_join(t, NULL);
+	/* one scoped thread in a pool of two: split as before */
+	atomic_store(&c.calls, 0);
+	TAP_CHECK(ag_parallel_for(1000, 1, crowd_count, &c) == 0);
+	TAP_CHECK(atomic_load(&c.calls) > 1);
+	/* nested scopes count their thread once */
+	TAP_CHECK(atomic_load(&ag__scoped_threads) == 1);
+	ag_scope_end(ag_scope_begin());
+	TAP_CHECK(atomic_load(&ag__scoped_threads) == 1);
+	ag_scope_end(s);
+	TAP_CHECK(atomic_load(&ag__scoped_threads) == 0);
+	return 0;
+}
+
 static const struct tap_test tests[] = {
 	TAP_TEST(test_idle_no_cpu),
 	TAP_TEST(test_errors),
@@ -408,6 +466,7 @@ static const struct tap_test tests[] = {
 	TAP_TEST(test_resize_under_load),
 	TAP_TEST(test_alloc_failure_runs_serially),
 	TAP_TEST(test_crowded_runs_inline),
+	TAP_TEST(test_scoped_threads_run_inline),
 	{ 0 },
 };
 
