@@ -14,6 +14,7 @@
 #include <ag/nn.h>
 
 #include "fmnist.h"
+#include "fmnist_models.h"
 
 #define IDX_IMAGES 0x00000803u
 #define IDX_LABELS 0x00000801u
@@ -314,35 +315,11 @@ static struct ag_module *model_mlp(struct ag_generator *g)
 	return ag_sequential_new(m, sizeof(m) / sizeof(m[0]));
 }
 
-static struct ag_module *model_cnn(struct ag_generator *g)
-{
-	struct ag_conv2d_opts pad1 = { .stride = { 1, 1 },
-				       .padding = { 1, 1 },
-				       .dilation = { 1, 1 },
-				       .groups = 1 };
-	const int64_t two[2] = { 2, 2 };
-	struct ag_module *m[] = {
-		ag_conv2d_new(1, 32, 3, 3, &pad1, true, g),
-		ag_relu_new(),
-		ag_maxpool2d_new(two, NULL, NULL),
-		ag_conv2d_new(32, 64, 3, 3, &pad1, true, g),
-		ag_batchnorm2d_new(64, 1e-5, 0.1),
-		ag_relu_new(),
-		ag_maxpool2d_new(two, NULL, NULL),
-		ag_flatten_new(1, -1),
-		ag_linear_new(3136, 128, true, g),
-		ag_relu_new(),
-		ag_linear_new(128, 10, true, g),
-	};
-
-	return ag_sequential_new(m, sizeof(m) / sizeof(m[0]));
-}
-
 struct ag_module *fmnist_model(const char *name, struct ag_generator *g)
 {
 	if (!strcmp(name, "mlp"))
 		return model_mlp(g);
 	if (!strcmp(name, "cnn"))
-		return model_cnn(g);
+		return fmnist_cnn(28, g);
 	return NULL;
 }

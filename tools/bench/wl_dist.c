@@ -21,6 +21,7 @@
 #include <ag/nn.h>
 
 #include "common.h"
+#include "fmnist_models.h" /* examples/: the training example's cnn */
 
 #define BIG_BYTES (4 << 20)
 
@@ -49,31 +50,6 @@ static struct ag_module *dist_mlp(const int64_t *dims, struct ag_generator *g)
 		ag_linear_new(dims[0], dims[1], true, g), ag_relu_new(),
 		ag_linear_new(dims[1], dims[2], true, g), ag_relu_new(),
 		ag_linear_new(dims[2], dims[3], true, g),
-	};
-
-	return ag_sequential_new(m, ARRAY_SIZE(m));
-}
-
-/* fashion_mnist's cnn on hw x hw images (8 with --quick) */
-static struct ag_module *dist_cnn(int64_t hw, struct ag_generator *g)
-{
-	struct ag_conv2d_opts pad1 = { .stride = { 1, 1 },
-				       .padding = { 1, 1 },
-				       .dilation = { 1, 1 },
-				       .groups = 1 };
-	const int64_t two[2] = { 2, 2 };
-	struct ag_module *m[] = {
-		ag_conv2d_new(1, 32, 3, 3, &pad1, true, g),
-		ag_relu_new(),
-		ag_maxpool2d_new(two, NULL, NULL),
-		ag_conv2d_new(32, 64, 3, 3, &pad1, true, g),
-		ag_batchnorm2d_new(64, 1e-5, 0.1),
-		ag_relu_new(),
-		ag_maxpool2d_new(two, NULL, NULL),
-		ag_flatten_new(1, -1),
-		ag_linear_new(64 * (hw / 4) * (hw / 4), 128, true, g),
-		ag_relu_new(),
-		ag_linear_new(128, 10, true, g),
 	};
 
 	return ag_sequential_new(m, ARRAY_SIZE(m));
@@ -132,7 +108,7 @@ static void *dist_setup(const struct config *c, struct ag_generator *g)
 	}
 	model_init(&st->mlp, dist_mlp(c->mlp_dims, g), "mlp", 2, xs,
 		   c->mlp_dims[3], c->quick ? 2 : 4 * c->mlp_steps, g);
-	model_init(&st->cnn, dist_cnn(hw, g), "cnn", 4, cs, 10,
+	model_init(&st->cnn, fmnist_cnn(hw, g), "cnn", 4, cs, 10,
 		   c->quick ? 1 : 2 * c->cnn_steps, g);
 	st->small = must(ag_zeros(AG_F64, 1, &n_small));
 	st->big = must(ag_zeros(AG_F32, 1, &n_big));
