@@ -213,9 +213,16 @@ int ag_dist_world_size(void)
 	return world;
 }
 
-/* t's dense data, or -AG_E* naming fn. */
-static int dense(const char *fn, struct ag_tensor *t, void **data)
+/*
+ * What a collective on t needs: libag-dist set up, t's dense data and its
+ * element count within MPI's int counts; or -AG_E* naming fn.
+ */
+static int dense(const char *fn, struct ag_tensor *t, void **data, int64_t *n)
 {
+	int rc = ag__dist_need_init(fn);
+
+	if (rc)
+		return rc;
 	if (!t)
 		return ag_errcode() ?
 			       -ag_errcode() :
@@ -224,6 +231,11 @@ static int dense(const char *fn, struct ag_tensor *t, void **data)
 		return ag_set_error(
 			AG_EINVAL,
 			"%s: t must be contiguous (call ag_contiguous)", fn);
+	*n = ag_tensor_numel(t);
+	if (*n > INT32_MAX)
+		return ag_set_error(AG_EINVAL,
+				    "%s: %lld elements, MPI counts stop at %d",
+				    fn, (long long)*n, INT32_MAX);
 	*data = ag_tensor_data(t);
 	return 0;
 }
@@ -236,23 +248,16 @@ int ag_dist_all_reduce(struct ag_tensor *t, enum ag_dist_op op)
 	void *data;
 	int rc;
 
-	rc = ag__dist_need_init(fn);
-	if (!rc)
-		rc = dense(fn, t, &data);
+	rc = dense(fn, t, &data, &n);
 	if (rc)
 		return rc;
 	dt = ag_tensor_dtype(t);
-	n = ag_tensor_numel(t);
 	if (op != AG_DIST_SUM && op != AG_DIST_MEAN && op != AG_DIST_MAX)
 		return ag_set_error(AG_EINVAL, "%s: unknown op %d", fn,
 				    (int)op);
 	if (op == AG_DIST_MEAN && dt == AG_I64)
 		return ag_set_error(AG_EDTYPE,
 				    "%s: AG_DIST_MEAN of an i64 tensor", fn);
-	if (n > INT32_MAX)
-		return ag_set_error(AG_EINVAL,
-				    "%s: %lld elements, MPI counts stop at %d",
-				    fn, (long long)n, INT32_MAX);
 	ag__dist_lock();
 	rc = ag__dist_check(
 		MPI_Allreduce(MPI_IN_PLACE, data, (int)n, ag__dist_type(dt),
@@ -277,20 +282,13 @@ int ag_dist_broadcast(struct ag_tensor *t, int root)
 	void *data;
 	int rc;
 
-	rc = ag__dist_need_init(fn);
-	if (!rc)
-		rc = dense(fn, t, &data);
+	rc = dense(fn, t, &data, &n);
 	if (rc)
 		return rc;
-	n = ag_tensor_numel(t);
 	if (root < 0 || root >= world)
 		return ag_set_error(AG_EINVAL,
 				    "%s: root %d out of range for %d ranks", fn,
 				    root, world);
-	if (n > INT32_MAX)
-		return ag_set_error(AG_EINVAL,
-				    "%s: %lld elements, MPI counts stop at %d",
-				    fn, (long long)n, INT32_MAX);
 	ag__dist_lock();
 	rc = ag__dist_check(MPI_Bcast(data, (int)n,
 				      ag__dist_type(ag_tensor_dtype(t)), root,
