@@ -297,28 +297,12 @@ int fmnist_batch(struct fmnist *d, int64_t i, int64_t batch,
 	return 0;
 }
 
-/* ---- the models ---- */
-
-static struct ag_module *model_mlp(struct ag_generator *g)
-{
-	struct ag_module *m[] = {
-		ag_flatten_new(1, -1),
-		ag_linear_new(784, 512, true, g),
-		ag_relu_new(),
-		ag_dropout_new(0.2, NULL),
-		ag_linear_new(512, 512, true, g),
-		ag_relu_new(),
-		ag_dropout_new(0.2, NULL),
-		ag_linear_new(512, 10, true, g),
-	};
-
-	return ag_sequential_new(m, sizeof(m) / sizeof(m[0]));
-}
+/* ---- the models (fmnist_models.c) ---- */
 
 struct ag_module *fmnist_model(const char *name, struct ag_generator *g)
 {
 	if (!strcmp(name, "mlp"))
-		return model_mlp(g);
+		return fmnist_mlp(g);
 	if (!strcmp(name, "cnn"))
 		return fmnist_cnn(28, g);
 	return NULL;

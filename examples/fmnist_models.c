@@ -4,6 +4,22 @@
 
 #include "fmnist_models.h"
 
+struct ag_module *fmnist_mlp(struct ag_generator *g)
+{
+	struct ag_module *m[] = {
+		ag_flatten_new(1, -1),
+		ag_linear_new(784, 512, true, g),
+		ag_relu_new(),
+		ag_dropout_new(0.2, NULL),
+		ag_linear_new(512, 512, true, g),
+		ag_relu_new(),
+		ag_dropout_new(0.2, NULL),
+		ag_linear_new(512, 10, true, g),
+	};
+
+	return ag_sequential_new(m, sizeof(m) / sizeof(m[0]));
+}
+
 struct ag_module *fmnist_cnn(int64_t hw, struct ag_generator *g)
 {
 	struct ag_conv2d_opts pad1 = { .stride = { 1, 1 },

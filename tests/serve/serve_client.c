@@ -24,6 +24,8 @@
 
 #include <ag/ag.h>
 
+#include "fmnist_models.h"
+
 #define CLIENTS 8
 #define REQUESTS 25
 #define PIXELS 784
@@ -56,19 +58,7 @@ static struct ag_module *make_mlp(uint64_t seed)
 
 	if (!g)
 		return NULL;
-	{
-		struct ag_module *mods[] = {
-			ag_flatten_new(1, -1),
-			ag_linear_new(784, 512, true, g),
-			ag_relu_new(),
-			ag_dropout_new(0.2, NULL),
-			ag_linear_new(512, 512, true, g),
-			ag_relu_new(),
-			ag_dropout_new(0.2, NULL),
-			ag_linear_new(512, 10, true, g),
-		};
-		m = ag_sequential_new(mods, sizeof(mods) / sizeof(mods[0]));
-	}
+	m = fmnist_mlp(g);
 	ag_generator_free(g);
 	if (m)
 		ag_module_eval(m);
