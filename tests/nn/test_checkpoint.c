@@ -15,62 +15,18 @@
 #include <ag/checkpoint.h>
 
 #include "common.h"
+#include "tmpdir.h"
 
 #ifndef FIXTURE_DIR
 #error "FIXTURE_DIR names tests/nn/data"
 #endif
 
-static char dir[64];
-
 static void mkdir_tmp(void)
 {
-	strcpy(dir, "/tmp/ag-ckpt.XXXXXX");
-	cr_assert_not_null(mkdtemp(dir));
+	tmpdir_make("/tmp/ag-ckpt.XXXXXX");
 }
 
-/* Empties and removes the directory (only the files the tests made). */
-static void rm_tmp(void)
-{
-	DIR *d = opendir(dir);
-	struct dirent *e;
-	char p[512];
-
-	if (!d)
-		return;
-	while ((e = readdir(d))) {
-		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-			continue;
-		snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
-		if (rmdir(p))
-			unlink(p);
-	}
-	closedir(d);
-	rmdir(dir);
-}
-
-TestSuite(nn_checkpoint, .init = mkdir_tmp, .fini = rm_tmp);
-
-static char *path_in(const char *name)
-{
-	static char p[512];
-
-	snprintf(p, sizeof(p), "%s/%s", dir, name);
-	return p;
-}
-
-/* Number of directory entries besides . and .. */
-static int count_files(void)
-{
-	DIR *d = opendir(dir);
-	struct dirent *e;
-	int n = 0;
-
-	cr_assert_not_null(d);
-	while ((e = readdir(d)))
-		n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
-	closedir(d);
-	return n;
-}
+TestSuite(nn_checkpoint, .init = mkdir_tmp, .fini = tmpdir_remove);
 
 static void *read_file(const char *p, size_t *n)
 {
@@ -429,7 +385,7 @@ Test(nn_checkpoint, bad_save_arguments)
 	AG_ASSERT_ERR(AG_EINVAL, "tensors[1]");
 	cr_assert_eq(ag_safetensors_save(NULL, dup, ts, 2), -AG_EINVAL);
 	AG_ASSERT_ERR(AG_EINVAL, "NULL");
-	cr_assert_eq(count_files(), 0);
+	cr_assert_eq(count_entries(), 0);
 	ag_tensor_put(ts[0]);
 	ag_tensor_put(ts[1]);
 	AG_ASSERT_NO_LEAKS();
@@ -459,7 +415,7 @@ Test(nn_checkpoint, failed_save_keeps_old_file)
 	struct rlimit rl = { .rlim_cur = 4096, .rlim_max = RLIM_INFINITY };
 
 	cr_assert_eq(ag_safetensors_save(path_in("ck"), on, &old, 1), 0);
-	cr_assert_eq(count_files(), 1);
+	cr_assert_eq(count_entries(), 1);
 
 	/* refused before any file is made */
 	cr_assert_eq(ag_safetensors_save(path_in("ck"), dup, two, 2),
@@ -471,7 +427,7 @@ Test(nn_checkpoint, failed_save_keeps_old_file)
 	cr_assert_eq(mkdir(path_in("d"), 0755), 0);
 	cr_assert_eq(ag_safetensors_save(path_in("d"), bn, &big, 1), -AG_EIO);
 	AG_ASSERT_ERR(AG_EIO, "Is a directory");
-	cr_assert_eq(count_files(), 2, "a temporary file was left");
+	cr_assert_eq(count_entries(), 2, "a temporary file was left");
 
 	/* the directory of the path does not exist */
 	cr_assert_eq(ag_safetensors_save(path_in("no/ck"), bn, &big, 1),
@@ -485,12 +441,12 @@ Test(nn_checkpoint, failed_save_keeps_old_file)
 	AG_ASSERT_ERR(AG_EIO, "File too large");
 	rl.rlim_cur = RLIM_INFINITY;
 	cr_assert_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
-	cr_assert_eq(count_files(), 2, "a temporary file was left");
+	cr_assert_eq(count_entries(), 2, "a temporary file was left");
 	assert_old_file();
 
 	/* and a good save replaces it */
 	cr_assert_eq(ag_safetensors_save(path_in("ck"), bn, &big, 1), 0);
-	cr_assert_eq(count_files(), 2);
+	cr_assert_eq(count_entries(), 2);
 	ag_tensor_put(old);
 	ag_tensor_put(big);
 	AG_ASSERT_NO_LEAKS();

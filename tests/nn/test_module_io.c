@@ -14,41 +14,19 @@
 #include <ag/optim.h>
 
 #include "common.h"
+#include "tmpdir.h"
 #include "../../nn/safetensors.h"
 
 #ifndef FIXTURE_DIR
 #error "FIXTURE_DIR names tests/nn/data"
 #endif
 
-static char dir[64];
-
 static void mkdir_tmp(void)
 {
-	strcpy(dir, "/tmp/ag-modio.XXXXXX");
-	cr_assert_not_null(mkdtemp(dir));
+	tmpdir_make("/tmp/ag-modio.XXXXXX");
 }
 
-static char *path_in(const char *name)
-{
-	static char p[2][512];
-	static int k;
-
-	k ^= 1;
-	snprintf(p[k], sizeof(p[k]), "%s/%s", dir, name);
-	return p[k];
-}
-
-static void rm_tmp(void)
-{
-	unlink(path_in("a"));
-	unlink(path_in("cut"));
-	unlink(path_in("b"));
-	unlink(path_in("model"));
-	unlink(path_in("optim"));
-	rmdir(dir);
-}
-
-TestSuite(nn_module_io, .init = mkdir_tmp, .fini = rm_tmp);
+TestSuite(nn_module_io, .init = mkdir_tmp, .fini = tmpdir_remove);
 
 /* Linear(4, out) -> BatchNorm1d(out) -> ReLU, weights from seed. */
 static struct ag_module *net(int64_t out, uint64_t seed)
@@ -358,20 +336,6 @@ Test(nn_module_io, torch_cnn_fixture)
 	ag_safetensors_close(io);
 	ag_module_put(m);
 	AG_ASSERT_NO_LEAKS();
-}
-
-/* Entries of the test directory besides . and .. */
-static int count_entries(void)
-{
-	DIR *d = opendir(dir);
-	struct dirent *e;
-	int n = 0;
-
-	cr_assert_not_null(d);
-	while ((e = readdir(d)))
-		n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
-	closedir(d);
-	return n;
 }
 
 static bool file_is(const char *p, const unsigned char *want, size_t n)
