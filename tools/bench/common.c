@@ -93,6 +93,19 @@ struct ag_tensor *uniform(struct ag_generator *g, enum ag_dtype dt, int ndim,
 	return t;
 }
 
+void weight_bias(struct ag_tensor **wb, struct ag_generator *g,
+		 enum ag_dtype dt, int ndim, const int64_t *shape)
+{
+	int64_t fan_in = 1;
+	double r;
+
+	for (int d = 1; d < ndim; d++)
+		fan_in *= shape[d];
+	r = 1 / sqrt((double)fan_in);
+	wb[0] = uniform(g, dt, ndim, shape, -r, r, true);
+	wb[1] = uniform(g, dt, 1, shape, -r, r, true);
+}
+
 /*
  * Class targets, i64 [n], uniform over [0, classes) by g; the caller
  * owns the reference.

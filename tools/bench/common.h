@@ -65,6 +65,12 @@ void check_param_fd(const char *what, int threads, int i, struct ag_tensor *p,
 struct ag_tensor *uniform(struct ag_generator *g, enum ag_dtype dt, int ndim,
 			  const int64_t *shape, double lo, double hi,
 			  bool requires_grad);
+/*
+ * A weight [shape] in wb[0] and its bias [shape[0]] in wb[1], uniform in
+ * +-1/sqrt(fan_in) (fan_in: the product of shape[1..]), requiring grad.
+ */
+void weight_bias(struct ag_tensor **wb, struct ag_generator *g,
+		 enum ag_dtype dt, int ndim, const int64_t *shape);
 struct ag_tensor *random_targets(struct ag_generator *g, int64_t n,
 				 int64_t classes);
 void sgd_step(struct ag_tensor **p, int n, double lr);

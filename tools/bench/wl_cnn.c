@@ -32,20 +32,6 @@ struct cnn {
 	char case_name[64];
 };
 
-/* A weight [shape] and its bias [shape[0]], bound 1/sqrt(fan_in). */
-static void cnn_layer(struct cnn *m, int i, int ndim, const int64_t *shape,
-		      struct ag_generator *g)
-{
-	int64_t fan_in = 1;
-	double r;
-
-	for (int d = 1; d < ndim; d++)
-		fan_in *= shape[d];
-	r = 1 / sqrt((double)fan_in);
-	m->p[i] = uniform(g, m->dt, ndim, shape, -r, r, true);
-	m->p[i + 1] = uniform(g, m->dt, 1, shape, -r, r, true);
-}
-
 static void cnn_init(struct cnn *m, enum ag_dtype dt, int64_t b, int64_t hw,
 		     struct ag_generator *g)
 {
@@ -65,12 +51,12 @@ static void cnn_init(struct cnn *m, enum ag_dtype dt, int64_t b, int64_t hw,
 		snprintf(m->case_name, sizeof(m->case_name),
 			 "fmnist-cnn,B=%lld,%lldx%lld", (long long)b,
 			 (long long)hw, (long long)hw);
-	cnn_layer(m, 0, 4, c1, g);
-	cnn_layer(m, 2, 4, c2, g);
+	weight_bias(m->p + 0, g, m->dt, 4, c1);
+	weight_bias(m->p + 2, g, m->dt, 4, c2);
 	m->p[4] = uniform(g, dt, 1, &ch, 1, 1, true);
 	m->p[5] = uniform(g, dt, 1, &ch, 0, 0, true);
-	cnn_layer(m, 6, 2, f1, g);
-	cnn_layer(m, 8, 2, f2, g);
+	weight_bias(m->p + 6, g, m->dt, 2, f1);
+	weight_bias(m->p + 8, g, m->dt, 2, f2);
 	m->running_mean = uniform(g, dt, 1, &ch, 0, 0, false);
 	m->running_var = uniform(g, dt, 1, &ch, 1, 1, false);
 	m->x = uniform(g, dt, 4, xs, 0, 1, false);

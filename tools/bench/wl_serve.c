@@ -48,19 +48,6 @@ struct model {
 
 /* --------------------------------------------------------- the models */
 
-static void layer(struct model *m, int i, int ndim, const int64_t *shape,
-		  struct ag_generator *g)
-{
-	int64_t fan_in = 1;
-	double r;
-
-	for (int d = 1; d < ndim; d++)
-		fan_in *= shape[d];
-	r = 1 / sqrt((double)fan_in);
-	m->p[i] = uniform(g, AG_F32, ndim, shape, -r, r, true);
-	m->p[i + 1] = uniform(g, AG_F32, 1, shape, -r, r, true);
-}
-
 static void mlp_make(struct model *m, const int64_t *dims,
 		     struct ag_generator *g)
 {
@@ -72,7 +59,7 @@ static void mlp_make(struct model *m, const int64_t *dims,
 	for (int l = 0; l < 3; l++) {
 		int64_t ws[2] = { dims[l + 1], dims[l] };
 
-		layer(m, 2 * l, 2, ws, g);
+		weight_bias(m->p + 2 * l, g, AG_F32, 2, ws);
 	}
 	m->in = dims[0];
 }
@@ -88,12 +75,12 @@ static void cnn_make(struct model *m, int64_t hw, struct ag_generator *g)
 	m->name = "cnn";
 	m->np = CNN_NP;
 	m->hw = hw;
-	layer(m, 0, 4, c1, g);
-	layer(m, 2, 4, c2, g);
+	weight_bias(m->p + 0, g, AG_F32, 4, c1);
+	weight_bias(m->p + 2, g, AG_F32, 4, c2);
 	m->p[4] = uniform(g, AG_F32, 1, &ch, 0.5, 1.5, true);
 	m->p[5] = uniform(g, AG_F32, 1, &ch, -0.1, 0.1, true);
-	layer(m, 6, 2, f1, g);
-	layer(m, 8, 2, f2, g);
+	weight_bias(m->p + 6, g, AG_F32, 2, f1);
+	weight_bias(m->p + 8, g, AG_F32, 2, f2);
 	m->running_mean = uniform(g, AG_F32, 1, &ch, -0.1, 0.1, false);
 	m->running_var = uniform(g, AG_F32, 1, &ch, 0.5, 1.5, false);
 	m->in = hw * hw;
