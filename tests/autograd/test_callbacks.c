@@ -97,6 +97,28 @@ static int post_hook(struct ag_tensor *grad, void *arg)
 	return 0;
 }
 
+/* post_hook on every leaf of n, args[k] telling it s and k; h gets them */
+static void hook_leaves(struct net *n, struct seen *s,
+			struct leaf_arg args[NLEAF], struct ag_hook *h[NLEAF])
+{
+	for (int k = 0; k < NLEAF; k++) {
+		args[k] = (struct leaf_arg){ s, k };
+		h[k] = ag_tensor_register_post_accumulate_grad_hook(
+			n->x[k], post_hook, &args[k]);
+		cr_assert(h[k], "%s", ag_errmsg());
+	}
+}
+
+/* Removes the hooks, frees n, and checks nothing is left. */
+static void unhook_leaves(struct net *n, struct ag_hook *h[NLEAF])
+{
+	for (int k = 0; k < NLEAF; k++)
+		ag_hook_remove(h[k]);
+	net_free(n);
+	cr_assert_eq(ag_set_num_threads(1), 0);
+	AG_ASSERT_NO_LEAKS();
+}
+
 static void run_post_hooks(int threads)
 {
 	struct leaf_arg args[NLEAF];
@@ -106,12 +128,7 @@ static void run_post_hooks(int threads)
 
 	cr_assert_eq(ag_set_num_threads(threads), 0);
 	net_build(&n);
-	for (int k = 0; k < NLEAF; k++) {
-		args[k] = (struct leaf_arg){ &s, k };
-		h[k] = ag_tensor_register_post_accumulate_grad_hook(
-			n.x[k], post_hook, &args[k]);
-		cr_assert(h[k], "%s", ag_errmsg());
-	}
+	hook_leaves(&n, &s, args, h);
 	for (int round = 1; round <= 3; round++) {
 		struct ag_backward_opts keep = { .retain_graph = true };
 
@@ -131,11 +148,7 @@ static void run_post_hooks(int threads)
 						   1e-12, "leaf %d elem %d", k,
 						   i);
 	}
-	for (int k = 0; k < NLEAF; k++)
-		ag_hook_remove(h[k]);
-	net_free(&n);
-	cr_assert_eq(ag_set_num_threads(1), 0);
-	AG_ASSERT_NO_LEAKS();
+	unhook_leaves(&n, h);
 }
 
 Test(callbacks, post_hooks_see_accumulated_grad_1_thread)
@@ -157,11 +170,7 @@ static void run_failing_hook(int threads)
 
 	cr_assert_eq(ag_set_num_threads(threads), 0);
 	net_build(&n);
-	for (int k = 0; k < NLEAF; k++) {
-		args[k] = (struct leaf_arg){ &s, k };
-		h[k] = ag_tensor_register_post_accumulate_grad_hook(
-			n.x[k], post_hook, &args[k]);
-	}
+	hook_leaves(&n, &s, args, h);
 	ag_clear_error();
 	cr_assert_eq(ag_backward(n.loss, NULL, NULL), -AG_EIO);
 	AG_ASSERT_ERR(
@@ -169,11 +178,7 @@ static void run_failing_hook(int threads)
 		"a post-accumulate-grad hook on AccumulateGrad failed: leaf 5: simulated failure");
 	/* a failed backward runs no callback */
 	cr_assert_eq(atomic_load(&s.callbacks), 0);
-	for (int k = 0; k < NLEAF; k++)
-		ag_hook_remove(h[k]);
-	net_free(&n);
-	cr_assert_eq(ag_set_num_threads(1), 0);
-	AG_ASSERT_NO_LEAKS();
+	unhook_leaves(&n, h);
 }
 
 Test(callbacks, failing_post_hook_fails_backward_1_thread)
