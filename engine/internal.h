@@ -388,6 +388,8 @@ struct ag_tensor *ag__scope_add(struct ag_tensor *t);
  * fill it (ag_parallel_for).
  */
 extern atomic_int ag__scoped_threads;
+/* In a fork()'s child: only the forking thread's scope, if any, is open. */
+void ag__scope_atfork_child(void);
 
 /* ---- modes (engine/mode.c) ---- */
 

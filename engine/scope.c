@@ -31,6 +31,12 @@ struct ag_scope *ag_scope_begin(void)
 	return s;
 }
 
+void ag__scope_atfork_child(void)
+{
+	atomic_store_explicit(&ag__scoped_threads, scope_top ? 1 : 0,
+			      memory_order_relaxed);
+}
+
 void ag_scope_end(struct ag_scope *s)
 {
 	if (!s) {

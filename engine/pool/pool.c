@@ -774,6 +774,7 @@ static void atfork_child(void)
 	/* Regions of the parent's threads ended with them. */
 	atomic_store_explicit(&pool.busy_unslotted, 0, memory_order_relaxed);
 	atomic_store_explicit(&pool.outside_active, 0, memory_order_relaxed);
+	ag__scope_atfork_child();
 	region_depth = 0;
 	busy_depth = 0;
 	region_slot = NULL;

@@ -6,6 +6,7 @@
  * names, hook lists): the child can still use them.
  */
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -98,6 +99,63 @@ static int test_fork_with_running_pool(void)
 	for (int i = 0; i < 3; i++)
 		TAP_CHECK(fork_and_check() == 0);
 	TAP_CHECK(psum(n) == (long long)n * (n - 1) / 2);
+	return 0;
+}
+
+/*
+ * Scopes the parent's other threads held open ended with them: a child
+ * forked while another thread holds one counts only its own, and splits
+ * its parallel calls (a count left at 2 would fill a pool of two).
+ */
+static atomic_int held, release_held;
+
+static void *hold_scope(void *arg)
+{
+	struct ag_scope *s = ag_scope_begin();
+
+	(void)arg;
+	atomic_store(&held, s != NULL);
+	while (!atomic_load(&release_held))
+		sched_yield();
+	ag_scope_end(s);
+	return NULL;
+}
+
+static int child_scoped(void)
+{
+	if (atomic_load(&ag__scoped_threads) != 1)
+		return 1;
+	return child();
+}
+
+static int test_fork_while_another_thread_holds_a_scope(void)
+{
+	struct ag_scope *s;
+	pthread_t t;
+	int status;
+	pid_t pid;
+
+	TAP_CHECK(ag_set_num_threads(2) == 0);
+	atomic_store(&held, 0);
+	atomic_store(&release_held, 0);
+	TAP_CHECK(pthread_create(&t, NULL, hold_scope, NULL) == 0);
+	while (!atomic_load(&held))
+		sched_yield();
+	s = ag_scope_begin();
+	TAP_CHECK(s);
+	TAP_CHECK(atomic_load(&ag__scoped_threads) == 2);
+	fflush(stdout);
+	pid = fork();
+	TAP_CHECK(pid >= 0);
+	if (pid == 0)
+		_exit(child_scoped());
+	TAP_CHECK(waitpid(pid, &status, 0) == pid);
+	atomic_store(&release_held, 1);
+	pthread_join(t, NULL);
+	ag_scope_end(s);
+	TAP_CHECKF(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		   "child status %#x", status);
+	TAP_CHECK(atomic_load(&ag__scoped_threads) == 0);
 	return 0;
 }
 
@@ -351,6 +409,7 @@ static const struct tap_test tests[] = {
 	TAP_TEST(test_fork_with_running_pool),
 	TAP_TEST(test_exit_while_busy),
 	TAP_TEST(test_fork_while_applying),
+	TAP_TEST(test_fork_while_another_thread_holds_a_scope),
 	{ 0 },
 };
 
