@@ -195,6 +195,7 @@ static int save_optim(struct ag_optim *o, struct ag_lr_scheduler *sched,
 	const char **all_names = NULL;
 	struct ag_tensor **all = NULL, *ep = NULL, *rng[NRNG] = { NULL };
 	int n, ns = 0, rc;
+	bool made;
 
 	rc = ag_optim_state(o, &names, &ts, &n);
 	if (!rc && sched)
@@ -204,10 +205,13 @@ static int save_optim(struct ag_optim *o, struct ag_lr_scheduler *sched,
 	all_names = calloc((size_t)(n + ns) + 1 + NRNG, sizeof(*all_names));
 	all = calloc((size_t)(n + ns) + 1 + NRNG, sizeof(*all));
 	ep = ag_scalar(AG_I64, next_epoch);
-	for (int i = 0; i < NRNG; i++)
+	made = all_names && all && ep;
+	for (int i = 0; i < NRNG; i++) {
 		rng[i] = rng_state(rng_of(shuffle, i));
+		made = made && rng[i];
+	}
 	rc = -AG_ENOMEM;
-	if (all_names && all && ep && rng[NRNG - 1] && rng[0]) {
+	if (made) {
 		memcpy(all_names, names, (size_t)n * sizeof(*names));
 		memcpy(all, ts, (size_t)n * sizeof(*ts));
 		if (ns) {
