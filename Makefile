@@ -3,7 +3,7 @@
 
 DEB_PKGS := meson ninja-build pkg-config gcc clang clang-format libsleef-dev \
 	libcriterion-dev libopenblas-dev valgrind libjansson-dev zlib1g-dev \
-	dataset-fashion-mnist openmpi-bin libopenmpi-dev
+	dataset-fashion-mnist openmpi-bin libopenmpi-dev libdnnl-dev
 MESON_CI := -Dwerror=true --buildtype=debugoptimized
 ASAN_OPTS := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1

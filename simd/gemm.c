@@ -4,9 +4,18 @@
  * run one thread per call: libag owns the threads, and a BLAS pool beside
  * libag's pool would fight it for the cores.  Large products are split by
  * rows (or columns) over libag's pool when the engine registered it.
+ *
+ * f32 products with more than one row and column go to oneDNN's sgemm when
+ * the build has it: its kernels are generated for the CPU at run time, so
+ * they use AVX-512 where OpenBLAS is held to its AVX2 kernels
+ * (OPENBLAS_CORETYPE=Haswell), and at every size libag multiplies it was
+ * as fast or faster than OpenBLAS's AVX-512 kernels too (docs/simd.md).
+ * AG_GEMM=blas in the environment keeps f32 on the BLAS.
  */
 #include <limits.h>
 #include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "simd.h"
 
@@ -35,6 +44,52 @@ static void blas_one_thread(void)
 }
 #endif
 
+#ifdef AG_K_GEMM_ONEDNN
+#include <oneapi/dnnl/dnnl.h>
+#include <omp.h>
+
+static bool use_onednn;
+
+/*
+ * oneDNN's CPU runtime here is OpenMP: a call runs on omp_get_max_threads()
+ * threads of the calling thread.  libag's own pool gives the parallelism,
+ * so each call gets one; the caller's setting is put back, as the thread
+ * may be the application's own and run OpenMP regions of its own.
+ * False when oneDNN declined (the BLAS then does the product).
+ */
+static bool sgemm_onednn(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+			 float alpha, const float *a, int64_t lda,
+			 const float *b, int64_t ldb, float beta, float *c,
+			 int64_t ldc)
+{
+	int prev = omp_get_max_threads();
+	dnnl_status_t st;
+
+	if (prev != 1)
+		omp_set_num_threads(1);
+	st = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, alpha, a, lda,
+			b, ldb, beta, c, ldc);
+	if (prev != 1)
+		omp_set_num_threads(prev);
+	return st == dnnl_success;
+}
+#endif
+
+static void gemm_choose(void)
+{
+#ifdef AG_K_GEMM_ONEDNN
+	const char *e = getenv("AG_GEMM");
+
+	use_onednn = !e || strcmp(e, "blas") != 0;
+#endif
+}
+
+static void gemm_init(void)
+{
+	blas_one_thread();
+	gemm_choose();
+}
+
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
 
 /* A product smaller than this many multiply-adds is not worth splitting;
@@ -56,11 +111,15 @@ static int64_t max64(int64_t a, int64_t b)
 #define F(x) x##_f32
 #define CBLAS_GEMM cblas_sgemm
 #define CBLAS_GEMV cblas_sgemv
+#ifdef AG_K_GEMM_ONEDNN
+#define FAST_GEMM(...) (use_onednn && sgemm_onednn(__VA_ARGS__))
+#endif
 #include "gemm_tmpl.h"
 #undef T
 #undef F
 #undef CBLAS_GEMM
 #undef CBLAS_GEMV
+#undef FAST_GEMM
 
 #define T double
 #define F(x) x##_f64
@@ -71,6 +130,16 @@ static int64_t max64(int64_t a, int64_t b)
 #undef F
 #undef CBLAS_GEMM
 #undef CBLAS_GEMV
+
+const char *ag_k_gemm_f32_name(void)
+{
+#ifdef AG_K_GEMM_ONEDNN
+	pthread_once(&blas_once, gemm_init);
+	if (use_onednn)
+		return "onednn";
+#endif
+	return ag_k_blas_name();
+}
 
 const char *ag_k_blas_name(void)
 {

@@ -6,6 +6,8 @@
  *   F(x)        x with the type suffix (x_f32, x_f64)
  *   CBLAS_GEMM  cblas_sgemm or cblas_dgemm, when built with a CBLAS
  *   CBLAS_GEMV  cblas_sgemv or cblas_dgemv, likewise
+ *   FAST_GEMM   optionally, a GEMM tried first for products of more than
+ *               one row and column, true when it did the product
  * No include guard on purpose.
  */
 
@@ -56,6 +58,11 @@ static void F(gemm_blas)(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
 		CBLAS_GEMV(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
 			   (int)(ta ? k : m), (int)(ta ? m : k), alpha, a,
 			   (int)lda, b, tb ? 1 : (int)ldb, beta, c, (int)ldc);
+#ifdef FAST_GEMM
+	else if (FAST_GEMM(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c,
+			   ldc))
+		return;
+#endif
 	else
 		CBLAS_GEMM(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
 			   tb ? CblasTrans : CblasNoTrans, (int)m, (int)n,
@@ -137,7 +144,7 @@ void F(ag_k_gemm)(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha,
 	ag_k_parallel_for_fn pf = ag_k_get_parallel_for();
 	double flops = (double)m * (double)n * (double)k;
 
-	pthread_once(&blas_once, blas_one_thread);
+	pthread_once(&blas_once, gemm_init);
 	if (pf && flops >= 2.0 * GEMM_PAR_FLOPS && k > 0) {
 		struct F(gemm_args) g = {
 			.ta = ta,
@@ -171,6 +178,6 @@ void F(ag_k_gemm_serial)(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
 			 T alpha, const T *a, int64_t lda, const T *b,
 			 int64_t ldb, T beta, T *c, int64_t ldc)
 {
-	pthread_once(&blas_once, blas_one_thread);
+	pthread_once(&blas_once, gemm_init);
 	F(gemm_one)(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }

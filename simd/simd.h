@@ -143,6 +143,15 @@ void ag_k_gemm_serial_f64(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
 /* "avx512", "avx2", "generic": the path chosen at first use (AG_ISA). */
 const char *ag_k_isa_name(void);
 
+/* "openblas", "blis", "cblas" or "reference loops": the build's BLAS. */
+const char *ag_k_blas_name(void);
+/*
+ * What f32 products of more than one row and column run on: "onednn"
+ * (chosen at first use unless AG_GEMM=blas), else ag_k_blas_name().
+ * Matrix-vector products and f64 always use the BLAS.
+ */
+const char *ag_k_gemm_f32_name(void);
+
 /* Added beyond the first contract: reductions over one span (a row along
  * the reduced dim) and helpers the ops and optimisers need. */
 

@@ -8,6 +8,8 @@
  */
 #include <criterion/criterion.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "common.h"
 
@@ -365,6 +367,22 @@ Test(reduce, absent_gradient_any_stride)
 	cr_assert(gb == 15);
 	ag_k_binary_bwd_f32(AG_K_MUL, 5, g, 1, a, 1, b, 1, &gb, 0, NULL, 0);
 	cr_assert(gb == 45);
+}
+
+/*
+ * The f32 GEMM the process runs is the one the build and AG_GEMM choose
+ * (tests/simd/meson.build runs this suite once per choice, saying which
+ * it expects in AG_TEST_GEMM_F32: "onednn", or "blas" for the BLAS), so
+ * the cases above cover each.
+ */
+Test(reduce, gemm_f32_backend)
+{
+	const char *want = getenv("AG_TEST_GEMM_F32");
+
+	cr_assert_not_null(want, "run through meson test");
+	if (!strcmp(want, "blas"))
+		want = ag_k_blas_name();
+	cr_assert_str_eq(ag_k_gemm_f32_name(), want);
 }
 
 /* a single row may come with any leading dimension */

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include <criterion/criterion.h>
 #include <stdio.h>
+#include <string.h>
 
 #include <ag/ag.h>
 
@@ -24,4 +25,30 @@ Test(version, ag_h_declares_every_public_header)
 	cr_expect_gt(ag_get_num_threads(), 0);
 	cr_expect_eq(ag_trace_stop(), -AG_EINVAL); /* none running */
 	cr_expect_not_null(ag_version());
+}
+
+/*
+ * The configuration names the version and the paths the kernels take: the
+ * ISA libag dispatches to and the GEMMs, each one of the names simd/ uses.
+ */
+Test(version, build_config_names_the_kernels)
+{
+	const char *c = ag_build_config();
+	char want[64];
+
+	snprintf(want, sizeof(want), "libag %s; isa ", AG_VERSION_STRING);
+	cr_assert_not_null(c);
+	cr_expect_eq(strncmp(c, want, strlen(want)), 0, "%s", c);
+	cr_expect(strstr(c, "isa avx512;") || strstr(c, "isa avx2;") ||
+			  strstr(c, "isa generic;") || strstr(c, "isa neon;"),
+		  "%s", c);
+	cr_expect(
+		strstr(c, "; gemm f32 onednn, f64 ") ||
+			strstr(c, "; gemm f32 openblas, f64 openblas") ||
+			strstr(c, "; gemm f32 blis, f64 blis") ||
+			strstr(c, "; gemm f32 cblas, f64 cblas") ||
+			strstr(c,
+			       "; gemm f32 reference loops, f64 reference loops"),
+		"%s", c);
+	cr_expect_eq(ag_build_config(), c, "one string for the process");
 }

@@ -13,6 +13,8 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include <ag/version.h>
+
 #include "common.h"
 
 /* -------------------------------------------------------- the machine */
@@ -206,6 +208,8 @@ void write_json(const char *path, const struct machine *mc,
 	json_str(f, mc->isa);
 	fputs(", \"blas\": ", f);
 	json_str(f, mc->blas);
+	fputs(", \"libag_config\": ", f);
+	json_str(f, ag_build_config());
 	fputs(", \"version\": ", f);
 	json_str(f, AG_BENCH_VERSION);
 	for (int w = 0; w < 2; w++) {
@@ -260,9 +264,11 @@ void print_table(const struct machine *mc, const struct config *c)
 	       c->quick ? "  [--quick: tiny sizes, figures not comparable]" :
 			  "");
 	printf("cpu:      %s, %ld logical CPUs online\n", mc->cpu, mc->cores);
-	printf("isa:      %s (AG_ISA=%s; libag has no public ISA query yet, so 'auto' is the dispatcher's own pick)\n",
-	       mc->isa, getenv("AG_ISA") ? getenv("AG_ISA") : "unset");
+	printf("AG_ISA:   %s (the path libag picked is on the libag line)\n",
+	       mc->isa);
 	printf("blas:     %s\n", mc->blas);
+	printf("libag:    %s (AG_GEMM=%s)\n", ag_build_config(),
+	       getenv("AG_GEMM") ? getenv("AG_GEMM") : "unset");
 	printf("OPENBLAS_CORETYPE: %s\n",
 	       mc->coretype ? mc->coretype : "unset");
 	printf("threads:  ");
