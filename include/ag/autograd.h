@@ -25,7 +25,8 @@ struct ag_backward_opts {
 	 * It does not reach into the ops: a GEMM large enough to be split
 	 * over the pool (ag_linear, ag_matmul) gives the BLAS other shapes
 	 * on another thread count, and its results differ in the last bits.
-	 * Runs on the same thread count are bitwise reproducible.
+	 * Runs on the same thread count and the same GEMM path
+	 * (ag_build_config(); AG_GEMM) are bitwise reproducible.
 	 */
 	bool deterministic;
 };

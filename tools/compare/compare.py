@@ -921,12 +921,14 @@ def main():
                (end - start).total_seconds()))
     md.append("## Machine\n")
     md.append("- CPU: %s, %s logical CPUs online" % (m["cpu"], m["cores"]))
-    md.append("- libag %s: ISA path `%s` (AG_ISA %s; libag has no public "
-              "ISA query yet, so `auto` is the run-time dispatcher's pick), "
-              "BLAS %s" % (m["version"], m["isa"],
-                           "=" + os.environ["AG_ISA"]
-                           if "AG_ISA" in os.environ else "unset",
-                           m["blas"]))
+    md.append("- libag %s: `%s` (ag_build_config(); AG_ISA %s, AG_GEMM "
+              "%s), BLAS %s" % (m["version"],
+                                m.get("libag_config", "?"),
+                                "=" + os.environ["AG_ISA"]
+                                if "AG_ISA" in os.environ else "unset",
+                                "=" + os.environ["AG_GEMM"]
+                                if "AG_GEMM" in os.environ else "unset",
+                                m["blas"]))
     md.append("- libag threads: %s" % (
         "libag's pool (ag/pool.h)" if ag_run.get("pool") else
         "**1 only** -- ag/pool.h is not in this build yet, so the libag "
