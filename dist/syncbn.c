@@ -119,13 +119,104 @@ static void vset(struct ag_tensor *t, int64_t i, double v)
 	    v);
 }
 
-/* Runs the statements for element i, of channel ch, of a dense [n, c, s]. */
-#define SBN_PASS(d, ...)                                               \
-	for (int64_t n_ = 0, i = 0; n_ < (d)->n; n_++)                 \
-		for (int64_t ch = 0; ch < (d)->c; ch++)                \
-			for (int64_t e_ = 0; e_ < (d)->s; e_++, i++) { \
-				__VA_ARGS__                            \
-			}
+/*
+ * The element loops of a dense [n, c, s] buffer of T, a run of s elements
+ * at a time (one channel of one sample), each run summed into four f64
+ * partial sums (one chain of dependent additions runs at the adder's
+ * latency), then into the channel's: no dtype test per element.
+ */
+#define SBN_RUNS(d)                                                         \
+	for (int64_t n_ = 0; n_ < (d)->n; n_++)                             \
+		for (int64_t ch = 0, o = n_ * (d)->c * (d)->s; ch < (d)->c; \
+		     ch++, o += (d)->s)
+
+#define SBN_KERNELS(T, S)                                                    \
+	/* mean [c] and sum of squared deviations [c], two passes */         \
+	static void stats_##S(const struct sbn_dims *d, const T *x,          \
+			      double *mean, double *m2)                      \
+	{                                                                    \
+		double cnt = (double)(d->n * d->s);                          \
+                                                                             \
+		SBN_RUNS(d)                                                  \
+		{                                                            \
+			double a[4] = { 0 };                                 \
+			int64_t e = 0;                                       \
+			for (; e + 4 <= d->s; e += 4)                        \
+				for (int k = 0; k < 4; k++)                  \
+					a[k] += x[o + e + k];                \
+			for (; e < d->s; e++)                                \
+				a[0] += x[o + e];                            \
+			mean[ch] += (a[0] + a[1]) + (a[2] + a[3]);           \
+		}                                                            \
+		for (int64_t ch = 0; ch < d->c; ch++)                        \
+			mean[ch] /= cnt;                                     \
+		SBN_RUNS(d)                                                  \
+		{                                                            \
+			double a[4] = { 0 }, m = mean[ch], t;                \
+			int64_t e = 0;                                       \
+			for (; e + 4 <= d->s; e += 4)                        \
+				for (int k = 0; k < 4; k++) {                \
+					t = x[o + e + k] - m;                \
+					a[k] += t * t;                       \
+				}                                            \
+			for (; e < d->s; e++) {                              \
+				t = x[o + e] - m;                            \
+				a[0] += t * t;                               \
+			}                                                    \
+			m2[ch] += (a[0] + a[1]) + (a[2] + a[3]);             \
+		}                                                            \
+	}                                                                    \
+	/* y = x ab[ch] + ab[c + ch] */                                      \
+	static void affine_##S(const struct sbn_dims *d, const T *x, T *y,   \
+			       const double *ab)                             \
+	{                                                                    \
+		SBN_RUNS(d)                                                  \
+		{                                                            \
+			double a = ab[ch], b = ab[d->c + ch];                \
+			for (int64_t e = 0; e < d->s; e++)                   \
+				y[o + e] = (T)(x[o + e] * a + b);            \
+		}                                                            \
+	}                                                                    \
+	/* sg += sum(g), sgx += sum(g (x - mean)) per channel */             \
+	static void gsums_##S(const struct sbn_dims *d, const T *g,          \
+			      const T *x, const double *mean, double *sg,    \
+			      double *sgx)                                   \
+	{                                                                    \
+		SBN_RUNS(d)                                                  \
+		{                                                            \
+			double a[4] = { 0 }, b[4] = { 0 }, m = mean[ch];     \
+			int64_t e = 0;                                       \
+			for (; e + 4 <= d->s; e += 4)                        \
+				for (int k = 0; k < 4; k++) {                \
+					a[k] += g[o + e + k];                \
+					b[k] += (double)g[o + e + k] *       \
+						(x[o + e + k] - m);          \
+				}                                            \
+			for (; e < d->s; e++) {                              \
+				a[0] += g[o + e];                            \
+				b[0] += (double)g[o + e] * (x[o + e] - m);   \
+			}                                                    \
+			sg[ch] += (a[0] + a[1]) + (a[2] + a[3]);             \
+			sgx[ch] += (b[0] + b[1]) + (b[2] + b[3]);            \
+		}                                                            \
+	}                                                                    \
+	/* dx = g A + (x - mean) B + C, abc = A [c], B [c], C [c] */         \
+	static void dx_##S(const struct sbn_dims *d, const T *g, const T *x, \
+			   T *dx, const double *mean, const double *abc)     \
+	{                                                                    \
+		SBN_RUNS(d)                                                  \
+		{                                                            \
+			double a = abc[ch], b = abc[d->c + ch];              \
+			double c = abc[2 * d->c + ch], m = mean[ch];         \
+			for (int64_t e = 0; e < d->s; e++)                   \
+				dx[o + e] =                                  \
+					(T)(g[o + e] * a +                   \
+					    ((double)x[o + e] - m) * b + c); \
+		}                                                            \
+	}
+
+SBN_KERNELS(float, f32)
+SBN_KERNELS(double, f64)
 
 /* ---- checks ---- */
 
@@ -250,10 +341,10 @@ static void local_stats(struct ag_tensor *xc, double *out)
 	memset(mean, 0, 2 * (size_t)d.c * sizeof(double));
 	if (!cnt)
 		return;
-	SBN_PASS(&d, mean[ch] += get(p, dt, i);)
-	for (int64_t ch = 0; ch < d.c; ch++)
-		mean[ch] /= cnt;
-	SBN_PASS(&d, double t = get(p, dt, i) - mean[ch]; m2[ch] += t * t;)
+	if (dt == AG_F32)
+		stats_f32(&d, p, mean, m2);
+	else
+		stats_f64(&d, p, mean, m2);
 }
 
 /*
@@ -447,17 +538,10 @@ static int sbn_forward(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
 		ab[ch] = st->invstd[ch] * vget(w, ch, 1);
 		ab[d.c + ch] = vget(b, ch, 0) - st->mean[ch] * ab[ch];
 	}
-	if (dt == AG_F32) {
-		const float *xs = ag_tensor_data(xc);
-		float *ys = ag_tensor_data(y);
-
-		SBN_PASS(&d, ys[i] = (float)(xs[i] * ab[ch] + ab[d.c + ch]);)
-	} else {
-		const double *xs = ag_tensor_data(xc);
-		double *ys = ag_tensor_data(y);
-
-		SBN_PASS(&d, ys[i] = xs[i] * ab[ch] + ab[d.c + ch];)
-	}
+	if (dt == AG_F32)
+		affine_f32(&d, ag_tensor_data(xc), ag_tensor_data(y), ab);
+	else
+		affine_f64(&d, ag_tensor_data(xc), ag_tensor_data(y), ab);
 	rc = ag_ctx_save_for_backward(ctx, save, 2);
 out:
 	free(ab);
@@ -483,8 +567,10 @@ static void grad_sums(struct ag_tensor *g, struct ag_tensor *x,
 	double *sg = sums, *sgx = sums + d.c;
 
 	memset(sums, 0, 2 * (size_t)d.c * sizeof(double));
-	SBN_PASS(&d, double gv = get(gs, dt, i); sg[ch] += gv;
-		 sgx[ch] += gv * (get(xs, dt, i) - st->mean[ch]);)
+	if (dt == AG_F32)
+		gsums_f32(&d, gs, xs, st->mean, sg, sgx);
+	else
+		gsums_f64(&d, gs, xs, st->mean, sg, sgx);
 }
 
 /* a [c] tensor of dt: v[i] scale[i] (scale NULL: 1) */
@@ -528,16 +614,12 @@ static struct ag_tensor *grad_x(struct ag_tensor *g, struct ag_tensor *x,
 		abc[d.c + ch] = -a * is * is * sums[d.c + ch] / n;
 		abc[2 * d.c + ch] = -a * sums[ch] / n;
 	}
-	{
-		const void *gs = ag_tensor_data(g), *xs = ag_tensor_data(x);
-		void *ds = ag_tensor_data(dx);
-
-		SBN_PASS(&d, put(ds, dt, i,
-				 get(gs, dt, i) * abc[ch] +
-					 (get(xs, dt, i) - st->mean[ch]) *
-						 abc[d.c + ch] +
-					 abc[2 * d.c + ch]);)
-	}
+	if (dt == AG_F32)
+		dx_f32(&d, ag_tensor_data(g), ag_tensor_data(x),
+		       ag_tensor_data(dx), st->mean, abc);
+	else
+		dx_f64(&d, ag_tensor_data(g), ag_tensor_data(x),
+		       ag_tensor_data(dx), st->mean, abc);
 	free(abc);
 	return dx;
 }
