@@ -73,18 +73,27 @@ static void rows(enum cut cut, int64_t n, int64_t *lo, int64_t *hi)
 }
 
 /*
- * max |a - b| <= TOL max |b| over the elements, a and b f64 of one shape
- * (any layout: read through dense copies).
+ * max |a - b| <= tol max |b| over the elements, a and b of one shape and
+ * dtype (any layout: read through dense f64 copies); tol is TOL in f64,
+ * F32_TOL in f32.
  */
+#define F32_TOL 1e-5
+
 static int check_close(const char *what, struct ag_tensor *a,
 		       struct ag_tensor *b)
 {
 	int64_t n = ag_tensor_numel(b);
-	double da[4096], db[4096], big = 0, err = 0;
+	double da[4096], db[4096], big = 0, err = 0, tol = TOL;
 	int64_t at = 0;
 
 	TAP_CHECKF(a && ag_tensor_numel(a) == n && n <= 4096, "%s: %p, %lld",
 		   what, (void *)a, (long long)n);
+	TAP_CHECK(ag_tensor_dtype(a) == ag_tensor_dtype(b));
+	if (ag_tensor_dtype(a) == AG_F32) {
+		tol = F32_TOL;
+		a = ag_to(a, AG_F64);
+		b = ag_to(b, AG_F64);
+	}
 	ag_tensor_copy_to(a, da, n * sizeof(double));
 	ag_tensor_copy_to(b, db, n * sizeof(double));
 	for (int64_t i = 0; i < n; i++) {
@@ -94,7 +103,7 @@ static int check_close(const char *what, struct ag_tensor *a,
 			at = i;
 		}
 	}
-	TAP_CHECKF(err <= TOL * big,
+	TAP_CHECKF(err <= tol * big,
 		   "%s[%lld]: %.17g, one process %.17g (max %.3g, error %.3g)",
 		   what, (long long)at, n ? da[at] : 0, n ? db[at] : 0, big,
 		   err);
@@ -144,35 +153,49 @@ static struct ag_tensor *summed(struct ag_tensor *t)
 	return g;
 }
 
+/* How a case runs, beside the batch's shape. */
+struct how {
+	enum cut cut;
+	bool affine; /* weight and bias */
+	bool running; /* running stats */
+	bool f32; /* else f64 */
+	bool strided; /* [N, C] only: the shard is a transposed view */
+};
+
 /*
  * A batch of shape [N, C, ...] (N a multiple of the cut's parts), cut
  * over the ranks: two training steps of forward and backward on the
  * shard through ag_dist_batch_norm against the whole batch through
- * ag_batch_norm.  affine: weight and bias; running: running stats.
+ * ag_batch_norm.
  */
-static int against_whole_batch(int ndim, const int64_t *shape, enum cut cut,
-			       bool affine, bool running)
+static int against_whole_batch(int ndim, const int64_t *shape, struct how h)
 {
 	struct ag_scope *s = ag_scope_begin();
 	struct ag_generator *g = ag_generator_new(5);
+	enum ag_dtype dt = h.f32 ? AG_F32 : AG_F64;
 	int64_t c = shape[1], lo, hi;
 	struct ag_tensor *x, *r, *w = NULL, *b = NULL, *y = NULL, *ys = NULL;
 	struct ag_tensor *xf, *wf = NULL, *bf = NULL, *rmf = NULL, *rvf = NULL;
 	struct ag_tensor *xs, *ws = NULL, *bs = NULL, *rms = NULL, *rvs = NULL;
-	struct ag_tensor *rs;
+	struct ag_tensor *rs, *xl, *gxs;
+	bool affine = h.affine, running = h.running;
 
 	/* far from 0 mean: a naive sum of squares would lose digits */
-	x = ag_add_scalar(ag_mul_scalar(ag_randn(g, AG_F64, ndim, shape), 3),
-			  50);
-	r = ag_randn(g, AG_F64, ndim, shape);
+	x = ag_add_scalar(ag_mul_scalar(ag_randn(g, dt, ndim, shape), 3), 50);
+	r = ag_randn(g, dt, ndim, shape);
 	if (affine) {
-		w = ag_randn(g, AG_F64, 1, &c);
-		b = ag_randn(g, AG_F64, 1, &c);
+		w = ag_randn(g, dt, 1, &c);
+		b = ag_randn(g, dt, 1, &c);
 	}
 	ag_generator_free(g);
-	rows(cut, shape[0], &lo, &hi);
+	rows(h.cut, shape[0], &lo, &hi);
 	xf = leaf(x);
-	xs = leaf(part(x, lo, hi));
+	if (h.strided) {
+		/* the leaf is [C, n]; the input its transpose */
+		xl = leaf(ag_contiguous(ag_transpose(part(x, lo, hi), 0, 1)));
+	} else {
+		xl = leaf(part(x, lo, hi));
+	}
 	rs = part(r, lo, hi);
 	if (affine) {
 		wf = leaf(w);
@@ -181,21 +204,25 @@ static int against_whole_batch(int ndim, const int64_t *shape, enum cut cut,
 		bs = leaf(b);
 	}
 	if (running) {
-		rmf = ag_zeros(AG_F64, 1, &c);
-		rvf = ag_ones(AG_F64, 1, &c);
-		rms = ag_zeros(AG_F64, 1, &c);
-		rvs = ag_ones(AG_F64, 1, &c);
+		rmf = ag_zeros(dt, 1, &c);
+		rvf = ag_ones(dt, 1, &c);
+		rms = ag_zeros(dt, 1, &c);
+		rvs = ag_ones(dt, 1, &c);
 	}
 	for (int step = 0; step < 2; step++) {
+		xs = h.strided ? ag_transpose(xl, 0, 1) : xl;
+		TAP_CHECK(ag_tensor_is_contiguous(xs) == !h.strided);
 		y = ag_batch_norm(xf, rmf, rvf, wf, bf, true, 0.3, 1e-5);
 		ys = ag_dist_batch_norm(xs, rms, rvs, ws, bs, true, 0.3, 1e-5);
 		TAP_CHECKF(ys, "%s", ag_errmsg());
 		TAP_CHECKF(backward_of(y, r) == 0, "%s", ag_errmsg());
 		TAP_CHECKF(backward_of(ys, rs) == 0, "%s", ag_errmsg());
 	}
+	gxs = ag_tensor_grad(xl);
+	if (h.strided)
+		gxs = ag_transpose(gxs, 0, 1);
 	if (check_close("y", ys, part(y, lo, hi)) ||
-	    check_close("x.grad", ag_tensor_grad(xs),
-			part(ag_tensor_grad(xf), lo, hi)))
+	    check_close("x.grad", gxs, part(ag_tensor_grad(xf), lo, hi)))
 		return 1;
 	if (running && (check_close("running_mean", rms, rmf) ||
 			check_close("running_var", rvs, rvf)))
@@ -214,14 +241,19 @@ static int test_nc_equal_shards(void)
 {
 	int64_t sh[2] = { 4 * parts(EQUAL), 3 };
 
-	return against_whole_batch(2, sh, EQUAL, true, true);
+	return against_whole_batch(
+		2, sh,
+		(struct how){ .cut = EQUAL, .affine = true, .running = true });
 }
 
 static int test_nc_unequal_shards(void)
 {
 	int64_t sh[2] = { 2 * parts(GROWING), 5 };
 
-	return against_whole_batch(2, sh, GROWING, true, true);
+	return against_whole_batch(2, sh,
+				   (struct how){ .cut = GROWING,
+						 .affine = true,
+						 .running = true });
 }
 
 /* [N, C, H, W]: H W >= 16 takes ag_batch_norm's channel-by-channel path */
@@ -229,15 +261,20 @@ static int test_nchw(void)
 {
 	int64_t sh[4] = { 2 * parts(GROWING), 3, 4, 5 };
 
-	return against_whole_batch(4, sh, GROWING, true, true);
+	return against_whole_batch(4, sh,
+				   (struct how){ .cut = GROWING,
+						 .affine = true,
+						 .running = true });
 }
 
 static int test_nchw_small_planes_no_affine(void)
 {
 	int64_t sh[4] = { parts(EQUAL), 4, 2, 3 };
 
-	return against_whole_batch(4, sh, EQUAL, false, true) ||
-	       against_whole_batch(4, sh, EQUAL, true, false);
+	return against_whole_batch(
+		       4, sh, (struct how){ .cut = EQUAL, .running = true }) ||
+	       against_whole_batch(
+		       4, sh, (struct how){ .cut = EQUAL, .affine = true });
 }
 
 /* rank 0 holds no sample */
@@ -245,7 +282,40 @@ static int test_a_rank_with_an_empty_shard(void)
 {
 	int64_t sh[3] = { 2 * parts(FIRST_EMPTY), 3, 2 };
 
-	return against_whole_batch(3, sh, FIRST_EMPTY, true, true);
+	return against_whole_batch(3, sh,
+				   (struct how){ .cut = FIRST_EMPTY,
+						 .affine = true,
+						 .running = true });
+}
+
+/* f32 (the modules' dtype), within 1e-5 */
+static int test_f32(void)
+{
+	int64_t sh4[4] = { 2 * parts(GROWING), 3, 4, 5 };
+	int64_t sh2[2] = { 4 * parts(EQUAL), 3 };
+
+	return against_whole_batch(4, sh4,
+				   (struct how){ .cut = GROWING,
+						 .affine = true,
+						 .running = true,
+						 .f32 = true }) ||
+	       against_whole_batch(2, sh2,
+				   (struct how){ .cut = EQUAL,
+						 .affine = true,
+						 .running = true,
+						 .f32 = true });
+}
+
+/* a shard that is not contiguous: a transposed view */
+static int test_strided_input(void)
+{
+	int64_t sh[2] = { 2 * parts(GROWING), 5 };
+
+	return against_whole_batch(2, sh,
+				   (struct how){ .cut = GROWING,
+						 .affine = true,
+						 .running = true,
+						 .strided = true });
 }
 
 /*
@@ -604,6 +674,8 @@ static const struct tap_test tests[] = {
 	TAP_TEST(test_nchw),
 	TAP_TEST(test_nchw_small_planes_no_affine),
 	TAP_TEST(test_a_rank_with_an_empty_shard),
+	TAP_TEST(test_f32),
+	TAP_TEST(test_strided_input),
 	TAP_TEST(test_branches_in_any_order),
 	TAP_TEST(test_eval_is_batch_norm),
 	TAP_TEST(test_errors_on_every_rank),
