@@ -30,6 +30,7 @@
 
 #include <ag/function.h>
 #include <ag/mode.h>
+#include <ag/pool.h>
 
 #include "dist_internal.h"
 
@@ -119,104 +120,169 @@ static void vset(struct ag_tensor *t, int64_t i, double v)
 	    v);
 }
 
-/*
- * The element loops of a dense [n, c, s] buffer of T, a run of s elements
- * at a time (one channel of one sample), each run summed into four f64
- * partial sums (one chain of dependent additions runs at the adder's
- * latency), then into the channel's: no dtype test per element.
- */
-#define SBN_RUNS(d)                                                         \
-	for (int64_t n_ = 0; n_ < (d)->n; n_++)                             \
-		for (int64_t ch = 0, o = n_ * (d)->c * (d)->s; ch < (d)->c; \
-		     ch++, o += (d)->s)
+/* A pass over the elements of a dense [n, c, s] buffer. */
+enum sbn_kind {
+	SBN_STATS, /* o1 = mean, o2 = sum of squared deviations, of x */
+	SBN_AFFINE, /* y = x coef[ch] + coef[c + ch] */
+	SBN_GSUMS, /* o1 = sum(g), o2 = sum(g (x - mean)) */
+	SBN_DX, /* y = g coef[ch] + (x - mean) coef[c + ch] + coef[2c + ch] */
+};
 
-#define SBN_KERNELS(T, S)                                                    \
-	/* mean [c] and sum of squared deviations [c], two passes */         \
-	static void stats_##S(const struct sbn_dims *d, const T *x,          \
-			      double *mean, double *m2)                      \
-	{                                                                    \
-		double cnt = (double)(d->n * d->s);                          \
-                                                                             \
-		SBN_RUNS(d)                                                  \
-		{                                                            \
-			double a[4] = { 0 };                                 \
-			int64_t e = 0;                                       \
-			for (; e + 4 <= d->s; e += 4)                        \
-				for (int k = 0; k < 4; k++)                  \
-					a[k] += x[o + e + k];                \
-			for (; e < d->s; e++)                                \
-				a[0] += x[o + e];                            \
-			mean[ch] += (a[0] + a[1]) + (a[2] + a[3]);           \
-		}                                                            \
-		for (int64_t ch = 0; ch < d->c; ch++)                        \
-			mean[ch] /= cnt;                                     \
-		SBN_RUNS(d)                                                  \
-		{                                                            \
-			double a[4] = { 0 }, m = mean[ch], t;                \
-			int64_t e = 0;                                       \
-			for (; e + 4 <= d->s; e += 4)                        \
-				for (int k = 0; k < 4; k++) {                \
-					t = x[o + e + k] - m;                \
-					a[k] += t * t;                       \
-				}                                            \
-			for (; e < d->s; e++) {                              \
-				t = x[o + e] - m;                            \
-				a[0] += t * t;                               \
-			}                                                    \
-			m2[ch] += (a[0] + a[1]) + (a[2] + a[3]);             \
-		}                                                            \
-	}                                                                    \
-	/* y = x ab[ch] + ab[c + ch] */                                      \
-	static void affine_##S(const struct sbn_dims *d, const T *x, T *y,   \
-			       const double *ab)                             \
-	{                                                                    \
-		SBN_RUNS(d)                                                  \
-		{                                                            \
-			double a = ab[ch], b = ab[d->c + ch];                \
-			for (int64_t e = 0; e < d->s; e++)                   \
-				y[o + e] = (T)(x[o + e] * a + b);            \
-		}                                                            \
-	}                                                                    \
-	/* sg += sum(g), sgx += sum(g (x - mean)) per channel */             \
-	static void gsums_##S(const struct sbn_dims *d, const T *g,          \
-			      const T *x, const double *mean, double *sg,    \
-			      double *sgx)                                   \
-	{                                                                    \
-		SBN_RUNS(d)                                                  \
-		{                                                            \
-			double a[4] = { 0 }, b[4] = { 0 }, m = mean[ch];     \
-			int64_t e = 0;                                       \
-			for (; e + 4 <= d->s; e += 4)                        \
-				for (int k = 0; k < 4; k++) {                \
-					a[k] += g[o + e + k];                \
-					b[k] += (double)g[o + e + k] *       \
-						(x[o + e + k] - m);          \
-				}                                            \
-			for (; e < d->s; e++) {                              \
-				a[0] += g[o + e];                            \
-				b[0] += (double)g[o + e] * (x[o + e] - m);   \
-			}                                                    \
-			sg[ch] += (a[0] + a[1]) + (a[2] + a[3]);             \
-			sgx[ch] += (b[0] + b[1]) + (b[2] + b[3]);            \
-		}                                                            \
-	}                                                                    \
-	/* dx = g A + (x - mean) B + C, abc = A [c], B [c], C [c] */         \
-	static void dx_##S(const struct sbn_dims *d, const T *g, const T *x, \
-			   T *dx, const double *mean, const double *abc)     \
-	{                                                                    \
-		SBN_RUNS(d)                                                  \
-		{                                                            \
-			double a = abc[ch], b = abc[d->c + ch];              \
-			double c = abc[2 * d->c + ch], m = mean[ch];         \
-			for (int64_t e = 0; e < d->s; e++)                   \
-				dx[o + e] =                                  \
-					(T)(g[o + e] * a +                   \
-					    ((double)x[o + e] - m) * b + c); \
-		}                                                            \
+struct sbn_pass {
+	enum sbn_kind kind;
+	bool f32; /* else f64 */
+	const struct sbn_dims *d;
+	const void *x, *g;
+	void *y;
+	const double *mean, *coef;
+	double *o1, *o2; /* [c] each, zeroed by the caller */
+};
+
+/*
+ * Channels [c0, c1), a run of s elements at a time (one channel of one
+ * sample) in memory order, each run summed into four f64 partial sums (one
+ * chain of dependent additions runs at the adder's latency), then into its
+ * channel's: no dtype test per element.  A channel is summed by one thread
+ * in a fixed order, so the result does not depend on the thread count.
+ */
+#define SBN_RUNS(p, c0, c1)                                           \
+	for (int64_t n_ = 0; n_ < (p)->d->n; n_++)                    \
+		for (int64_t ch = (c0),                               \
+			     o = (n_ * (p)->d->c + (c0)) * (p)->d->s; \
+		     ch < (c1); ch++, o += (p)->d->s)
+
+/* a[0..4) += the terms f(j) of run o, j = o + e; t: the sum of a's */
+#define SBN_SUM4(p, a, f)                                \
+	do {                                             \
+		int64_t e_ = 0, j;                       \
+		for (; e_ + 4 <= (p)->d->s; e_ += 4)     \
+			for (int k_ = 0; k_ < 4; k_++) { \
+				j = o + e_ + k_;         \
+				a[k_] += (f);            \
+			}                                \
+		for (; e_ < (p)->d->s; e_++) {           \
+			j = o + e_;                      \
+			a[0] += (f);                     \
+		}                                        \
+	} while (0)
+
+#define SBN_KERNELS(T, S)                                                      \
+	static void stats_##S(const struct sbn_pass *p, int64_t c0,            \
+			      int64_t c1)                                      \
+	{                                                                      \
+		const T *x = p->x;                                             \
+		double cnt = (double)(p->d->n * p->d->s);                      \
+                                                                               \
+		SBN_RUNS(p, c0, c1)                                            \
+		{                                                              \
+			double a[4] = { 0 };                                   \
+			SBN_SUM4(p, a, x[j]);                                  \
+			p->o1[ch] += (a[0] + a[1]) + (a[2] + a[3]);            \
+		}                                                              \
+		for (int64_t ch = c0; ch < c1; ch++)                           \
+			p->o1[ch] /= cnt;                                      \
+		SBN_RUNS(p, c0, c1)                                            \
+		{                                                              \
+			double a[4] = { 0 }, m = p->o1[ch];                    \
+			SBN_SUM4(p, a, (x[j] - m) * (x[j] - m));               \
+			p->o2[ch] += (a[0] + a[1]) + (a[2] + a[3]);            \
+		}                                                              \
+	}                                                                      \
+	static void affine_##S(const struct sbn_pass *p, int64_t c0,           \
+			       int64_t c1)                                     \
+	{                                                                      \
+		const T *x = p->x;                                             \
+		T *y = p->y;                                                   \
+                                                                               \
+		SBN_RUNS(p, c0, c1)                                            \
+		{                                                              \
+			double a = p->coef[ch], b = p->coef[p->d->c + ch];     \
+			for (int64_t e = 0; e < p->d->s; e++)                  \
+				y[o + e] = (T)(x[o + e] * a + b);              \
+		}                                                              \
+	}                                                                      \
+	static void gsums_##S(const struct sbn_pass *p, int64_t c0,            \
+			      int64_t c1)                                      \
+	{                                                                      \
+		const T *x = p->x, *g = p->g;                                  \
+                                                                               \
+		SBN_RUNS(p, c0, c1)                                            \
+		{                                                              \
+			double a[4] = { 0 }, b[4] = { 0 }, m = p->mean[ch];    \
+			SBN_SUM4(p, a, g[j]);                                  \
+			SBN_SUM4(p, b, (double)g[j] * (x[j] - m));             \
+			p->o1[ch] += (a[0] + a[1]) + (a[2] + a[3]);            \
+			p->o2[ch] += (b[0] + b[1]) + (b[2] + b[3]);            \
+		}                                                              \
+	}                                                                      \
+	static void dx_##S(const struct sbn_pass *p, int64_t c0, int64_t c1)   \
+	{                                                                      \
+		const T *x = p->x, *g = p->g;                                  \
+		T *dx = p->y;                                                  \
+		int64_t c = p->d->c;                                           \
+                                                                               \
+		SBN_RUNS(p, c0, c1)                                            \
+		{                                                              \
+			double a = p->coef[ch], b = p->coef[c + ch];           \
+			double k = p->coef[2 * c + ch], m = p->mean[ch];       \
+			for (int64_t e = 0; e < p->d->s; e++)                  \
+				dx[o + e] =                                    \
+					(T)(g[o + e] * a +                     \
+					    ((double)x[o + e] - m) * b + k);   \
+		}                                                              \
+	}                                                                      \
+	static void pass_##S(const struct sbn_pass *p, int64_t c0, int64_t c1) \
+	{                                                                      \
+		switch (p->kind) {                                             \
+		case SBN_STATS:                                                \
+			stats_##S(p, c0, c1);                                  \
+			break;                                                 \
+		case SBN_AFFINE:                                               \
+			affine_##S(p, c0, c1);                                 \
+			break;                                                 \
+		case SBN_GSUMS:                                                \
+			gsums_##S(p, c0, c1);                                  \
+			break;                                                 \
+		case SBN_DX:                                                   \
+			dx_##S(p, c0, c1);                                     \
+			break;                                                 \
+		}                                                              \
 	}
 
 SBN_KERNELS(float, f32)
 SBN_KERNELS(double, f64)
+
+static void pass_chunk(int64_t c0, int64_t c1, void *arg)
+{
+	const struct sbn_pass *p = arg;
+
+	if (p->f32)
+		pass_f32(p, c0, c1);
+	else
+		pass_f64(p, c0, c1);
+}
+
+/* Runs of at least this many elements: channels in parallel on the pool. */
+#define SBN_SPAN_MIN 16
+/* Elements of a parallel chunk; a channel is n * s of them. */
+#define SBN_CHUNK 16384
+
+/*
+ * One pass over every channel: in parallel for images (whole runs of a
+ * channel are lines of their own), in memory order on this thread for
+ * short runs ([N, C]: a channel's elements are c apart).
+ */
+static void run_pass(struct sbn_pass p, enum ag_dtype dt)
+{
+	int64_t per = p.d->n * p.d->s;
+
+	p.f32 = dt == AG_F32;
+	if (p.d->s >= SBN_SPAN_MIN && per)
+		ag_parallel_for(p.d->c, per >= SBN_CHUNK ? 1 : SBN_CHUNK / per,
+				pass_chunk, &p);
+	else
+		pass_chunk(0, p.d->c, &p);
+}
 
 /* ---- checks ---- */
 
@@ -341,10 +407,12 @@ static void local_stats(struct ag_tensor *xc, double *out)
 	memset(mean, 0, 2 * (size_t)d.c * sizeof(double));
 	if (!cnt)
 		return;
-	if (dt == AG_F32)
-		stats_f32(&d, p, mean, m2);
-	else
-		stats_f64(&d, p, mean, m2);
+	run_pass((struct sbn_pass){ .kind = SBN_STATS,
+				    .d = &d,
+				    .x = p,
+				    .o1 = mean,
+				    .o2 = m2 },
+		 dt);
 }
 
 /*
@@ -538,10 +606,12 @@ static int sbn_forward(struct ag_ctx *ctx, struct ag_tensor *const *in, int nin,
 		ab[ch] = st->invstd[ch] * vget(w, ch, 1);
 		ab[d.c + ch] = vget(b, ch, 0) - st->mean[ch] * ab[ch];
 	}
-	if (dt == AG_F32)
-		affine_f32(&d, ag_tensor_data(xc), ag_tensor_data(y), ab);
-	else
-		affine_f64(&d, ag_tensor_data(xc), ag_tensor_data(y), ab);
+	run_pass((struct sbn_pass){ .kind = SBN_AFFINE,
+				    .d = &d,
+				    .x = ag_tensor_data(xc),
+				    .y = ag_tensor_data(y),
+				    .coef = ab },
+		 dt);
 	rc = ag_ctx_save_for_backward(ctx, save, 2);
 out:
 	free(ab);
@@ -567,10 +637,14 @@ static void grad_sums(struct ag_tensor *g, struct ag_tensor *x,
 	double *sg = sums, *sgx = sums + d.c;
 
 	memset(sums, 0, 2 * (size_t)d.c * sizeof(double));
-	if (dt == AG_F32)
-		gsums_f32(&d, gs, xs, st->mean, sg, sgx);
-	else
-		gsums_f64(&d, gs, xs, st->mean, sg, sgx);
+	run_pass((struct sbn_pass){ .kind = SBN_GSUMS,
+				    .d = &d,
+				    .x = xs,
+				    .g = gs,
+				    .mean = st->mean,
+				    .o1 = sg,
+				    .o2 = sgx },
+		 dt);
 }
 
 /* a [c] tensor of dt: v[i] scale[i] (scale NULL: 1) */
@@ -614,12 +688,14 @@ static struct ag_tensor *grad_x(struct ag_tensor *g, struct ag_tensor *x,
 		abc[d.c + ch] = -a * is * is * sums[d.c + ch] / n;
 		abc[2 * d.c + ch] = -a * sums[ch] / n;
 	}
-	if (dt == AG_F32)
-		dx_f32(&d, ag_tensor_data(g), ag_tensor_data(x),
-		       ag_tensor_data(dx), st->mean, abc);
-	else
-		dx_f64(&d, ag_tensor_data(g), ag_tensor_data(x),
-		       ag_tensor_data(dx), st->mean, abc);
+	run_pass((struct sbn_pass){ .kind = SBN_DX,
+				    .d = &d,
+				    .x = ag_tensor_data(x),
+				    .g = ag_tensor_data(g),
+				    .y = ag_tensor_data(dx),
+				    .mean = st->mean,
+				    .coef = abc },
+		 dt);
 	free(abc);
 	return dx;
 }
