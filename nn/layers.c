@@ -381,6 +381,7 @@ struct batchnorm {
 	struct ag_module m;
 	int ndim_lo, ndim_hi; /* accepted input ranks */
 	double eps, momentum;
+	ag_batch_norm_fn norm; /* NULL: ag_batch_norm */
 };
 
 static struct ag_tensor *batchnorm_forward(struct ag_module *m,
@@ -403,11 +404,12 @@ static struct ag_tensor *batchnorm_forward(struct ag_module *m,
 	 */
 	if (m->training && nbt)
 		((int64_t *)ag_tensor_data(nbt))[0]++;
-	return ag_batch_norm(x, ag_module_get_buffer(m, "running_mean"),
-			     ag_module_get_buffer(m, "running_var"),
-			     ag_module_get_parameter(m, "weight"),
-			     ag_module_get_parameter(m, "bias"), m->training,
-			     b->momentum, b->eps);
+	return (b->norm ? b->norm : ag_batch_norm)(
+		x, ag_module_get_buffer(m, "running_mean"),
+		ag_module_get_buffer(m, "running_var"),
+		ag_module_get_parameter(m, "weight"),
+		ag_module_get_parameter(m, "bias"), m->training, b->momentum,
+		b->eps);
 }
 
 static const struct ag_module_ops bn1d_ops = {
@@ -457,6 +459,27 @@ static struct ag_module *batchnorm_new(const struct ag_module_ops *ops, int lo,
 		return NULL;
 	}
 	return &b->m;
+}
+
+static int set_norm(struct ag_module *m, ag_batch_norm_fn fn)
+{
+	int n = 0;
+
+	if (m->ops == &bn1d_ops || m->ops == &bn2d_ops) {
+		nn_container_of(m, struct batchnorm, m)->norm = fn;
+		n++;
+	}
+	for (int i = 0; i < m->n_children; i++)
+		n += set_norm(m->children[i].m, fn);
+	return n;
+}
+
+int ag_module_set_batch_norm_fn(struct ag_module *m, ag_batch_norm_fn fn)
+{
+	if (!m)
+		return ag__nn_err_null(
+			"ag_module_set_batch_norm_fn: m is NULL");
+	return set_norm(m, fn);
 }
 
 struct ag_module *ag_batchnorm1d_new(int64_t features, double eps,

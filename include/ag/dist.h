@@ -82,6 +82,50 @@ AG_API int ag_dist_broadcast(struct ag_tensor *t, int root);
 AG_API int ag_dist_barrier(void);
 
 /*
+ * Synchronised batch normalisation, as torch's SyncBatchNorm.
+ *
+ * ag_dist_batch_norm() takes ag_batch_norm()'s arguments.  Training with
+ * more than one rank, it normalises x [N, C, ...] with the statistics of
+ * every rank's batch together: each rank's count, mean and sum of squared
+ * deviations per channel (f64) are gathered (MPI_Allgather) and merged in
+ * rank order (Chan et al.), so every rank uses the same mean and biased
+ * variance, and updates the running stats (if given) with the global
+ * unbiased variance, unrecorded, as ag_batch_norm.  Its backward sums dy
+ * and dy (x - mean) per channel over the ranks (torch's sum_dy and
+ * sum_dy_xmu), so x's gradient is the one a single process holding the
+ * whole batch would get; weight and bias get this rank's gradients (DDP
+ * averages them).  Not twice differentiable (create_graph fails).
+ * Eval mode, or one rank (also before ag_dist_init), is ag_batch_norm
+ * itself, with no communication.
+ *
+ * Collective in training: every rank calls it, in the same order, with
+ * the same training flag.  Every rank first learns whether every rank's
+ * arguments passed ag_batch_norm's checks and hold the same C: if not, it
+ * fails on every rank (AG_ESHAPE for different channel counts, naming the
+ * range; a rank whose own arguments are bad keeps its own error, the
+ * others name it).  A rank may hold no samples, if others do; fewer than
+ * two values per channel over all the ranks is AG_EINVAL.  The backward's
+ * exchange is point to point, tagged by the forward's sequence number,
+ * so it may run on pool threads in any order beside DDP's all-reduces and
+ * other synced layers; it happens where x needs a gradient, which must
+ * then be true on every rank (a rank whose backward fails before it
+ * leaves the others waiting, as a DDP collective would).
+ */
+AG_API struct ag_tensor *
+ag_dist_batch_norm(struct ag_tensor *x, struct ag_tensor *running_mean,
+		   struct ag_tensor *running_var, struct ag_tensor *weight,
+		   struct ag_tensor *bias, bool training, double momentum,
+		   double eps);
+/*
+ * torch.nn.SyncBatchNorm.convert_sync_batchnorm: every BatchNorm1d and
+ * BatchNorm2d module in m's tree normalises with ag_dist_batch_norm from
+ * now on (ag_module_set_batch_norm_fn; NULL there undoes it).  The
+ * modules keep their names, parameters and buffers; nothing is sent.
+ * Returns the number of modules switched, or -AG_EINVAL for m NULL.
+ */
+AG_API int ag_dist_sync_batchnorm(struct ag_module *m);
+
+/*
  * DistributedDataParallel.
  *
  * ag_ddp_new() checks that every rank holds a module with the same

@@ -177,6 +177,21 @@ AG_API struct ag_module *ag_batchnorm1d_new(int64_t features, double eps,
 					    double momentum);
 AG_API struct ag_module *ag_batchnorm2d_new(int64_t channels, double eps,
 					    double momentum);
+/*
+ * The function every BatchNorm1d and BatchNorm2d module in m's tree (m and
+ * its children, recursively) normalises with, given ag_batch_norm's
+ * arguments (the module's buffers, parameters, mode, momentum and eps);
+ * NULL: ag_batch_norm, the default.  libag-dist's ag_dist_sync_batchnorm()
+ * sets ag_dist_batch_norm.  The modules keep their names, parameters and
+ * buffers.  Returns the number of BatchNorm modules set, or -AG_EINVAL for
+ * m NULL (keeping an earlier error).
+ */
+typedef struct ag_tensor *(*ag_batch_norm_fn)(
+	struct ag_tensor *x, struct ag_tensor *running_mean,
+	struct ag_tensor *running_var, struct ag_tensor *weight,
+	struct ag_tensor *bias, bool training, double momentum, double eps);
+AG_API int ag_module_set_batch_norm_fn(struct ag_module *m,
+				       ag_batch_norm_fn fn);
 AG_API struct ag_module *ag_relu_new(void);
 AG_API struct ag_module *ag_leaky_relu_new(double slope);
 AG_API struct ag_module *ag_gelu_new(void);

@@ -206,6 +206,67 @@ Test(nn_modules, batchnorm_train_eval)
 	AG_ASSERT_NO_LEAKS();
 }
 
+/* a stand-in normalisation: counts its calls, returns -x */
+static int bn_fn_calls;
+static struct ag_tensor *counting_norm(struct ag_tensor *x,
+				       struct ag_tensor *running_mean,
+				       struct ag_tensor *running_var,
+				       struct ag_tensor *weight,
+				       struct ag_tensor *bias, bool training,
+				       double momentum, double eps)
+{
+	cr_assert(running_mean && running_var && weight && bias);
+	cr_assert(training && momentum == 0.3 && eps == 1e-3);
+	bn_fn_calls++;
+	return ag_neg(x);
+}
+
+/*
+ * The function BatchNorm modules normalise with is set on every one in a
+ * tree (libag-dist's ag_dist_sync_batchnorm), and NULL restores
+ * ag_batch_norm.
+ */
+Test(nn_modules, batchnorm_fn_swapped_recursively)
+{
+	struct ag_generator *g = ag_generator_new(8);
+	int64_t xs[2] = { 4, 3 };
+	struct ag_tensor *x = randn(g, 2, xs), *y, *want, *nx;
+	struct ag_module *inner[2] = { ag_tanh_new(),
+				       ag_batchnorm1d_new(3, 1e-3, 0.3) };
+	struct ag_module *mods[2] = { ag_batchnorm1d_new(3, 1e-3, 0.3),
+				      ag_sequential_new(inner, 2) };
+	struct ag_module *m = ag_sequential_new(mods, 2);
+
+	cr_assert(m, "%s", ag_errmsg());
+	cr_assert_eq(ag_module_set_batch_norm_fn(m, counting_norm), 2);
+	cr_assert_eq(ag_module_set_batch_norm_fn(ag_module_get_child(m, "1"),
+						 counting_norm),
+		     1);
+	cr_assert_eq(
+		ag_module_set_batch_norm_fn(
+			ag_module_get_child(ag_module_get_child(m, "1"), "0"),
+			counting_norm),
+		0, "Tanh is no BatchNorm");
+	y = ag_module_forward(m, x); /* -tanh(-x) */
+	nx = ag_neg(x);
+	want = ag_tanh(nx);
+	ag_tensor_put(nx);
+	nx = ag_neg(y);
+	ag_tensor_put(y);
+	assert_same(nx, want);
+	cr_assert_eq(bn_fn_calls, 2);
+	cr_assert_eq(ag_module_set_batch_norm_fn(m, NULL), 2);
+	y = ag_module_forward(ag_module_get_child(m, "0"), x);
+	assert_same(y,
+		    ag_batch_norm(x, NULL, NULL, NULL, NULL, true, 0.3, 1e-3));
+	cr_assert_eq(bn_fn_calls, 2);
+	cr_assert_eq(ag_module_set_batch_norm_fn(NULL, NULL), -AG_EINVAL);
+	ag_tensor_put(x);
+	ag_module_put(m);
+	ag_generator_free(g);
+	AG_ASSERT_NO_LEAKS();
+}
+
 static struct ag_module *torch_seq(struct ag_generator *g)
 {
 	struct ag_module *mods[7] = {
