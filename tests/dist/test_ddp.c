@@ -16,6 +16,7 @@
 
 #include "dist_internal.h"
 #include "internal.h"
+#include "sgd_step.h"
 #include "tap_mpi.h"
 
 static int rank, world;
@@ -157,33 +158,6 @@ static void batch(struct ag_tensor **x, struct ag_tensor **y)
 	*x = ag_randn(g, AG_F64, 2, (int64_t[]){ BATCH, IN });
 	*y = ag_randn(g, AG_F64, 2, (int64_t[]){ BATCH, OUT });
 	ag_generator_free(g);
-}
-
-/* A step of SGD on mse(m(x), y); d NULL: plain, without DDP. */
-static int step(struct ag_module *m, struct ag_ddp *d, struct ag_optim *o,
-		struct ag_tensor *x, struct ag_tensor *y)
-{
-	struct ag_scope *s = ag_scope_begin();
-	struct ag_tensor *out = d ? ag_ddp_forward(d, x) :
-				    ag_module_forward(m, x);
-	struct ag_tensor *loss = ag_mse_loss(out, y);
-	int rc;
-
-	ag_optim_zero_grad(o);
-	rc = loss ? ag_backward(loss, NULL, NULL) : -ag_errcode();
-	if (!rc)
-		rc = ag_optim_step(o);
-	ag_scope_end(s);
-	return rc;
-}
-
-static struct ag_optim *sgd(struct ag_module *m)
-{
-	struct ag_tensor **p;
-	int n;
-
-	ag_module_parameters(m, &p, &n);
-	return ag_sgd_new(p, n, 0.1, 0.9, 0);
 }
 
 /* Every rank's params are bitwise rank 0's. */

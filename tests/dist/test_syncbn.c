@@ -19,6 +19,7 @@
 #include <ag/pool.h>
 
 #include "internal.h"
+#include "sgd_step.h"
 #include "tap_mpi.h"
 
 static int rank, world;
@@ -602,32 +603,6 @@ static struct ag_module *model(void)
 	ag_generator_free(g);
 	to_f64(m);
 	return m;
-}
-
-static struct ag_optim *sgd(struct ag_module *m)
-{
-	struct ag_tensor **p;
-	int n;
-
-	ag_module_parameters(m, &p, &n);
-	return ag_sgd_new(p, n, 0.1, 0.9, 0);
-}
-
-static int step(struct ag_module *m, struct ag_ddp *d, struct ag_optim *o,
-		struct ag_tensor *x, struct ag_tensor *y)
-{
-	struct ag_scope *s = ag_scope_begin();
-	struct ag_tensor *out = d ? ag_ddp_forward(d, x) :
-				    ag_module_forward(m, x);
-	struct ag_tensor *loss = ag_mse_loss(out, y);
-	int rc;
-
-	ag_optim_zero_grad(o);
-	rc = loss ? ag_backward(loss, NULL, NULL) : -ag_errcode();
-	if (!rc)
-		rc = ag_optim_step(o);
-	ag_scope_end(s);
-	return rc;
 }
 
 /* m's parameters and buffers against ref's */
