@@ -170,3 +170,21 @@ unsigned ag_k_unary_bwd_needs(enum ag_k_unary op)
 #include "dispatch_tmpl.h"
 #undef T
 #undef F
+
+/* ---- kern_ops.h: single ops, one call per plane or run, never split ---- */
+
+#define AG_K_OPS_ENTRIES(T, S)                                               \
+	void ag_k_maxpool2_##S(int64_t oh, int64_t ow, const T *x,           \
+			       int64_t ldx, int64_t w, T *y, int64_t *idx)   \
+	{                                                                    \
+		ag_k_isa_current()->maxpool2_##S(oh, ow, x, ldx, w, y, idx); \
+	}                                                                    \
+                                                                             \
+	void ag_k_maxpool2_bwd_##S(int64_t h, int64_t w, const T *g,         \
+				   const int64_t *idx, T *dx)                \
+	{                                                                    \
+		ag_k_isa_current()->maxpool2_bwd_##S(h, w, g, idx, dx);      \
+	}
+
+AG_K_OPS_ENTRIES(float, f32)
+AG_K_OPS_ENTRIES(double, f64)

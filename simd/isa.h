@@ -45,10 +45,19 @@
 	double (*var_##S)(int64_t n, const T *x, int64_t incx,                 \
 			  int64_t correction, double *mean);
 
+/* kern_ops.h: kernels of single ops */
+#define AG_K_ISA_OPS(T, S)                                                    \
+	void (*maxpool2_##S)(int64_t oh, int64_t ow, const T *x, int64_t ldx, \
+			     int64_t w, T *y, int64_t *idx);                  \
+	void (*maxpool2_bwd_##S)(int64_t h, int64_t w, const T *g,            \
+				 const int64_t *idx, T *dx);
+
 struct ag_k_isa {
 	const char *name;
 	AG_K_ISA_FNS(float, f32)
 	AG_K_ISA_FNS(double, f64)
+	AG_K_ISA_OPS(float, f32)
+	AG_K_ISA_OPS(double, f64)
 };
 
 extern const struct ag_k_isa ag_k_isa_generic;

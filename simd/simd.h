@@ -202,6 +202,30 @@ double ag_k_var_f64(int64_t n, const double *x, int64_t incx,
 		    int64_t correction, double *mean);
 
 /*
+ * Kernels of single ops (kern_ops.h), dispatched as the rest; results are
+ * the same bits on every path.
+ */
+
+/*
+ * Max pool over the 2x2 windows at stride 2 of one plane: y [oh, ow] dense,
+ * x's rows ldx apart (columns dense).  idx (may be NULL) gets each window's
+ * flat position row * w + column in the plane; ties take the first largest
+ * of (0,0) (0,1) (1,0) (1,1), a NaN the last NaN, as torch.
+ */
+void ag_k_maxpool2_f32(int64_t oh, int64_t ow, const float *x, int64_t ldx,
+		       int64_t w, float *y, int64_t *idx);
+void ag_k_maxpool2_f64(int64_t oh, int64_t ow, const double *x, int64_t ldx,
+		       int64_t w, double *y, int64_t *idx);
+/*
+ * Its derivative: dx [h, w] dense, g + 0 where idx [h / 2, w / 2] points,
+ * 0 elsewhere (a last odd row or column too); dx needs no zeroing first.
+ */
+void ag_k_maxpool2_bwd_f32(int64_t h, int64_t w, const float *g,
+			   const int64_t *idx, float *dx);
+void ag_k_maxpool2_bwd_f64(int64_t h, int64_t w, const double *g,
+			   const int64_t *idx, double *dx);
+
+/*
  * Intra-op parallelism.  The engine registers its ag_parallel_for() here
  * once the pool exists (simd/ does not link against the engine).  Large
  * elementwise spans and GEMMs are then split into parts [begin, end) run

@@ -1,0 +1,142 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The kernels of single ops (simd/kern_ops.h) on every ISA path this CPU
+ * runs, bit for bit against plain reference loops written here: the
+ * vector loops of the wide paths and the plain loops of the generic one
+ * must give the bits the ops gave before they moved to simd/.
+ */
+#include <criterion/criterion.h>
+
+#include "common.h"
+
+static bool same_f32(float a, float b)
+{
+	return !memcmp(&a, &b, sizeof(a));
+}
+
+static bool same_f64(double a, double b)
+{
+	return !memcmp(&a, &b, sizeof(a));
+}
+
+/* few distinct values, so windows tie; -0, NaN and inf among them */
+static double pool_value(struct rng *r)
+{
+	static const double v[] = { -1, 0, -0.0, 1, 2, 2, NAN, INFINITY, -3 };
+	uint64_t i = rng_next(r) % (sizeof(v) / sizeof(v[0]) + 2);
+
+	return i < sizeof(v) / sizeof(v[0]) ? v[i] : rng_range(r, -4, 4);
+}
+
+/* torch's window max: first largest of (0,0) (0,1) (1,0) (1,1), last NaN */
+static void ref_max2(int64_t oh, int64_t ow, const double *x, int64_t ldx,
+		     int64_t w, double *y, int64_t *idx)
+{
+	for (int64_t oy = 0; oy < oh; oy++) {
+		for (int64_t ox = 0; ox < ow; ox++) {
+			const double *s = x + 2 * oy * ldx + 2 * ox;
+			int64_t at = 2 * oy * w + 2 * ox, best = at;
+			double m = s[0];
+			const double v[3] = { s[1], s[ldx], s[ldx + 1] };
+			const int64_t a[3] = { at + 1, at + w, at + w + 1 };
+
+			for (int j = 0; j < 3; j++) {
+				if (v[j] > m || isnan(v[j])) {
+					m = v[j];
+					best = a[j];
+				}
+			}
+			y[oy * ow + ox] = m;
+			idx[oy * ow + ox] = best;
+		}
+	}
+}
+
+#define CANARY 0x5a5a5a5a5a5a5a5all
+
+#define POOL_CASE(T, S)                                                        \
+	static void pool_case_##S(const struct ag_k_isa *k, int64_t h,         \
+				  int64_t w, struct rng *r)                    \
+	{                                                                      \
+		int64_t oh = h / 2, ow = w / 2, ldx = w + 3, n = oh * ow;      \
+		T *x = calloc((size_t)(h * ldx + 1), sizeof(T));               \
+		double *xd = calloc((size_t)(h * ldx + 1), sizeof(double));    \
+		double *yd = calloc((size_t)n + 1, sizeof(double));            \
+		T *y = calloc((size_t)n + 1, sizeof(T));                       \
+		T *y2 = calloc((size_t)n + 1, sizeof(T));                      \
+		T *g = calloc((size_t)n + 1, sizeof(T));                       \
+		T *dx = calloc((size_t)(h * w) + 1, sizeof(T));                \
+		int64_t *ri = calloc((size_t)n + 1, sizeof(int64_t));          \
+		int64_t *idx = calloc((size_t)n + 1, sizeof(int64_t));         \
+                                                                               \
+		cr_assert(x &&xd &&yd &&y &&y2 &&g &&dx &&ri &&idx);           \
+		for (int64_t i = 0; i < h * ldx; i++)                          \
+			xd[i] = x[i] = (T)pool_value(r);                       \
+		ref_max2(oh, ow, xd, ldx, w, yd, ri);                          \
+		memset(y, 0x5a, (size_t)(n + 1) * sizeof(T));                  \
+		memset(y2, 0x5a, (size_t)(n + 1) * sizeof(T));                 \
+		memset(idx, 0x5a, (size_t)(n + 1) * sizeof(int64_t));          \
+		k->maxpool2_##S(oh, ow, x, ldx, w, y, idx);                    \
+		k->maxpool2_##S(oh, ow, x, ldx, w, y2, NULL);                  \
+		for (int64_t i = 0; i < n; i++) {                              \
+			cr_assert(same_##S(y[i], (T)yd[i]) && idx[i] == ri[i], \
+				  "%s maxpool2_" #S                            \
+				  " %ldx%ld at %ld: %g@%ld, "                  \
+				  "want %g@%ld",                               \
+				  k->name, (long)h, (long)w, (long)i,          \
+				  (double)y[i], (long)idx[i], yd[i],           \
+				  (long)ri[i]);                                \
+			cr_assert(same_##S(y2[i], y[i]));                      \
+		}                                                              \
+		cr_assert((uint64_t)idx[n] == CANARY, "idx written past n");   \
+		for (int64_t i = 0; i < n; i++)                                \
+			g[i] = (T)pool_value(r);                               \
+		for (int64_t i = 0; i <= h * w; i++)                           \
+			dx[i] = (T)NAN; /* every element must be written */    \
+		k->maxpool2_bwd_##S(h, w, g, idx, dx);                         \
+		for (int64_t i = 0; i < h * w; i++) {                          \
+			T want = 0;                                            \
+                                                                               \
+			for (int64_t o = 0; o < n; o++)                        \
+				if (idx[o] == i)                               \
+					want = g[o] + 0;                       \
+			cr_assert(same_##S(dx[i], want),                       \
+				  "%s maxpool2_bwd_" #S                        \
+				  " %ldx%ld at %ld: %g, "                      \
+				  "want %g",                                   \
+				  k->name, (long)h, (long)w, (long)i,          \
+				  (double)dx[i], (double)want);                \
+		}                                                              \
+		cr_assert(isnan(dx[h * w]), "dx written past h w");            \
+		free(x);                                                       \
+		free(xd);                                                      \
+		free(yd);                                                      \
+		free(y);                                                       \
+		free(y2);                                                      \
+		free(g);                                                       \
+		free(dx);                                                      \
+		free(ri);                                                      \
+		free(idx);                                                     \
+	}
+
+POOL_CASE(float, f32)
+POOL_CASE(double, f64)
+
+/* widths around the 4-window groups, odd heights and widths */
+Test(ops, maxpool2)
+{
+	struct rng r = { 4242 };
+
+	for (int k = 0; k < TEST_NISA; k++) {
+		const struct ag_k_isa *t = test_isa(k);
+
+		if (!t)
+			continue;
+		for (int64_t h = 1; h <= 7; h++) {
+			for (int64_t w = 1; w <= 21; w++) {
+				pool_case_f32(t, h, w, &r);
+				pool_case_f64(t, h, w, &r);
+			}
+		}
+	}
+}
