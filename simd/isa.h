@@ -50,7 +50,12 @@
 	void (*maxpool2_##S)(int64_t oh, int64_t ow, const T *x, int64_t ldx, \
 			     int64_t w, T *y, int64_t *idx);                  \
 	void (*maxpool2_bwd_##S)(int64_t h, int64_t w, const T *g,            \
-				 const int64_t *idx, T *dx);
+				 const int64_t *idx, T *dx);                  \
+	void (*bn_affine_##S)(int64_t runs, int64_t len, int64_t ld,          \
+			      const T *x, T *y, T a, T b);                    \
+	void (*bn_dx_##S)(int64_t runs, int64_t len, int64_t ld, const T *g,  \
+			  const T *x, T *dx, double m, double A, double B,    \
+			  double C);
 
 struct ag_k_isa {
 	const char *name;

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Kernels of single ops that are not span math: the 2x2 max pool and its
- * scatter (engine/ops/pool2d.c).  kernels.c includes this file once, after
+ * scatter (engine/ops/pool2d.c), batch norm's per-channel runs
+ * (engine/ops/batchnorm.c).  kernels.c includes this file once, after
  * the templates, so each ISA's library compiles it with that ISA's flags.
  *
  * Loops here that use the compiler's generic vectors (4 lanes) are built
@@ -24,6 +25,7 @@ typedef float ko_v4f __attribute__((vector_size(16)));
 typedef int32_t ko_v4i __attribute__((vector_size(16)));
 typedef uint32_t ko_v4u __attribute__((vector_size(16)));
 typedef int64_t ko_v4l __attribute__((vector_size(32)));
+typedef double ko_v4d __attribute__((vector_size(32)));
 #else
 #define KO_VEC 0
 #endif
@@ -278,6 +280,75 @@ static void maxpool2_bwd_f64(int64_t h, int64_t w, const double *g,
 	}
 	if (h & 1)
 		memset(dx + (h - 1) * w, 0, (size_t)w * sizeof(double));
+}
+
+/* ---- batch norm: one channel's runs of len elements, ld apart ---- */
+
+/* y = x a + b, rounded as the element-wise loop: x a, then + b */
+static void bn_affine_f32(int64_t runs, int64_t len, int64_t ld, const float *x,
+			  float *y, float a, float b)
+{
+	for (int64_t r = 0; r < runs; r++, x += ld, y += ld) {
+		int64_t j = 0;
+#if KO_VEC
+		ko_v4f va = { a, a, a, a }, vb = { b, b, b, b }, v;
+
+		for (; j + 4 <= len; j += 4) {
+			memcpy(&v, x + j, sizeof(v));
+			v = v * va + vb;
+			memcpy(y + j, &v, sizeof(v));
+		}
+#endif
+		for (; j < len; j++)
+			y[j] = x[j] * a + b;
+	}
+}
+
+static void bn_affine_f64(int64_t runs, int64_t len, int64_t ld,
+			  const double *x, double *y, double a, double b)
+{
+	for (int64_t r = 0; r < runs; r++, x += ld, y += ld)
+		for (int64_t j = 0; j < len; j++)
+			y[j] = x[j] * a + b;
+}
+
+/* dx = g A + (x - m) B + C, in f64 */
+static void bn_dx_f32(int64_t runs, int64_t len, int64_t ld, const float *g,
+		      const float *x, float *dx, double m, double A, double B,
+		      double C)
+{
+	for (int64_t r = 0; r < runs; r++, g += ld, x += ld, dx += ld) {
+		int64_t j = 0;
+#if KO_VEC
+		ko_v4d va = { A, A, A, A }, vb = { B, B, B, B };
+		ko_v4d vc = { C, C, C, C }, vm = { m, m, m, m };
+
+		for (; j + 4 <= len; j += 4) {
+			ko_v4f g4, x4, y4;
+
+			memcpy(&g4, g + j, sizeof(g4));
+			memcpy(&x4, x + j, sizeof(x4));
+			y4 = __builtin_convertvector(
+				__builtin_convertvector(g4, ko_v4d) * va +
+					(__builtin_convertvector(x4, ko_v4d) -
+					 vm) * vb +
+					vc,
+				ko_v4f);
+			memcpy(dx + j, &y4, sizeof(y4));
+		}
+#endif
+		for (; j < len; j++)
+			dx[j] = (float)(g[j] * A + ((double)x[j] - m) * B + C);
+	}
+}
+
+static void bn_dx_f64(int64_t runs, int64_t len, int64_t ld, const double *g,
+		      const double *x, double *dx, double m, double A, double B,
+		      double C)
+{
+	for (int64_t r = 0; r < runs; r++, g += ld, x += ld, dx += ld)
+		for (int64_t j = 0; j < len; j++)
+			dx[j] = g[j] * A + (x[j] - m) * B + C;
 }
 
 #undef MAX2_ROW

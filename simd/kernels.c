@@ -34,15 +34,16 @@
 
 #include "kern_ops.h"
 
-#define AG_K_ISA_ENTRIES(S)                                             \
-	.unary_##S = unary_##S, .unary_bwd_##S = unary_bwd_##S,         \
-	.binary_##S = binary_##S, .binary_bwd_##S = binary_bwd_##S,     \
-	.sum_##S = sum_##S, .dot_##S = dot_##S, .axpy_##S = axpy_##S,   \
-	.max_##S = max_##S, .logsumexp_##S = logsumexp_##S,             \
-	.softmax_##S = softmax_##S, .log_softmax_##S = log_softmax_##S, \
-	.softmax_bwd_##S = softmax_bwd_##S,                             \
-	.log_softmax_bwd_##S = log_softmax_bwd_##S, .var_##S = var_##S, \
-	.maxpool2_##S = maxpool2_##S, .maxpool2_bwd_##S = maxpool2_bwd_##S
+#define AG_K_ISA_ENTRIES(S)                                                 \
+	.unary_##S = unary_##S, .unary_bwd_##S = unary_bwd_##S,             \
+	.binary_##S = binary_##S, .binary_bwd_##S = binary_bwd_##S,         \
+	.sum_##S = sum_##S, .dot_##S = dot_##S, .axpy_##S = axpy_##S,       \
+	.max_##S = max_##S, .logsumexp_##S = logsumexp_##S,                 \
+	.softmax_##S = softmax_##S, .log_softmax_##S = log_softmax_##S,     \
+	.softmax_bwd_##S = softmax_bwd_##S,                                 \
+	.log_softmax_bwd_##S = log_softmax_bwd_##S, .var_##S = var_##S,     \
+	.maxpool2_##S = maxpool2_##S, .maxpool2_bwd_##S = maxpool2_bwd_##S, \
+	.bn_affine_##S = bn_affine_##S, .bn_dx_##S = bn_dx_##S
 
 #define STR_(x) #x
 #define STR(x) STR_(x)

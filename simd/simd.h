@@ -226,6 +226,22 @@ void ag_k_maxpool2_bwd_f64(int64_t h, int64_t w, const double *g,
 			   const int64_t *idx, double *dx);
 
 /*
+ * Batch norm over one channel's runs of len elements, ld apart (x, y, g,
+ * dx alike): y = x a + b (rounded as written: x a, then + b), and its
+ * derivative dx = g A + (x - m) B + C, computed in f64.
+ */
+void ag_k_bn_affine_f32(int64_t runs, int64_t len, int64_t ld, const float *x,
+			float *y, float a, float b);
+void ag_k_bn_affine_f64(int64_t runs, int64_t len, int64_t ld, const double *x,
+			double *y, double a, double b);
+void ag_k_bn_dx_f32(int64_t runs, int64_t len, int64_t ld, const float *g,
+		    const float *x, float *dx, double m, double A, double B,
+		    double C);
+void ag_k_bn_dx_f64(int64_t runs, int64_t len, int64_t ld, const double *g,
+		    const double *x, double *dx, double m, double A, double B,
+		    double C);
+
+/*
  * Intra-op parallelism.  The engine registers its ag_parallel_for() here
  * once the pool exists (simd/ does not link against the engine).  Large
  * elementwise spans and GEMMs are then split into parts [begin, end) run

@@ -140,3 +140,70 @@ Test(ops, maxpool2)
 		}
 	}
 }
+
+/*
+ * Batch norm's runs: 3 runs of len elements, ld = len + 2 apart; the gaps
+ * must stay untouched.  The references round each operation on its own
+ * statement (no contraction into an fma).
+ */
+#define BN_CASE(T, S)                                                         \
+	static void bn_case_##S(const struct ag_k_isa *k, int64_t len,        \
+				struct rng *r)                                \
+	{                                                                     \
+		enum { RUNS = 3 };                                            \
+		int64_t ld = len + 2, n = RUNS * ld;                          \
+		T x[RUNS * 40], g[RUNS * 40], y[RUNS * 40], dx[RUNS * 40];    \
+		T a = (T)rng_range(r, -3, 3), b = (T)rng_range(r, -3, 3);     \
+		double m = rng_range(r, -1, 1), A = rng_range(r, -2, 2);      \
+		double B = rng_range(r, -2, 2), C = rng_range(r, -1, 1);      \
+                                                                              \
+		for (int64_t i = 0; i < n; i++) {                             \
+			x[i] = (T)rng_range(r, -10, 10);                      \
+			g[i] = (T)rng_range(r, -10, 10);                      \
+			y[i] = dx[i] = (T)-7;                                 \
+		}                                                             \
+		x[0] = (T)NAN;                                                \
+		k->bn_affine_##S(RUNS, len, ld, x, y, a, b);                  \
+		k->bn_dx_##S(RUNS, len, ld, g, x, dx, m, A, B, C);            \
+		for (int64_t i = 0; i < n; i++) {                             \
+			T wy = (T)-7, wdx = (T)-7;                            \
+                                                                              \
+			if (i % ld < len) {                                   \
+				double t1, t2;                                \
+                                                                              \
+				wy = x[i] * a;                                \
+				wy = wy + b;                                  \
+				t1 = g[i] * A;                                \
+				t2 = (double)x[i] - m;                        \
+				t2 = t2 * B;                                  \
+				t1 = t1 + t2;                                 \
+				wdx = (T)(t1 + C);                            \
+			}                                                     \
+			cr_assert(same_##S(y[i], wy) && same_##S(dx[i], wdx), \
+				  "%s bn_" #S " len %ld at %ld: %a %a, "      \
+				  "want %a %a",                               \
+				  k->name, (long)len, (long)i, (double)y[i],  \
+				  (double)dx[i], (double)wy, (double)wdx);    \
+		}                                                             \
+	}
+
+BN_CASE(float, f32)
+BN_CASE(double, f64)
+
+Test(ops, batchnorm)
+{
+	struct rng r = { 99 };
+
+	for (int k = 0; k < TEST_NISA; k++) {
+		const struct ag_k_isa *t = test_isa(k);
+
+		if (!t)
+			continue;
+		for (int64_t len = 0; len <= 37; len++) {
+			for (int rep = 0; rep < 20; rep++) {
+				bn_case_f32(t, len, &r);
+				bn_case_f64(t, len, &r);
+			}
+		}
+	}
+}
