@@ -202,3 +202,9 @@ unsigned ag_k_unary_bwd_needs(enum ag_k_unary op)
 
 AG_K_OPS_ENTRIES(float, f32)
 AG_K_OPS_ENTRIES(double, f64)
+
+void ag_k_dropout_bits(uint64_t key, int64_t first, int64_t n, uint64_t below,
+		       uint64_t *bits)
+{
+	ag_k_isa_current()->dropout_bits(key, first, n, below, bits);
+}

@@ -63,6 +63,8 @@ struct ag_k_isa {
 	AG_K_ISA_FNS(double, f64)
 	AG_K_ISA_OPS(float, f32)
 	AG_K_ISA_OPS(double, f64)
+	void (*dropout_bits)(uint64_t key, int64_t first, int64_t n,
+			     uint64_t below, uint64_t *bits);
 };
 
 extern const struct ag_k_isa ag_k_isa_generic;

@@ -2,7 +2,7 @@
 /*
  * Kernels of single ops that are not span math: the 2x2 max pool and its
  * scatter (engine/ops/pool2d.c), batch norm's per-channel runs
- * (engine/ops/batchnorm.c).  kernels.c includes this file once, after
+ * (engine/ops/batchnorm.c), dropout's mask words (engine/ops/dropout.c).  kernels.c includes this file once, after
  * the templates, so each ISA's library compiles it with that ISA's flags.
  *
  * Loops here that use the compiler's generic vectors (4 lanes) are built
@@ -349,6 +349,58 @@ static void bn_dx_f64(int64_t runs, int64_t len, int64_t ld, const double *g,
 	for (int64_t r = 0; r < runs; r++, g += ld, x += ld, dx += ld)
 		for (int64_t j = 0; j < len; j++)
 			dx[j] = g[j] * A + (x[j] - m) * B + C;
+}
+
+/* ---- dropout's mask ---- */
+
+/* SplitMix64's output at position i of the stream that starts at key. */
+static inline uint64_t splitmix_at(uint64_t key, int64_t i)
+{
+	uint64_t z = key + (uint64_t)(i + 1) * 0x9e3779b97f4a7c15ULL;
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static const uint64_t bit64[64] = {
+	1ull << 0,  1ull << 1,	1ull << 2,  1ull << 3,	1ull << 4,  1ull << 5,
+	1ull << 6,  1ull << 7,	1ull << 8,  1ull << 9,	1ull << 10, 1ull << 11,
+	1ull << 12, 1ull << 13, 1ull << 14, 1ull << 15, 1ull << 16, 1ull << 17,
+	1ull << 18, 1ull << 19, 1ull << 20, 1ull << 21, 1ull << 22, 1ull << 23,
+	1ull << 24, 1ull << 25, 1ull << 26, 1ull << 27, 1ull << 28, 1ull << 29,
+	1ull << 30, 1ull << 31, 1ull << 32, 1ull << 33, 1ull << 34, 1ull << 35,
+	1ull << 36, 1ull << 37, 1ull << 38, 1ull << 39, 1ull << 40, 1ull << 41,
+	1ull << 42, 1ull << 43, 1ull << 44, 1ull << 45, 1ull << 46, 1ull << 47,
+	1ull << 48, 1ull << 49, 1ull << 50, 1ull << 51, 1ull << 52, 1ull << 53,
+	1ull << 54, 1ull << 55, 1ull << 56, 1ull << 57, 1ull << 58, 1ull << 59,
+	1ull << 60, 1ull << 61, 1ull << 62, 1ull << 63,
+};
+
+/*
+ * One mask word from 64 draws of the stream at first..first+63, bits n and
+ * above clear.  SplitMix64's 64-bit multiplies vectorise with AVX-512
+ * (vpmullq) and, emulated, with AVX2; the draws go to an array first and
+ * the compares are ORed from a table, so both loops do (at -O2 too: the
+ * trip count is fixed).  The generic build's are plain loops.
+ */
+static uint64_t dropout_word(uint64_t key, int64_t first, uint64_t below,
+			     int64_t n)
+{
+	uint64_t r[64], bits = 0;
+
+	for (int b = 0; b < 64; b++)
+		r[b] = splitmix_at(key, first + b) >> 11;
+	for (int b = 0; b < 64; b++)
+		bits |= r[b] < below ? bit64[b] : 0;
+	return n < 64 ? bits & ((1ull << n) - 1) : bits;
+}
+
+static void dropout_bits(uint64_t key, int64_t first, int64_t n, uint64_t below,
+			 uint64_t *bits)
+{
+	for (int64_t w = 0; w * 64 < n; w++)
+		bits[w] = dropout_word(key, first + w * 64, below, n - w * 64);
 }
 
 #undef MAX2_ROW

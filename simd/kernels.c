@@ -52,4 +52,5 @@ const struct ag_k_isa CAT(ag_k_isa_, AG_KISA_NAME) = {
 	.name = STR(AG_KISA_NAME),
 	AG_K_ISA_ENTRIES(f32),
 	AG_K_ISA_ENTRIES(f64),
+	.dropout_bits = dropout_bits,
 };

@@ -242,6 +242,15 @@ void ag_k_bn_dx_f64(int64_t runs, int64_t len, int64_t ld, const double *g,
 		    double C);
 
 /*
+ * Dropout's mask: bit b of bits[w] is set when draw first + 64 w + b of the
+ * SplitMix64 stream keyed by key, its top 53 bits, is below below; n draws
+ * into (n + 63) / 64 words, the last word's bits from n on clear.  Draw i
+ * is the generator's output after i + 1 steps from key.
+ */
+void ag_k_dropout_bits(uint64_t key, int64_t first, int64_t n, uint64_t below,
+		       uint64_t *bits);
+
+/*
  * Intra-op parallelism.  The engine registers its ag_parallel_for() here
  * once the pool exists (simd/ does not link against the engine).  Large
  * elementwise spans and GEMMs are then split into parts [begin, end) run

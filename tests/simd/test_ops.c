@@ -207,3 +207,54 @@ Test(ops, batchnorm)
 		}
 	}
 }
+
+/*
+ * Dropout's mask words against the stream drawn one value at a time (the
+ * generator of common.h is the same SplitMix64: its i-th output from key
+ * is draw i); words past the span stay untouched.
+ */
+Test(ops, dropout_bits)
+{
+	static const int64_t lens[] = { 0, 1, 63, 64, 65, 127, 128, 200, 1000 };
+	static const double keep[] = { 0, 0.1, 0.5, 0.9, 1 };
+	struct rng kr = { 5 };
+
+	for (int k = 0; k < TEST_NISA; k++) {
+		const struct ag_k_isa *t = test_isa(k);
+
+		if (!t)
+			continue;
+		for (size_t l = 0; l < sizeof(lens) / sizeof(lens[0]); l++) {
+			for (size_t p = 0; p < sizeof(keep) / sizeof(keep[0]);
+			     p++) {
+				int64_t n = lens[l], first = 64 * (int64_t)l;
+				uint64_t key = rng_next(&kr), bits[20];
+				uint64_t below = (uint64_t)(keep[p] * 0x1p53);
+				struct rng r = { key };
+
+				memset(bits, 0x5a, sizeof(bits));
+				for (int64_t i = 0; i < first; i++)
+					rng_next(&r);
+				t->dropout_bits(key, first, n, below, bits);
+				for (int64_t w = 0; w < 20; w++) {
+					uint64_t want = CANARY;
+
+					if (w * 64 < n)
+						want = 0;
+					for (int64_t b = 0; b < 64; b++)
+						if (w * 64 + b < n &&
+						    rng_next(&r) >> 11 < below)
+							want |= 1ull << b;
+					cr_assert(bits[w] == want,
+						  "%s dropout_bits n %ld keep "
+						  "%g word %ld: %016lx, want "
+						  "%016lx",
+						  t->name, (long)n, keep[p],
+						  (long)w,
+						  (unsigned long)bits[w],
+						  (unsigned long)want);
+				}
+			}
+		}
+	}
+}
