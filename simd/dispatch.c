@@ -198,6 +198,18 @@ unsigned ag_k_unary_bwd_needs(enum ag_k_unary op)
 	{                                                                      \
 		ag_k_isa_current()->bn_dx_##S(runs, len, ld, g, x, dx, m, A,   \
 					      B, C);                           \
+	}                                                                      \
+                                                                               \
+	void ag_k_sgd_##S(int64_t n, T *p, const T *g, T *buf,                 \
+			  const struct ag_k_sgd *a)                            \
+	{                                                                      \
+		ag_k_isa_current()->sgd_##S(n, p, g, buf, a);                  \
+	}                                                                      \
+                                                                               \
+	void ag_k_adam_##S(int64_t n, T *p, const T *g, T *m, T *v, T *vmax,   \
+			   const struct ag_k_adam *a)                          \
+	{                                                                      \
+		ag_k_isa_current()->adam_##S(n, p, g, m, v, vmax, a);          \
 	}
 
 AG_K_OPS_ENTRIES(float, f32)

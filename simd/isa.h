@@ -55,7 +55,11 @@
 			      const T *x, T *y, T a, T b);                    \
 	void (*bn_dx_##S)(int64_t runs, int64_t len, int64_t ld, const T *g,  \
 			  const T *x, T *dx, double m, double A, double B,    \
-			  double C);
+			  double C);                                          \
+	void (*sgd_##S)(int64_t n, T *restrict p, const T *g, T *buf,         \
+			const struct ag_k_sgd *a);                            \
+	void (*adam_##S)(int64_t n, T *restrict p, const T *g, T *m, T *v,    \
+			 T *vmax, const struct ag_k_adam *a);
 
 struct ag_k_isa {
 	const char *name;

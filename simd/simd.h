@@ -251,6 +251,35 @@ void ag_k_dropout_bits(uint64_t key, int64_t first, int64_t n, uint64_t below,
 		       uint64_t *bits);
 
 /*
+ * The optimisers' fused updates in place, torch 1.13's single-tensor SGD
+ * and Adam/AdamW (kern_optim.h), over n dense elements.  The constants are
+ * computed in f64 by the caller and rounded to the data type once.
+ */
+struct ag_k_sgd {
+	double wd, momentum, damp1, nlr; /* damp1 = 1 - dampening, nlr = -lr */
+	bool nesterov;
+	bool first; /* buf (if any) starts as this step's d */
+};
+/* buf NULL: no momentum */
+void ag_k_sgd_f32(int64_t n, float *p, const float *g, float *buf,
+		  const struct ag_k_sgd *a);
+void ag_k_sgd_f64(int64_t n, double *p, const double *g, double *buf,
+		  const struct ag_k_sgd *a);
+
+struct ag_k_adam {
+	/* nss = -lr / (1 - beta1^t), bc2s = sqrt(1 - beta2^t), w = 1 - beta1,
+	 * c2 = 1 - beta2, decay = 1 - lr wd */
+	double nss, bc2s, w, beta2, c2, eps, wd, decay;
+	bool decoupled; /* AdamW: p *= decay, else wd != 0 adds wd p to g */
+	bool lerp_hi; /* beta1 > 0.5: torch's lerp takes its other form */
+};
+/* vmax NULL: no amsgrad */
+void ag_k_adam_f32(int64_t n, float *p, const float *g, float *m, float *v,
+		   float *vmax, const struct ag_k_adam *a);
+void ag_k_adam_f64(int64_t n, double *p, const double *g, double *m, double *v,
+		   double *vmax, const struct ag_k_adam *a);
+
+/*
  * Intra-op parallelism.  The engine registers its ag_parallel_for() here
  * once the pool exists (simd/ does not link against the engine).  Large
  * elementwise spans and GEMMs are then split into parts [begin, end) run

@@ -258,3 +258,180 @@ Test(ops, dropout_bits)
 		}
 	}
 }
+
+/*
+ * The optimisers' updates against torch's formulas one element at a time
+ * (each operation its own statement, so nothing is fused), every option,
+ * lengths around the vector widths, NaN and inf among the inputs.
+ */
+#define OPT_CASE(T, S)                                                         \
+	static T opt_value_##S(struct rng *r)                                  \
+	{                                                                      \
+		uint64_t u = rng_next(r) % 64;                                 \
+                                                                               \
+		if (u == 0)                                                    \
+			return (T)NAN;                                         \
+		if (u == 1)                                                    \
+			return (T)INFINITY;                                    \
+		if (u == 2)                                                    \
+			return 0;                                              \
+		return (T)rng_range(r, -2, 2);                                 \
+	}                                                                      \
+                                                                               \
+	static void sgd_ref_##S(int64_t n, T *p, const T *g, T *buf,           \
+				const struct ag_k_sgd *a)                      \
+	{                                                                      \
+		T wd = (T)a->wd, mom = (T)a->momentum, damp1 = (T)a->damp1;    \
+		T nlr = (T)a->nlr;                                             \
+                                                                               \
+		for (int64_t i = 0; i < n; i++) {                              \
+			T d = g[i], t;                                         \
+                                                                               \
+			if (a->wd != 0) {                                      \
+				t = wd * p[i];                                 \
+				d = d + t;                                     \
+			}                                                      \
+			if (buf) {                                             \
+				T b = d;                                       \
+                                                                               \
+				if (!a->first) {                               \
+					b = buf[i] * mom;                      \
+					t = damp1 * d;                         \
+					b = b + t;                             \
+				}                                              \
+				buf[i] = b;                                    \
+				if (a->nesterov) {                             \
+					t = mom * b;                           \
+					d = d + t;                             \
+				} else {                                       \
+					d = b;                                 \
+				}                                              \
+			}                                                      \
+			t = nlr * d;                                           \
+			p[i] = p[i] + t;                                       \
+		}                                                              \
+	}                                                                      \
+                                                                               \
+	static void adam_ref_##S(int64_t n, T *p, const T *g, T *m, T *v,      \
+				 T *vmax, const struct ag_k_adam *a)           \
+	{                                                                      \
+		T w = (T)a->w, w1 = 1 - w, b2 = (T)a->beta2, c2 = (T)a->c2;    \
+		T eps = (T)a->eps, wd = (T)a->wd, decay = (T)a->decay;         \
+		T nss = (T)a->nss, bc2s = (T)a->bc2s;                          \
+                                                                               \
+		for (int64_t i = 0; i < n; i++) {                              \
+			T gi = g[i], t, den;                                   \
+                                                                               \
+			if (a->decoupled) {                                    \
+				p[i] = p[i] * decay;                           \
+			} else if (a->wd != 0) {                               \
+				t = wd * p[i];                                 \
+				gi = gi + t;                                   \
+			}                                                      \
+			if (a->lerp_hi) {                                      \
+				t = gi - m[i];                                 \
+				t = w * t;                                     \
+				m[i] = m[i] + t;                               \
+			} else {                                               \
+				t = gi - m[i];                                 \
+				t = t * w1;                                    \
+				m[i] = gi - t;                                 \
+			}                                                      \
+			t = c2 * gi;                                           \
+			t = t * gi;                                            \
+			v[i] = v[i] * b2;                                      \
+			v[i] = v[i] + t;                                       \
+			if (vmax) {                                            \
+				if (!(vmax[i] > v[i] || isnan(vmax[i])))       \
+					vmax[i] = v[i];                        \
+				den = (T)sqrt(vmax[i]);                        \
+			} else {                                               \
+				den = (T)sqrt(v[i]);                           \
+			}                                                      \
+			den = den / bc2s;                                      \
+			den = den + eps;                                       \
+			t = nss * m[i];                                        \
+			t = t / den;                                           \
+			p[i] = p[i] + t;                                       \
+		}                                                              \
+	}                                                                      \
+                                                                               \
+	static void opt_case_##S(const struct ag_k_isa *k, int64_t n, int opt, \
+				 struct rng *r)                                \
+	{                                                                      \
+		enum { N = 80, A = 6 };                                        \
+		T in[A][N + 1], want[A][N + 1], got[A][N + 1];                 \
+		bool adam = opt & 64;                                          \
+                                                                               \
+		for (int j = 0; j < A; j++)                                    \
+			for (int64_t i = 0; i <= N; i++)                       \
+				in[j][i] = opt_value_##S(r);                   \
+		for (int64_t i = 0; i <= N; i++) /* v, vmax >= 0 */            \
+			in[3][i] = in[4][i] = (T)fabs((double)in[3][i]);       \
+		memcpy(want, in, sizeof(in));                                  \
+		memcpy(got, in, sizeof(in));                                   \
+		if (!adam) {                                                   \
+			struct ag_k_sgd a = { opt & 1 ? 1e-2 : 0,              \
+					      0.9,                             \
+					      0.75,                            \
+					      -0.1,                            \
+					      opt & 2,                         \
+					      opt & 4 };                       \
+			bool mom = opt & 8;                                    \
+                                                                               \
+			sgd_ref_##S(n, want[0], want[1], mom ? want[2] : 0,    \
+				    &a);                                       \
+			k->sgd_##S(n, got[0], got[1], mom ? got[2] : 0, &a);   \
+		} else {                                                       \
+			double b1 = opt & 2 ? 0.9 : 0.3, t = 3, lr = 1e-2;     \
+			struct ag_k_adam a = { -(lr / (1 - pow(b1, t))),       \
+					       sqrt(1 - pow(0.999, t)),        \
+					       1 - b1,                         \
+					       0.999,                          \
+					       1 - 0.999,                      \
+					       1e-8,                           \
+					       opt & 1 ? 1e-2 : 0,             \
+					       1 - lr * 1e-2,                  \
+					       opt & 4,                        \
+					       b1 > 0.5 };                     \
+			bool ams = opt & 8;                                    \
+                                                                               \
+			adam_ref_##S(n, want[0], want[1], want[2], want[3],    \
+				     ams ? want[4] : 0, &a);                   \
+			k->adam_##S(n, got[0], got[1], got[2], got[3],         \
+				    ams ? got[4] : 0, &a);                     \
+		}                                                              \
+		for (int j = 0; j < A; j++)                                    \
+			for (int64_t i = 0; i <= N; i++)                       \
+				cr_assert(same_##S(got[j][i], want[j][i]),     \
+					  "%s %s_" #S " opt %d n %ld: array "  \
+					  "%d [%ld] %a, want %a",              \
+					  k->name, adam ? "adam" : "sgd", opt, \
+					  (long)n, j, (long)i,                 \
+					  (double)got[j][i],                   \
+					  (double)want[j][i]);                 \
+	}
+
+OPT_CASE(float, f32)
+OPT_CASE(double, f64)
+
+Test(ops, optim)
+{
+	static const int64_t lens[] = { 0, 1, 3, 4, 7, 8, 15, 16, 17, 33, 80 };
+	struct rng r = { 31 };
+
+	for (int k = 0; k < TEST_NISA; k++) {
+		const struct ag_k_isa *t = test_isa(k);
+
+		if (!t)
+			continue;
+		for (size_t l = 0; l < sizeof(lens) / sizeof(lens[0]); l++) {
+			for (int opt = 0; opt < 16; opt++) {
+				opt_case_f32(t, lens[l], opt, &r);
+				opt_case_f64(t, lens[l], opt, &r);
+				opt_case_f32(t, lens[l], 64 | opt, &r);
+				opt_case_f64(t, lens[l], 64 | opt, &r);
+			}
+		}
+	}
+}
