@@ -50,14 +50,17 @@ F(sgd_loop)(int64_t n, T *p, const T *g, T *buf, const struct ag_k_sgd *a,
 {
 	int64_t i = 0;
 
-	for (; i + W <= n; i += W)
+	/* braces: clang-format takes F(x)(...) for a declaration */
+	for (; i + W <= n; i += W) {
 		F(sgd_vec)
 		(p + i, g + i, buf ? buf + i : NULL, W, true, a, has_wd, mode,
 		 nesterov);
-	if (i < n)
+	}
+	if (i < n) {
 		F(sgd_vec)
 		(p + i, g + i, buf ? buf + i : NULL, n - i, false, a, has_wd,
 		 mode, nesterov);
+	}
 }
 
 static void F(sgd)(int64_t n, T *p, const T *g, T *buf,
@@ -123,14 +126,16 @@ F(adam_loop)(int64_t n, T *p, const T *g, T *m, T *v, T *vmax,
 {
 	int64_t i = 0;
 
-	for (; i + W <= n; i += W)
+	for (; i + W <= n; i += W) {
 		F(adam_vec)
 		(p + i, g + i, m + i, v + i, ams ? vmax + i : NULL, W, true, a,
 		 wdm, lerp_hi, ams);
-	if (i < n)
+	}
+	if (i < n) {
 		F(adam_vec)
 		(p + i, g + i, m + i, v + i, ams ? vmax + i : NULL, n - i,
 		 false, a, wdm, lerp_hi, ams);
+	}
 }
 
 #define ADAM_CASE(WDM, HI, AMS)                                     \
