@@ -1,13 +1,13 @@
 // SPDX-License-Identifier: MIT
 /*
  * SGD, Adam and AdamW with torch 1.13's single-tensor update formulas,
- * each a fused loop over a parameter's contiguous data; parameter groups,
- * named state, StepLR, CosineAnnealingLR and clip_grad_norm_.
+ * each a fused loop over a parameter's contiguous data (ag_sgd_update_,
+ * ag_adam_update_: simd/ kernels, dispatched as every kernel); parameter
+ * groups, named state, StepLR, CosineAnnealingLR and clip_grad_norm_.
  *
- * The loops write the data directly, then count the write with
- * ag_tensor_bump_version(), so a graph that saved the old parameter
- * reports the change as torch does (one atomic add, no pass over the
- * data).
+ * The updates count their write as an in-place op does (the parameter's
+ * version), so a graph that saved the old parameter reports the change as
+ * torch does (one atomic add, no pass over the data).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -329,153 +329,6 @@ double ag_optim_group_get_lr(const struct ag_optim *o, int group)
 	return o->groups[group].lr;
 }
 
-/* ---- the fused kernels: one pass over each parameter's data ---- */
-
-struct sgd_args {
-	double lr, wd, momentum, dampening;
-	bool nesterov, first; /* first: the momentum buffer starts as d */
-};
-
-struct adam_args {
-	double lr, wd, beta1, beta2, eps, step;
-	bool decoupled, amsgrad;
-};
-
-/*
- * One kernel per dtype, computing in that dtype as torch's ops do, each
- * operation in torch's order (add(p, alpha=wd) is d + wd p, mul_ then
- * add_ is (buf m) + (1 - damp) d, lerp with weight < 0.5 is a + w (b - a),
- * addcmul is a + (v g) g, addcdiv is p + (v e) / den).
- */
-/*
- * The update loops again for AVX2 (no FMA: a fused multiply-add would
- * round differently from torch), picked at load time where the CPU has it.
- */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define AG_OPTIM_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define AG_OPTIM_CLONES
-#endif
-
-#define ADAM_CASE(T, W, H, A)                                   \
-	case W * 4 + H * 2 + A:                                 \
-		adam_body_##T(p, g, m, v, vmax, n, a, W, H, A); \
-		break;
-
-#define DEFINE_KERNELS(T, SQRT)                                                \
-	/* loop-invariant choices as constants, so each loop vectorises */     \
-	static inline __attribute__((always_inline)) void sgd_body_##T(        \
-		T *restrict p, const T *restrict g, T *restrict buf,           \
-		int64_t n, const struct sgd_args *a, bool has_wd, int mode,    \
-		bool nesterov)                                                 \
-	{                                                                      \
-		const T wd = (T)a->wd, mom = (T)a->momentum,                   \
-			damp1 = (T)(1 - a->dampening), nlr = (T)-a->lr;        \
-		for (int64_t i = 0; i < n; i++) {                              \
-			T d = g[i];                                            \
-			if (has_wd)                                            \
-				d = d + wd * p[i];                             \
-			if (mode) {                                            \
-				T b = mode == 1 ? d :                          \
-						  buf[i] * mom + damp1 * d;    \
-				buf[i] = b;                                    \
-				d = nesterov ? d + mom * b : b;                \
-			}                                                      \
-			p[i] = p[i] + nlr * d;                                 \
-		}                                                              \
-	}                                                                      \
-	AG_OPTIM_CLONES static void sgd_##T(T *restrict p,                     \
-					    const T *restrict g,               \
-					    T *restrict buf, int64_t n,        \
-					    const struct sgd_args *a)          \
-	{                                                                      \
-		int mode = !buf ? 0 : a->first ? 1 : 2;                        \
-		if (a->wd != 0) {                                              \
-			if (mode == 0)                                         \
-				sgd_body_##T(p, g, buf, n, a, true, 0, false); \
-			else if (mode == 1 && a->nesterov)                     \
-				sgd_body_##T(p, g, buf, n, a, true, 1, true);  \
-			else if (mode == 1)                                    \
-				sgd_body_##T(p, g, buf, n, a, true, 1, false); \
-			else if (a->nesterov)                                  \
-				sgd_body_##T(p, g, buf, n, a, true, 2, true);  \
-			else                                                   \
-				sgd_body_##T(p, g, buf, n, a, true, 2, false); \
-		} else {                                                       \
-			if (mode == 0)                                         \
-				sgd_body_##T(p, g, buf, n, a, false, 0,        \
-					     false);                           \
-			else if (mode == 1 && a->nesterov)                     \
-				sgd_body_##T(p, g, buf, n, a, false, 1, true); \
-			else if (mode == 1)                                    \
-				sgd_body_##T(p, g, buf, n, a, false, 1,        \
-					     false);                           \
-			else if (a->nesterov)                                  \
-				sgd_body_##T(p, g, buf, n, a, false, 2, true); \
-			else                                                   \
-				sgd_body_##T(p, g, buf, n, a, false, 2,        \
-					     false);                           \
-		}                                                              \
-	}                                                                      \
-	/* wdm: 0 no weight decay, 1 L2 (Adam), 2 decoupled (AdamW) */         \
-	static inline __attribute__((always_inline)) void adam_body_##T(       \
-		T *restrict p, const T *restrict g, T *restrict m,             \
-		T *restrict v, T *restrict vmax, int64_t n,                    \
-		const struct adam_args *a, int wdm, bool lerp_hi, bool ams)    \
-	{                                                                      \
-		const double bc1 = 1 - pow(a->beta1, a->step);                 \
-		const double bc2 = 1 - pow(a->beta2, a->step);                 \
-		const T nss = (T) - (a->lr / bc1), bc2s = (T)sqrt(bc2);        \
-		const T w = (T)(1 - a->beta1), w1 = 1 - w, b2 = (T)a->beta2,   \
-			c2 = (T)(1 - a->beta2), eps = (T)a->eps,               \
-			wd = (T)a->wd, decay = (T)(1 - a->lr * a->wd);         \
-		for (int64_t i = 0; i < n; i++) {                              \
-			T gi = g[i], den;                                      \
-			if (wdm == 2)                                          \
-				p[i] = p[i] * decay;                           \
-			else if (wdm == 1)                                     \
-				gi = gi + wd * p[i];                           \
-			m[i] = lerp_hi ? m[i] + w * (gi - m[i]) :              \
-					 gi - (gi - m[i]) * w1;                \
-			v[i] = v[i] * b2 + c2 * gi * gi;                       \
-			if (ams) {                                             \
-				vmax[i] = vmax[i] > v[i] || isnan(vmax[i]) ?   \
-						  vmax[i] :                    \
-						  v[i];                        \
-				den = SQRT(vmax[i]) / bc2s + eps;              \
-			} else {                                               \
-				den = SQRT(v[i]) / bc2s + eps;                 \
-			}                                                      \
-			p[i] = p[i] + nss * m[i] / den;                        \
-		}                                                              \
-	}                                                                      \
-	/* one loop per choice, its options constants, so each vectorises */   \
-	AG_OPTIM_CLONES static void adam_##T(T *restrict p,                    \
-					     const T *restrict g,              \
-					     T *restrict m, T *restrict v,     \
-					     T *restrict vmax, int64_t n,      \
-					     const struct adam_args *a)        \
-	{                                                                      \
-		int wdm = a->decoupled ? 2 : a->wd != 0 ? 1 : 0;               \
-		switch (wdm * 4 + (a->beta1 > 0.5) * 2 + !!vmax) {             \
-			ADAM_CASE(T, 0, 0, 0)                                  \
-			ADAM_CASE(T, 0, 0, 1)                                  \
-			ADAM_CASE(T, 0, 1, 0)                                  \
-			ADAM_CASE(T, 0, 1, 1)                                  \
-			ADAM_CASE(T, 1, 0, 0)                                  \
-			ADAM_CASE(T, 1, 0, 1)                                  \
-			ADAM_CASE(T, 1, 1, 0)                                  \
-			ADAM_CASE(T, 1, 1, 1)                                  \
-			ADAM_CASE(T, 2, 0, 0)                                  \
-			ADAM_CASE(T, 2, 0, 1)                                  \
-			ADAM_CASE(T, 2, 1, 0)                                  \
-			ADAM_CASE(T, 2, 1, 1)                                  \
-		}                                                              \
-	}
-
-DEFINE_KERNELS(float, sqrtf)
-DEFINE_KERNELS(double, sqrt)
-
 static struct ag_tensor *zeros_like(struct ag_tensor *p)
 {
 	return ag_zeros(ag_tensor_dtype(p), ag_tensor_ndim(p),
@@ -509,7 +362,6 @@ static int step_one(struct ag_optim *o, const struct optim_group *gr, int i)
 {
 	struct ag_tensor *p = o->params[i], *g = ag_tensor_grad(p), *gc;
 	struct optim_state *s = &o->state[i];
-	bool f32 = ag_tensor_dtype(p) == AG_F32;
 	int64_t n = ag_tensor_numel(p);
 	int err;
 
@@ -531,9 +383,9 @@ static int step_one(struct ag_optim *o, const struct optim_group *gr, int i)
 	if (err)
 		goto out;
 	if (o->kind == OPT_SGD) {
-		struct sgd_args a = { gr->lr,	   gr->weight_decay,
-				      o->momentum, o->dampening,
-				      o->nesterov, false };
+		struct ag_sgd_update u = { gr->lr,	 o->momentum,
+					   o->dampening, gr->weight_decay,
+					   o->nesterov,	 false };
 
 		if (o->momentum != 0 && !s->momentum_buffer) {
 			s->momentum_buffer = zeros_like(p);
@@ -541,46 +393,20 @@ static int step_one(struct ag_optim *o, const struct optim_group *gr, int i)
 				err = -ag_errcode();
 				goto out;
 			}
-			a.first = true;
+			u.first = true;
 		}
-		if (f32)
-			sgd_float(ag_tensor_data(p), ag_tensor_data(gc),
-				  s->momentum_buffer ?
-					  ag_tensor_data(s->momentum_buffer) :
-					  NULL,
-				  n, &a);
-		else
-			sgd_double(ag_tensor_data(p), ag_tensor_data(gc),
-				   s->momentum_buffer ?
-					   ag_tensor_data(s->momentum_buffer) :
-					   NULL,
-				   n, &a);
+		err = ag_sgd_update_(p, gc, s->momentum_buffer, &u);
 	} else {
-		float *st = ag_tensor_data(s->step);
-		struct adam_args a;
-		void *vmax = s->max_exp_avg_sq ?
-				     ag_tensor_data(s->max_exp_avg_sq) :
-				     NULL;
+		float *st = ag_tensor_data(s->step), next = *st + 1;
 
-		*st += 1;
-		a = (struct adam_args){ gr->lr,
-					gr->weight_decay,
-					o->beta1,
-					o->beta2,
-					o->eps,
-					*st,
-					o->kind == OPT_ADAMW,
-					o->amsgrad };
-		if (f32)
-			adam_float(ag_tensor_data(p), ag_tensor_data(gc),
-				   ag_tensor_data(s->exp_avg),
-				   ag_tensor_data(s->exp_avg_sq), vmax, n, &a);
-		else
-			adam_double(ag_tensor_data(p), ag_tensor_data(gc),
-				    ag_tensor_data(s->exp_avg),
-				    ag_tensor_data(s->exp_avg_sq), vmax, n, &a);
+		err = ag_adam_update_(
+			p, gc, s->exp_avg, s->exp_avg_sq, s->max_exp_avg_sq,
+			&(struct ag_adam_update){ gr->lr, o->beta1, o->beta2,
+						  o->eps, gr->weight_decay,
+						  next, o->kind == OPT_ADAMW });
+		if (!err)
+			*st = next;
 	}
-	err = ag_tensor_bump_version(p); /* see the top */
 out:
 	ag_tensor_put(gc);
 	return err;

@@ -170,3 +170,53 @@ unsigned ag_k_unary_bwd_needs(enum ag_k_unary op)
 #include "dispatch_tmpl.h"
 #undef T
 #undef F
+
+/* ---- kern_ops.h: single ops, one call per plane or run, never split ---- */
+
+#define AG_K_OPS_ENTRIES(T, S)                                                 \
+	void ag_k_maxpool2_##S(int64_t oh, int64_t ow, const T *x,             \
+			       int64_t ldx, int64_t w, T *y, int64_t *idx)     \
+	{                                                                      \
+		ag_k_isa_current()->maxpool2_##S(oh, ow, x, ldx, w, y, idx);   \
+	}                                                                      \
+                                                                               \
+	void ag_k_maxpool2_bwd_##S(int64_t h, int64_t w, const T *g,           \
+				   const int64_t *idx, T *dx)                  \
+	{                                                                      \
+		ag_k_isa_current()->maxpool2_bwd_##S(h, w, g, idx, dx);        \
+	}                                                                      \
+                                                                               \
+	void ag_k_bn_affine_##S(int64_t runs, int64_t len, int64_t ld,         \
+				const T *x, T *y, T a, T b)                    \
+	{                                                                      \
+		ag_k_isa_current()->bn_affine_##S(runs, len, ld, x, y, a, b);  \
+	}                                                                      \
+                                                                               \
+	void ag_k_bn_dx_##S(int64_t runs, int64_t len, int64_t ld, const T *g, \
+			    const T *x, T *dx, double m, double A, double B,   \
+			    double C)                                          \
+	{                                                                      \
+		ag_k_isa_current()->bn_dx_##S(runs, len, ld, g, x, dx, m, A,   \
+					      B, C);                           \
+	}                                                                      \
+                                                                               \
+	void ag_k_sgd_##S(int64_t n, T *p, const T *g, T *buf,                 \
+			  const struct ag_k_sgd *a)                            \
+	{                                                                      \
+		ag_k_isa_current()->sgd_##S(n, p, g, buf, a);                  \
+	}                                                                      \
+                                                                               \
+	void ag_k_adam_##S(int64_t n, T *p, const T *g, T *m, T *v, T *vmax,   \
+			   const struct ag_k_adam *a)                          \
+	{                                                                      \
+		ag_k_isa_current()->adam_##S(n, p, g, m, v, vmax, a);          \
+	}
+
+AG_K_OPS_ENTRIES(float, f32)
+AG_K_OPS_ENTRIES(double, f64)
+
+void ag_k_dropout_bits(uint64_t key, int64_t first, int64_t n, uint64_t below,
+		       uint64_t *bits)
+{
+	ag_k_isa_current()->dropout_bits(key, first, n, below, bits);
+}

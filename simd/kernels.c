@@ -32,14 +32,39 @@
 #undef W
 #undef F
 
-#define AG_K_ISA_ENTRIES(S)                                             \
-	.unary_##S = unary_##S, .unary_bwd_##S = unary_bwd_##S,         \
-	.binary_##S = binary_##S, .binary_bwd_##S = binary_bwd_##S,     \
-	.sum_##S = sum_##S, .dot_##S = dot_##S, .axpy_##S = axpy_##S,   \
-	.max_##S = max_##S, .logsumexp_##S = logsumexp_##S,             \
-	.softmax_##S = softmax_##S, .log_softmax_##S = log_softmax_##S, \
-	.softmax_bwd_##S = softmax_bwd_##S,                             \
-	.log_softmax_bwd_##S = log_softmax_bwd_##S, .var_##S = var_##S
+#include "kern_ops.h"
+
+#define T float
+#define V(x) vf_##x
+#define W VF_W
+#define F(x) x##_f32
+#include "kern_optim.h"
+#undef T
+#undef V
+#undef W
+#undef F
+
+#define T double
+#define V(x) vd_##x
+#define W VD_W
+#define F(x) x##_f64
+#include "kern_optim.h"
+#undef T
+#undef V
+#undef W
+#undef F
+
+#define AG_K_ISA_ENTRIES(S)                                                 \
+	.unary_##S = unary_##S, .unary_bwd_##S = unary_bwd_##S,             \
+	.binary_##S = binary_##S, .binary_bwd_##S = binary_bwd_##S,         \
+	.sum_##S = sum_##S, .dot_##S = dot_##S, .axpy_##S = axpy_##S,       \
+	.max_##S = max_##S, .logsumexp_##S = logsumexp_##S,                 \
+	.softmax_##S = softmax_##S, .log_softmax_##S = log_softmax_##S,     \
+	.softmax_bwd_##S = softmax_bwd_##S,                                 \
+	.log_softmax_bwd_##S = log_softmax_bwd_##S, .var_##S = var_##S,     \
+	.maxpool2_##S = maxpool2_##S, .maxpool2_bwd_##S = maxpool2_bwd_##S, \
+	.bn_affine_##S = bn_affine_##S, .bn_dx_##S = bn_dx_##S,             \
+	.sgd_##S = sgd_##S, .adam_##S = adam_##S
 
 #define STR_(x) #x
 #define STR(x) STR_(x)
@@ -48,4 +73,5 @@ const struct ag_k_isa CAT(ag_k_isa_, AG_KISA_NAME) = {
 	.name = STR(AG_KISA_NAME),
 	AG_K_ISA_ENTRIES(f32),
 	AG_K_ISA_ENTRIES(f64),
+	.dropout_bits = dropout_bits,
 };

@@ -211,6 +211,84 @@ double ag_k_var_f64(int64_t n, const double *x, int64_t incx,
 		    int64_t correction, double *mean);
 
 /*
+ * Kernels of single ops (kern_ops.h), dispatched as the rest; results are
+ * the same bits on every path.
+ */
+
+/*
+ * Max pool over the 2x2 windows at stride 2 of one plane: y [oh, ow] dense,
+ * x's rows ldx apart (columns dense).  idx (may be NULL) gets each window's
+ * flat position row * w + column in the plane; ties take the first largest
+ * of (0,0) (0,1) (1,0) (1,1), a NaN the last NaN, as torch.
+ */
+void ag_k_maxpool2_f32(int64_t oh, int64_t ow, const float *x, int64_t ldx,
+		       int64_t w, float *y, int64_t *idx);
+void ag_k_maxpool2_f64(int64_t oh, int64_t ow, const double *x, int64_t ldx,
+		       int64_t w, double *y, int64_t *idx);
+/*
+ * Its derivative: dx [h, w] dense, g + 0 where idx [h / 2, w / 2] points,
+ * 0 elsewhere (a last odd row or column too); dx needs no zeroing first.
+ */
+void ag_k_maxpool2_bwd_f32(int64_t h, int64_t w, const float *g,
+			   const int64_t *idx, float *dx);
+void ag_k_maxpool2_bwd_f64(int64_t h, int64_t w, const double *g,
+			   const int64_t *idx, double *dx);
+
+/*
+ * Batch norm over one channel's runs of len elements, ld apart (x, y, g,
+ * dx alike): y = x a + b (rounded as written: x a, then + b), and its
+ * derivative dx = g A + (x - m) B + C, computed in f64.
+ */
+void ag_k_bn_affine_f32(int64_t runs, int64_t len, int64_t ld, const float *x,
+			float *y, float a, float b);
+void ag_k_bn_affine_f64(int64_t runs, int64_t len, int64_t ld, const double *x,
+			double *y, double a, double b);
+void ag_k_bn_dx_f32(int64_t runs, int64_t len, int64_t ld, const float *g,
+		    const float *x, float *dx, double m, double A, double B,
+		    double C);
+void ag_k_bn_dx_f64(int64_t runs, int64_t len, int64_t ld, const double *g,
+		    const double *x, double *dx, double m, double A, double B,
+		    double C);
+
+/*
+ * Dropout's mask: bit b of bits[w] is set when draw first + 64 w + b of the
+ * SplitMix64 stream keyed by key, its top 53 bits, is below below; n draws
+ * into (n + 63) / 64 words, the last word's bits from n on clear.  Draw i
+ * is the generator's output after i + 1 steps from key.
+ */
+void ag_k_dropout_bits(uint64_t key, int64_t first, int64_t n, uint64_t below,
+		       uint64_t *bits);
+
+/*
+ * The optimisers' fused updates in place, torch 1.13's single-tensor SGD
+ * and Adam/AdamW (kern_optim.h), over n dense elements.  The constants are
+ * computed in f64 by the caller and rounded to the data type once.
+ */
+struct ag_k_sgd {
+	double wd, momentum, damp1, nlr; /* damp1 = 1 - dampening, nlr = -lr */
+	bool nesterov;
+	bool first; /* buf (if any) starts as this step's d */
+};
+/* buf NULL: no momentum */
+void ag_k_sgd_f32(int64_t n, float *p, const float *g, float *buf,
+		  const struct ag_k_sgd *a);
+void ag_k_sgd_f64(int64_t n, double *p, const double *g, double *buf,
+		  const struct ag_k_sgd *a);
+
+struct ag_k_adam {
+	/* nss = -lr / (1 - beta1^t), bc2s = sqrt(1 - beta2^t), w = 1 - beta1,
+	 * c2 = 1 - beta2, decay = 1 - lr wd */
+	double nss, bc2s, w, beta2, c2, eps, wd, decay;
+	bool decoupled; /* AdamW: p *= decay, else wd != 0 adds wd p to g */
+	bool lerp_hi; /* beta1 > 0.5: torch's lerp takes its other form */
+};
+/* vmax NULL: no amsgrad */
+void ag_k_adam_f32(int64_t n, float *p, const float *g, float *m, float *v,
+		   float *vmax, const struct ag_k_adam *a);
+void ag_k_adam_f64(int64_t n, double *p, const double *g, double *m, double *v,
+		   double *vmax, const struct ag_k_adam *a);
+
+/*
  * Intra-op parallelism.  The engine registers its ag_parallel_for() here
  * once the pool exists (simd/ does not link against the engine).  Large
  * elementwise spans and GEMMs are then split into parts [begin, end) run

@@ -135,42 +135,21 @@ static void run_stats(const struct ag_tensor *x, const struct bn_dims *d,
 	*var = m2 / cnt;
 }
 
-typedef float bn_v4f __attribute__((vector_size(16)));
-
-/* y = x a + b over a run, rounded as the element-wise loop: x a, then + b */
-static void run_affine_f32(int64_t len, const float *restrict x,
-			   float *restrict y, float a, float b)
-{
-	bn_v4f va = { a, a, a, a }, vb = { b, b, b, b }, v;
-	int64_t j = 0;
-
-	for (; j + 4 <= len; j += 4) {
-		memcpy(&v, x + j, sizeof(v));
-		v = v * va + vb;
-		memcpy(y + j, &v, sizeof(v));
-	}
-	for (; j < len; j++)
-		y[j] = x[j] * a + b;
-}
-
+/* y = x a + b over channel c's runs, rounded as bn_affine: x a, then + b */
 static void run_affine(const struct ag_tensor *x, struct ag_tensor *y,
 		       const struct bn_dims *d, int64_t c, double a, double b)
 {
-	for (int64_t n = 0; n < d->n; n++) {
-		int64_t o = run_at(d, n, c);
+	int64_t o = run_at(d, 0, c), ld = d->c * d->s;
 
-		if (x->dtype == AG_F32) {
-			run_affine_f32(d->s, (const float *)ag__data(x) + o,
-				       (float *)ag__data(y) + o, (float)a,
-				       (float)b);
-		} else {
-			const double *xs = (const double *)ag__data(x) + o;
-			double *ys = (double *)ag__data(y) + o;
-
-			for (int64_t j = 0; j < d->s; j++)
-				ys[j] = xs[j] * a + b;
-		}
-	}
+	if (x->dtype == AG_F32)
+		ag_k_bn_affine_f32(d->n, d->s, ld,
+				   (const float *)ag__data(x) + o,
+				   (float *)ag__data(y) + o, (float)a,
+				   (float)b);
+	else
+		ag_k_bn_affine_f64(d->n, d->s, ld,
+				   (const double *)ag__data(x) + o,
+				   (double *)ag__data(y) + o, a, b);
 }
 
 /* t[i] of a 1-D tensor, any layout, NULL: dflt */
@@ -400,57 +379,21 @@ static void bn_dx(const struct ag_tensor *g, const struct ag_tensor *x,
 	}
 }
 
-typedef double bn_v4d __attribute__((vector_size(32)));
-
-/* dx = g A + (x - m) B + C over a run, in f64 as bn_dx */
-static void run_dx_f32(int64_t len, const float *restrict g,
-		       const float *restrict x, float *restrict dx, double m,
-		       double A, double B, double C)
-{
-	bn_v4d va = { A, A, A, A }, vb = { B, B, B, B }, vc = { C, C, C, C };
-	bn_v4d vm = { m, m, m, m };
-	int64_t j = 0;
-
-	for (; j + 4 <= len; j += 4) {
-		bn_v4f g4, x4, r;
-
-		memcpy(&g4, g + j, sizeof(g4));
-		memcpy(&x4, x + j, sizeof(x4));
-		r = __builtin_convertvector(
-			__builtin_convertvector(g4, bn_v4d) * va +
-				(__builtin_convertvector(x4, bn_v4d) - vm) *
-					vb +
-				vc,
-			bn_v4f);
-		memcpy(dx + j, &r, sizeof(r));
-	}
-	for (; j < len; j++)
-		dx[j] = (float)(g[j] * A + ((double)x[j] - m) * B + C);
-}
-
-/* The same for channel c's runs. */
+/* dx = g A + (x - m) B + C over channel c's runs, in f64 as bn_dx */
 static void run_dx(const struct ag_tensor *g, const struct ag_tensor *x,
 		   struct ag_tensor *dx, const struct bn_dims *d, int64_t c,
 		   double m, double A, double B, double C)
 {
-	for (int64_t n = 0; n < d->n; n++) {
-		int64_t o = run_at(d, n, c);
+	int64_t o = run_at(d, 0, c), ld = d->c * d->s;
 
-		if (g->dtype == AG_F32) {
-			const float *gs = (const float *)ag__data(g) + o;
-			const float *xs = (const float *)ag__data(x) + o;
-			float *ys = (float *)ag__data(dx) + o;
-
-			run_dx_f32(d->s, gs, xs, ys, m, A, B, C);
-		} else {
-			const double *gs = (const double *)ag__data(g) + o;
-			const double *xs = (const double *)ag__data(x) + o;
-			double *ys = (double *)ag__data(dx) + o;
-
-			for (int64_t j = 0; j < d->s; j++)
-				ys[j] = gs[j] * A + (xs[j] - m) * B + C;
-		}
-	}
+	if (g->dtype == AG_F32)
+		ag_k_bn_dx_f32(d->n, d->s, ld, (const float *)ag__data(g) + o,
+			       (const float *)ag__data(x) + o,
+			       (float *)ag__data(dx) + o, m, A, B, C);
+	else
+		ag_k_bn_dx_f64(d->n, d->s, ld, (const double *)ag__data(g) + o,
+			       (const double *)ag__data(x) + o,
+			       (double *)ag__data(dx) + o, m, A, B, C);
 }
 
 /* What the plain backward's channels share; m, is, sg, sgx [C] in f64. */

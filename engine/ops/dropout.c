@@ -4,7 +4,8 @@
  * key, and element i is kept when the SplitMix64 output at position i of
  * the stream keyed by it, as a uniform in [0, 1), is below 1 - p.  Any
  * block of elements can then be drawn on any thread, and a seed gives the
- * same mask whatever the thread count.  The node keeps the mask as bits.
+ * same mask whatever the thread count.  The node keeps the mask as bits;
+ * simd/ draws them (ag_k_dropout_bits).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -21,16 +22,6 @@ struct dropout_node {
 	int64_t numel;
 	uint64_t *mask; /* bit i of word i / 64: element i is kept */
 };
-
-/* SplitMix64's output at position i of the stream that starts at key. */
-static uint64_t mix_at(uint64_t key, int64_t i)
-{
-	uint64_t z = key + (uint64_t)(i + 1) * 0x9e3779b97f4a7c15ULL;
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-	return z ^ (z >> 31);
-}
 
 struct drop_ctx {
 	uint64_t key;
@@ -106,55 +97,14 @@ static void apply_mask(const struct drop_ctx *c, int64_t s, int64_t e)
 		apply_mask_double(c, s, e);
 }
 
-/*
- * One mask word from 64 draws of the stream at first..first+63, bits n and
- * above clear.  SplitMix64's 64-bit multiplies vectorise with AVX-512
- * (vpmullq) and, emulated, with AVX2; the draws go to an array first and
- * the compares are ORed from a table, so both loops do.  Picked at load
- * time where the CPU has them; the words are the same on every path.
- */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define AG_DRAW_CLONES \
-	__attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#else
-#define AG_DRAW_CLONES
-#endif
-
-static const uint64_t bit64[64] = {
-	1ull << 0,  1ull << 1,	1ull << 2,  1ull << 3,	1ull << 4,  1ull << 5,
-	1ull << 6,  1ull << 7,	1ull << 8,  1ull << 9,	1ull << 10, 1ull << 11,
-	1ull << 12, 1ull << 13, 1ull << 14, 1ull << 15, 1ull << 16, 1ull << 17,
-	1ull << 18, 1ull << 19, 1ull << 20, 1ull << 21, 1ull << 22, 1ull << 23,
-	1ull << 24, 1ull << 25, 1ull << 26, 1ull << 27, 1ull << 28, 1ull << 29,
-	1ull << 30, 1ull << 31, 1ull << 32, 1ull << 33, 1ull << 34, 1ull << 35,
-	1ull << 36, 1ull << 37, 1ull << 38, 1ull << 39, 1ull << 40, 1ull << 41,
-	1ull << 42, 1ull << 43, 1ull << 44, 1ull << 45, 1ull << 46, 1ull << 47,
-	1ull << 48, 1ull << 49, 1ull << 50, 1ull << 51, 1ull << 52, 1ull << 53,
-	1ull << 54, 1ull << 55, 1ull << 56, 1ull << 57, 1ull << 58, 1ull << 59,
-	1ull << 60, 1ull << 61, 1ull << 62, 1ull << 63,
-};
-
-AG_DRAW_CLONES static uint64_t draw_word(uint64_t key, int64_t first,
-					 uint64_t below, int64_t n)
-{
-	uint64_t r[64], bits = 0;
-
-	for (int b = 0; b < 64; b++)
-		r[b] = mix_at(key, first + b) >> 11;
-	for (int b = 0; b < 64; b++)
-		bits |= r[b] < below ? bit64[b] : 0;
-	return n < 64 ? bits & ((1ull << n) - 1) : bits;
-}
-
 /* Words [ws, we) of the mask, then their elements of dst. */
 static void draw_words(int64_t ws, int64_t we, void *arg)
 {
 	struct drop_ctx *c = arg;
 	int64_t end = we * 64 < c->numel ? we * 64 : c->numel;
 
-	for (int64_t w = ws; w < we; w++)
-		c->mask[w] =
-			draw_word(c->key, w * 64, c->below, c->numel - w * 64);
+	ag_k_dropout_bits(c->key, ws * 64, end - ws * 64, c->below,
+			  c->mask + ws);
 	if (c->dst)
 		apply_mask(c, ws * 64, end);
 }

@@ -150,136 +150,22 @@ static bool is_max2(const struct pool_geom *pg)
 }
 
 /*
- * 2x2 windows at stride 2 inside the input, rows dense: the common case.
- * Branch-free (the selects are bit masks, which compilers keep as such): on
- * random data each comparison would mispredict half the time, and that
- * cost several times the loads.  t is all ones where v takes the max.
+ * 2x2 windows at stride 2 inside the input, rows dense (the common case):
+ * the whole plane in one simd kernel.
  */
-#define MAX2_ROW(T, S, U)                                                   \
-	static inline T sel_##S(T a, T b, int64_t t)                        \
-	{                                                                   \
-		U x, y;                                                     \
-                                                                            \
-		memcpy(&x, &a, sizeof(x));                                  \
-		memcpy(&y, &b, sizeof(y));                                  \
-		x = (x & ~(U)t) | (y & (U)t);                               \
-		memcpy(&a, &x, sizeof(a));                                  \
-		return a;                                                   \
-	}                                                                   \
-                                                                            \
-	static inline void max2_row_##S(const T *restrict s0, int64_t s2,   \
-					int64_t ow, int64_t at0, int64_t w, \
-					T *restrict y, int64_t *restrict i) \
-	{                                                                   \
-		for (int64_t ox = 0; ox < ow; ox++) {                       \
-			const T *s = s0 + 2 * ox;                           \
-			int64_t a = at0 + 2 * ox, at = a, t;                \
-			T m = s[0], v;                                      \
-                                                                            \
-			/* torch's order: (0,0) (0,1) (1,0) (1,1); the    \
-			 * first largest, or the last NaN */ \
-			v = s[1];                                           \
-			t = -(int64_t)((v > m) | (v != v));                 \
-			m = sel_##S(m, v, t);                               \
-			at = (at & ~t) | ((a + 1) & t);                     \
-			v = s[s2];                                          \
-			t = -(int64_t)((v > m) | (v != v));                 \
-			m = sel_##S(m, v, t);                               \
-			at = (at & ~t) | ((a + w) & t);                     \
-			v = s[s2 + 1];                                      \
-			t = -(int64_t)((v > m) | (v != v));                 \
-			m = sel_##S(m, v, t);                               \
-			at = (at & ~t) | ((a + w + 1) & t);                 \
-			y[ox] = m;                                          \
-			if (i)                                              \
-				i[ox] = at;                                 \
-		}                                                           \
-	}
-
-MAX2_ROW(float, f32, uint32_t)
-MAX2_ROW(double, f64, uint64_t)
-
-/*
- * The same for f32, four windows at a time in generic vectors (the
- * compiler's vector extensions, SSE2 at least on x86-64): the even and odd
- * columns of the two rows are the windows' four positions.  Does all ow
- * windows and returns ow, or returns 0 and leaves them to the scalar loop.
- */
-typedef float v4f __attribute__((vector_size(16)));
-typedef int32_t v4i __attribute__((vector_size(16)));
-typedef int64_t v4l __attribute__((vector_size(32)));
-
-static inline v4i max2_take(v4f *m, v4f v)
+ALWAYS_INLINE void max2_plane(const struct pool_run *r, const void *src,
+			      int64_t o, const bool f32)
 {
-	v4i t = (v > *m) | (v != v);
-
-	*m = (v4f)(((v4i)*m & ~t) | ((v4i)v & t));
-	return t;
-}
-
-static int64_t max2_vec_f32(const float *restrict s0, int64_t s2, int64_t ow,
-			    int64_t at0, int64_t w, float *restrict y,
-			    int64_t *restrict idx)
-{
-	int64_t ox = 0;
-
-	/* positions in int32: the plane's 2x2 windows fit, or not this way */
-	if (at0 + w + 2 * ow > INT32_MAX || ow < 4)
-		return 0;
-	/*
-	 * A last partial group is done as the four last windows, again for
-	 * those already done: they get the same values.
-	 */
-	for (int64_t done = 0; done < ow; done = ox + 4) {
-		const float *s;
-		v4f t0, t1, b0, b1, m, v;
-		v4i base = { 0, 2, 4, 6 }, at, t;
-		v4l at64;
-
-		ox = done + 4 <= ow ? done : ow - 4;
-		s = s0 + 2 * ox;
-		memcpy(&t0, s, sizeof(t0));
-		memcpy(&t1, s + 4, sizeof(t1));
-		memcpy(&b0, s + s2, sizeof(b0));
-		memcpy(&b1, s + s2 + 4, sizeof(b1));
-		base += (int32_t)(at0 + 2 * ox);
-		/* torch's order: (0,0) (0,1) (1,0) (1,1) */
-		m = __builtin_shufflevector(t0, t1, 0, 2, 4, 6);
-		at = base;
-		v = __builtin_shufflevector(t0, t1, 1, 3, 5, 7);
-		t = max2_take(&m, v);
-		at = (at & ~t) | ((base + 1) & t);
-		v = __builtin_shufflevector(b0, b1, 0, 2, 4, 6);
-		t = max2_take(&m, v);
-		at = (at & ~t) | ((base + (int32_t)w) & t);
-		v = __builtin_shufflevector(b0, b1, 1, 3, 5, 7);
-		t = max2_take(&m, v);
-		at = (at & ~t) | ((base + (int32_t)w + 1) & t);
-		at64 = __builtin_convertvector(at, v4l);
-		memcpy(y + ox, &m, sizeof(m));
-		if (idx)
-			memcpy(idx + ox, &at64, sizeof(at64));
-	}
-	return ow;
-}
-
-ALWAYS_INLINE void max2_row(const struct pool_run *r, const void *src,
-			    int64_t oy, int64_t o, const bool f32)
-{
-	int64_t w = r->pg->w, s2 = r->ss[2], ow = r->pg->ow, n;
+	const struct pool_geom *pg = r->pg;
 	/* no indices when nothing will differentiate (inference) */
 	int64_t *idx = r->idx ? r->idx + o : NULL;
 
-	if (f32) {
-		const float *s = (const float *)src + 2 * oy * s2;
-		float *y = (float *)r->dst + o;
-
-		n = max2_vec_f32(s, s2, ow, 2 * oy * w, w, y, idx);
-		max2_row_f32(s + 2 * n, s2, ow - n, 2 * oy * w + 2 * n, w,
-			     y + n, idx ? idx + n : NULL);
-	} else
-		max2_row_f64((const double *)src + 2 * oy * s2, s2, ow,
-			     2 * oy * w, w, (double *)r->dst + o, idx);
+	if (f32)
+		ag_k_maxpool2_f32(pg->oh, pg->ow, src, r->ss[2], pg->w,
+				  (float *)r->dst + o, idx);
+	else
+		ag_k_maxpool2_f64(pg->oh, pg->ow, src, r->ss[2], pg->w,
+				  (double *)r->dst + o, idx);
 }
 
 ALWAYS_INLINE void fwd_plane(const struct pool_run *r, int64_t p,
@@ -289,16 +175,14 @@ ALWAYS_INLINE void fwd_plane(const struct pool_run *r, int64_t p,
 	int64_t o = p * pg->oh * pg->ow;
 	const void *src =
 		(const char *)r->src + src_plane(r, p) * (f32 ? 4 : 8);
-	bool max2 = is_max2(pg) && r->ss[3] == 1;
 
+	if (is_max2(pg) && r->ss[3] == 1) {
+		max2_plane(r, src, o, f32);
+		return;
+	}
 	for (int64_t oy = 0; oy < pg->oh; oy++) {
 		int64_t hs, he, hspan;
 
-		if (max2) {
-			max2_row(r, src, oy, o, f32);
-			o += pg->ow;
-			continue;
-		}
 		window(pg, 0, oy, &hs, &he, &hspan);
 		for (int64_t ox = 0; ox < pg->ow; ox++, o++) {
 			int64_t ws, we, wspan, at;
@@ -368,121 +252,6 @@ ALWAYS_INLINE void gather_plane(const struct pool_run *r, int64_t p,
 	}
 }
 
-/*
- * The scatter of 2x2 stride-2 windows, which tile the plane: each element
- * is written once, the gradient where idx points and 0 elsewhere, with no
- * pass to zero the plane first.  g + 0 as the zeroed plane's sum gives
- * (-0 + 0 is +0).  A last odd row or column is in no window.  Branch-free
- * as max2_row: idx is where a random input's max fell, which no predictor
- * guesses.
- */
-#define SCATTER2_ROW(T, S, U)                                                  \
-	static void scatter2_row_##S(const T *restrict g,                      \
-				     const int64_t *restrict idx, int64_t a,   \
-				     int64_t w, int64_t ow, T *restrict d)     \
-	{                                                                      \
-		for (int64_t ox = 0; ox < ow; ox++, a += 2) {                  \
-			T v = g[ox] + 0;                                       \
-			int64_t i = idx[ox];                                   \
-                                                                               \
-			d[2 * ox] = sel_##S(0, v, -(int64_t)(i == a));         \
-			d[2 * ox + 1] = sel_##S(0, v, -(int64_t)(i == a + 1)); \
-			d[w + 2 * ox] = sel_##S(0, v, -(int64_t)(i == a + w)); \
-			d[w + 2 * ox + 1] =                                    \
-				sel_##S(0, v, -(int64_t)(i == a + w + 1));     \
-		}                                                              \
-	}
-
-SCATTER2_ROW(float, f32, uint32_t)
-SCATTER2_ROW(double, f64, uint64_t)
-
-typedef uint32_t v4u __attribute__((vector_size(16)));
-
-/* d[0..7] = a0 b0 a1 b1 a2 b2 a3 b3 */
-static inline void store_zip(float *d, v4f a, v4f b)
-{
-	v4f lo = __builtin_shufflevector(a, b, 0, 4, 1, 5);
-	v4f hi = __builtin_shufflevector(a, b, 2, 6, 3, 7);
-
-	memcpy(d, &lo, sizeof(lo));
-	memcpy(d + 4, &hi, sizeof(hi));
-}
-
-/*
- * A row of f32 windows four at a time, as max2_vec_f32 (all or none).  The
- * positions compare in uint32, modulo 2^32: idx - a is one of 0, 1, w and
- * w + 1, which stay apart there while w + 1 < 2^32.
- */
-static int64_t scatter2_vec_f32(const float *restrict g,
-				const int64_t *restrict idx, int64_t a0,
-				int64_t w, int64_t ow, float *restrict d)
-{
-	v4u w0 = { 0, 0, 0, 0 }, w1, w2, w3;
-	int64_t ox = 0;
-
-	if (w + 1 >= UINT32_MAX || ow < 4)
-		return 0;
-	w1 = w0 + 1;
-	w2 = w0 + (uint32_t)w;
-	w3 = w2 + 1;
-	for (int64_t done = 0; done < ow; done = ox + 4) {
-		v4u base = { 0, 2, 4, 6 }, rel;
-		v4f v;
-		v4i m0, m1, m2, m3;
-		v4l i64;
-
-		ox = done + 4 <= ow ? done : ow - 4;
-		memcpy(&v, g + ox, sizeof(v));
-		memcpy(&i64, idx + ox, sizeof(i64));
-		v += 0;
-		base += (uint32_t)(a0 + 2 * ox);
-		rel = __builtin_convertvector(i64, v4u) - base;
-		m0 = (v4i)(rel == w0) & (v4i)v;
-		m1 = (v4i)(rel == w1) & (v4i)v;
-		m2 = (v4i)(rel == w2) & (v4i)v;
-		m3 = (v4i)(rel == w3) & (v4i)v;
-		/* interleaved as two 4-wide halves: GCC splits an 8-wide
-		 * shuffle into scalar stores */
-		store_zip(d + 2 * ox, (v4f)m0, (v4f)m1);
-		store_zip(d + w + 2 * ox, (v4f)m2, (v4f)m3);
-	}
-	return ow;
-}
-
-static void scatter2_f32(const struct pool_geom *pg, const float *restrict g,
-			 const int64_t *restrict idx, float *restrict dx)
-{
-	int64_t w = pg->w, ow = pg->ow;
-
-	for (int64_t oy = 0; oy < pg->oh; oy++, g += ow, idx += ow) {
-		float *d = dx + 2 * oy * w;
-		int64_t a = 2 * oy * w;
-
-		if (!scatter2_vec_f32(g, idx, a, w, ow, d))
-			scatter2_row_f32(g, idx, a, w, ow, d);
-		if (w & 1)
-			d[w - 1] = d[2 * w - 1] = 0;
-	}
-	if (pg->h & 1)
-		memset(dx + (pg->h - 1) * w, 0, (size_t)w * sizeof(float));
-}
-
-static void scatter2_f64(const struct pool_geom *pg, const double *restrict g,
-			 const int64_t *restrict idx, double *restrict dx)
-{
-	int64_t w = pg->w, ow = pg->ow;
-
-	for (int64_t oy = 0; oy < pg->oh; oy++, g += ow, idx += ow) {
-		double *d = dx + 2 * oy * w;
-
-		scatter2_row_f64(g, idx, 2 * oy * w, w, ow, d);
-		if (w & 1)
-			d[w - 1] = d[2 * w - 1] = 0;
-	}
-	if (pg->h & 1)
-		memset(dx + (pg->h - 1) * w, 0, (size_t)w * sizeof(double));
-}
-
 ALWAYS_INLINE void scatter_plane(const struct pool_run *r, int64_t p,
 				 const bool f32)
 {
@@ -490,13 +259,17 @@ ALWAYS_INLINE void scatter_plane(const struct pool_run *r, int64_t p,
 	int64_t l = pg->oh * pg->ow, hw = pg->h * pg->w;
 	void *dx = (char *)r->dst + p * hw * (f32 ? 4 : 8);
 
+	/* 2x2 windows at stride 2 tile the plane: each element written once,
+	 * no pass to zero it first */
 	if (is_max2(pg)) {
 		if (f32)
-			scatter2_f32(pg, (const float *)r->src + p * l,
-				     r->idx + p * l, dx);
+			ag_k_maxpool2_bwd_f32(pg->h, pg->w,
+					      (const float *)r->src + p * l,
+					      r->idx + p * l, dx);
 		else
-			scatter2_f64(pg, (const double *)r->src + p * l,
-				     r->idx + p * l, dx);
+			ag_k_maxpool2_bwd_f64(pg->h, pg->w,
+					      (const double *)r->src + p * l,
+					      r->idx + p * l, dx);
 		return;
 	}
 	memset(dx, 0, (size_t)hw * (f32 ? 4 : 8));

@@ -59,6 +59,36 @@ AG_API int ag_optim_group_set_lr(struct ag_optim *o, int group, double lr);
 AG_API double ag_optim_group_get_lr(const struct ag_optim *o, int group);
 
 /*
+ * One parameter's update on its own, in place, as ag_optim_step() runs it
+ * (the optimisers above are built on these), for code that keeps its own
+ * state: torch 1.13's single-tensor formulas in p's dtype, one fused pass
+ * over the data.  Every tensor given must be dense, with p's dtype (f32 or
+ * f64) and element count, and distinct from the others.  p's version is
+ * bumped, as by an in-place op; a leaf p that requires grad is refused
+ * while grad mode is on (AG_ELEAF), as in-place ops refuse it.
+ */
+struct ag_sgd_update {
+	double lr, momentum, dampening, weight_decay;
+	bool nesterov;
+	bool first; /* buf is set to this step's update (torch's first step) */
+};
+/* buf: the momentum buffer, NULL without momentum */
+AG_API int ag_sgd_update_(struct ag_tensor *p, struct ag_tensor *grad,
+			  struct ag_tensor *buf, const struct ag_sgd_update *u);
+
+struct ag_adam_update {
+	double lr, beta1, beta2, eps, weight_decay;
+	double step; /* this update's number, 1 for the first */
+	bool decoupled; /* AdamW's weight decay */
+};
+/* max_exp_avg_sq: NULL without amsgrad */
+AG_API int ag_adam_update_(struct ag_tensor *p, struct ag_tensor *grad,
+			   struct ag_tensor *exp_avg,
+			   struct ag_tensor *exp_avg_sq,
+			   struct ag_tensor *max_exp_avg_sq,
+			   const struct ag_adam_update *u);
+
+/*
  * The state as named tensors, as torch's state_dict: "state.<i>.<key>"
  * with i the parameter's index over all groups in order and key
  * momentum_buffer (SGD), step (f32 0-d, as torch), exp_avg, exp_avg_sq,

@@ -407,3 +407,159 @@ Test(nn_optim, errors)
 	put_params();
 	AG_ASSERT_NO_LEAKS();
 }
+
+/* the same f32 values in two fresh leaves that require grad */
+static void twin_params(struct ag_tensor **a, struct ag_tensor **b, int64_t n)
+{
+	float v[40];
+
+	cr_assert(n <= 40);
+	for (int64_t i = 0; i < n; i++)
+		v[i] = (float)sin((double)i + 0.5);
+	*a = ag_from_data(AG_F32, 1, &n, v);
+	*b = ag_from_data(AG_F32, 1, &n, v);
+	cr_assert(*a && *b);
+	cr_assert_eq(ag_tensor_set_requires_grad(*a, true), 0);
+	cr_assert_eq(ag_tensor_set_requires_grad(*b, true), 0);
+}
+
+static struct ag_tensor *grad_for(int64_t n, int s)
+{
+	float v[40];
+
+	for (int64_t i = 0; i < n; i++)
+		v[i] = (float)cos(1.3 * (double)i + s);
+	return ag_from_data(AG_F32, 1, &n, v);
+}
+
+/*
+ * ag_sgd_update_ and ag_adam_update_ on state kept by the caller give
+ * ag_optim_step's values bit for bit (f32, 37 elements: whole vectors and
+ * a tail on every path), and bump only p's version.
+ */
+Test(nn_optim, update_ops)
+{
+	const int64_t n = 37;
+	struct ag_tensor *a, *b, *a2, *b2, *buf, *m, *v, *vmax;
+	struct ag_optim *sgd, *adam;
+
+	twin_params(&a, &b, n);
+	twin_params(&a2, &b2, n);
+	sgd = ag_sgd_new_ex(&a, 1,
+			    &(struct ag_sgd_opts){ .lr = 0.1,
+						   .momentum = 0.9,
+						   .weight_decay = 1e-2,
+						   .nesterov = true });
+	adam = ag_adam_new_ex(&a2, 1,
+			      &(struct ag_adam_opts){ .lr = 1e-2,
+						      .beta1 = 0.9,
+						      .beta2 = 0.999,
+						      .eps = 1e-8,
+						      .weight_decay = 1e-2,
+						      .amsgrad = true });
+	buf = ag_zeros(AG_F32, 1, &n);
+	m = ag_zeros(AG_F32, 1, &n);
+	v = ag_zeros(AG_F32, 1, &n);
+	vmax = ag_zeros(AG_F32, 1, &n);
+	cr_assert(sgd && adam && buf && m && v && vmax);
+	for (int s = 0; s < 3; s++) {
+		struct ag_tensor *g = grad_for(n, s);
+		struct ag_mode md;
+		uint64_t ver = ag_tensor_version(b),
+			 mver = ag_tensor_version(m);
+
+		cr_assert_eq(ag_tensor_set_grad(a, g), 0);
+		cr_assert_eq(ag_tensor_set_grad(a2, g), 0);
+		cr_assert_eq(ag_optim_step(sgd), 0, "%s", ag_errmsg());
+		cr_assert_eq(ag_optim_step(adam), 0, "%s", ag_errmsg());
+		md = ag_no_grad_enter();
+		cr_assert_eq(ag_sgd_update_(b, g, buf,
+					    &(struct ag_sgd_update){
+						    .lr = 0.1,
+						    .momentum = 0.9,
+						    .weight_decay = 1e-2,
+						    .nesterov = true,
+						    .first = s == 0 }),
+			     0, "%s", ag_errmsg());
+		cr_assert_eq(ag_adam_update_(b2, g, m, v, vmax,
+					     &(struct ag_adam_update){
+						     .lr = 1e-2,
+						     .beta1 = 0.9,
+						     .beta2 = 0.999,
+						     .eps = 1e-8,
+						     .weight_decay = 1e-2,
+						     .step = s + 1 }),
+			     0, "%s", ag_errmsg());
+		ag_mode_exit(md);
+		cr_assert_eq(ag_tensor_version(b), ver + 1);
+		cr_assert_eq(ag_tensor_version(m), mver);
+		cr_assert(!memcmp(ag_tensor_data(a), ag_tensor_data(b),
+				  (size_t)n * sizeof(float)),
+			  "sgd step %d", s);
+		cr_assert(!memcmp(ag_tensor_data(a2), ag_tensor_data(b2),
+				  (size_t)n * sizeof(float)),
+			  "adam step %d", s);
+		ag_tensor_put(g);
+	}
+	ag_optim_free(sgd);
+	ag_optim_free(adam);
+	ag_tensor_put(a);
+	ag_tensor_put(b);
+	ag_tensor_put(a2);
+	ag_tensor_put(b2);
+	ag_tensor_put(buf);
+	ag_tensor_put(m);
+	ag_tensor_put(v);
+	ag_tensor_put(vmax);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/* Bad arguments are refused before anything is written. */
+Test(nn_optim, update_ops_errors)
+{
+	const int64_t n = 6, n2[2] = { 2, 3 }, n5 = 5;
+	struct ag_tensor *p = ag_ones(AG_F32, 1, &n);
+	struct ag_tensor *g = ag_ones(AG_F32, 1, &n);
+	struct ag_tensor *g64 = ag_ones(AG_F64, 1, &n);
+	struct ag_tensor *g5 = ag_ones(AG_F32, 1, &n5);
+	struct ag_tensor *g2 = ag_ones(AG_F32, 2, n2);
+	struct ag_tensor *gt = ag_transpose(g2, 0, 1);
+	struct ag_tensor *pi = ag_zeros(AG_I64, 1, &n);
+	const struct ag_sgd_update su = { .lr = 0.1 };
+	const struct ag_adam_update au = {
+		.lr = 0.1, .beta1 = 0.9, .beta2 = 0.999, .step = 1
+	};
+	uint64_t ver;
+
+	cr_assert(p && g && g64 && g5 && gt && pi);
+	ver = ag_tensor_version(p);
+	cr_assert_eq(ag_sgd_update_(NULL, g, NULL, &su), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "ag_sgd_update_");
+	cr_assert_eq(ag_sgd_update_(p, g, NULL, NULL), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "ag_sgd_update_");
+	cr_assert_eq(ag_adam_update_(p, g, g, NULL, NULL, &au), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "exp_avg_sq");
+	cr_assert_eq(ag_sgd_update_(p, g64, NULL, &su), -AG_EDTYPE);
+	AG_ASSERT_ERR(AG_EDTYPE, "grad has dtype f64");
+	cr_assert_eq(ag_sgd_update_(p, g, g5, &su), -AG_ESHAPE);
+	AG_ASSERT_ERR(AG_ESHAPE, "buf has 5 elements, p has 6");
+	cr_assert_eq(ag_sgd_update_(p, gt, NULL, &su), -AG_EINVAL);
+	AG_ASSERT_ERR(AG_EINVAL, "grad is not contiguous");
+	cr_assert_eq(ag_sgd_update_(pi, pi, NULL, &su), -AG_EDTYPE);
+	AG_ASSERT_ERR(AG_EDTYPE, "floating point");
+	cr_assert_eq(ag_tensor_set_requires_grad(p, true), 0);
+	cr_assert_eq(ag_adam_update_(p, g, g5, g, NULL, &au), -AG_ESHAPE);
+	AG_ASSERT_ERR(AG_ESHAPE, "exp_avg has 5");
+	cr_assert_eq(ag_sgd_update_(p, g, NULL, &su), -AG_ELEAF);
+	AG_ASSERT_ERR(AG_ELEAF, "in-place");
+	cr_assert_eq(ag_tensor_version(p), ver);
+	cr_assert_eq(((float *)ag_tensor_data(p))[0], 1.0f);
+	ag_tensor_put(p);
+	ag_tensor_put(g);
+	ag_tensor_put(g64);
+	ag_tensor_put(g5);
+	ag_tensor_put(g2);
+	ag_tensor_put(gt);
+	ag_tensor_put(pi);
+	AG_ASSERT_NO_LEAKS();
+}
