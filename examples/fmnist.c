@@ -137,8 +137,7 @@ static int check_dims(struct fmnist *d, const char *images, const uint32_t *id,
 	return 0;
 }
 
-static int fill(struct fmnist *d, const unsigned char *px,
-		const unsigned char *lb, const char *labels)
+static int fill(struct fmnist *d, const unsigned char *lb, const char *labels)
 {
 	for (int64_t i = 0; i < d->n; i++) {
 		if (lb[i] > 9)
@@ -147,13 +146,9 @@ static int fill(struct fmnist *d, const unsigned char *px,
 		d->labels[i] = lb[i];
 		d->order[i] = i;
 	}
-	/* 256 values, not two divisions for each of 55 million pixels */
-	float norm[256];
-
+	/* 256 values, not two divisions for each pixel of every batch */
 	for (int v = 0; v < 256; v++)
-		norm[v] = (float)((v / 255.0 - FMNIST_MEAN) / FMNIST_STD);
-	for (int64_t i = 0; i < d->n * FMNIST_PIXELS; i++)
-		d->images[i] = norm[px[i]];
+		d->norm[v] = (float)((v / 255.0 - FMNIST_MEAN) / FMNIST_STD);
 	return 0;
 }
 
@@ -173,14 +168,17 @@ int fmnist_load_files(struct fmnist *d, const char *images, const char *labels)
 	if (!px || check_dims(d, images, id, ld))
 		goto out;
 	d->n = id[0];
-	d->images = malloc(sizeof(float) * (size_t)d->n * FMNIST_PIXELS + 1);
 	d->labels = malloc(sizeof(int64_t) * (size_t)d->n + 1);
 	d->order = malloc(sizeof(int64_t) * (size_t)d->n + 1);
-	if (!d->images || !d->labels || !d->order) {
+	if (!d->labels || !d->order) {
 		fail(d, "out of memory for %lld images", (long long)d->n);
 		goto out;
 	}
-	err = fill(d, px, lb, labels);
+	err = fill(d, lb, labels);
+	if (!err) {
+		d->pixels = px; /* kept: read_idx made it for this */
+		px = NULL;
+	}
 out:
 	free(px);
 	free(lb);
@@ -208,7 +206,7 @@ void fmnist_free(struct fmnist *d)
 	char msg[sizeof(d->errmsg)];
 
 	memcpy(msg, d->errmsg, sizeof(msg));
-	free(d->images);
+	free(d->pixels);
 	free(d->labels);
 	free(d->order);
 	memset(d, 0, sizeof(*d));
@@ -289,9 +287,11 @@ int fmnist_batch(struct fmnist *d, int64_t i, int64_t batch,
 	yp = ag_tensor_data(*y);
 	for (int64_t k = 0; k < b; k++) {
 		int64_t s = d->order[position(d, start + k)];
+		const unsigned char *px = d->pixels + s * FMNIST_PIXELS;
+		float *o = xp + k * FMNIST_PIXELS;
 
-		memcpy(xp + k * FMNIST_PIXELS, d->images + s * FMNIST_PIXELS,
-		       sizeof(float) * FMNIST_PIXELS);
+		for (int p = 0; p < FMNIST_PIXELS; p++)
+			o[p] = d->norm[px[p]];
 		yp[k] = d->labels[s];
 	}
 	return 0;
