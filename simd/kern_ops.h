@@ -2,12 +2,14 @@
 /*
  * Kernels of single ops that are not span math: the 2x2 max pool and its
  * scatter (engine/ops/pool2d.c), batch norm's per-channel runs
- * (engine/ops/batchnorm.c), dropout's mask words (engine/ops/dropout.c).  kernels.c includes this file once, after
- * the templates, so each ISA's library compiles it with that ISA's flags.
+ * (engine/ops/batchnorm.c), dropout's mask words (engine/ops/dropout.c).
+ * kernels.c includes this file once, after the templates, so each ISA's
+ * library compiles it with that ISA's flags.
  *
- * Loops here that use the compiler's generic vectors (4 lanes) are built
- * only where AG_KISA is not generic; the generic table takes the plain
- * loop of the same file, which gives the same bits.  Every result must be
+ * The max pool's vector loops are AVX-512 and AVX2 intrinsics at the full
+ * width; batch norm's use the compiler's generic vectors (4 lanes), built
+ * only where AG_KISA is not generic.  The generic table takes the plain
+ * loops of the same file, which give the same bits.  Every result must be
  * bitwise the one the ops computed before these loops moved here, so no
  * multiply-add may be fused (clang fuses within an expression by default,
  * and these libraries have -mfma).
@@ -81,80 +83,327 @@ typedef double ko_v4d __attribute__((vector_size(32)));
 MAX2_ROW(float, f32, uint32_t)
 MAX2_ROW(double, f64, uint64_t)
 
-#if KO_VEC
-static inline ko_v4i max2_take(ko_v4f *m, ko_v4f v)
-{
-	ko_v4i t = (v > *m) | (v != v);
+#if AG_KISA == AG_KISA_AVX512 || AG_KISA == AG_KISA_AVX2
+#define KO_POOL 1
+/*
+ * The vector pool works in steps of up to 2 KO_K windows: KO_K windows
+ * from source A, then up to KO_K from source B.  Along a wide row A and B
+ * are its next two runs of KO_K windows; on AVX-512, rows of at most KO_K
+ * windows go two at a time, A one row and B the next, with k = ow.  Lane
+ * i < k is A's window i, lane k + j B's window j, so the step's outputs
+ * are lanes 0 .. na + nb - 1, contiguous in y and idx both ways.
+ *
+ * Window positions are int32 lanes (the caller checks the plane fits);
+ * plan.at is lane i's position relative to A's first window.
+ */
+#if AG_KISA == AG_KISA_AVX512
+#define KO_K 8
+#define KO_NARROW 1
 
-	*m = (ko_v4f)(((ko_v4i)*m & ~t) | ((ko_v4i)v & t));
-	return t;
+struct max2_plan {
+	__m512i even, odd; /* lane i's top left, top right in (A, B) */
+	__m512i zip0, zip1; /* interleave of A's and B's lanes, scatter */
+	__m512i at;
+};
+
+static inline void max2_plan_init(struct max2_plan *p, int64_t k, int64_t at_b)
+{
+	int32_t e[16], z0[16], z1[16], at[16];
+
+	for (int i = 0; i < 16; i++) {
+		e[i] = (int32_t)(i < k ? 2 * i : (16 + 2 * (i - k)) & 31);
+		at[i] = (int32_t)(i < k ? 2 * i : at_b + 2 * (i - k));
+		/* z0: A's lanes 0..k-1 of two vectors zipped, z1: B's */
+		z0[i] = (int32_t)((i & 1) * 16 + i / 2);
+		z1[i] = (int32_t)(((i & 1) * 16 + k + i / 2) & 31);
+	}
+	p->even = _mm512_loadu_si512(e);
+	p->odd = _mm512_add_epi32(p->even, _mm512_set1_epi32(1));
+	p->zip0 = _mm512_loadu_si512(z0);
+	p->zip1 = _mm512_loadu_si512(z1);
+	p->at = _mm512_loadu_si512(at);
+}
+
+/* max and position of na + nb windows; A at sa, B at sb, rows s2 apart */
+static inline void max2_step(const float *sa, const float *sb, int64_t s2,
+			     int64_t na, int64_t nb, int32_t a0, int32_t w,
+			     const struct max2_plan *p, float *y, int64_t *idx)
+{
+	__mmask16 la = vf_tailmask(2 * na), lb = vf_tailmask(2 * nb);
+	__m512 ta = _mm512_maskz_loadu_ps(la, sa);
+	__m512 tb = _mm512_maskz_loadu_ps(lb, sb);
+	__m512 ba = _mm512_maskz_loadu_ps(la, sa + s2);
+	__m512 bb = _mm512_maskz_loadu_ps(lb, sb + s2);
+	__m512 m, v;
+	__m512i base, at;
+	__mmask16 t;
+
+	/* torch's order: (0,0) (0,1) (1,0) (1,1); the first largest, or the
+	 * last NaN */
+	m = _mm512_permutex2var_ps(ta, p->even, tb);
+	v = _mm512_permutex2var_ps(ta, p->odd, tb);
+	base = _mm512_add_epi32(p->at, _mm512_set1_epi32(a0));
+	t = vf_gt(v, m) | vf_isnan(v);
+	m = _mm512_mask_blend_ps(t, m, v);
+	at = _mm512_mask_add_epi32(base, t, base, _mm512_set1_epi32(1));
+	v = _mm512_permutex2var_ps(ba, p->even, bb);
+	t = vf_gt(v, m) | vf_isnan(v);
+	m = _mm512_mask_blend_ps(t, m, v);
+	at = _mm512_mask_add_epi32(at, t, base, _mm512_set1_epi32(w));
+	v = _mm512_permutex2var_ps(ba, p->odd, bb);
+	t = vf_gt(v, m) | vf_isnan(v);
+	m = _mm512_mask_blend_ps(t, m, v);
+	at = _mm512_mask_add_epi32(at, t, base, _mm512_set1_epi32(w + 1));
+	_mm512_mask_storeu_ps(y, vf_tailmask(na + nb), m);
+	if (idx) {
+		int64_t n = na + nb;
+
+		_mm512_mask_storeu_epi64(
+			idx, vd_tailmask(n < 8 ? n : 8),
+			_mm512_cvtepi32_epi64(_mm512_castsi512_si256(at)));
+		_mm512_mask_storeu_epi64(
+			idx + 8, vd_tailmask(n > 8 ? n - 8 : 0),
+			_mm512_cvtepi32_epi64(
+				_mm512_extracti64x4_epi64(at, 1)));
+	}
 }
 
 /*
- * The same for f32, four windows at a time: the even and odd columns of
- * the two rows are the windows' four positions.  Does all ow windows and
- * returns ow, or returns 0 and leaves them to the plain loop.
+ * The scatter of na + nb windows: A's 2 na columns of the two rows at da
+ * and da + w, B's 2 nb at db and db + w.  Positions compare in uint32,
+ * modulo 2^32: idx - a is one of 0, 1, w and w + 1, which stay apart
+ * there while w + 1 < 2^32.
  */
-static int64_t max2_vec_f32(const float *restrict s0, int64_t s2, int64_t ow,
-			    int64_t at0, int64_t w, float *restrict y,
-			    int64_t *restrict idx)
+static inline void scatter2_step(const float *g, const int64_t *idx, int64_t na,
+				 int64_t nb, int32_t a0, int32_t w,
+				 const struct max2_plan *p, float *da,
+				 float *db)
 {
-	int64_t ox = 0;
+	int64_t n = na + nb;
+	__mmask16 la = vf_tailmask(2 * na), lb = vf_tailmask(2 * nb);
+	__m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(vf_tailmask(n), g),
+				 _mm512_setzero_ps());
+	__m256i i0 = _mm512_cvtepi64_epi32(
+		_mm512_maskz_loadu_epi64(vd_tailmask(n < 8 ? n : 8), idx));
+	__m256i i1 = _mm512_cvtepi64_epi32(_mm512_maskz_loadu_epi64(
+		vd_tailmask(n > 8 ? n - 8 : 0), idx + 8));
+	__m512i rel = _mm512_sub_epi32(
+		_mm512_inserti64x4(_mm512_castsi256_si512(i0), i1, 1),
+		_mm512_add_epi32(p->at, _mm512_set1_epi32(a0)));
+	__m512 z0 = _mm512_maskz_mov_ps(
+		_mm512_cmpeq_epi32_mask(rel, _mm512_setzero_si512()), v);
+	__m512 z1 = _mm512_maskz_mov_ps(
+		_mm512_cmpeq_epi32_mask(rel, _mm512_set1_epi32(1)), v);
+	__m512 z2 = _mm512_maskz_mov_ps(
+		_mm512_cmpeq_epi32_mask(rel, _mm512_set1_epi32(w)), v);
+	__m512 z3 = _mm512_maskz_mov_ps(
+		_mm512_cmpeq_epi32_mask(rel, _mm512_set1_epi32(w + 1)), v);
 
-	/* positions in int32: the plane's 2x2 windows fit, or not this way */
-	if (at0 + w + 2 * ow > INT32_MAX || ow < 4)
-		return 0;
-	/*
-	 * A last partial group is done as the four last windows, again for
-	 * those already done: they get the same values.
-	 */
-	for (int64_t done = 0; done < ow; done = ox + 4) {
-		const float *s;
-		ko_v4f t0, t1, b0, b1, m, v;
-		ko_v4i base = { 0, 2, 4, 6 }, at, t;
-		ko_v4l at64;
+	_mm512_mask_storeu_ps(da, la, _mm512_permutex2var_ps(z0, p->zip0, z1));
+	_mm512_mask_storeu_ps(db, lb, _mm512_permutex2var_ps(z0, p->zip1, z1));
+	_mm512_mask_storeu_ps(da + w, la,
+			      _mm512_permutex2var_ps(z2, p->zip0, z3));
+	_mm512_mask_storeu_ps(db + w, lb,
+			      _mm512_permutex2var_ps(z2, p->zip1, z3));
+}
+#else /* AVX2: k is always 4 */
+#define KO_K 4
+#define KO_NARROW 0
 
-		ox = done + 4 <= ow ? done : ow - 4;
-		s = s0 + 2 * ox;
-		memcpy(&t0, s, sizeof(t0));
-		memcpy(&t1, s + 4, sizeof(t1));
-		memcpy(&b0, s + s2, sizeof(b0));
-		memcpy(&b1, s + s2 + 4, sizeof(b1));
-		base += (int32_t)(at0 + 2 * ox);
-		/* torch's order: (0,0) (0,1) (1,0) (1,1) */
-		m = __builtin_shufflevector(t0, t1, 0, 2, 4, 6);
-		at = base;
-		v = __builtin_shufflevector(t0, t1, 1, 3, 5, 7);
-		t = max2_take(&m, v);
-		at = (at & ~t) | ((base + 1) & t);
-		v = __builtin_shufflevector(b0, b1, 0, 2, 4, 6);
-		t = max2_take(&m, v);
-		at = (at & ~t) | ((base + (int32_t)w) & t);
-		v = __builtin_shufflevector(b0, b1, 1, 3, 5, 7);
-		t = max2_take(&m, v);
-		at = (at & ~t) | ((base + (int32_t)w + 1) & t);
-		at64 = __builtin_convertvector(at, ko_v4l);
-		memcpy(y + ox, &m, sizeof(m));
-		if (idx)
-			memcpy(idx + ox, &at64, sizeof(at64));
+struct max2_plan {
+	__m256i at;
+};
+
+static inline void max2_plan_init(struct max2_plan *p, int64_t k, int64_t at_b)
+{
+	(void)k;
+	p->at = _mm256_setr_epi32(0, 2, 4, 6, (int32_t)at_b, (int32_t)at_b + 2,
+				  (int32_t)at_b + 4, (int32_t)at_b + 6);
+}
+
+/* lanes 0..3: A's even (odd) elements, 4..7: B's */
+static inline __m256 ko_even(__m256 a, __m256 b)
+{
+	return _mm256_castpd_ps(_mm256_permute4x64_pd(
+		_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xd8));
+}
+
+static inline __m256 ko_odd(__m256 a, __m256 b)
+{
+	return _mm256_castpd_ps(_mm256_permute4x64_pd(
+		_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xdd)), 0xd8));
+}
+
+static inline __m256i ko_blend32(__m256i a, __m256i b, __m256 t)
+{
+	return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(a),
+						    _mm256_castsi256_ps(b), t));
+}
+
+static inline void max2_step(const float *sa, const float *sb, int64_t s2,
+			     int64_t na, int64_t nb, int32_t a0, int32_t w,
+			     const struct max2_plan *p, float *y, int64_t *idx)
+{
+	__m256 ta = vf_loadn(sa, 2 * na), tb = vf_loadn(sb, 2 * nb);
+	__m256 ba = vf_loadn(sa + s2, 2 * na), bb = vf_loadn(sb + s2, 2 * nb);
+	__m256i base = _mm256_add_epi32(p->at, _mm256_set1_epi32(a0)), at;
+	__m256 m, v, t;
+
+	/* torch's order: (0,0) (0,1) (1,0) (1,1); the first largest, or the
+	 * last NaN */
+	m = ko_even(ta, tb);
+	v = ko_odd(ta, tb);
+	t = vf_or(vf_gt(v, m), vf_isnan(v));
+	m = vf_sel(t, v, m);
+	at = ko_blend32(base, _mm256_add_epi32(base, _mm256_set1_epi32(1)), t);
+	v = ko_even(ba, bb);
+	t = vf_or(vf_gt(v, m), vf_isnan(v));
+	m = vf_sel(t, v, m);
+	at = ko_blend32(at, _mm256_add_epi32(base, _mm256_set1_epi32(w)), t);
+	v = ko_odd(ba, bb);
+	t = vf_or(vf_gt(v, m), vf_isnan(v));
+	m = vf_sel(t, v, m);
+	at = ko_blend32(at, _mm256_add_epi32(base, _mm256_set1_epi32(w + 1)),
+			t);
+	vf_storen(y, m, na + nb);
+	if (idx) {
+		_mm256_maskstore_epi64(
+			(long long *)idx, vd_tailmask(na),
+			_mm256_cvtepi32_epi64(_mm256_castsi256_si128(at)));
+		_mm256_maskstore_epi64(
+			(long long *)idx + 4, vd_tailmask(nb),
+			_mm256_cvtepi32_epi64(_mm256_extracti128_si256(at, 1)));
 	}
-	return ow;
+}
+
+/* as the AVX-512 step: A's windows to da, da + w; B's to db, db + w */
+static inline void scatter2_step(const float *g, const int64_t *idx, int64_t na,
+				 int64_t nb, int32_t a0, int32_t w,
+				 const struct max2_plan *p, float *da,
+				 float *db)
+{
+	__m256 v = _mm256_add_ps(vf_loadn(g, na + nb), _mm256_setzero_ps());
+	__m256 i0 = _mm256_castsi256_ps(
+		_mm256_maskload_epi64((const long long *)idx, vd_tailmask(na)));
+	__m256 i1 = _mm256_castsi256_ps(_mm256_maskload_epi64(
+		(const long long *)idx + 4, vd_tailmask(nb)));
+	/* the low halves of the eight int64 in order */
+	__m256i rel = _mm256_sub_epi32(_mm256_castps_si256(ko_even(i0, i1)),
+				       _mm256_add_epi32(p->at,
+							_mm256_set1_epi32(a0)));
+	__m256 z0 = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(
+					  rel, _mm256_setzero_si256())),
+				  v);
+	__m256 z1 = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(
+					  rel, _mm256_set1_epi32(1))),
+				  v);
+	__m256 z2 = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(
+					  rel, _mm256_set1_epi32(w))),
+				  v);
+	__m256 z3 = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(
+					  rel, _mm256_set1_epi32(w + 1))),
+				  v);
+	__m256 lo = _mm256_unpacklo_ps(z0, z1), hi = _mm256_unpackhi_ps(z0, z1);
+
+	vf_storen(da, _mm256_permute2f128_ps(lo, hi, 0x20), 2 * na);
+	vf_storen(db, _mm256_permute2f128_ps(lo, hi, 0x31), 2 * nb);
+	lo = _mm256_unpacklo_ps(z2, z3);
+	hi = _mm256_unpackhi_ps(z2, z3);
+	vf_storen(da + w, _mm256_permute2f128_ps(lo, hi, 0x20), 2 * na);
+	vf_storen(db + w, _mm256_permute2f128_ps(lo, hi, 0x31), 2 * nb);
+}
+#endif
+#else
+#define KO_POOL 0
+#endif
+
+#if KO_POOL
+/* whether the plane's window positions fit the int32 lanes */
+static inline bool max2_fits(int64_t oh, int64_t w)
+{
+	return w < INT32_MAX / 4 && (2 * oh + 3) * w < INT32_MAX;
+}
+
+static void max2_vec_f32(int64_t oh, int64_t ow, const float *x, int64_t ldx,
+			 int64_t w, float *y, int64_t *idx)
+{
+	struct max2_plan p;
+
+	if (KO_NARROW && ow <= KO_K) {
+		/* two rows a step: B is the next row, 2 w positions on */
+		max2_plan_init(&p, ow, 2 * w);
+		for (int64_t oy = 0; oy < oh; oy += 2) {
+			const float *s = x + 2 * oy * ldx;
+			int64_t nb = oy + 1 < oh ? ow : 0;
+
+			max2_step(s, nb ? s + 2 * ldx : s, ldx, ow, nb,
+				  (int32_t)(2 * oy * w), (int32_t)w, &p,
+				  y + oy * ow, idx ? idx + oy * ow : NULL);
+		}
+		return;
+	}
+	max2_plan_init(&p, KO_K, 2 * KO_K);
+	for (int64_t oy = 0; oy < oh; oy++, y += ow, idx = idx ? idx + ow : 0) {
+		const float *s = x + 2 * oy * ldx;
+
+		for (int64_t ox = 0; ox < ow; ox += 2 * KO_K) {
+			int64_t n = ow - ox < 2 * KO_K ? ow - ox : 2 * KO_K;
+			int64_t na = n < KO_K ? n : KO_K;
+
+			max2_step(s + 2 * ox,
+				  n > na ? s + 2 * ox + 2 * KO_K : s, ldx, na,
+				  n - na, (int32_t)(2 * oy * w + 2 * ox),
+				  (int32_t)w, &p, y + ox,
+				  idx ? idx + ox : NULL);
+		}
+	}
+}
+
+static void scatter2_vec_f32(int64_t oh, int64_t ow, const float *g,
+			     const int64_t *idx, int64_t w, float *dx)
+{
+	struct max2_plan p;
+
+	if (KO_NARROW && ow <= KO_K) {
+		max2_plan_init(&p, ow, 2 * w);
+		for (int64_t oy = 0; oy < oh; oy += 2) {
+			float *d = dx + 2 * oy * w;
+			int64_t nb = oy + 1 < oh ? ow : 0;
+
+			scatter2_step(g + oy * ow, idx + oy * ow, ow, nb,
+				      (int32_t)(2 * oy * w), (int32_t)w, &p, d,
+				      nb ? d + 2 * w : d);
+		}
+		return;
+	}
+	max2_plan_init(&p, KO_K, 2 * KO_K);
+	for (int64_t oy = 0; oy < oh; oy++, g += ow, idx += ow) {
+		float *d = dx + 2 * oy * w;
+
+		for (int64_t ox = 0; ox < ow; ox += 2 * KO_K) {
+			int64_t n = ow - ox < 2 * KO_K ? ow - ox : 2 * KO_K;
+			int64_t na = n < KO_K ? n : KO_K;
+
+			scatter2_step(g + ox, idx + ox, na, n - na,
+				      (int32_t)(2 * oy * w + 2 * ox),
+				      (int32_t)w, &p, d + 2 * ox,
+				      n > na ? d + 2 * ox + 2 * KO_K : d);
+		}
+	}
 }
 #endif
 
 static void maxpool2_f32(int64_t oh, int64_t ow, const float *x, int64_t ldx,
 			 int64_t w, float *y, int64_t *idx)
 {
-	for (int64_t oy = 0; oy < oh; oy++, y += ow, idx = idx ? idx + ow : 0) {
-		const float *s = x + 2 * oy * ldx;
-		int64_t n = 0;
-
-#if KO_VEC
-		n = max2_vec_f32(s, ldx, ow, 2 * oy * w, w, y, idx);
-#endif
-		max2_row_f32(s + 2 * n, ldx, ow - n, 2 * oy * w + 2 * n, w,
-			     y + n, idx ? idx + n : NULL);
+#if KO_POOL
+	if (ow > 0 && max2_fits(oh, w)) {
+		max2_vec_f32(oh, ow, x, ldx, w, y, idx);
+		return;
 	}
+#endif
+	for (int64_t oy = 0; oy < oh; oy++, y += ow, idx = idx ? idx + ow : 0)
+		max2_row_f32(x + 2 * oy * ldx, ldx, ow, 2 * oy * w, w, y, idx);
 }
 
 static void maxpool2_f64(int64_t oh, int64_t ow, const double *x, int64_t ldx,
@@ -192,76 +441,30 @@ static void maxpool2_f64(int64_t oh, int64_t ow, const double *x, int64_t ldx,
 SCATTER2_ROW(float, f32)
 SCATTER2_ROW(double, f64)
 
-#if KO_VEC
-/* d[0..7] = a0 b0 a1 b1 a2 b2 a3 b3 */
-static inline void store_zip(float *d, ko_v4f a, ko_v4f b)
-{
-	ko_v4f lo = __builtin_shufflevector(a, b, 0, 4, 1, 5);
-	ko_v4f hi = __builtin_shufflevector(a, b, 2, 6, 3, 7);
-
-	memcpy(d, &lo, sizeof(lo));
-	memcpy(d + 4, &hi, sizeof(hi));
-}
-
-/*
- * A row of f32 windows four at a time, as max2_vec_f32 (all or none).  The
- * positions compare in uint32, modulo 2^32: idx - a is one of 0, 1, w and
- * w + 1, which stay apart there while w + 1 < 2^32.
- */
-static int64_t scatter2_vec_f32(const float *restrict g,
-				const int64_t *restrict idx, int64_t a0,
-				int64_t w, int64_t ow, float *restrict d)
-{
-	ko_v4u w0 = { 0, 0, 0, 0 }, w1, w2, w3;
-	int64_t ox = 0;
-
-	if (w + 1 >= UINT32_MAX || ow < 4)
-		return 0;
-	w1 = w0 + 1;
-	w2 = w0 + (uint32_t)w;
-	w3 = w2 + 1;
-	for (int64_t done = 0; done < ow; done = ox + 4) {
-		ko_v4u base = { 0, 2, 4, 6 }, rel;
-		ko_v4f v;
-		ko_v4i m0, m1, m2, m3;
-		ko_v4l i64;
-
-		ox = done + 4 <= ow ? done : ow - 4;
-		memcpy(&v, g + ox, sizeof(v));
-		memcpy(&i64, idx + ox, sizeof(i64));
-		v += 0;
-		base += (uint32_t)(a0 + 2 * ox);
-		rel = __builtin_convertvector(i64, ko_v4u) - base;
-		m0 = (ko_v4i)(rel == w0) & (ko_v4i)v;
-		m1 = (ko_v4i)(rel == w1) & (ko_v4i)v;
-		m2 = (ko_v4i)(rel == w2) & (ko_v4i)v;
-		m3 = (ko_v4i)(rel == w3) & (ko_v4i)v;
-		/* interleaved as two 4-wide halves: GCC splits an 8-wide
-		 * shuffle into scalar stores */
-		store_zip(d + 2 * ox, (ko_v4f)m0, (ko_v4f)m1);
-		store_zip(d + w + 2 * ox, (ko_v4f)m2, (ko_v4f)m3);
-	}
-	return ow;
-}
-#endif
-
 static void maxpool2_bwd_f32(int64_t h, int64_t w, const float *g,
 			     const int64_t *idx, float *dx)
 {
-	int64_t ow = w / 2;
+	int64_t oh = h / 2, ow = w / 2;
 
-	for (int64_t oy = 0; oy < h / 2; oy++, g += ow, idx += ow) {
-		float *d = dx + 2 * oy * w;
-		int64_t a = 2 * oy * w, n = 0;
-
-#if KO_VEC
-		n = scatter2_vec_f32(g, idx, a, w, ow, d);
+#if KO_POOL
+	if (ow > 0 && max2_fits(oh, w)) {
+		scatter2_vec_f32(oh, ow, g, idx, w, dx);
+		if (w & 1)
+			for (int64_t r = 0; r < 2 * oh; r++)
+				dx[r * w + w - 1] = 0;
+		goto last_row;
+	}
 #endif
-		if (!n)
-			scatter2_row_f32(g, idx, a, w, ow, d);
+	for (int64_t oy = 0; oy < oh; oy++, g += ow, idx += ow) {
+		float *d = dx + 2 * oy * w;
+
+		scatter2_row_f32(g, idx, 2 * oy * w, w, ow, d);
 		if (w & 1)
 			d[w - 1] = d[2 * w - 1] = 0;
 	}
+#if KO_POOL
+last_row:
+#endif
 	if (h & 1)
 		memset(dx + (h - 1) * w, 0, (size_t)w * sizeof(float));
 }
@@ -406,3 +609,6 @@ static void dropout_bits(uint64_t key, int64_t first, int64_t n, uint64_t below,
 #undef MAX2_ROW
 #undef SCATTER2_ROW
 #undef KO_VEC
+#undef KO_POOL
+#undef KO_K
+#undef KO_NARROW

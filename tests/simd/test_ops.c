@@ -138,9 +138,15 @@ static void ref_max2(int64_t oh, int64_t ow, const double *x, int64_t ldx,
 POOL_CASE(float, f32)
 POOL_CASE(double, f64)
 
-/* widths around the 4-window groups, odd heights and widths */
+/*
+ * Odd heights and widths; widths around the vector paths' steps: up to 8
+ * windows (AVX-512 takes two rows a step), then steps of 8 (AVX2) and 16
+ * (AVX-512) windows with every tail, and several steps a row.
+ */
 Test(ops, maxpool2)
 {
+	static const int64_t wide[] = { 30, 31, 32, 33, 34, 35, 46, 47, 48,
+					49, 62, 63, 64, 65, 66, 67, 78, 97 };
 	struct rng r = { 4242 };
 
 	for (int k = 0; k < TEST_NISA; k++) {
@@ -152,6 +158,11 @@ Test(ops, maxpool2)
 			for (int64_t w = 1; w <= 21; w++) {
 				pool_case_f32(t, h, w, &r);
 				pool_case_f64(t, h, w, &r);
+			}
+			for (size_t i = 0; i < sizeof(wide) / sizeof(wide[0]);
+			     i++) {
+				pool_case_f32(t, h, wide[i], &r);
+				pool_case_f64(t, h, wide[i], &r);
 			}
 		}
 	}
