@@ -6,30 +6,19 @@
  * kernels.c includes this file once, after the templates, so each ISA's
  * library compiles it with that ISA's flags.
  *
- * The max pool's vector loops are AVX-512 and AVX2 intrinsics at the full
- * width; batch norm's use the compiler's generic vectors (4 lanes), built
- * only where AG_KISA is not generic.  The generic table takes the plain
- * loops of the same file, which give the same bits.  Every result must be
- * bitwise the one the ops computed before these loops moved here, so no
- * multiply-add may be fused (clang fuses within an expression by default,
- * and these libraries have -mfma).
+ * The loops run at the ISA's full width: batch norm's through vec.h, whose
+ * one-lane generic vectors make them the plain loops there; the max pool's
+ * deinterleave and zip are AVX-512 and AVX2 intrinsics, and the generic
+ * table takes the plain loops of the same file, which give the same bits.
+ * Every result must be bitwise the one the ops computed before these loops
+ * moved here, so no multiply-add may be fused (clang fuses within an
+ * expression by default, and these libraries have -mfma).
  * No include guard on purpose.
  */
 #include <string.h>
 
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
-#endif
-
-#if AG_KISA != AG_KISA_GENERIC
-#define KO_VEC 1
-typedef float ko_v4f __attribute__((vector_size(16)));
-typedef int32_t ko_v4i __attribute__((vector_size(16)));
-typedef uint32_t ko_v4u __attribute__((vector_size(16)));
-typedef int64_t ko_v4l __attribute__((vector_size(32)));
-typedef double ko_v4d __attribute__((vector_size(32)));
-#else
-#define KO_VEC 0
 #endif
 
 /* ---- 2x2 max pool, stride 2 ---- */
@@ -491,19 +480,18 @@ static void maxpool2_bwd_f64(int64_t h, int64_t w, const double *g,
 static void bn_affine_f32(int64_t runs, int64_t len, int64_t ld, const float *x,
 			  float *y, float a, float b)
 {
+	vf_t va = vf_set1(a), vb = vf_set1(b);
+
 	for (int64_t r = 0; r < runs; r++, x += ld, y += ld) {
 		int64_t j = 0;
-#if KO_VEC
-		ko_v4f va = { a, a, a, a }, vb = { b, b, b, b }, v;
 
-		for (; j + 4 <= len; j += 4) {
-			memcpy(&v, x + j, sizeof(v));
-			v = v * va + vb;
-			memcpy(y + j, &v, sizeof(v));
-		}
-#endif
-		for (; j < len; j++)
-			y[j] = x[j] * a + b;
+		for (; j + VF_W <= len; j += VF_W)
+			vf_store(y + j, vf_add(vf_mul(vf_load(x + j), va), vb));
+		if (j < len)
+			vf_storen(y + j,
+				  vf_add(vf_mul(vf_loadn(x + j, len - j), va),
+					 vb),
+				  len - j);
 	}
 }
 
@@ -515,33 +503,30 @@ static void bn_affine_f64(int64_t runs, int64_t len, int64_t ld,
 			y[j] = x[j] * a + b;
 }
 
-/* dx = g A + (x - m) B + C, in f64 */
+/* dx = g A + (x - m) B + C, in f64: (g A + (x - m) B) + C */
 static void bn_dx_f32(int64_t runs, int64_t len, int64_t ld, const float *g,
 		      const float *x, float *dx, double m, double A, double B,
 		      double C)
 {
+	vw_t va = vd_set1(A), vb = vd_set1(B), vc = vd_set1(C);
+	vw_t vm = vd_set1(m);
+
 	for (int64_t r = 0; r < runs; r++, g += ld, x += ld, dx += ld) {
 		int64_t j = 0;
-#if KO_VEC
-		ko_v4d va = { A, A, A, A }, vb = { B, B, B, B };
-		ko_v4d vc = { C, C, C, C }, vm = { m, m, m, m };
 
-		for (; j + 4 <= len; j += 4) {
-			ko_v4f g4, x4, y4;
+		for (; j + VW_W <= len; j += VW_W) {
+			vw_t t = vd_mul(vd_sub(vw_loadf(x + j), vm), vb);
 
-			memcpy(&g4, g + j, sizeof(g4));
-			memcpy(&x4, x + j, sizeof(x4));
-			y4 = __builtin_convertvector(
-				__builtin_convertvector(g4, ko_v4d) * va +
-					(__builtin_convertvector(x4, ko_v4d) -
-					 vm) * vb +
-					vc,
-				ko_v4f);
-			memcpy(dx + j, &y4, sizeof(y4));
+			t = vd_add(vd_mul(vw_loadf(g + j), va), t);
+			vw_storef(dx + j, vd_add(t, vc));
 		}
-#endif
-		for (; j < len; j++)
-			dx[j] = (float)(g[j] * A + ((double)x[j] - m) * B + C);
+		if (j < len) {
+			int64_t n = len - j;
+			vw_t t = vd_mul(vd_sub(vw_loadfn(x + j, n), vm), vb);
+
+			t = vd_add(vd_mul(vw_loadfn(g + j, n), va), t);
+			vw_storefn(dx + j, vd_add(t, vc), n);
+		}
 	}
 }
 
@@ -608,7 +593,6 @@ static void dropout_bits(uint64_t key, int64_t first, int64_t n, uint64_t below,
 
 #undef MAX2_ROW
 #undef SCATTER2_ROW
-#undef KO_VEC
 #undef KO_POOL
 #undef KO_K
 #undef KO_NARROW
