@@ -82,6 +82,12 @@ MAX2_ROW(double, f64, uint64_t)
  * i < k is A's window i, lane k + j B's window j, so the step's outputs
  * are lanes 0 .. na + nb - 1, contiguous in y and idx both ways.
  *
+ * Masked loads and stores cost more than the whole step on some CPUs
+ * (AMD Zen 4), so only a plane's last steps (tail) use them.  The others
+ * load and store whole vectors: a load past a row reads the next rows of
+ * the same plane, and a store past a step's windows lands where a later
+ * step writes (see scatter2_step for the order that needs).
+ *
  * Window positions are int32 lanes (the caller checks the plane fits);
  * plan.at is lane i's position relative to A's first window.
  */
@@ -113,88 +119,84 @@ static inline void max2_plan_init(struct max2_plan *p, int64_t k, int64_t at_b)
 	p->at = _mm512_loadu_si512(at);
 }
 
-/* max and position of na + nb windows; A at sa, B at sb, rows s2 apart */
-static inline void max2_step(const float *sa, const float *sb, int64_t s2,
-			     int64_t na, int64_t nb, int32_t a0, int32_t w,
-			     const struct max2_plan *p, float *y, int64_t *idx)
+/* n elements at p, all VF_W unless tail */
+static inline __m512 ko_ld(const float *p, int64_t n, bool tail)
 {
-	__mmask16 la = vf_tailmask(2 * na), lb = vf_tailmask(2 * nb);
-	__m512 ta = _mm512_maskz_loadu_ps(la, sa);
-	__m512 tb = _mm512_maskz_loadu_ps(lb, sb);
-	__m512 ba = _mm512_maskz_loadu_ps(la, sa + s2);
-	__m512 bb = _mm512_maskz_loadu_ps(lb, sb + s2);
-	__m512 m, v;
-	__m512i base, at;
-	__mmask16 t;
+	return tail ? _mm512_maskz_loadu_ps(vf_tailmask(n), p) :
+		      _mm512_loadu_ps(p);
+}
 
-	/* torch's order: (0,0) (0,1) (1,0) (1,1); the first largest, or the
-	 * last NaN */
-	m = _mm512_permutex2var_ps(ta, p->even, tb);
-	v = _mm512_permutex2var_ps(ta, p->odd, tb);
-	base = _mm512_add_epi32(p->at, _mm512_set1_epi32(a0));
-	t = vf_gt(v, m) | vf_isnan(v);
-	m = _mm512_mask_blend_ps(t, m, v);
-	at = _mm512_mask_add_epi32(base, t, base, _mm512_set1_epi32(1));
-	v = _mm512_permutex2var_ps(ba, p->even, bb);
-	t = vf_gt(v, m) | vf_isnan(v);
-	m = _mm512_mask_blend_ps(t, m, v);
-	at = _mm512_mask_add_epi32(at, t, base, _mm512_set1_epi32(w));
-	v = _mm512_permutex2var_ps(ba, p->odd, bb);
-	t = vf_gt(v, m) | vf_isnan(v);
-	m = _mm512_mask_blend_ps(t, m, v);
-	at = _mm512_mask_add_epi32(at, t, base, _mm512_set1_epi32(w + 1));
-	_mm512_mask_storeu_ps(y, vf_tailmask(na + nb), m);
-	if (idx) {
-		int64_t n = na + nb;
+static inline void ko_st(float *p, __m512 v, int64_t n, bool tail)
+{
+	if (tail)
+		_mm512_mask_storeu_ps(p, vf_tailmask(n), v);
+	else
+		_mm512_storeu_ps(p, v);
+}
 
-		_mm512_mask_storeu_epi64(
-			idx, vd_tailmask(n < 8 ? n : 8),
-			_mm512_cvtepi32_epi64(_mm512_castsi512_si256(at)));
-		_mm512_mask_storeu_epi64(
-			idx + 8, vd_tailmask(n > 8 ? n - 8 : 0),
-			_mm512_cvtepi32_epi64(
-				_mm512_extracti64x4_epi64(at, 1)));
+/* the int64 at p, n of them (at most 16), as int32 lanes */
+static inline __m512i ko_ld_idx(const int64_t *p, int64_t n, bool tail)
+{
+	__m512i l0, l1;
+
+	if (tail) {
+		l0 = _mm512_maskz_loadu_epi64(vd_tailmask(n < 8 ? n : 8), p);
+		l1 = _mm512_maskz_loadu_epi64(vd_tailmask(n > 8 ? n - 8 : 0),
+					      p + 8);
+	} else {
+		l0 = _mm512_loadu_si512(p);
+		l1 = _mm512_loadu_si512(p + 8);
+	}
+	return _mm512_inserti64x4(
+		_mm512_castsi256_si512(_mm512_cvtepi64_epi32(l0)),
+		_mm512_cvtepi64_epi32(l1), 1);
+}
+
+static inline void ko_st_idx(int64_t *p, __m512i at, int64_t n, bool tail)
+{
+	__m512i l0 = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(at));
+	__m512i l1 = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(at, 1));
+
+	if (tail) {
+		_mm512_mask_storeu_epi64(p, vd_tailmask(n < 8 ? n : 8), l0);
+		_mm512_mask_storeu_epi64(p + 8, vd_tailmask(n > 8 ? n - 8 : 0),
+					 l1);
+	} else {
+		_mm512_storeu_si512(p, l0);
+		_mm512_storeu_si512(p + 8, l1);
 	}
 }
 
-/*
- * The scatter of na + nb windows: A's 2 na columns of the two rows at da
- * and da + w, B's 2 nb at db and db + w.  Positions compare in uint32,
- * modulo 2^32: idx - a is one of 0, 1, w and w + 1, which stay apart
- * there while w + 1 < 2^32.
- */
-static inline void scatter2_step(const float *g, const int64_t *idx, int64_t na,
-				 int64_t nb, int32_t a0, int32_t w,
-				 const struct max2_plan *p, float *da,
-				 float *db)
+static inline __m512 ko_even(__m512 a, __m512 b, const struct max2_plan *p)
 {
-	int64_t n = na + nb;
-	__mmask16 la = vf_tailmask(2 * na), lb = vf_tailmask(2 * nb);
-	__m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(vf_tailmask(n), g),
-				 _mm512_setzero_ps());
-	__m256i i0 = _mm512_cvtepi64_epi32(
-		_mm512_maskz_loadu_epi64(vd_tailmask(n < 8 ? n : 8), idx));
-	__m256i i1 = _mm512_cvtepi64_epi32(_mm512_maskz_loadu_epi64(
-		vd_tailmask(n > 8 ? n - 8 : 0), idx + 8));
-	__m512i rel = _mm512_sub_epi32(
-		_mm512_inserti64x4(_mm512_castsi256_si512(i0), i1, 1),
-		_mm512_add_epi32(p->at, _mm512_set1_epi32(a0)));
-	__m512 z0 = _mm512_maskz_mov_ps(
-		_mm512_cmpeq_epi32_mask(rel, _mm512_setzero_si512()), v);
-	__m512 z1 = _mm512_maskz_mov_ps(
-		_mm512_cmpeq_epi32_mask(rel, _mm512_set1_epi32(1)), v);
-	__m512 z2 = _mm512_maskz_mov_ps(
-		_mm512_cmpeq_epi32_mask(rel, _mm512_set1_epi32(w)), v);
-	__m512 z3 = _mm512_maskz_mov_ps(
-		_mm512_cmpeq_epi32_mask(rel, _mm512_set1_epi32(w + 1)), v);
-
-	_mm512_mask_storeu_ps(da, la, _mm512_permutex2var_ps(z0, p->zip0, z1));
-	_mm512_mask_storeu_ps(db, lb, _mm512_permutex2var_ps(z0, p->zip1, z1));
-	_mm512_mask_storeu_ps(da + w, la,
-			      _mm512_permutex2var_ps(z2, p->zip0, z3));
-	_mm512_mask_storeu_ps(db + w, lb,
-			      _mm512_permutex2var_ps(z2, p->zip1, z3));
+	return _mm512_permutex2var_ps(a, p->even, b);
 }
+
+static inline __m512 ko_odd(__m512 a, __m512 b, const struct max2_plan *p)
+{
+	return _mm512_permutex2var_ps(a, p->odd, b);
+}
+
+/* the step's A, B lanes of z0, z1 interleaved */
+static inline __m512 ko_zip_a(__m512 z0, __m512 z1, const struct max2_plan *p)
+{
+	return _mm512_permutex2var_ps(z0, p->zip0, z1);
+}
+
+static inline __m512 ko_zip_b(__m512 z0, __m512 z1, const struct max2_plan *p)
+{
+	return _mm512_permutex2var_ps(z0, p->zip1, z1);
+}
+
+#define ko_vi __m512i
+#define ko_vi_set1(s) _mm512_set1_epi32(s)
+#define ko_vi_add(a, b) _mm512_add_epi32(a, b)
+#define ko_vi_sub(a, b) _mm512_sub_epi32(a, b)
+/* t ? b : a, int32 lanes */
+#define ko_vi_sel(t, b, a) _mm512_mask_blend_epi32(t, a, b)
+/* v where the int32 lanes are equal, else +0 */
+#define ko_vi_eq_take(x, y, v) \
+	_mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(x, y), v)
 #else /* AVX2: k is always 4 */
 #define KO_K 4
 #define KO_NARROW 0
@@ -210,140 +212,218 @@ static inline void max2_plan_init(struct max2_plan *p, int64_t k, int64_t at_b)
 				  (int32_t)at_b + 4, (int32_t)at_b + 6);
 }
 
-/* lanes 0..3: A's even (odd) elements, 4..7: B's */
-static inline __m256 ko_even(__m256 a, __m256 b)
+static inline __m256 ko_ld(const float *p, int64_t n, bool tail)
 {
+	return tail ? vf_loadn(p, n) : _mm256_loadu_ps(p);
+}
+
+static inline void ko_st(float *p, __m256 v, int64_t n, bool tail)
+{
+	if (tail)
+		vf_storen(p, v, n);
+	else
+		_mm256_storeu_ps(p, v);
+}
+
+/* lanes 0..3: a's even (odd) elements, 4..7: b's */
+static inline __m256 ko_even(__m256 a, __m256 b, const struct max2_plan *p)
+{
+	(void)p;
 	return _mm256_castpd_ps(_mm256_permute4x64_pd(
 		_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xd8));
 }
 
-static inline __m256 ko_odd(__m256 a, __m256 b)
+static inline __m256 ko_odd(__m256 a, __m256 b, const struct max2_plan *p)
 {
+	(void)p;
 	return _mm256_castpd_ps(_mm256_permute4x64_pd(
 		_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xdd)), 0xd8));
 }
 
-static inline __m256i ko_blend32(__m256i a, __m256i b, __m256 t)
+static inline __m256i ko_ld_idx(const int64_t *p, int64_t n, bool tail)
 {
-	return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(a),
-						    _mm256_castsi256_ps(b), t));
+	__m256i l0, l1;
+
+	if (tail) {
+		l0 = _mm256_maskload_epi64((const long long *)p,
+					   vd_tailmask(n < 4 ? n : 4));
+		l1 = _mm256_maskload_epi64((const long long *)p + 4,
+					   vd_tailmask(n > 4 ? n - 4 : 0));
+	} else {
+		l0 = _mm256_loadu_si256((const __m256i *)p);
+		l1 = _mm256_loadu_si256((const __m256i *)p + 1);
+	}
+	/* the low halves of the eight int64, in order */
+	return _mm256_castps_si256(ko_even(_mm256_castsi256_ps(l0),
+					   _mm256_castsi256_ps(l1), NULL));
 }
 
-static inline void max2_step(const float *sa, const float *sb, int64_t s2,
-			     int64_t na, int64_t nb, int32_t a0, int32_t w,
-			     const struct max2_plan *p, float *y, int64_t *idx)
+static inline void ko_st_idx(int64_t *p, __m256i at, int64_t n, bool tail)
 {
-	__m256 ta = vf_loadn(sa, 2 * na), tb = vf_loadn(sb, 2 * nb);
-	__m256 ba = vf_loadn(sa + s2, 2 * na), bb = vf_loadn(sb + s2, 2 * nb);
-	__m256i base = _mm256_add_epi32(p->at, _mm256_set1_epi32(a0)), at;
-	__m256 m, v, t;
+	__m256i l0 = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(at));
+	__m256i l1 = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(at, 1));
 
-	/* torch's order: (0,0) (0,1) (1,0) (1,1); the first largest, or the
-	 * last NaN */
-	m = ko_even(ta, tb);
-	v = ko_odd(ta, tb);
-	t = vf_or(vf_gt(v, m), vf_isnan(v));
-	m = vf_sel(t, v, m);
-	at = ko_blend32(base, _mm256_add_epi32(base, _mm256_set1_epi32(1)), t);
-	v = ko_even(ba, bb);
-	t = vf_or(vf_gt(v, m), vf_isnan(v));
-	m = vf_sel(t, v, m);
-	at = ko_blend32(at, _mm256_add_epi32(base, _mm256_set1_epi32(w)), t);
-	v = ko_odd(ba, bb);
-	t = vf_or(vf_gt(v, m), vf_isnan(v));
-	m = vf_sel(t, v, m);
-	at = ko_blend32(at, _mm256_add_epi32(base, _mm256_set1_epi32(w + 1)),
-			t);
-	vf_storen(y, m, na + nb);
-	if (idx) {
-		_mm256_maskstore_epi64(
-			(long long *)idx, vd_tailmask(na),
-			_mm256_cvtepi32_epi64(_mm256_castsi256_si128(at)));
-		_mm256_maskstore_epi64(
-			(long long *)idx + 4, vd_tailmask(nb),
-			_mm256_cvtepi32_epi64(_mm256_extracti128_si256(at, 1)));
+	if (tail) {
+		_mm256_maskstore_epi64((long long *)p,
+				       vd_tailmask(n < 4 ? n : 4), l0);
+		_mm256_maskstore_epi64((long long *)p + 4,
+				       vd_tailmask(n > 4 ? n - 4 : 0), l1);
+	} else {
+		_mm256_storeu_si256((__m256i *)p, l0);
+		_mm256_storeu_si256((__m256i *)p + 1, l1);
 	}
 }
 
-/* as the AVX-512 step: A's windows to da, da + w; B's to db, db + w */
+static inline __m256 ko_zip_a(__m256 z0, __m256 z1, const struct max2_plan *p)
+{
+	(void)p;
+	return _mm256_permute2f128_ps(_mm256_unpacklo_ps(z0, z1),
+				      _mm256_unpackhi_ps(z0, z1), 0x20);
+}
+
+static inline __m256 ko_zip_b(__m256 z0, __m256 z1, const struct max2_plan *p)
+{
+	(void)p;
+	return _mm256_permute2f128_ps(_mm256_unpacklo_ps(z0, z1),
+				      _mm256_unpackhi_ps(z0, z1), 0x31);
+}
+
+#define ko_vi __m256i
+#define ko_vi_set1(s) _mm256_set1_epi32(s)
+#define ko_vi_add(a, b) _mm256_add_epi32(a, b)
+#define ko_vi_sub(a, b) _mm256_sub_epi32(a, b)
+#define ko_vi_sel(t, b, a)                                           \
+	_mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(a), \
+					     _mm256_castsi256_ps(b), t))
+#define ko_vi_eq_take(x, y, v) \
+	_mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(x, y)), v)
+#endif
+
+/*
+ * Max and position of na + nb windows, A's at sa, B's at sb, rows s2
+ * apart; tail: only the windows' elements are loaded and only their
+ * outputs stored.
+ */
+static inline void max2_step(const float *sa, const float *sb, int64_t s2,
+			     int64_t na, int64_t nb, int32_t a0, int32_t w,
+			     const struct max2_plan *p, float *y, int64_t *idx,
+			     bool tail)
+{
+	vf_t ta = ko_ld(sa, 2 * na, tail), tb = ko_ld(sb, 2 * nb, tail);
+	vf_t ba = ko_ld(sa + s2, 2 * na, tail);
+	vf_t bb = ko_ld(sb + s2, 2 * nb, tail);
+	ko_vi base = ko_vi_add(p->at, ko_vi_set1(a0)), at;
+	vf_t m, v;
+	vf_m t;
+
+	/* torch's order: (0,0) (0,1) (1,0) (1,1); the first largest, or the
+	 * last NaN */
+	m = ko_even(ta, tb, p);
+	v = ko_odd(ta, tb, p);
+	t = vf_or(vf_gt(v, m), vf_isnan(v));
+	m = vf_sel(t, v, m);
+	at = ko_vi_sel(t, ko_vi_add(base, ko_vi_set1(1)), base);
+	v = ko_even(ba, bb, p);
+	t = vf_or(vf_gt(v, m), vf_isnan(v));
+	m = vf_sel(t, v, m);
+	at = ko_vi_sel(t, ko_vi_add(base, ko_vi_set1(w)), at);
+	v = ko_odd(ba, bb, p);
+	t = vf_or(vf_gt(v, m), vf_isnan(v));
+	m = vf_sel(t, v, m);
+	at = ko_vi_sel(t, ko_vi_add(base, ko_vi_set1(w + 1)), at);
+	ko_st(y, m, na + nb, tail);
+	if (idx)
+		ko_st_idx(idx, at, na + nb, tail);
+}
+
+/*
+ * The scatter of na + nb windows: A's 2 na columns of the two rows at da
+ * and da + w, B's 2 nb at db and db + w (nb = 0: none).  Positions compare
+ * in int32 (the plane fits).  Whole stores past the windows land on
+ * elements a later store writes: in a row's last step on the rest of the
+ * row, the odd last column (written after) and the next rows.  So along a
+ * row (wide) the top row's stores go first; with a row in A and the next
+ * in B (narrow) the rows go in order.
+ */
 static inline void scatter2_step(const float *g, const int64_t *idx, int64_t na,
 				 int64_t nb, int32_t a0, int32_t w,
 				 const struct max2_plan *p, float *da,
-				 float *db)
+				 float *db, bool tail, bool narrow)
 {
-	__m256 v = _mm256_add_ps(vf_loadn(g, na + nb), _mm256_setzero_ps());
-	__m256 i0 = _mm256_castsi256_ps(
-		_mm256_maskload_epi64((const long long *)idx, vd_tailmask(na)));
-	__m256 i1 = _mm256_castsi256_ps(_mm256_maskload_epi64(
-		(const long long *)idx + 4, vd_tailmask(nb)));
-	/* the low halves of the eight int64 in order */
-	__m256i rel = _mm256_sub_epi32(_mm256_castps_si256(ko_even(i0, i1)),
-				       _mm256_add_epi32(p->at,
-							_mm256_set1_epi32(a0)));
-	__m256 z0 = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(
-					  rel, _mm256_setzero_si256())),
-				  v);
-	__m256 z1 = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(
-					  rel, _mm256_set1_epi32(1))),
-				  v);
-	__m256 z2 = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(
-					  rel, _mm256_set1_epi32(w))),
-				  v);
-	__m256 z3 = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(
-					  rel, _mm256_set1_epi32(w + 1))),
-				  v);
-	__m256 lo = _mm256_unpacklo_ps(z0, z1), hi = _mm256_unpackhi_ps(z0, z1);
+	int64_t n = na + nb;
+	vf_t v = vf_add(ko_ld(g, n, tail), vf_set1(0));
+	ko_vi rel = ko_vi_sub(ko_ld_idx(idx, n, tail),
+			      ko_vi_add(p->at, ko_vi_set1(a0)));
+	vf_t z0 = ko_vi_eq_take(rel, ko_vi_set1(0), v);
+	vf_t z1 = ko_vi_eq_take(rel, ko_vi_set1(1), v);
+	vf_t z2 = ko_vi_eq_take(rel, ko_vi_set1(w), v);
+	vf_t z3 = ko_vi_eq_take(rel, ko_vi_set1(w + 1), v);
 
-	vf_storen(da, _mm256_permute2f128_ps(lo, hi, 0x20), 2 * na);
-	vf_storen(db, _mm256_permute2f128_ps(lo, hi, 0x31), 2 * nb);
-	lo = _mm256_unpacklo_ps(z2, z3);
-	hi = _mm256_unpackhi_ps(z2, z3);
-	vf_storen(da + w, _mm256_permute2f128_ps(lo, hi, 0x20), 2 * na);
-	vf_storen(db + w, _mm256_permute2f128_ps(lo, hi, 0x31), 2 * nb);
+	ko_st(da, ko_zip_a(z0, z1, p), 2 * na, tail);
+	if (narrow) {
+		ko_st(da + w, ko_zip_a(z2, z3, p), 2 * na, tail);
+		if (nb) {
+			ko_st(db, ko_zip_b(z0, z1, p), 2 * nb, tail);
+			ko_st(db + w, ko_zip_b(z2, z3, p), 2 * nb, tail);
+		}
+		return;
+	}
+	if (nb)
+		ko_st(db, ko_zip_b(z0, z1, p), 2 * nb, tail);
+	ko_st(da + w, ko_zip_a(z2, z3, p), 2 * na, tail);
+	if (nb)
+		ko_st(db + w, ko_zip_b(z2, z3, p), 2 * nb, tail);
 }
-#endif
-#else
-#define KO_POOL 0
-#endif
 
-#if KO_POOL
 /* whether the plane's window positions fit the int32 lanes */
 static inline bool max2_fits(int64_t oh, int64_t w)
 {
 	return w < INT32_MAX / 4 && (2 * oh + 3) * w < INT32_MAX;
 }
 
+/*
+ * Row oy's steps: whole ones, the last moved back to end at the row's end
+ * (its first windows again, which get the same values), or one partial
+ * step when the row has fewer than 2 KO_K windows.
+ */
+#define KO_ROW_STEPS(ox, n, ow)                                              \
+	for (int64_t ox = 0, n = ow < 2 * KO_K ? ow : 2 * KO_K; ox < ow;     \
+	     ox = ox + 2 * KO_K < ow && ox + 4 * KO_K > ow ? ow - 2 * KO_K : \
+							     ox + 2 * KO_K)
+
 static void max2_vec_f32(int64_t oh, int64_t ow, const float *x, int64_t ldx,
 			 int64_t w, float *y, int64_t *idx)
 {
+	/* elements of x the plane surely has; outputs */
+	int64_t lim = (2 * oh - 1) * ldx + 2 * ow, no = oh * ow;
 	struct max2_plan p;
 
 	if (KO_NARROW && ow <= KO_K) {
 		/* two rows a step: B is the next row, 2 w positions on */
 		max2_plan_init(&p, ow, 2 * w);
 		for (int64_t oy = 0; oy < oh; oy += 2) {
-			const float *s = x + 2 * oy * ldx;
-			int64_t nb = oy + 1 < oh ? ow : 0;
+			int64_t o = oy * ow, nb = oy + 1 < oh ? ow : 0;
+			int64_t sa = 2 * oy * ldx, sb = nb ? sa + 2 * ldx : sa;
+			bool tail = sb + ldx + VF_W > lim || o + VF_W > no;
 
-			max2_step(s, nb ? s + 2 * ldx : s, ldx, ow, nb,
-				  (int32_t)(2 * oy * w), (int32_t)w, &p,
-				  y + oy * ow, idx ? idx + oy * ow : NULL);
+			max2_step(x + sa, x + sb, ldx, ow, nb,
+				  (int32_t)(2 * oy * w), (int32_t)w, &p, y + o,
+				  idx ? idx + o : NULL, tail);
 		}
 		return;
 	}
 	max2_plan_init(&p, KO_K, 2 * KO_K);
-	for (int64_t oy = 0; oy < oh; oy++, y += ow, idx = idx ? idx + ow : 0) {
-		const float *s = x + 2 * oy * ldx;
+	for (int64_t oy = 0; oy < oh; oy++) {
+		KO_ROW_STEPS(ox, n, ow)
+		{
+			int64_t na = n < KO_K ? n : KO_K, o = oy * ow + ox;
+			int64_t sa = 2 * oy * ldx + 2 * ox;
+			int64_t sb = n > na ? sa + 2 * KO_K : sa;
+			bool tail = sb + ldx + VF_W > lim || o + VF_W > no;
 
-		for (int64_t ox = 0; ox < ow; ox += 2 * KO_K) {
-			int64_t n = ow - ox < 2 * KO_K ? ow - ox : 2 * KO_K;
-			int64_t na = n < KO_K ? n : KO_K;
-
-			max2_step(s + 2 * ox,
-				  n > na ? s + 2 * ox + 2 * KO_K : s, ldx, na,
-				  n - na, (int32_t)(2 * oy * w + 2 * ox),
-				  (int32_t)w, &p, y + ox,
-				  idx ? idx + ox : NULL);
+			max2_step(x + sa, x + sb, ldx, na, n - na,
+				  (int32_t)(2 * oy * w + 2 * ox), (int32_t)w,
+				  &p, y + o, idx ? idx + o : NULL, tail);
 		}
 	}
 }
@@ -351,35 +431,40 @@ static void max2_vec_f32(int64_t oh, int64_t ow, const float *x, int64_t ldx,
 static void scatter2_vec_f32(int64_t oh, int64_t ow, const float *g,
 			     const int64_t *idx, int64_t w, float *dx)
 {
+	int64_t no = oh * ow, nd = 2 * oh * w;
 	struct max2_plan p;
 
 	if (KO_NARROW && ow <= KO_K) {
 		max2_plan_init(&p, ow, 2 * w);
 		for (int64_t oy = 0; oy < oh; oy += 2) {
-			float *d = dx + 2 * oy * w;
-			int64_t nb = oy + 1 < oh ? ow : 0;
+			int64_t o = oy * ow, nb = oy + 1 < oh ? ow : 0;
+			int64_t da = 2 * oy * w, db = nb ? da + 2 * w : da;
+			bool tail = o + VF_W > no || db + w + VF_W > nd;
 
-			scatter2_step(g + oy * ow, idx + oy * ow, ow, nb,
-				      (int32_t)(2 * oy * w), (int32_t)w, &p, d,
-				      nb ? d + 2 * w : d);
+			scatter2_step(g + o, idx + o, ow, nb,
+				      (int32_t)(2 * oy * w), (int32_t)w, &p,
+				      dx + da, dx + db, tail, true);
 		}
 		return;
 	}
 	max2_plan_init(&p, KO_K, 2 * KO_K);
-	for (int64_t oy = 0; oy < oh; oy++, g += ow, idx += ow) {
-		float *d = dx + 2 * oy * w;
+	for (int64_t oy = 0; oy < oh; oy++) {
+		KO_ROW_STEPS(ox, n, ow)
+		{
+			int64_t na = n < KO_K ? n : KO_K, o = oy * ow + ox;
+			int64_t da = 2 * oy * w + 2 * ox;
+			int64_t db = n > na ? da + 2 * KO_K : da;
+			bool tail = o + VF_W > no || db + w + VF_W > nd;
 
-		for (int64_t ox = 0; ox < ow; ox += 2 * KO_K) {
-			int64_t n = ow - ox < 2 * KO_K ? ow - ox : 2 * KO_K;
-			int64_t na = n < KO_K ? n : KO_K;
-
-			scatter2_step(g + ox, idx + ox, na, n - na,
+			scatter2_step(g + o, idx + o, na, n - na,
 				      (int32_t)(2 * oy * w + 2 * ox),
-				      (int32_t)w, &p, d + 2 * ox,
-				      n > na ? d + 2 * ox + 2 * KO_K : d);
+				      (int32_t)w, &p, dx + da, dx + db, tail,
+				      false);
 		}
 	}
 }
+#else
+#define KO_POOL 0
 #endif
 
 static void maxpool2_f32(int64_t oh, int64_t ow, const float *x, int64_t ldx,
@@ -596,3 +681,10 @@ static void dropout_bits(uint64_t key, int64_t first, int64_t n, uint64_t below,
 #undef KO_POOL
 #undef KO_K
 #undef KO_NARROW
+#undef KO_ROW_STEPS
+#undef ko_vi
+#undef ko_vi_set1
+#undef ko_vi_add
+#undef ko_vi_sub
+#undef ko_vi_sel
+#undef ko_vi_eq_take
