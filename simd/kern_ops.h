@@ -304,10 +304,10 @@ static inline __m256 ko_zip_b(__m256 z0, __m256 z1, const struct max2_plan *p)
  * apart; tail: only the windows' elements are loaded and only their
  * outputs stored.
  */
-static inline void max2_step(const float *sa, const float *sb, int64_t s2,
-			     int64_t na, int64_t nb, int32_t a0, int32_t w,
-			     const struct max2_plan *p, float *y, int64_t *idx,
-			     bool tail)
+static inline __attribute__((always_inline)) void
+max2_step(const float *sa, const float *sb, int64_t s2, int64_t na, int64_t nb,
+	  int32_t a0, int32_t w, const struct max2_plan *p, float *y,
+	  int64_t *idx, bool tail)
 {
 	vf_t ta = ko_ld(sa, 2 * na, tail), tb = ko_ld(sb, 2 * nb, tail);
 	vf_t ba = ko_ld(sa + s2, 2 * na, tail);
@@ -345,10 +345,10 @@ static inline void max2_step(const float *sa, const float *sb, int64_t s2,
  * row (wide) the top row's stores go first; with a row in A and the next
  * in B (narrow) the rows go in order.
  */
-static inline void scatter2_step(const float *g, const int64_t *idx, int64_t na,
-				 int64_t nb, int32_t a0, int32_t w,
-				 const struct max2_plan *p, float *da,
-				 float *db, bool tail, bool narrow)
+static inline __attribute__((always_inline)) void
+scatter2_step(const float *g, const int64_t *idx, int64_t na, int64_t nb,
+	      int32_t a0, int32_t w, const struct max2_plan *p, float *da,
+	      float *db, bool tail, bool narrow)
 {
 	int64_t n = na + nb;
 	vf_t v = vf_add(ko_ld(g, n, tail), vf_set1(0));
