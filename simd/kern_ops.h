@@ -624,6 +624,50 @@ static void bn_dx_f64(int64_t runs, int64_t len, int64_t ld, const double *g,
 			dx[j] = g[j] * A + (x[j] - m) * B + C;
 }
 
+/*
+ * sg = sum(g), sgx = sum(g (x - m)) over the runs, in f64: each run in
+ * two vectors of partial sums (one chain of dependent additions ran at
+ * the adder's latency), added to the totals in run order.
+ */
+#define BN_SUMS(T, S, LOAD)                                                    \
+	static void bn_sums_##S(int64_t runs, int64_t len, int64_t ld,         \
+				const T *g, const T *x, double m, double *sgp, \
+				double *sgxp)                                  \
+	{                                                                      \
+		vd_t vm = vd_set1(m);                                          \
+		double sg = 0, sgx = 0;                                        \
+                                                                               \
+		for (int64_t r = 0; r < runs; r++, g += ld, x += ld) {         \
+			vd_t a0 = vd_set1(0), a1 = a0, b0 = a0, b1 = a0, v;    \
+			double ta = 0, tb = 0;                                 \
+			int64_t j = 0;                                         \
+                                                                               \
+			for (; j + 2 * VD_W <= len; j += 2 * VD_W) {           \
+				v = LOAD(g + j);                               \
+				a0 = vd_add(a0, v);                            \
+				b0 = vd_add(b0, vd_mul(v, vd_sub(LOAD(x + j),  \
+								 vm)));        \
+				v = LOAD(g + j + VD_W);                        \
+				a1 = vd_add(a1, v);                            \
+				b1 = vd_add(b1, vd_mul(v, vd_sub(LOAD(x + j +  \
+								      VD_W),   \
+								 vm)));        \
+			}                                                      \
+			for (; j < len; j++) {                                 \
+				ta += g[j];                                    \
+				tb += (double)g[j] * ((double)x[j] - m);       \
+			}                                                      \
+			sg += vd_hsum(vd_add(a0, a1)) + ta;                    \
+			sgx += vd_hsum(vd_add(b0, b1)) + tb;                   \
+		}                                                              \
+		*sgp = sg;                                                     \
+		*sgxp = sgx;                                                   \
+	}
+
+/* VD_W f32 as f64 lanes (VW_W == VD_W) */
+BN_SUMS(float, f32, vw_loadf)
+BN_SUMS(double, f64, vd_load)
+
 /* ---- dropout's mask ---- */
 
 /* SplitMix64's output at position i of the stream that starts at key. */
@@ -678,6 +722,7 @@ static void dropout_bits(uint64_t key, int64_t first, int64_t n, uint64_t below,
 
 #undef MAX2_ROW
 #undef SCATTER2_ROW
+#undef BN_SUMS
 #undef KO_POOL
 #undef KO_K
 #undef KO_NARROW
