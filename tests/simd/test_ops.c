@@ -247,7 +247,7 @@ Test(ops, batchnorm)
 	{                                                                      \
 		enum { RUNS = 3 };                                             \
 		int64_t ld = len + 2;                                          \
-		T x[RUNS * 40], g[RUNS * 40];                                  \
+		T x[RUNS * 40] = { 0 }, g[RUNS * 40] = { 0 };                  \
 		double m = ints ? (double)(rng_next(r) % 7) - 3 :              \
 				  rng_range(r, -1, 1);                         \
 		long double sg = 0, sgx = 0, ag = 0, agx = 0;                  \
