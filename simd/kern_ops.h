@@ -10,8 +10,8 @@
  * one-lane generic vectors make them the plain loops there; the max pool's
  * deinterleave and zip are AVX-512 and AVX2 intrinsics, and the generic
  * table takes the plain loops of the same file, which give the same bits.
- * Every result must be bitwise the one the ops computed before these loops
- * moved here, so no multiply-add may be fused (clang fuses within an
+ * Every result but bn_sums' must be bitwise the one the ops computed
+ * before these loops moved here, so no multiply-add may be fused (clang fuses within an
  * expression by default, and these libraries have -mfma).
  * No include guard on purpose.
  */
