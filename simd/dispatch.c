@@ -200,6 +200,14 @@ unsigned ag_k_unary_bwd_needs(enum ag_k_unary op)
 					      B, C);                           \
 	}                                                                      \
                                                                                \
+	void ag_k_bn_sums_##S(int64_t runs, int64_t len, int64_t ld,           \
+			      const T *g, const T *x, double m, double *sg,    \
+			      double *sgx)                                     \
+	{                                                                      \
+		ag_k_isa_current()->bn_sums_##S(runs, len, ld, g, x, m, sg,    \
+						sgx);                          \
+	}                                                                      \
+                                                                               \
 	void ag_k_sgd_##S(int64_t n, T *p, const T *g, T *buf,                 \
 			  const struct ag_k_sgd *a)                            \
 	{                                                                      \

@@ -46,19 +46,21 @@
 			  int64_t correction, double *mean);
 
 /* kern_ops.h: kernels of single ops */
-#define AG_K_ISA_OPS(T, S)                                                    \
-	void (*maxpool2_##S)(int64_t oh, int64_t ow, const T *x, int64_t ldx, \
-			     int64_t w, T *y, int64_t *idx);                  \
-	void (*maxpool2_bwd_##S)(int64_t h, int64_t w, const T *g,            \
-				 const int64_t *idx, T *dx);                  \
-	void (*bn_affine_##S)(int64_t runs, int64_t len, int64_t ld,          \
-			      const T *x, T *y, T a, T b);                    \
-	void (*bn_dx_##S)(int64_t runs, int64_t len, int64_t ld, const T *g,  \
-			  const T *x, T *dx, double m, double A, double B,    \
-			  double C);                                          \
-	void (*sgd_##S)(int64_t n, T *restrict p, const T *g, T *buf,         \
-			const struct ag_k_sgd *a);                            \
-	void (*adam_##S)(int64_t n, T *restrict p, const T *g, T *m, T *v,    \
+#define AG_K_ISA_OPS(T, S)                                                     \
+	void (*maxpool2_##S)(int64_t oh, int64_t ow, const T *x, int64_t ldx,  \
+			     int64_t w, T *y, int64_t *idx);                   \
+	void (*maxpool2_bwd_##S)(int64_t h, int64_t w, const T *g,             \
+				 const int64_t *idx, T *dx);                   \
+	void (*bn_affine_##S)(int64_t runs, int64_t len, int64_t ld,           \
+			      const T *x, T *y, T a, T b);                     \
+	void (*bn_dx_##S)(int64_t runs, int64_t len, int64_t ld, const T *g,   \
+			  const T *x, T *dx, double m, double A, double B,     \
+			  double C);                                           \
+	void (*bn_sums_##S)(int64_t runs, int64_t len, int64_t ld, const T *g, \
+			    const T *x, double m, double *sg, double *sgx);    \
+	void (*sgd_##S)(int64_t n, T *restrict p, const T *g, T *buf,          \
+			const struct ag_k_sgd *a);                             \
+	void (*adam_##S)(int64_t n, T *restrict p, const T *g, T *m, T *v,     \
 			 T *vmax, const struct ag_k_adam *a);
 
 struct ag_k_isa {

@@ -2,32 +2,23 @@
 /*
  * Kernels of single ops that are not span math: the 2x2 max pool and its
  * scatter (engine/ops/pool2d.c), batch norm's per-channel runs
- * (engine/ops/batchnorm.c), dropout's mask words (engine/ops/dropout.c).  kernels.c includes this file once, after
- * the templates, so each ISA's library compiles it with that ISA's flags.
+ * (engine/ops/batchnorm.c), dropout's mask words (engine/ops/dropout.c).
+ * kernels.c includes this file once, after the templates, so each ISA's
+ * library compiles it with that ISA's flags.
  *
- * Loops here that use the compiler's generic vectors (4 lanes) are built
- * only where AG_KISA is not generic; the generic table takes the plain
- * loop of the same file, which gives the same bits.  Every result must be
- * bitwise the one the ops computed before these loops moved here, so no
- * multiply-add may be fused (clang fuses within an expression by default,
- * and these libraries have -mfma).
+ * The loops run at the ISA's full width: batch norm's through vec.h, whose
+ * one-lane generic vectors make them the plain loops there; the max pool's
+ * deinterleave and zip are AVX-512 and AVX2 intrinsics, and the generic
+ * table takes the plain loops of the same file, which give the same bits.
+ * Every result but bn_sums' must be bitwise the one the ops computed
+ * before these loops moved here, so no multiply-add may be fused (clang fuses within an
+ * expression by default, and these libraries have -mfma).
  * No include guard on purpose.
  */
 #include <string.h>
 
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
-#endif
-
-#if AG_KISA != AG_KISA_GENERIC
-#define KO_VEC 1
-typedef float ko_v4f __attribute__((vector_size(16)));
-typedef int32_t ko_v4i __attribute__((vector_size(16)));
-typedef uint32_t ko_v4u __attribute__((vector_size(16)));
-typedef int64_t ko_v4l __attribute__((vector_size(32)));
-typedef double ko_v4d __attribute__((vector_size(32)));
-#else
-#define KO_VEC 0
 #endif
 
 /* ---- 2x2 max pool, stride 2 ---- */
@@ -81,80 +72,412 @@ typedef double ko_v4d __attribute__((vector_size(32)));
 MAX2_ROW(float, f32, uint32_t)
 MAX2_ROW(double, f64, uint64_t)
 
-#if KO_VEC
-static inline ko_v4i max2_take(ko_v4f *m, ko_v4f v)
-{
-	ko_v4i t = (v > *m) | (v != v);
+#if AG_KISA == AG_KISA_AVX512 || AG_KISA == AG_KISA_AVX2
+#define KO_POOL 1
+/*
+ * The vector pool works in steps of up to 2 KO_K windows: KO_K windows
+ * from source A, then up to KO_K from source B.  Along a wide row A and B
+ * are its next two runs of KO_K windows; on AVX-512, rows of at most KO_K
+ * windows go two at a time, A one row and B the next, with k = ow.  Lane
+ * i < k is A's window i, lane k + j B's window j, so the step's outputs
+ * are lanes 0 .. na + nb - 1, contiguous in y and idx both ways.
+ *
+ * Masked loads and stores cost more than the whole step on some CPUs
+ * (AMD Zen 4), so only a plane's last steps (tail) use them.  The others
+ * load and store whole vectors: a load past a row reads the next rows of
+ * the same plane, and a store past a step's windows lands where a later
+ * step writes (see scatter2_step for the order that needs).
+ *
+ * Window positions are int32 lanes (the caller checks the plane fits);
+ * plan.at is lane i's position relative to A's first window.
+ */
+#if AG_KISA == AG_KISA_AVX512
+#define KO_K 8
+#define KO_NARROW 1
 
-	*m = (ko_v4f)(((ko_v4i)*m & ~t) | ((ko_v4i)v & t));
-	return t;
+struct max2_plan {
+	__m512i even, odd; /* lane i's top left, top right in (A, B) */
+	__m512i zip0, zip1; /* interleave of A's and B's lanes, scatter */
+	__m512i at;
+};
+
+static inline void max2_plan_init(struct max2_plan *p, int64_t k, int64_t at_b)
+{
+	int32_t e[16], z0[16], z1[16], at[16];
+
+	for (int i = 0; i < 16; i++) {
+		e[i] = (int32_t)(i < k ? 2 * i : (16 + 2 * (i - k)) & 31);
+		at[i] = (int32_t)(i < k ? 2 * i : at_b + 2 * (i - k));
+		/* z0: A's lanes 0..k-1 of two vectors zipped, z1: B's */
+		z0[i] = (int32_t)((i & 1) * 16 + i / 2);
+		z1[i] = (int32_t)(((i & 1) * 16 + k + i / 2) & 31);
+	}
+	p->even = _mm512_loadu_si512(e);
+	p->odd = _mm512_add_epi32(p->even, _mm512_set1_epi32(1));
+	p->zip0 = _mm512_loadu_si512(z0);
+	p->zip1 = _mm512_loadu_si512(z1);
+	p->at = _mm512_loadu_si512(at);
+}
+
+/* n elements at p, all VF_W unless tail */
+static inline __m512 ko_ld(const float *p, int64_t n, bool tail)
+{
+	return tail ? _mm512_maskz_loadu_ps(vf_tailmask(n), p) :
+		      _mm512_loadu_ps(p);
+}
+
+static inline void ko_st(float *p, __m512 v, int64_t n, bool tail)
+{
+	if (tail)
+		_mm512_mask_storeu_ps(p, vf_tailmask(n), v);
+	else
+		_mm512_storeu_ps(p, v);
+}
+
+/* the int64 at p, n of them (at most 16), as int32 lanes */
+static inline __m512i ko_ld_idx(const int64_t *p, int64_t n, bool tail)
+{
+	__m512i l0, l1;
+
+	if (tail) {
+		l0 = _mm512_maskz_loadu_epi64(vd_tailmask(n < 8 ? n : 8), p);
+		l1 = _mm512_maskz_loadu_epi64(vd_tailmask(n > 8 ? n - 8 : 0),
+					      p + 8);
+	} else {
+		l0 = _mm512_loadu_si512(p);
+		l1 = _mm512_loadu_si512(p + 8);
+	}
+	return _mm512_inserti64x4(
+		_mm512_castsi256_si512(_mm512_cvtepi64_epi32(l0)),
+		_mm512_cvtepi64_epi32(l1), 1);
+}
+
+static inline void ko_st_idx(int64_t *p, __m512i at, int64_t n, bool tail)
+{
+	__m512i l0 = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(at));
+	__m512i l1 = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(at, 1));
+
+	if (tail) {
+		_mm512_mask_storeu_epi64(p, vd_tailmask(n < 8 ? n : 8), l0);
+		_mm512_mask_storeu_epi64(p + 8, vd_tailmask(n > 8 ? n - 8 : 0),
+					 l1);
+	} else {
+		_mm512_storeu_si512(p, l0);
+		_mm512_storeu_si512(p + 8, l1);
+	}
+}
+
+static inline __m512 ko_even(__m512 a, __m512 b, const struct max2_plan *p)
+{
+	return _mm512_permutex2var_ps(a, p->even, b);
+}
+
+static inline __m512 ko_odd(__m512 a, __m512 b, const struct max2_plan *p)
+{
+	return _mm512_permutex2var_ps(a, p->odd, b);
+}
+
+/* the step's A, B lanes of z0, z1 interleaved */
+static inline __m512 ko_zip_a(__m512 z0, __m512 z1, const struct max2_plan *p)
+{
+	return _mm512_permutex2var_ps(z0, p->zip0, z1);
+}
+
+static inline __m512 ko_zip_b(__m512 z0, __m512 z1, const struct max2_plan *p)
+{
+	return _mm512_permutex2var_ps(z0, p->zip1, z1);
+}
+
+#define ko_vi __m512i
+#define ko_vi_set1(s) _mm512_set1_epi32(s)
+#define ko_vi_add(a, b) _mm512_add_epi32(a, b)
+#define ko_vi_sub(a, b) _mm512_sub_epi32(a, b)
+/* t ? b : a, int32 lanes */
+#define ko_vi_sel(t, b, a) _mm512_mask_blend_epi32(t, a, b)
+/* v where the int32 lanes are equal, else +0 */
+#define ko_vi_eq_take(x, y, v) \
+	_mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(x, y), v)
+#else /* AVX2: k is always 4 */
+#define KO_K 4
+#define KO_NARROW 0
+
+struct max2_plan {
+	__m256i at;
+};
+
+static inline void max2_plan_init(struct max2_plan *p, int64_t k, int64_t at_b)
+{
+	(void)k;
+	p->at = _mm256_setr_epi32(0, 2, 4, 6, (int32_t)at_b, (int32_t)at_b + 2,
+				  (int32_t)at_b + 4, (int32_t)at_b + 6);
+}
+
+static inline __m256 ko_ld(const float *p, int64_t n, bool tail)
+{
+	return tail ? vf_loadn(p, n) : _mm256_loadu_ps(p);
+}
+
+static inline void ko_st(float *p, __m256 v, int64_t n, bool tail)
+{
+	if (tail)
+		vf_storen(p, v, n);
+	else
+		_mm256_storeu_ps(p, v);
+}
+
+/* lanes 0..3: a's even (odd) elements, 4..7: b's */
+static inline __m256 ko_even(__m256 a, __m256 b, const struct max2_plan *p)
+{
+	(void)p;
+	return _mm256_castpd_ps(_mm256_permute4x64_pd(
+		_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xd8));
+}
+
+static inline __m256 ko_odd(__m256 a, __m256 b, const struct max2_plan *p)
+{
+	(void)p;
+	return _mm256_castpd_ps(_mm256_permute4x64_pd(
+		_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xdd)), 0xd8));
+}
+
+static inline __m256i ko_ld_idx(const int64_t *p, int64_t n, bool tail)
+{
+	__m256i l0, l1;
+
+	if (tail) {
+		l0 = _mm256_maskload_epi64((const long long *)p,
+					   vd_tailmask(n < 4 ? n : 4));
+		l1 = _mm256_maskload_epi64((const long long *)p + 4,
+					   vd_tailmask(n > 4 ? n - 4 : 0));
+	} else {
+		l0 = _mm256_loadu_si256((const __m256i *)p);
+		l1 = _mm256_loadu_si256((const __m256i *)p + 1);
+	}
+	/* the low halves of the eight int64, in order */
+	return _mm256_castps_si256(ko_even(_mm256_castsi256_ps(l0),
+					   _mm256_castsi256_ps(l1), NULL));
+}
+
+static inline void ko_st_idx(int64_t *p, __m256i at, int64_t n, bool tail)
+{
+	__m256i l0 = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(at));
+	__m256i l1 = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(at, 1));
+
+	if (tail) {
+		_mm256_maskstore_epi64((long long *)p,
+				       vd_tailmask(n < 4 ? n : 4), l0);
+		_mm256_maskstore_epi64((long long *)p + 4,
+				       vd_tailmask(n > 4 ? n - 4 : 0), l1);
+	} else {
+		_mm256_storeu_si256((__m256i *)p, l0);
+		_mm256_storeu_si256((__m256i *)p + 1, l1);
+	}
+}
+
+static inline __m256 ko_zip_a(__m256 z0, __m256 z1, const struct max2_plan *p)
+{
+	(void)p;
+	return _mm256_permute2f128_ps(_mm256_unpacklo_ps(z0, z1),
+				      _mm256_unpackhi_ps(z0, z1), 0x20);
+}
+
+static inline __m256 ko_zip_b(__m256 z0, __m256 z1, const struct max2_plan *p)
+{
+	(void)p;
+	return _mm256_permute2f128_ps(_mm256_unpacklo_ps(z0, z1),
+				      _mm256_unpackhi_ps(z0, z1), 0x31);
+}
+
+#define ko_vi __m256i
+#define ko_vi_set1(s) _mm256_set1_epi32(s)
+#define ko_vi_add(a, b) _mm256_add_epi32(a, b)
+#define ko_vi_sub(a, b) _mm256_sub_epi32(a, b)
+#define ko_vi_sel(t, b, a)                                           \
+	_mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(a), \
+					     _mm256_castsi256_ps(b), t))
+#define ko_vi_eq_take(x, y, v) \
+	_mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(x, y)), v)
+#endif
+
+/*
+ * Max and position of na + nb windows, A's at sa, B's at sb, rows s2
+ * apart; tail: only the windows' elements are loaded and only their
+ * outputs stored.
+ */
+static inline __attribute__((always_inline)) void
+max2_step(const float *sa, const float *sb, int64_t s2, int64_t na, int64_t nb,
+	  int32_t a0, int32_t w, const struct max2_plan *p, float *y,
+	  int64_t *idx, bool tail)
+{
+	vf_t ta = ko_ld(sa, 2 * na, tail), tb = ko_ld(sb, 2 * nb, tail);
+	vf_t ba = ko_ld(sa + s2, 2 * na, tail);
+	vf_t bb = ko_ld(sb + s2, 2 * nb, tail);
+	ko_vi base = ko_vi_add(p->at, ko_vi_set1(a0)), at;
+	vf_t m, v;
+	vf_m t;
+
+	/* torch's order: (0,0) (0,1) (1,0) (1,1); the first largest, or the
+	 * last NaN */
+	m = ko_even(ta, tb, p);
+	v = ko_odd(ta, tb, p);
+	t = vf_or(vf_gt(v, m), vf_isnan(v));
+	m = vf_sel(t, v, m);
+	at = ko_vi_sel(t, ko_vi_add(base, ko_vi_set1(1)), base);
+	v = ko_even(ba, bb, p);
+	t = vf_or(vf_gt(v, m), vf_isnan(v));
+	m = vf_sel(t, v, m);
+	at = ko_vi_sel(t, ko_vi_add(base, ko_vi_set1(w)), at);
+	v = ko_odd(ba, bb, p);
+	t = vf_or(vf_gt(v, m), vf_isnan(v));
+	m = vf_sel(t, v, m);
+	at = ko_vi_sel(t, ko_vi_add(base, ko_vi_set1(w + 1)), at);
+	ko_st(y, m, na + nb, tail);
+	if (idx)
+		ko_st_idx(idx, at, na + nb, tail);
 }
 
 /*
- * The same for f32, four windows at a time: the even and odd columns of
- * the two rows are the windows' four positions.  Does all ow windows and
- * returns ow, or returns 0 and leaves them to the plain loop.
+ * The scatter of na + nb windows: A's 2 na columns of the two rows at da
+ * and da + w, B's 2 nb at db and db + w (nb = 0: none).  Positions compare
+ * in int32 (the plane fits).  Whole stores past the windows land on
+ * elements a later store writes: in a row's last step on the rest of the
+ * row, the odd last column (written after) and the next rows.  So along a
+ * row (wide) the top row's stores go first; with a row in A and the next
+ * in B (narrow) the rows go in order.
  */
-static int64_t max2_vec_f32(const float *restrict s0, int64_t s2, int64_t ow,
-			    int64_t at0, int64_t w, float *restrict y,
-			    int64_t *restrict idx)
+static inline __attribute__((always_inline)) void
+scatter2_step(const float *g, const int64_t *idx, int64_t na, int64_t nb,
+	      int32_t a0, int32_t w, const struct max2_plan *p, float *da,
+	      float *db, bool tail, bool narrow)
 {
-	int64_t ox = 0;
+	int64_t n = na + nb;
+	vf_t v = vf_add(ko_ld(g, n, tail), vf_set1(0));
+	ko_vi rel = ko_vi_sub(ko_ld_idx(idx, n, tail),
+			      ko_vi_add(p->at, ko_vi_set1(a0)));
+	vf_t z0 = ko_vi_eq_take(rel, ko_vi_set1(0), v);
+	vf_t z1 = ko_vi_eq_take(rel, ko_vi_set1(1), v);
+	vf_t z2 = ko_vi_eq_take(rel, ko_vi_set1(w), v);
+	vf_t z3 = ko_vi_eq_take(rel, ko_vi_set1(w + 1), v);
 
-	/* positions in int32: the plane's 2x2 windows fit, or not this way */
-	if (at0 + w + 2 * ow > INT32_MAX || ow < 4)
-		return 0;
-	/*
-	 * A last partial group is done as the four last windows, again for
-	 * those already done: they get the same values.
-	 */
-	for (int64_t done = 0; done < ow; done = ox + 4) {
-		const float *s;
-		ko_v4f t0, t1, b0, b1, m, v;
-		ko_v4i base = { 0, 2, 4, 6 }, at, t;
-		ko_v4l at64;
-
-		ox = done + 4 <= ow ? done : ow - 4;
-		s = s0 + 2 * ox;
-		memcpy(&t0, s, sizeof(t0));
-		memcpy(&t1, s + 4, sizeof(t1));
-		memcpy(&b0, s + s2, sizeof(b0));
-		memcpy(&b1, s + s2 + 4, sizeof(b1));
-		base += (int32_t)(at0 + 2 * ox);
-		/* torch's order: (0,0) (0,1) (1,0) (1,1) */
-		m = __builtin_shufflevector(t0, t1, 0, 2, 4, 6);
-		at = base;
-		v = __builtin_shufflevector(t0, t1, 1, 3, 5, 7);
-		t = max2_take(&m, v);
-		at = (at & ~t) | ((base + 1) & t);
-		v = __builtin_shufflevector(b0, b1, 0, 2, 4, 6);
-		t = max2_take(&m, v);
-		at = (at & ~t) | ((base + (int32_t)w) & t);
-		v = __builtin_shufflevector(b0, b1, 1, 3, 5, 7);
-		t = max2_take(&m, v);
-		at = (at & ~t) | ((base + (int32_t)w + 1) & t);
-		at64 = __builtin_convertvector(at, ko_v4l);
-		memcpy(y + ox, &m, sizeof(m));
-		if (idx)
-			memcpy(idx + ox, &at64, sizeof(at64));
+	ko_st(da, ko_zip_a(z0, z1, p), 2 * na, tail);
+	if (narrow) {
+		ko_st(da + w, ko_zip_a(z2, z3, p), 2 * na, tail);
+		if (nb) {
+			ko_st(db, ko_zip_b(z0, z1, p), 2 * nb, tail);
+			ko_st(db + w, ko_zip_b(z2, z3, p), 2 * nb, tail);
+		}
+		return;
 	}
-	return ow;
+	if (nb)
+		ko_st(db, ko_zip_b(z0, z1, p), 2 * nb, tail);
+	ko_st(da + w, ko_zip_a(z2, z3, p), 2 * na, tail);
+	if (nb)
+		ko_st(db + w, ko_zip_b(z2, z3, p), 2 * nb, tail);
 }
+
+/* whether the plane's window positions fit the int32 lanes */
+static inline bool max2_fits(int64_t oh, int64_t w)
+{
+	return w < INT32_MAX / 4 && (2 * oh + 3) * w < INT32_MAX;
+}
+
+/*
+ * Row oy's steps: whole ones, the last moved back to end at the row's end
+ * (its first windows again, which get the same values), or one partial
+ * step when the row has fewer than 2 KO_K windows.
+ */
+#define KO_ROW_STEPS(ox, n, ow)                                              \
+	for (int64_t ox = 0, n = ow < 2 * KO_K ? ow : 2 * KO_K; ox < ow;     \
+	     ox = ox + 2 * KO_K < ow && ox + 4 * KO_K > ow ? ow - 2 * KO_K : \
+							     ox + 2 * KO_K)
+
+static void max2_vec_f32(int64_t oh, int64_t ow, const float *x, int64_t ldx,
+			 int64_t w, float *y, int64_t *idx)
+{
+	/* elements of x the plane surely has; outputs */
+	int64_t lim = (2 * oh - 1) * ldx + 2 * ow, no = oh * ow;
+	struct max2_plan p;
+
+	if (KO_NARROW && ow <= KO_K) {
+		/* two rows a step: B is the next row, 2 w positions on */
+		max2_plan_init(&p, ow, 2 * w);
+		for (int64_t oy = 0; oy < oh; oy += 2) {
+			int64_t o = oy * ow, nb = oy + 1 < oh ? ow : 0;
+			int64_t sa = 2 * oy * ldx, sb = nb ? sa + 2 * ldx : sa;
+			bool tail = sb + ldx + VF_W > lim || o + VF_W > no;
+
+			max2_step(x + sa, x + sb, ldx, ow, nb,
+				  (int32_t)(2 * oy * w), (int32_t)w, &p, y + o,
+				  idx ? idx + o : NULL, tail);
+		}
+		return;
+	}
+	max2_plan_init(&p, KO_K, 2 * KO_K);
+	for (int64_t oy = 0; oy < oh; oy++) {
+		KO_ROW_STEPS(ox, n, ow)
+		{
+			int64_t na = n < KO_K ? n : KO_K, o = oy * ow + ox;
+			int64_t sa = 2 * oy * ldx + 2 * ox;
+			int64_t sb = n > na ? sa + 2 * KO_K : sa;
+			bool tail = sb + ldx + VF_W > lim || o + VF_W > no;
+
+			max2_step(x + sa, x + sb, ldx, na, n - na,
+				  (int32_t)(2 * oy * w + 2 * ox), (int32_t)w,
+				  &p, y + o, idx ? idx + o : NULL, tail);
+		}
+	}
+}
+
+static void scatter2_vec_f32(int64_t oh, int64_t ow, const float *g,
+			     const int64_t *idx, int64_t w, float *dx)
+{
+	int64_t no = oh * ow, nd = 2 * oh * w;
+	struct max2_plan p;
+
+	if (KO_NARROW && ow <= KO_K) {
+		max2_plan_init(&p, ow, 2 * w);
+		for (int64_t oy = 0; oy < oh; oy += 2) {
+			int64_t o = oy * ow, nb = oy + 1 < oh ? ow : 0;
+			int64_t da = 2 * oy * w, db = nb ? da + 2 * w : da;
+			bool tail = o + VF_W > no || db + w + VF_W > nd;
+
+			scatter2_step(g + o, idx + o, ow, nb,
+				      (int32_t)(2 * oy * w), (int32_t)w, &p,
+				      dx + da, dx + db, tail, true);
+		}
+		return;
+	}
+	max2_plan_init(&p, KO_K, 2 * KO_K);
+	for (int64_t oy = 0; oy < oh; oy++) {
+		KO_ROW_STEPS(ox, n, ow)
+		{
+			int64_t na = n < KO_K ? n : KO_K, o = oy * ow + ox;
+			int64_t da = 2 * oy * w + 2 * ox;
+			int64_t db = n > na ? da + 2 * KO_K : da;
+			bool tail = o + VF_W > no || db + w + VF_W > nd;
+
+			scatter2_step(g + o, idx + o, na, n - na,
+				      (int32_t)(2 * oy * w + 2 * ox),
+				      (int32_t)w, &p, dx + da, dx + db, tail,
+				      false);
+		}
+	}
+}
+#else
+#define KO_POOL 0
 #endif
 
 static void maxpool2_f32(int64_t oh, int64_t ow, const float *x, int64_t ldx,
 			 int64_t w, float *y, int64_t *idx)
 {
-	for (int64_t oy = 0; oy < oh; oy++, y += ow, idx = idx ? idx + ow : 0) {
-		const float *s = x + 2 * oy * ldx;
-		int64_t n = 0;
-
-#if KO_VEC
-		n = max2_vec_f32(s, ldx, ow, 2 * oy * w, w, y, idx);
-#endif
-		max2_row_f32(s + 2 * n, ldx, ow - n, 2 * oy * w + 2 * n, w,
-			     y + n, idx ? idx + n : NULL);
+#if KO_POOL
+	if (ow > 0 && max2_fits(oh, w)) {
+		max2_vec_f32(oh, ow, x, ldx, w, y, idx);
+		return;
 	}
+#endif
+	for (int64_t oy = 0; oy < oh; oy++, y += ow, idx = idx ? idx + ow : 0)
+		max2_row_f32(x + 2 * oy * ldx, ldx, ow, 2 * oy * w, w, y, idx);
 }
 
 static void maxpool2_f64(int64_t oh, int64_t ow, const double *x, int64_t ldx,
@@ -192,76 +515,30 @@ static void maxpool2_f64(int64_t oh, int64_t ow, const double *x, int64_t ldx,
 SCATTER2_ROW(float, f32)
 SCATTER2_ROW(double, f64)
 
-#if KO_VEC
-/* d[0..7] = a0 b0 a1 b1 a2 b2 a3 b3 */
-static inline void store_zip(float *d, ko_v4f a, ko_v4f b)
-{
-	ko_v4f lo = __builtin_shufflevector(a, b, 0, 4, 1, 5);
-	ko_v4f hi = __builtin_shufflevector(a, b, 2, 6, 3, 7);
-
-	memcpy(d, &lo, sizeof(lo));
-	memcpy(d + 4, &hi, sizeof(hi));
-}
-
-/*
- * A row of f32 windows four at a time, as max2_vec_f32 (all or none).  The
- * positions compare in uint32, modulo 2^32: idx - a is one of 0, 1, w and
- * w + 1, which stay apart there while w + 1 < 2^32.
- */
-static int64_t scatter2_vec_f32(const float *restrict g,
-				const int64_t *restrict idx, int64_t a0,
-				int64_t w, int64_t ow, float *restrict d)
-{
-	ko_v4u w0 = { 0, 0, 0, 0 }, w1, w2, w3;
-	int64_t ox = 0;
-
-	if (w + 1 >= UINT32_MAX || ow < 4)
-		return 0;
-	w1 = w0 + 1;
-	w2 = w0 + (uint32_t)w;
-	w3 = w2 + 1;
-	for (int64_t done = 0; done < ow; done = ox + 4) {
-		ko_v4u base = { 0, 2, 4, 6 }, rel;
-		ko_v4f v;
-		ko_v4i m0, m1, m2, m3;
-		ko_v4l i64;
-
-		ox = done + 4 <= ow ? done : ow - 4;
-		memcpy(&v, g + ox, sizeof(v));
-		memcpy(&i64, idx + ox, sizeof(i64));
-		v += 0;
-		base += (uint32_t)(a0 + 2 * ox);
-		rel = __builtin_convertvector(i64, ko_v4u) - base;
-		m0 = (ko_v4i)(rel == w0) & (ko_v4i)v;
-		m1 = (ko_v4i)(rel == w1) & (ko_v4i)v;
-		m2 = (ko_v4i)(rel == w2) & (ko_v4i)v;
-		m3 = (ko_v4i)(rel == w3) & (ko_v4i)v;
-		/* interleaved as two 4-wide halves: GCC splits an 8-wide
-		 * shuffle into scalar stores */
-		store_zip(d + 2 * ox, (ko_v4f)m0, (ko_v4f)m1);
-		store_zip(d + w + 2 * ox, (ko_v4f)m2, (ko_v4f)m3);
-	}
-	return ow;
-}
-#endif
-
 static void maxpool2_bwd_f32(int64_t h, int64_t w, const float *g,
 			     const int64_t *idx, float *dx)
 {
-	int64_t ow = w / 2;
+	int64_t oh = h / 2, ow = w / 2;
 
-	for (int64_t oy = 0; oy < h / 2; oy++, g += ow, idx += ow) {
-		float *d = dx + 2 * oy * w;
-		int64_t a = 2 * oy * w, n = 0;
-
-#if KO_VEC
-		n = scatter2_vec_f32(g, idx, a, w, ow, d);
+#if KO_POOL
+	if (ow > 0 && max2_fits(oh, w)) {
+		scatter2_vec_f32(oh, ow, g, idx, w, dx);
+		if (w & 1)
+			for (int64_t r = 0; r < 2 * oh; r++)
+				dx[r * w + w - 1] = 0;
+		goto last_row;
+	}
 #endif
-		if (!n)
-			scatter2_row_f32(g, idx, a, w, ow, d);
+	for (int64_t oy = 0; oy < oh; oy++, g += ow, idx += ow) {
+		float *d = dx + 2 * oy * w;
+
+		scatter2_row_f32(g, idx, 2 * oy * w, w, ow, d);
 		if (w & 1)
 			d[w - 1] = d[2 * w - 1] = 0;
 	}
+#if KO_POOL
+last_row:
+#endif
 	if (h & 1)
 		memset(dx + (h - 1) * w, 0, (size_t)w * sizeof(float));
 }
@@ -288,19 +565,18 @@ static void maxpool2_bwd_f64(int64_t h, int64_t w, const double *g,
 static void bn_affine_f32(int64_t runs, int64_t len, int64_t ld, const float *x,
 			  float *y, float a, float b)
 {
+	vf_t va = vf_set1(a), vb = vf_set1(b);
+
 	for (int64_t r = 0; r < runs; r++, x += ld, y += ld) {
 		int64_t j = 0;
-#if KO_VEC
-		ko_v4f va = { a, a, a, a }, vb = { b, b, b, b }, v;
 
-		for (; j + 4 <= len; j += 4) {
-			memcpy(&v, x + j, sizeof(v));
-			v = v * va + vb;
-			memcpy(y + j, &v, sizeof(v));
-		}
-#endif
-		for (; j < len; j++)
-			y[j] = x[j] * a + b;
+		for (; j + VF_W <= len; j += VF_W)
+			vf_store(y + j, vf_add(vf_mul(vf_load(x + j), va), vb));
+		if (j < len)
+			vf_storen(y + j,
+				  vf_add(vf_mul(vf_loadn(x + j, len - j), va),
+					 vb),
+				  len - j);
 	}
 }
 
@@ -312,33 +588,30 @@ static void bn_affine_f64(int64_t runs, int64_t len, int64_t ld,
 			y[j] = x[j] * a + b;
 }
 
-/* dx = g A + (x - m) B + C, in f64 */
+/* dx = g A + (x - m) B + C, in f64: (g A + (x - m) B) + C */
 static void bn_dx_f32(int64_t runs, int64_t len, int64_t ld, const float *g,
 		      const float *x, float *dx, double m, double A, double B,
 		      double C)
 {
+	vw_t va = vd_set1(A), vb = vd_set1(B), vc = vd_set1(C);
+	vw_t vm = vd_set1(m);
+
 	for (int64_t r = 0; r < runs; r++, g += ld, x += ld, dx += ld) {
 		int64_t j = 0;
-#if KO_VEC
-		ko_v4d va = { A, A, A, A }, vb = { B, B, B, B };
-		ko_v4d vc = { C, C, C, C }, vm = { m, m, m, m };
 
-		for (; j + 4 <= len; j += 4) {
-			ko_v4f g4, x4, y4;
+		for (; j + VW_W <= len; j += VW_W) {
+			vw_t t = vd_mul(vd_sub(vw_loadf(x + j), vm), vb);
 
-			memcpy(&g4, g + j, sizeof(g4));
-			memcpy(&x4, x + j, sizeof(x4));
-			y4 = __builtin_convertvector(
-				__builtin_convertvector(g4, ko_v4d) * va +
-					(__builtin_convertvector(x4, ko_v4d) -
-					 vm) * vb +
-					vc,
-				ko_v4f);
-			memcpy(dx + j, &y4, sizeof(y4));
+			t = vd_add(vd_mul(vw_loadf(g + j), va), t);
+			vw_storef(dx + j, vd_add(t, vc));
 		}
-#endif
-		for (; j < len; j++)
-			dx[j] = (float)(g[j] * A + ((double)x[j] - m) * B + C);
+		if (j < len) {
+			int64_t n = len - j;
+			vw_t t = vd_mul(vd_sub(vw_loadfn(x + j, n), vm), vb);
+
+			t = vd_add(vd_mul(vw_loadfn(g + j, n), va), t);
+			vw_storefn(dx + j, vd_add(t, vc), n);
+		}
 	}
 }
 
@@ -350,6 +623,50 @@ static void bn_dx_f64(int64_t runs, int64_t len, int64_t ld, const double *g,
 		for (int64_t j = 0; j < len; j++)
 			dx[j] = g[j] * A + (x[j] - m) * B + C;
 }
+
+/*
+ * sg = sum(g), sgx = sum(g (x - m)) over the runs, in f64: each run in
+ * two vectors of partial sums (one chain of dependent additions ran at
+ * the adder's latency), added to the totals in run order.
+ */
+#define BN_SUMS(T, S, LOAD)                                                    \
+	static void bn_sums_##S(int64_t runs, int64_t len, int64_t ld,         \
+				const T *g, const T *x, double m, double *sgp, \
+				double *sgxp)                                  \
+	{                                                                      \
+		vd_t vm = vd_set1(m);                                          \
+		double sg = 0, sgx = 0;                                        \
+                                                                               \
+		for (int64_t r = 0; r < runs; r++, g += ld, x += ld) {         \
+			vd_t a0 = vd_set1(0), a1 = a0, b0 = a0, b1 = a0, v;    \
+			double ta = 0, tb = 0;                                 \
+			int64_t j = 0;                                         \
+                                                                               \
+			for (; j + 2 * VD_W <= len; j += 2 * VD_W) {           \
+				v = LOAD(g + j);                               \
+				a0 = vd_add(a0, v);                            \
+				b0 = vd_add(b0, vd_mul(v, vd_sub(LOAD(x + j),  \
+								 vm)));        \
+				v = LOAD(g + j + VD_W);                        \
+				a1 = vd_add(a1, v);                            \
+				b1 = vd_add(b1, vd_mul(v, vd_sub(LOAD(x + j +  \
+								      VD_W),   \
+								 vm)));        \
+			}                                                      \
+			for (; j < len; j++) {                                 \
+				ta += g[j];                                    \
+				tb += (double)g[j] * ((double)x[j] - m);       \
+			}                                                      \
+			sg += vd_hsum(vd_add(a0, a1)) + ta;                    \
+			sgx += vd_hsum(vd_add(b0, b1)) + tb;                   \
+		}                                                              \
+		*sgp = sg;                                                     \
+		*sgxp = sgx;                                                   \
+	}
+
+/* VD_W f32 as f64 lanes (VW_W == VD_W) */
+BN_SUMS(float, f32, vw_loadf)
+BN_SUMS(double, f64, vd_load)
 
 /* ---- dropout's mask ---- */
 
@@ -405,4 +722,14 @@ static void dropout_bits(uint64_t key, int64_t first, int64_t n, uint64_t below,
 
 #undef MAX2_ROW
 #undef SCATTER2_ROW
-#undef KO_VEC
+#undef BN_SUMS
+#undef KO_POOL
+#undef KO_K
+#undef KO_NARROW
+#undef KO_ROW_STEPS
+#undef ko_vi
+#undef ko_vi_set1
+#undef ko_vi_add
+#undef ko_vi_sub
+#undef ko_vi_sel
+#undef ko_vi_eq_take

@@ -274,6 +274,45 @@ static void F(log_softmax_bwd)(int64_t n, const T *g, int64_t incg, const T *y,
 	}
 }
 
+#ifndef KR_WIDE
+#define KR_WIDE
+/* VD_W elements as f64 lanes (VW_W == VD_W) */
+static inline vd_t kr_wide_f32(const float *p)
+{
+	return vw_loadf(p);
+}
+
+static inline vd_t kr_wide_f64(const double *p)
+{
+	return vd_load(p);
+}
+#endif
+
+/*
+ * sum((x - mu)^2) over n contiguous elements, in f64 so f32 data loses
+ * nothing to the subtraction; two vectors of partial sums, as one chain
+ * of dependent additions ran at the adder's latency.
+ */
+static double F(sqdev_c)(int64_t n, const T *x, double mu)
+{
+	vd_t m = vd_set1(mu), a0 = vd_set1(0), a1 = vd_set1(0), d;
+	double c = 0;
+	int64_t j = 0;
+
+	for (; j + 2 * VD_W <= n; j += 2 * VD_W) {
+		d = vd_sub(F(kr_wide)(x + j), m);
+		a0 = vd_add(a0, vd_mul(d, d));
+		d = vd_sub(F(kr_wide)(x + j + VD_W), m);
+		a1 = vd_add(a1, vd_mul(d, d));
+	}
+	for (; j < n; j++) {
+		double e = (double)x[j] - mu;
+
+		c += e * e;
+	}
+	return vd_hsum(vd_add(a0, a1)) + c;
+}
+
 /* Two-pass variance: sum((x - mean)^2) / max(0, n - correction). */
 static double F(var)(int64_t n, const T *x, int64_t incx, int64_t correction,
 		     double *mean)
@@ -295,16 +334,8 @@ static double F(var)(int64_t n, const T *x, int64_t incx, int64_t correction,
 	for (i = 0; i < n; i += CH) {
 		int64_t len = CHLEN(i, n);
 		const T *xc = F(src_get)(&sx, i, len);
-		double c = 0;
-		int64_t j;
 
-		/* in f64 so f32 data loses nothing to the subtraction */
-		for (j = 0; j < len; j++) {
-			double d = (double)xc[j] - mu;
-
-			c += d * d;
-		}
-		ss += c;
+		ss += F(sqdev_c)(len, xc, mu);
 	}
 	dof = n - correction;
 	return ss / (double)(dof > 0 ? dof : 0);

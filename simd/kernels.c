@@ -64,7 +64,7 @@
 	.log_softmax_bwd_##S = log_softmax_bwd_##S, .var_##S = var_##S,     \
 	.maxpool2_##S = maxpool2_##S, .maxpool2_bwd_##S = maxpool2_bwd_##S, \
 	.bn_affine_##S = bn_affine_##S, .bn_dx_##S = bn_dx_##S,             \
-	.sgd_##S = sgd_##S, .adam_##S = adam_##S
+	.bn_sums_##S = bn_sums_##S, .sgd_##S = sgd_##S, .adam_##S = adam_##S
 
 #define STR_(x) #x
 #define STR(x) STR_(x)

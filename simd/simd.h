@@ -249,6 +249,14 @@ void ag_k_bn_dx_f32(int64_t runs, int64_t len, int64_t ld, const float *g,
 void ag_k_bn_dx_f64(int64_t runs, int64_t len, int64_t ld, const double *g,
 		    const double *x, double *dx, double m, double A, double B,
 		    double C);
+/*
+ * And its sums over the runs, in f64: *sg = sum(g), *sgx = sum(g (x - m));
+ * the order of the additions differs between the paths.
+ */
+void ag_k_bn_sums_f32(int64_t runs, int64_t len, int64_t ld, const float *g,
+		      const float *x, double m, double *sg, double *sgx);
+void ag_k_bn_sums_f64(int64_t runs, int64_t len, int64_t ld, const double *g,
+		      const double *x, double m, double *sg, double *sgx);
 
 /*
  * Dropout's mask: bit b of bits[w] is set when draw first + 64 w + b of the

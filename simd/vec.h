@@ -20,6 +20,9 @@
  *   erfc is SLEEF's u15, the most accurate it has)
  *   hsum -> double (horizontal sum), hmax
  *
+ * and vw_* for f32 data in f64 lanes (VW_W of them, a vd_t): loadf and
+ * loadfn widen, storef and storefn round back to f32 (to nearest).
+ *
  * The generic path uses one-lane "vectors" and SLEEF's scalar functions,
  * so the same kernel source serves it unchanged.
  */
@@ -159,6 +162,11 @@ static inline __mmask8 vd_tailmask(int64_t n)
 typedef __m512d vw_t;
 #define vw_zero() _mm512_setzero_pd()
 #define vw_loadf(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
+#define vw_loadfn(p, n) \
+	_mm512_cvtps_pd(_mm256_maskz_loadu_ps(vd_tailmask(n), p))
+#define vw_storef(p, v) _mm256_storeu_ps(p, _mm512_cvtpd_ps(v))
+#define vw_storefn(p, v, n) \
+	_mm256_mask_storeu_ps(p, vd_tailmask(n), _mm512_cvtpd_ps(v))
 #define vw_add(a, b) _mm512_add_pd(a, b)
 
 static inline double vw_hsum(__m512d v)
@@ -340,7 +348,18 @@ static inline __m256d vd_qbit(__m256d q, int b)
 typedef __m256d vw_t;
 #define vw_zero() _mm256_setzero_pd()
 #define vw_loadf(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
+#define vw_loadfn(p, n) _mm256_cvtps_pd(_mm_maskload_ps(p, vw_tailmask(n)))
+#define vw_storef(p, v) _mm_storeu_ps(p, _mm256_cvtpd_ps(v))
+#define vw_storefn(p, v, n) \
+	_mm_maskstore_ps(p, vw_tailmask(n), _mm256_cvtpd_ps(v))
 #define vw_add(a, b) _mm256_add_pd(a, b)
+
+/* Lane i of the 4-lane f32 mask is all ones when i < n. */
+static inline __m128i vw_tailmask(int64_t n)
+{
+	return _mm_cmpgt_epi32(_mm_set1_epi32((int)n),
+			       _mm_setr_epi32(0, 1, 2, 3));
+}
 
 static inline double vd_hsum(__m256d v)
 {
@@ -499,6 +518,9 @@ typedef bool vd_m;
 typedef double vw_t;
 #define vw_zero() 0.0
 #define vw_loadf(p) ((double)*(p))
+#define vw_loadfn(p, n) ((void)(n), (double)*(p))
+#define vw_storef(p, v) (*(p) = (float)(v))
+#define vw_storefn(p, v, n) ((void)(n), *(p) = (float)(v))
 #define vw_add(a, b) ((a) + (b))
 #define vw_hsum(v) (v)
 #define vd_hsum(v) (v)

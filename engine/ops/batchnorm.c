@@ -320,43 +320,21 @@ static void bn_grad_sums(const struct ag_tensor *g, const struct ag_tensor *x,
 	}
 }
 
-/*
- * The same for channel c from its runs.  Four partial sums per run: one
- * chain of dependent f64 additions ran at the adder's latency.
- */
-#define RUN_GRAD_SUMS(T, S)                                                  \
-	static void run_grad_sums_##S(const struct bn_dims *d, int64_t c,    \
-				      const T *g, const T *x, double m,      \
-				      double *sgp, double *sgxp)             \
-	{                                                                    \
-		double sg = 0, sgx = 0;                                      \
-                                                                             \
-		for (int64_t n = 0; n < d->n; n++) {                         \
-			const T *gr = g + run_at(d, n, c);                   \
-			const T *xr = x + run_at(d, n, c);                   \
-			double a[4] = { 0 }, b[4] = { 0 };                   \
-			int64_t j = 0;                                       \
-                                                                             \
-			for (; j + 4 <= d->s; j += 4) {                      \
-				for (int k = 0; k < 4; k++) {                \
-					a[k] += gr[j + k];                   \
-					b[k] += (double)gr[j + k] *          \
-						((double)xr[j + k] - m);     \
-				}                                            \
-			}                                                    \
-			for (; j < d->s; j++) {                              \
-				a[0] += gr[j];                               \
-				b[0] += (double)gr[j] * ((double)xr[j] - m); \
-			}                                                    \
-			sg += (a[0] + a[1]) + (a[2] + a[3]);                 \
-			sgx += (b[0] + b[1]) + (b[2] + b[3]);                \
-		}                                                            \
-		*sgp = sg;                                                   \
-		*sgxp = sgx;                                                 \
-	}
+/* The same for channel c from its runs (the kernel's order of additions). */
+static void run_grad_sums(const struct ag_tensor *g, const struct ag_tensor *x,
+			  const struct bn_dims *d, int64_t c, double m,
+			  double *sg, double *sgx)
+{
+	int64_t o = run_at(d, 0, c), ld = d->c * d->s;
 
-RUN_GRAD_SUMS(float, f32)
-RUN_GRAD_SUMS(double, f64)
+	if (g->dtype == AG_F32)
+		ag_k_bn_sums_f32(d->n, d->s, ld, (const float *)ag__data(g) + o,
+				 (const float *)ag__data(x) + o, m, sg, sgx);
+	else
+		ag_k_bn_sums_f64(d->n, d->s, ld,
+				 (const double *)ag__data(g) + o,
+				 (const double *)ag__data(x) + o, m, sg, sgx);
+}
 
 /* dx = g A[c] + (x - m[c]) B[c] + C[c] */
 static void bn_dx(const struct ag_tensor *g, const struct ag_tensor *x,
@@ -429,12 +407,7 @@ static void bn_bwd_chans(int64_t c0, int64_t c1, void *arg)
 	const struct bn_dims *d = r->d;
 
 	for (int64_t c = c0; c < c1; c++) {
-		if (r->g->dtype == AG_F32)
-			run_grad_sums_f32(d, c, ag__data(r->g), ag__data(r->x),
-					  r->m[c], &r->sg[c], &r->sgx[c]);
-		else
-			run_grad_sums_f64(d, c, ag__data(r->g), ag__data(r->x),
-					  r->m[c], &r->sg[c], &r->sgx[c]);
+		run_grad_sums(r->g, r->x, d, c, r->m[c], &r->sg[c], &r->sgx[c]);
 		bn_chan_grads(r, c);
 		if (r->out[0])
 			run_dx(r->g, r->x, r->out[0], d, c, r->m[c], r->A[c],

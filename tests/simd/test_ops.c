@@ -138,9 +138,15 @@ static void ref_max2(int64_t oh, int64_t ow, const double *x, int64_t ldx,
 POOL_CASE(float, f32)
 POOL_CASE(double, f64)
 
-/* widths around the 4-window groups, odd heights and widths */
+/*
+ * Odd heights and widths; widths around the vector paths' steps: up to 8
+ * windows (AVX-512 takes two rows a step), then steps of 8 (AVX2) and 16
+ * (AVX-512) windows with every tail, and several steps a row.
+ */
 Test(ops, maxpool2)
 {
+	static const int64_t wide[] = { 30, 31, 32, 33, 34, 35, 46, 47, 48,
+					49, 62, 63, 64, 65, 66, 67, 78, 97 };
 	struct rng r = { 4242 };
 
 	for (int k = 0; k < TEST_NISA; k++) {
@@ -152,6 +158,11 @@ Test(ops, maxpool2)
 			for (int64_t w = 1; w <= 21; w++) {
 				pool_case_f32(t, h, w, &r);
 				pool_case_f64(t, h, w, &r);
+			}
+			for (size_t i = 0; i < sizeof(wide) / sizeof(wide[0]);
+			     i++) {
+				pool_case_f32(t, h, wide[i], &r);
+				pool_case_f64(t, h, wide[i], &r);
 			}
 		}
 	}
@@ -219,6 +230,69 @@ Test(ops, batchnorm)
 			for (int rep = 0; rep < 20; rep++) {
 				bn_case_f32(t, len, &r);
 				bn_case_f64(t, len, &r);
+			}
+		}
+	}
+}
+
+/*
+ * Batch norm's gradient sums: their order of additions differs between
+ * the paths, so the data are small integers (every sum exact in any
+ * order) or random (against a long double sum, to 1e-12 of sum |term|).
+ * The gaps between the runs hold NaN: a read there would show.
+ */
+#define BN_SUMS_CASE(T, S)                                                     \
+	static void bn_sums_case_##S(const struct ag_k_isa *k, int64_t len,    \
+				     bool ints, struct rng *r)                 \
+	{                                                                      \
+		enum { RUNS = 3 };                                             \
+		int64_t ld = len + 2;                                          \
+		T x[RUNS * 40] = { 0 }, g[RUNS * 40] = { 0 };                  \
+		double m = ints ? (double)(rng_next(r) % 7) - 3 :              \
+				  rng_range(r, -1, 1);                         \
+		long double sg = 0, sgx = 0, ag = 0, agx = 0;                  \
+		double got_sg, got_sgx;                                        \
+                                                                               \
+		for (int64_t i = 0; i < RUNS * ld; i++) {                      \
+			if (i % ld >= len) {                                   \
+				x[i] = g[i] = (T)NAN;                          \
+				continue;                                      \
+			}                                                      \
+			x[i] = ints ? (T)((double)(rng_next(r) % 17) - 8) :    \
+				      (T)rng_range(r, -10, 10);                \
+			g[i] = ints ? (T)((double)(rng_next(r) % 17) - 8) :    \
+				      (T)rng_range(r, -10, 10);                \
+			sg += g[i];                                            \
+			sgx += (long double)g[i] * ((long double)x[i] - m);    \
+			ag += fabsl((long double)g[i]);                        \
+			agx += fabsl((long double)g[i] *                       \
+				     ((long double)x[i] - m));                 \
+		}                                                              \
+		k->bn_sums_##S(RUNS, len, ld, g, x, m, &got_sg, &got_sgx);     \
+		cr_assert(                                                     \
+			ints ? got_sg == (double)sg &&got_sgx == (double)sgx : \
+			       fabsl(got_sg - sg) <= 1e-12L * ag &&            \
+					fabsl(got_sgx - sgx) <= 1e-12L * agx,  \
+			"%s bn_sums_" #S " len %ld: %a %a, want %La %La",      \
+			k->name, (long)len, got_sg, got_sgx, sg, sgx);         \
+	}
+
+BN_SUMS_CASE(float, f32)
+BN_SUMS_CASE(double, f64)
+
+Test(ops, bn_sums)
+{
+	struct rng r = { 7 };
+
+	for (int k = 0; k < TEST_NISA; k++) {
+		const struct ag_k_isa *t = test_isa(k);
+
+		if (!t)
+			continue;
+		for (int64_t len = 0; len <= 37; len++) {
+			for (int rep = 0; rep < 10; rep++) {
+				bn_sums_case_f32(t, len, rep & 1, &r);
+				bn_sums_case_f64(t, len, rep & 1, &r);
 			}
 		}
 	}
