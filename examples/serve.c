@@ -4,7 +4,7 @@
  * connection (docs/serving.md).
  *
  *   serve [--model mlp|cnn] [--checkpoint FILE] [--seed S]
- *         [--port P | --stdin] [--max-requests N]
+ *         [--port P | --stdin] [--max-requests N] [--max-inflight N]
  *
  * The model is fashion_mnist's (784-512-512-10 MLP or the CNN) in eval
  * mode, its weights loaded from a safetensors checkpoint (ag_module_load;
@@ -20,6 +20,13 @@
  * answers have been sent; then it closes every connection, joins the
  * threads and frees everything.  With --stdin it answers stdin's lines on
  * stdout.
+ *
+ * --max-inflight N (default: the number of online CPUs; 0: no limit)
+ * admits at most N requests into the model at once; the others wait in
+ * arrival order.  With many more connections than cores, every admitted
+ * request then finishes within its time slice, and the tail latency is
+ * the queue's instead of whole rounds of the scheduler over every thread
+ * (docs/serving.md, "Tail latency").
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -46,6 +53,7 @@ struct args {
 	uint64_t seed;
 	int port; /* -1: stdin */
 	long max_requests; /* 0: no limit */
+	long max_inflight; /* 0: no limit */
 };
 
 static struct ag_module *model;
@@ -59,13 +67,17 @@ static int usage(const char *why)
 		fprintf(stderr, "serve: %s\n", why);
 	fprintf(stderr,
 		"usage: serve [--model mlp|cnn] [--checkpoint FILE] [--seed S]\n"
-		"             [--port P | --stdin] [--max-requests N]\n");
+		"             [--port P | --stdin] [--max-requests N]\n"
+		"             [--max-inflight N]\n");
 	return 2;
 }
 
 static int parse(int argc, char **argv, struct args *a)
 {
-	*a = (struct args){ .model = "mlp", .seed = 1, .port = -1 };
+	*a = (struct args){ .model = "mlp",
+			    .seed = 1,
+			    .port = -1,
+			    .max_inflight = sysconf(_SC_NPROCESSORS_ONLN) };
 	for (int i = 1; i < argc; i++) {
 		const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 
@@ -86,13 +98,15 @@ static int parse(int argc, char **argv, struct args *a)
 			a->port = atoi(v);
 		else if (!strcmp(o, "--max-requests"))
 			a->max_requests = atol(v);
+		else if (!strcmp(o, "--max-inflight"))
+			a->max_inflight = atol(v);
 		else
 			return usage("unknown option");
 	}
 	if (strcmp(a->model, "mlp") && strcmp(a->model, "cnn"))
 		return usage("--model is mlp or cnn");
-	if (a->port > 65535 || a->max_requests < 0)
-		return usage("bad --port or --max-requests");
+	if (a->port > 65535 || a->max_requests < 0 || a->max_inflight < 0)
+		return usage("bad --port, --max-requests or --max-inflight");
 	return 0;
 }
 
@@ -136,6 +150,64 @@ static void answer(const char *line, char *out, size_t n)
 	}
 	ag_mode_exit(md);
 	ag_scope_end(s);
+}
+
+/*
+ * The admission gate (--max-inflight): a FIFO of waiters, each on its own
+ * condition variable, so a finishing request wakes exactly the oldest
+ * waiter and hands it its place.
+ */
+struct gate_waiter {
+	pthread_cond_t cv;
+	bool go;
+	struct gate_waiter *next;
+};
+
+static struct {
+	pthread_mutex_t lock;
+	long inflight, max; /* max 0: no gate */
+	struct gate_waiter *head, **tail;
+} gate = { .lock = PTHREAD_MUTEX_INITIALIZER, .tail = &gate.head };
+
+static void gate_enter(void)
+{
+	struct gate_waiter w = { .go = false };
+
+	if (!gate.max)
+		return;
+	pthread_mutex_lock(&gate.lock);
+	if (!gate.head && gate.inflight < gate.max) {
+		gate.inflight++;
+		pthread_mutex_unlock(&gate.lock);
+		return;
+	}
+	pthread_cond_init(&w.cv, NULL);
+	*gate.tail = &w;
+	gate.tail = &w.next;
+	while (!w.go)
+		pthread_cond_wait(&w.cv, &gate.lock);
+	pthread_mutex_unlock(&gate.lock);
+	pthread_cond_destroy(&w.cv);
+}
+
+static void gate_leave(void)
+{
+	struct gate_waiter *w;
+
+	if (!gate.max)
+		return;
+	pthread_mutex_lock(&gate.lock);
+	w = gate.head;
+	if (w) { /* the place passes on: inflight stays */
+		gate.head = w->next;
+		if (!gate.head)
+			gate.tail = &gate.head;
+		w->go = true;
+		pthread_cond_signal(&w->cv);
+	} else {
+		gate.inflight--;
+	}
+	pthread_mutex_unlock(&gate.lock);
 }
 
 /* Counts an answer; the one that reaches --max-requests stops the service. */
@@ -215,7 +287,9 @@ static void *conn_main(void *arg)
 				shutdown(listen_fd, SHUT_RDWR);
 				goto out;
 			}
+			gate_enter();
 			answer(buf, out, sizeof(out));
+			gate_leave();
 			if (send_all(c->fd, out, strlen(out)))
 				goto out;
 			count_answer(c->a);
@@ -345,6 +419,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	ag_module_eval(model);
+	gate.max = a.max_inflight;
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	rc = a.port < 0 ? serve_stdin(&a) : serve_tcp(&a);

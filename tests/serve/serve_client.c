@@ -195,6 +195,9 @@ out:
 	return NULL;
 }
 
+/* options passed on to the service, e.g. --max-inflight 1 */
+#define MAX_EXTRA 4
+
 int main(int argc, char **argv)
 {
 	pthread_t th[CLIENTS];
@@ -203,8 +206,9 @@ int main(int argc, char **argv)
 	char line[64];
 	FILE *f;
 
-	if (argc != 3) {
-		fprintf(stderr, "usage: serve_client SERVE CHECKPOINT\n");
+	if (argc < 3 || argc > 3 + MAX_EXTRA) {
+		fprintf(stderr,
+			"usage: serve_client SERVE CHECKPOINT [SERVE OPTIONS]\n");
 		return 2;
 	}
 	signal(SIGALRM, on_alarm);
@@ -221,8 +225,15 @@ int main(int argc, char **argv)
 		dup2(out[1], 1);
 		close(out[0]);
 		close(out[1]);
-		execl(argv[1], argv[1], "--model", "mlp", "--checkpoint",
-		      argv[2], "--seed", "99", "--port", "0", (char *)NULL);
+		char *args[10 + MAX_EXTRA] = { argv[1], "--model",
+					       "mlp",	"--checkpoint",
+					       argv[2], "--seed",
+					       "99",	"--port",
+					       "0" };
+
+		for (int i = 3; i < argc; i++)
+			args[9 + i - 3] = argv[i];
+		execv(argv[1], args);
 		_exit(127);
 	}
 	close(out[1]);
