@@ -199,6 +199,7 @@ void ag__storage_bump(struct ag_storage *s, const char *who);
 
 struct ag_node;
 struct ag_grad_cell;
+struct ag_k_gemm_pack;
 
 /* Autograd state of a tensor, used by engine/autograd. */
 struct ag_autograd_meta {
@@ -230,6 +231,12 @@ struct ag_tensor {
 	struct ag_storage *storage;
 	struct ag_autograd_meta *meta; /* NULL: plain tensor, no autograd state */
 	char *name;
+	/*
+	 * The weight packed for ag_linear by ag_linear_prepack, used while
+	 * the storage's version is still pack_version.
+	 */
+	struct ag_k_gemm_pack *pack;
+	uint64_t pack_version;
 	/* meta points here once set: one block less per recorded output */
 	struct ag_autograd_meta meta_store;
 	int64_t geom[]; /* 2 * ndim */

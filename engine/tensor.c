@@ -309,6 +309,7 @@ void ag_tensor_put(struct ag_tensor *t)
 		return;
 	ag__meta_clear(t->meta);
 	ag__mfree(t->name);
+	ag_k_gemm_pack_free(t->pack);
 	ag__live_add(AG_LIVE_TENSORS, -1);
 	/* made with the storage in its block (tensor_make), not a view */
 	if ((char *)t->storage - t->storage->block_off == (char *)t) {

@@ -87,9 +87,15 @@ static struct ag_tensor *linear_forward(struct ag_module *m,
 			 ag_module_get_parameter(m, "bias"));
 }
 
+static int linear_prepack(struct ag_module *m)
+{
+	return ag_linear_prepack(ag_module_get_parameter(m, "weight"));
+}
+
 static const struct ag_module_ops linear_ops = {
 	.name = "Linear",
 	.forward = linear_forward,
+	.prepack = linear_prepack,
 };
 
 struct ag_module *ag_linear_new(int64_t in, int64_t out, bool bias,
@@ -533,13 +539,16 @@ static struct ag_tensor *leaky_forward(struct ag_module *m, struct ag_tensor *x)
 	return ag_leaky_relu(x, nn_container_of(m, struct act, m)->slope);
 }
 
-static const struct ag_module_ops relu_ops = { "ReLU", relu_forward, NULL };
-static const struct ag_module_ops gelu_ops = { "GELU", gelu_forward, NULL };
-static const struct ag_module_ops tanh_ops = { "Tanh", tanh_forward, NULL };
-static const struct ag_module_ops sigmoid_ops = { "Sigmoid", sigmoid_forward,
-						  NULL };
-static const struct ag_module_ops leaky_ops = { "LeakyReLU", leaky_forward,
-						NULL };
+static const struct ag_module_ops relu_ops = { .name = "ReLU",
+					       .forward = relu_forward };
+static const struct ag_module_ops gelu_ops = { .name = "GELU",
+					       .forward = gelu_forward };
+static const struct ag_module_ops tanh_ops = { .name = "Tanh",
+					       .forward = tanh_forward };
+static const struct ag_module_ops sigmoid_ops = { .name = "Sigmoid",
+						  .forward = sigmoid_forward };
+static const struct ag_module_ops leaky_ops = { .name = "LeakyReLU",
+						.forward = leaky_forward };
 
 struct ag_module *ag_relu_new(void)
 {

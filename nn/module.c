@@ -446,6 +446,28 @@ void ag_module_requires_grad(struct ag_module *m, bool on)
 		ag_module_requires_grad(m->children[i].m, on);
 }
 
+int ag_module_prepack(struct ag_module *m)
+{
+	NN_UNSCOPED();
+	int total = 0, rc;
+
+	if (!m)
+		return ag__nn_err_null("ag_module_prepack: module is NULL");
+	if (m->ops->prepack) {
+		rc = m->ops->prepack(m);
+		if (rc < 0)
+			return rc;
+		total += rc;
+	}
+	for (int i = 0; i < m->n_children; i++) {
+		rc = ag_module_prepack(m->children[i].m);
+		if (rc < 0)
+			return rc;
+		total += rc;
+	}
+	return total;
+}
+
 void ag_module_zero_grad(struct ag_module *m)
 {
 	NN_UNSCOPED();

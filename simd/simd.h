@@ -140,6 +140,22 @@ void ag_k_gemm_serial_f64(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
 			  const double *b, int64_t ldb, double beta, double *c,
 			  int64_t ldc);
 
+/*
+ * A fixed right operand op(B) (k x n, f32: a layer's weight) packed once
+ * for many products C = op(A) op(B) + beta C (simd/gemm_pack.c).  NULL
+ * when f32 products do not run on oneDNN (then multiply unpacked), or out
+ * of memory.  b must stay valid and unchanged while the pack lives: a
+ * product oneDNN declines is computed from it.
+ */
+struct ag_k_gemm_pack;
+struct ag_k_gemm_pack *ag_k_gemm_pack_f32(bool tb, int64_t k, int64_t n,
+					  const float *b, int64_t ldb);
+/* C[m, n] (dense, row length n) = op(A) op(B) + beta C */
+void ag_k_gemm_packed_f32(struct ag_k_gemm_pack *p, bool ta, int64_t m,
+			  const float *a, int64_t lda, float beta, float *c);
+void ag_k_gemm_pack_free(struct ag_k_gemm_pack *p); /* NULL is fine */
+long ag_k_gemm_packs_live(void); /* packs made and not freed */
+
 /* "avx512", "avx2", "generic": the path chosen at first use (AG_ISA). */
 const char *ag_k_isa_name(void);
 

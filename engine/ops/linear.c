@@ -132,6 +132,45 @@ static struct ag_tensor *new_like_last(struct ag_tensor *g, int64_t last)
 	return ag__tensor_new("ag_linear", g->dtype, g->ndim, shape);
 }
 
+/*
+ * A pack is w^T as it was at ag_linear_prepack; any in-place write since
+ * (an optimiser step, a load, ag_tensor_bump_version) bumped the version
+ * and the weight is read unpacked again.  A batch of one row stays on
+ * GEMV, which reads the weight once anyway.
+ */
+static bool pack_valid(const struct ag_tensor *w)
+{
+	return w->pack && w->pack_version == ag_tensor_version(w);
+}
+
+int ag_linear_prepack(struct ag_tensor *w)
+{
+	struct ag_k_gemm_pack *p;
+	struct mat mw;
+
+	if (!w)
+		return ag__err_null("ag_linear_prepack", "weight");
+	if (w->ndim != 2)
+		return ag__err(AG_EINVAL,
+			       "ag_linear_prepack: weight must be 2-D [out, "
+			       "in], got %d dims",
+			       w->ndim);
+	if (w->inference)
+		return ag__err(
+			AG_EINVAL,
+			"ag_linear_prepack: an inference tensor has no "
+			"version counter to tell when its pack is stale");
+	ag_k_gemm_pack_free(w->pack);
+	w->pack = NULL;
+	if (w->dtype != AG_F32 || !mat_layout(w, w->shape[0], w->shape[1], &mw))
+		return 0;
+	w->pack_version = ag_tensor_version(w);
+	p = ag_k_gemm_pack_f32(!mw.trans, w->shape[1], w->shape[0], mw.data,
+			       mw.ld);
+	w->pack = p;
+	return p ? 1 : 0;
+}
+
 static struct ag_tensor *linear_fwd(struct ag_tensor *x, struct ag_tensor *w,
 				    struct ag_tensor *b)
 {
@@ -165,8 +204,12 @@ static struct ag_tensor *linear_fwd(struct ag_tensor *x, struct ag_tensor *w,
 		goto fail;
 	}
 	/* op(B) = w^T: w's own layout read the other way round */
-	gemm(x->dtype, &mx, mx.trans, &mw, !mw.trans, rows, nout, in,
-	     b ? 1.0 : 0.0, out->storage->data);
+	if (x->dtype == AG_F32 && rows > 1 && pack_valid(w))
+		ag_k_gemm_packed_f32(w->pack, mx.trans, rows, mx.data, mx.ld,
+				     b ? 1.0f : 0.0f, out->storage->data);
+	else
+		gemm(x->dtype, &mx, mx.trans, &mw, !mw.trans, rows, nout, in,
+		     b ? 1.0 : 0.0, out->storage->data);
 	ag_tensor_put(mx.copy);
 	ag_tensor_put(mw.copy);
 	return out;

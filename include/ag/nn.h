@@ -36,6 +36,13 @@ struct ag_module_ops {
 	const char *name; /* "Linear" */
 	struct ag_tensor *(*forward)(struct ag_module *m, struct ag_tensor *x);
 	void (*destroy)(struct ag_module *m); /* optional */
+	/*
+	 * Optional: prepares the module's own parameters for serving
+	 * (ag_module_prepack; Linear packs its weight with
+	 * ag_linear_prepack).  Returns how many tensors it packed, or a
+	 * negative AG_E* code.
+	 */
+	int (*prepack)(struct ag_module *m);
 };
 
 struct ag_module_entry {
@@ -116,6 +123,16 @@ AG_API void ag_module_eval(struct ag_module *m); /* ag_module_train(m, false) */
 AG_API bool ag_module_is_training(const struct ag_module *m);
 /* Sets requires_grad of every parameter, recursively. */
 AG_API void ag_module_requires_grad(struct ag_module *m, bool on);
+/*
+ * Calls every module's ops->prepack, recursively: for a service, once
+ * after loading and ag_module_eval(), before the request threads start.
+ * Built-in Linear layers pack their weights (ag_linear_prepack, in
+ * ag/ops.h: what the pack is and when it is used).  Returns the number of
+ * tensors packed (0 where the build packs nothing), or a negative AG_E*
+ * code with the error set; a parameter changed later (a training step, a
+ * load) is read unpacked until the next call.
+ */
+AG_API int ag_module_prepack(struct ag_module *m);
 /*
  * All parameters, recursively, in named_parameters' order: a borrowed
  * array, valid as the named lists' below.

@@ -190,6 +190,22 @@ AG_API struct ag_tensor *ag_matmul(struct ag_tensor *a, struct ag_tensor *b);
  */
 AG_API struct ag_tensor *ag_linear(struct ag_tensor *x, struct ag_tensor *w,
 				   struct ag_tensor *b);
+/*
+ * Packs w (f32 [out, in]) once for ag_linear's forward, for serving: each
+ * product of more than one row then reads this one copy, laid out for the
+ * GEMM kernels, instead of packing w again per call (oneDNN builds).
+ * Returns 1 when packed, 0 when there is nothing to pack here (f64, a
+ * layout other than a plain or transposed matrix, a build or AG_GEMM=blas
+ * without oneDNN; ag_linear is then unchanged), else -AG_EINVAL (NULL,
+ * not 2-D, an inference tensor, which has no version counter).  The pack
+ * is used while w's version is the one it was made at: an in-place op, an
+ * optimiser step or a load makes ag_linear read w unpacked again (call
+ * this again to repack); a write through ag_tensor_data() must be followed
+ * by ag_tensor_bump_version(), as for saved tensors.  Call it while no
+ * other thread uses w; it is freed with w.  Results may differ from the
+ * unpacked product in the last bits (another summation order).
+ */
+AG_API int ag_linear_prepack(struct ag_tensor *w);
 
 /* nn functional */
 /*

@@ -6,7 +6,9 @@
  * another thread calls ag_trim() again and again.  Every answer is checked
  * against the same request made first on one thread; the parameters must
  * never get a .grad; the live counters return to zero.  A watchdog turns a
- * hang into a failure.
+ * hang into a failure.  Run again with the weights packed
+ * (ag_linear_prepack) after the first answers: the threads then race to
+ * make the pack's primitive for batch 4.
  */
 #include <math.h>
 #include <pthread.h>
@@ -17,6 +19,7 @@
 #include <ag/ag.h>
 
 #include "internal.h"
+#include "simd.h"
 #include "tap.h"
 #include "watchdog.h"
 
@@ -150,11 +153,12 @@ static void setup(void)
 	ag_generator_free(g);
 }
 
-static int test_request_threads_answer_as_one(void)
+static int answer_as_one(bool packed)
 {
 	pthread_t th[NTHREADS], trimmer;
 	long failed = 0, bad = 0;
 
+	memset(rt, 0, sizeof(rt));
 	setup();
 	for (int i = 0; i < 6; i++)
 		TAP_CHECK(p[i] != NULL);
@@ -163,6 +167,8 @@ static int test_request_threads_answer_as_one(void)
 		for (int k = 0; k < NKINDS; k++)
 			TAP_CHECKF(!request(&rt[t], &kinds[k], rt[t].want[k]),
 				   "%s", ag_errmsg());
+	for (int l = 0; l < 3 && packed; l++)
+		TAP_CHECKF(ag_linear_prepack(p[2 * l]) >= 0, "%s", ag_errmsg());
 	watchdog_arm("request threads", 300);
 	atomic_store(&trimming, true);
 	TAP_CHECK(!pthread_create(&trimmer, NULL, trim_main, NULL));
@@ -193,11 +199,24 @@ static int test_request_threads_answer_as_one(void)
 			   ag__live_storages() == 0,
 		   "live: %ld tensors, %ld nodes, %ld storages",
 		   ag__live_tensors(), ag__live_nodes(), ag__live_storages());
+	TAP_CHECKF(ag_k_gemm_packs_live() == 0, "%ld packs live",
+		   ag_k_gemm_packs_live());
 	return 0;
+}
+
+static int test_request_threads_answer_as_one(void)
+{
+	return answer_as_one(false);
+}
+
+static int test_packed_weights_answer_as_one(void)
+{
+	return answer_as_one(true);
 }
 
 static const struct tap_test tests[] = {
 	TAP_TEST(test_request_threads_answer_as_one),
+	TAP_TEST(test_packed_weights_answer_as_one),
 	{ 0 },
 };
 

@@ -46,6 +46,8 @@ static void usage(FILE *f)
 	      "                    (default 2; 0: no limit)\n"
 	      "  --serve-gate N    serve: at most N requests at once, the others queue\n"
 	      "                    in arrival order (the service's admission; default off)\n"
+	      "  --serve-unpacked  serve: leave the linear weights unpacked (default:\n"
+	      "                    ag_linear_prepack, as a service would)\n"
 	      "  --serve-model M   serve: mlp or cnn only (default both)\n"
 	      "  --serve-soak      serve: also the resident set after 10^6 requests (long)\n"
 	      "  --help            this text\n",
@@ -157,6 +159,7 @@ int main(int argc, char **argv)
 		{ "serve-soak", no_argument, NULL, 'K' },
 		{ "serve-seconds", required_argument, NULL, 'D' },
 		{ "serve-gate", required_argument, NULL, 'G' },
+		{ "serve-unpacked", no_argument, NULL, 'U' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -236,6 +239,9 @@ int main(int argc, char **argv)
 			break;
 		case 'K':
 			c.serve_soak = true;
+			break;
+		case 'U':
+			c.serve_unpacked = true;
 			break;
 		case 'G':
 			if (parse_int("serve-gate", optarg, 1, &c.serve_gate))

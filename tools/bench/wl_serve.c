@@ -86,6 +86,16 @@ static void cnn_make(struct model *m, int64_t hw, struct ag_generator *g)
 	m->in = hw * hw;
 }
 
+/* The linear layers' weights packed once, as a service would. */
+static void model_prepack(struct model *m)
+{
+	int first = m->kind == SERVE_MLP ? 0 : 6;
+
+	for (int i = first; i < m->np; i += 2)
+		if (ag_linear_prepack(m->p[i]) < 0)
+			die("ag_linear_prepack: %s", ag_errmsg());
+}
+
 static void model_free(struct model *m)
 {
 	for (int i = 0; i < m->np; i++)
@@ -490,9 +500,10 @@ static void serve_case(struct serve *st, const struct config *c,
 		die("out of memory");
 	wall = run_case(st, m, k, t, r, c->serve_seconds,
 			c->serve_gate ? &st->gate : NULL, h);
-	snprintf(name, sizeof(name), "%s,B=%lld,T=%d,%s%s", m->name,
+	snprintf(name, sizeof(name), "%s,B=%lld,T=%d,%s%s%s", m->name,
 		 (long long)k->b, t, k->mode == MODE_INFER ? "infer" : "grad",
-		 c->serve_gate ? ",gate" : "");
+		 c->serve_gate ? ",gate" : "",
+		 c->serve_unpacked ? ",unpacked" : "");
 	record("serve", name, t, "requests_per_s", "req/s",
 	       (double)h->count / wall);
 	record("serve", name, t, "requests", "req", (double)h->count);
@@ -546,6 +557,8 @@ static void *serve_setup(const struct config *c, struct ag_generator *g)
 		mlp_make(&st->m[st->nm++], c->quick ? quick_dims : dims, g);
 	if (!c->serve_models || !strcmp(c->serve_models, "cnn"))
 		cnn_make(&st->m[st->nm++], c->quick ? 8 : 28, g);
+	for (int mi = 0; mi < st->nm && !c->serve_unpacked; mi++)
+		model_prepack(&st->m[mi]);
 	st->w = xmalloc(MAX_THREADS * sizeof(*st->w));
 	/* every thread's input is the first model's size or bigger */
 	for (int i = 0; i < MAX_THREADS; i++)
