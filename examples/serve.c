@@ -419,6 +419,13 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	ag_module_eval(model);
+	/* the weights read by every request, packed once (a batch of one
+	 * image multiplies by GEMV and does not use them; batches would) */
+	if (ag_module_prepack(model) < 0) {
+		fprintf(stderr, "serve: %s\n", ag_errmsg());
+		ag_module_put(model);
+		return 1;
+	}
 	gate.max = a.max_inflight;
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
