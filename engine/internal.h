@@ -201,6 +201,16 @@ struct ag_node;
 struct ag_grad_cell;
 struct ag_k_gemm_pack;
 
+/*
+ * Frees a tensor's pack (ag_linear_prepack).  Set by engine/ops/linear.c
+ * before it makes the first pack, rather than called directly, so that a
+ * static program that never packs does not link the GEMM code: that loads
+ * OpenBLAS, whose threads spin for a while at start-up, and oneDNN, after
+ * which a thread with a 64 KiB stack can no longer be created
+ * (tests/pool's idle test and tests/reliability/scale.c caught both).
+ */
+extern void (*ag__pack_free)(struct ag_k_gemm_pack *p);
+
 /* Autograd state of a tensor, used by engine/autograd. */
 struct ag_autograd_meta {
 	bool requires_grad; /* leaves; non-leaves require grad iff grad_fn */

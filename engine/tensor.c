@@ -300,6 +300,8 @@ struct ag_tensor *ag_tensor_get(struct ag_tensor *t)
 	return t;
 }
 
+void (*ag__pack_free)(struct ag_k_gemm_pack *p);
+
 void ag_tensor_put(struct ag_tensor *t)
 {
 	if (!t)
@@ -309,7 +311,8 @@ void ag_tensor_put(struct ag_tensor *t)
 		return;
 	ag__meta_clear(t->meta);
 	ag__mfree(t->name);
-	ag_k_gemm_pack_free(t->pack);
+	if (t->pack)
+		ag__pack_free(t->pack);
 	ag__live_add(AG_LIVE_TENSORS, -1);
 	/* made with the storage in its block (tensor_make), not a view */
 	if ((char *)t->storage - t->storage->block_off == (char *)t) {

@@ -46,6 +46,8 @@ struct pack_prim {
 };
 
 struct ag_k_gemm_pack {
+	const struct ag_k_mem *mem;
+	void *w_buf; /* w's memory, from mem */
 	int64_t k, n;
 	bool tb; /* b, ldb: op(B) as given, for products not packed */
 	const float *b;
@@ -63,6 +65,7 @@ static pthread_key_t tls_key;
 
 /* A thread's stream and scratchpad, freed when the thread exits. */
 struct pack_tls {
+	const struct ag_k_mem *mem;
 	dnnl_stream_t stream;
 	void *scratch;
 	size_t cap;
@@ -74,8 +77,8 @@ static void tls_free(void *arg)
 
 	if (t->stream)
 		dnnl_stream_destroy(t->stream);
-	free(t->scratch);
-	free(t);
+	t->mem->free(t->scratch);
+	t->mem->free(t);
 }
 
 static void engine_init(void)
@@ -88,14 +91,15 @@ static void engine_init(void)
 	}
 }
 
-static struct pack_tls *tls_get(size_t scratch)
+static struct pack_tls *tls_get(const struct ag_k_mem *mem, size_t scratch)
 {
 	struct pack_tls *t = pthread_getspecific(tls_key);
 
 	if (!t) {
-		t = calloc(1, sizeof(*t));
+		t = mem->aligned_alloc(_Alignof(struct pack_tls), sizeof(*t));
 		if (!t)
 			return NULL;
+		*t = (struct pack_tls){ .mem = mem };
 		if (dnnl_stream_create(&t->stream, engine,
 				       dnnl_stream_default_flags) !=
 			    dnnl_success ||
@@ -106,11 +110,11 @@ static struct pack_tls *tls_get(size_t scratch)
 	}
 	if (scratch > t->cap) {
 		size_t cap = (scratch + 4095) & ~(size_t)4095;
-		void *p = aligned_alloc(64, cap);
+		void *p = t->mem->aligned_alloc(64, cap);
 
 		if (!p)
 			return NULL;
-		free(t->scratch);
+		t->mem->free(t->scratch);
 		t->scratch = p;
 		t->cap = cap;
 	}
@@ -236,44 +240,53 @@ out:
 /* The rows the layout is chosen for: a request batch of a service. */
 #define PACK_REF_ROWS 32
 
-struct ag_k_gemm_pack *ag_k_gemm_pack_f32(bool tb, int64_t k, int64_t n,
-					  const float *b, int64_t ldb)
+int ag_k_gemm_pack_f32(const struct ag_k_mem *mem, bool tb, int64_t k,
+		       int64_t n, const float *b, int64_t ldb,
+		       struct ag_k_gemm_pack **out)
 {
 	struct ag_k_gemm_pack *p;
 	dnnl_primitive_desc_t pd;
 	dnnl_memory_desc_t b_md;
+	int rc = 1;
 
+	*out = NULL;
 	if (strcmp(ag_k_gemm_f32_name(), "onednn") != 0 || k <= 0 || n <= 0)
-		return NULL;
+		return 1;
 	pthread_once(&engine_once, engine_init);
 	if (!engine || ldb < (tb ? k : n) || mat_md(&b_md, k, n, tb, ldb))
-		return NULL;
-	p = calloc(1, sizeof(*p));
+		return 1;
+	p = mem->aligned_alloc(_Alignof(struct ag_k_gemm_pack), sizeof(*p));
 	if (!p)
-		return NULL;
-	p->k = k;
-	p->n = n;
-	p->tb = tb;
-	p->b = b;
-	p->ldb = ldb;
+		return -1;
+	*p = (struct ag_k_gemm_pack){
+		.mem = mem, .k = k, .n = n, .tb = tb, .b = b, .ldb = ldb
+	};
 	pd = prim_desc(p, NULL, PACK_REF_ROWS, false, k, false);
 	if (!pd)
 		goto fail;
 	p->w_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
 	dnnl_primitive_desc_destroy(pd);
-	if (dnnl_memory_create(&p->w, &p->w_md, engine, DNNL_MEMORY_ALLOCATE))
+	p->w_buf = mem->aligned_alloc(64, dnnl_memory_desc_get_size(&p->w_md));
+	if (!p->w_buf) {
+		rc = -1;
 		goto fail;
+	}
+	if (dnnl_memory_create(&p->w, &p->w_md, engine, p->w_buf))
+		goto fail_buf;
 	if (!reorder(&b_md, b, p->w))
 		goto fail_mem;
 	if (pthread_mutex_init(&p->lock, NULL))
 		goto fail_mem;
 	atomic_fetch_add_explicit(&packs_live, 1, memory_order_relaxed);
-	return p;
+	*out = p;
+	return 0;
 fail_mem:
 	dnnl_memory_destroy(p->w);
+fail_buf:
+	mem->free(p->w_buf);
 fail:
-	free(p);
-	return NULL;
+	mem->free(p);
+	return rc;
 }
 
 void ag_k_gemm_pack_free(struct ag_k_gemm_pack *p)
@@ -288,7 +301,8 @@ void ag_k_gemm_pack_free(struct ag_k_gemm_pack *p)
 			dnnl_primitive_destroy(p->prims[i].prim);
 	dnnl_memory_destroy(p->w);
 	pthread_mutex_destroy(&p->lock);
-	free(p);
+	p->mem->free(p->w_buf);
+	p->mem->free(p);
 	atomic_fetch_sub_explicit(&packs_live, 1, memory_order_relaxed);
 }
 
@@ -353,7 +367,7 @@ static bool packed_try(struct ag_k_gemm_pack *p, bool ta, int64_t m,
 
 	if (!e || !e->prim || (beta != 0 && beta != 1))
 		return false;
-	t = tls_get(e->scratch);
+	t = tls_get(p->mem, e->scratch);
 	if (!t || mat_md(&a_md, m, p->k, ta, lda) ||
 	    mat_md(&c_md, m, p->n, false, p->n))
 		return false;
@@ -442,11 +456,13 @@ void ag_k_gemm_packed_f32(struct ag_k_gemm_pack *p, bool ta, int64_t m,
 
 #else /* no oneDNN: nothing is packed, every product runs unpacked */
 
-struct ag_k_gemm_pack *ag_k_gemm_pack_f32(bool tb, int64_t k, int64_t n,
-					  const float *b, int64_t ldb)
+int ag_k_gemm_pack_f32(const struct ag_k_mem *mem, bool tb, int64_t k,
+		       int64_t n, const float *b, int64_t ldb,
+		       struct ag_k_gemm_pack **out)
 {
-	(void)tb, (void)k, (void)n, (void)b, (void)ldb;
-	return NULL;
+	(void)mem, (void)tb, (void)k, (void)n, (void)b, (void)ldb;
+	*out = NULL;
+	return 1;
 }
 
 void ag_k_gemm_pack_free(struct ag_k_gemm_pack *p)

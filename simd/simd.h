@@ -141,15 +141,26 @@ void ag_k_gemm_serial_f64(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
 			  int64_t ldc);
 
 /*
+ * Memory for what simd/ keeps (packs): the engine's allocator, the one
+ * choke point for out-of-memory and fault injection (tests/layers.sh).
+ */
+struct ag_k_mem {
+	void *(*aligned_alloc)(size_t align, size_t size);
+	void (*free)(void *p); /* NULL is fine */
+};
+
+/*
  * A fixed right operand op(B) (k x n, f32: a layer's weight) packed once
- * for many products C = op(A) op(B) + beta C (simd/gemm_pack.c).  NULL
- * when f32 products do not run on oneDNN (then multiply unpacked), or out
- * of memory.  b must stay valid and unchanged while the pack lives: a
- * product oneDNN declines is computed from it.
+ * for many products C = op(A) op(B) + beta C (simd/gemm_pack.c).  Returns
+ * 0 with *out set; 1 when f32 products do not run on oneDNN here (then
+ * multiply unpacked); -1 out of memory.  b must stay valid and unchanged
+ * while the pack lives: a product oneDNN declines is computed from it.
+ * mem must outlive the pack and every thread that multiplied with it.
  */
 struct ag_k_gemm_pack;
-struct ag_k_gemm_pack *ag_k_gemm_pack_f32(bool tb, int64_t k, int64_t n,
-					  const float *b, int64_t ldb);
+int ag_k_gemm_pack_f32(const struct ag_k_mem *mem, bool tb, int64_t k,
+		       int64_t n, const float *b, int64_t ldb,
+		       struct ag_k_gemm_pack **out);
 /* C[m, n] (dense, row length n) = op(A) op(B) + beta C */
 void ag_k_gemm_packed_f32(struct ag_k_gemm_pack *p, bool ta, int64_t m,
 			  const float *a, int64_t lda, float beta, float *c);

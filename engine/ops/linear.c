@@ -143,10 +143,24 @@ static bool pack_valid(const struct ag_tensor *w)
 	return w->pack && w->pack_version == ag_tensor_version(w);
 }
 
+static const struct ag_k_mem pack_mem = {
+	.aligned_alloc = ag__aligned_alloc,
+	.free = ag__mfree,
+};
+
+static pthread_once_t pack_free_once = PTHREAD_ONCE_INIT;
+
+/* once, before the first pack exists: no free of a pack races with it */
+static void pack_free_set(void)
+{
+	ag__pack_free = ag_k_gemm_pack_free;
+}
+
 int ag_linear_prepack(struct ag_tensor *w)
 {
 	struct ag_k_gemm_pack *p;
 	struct mat mw;
+	int rc;
 
 	if (!w)
 		return ag__err_null("ag_linear_prepack", "weight");
@@ -160,15 +174,21 @@ int ag_linear_prepack(struct ag_tensor *w)
 			AG_EINVAL,
 			"ag_linear_prepack: an inference tensor has no "
 			"version counter to tell when its pack is stale");
+	pthread_once(&pack_free_once, pack_free_set);
 	ag_k_gemm_pack_free(w->pack);
 	w->pack = NULL;
 	if (w->dtype != AG_F32 || !mat_layout(w, w->shape[0], w->shape[1], &mw))
 		return 0;
 	w->pack_version = ag_tensor_version(w);
-	p = ag_k_gemm_pack_f32(!mw.trans, w->shape[1], w->shape[0], mw.data,
-			       mw.ld);
+	rc = ag_k_gemm_pack_f32(&pack_mem, !mw.trans, w->shape[1], w->shape[0],
+				mw.data, mw.ld, &p);
+	if (rc < 0)
+		return ag__err(AG_ENOMEM,
+			       "ag_linear_prepack: out of memory packing a "
+			       "[%lld, %lld] weight",
+			       (long long)w->shape[0], (long long)w->shape[1]);
 	w->pack = p;
-	return p ? 1 : 0;
+	return rc == 0;
 }
 
 static struct ag_tensor *linear_fwd(struct ag_tensor *x, struct ag_tensor *w,

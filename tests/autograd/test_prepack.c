@@ -11,6 +11,7 @@
  */
 #include <stdlib.h>
 
+#include "alloc.h"
 #include "common.h"
 #include "simd.h"
 
@@ -186,6 +187,54 @@ Test(prepack, bad_arguments)
 	ag_tensor_put(inf);
 	ag_tensor_put(d);
 	ag_tensor_put(v);
+	AG_ASSERT_NO_LEAKS();
+}
+
+/*
+ * Out of memory at each allocation of a pack: prepack fails with
+ * AG_ENOMEM, the weight is left unpacked and multiplies as before, and
+ * nothing leaks.
+ */
+Test(prepack, out_of_memory)
+{
+	struct ag_generator *g = ag_generator_new(4);
+	struct ag_tensor *w = randn(g, 2, SHAPE(32, 48));
+	struct ag_tensor *x = randn(g, 2, SHAPE(4, 48)), *y;
+	long n;
+	int failed = 0;
+
+	if (!packs()) {
+		cr_assert_eq(ag_linear_prepack(w), 0);
+		goto out;
+	}
+	ag__fault_set(0, false);
+	cr_assert_eq(ag_linear_prepack(w), 1, "%s", ag_errmsg());
+	n = ag__fault_count();
+	cr_assert_gt(n, 0);
+	for (long i = 1; i <= n; i++) {
+		ag__fault_set(i, false);
+		int rc = ag_linear_prepack(w);
+
+		ag__fault_set(-1, false);
+		if (rc == -AG_ENOMEM) {
+			AG_ASSERT_ERR(AG_ENOMEM,
+				      "ag_linear_prepack: out of memory");
+			cr_assert_eq(ag_k_gemm_packs_live(), 0);
+			failed++;
+		} else {
+			cr_assert_eq(rc, 1, "%s", ag_errmsg());
+		}
+		y = ag_linear(x, w, NULL);
+		cr_assert_not_null(y, "%s", ag_errmsg());
+		expect_linear(y, x, w, NULL, "after a failed prepack");
+		ag_tensor_put(y);
+	}
+	cr_assert_gt(failed, 0);
+out:
+	ag_tensor_put(x);
+	ag_tensor_put(w);
+	ag_generator_free(g);
+	cr_assert_eq(ag_k_gemm_packs_live(), 0);
 	AG_ASSERT_NO_LEAKS();
 }
 
