@@ -45,32 +45,22 @@ static void blas_one_thread(void)
 #endif
 
 #ifdef AG_K_GEMM_ONEDNN
-#include <oneapi/dnnl/dnnl.h>
-#include <omp.h>
+#include "onednn.h"
 
 static bool use_onednn;
 
-/*
- * oneDNN's CPU runtime here is OpenMP: a call runs on omp_get_max_threads()
- * threads of the calling thread.  libag's own pool gives the parallelism,
- * so each call gets one; the caller's setting is put back, as the thread
- * may be the application's own and run OpenMP regions of its own.
- * False when oneDNN declined (the BLAS then does the product).
- */
+/* False when oneDNN declined (the BLAS then does the product). */
 static bool sgemm_onednn(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
 			 float alpha, const float *a, int64_t lda,
 			 const float *b, int64_t ldb, float beta, float *c,
 			 int64_t ldc)
 {
-	int prev = omp_get_max_threads();
+	int prev = ag_k_omp_one_begin();
 	dnnl_status_t st;
 
-	if (prev != 1)
-		omp_set_num_threads(1);
 	st = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, alpha, a, lda,
 			b, ldb, beta, c, ldc);
-	if (prev != 1)
-		omp_set_num_threads(prev);
+	ag_k_omp_one_end(prev);
 	return st == dnnl_success;
 }
 #endif

@@ -31,8 +31,7 @@ long ag_k_gemm_packs_live(void)
 }
 
 #ifdef AG_K_GEMM_ONEDNN
-#include <oneapi/dnnl/dnnl.h>
-#include <omp.h>
+#include "onednn.h"
 
 /* Products split over the pool have a few distinct row counts; a caller
  * with more shapes than this gets the unpacked product for the rest. */
@@ -185,22 +184,6 @@ static size_t pd_scratch(dnnl_primitive_desc_t pd)
 	return md ? dnnl_memory_desc_get_size(md) : 0;
 }
 
-/* Runs with one OpenMP thread: libag's pool gives the parallelism. */
-static int omp_one_begin(void)
-{
-	int prev = omp_get_max_threads();
-
-	if (prev != 1)
-		omp_set_num_threads(1);
-	return prev;
-}
-
-static void omp_one_end(int prev)
-{
-	if (prev != 1)
-		omp_set_num_threads(prev);
-}
-
 static bool reorder(const dnnl_memory_desc_t *from_md, const void *from,
 		    dnnl_memory_t to)
 {
@@ -222,9 +205,9 @@ static bool reorder(const dnnl_memory_desc_t *from_md, const void *from,
 		goto out;
 	args[0] = (dnnl_exec_arg_t){ DNNL_ARG_FROM, src };
 	args[1] = (dnnl_exec_arg_t){ DNNL_ARG_TO, to };
-	prev = omp_one_begin();
+	prev = ag_k_omp_one_begin();
 	ok = !dnnl_primitive_execute(r, s, 2, args) && !dnnl_stream_wait(s);
-	omp_one_end(prev);
+	ag_k_omp_one_end(prev);
 out:
 	if (s)
 		dnnl_stream_destroy(s);
@@ -387,9 +370,9 @@ static bool packed_try(struct ag_k_gemm_pack *p, bool ta, int64_t m,
 		args[3] = (dnnl_exec_arg_t){ DNNL_ARG_SCRATCHPAD, sm };
 		nargs = 4;
 	}
-	prev = omp_one_begin();
+	prev = ag_k_omp_one_begin();
 	ok = !dnnl_primitive_execute(e->prim, t->stream, nargs, args);
-	omp_one_end(prev);
+	ag_k_omp_one_end(prev);
 out:
 	if (sm)
 		dnnl_memory_destroy(sm);
