@@ -211,6 +211,19 @@ struct ag_k_gemm_pack;
  */
 extern void (*ag__pack_free)(struct ag_k_gemm_pack *p);
 
+/*
+ * Per-tensor state few tensors have, allocated when first needed and freed
+ * with the tensor, so that the header every tensor carries stays small.
+ * Today the weight packed for ag_linear; the place for what comes later
+ * (forward-mode tangents, quantisation parameters).
+ */
+struct ag_tensor_ext {
+	/* ag_linear_prepack's pack, used while the storage's version is
+	 * still pack_version */
+	struct ag_k_gemm_pack *pack;
+	uint64_t pack_version;
+};
+
 /* Autograd state of a tensor, used by engine/autograd. */
 struct ag_autograd_meta {
 	bool requires_grad; /* leaves; non-leaves require grad iff grad_fn */
@@ -241,12 +254,7 @@ struct ag_tensor {
 	struct ag_storage *storage;
 	struct ag_autograd_meta *meta; /* NULL: plain tensor, no autograd state */
 	char *name;
-	/*
-	 * The weight packed for ag_linear by ag_linear_prepack, used while
-	 * the storage's version is still pack_version.
-	 */
-	struct ag_k_gemm_pack *pack;
-	uint64_t pack_version;
+	struct ag_tensor_ext *ext; /* rarely used state, or NULL */
 	/* meta points here once set: one block less per recorded output */
 	struct ag_autograd_meta meta_store;
 	int64_t geom[]; /* 2 * ndim */

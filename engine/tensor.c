@@ -311,8 +311,11 @@ void ag_tensor_put(struct ag_tensor *t)
 		return;
 	ag__meta_clear(t->meta);
 	ag__mfree(t->name);
-	if (t->pack)
-		ag__pack_free(t->pack);
+	if (t->ext) {
+		if (t->ext->pack)
+			ag__pack_free(t->ext->pack);
+		ag__mfree(t->ext);
+	}
 	ag__live_add(AG_LIVE_TENSORS, -1);
 	/* made with the storage in its block (tensor_make), not a view */
 	if ((char *)t->storage - t->storage->block_off == (char *)t) {

@@ -140,7 +140,8 @@ static struct ag_tensor *new_like_last(struct ag_tensor *g, int64_t last)
  */
 static bool pack_valid(const struct ag_tensor *w)
 {
-	return w->pack && w->pack_version == ag_tensor_version(w);
+	return w->ext && w->ext->pack &&
+	       w->ext->pack_version == ag_tensor_version(w);
 }
 
 static const struct ag_k_mem pack_mem = {
@@ -174,12 +175,18 @@ int ag_linear_prepack(struct ag_tensor *w)
 			AG_EINVAL,
 			"ag_linear_prepack: an inference tensor has no "
 			"version counter to tell when its pack is stale");
+	if (!w->ext) {
+		w->ext = ag__calloc(1, sizeof(*w->ext));
+		if (!w->ext)
+			return ag__err(AG_ENOMEM,
+				       "ag_linear_prepack: out of memory");
+	}
 	pthread_once(&pack_free_once, pack_free_set);
-	ag_k_gemm_pack_free(w->pack);
-	w->pack = NULL;
+	ag_k_gemm_pack_free(w->ext->pack);
+	w->ext->pack = NULL;
 	if (w->dtype != AG_F32 || !mat_layout(w, w->shape[0], w->shape[1], &mw))
 		return 0;
-	w->pack_version = ag_tensor_version(w);
+	w->ext->pack_version = ag_tensor_version(w);
 	rc = ag_k_gemm_pack_f32(&pack_mem, !mw.trans, w->shape[1], w->shape[0],
 				mw.data, mw.ld, &p);
 	if (rc < 0)
@@ -187,7 +194,7 @@ int ag_linear_prepack(struct ag_tensor *w)
 			       "ag_linear_prepack: out of memory packing a "
 			       "[%lld, %lld] weight",
 			       (long long)w->shape[0], (long long)w->shape[1]);
-	w->pack = p;
+	w->ext->pack = p;
 	return rc == 0;
 }
 
@@ -225,8 +232,9 @@ static struct ag_tensor *linear_fwd(struct ag_tensor *x, struct ag_tensor *w,
 	}
 	/* op(B) = w^T: w's own layout read the other way round */
 	if (x->dtype == AG_F32 && rows > 1 && pack_valid(w))
-		ag_k_gemm_packed_f32(w->pack, mx.trans, rows, mx.data, mx.ld,
-				     b ? 1.0f : 0.0f, out->storage->data);
+		ag_k_gemm_packed_f32(w->ext->pack, mx.trans, rows, mx.data,
+				     mx.ld, b ? 1.0f : 0.0f,
+				     out->storage->data);
 	else
 		gemm(x->dtype, &mx, mx.trans, &mw, !mw.trans, rows, nout, in,
 		     b ? 1.0 : 0.0, out->storage->data);
