@@ -202,16 +202,6 @@ struct ag_grad_cell;
 struct ag_k_gemm_pack;
 
 /*
- * Frees a tensor's pack (ag_linear_prepack).  Set by engine/ops/linear.c
- * before it makes the first pack, rather than called directly, so that a
- * static program that never packs does not link the GEMM code: that loads
- * OpenBLAS, whose threads spin for a while at start-up, and oneDNN, after
- * which a thread with a 64 KiB stack can no longer be created
- * (tests/pool's idle test and tests/reliability/scale.c caught both).
- */
-extern void (*ag__pack_free)(struct ag_k_gemm_pack *p);
-
-/*
  * Per-tensor state few tensors have, allocated when first needed and freed
  * with the tensor, so that the header every tensor carries stays small.
  * Today the weight packed for ag_linear; the place for what comes later
@@ -222,6 +212,15 @@ struct ag_tensor_ext {
 	 * still pack_version */
 	struct ag_k_gemm_pack *pack;
 	uint64_t pack_version;
+	/*
+	 * Frees pack.  Set by engine/ops/linear.c with the pack rather than
+	 * called from here, so that a static program that never packs does
+	 * not link the GEMM code: that loads OpenBLAS, whose threads spin
+	 * for a while at start-up and whose TLS leaves no room on a 64 KiB
+	 * stack (tests/pool's idle test and tests/reliability/scale.c
+	 * caught both).
+	 */
+	void (*pack_free)(struct ag_k_gemm_pack *p);
 };
 
 /* Autograd state of a tensor, used by engine/autograd. */

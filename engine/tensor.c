@@ -300,8 +300,6 @@ struct ag_tensor *ag_tensor_get(struct ag_tensor *t)
 	return t;
 }
 
-void (*ag__pack_free)(struct ag_k_gemm_pack *p);
-
 void ag_tensor_put(struct ag_tensor *t)
 {
 	if (!t)
@@ -313,7 +311,7 @@ void ag_tensor_put(struct ag_tensor *t)
 	ag__mfree(t->name);
 	if (t->ext) {
 		if (t->ext->pack)
-			ag__pack_free(t->ext->pack);
+			t->ext->pack_free(t->ext->pack);
 		ag__mfree(t->ext);
 	}
 	ag__live_add(AG_LIVE_TENSORS, -1);

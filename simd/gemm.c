@@ -91,6 +91,15 @@ static int64_t max64(int64_t a, int64_t b)
 	return a > b ? a : b;
 }
 
+int64_t ag_k_gemm_grain(int64_t len, int64_t per)
+{
+	if ((double)len * (double)per < 2.0 * GEMM_PAR_FLOPS)
+		return 0;
+	/* parts of >= GEMM_PAR_FLOPS and >= 16 rows keep the kernels on
+	 * full panels */
+	return max64(16, GEMM_PAR_FLOPS / max64(per, 1));
+}
+
 #ifdef AG_K_HAVE_CBLAS
 #define AG_K_HAVE_BLAS 1
 #else

@@ -11,8 +11,12 @@
  * chose for it; every thread's product then reads that one copy.
  *
  * A primitive is made for each shape of A seen (rows, leading dimension,
- * transposed, beta zero or not), up to PACK_PRIMS of them, under the
- * pack's mutex; lookups read the published entries without a lock.  Each
+ * transposed, beta zero or not), up to PACK_PRIMS of them, and published
+ * for lookups that take no lock.  Packs and primitives are made under one
+ * lock, create_lock: ThreadSanitizer cannot see how oneDNN's primitive
+ * cache synchronises concurrent creations (they raced in tsan-serve), and
+ * creation is rare.  pthread_atfork makes the lock fork-safe: fork waits
+ * for a creation in progress.  Each
  * thread keeps its own stream and scratchpad (the primitives are made with
  * a user scratchpad, so one primitive runs on many threads at once).
  */
@@ -53,7 +57,6 @@ struct ag_k_gemm_pack {
 	int64_t ldb;
 	dnnl_memory_t w; /* op(B) in the primitives' layout */
 	dnnl_memory_desc_t w_md;
-	pthread_mutex_t lock; /* making primitives */
 	atomic_int nprims; /* published entries of prims */
 	struct pack_prim prims[PACK_PRIMS];
 };
@@ -61,6 +64,17 @@ struct ag_k_gemm_pack {
 static dnnl_engine_t engine;
 static pthread_once_t engine_once = PTHREAD_ONCE_INIT;
 static pthread_key_t tls_key;
+static pthread_mutex_t create_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void create_lock_take(void)
+{
+	pthread_mutex_lock(&create_lock);
+}
+
+static void create_lock_drop(void)
+{
+	pthread_mutex_unlock(&create_lock);
+}
 
 /* A thread's stream and scratchpad, freed when the thread exits. */
 struct pack_tls {
@@ -82,9 +96,11 @@ static void tls_free(void *arg)
 
 static void engine_init(void)
 {
-	if (dnnl_engine_create(&engine, dnnl_cpu, 0) != dnnl_success)
+	if (dnnl_engine_create(&engine, dnnl_cpu, 0) != dnnl_success) {
 		engine = NULL;
-	else if (pthread_key_create(&tls_key, tls_free)) {
+	} else if (pthread_key_create(&tls_key, tls_free) ||
+		   pthread_atfork(create_lock_take, create_lock_drop,
+				  create_lock_drop)) {
 		dnnl_engine_destroy(engine);
 		engine = NULL;
 	}
@@ -109,7 +125,8 @@ static struct pack_tls *tls_get(const struct ag_k_mem *mem, size_t scratch)
 	}
 	if (scratch > t->cap) {
 		size_t cap = (scratch + 4095) & ~(size_t)4095;
-		void *p = t->mem->aligned_alloc(64, cap);
+		void *p = cap >= scratch ? t->mem->aligned_alloc(64, cap) :
+					   NULL;
 
 		if (!p)
 			return NULL;
@@ -244,6 +261,7 @@ int ag_k_gemm_pack_f32(const struct ag_k_mem *mem, bool tb, int64_t k,
 	*p = (struct ag_k_gemm_pack){
 		.mem = mem, .k = k, .n = n, .tb = tb, .b = b, .ldb = ldb
 	};
+	pthread_mutex_lock(&create_lock);
 	pd = prim_desc(p, NULL, PACK_REF_ROWS, false, k, false);
 	if (!pd)
 		goto fail;
@@ -258,8 +276,7 @@ int ag_k_gemm_pack_f32(const struct ag_k_mem *mem, bool tb, int64_t k,
 		goto fail_buf;
 	if (!reorder(&b_md, b, p->w))
 		goto fail_mem;
-	if (pthread_mutex_init(&p->lock, NULL))
-		goto fail_mem;
+	pthread_mutex_unlock(&create_lock);
 	atomic_fetch_add_explicit(&packs_live, 1, memory_order_relaxed);
 	*out = p;
 	return 0;
@@ -268,6 +285,7 @@ fail_mem:
 fail_buf:
 	mem->free(p->w_buf);
 fail:
+	pthread_mutex_unlock(&create_lock);
 	mem->free(p);
 	return rc;
 }
@@ -279,11 +297,12 @@ void ag_k_gemm_pack_free(struct ag_k_gemm_pack *p)
 	if (!p)
 		return;
 	n = atomic_load_explicit(&p->nprims, memory_order_acquire);
+	pthread_mutex_lock(&create_lock); /* oneDNN's cache, as at creation */
 	for (int i = 0; i < n; i++)
 		if (p->prims[i].prim)
 			dnnl_primitive_destroy(p->prims[i].prim);
 	dnnl_memory_destroy(p->w);
-	pthread_mutex_destroy(&p->lock);
+	pthread_mutex_unlock(&create_lock);
 	p->mem->free(p->w_buf);
 	p->mem->free(p);
 	atomic_fetch_sub_explicit(&packs_live, 1, memory_order_relaxed);
@@ -311,9 +330,9 @@ static const struct pack_prim *prim_get(struct ag_k_gemm_pack *p, int64_t m,
 	const struct pack_prim *e = prim_find(p, n, m, ta, lda, beta);
 	dnnl_primitive_desc_t pd;
 
-	if (e)
+	if (e || n == PACK_PRIMS)
 		return e;
-	pthread_mutex_lock(&p->lock);
+	pthread_mutex_lock(&create_lock);
 	n = atomic_load_explicit(&p->nprims, memory_order_relaxed);
 	e = prim_find(p, n, m, ta, lda, beta);
 	if (!e && n < PACK_PRIMS) {
@@ -333,14 +352,14 @@ static const struct pack_prim *prim_get(struct ag_k_gemm_pack *p, int64_t m,
 		atomic_store_explicit(&p->nprims, n + 1, memory_order_release);
 		e = ne;
 	}
-	pthread_mutex_unlock(&p->lock);
+	pthread_mutex_unlock(&create_lock);
 	return e;
 }
 
 static bool packed_try(struct ag_k_gemm_pack *p, bool ta, int64_t m,
 		       const float *a, int64_t lda, float beta, float *c)
 {
-	const struct pack_prim *e = prim_get(p, m, ta, lda, beta != 0);
+	const struct pack_prim *e;
 	dnnl_memory_desc_t a_md, c_md, s_md;
 	dnnl_memory_t am = NULL, cm = NULL, sm = NULL;
 	struct pack_tls *t;
@@ -348,7 +367,10 @@ static bool packed_try(struct ag_k_gemm_pack *p, bool ta, int64_t m,
 	bool ok = false;
 	int nargs = 3, prev;
 
-	if (!e || !e->prim || (beta != 0 && beta != 1))
+	if (beta != 0 && beta != 1) /* the post-op sum adds C once */
+		return false;
+	e = prim_get(p, m, ta, lda, beta != 0);
+	if (!e || !e->prim)
 		return false;
 	t = tls_get(p->mem, e->scratch);
 	if (!t || mat_md(&a_md, m, p->k, ta, lda) ||
@@ -414,12 +436,11 @@ void ag_k_gemm_packed_f32(struct ag_k_gemm_pack *p, bool ta, int64_t m,
 			  const float *a, int64_t lda, float beta, float *c)
 {
 	ag_k_parallel_for_fn pf = ag_k_get_parallel_for();
-	double flops = (double)m * (double)p->n * (double)p->k;
-	int64_t per = p->n * p->k, grain = (1L << 21) / (per ? per : 1);
+	int64_t grain = pf ? ag_k_gemm_grain(m, p->n * p->k) : 0;
 
 	if (m <= 0)
 		return;
-	if (pf && flops >= 2.0 * (1L << 21)) {
+	if (grain) {
 		struct packed_args g = {
 			.p = p,
 			.ta = ta,
@@ -429,9 +450,7 @@ void ag_k_gemm_packed_f32(struct ag_k_gemm_pack *p, bool ta, int64_t m,
 			.c = c,
 		};
 
-		/* parts of >= 2^21 multiply-adds and >= 16 rows, as
-		 * ag_k_gemm splits */
-		pf(m, grain > 16 ? grain : 16, packed_part, &g);
+		pf(m, grain, packed_part, &g);
 		return;
 	}
 	packed_one(p, ta, m, a, lda, beta, c);

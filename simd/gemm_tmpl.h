@@ -142,14 +142,16 @@ void F(ag_k_gemm)(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha,
 		  T *c, int64_t ldc)
 {
 	ag_k_parallel_for_fn pf = ag_k_get_parallel_for();
-	double flops = (double)m * (double)n * (double)k;
+	bool by_rows = m >= n;
+	int64_t len = by_rows ? m : n, per = (by_rows ? n : m) * k;
+	int64_t grain = pf && k > 0 ? ag_k_gemm_grain(len, per) : 0;
 
 	pthread_once(&blas_once, gemm_init);
-	if (pf && flops >= 2.0 * GEMM_PAR_FLOPS && k > 0) {
+	if (grain) {
 		struct F(gemm_args) g = {
 			.ta = ta,
 			.tb = tb,
-			.by_rows = m >= n,
+			.by_rows = by_rows,
 			.m = m,
 			.n = n,
 			.k = k,
@@ -162,13 +164,8 @@ void F(ag_k_gemm)(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha,
 			.ldb = ldb,
 			.ldc = ldc,
 		};
-		int64_t len = g.by_rows ? m : n;
-		int64_t per = (g.by_rows ? n : m) * k;
 
-		/* parts of >= GEMM_PAR_FLOPS and >= 16 rows keep the
-		 * BLAS kernels on full panels */
-		pf(len, max64(16, GEMM_PAR_FLOPS / max64(per, 1)), F(gemm_part),
-		   &g);
+		pf(len, grain, F(gemm_part), &g);
 		return;
 	}
 	F(gemm_one)(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);

@@ -141,6 +141,13 @@ void ag_k_gemm_serial_f64(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
 			  int64_t ldc);
 
 /*
+ * Rows per part when a product of len rows of per multiply-adds each is
+ * worth splitting over the pool, else 0: the one rule for ag_k_gemm and
+ * packed products.
+ */
+int64_t ag_k_gemm_grain(int64_t len, int64_t per);
+
+/*
  * Memory for what simd/ keeps (packs): the engine's allocator, the one
  * choke point for out-of-memory and fault injection (tests/layers.sh).
  */

@@ -149,14 +149,6 @@ static const struct ag_k_mem pack_mem = {
 	.free = ag__mfree,
 };
 
-static pthread_once_t pack_free_once = PTHREAD_ONCE_INIT;
-
-/* once, before the first pack exists: no free of a pack races with it */
-static void pack_free_set(void)
-{
-	ag__pack_free = ag_k_gemm_pack_free;
-}
-
 int ag_linear_prepack(struct ag_tensor *w)
 {
 	struct ag_k_gemm_pack *p;
@@ -181,9 +173,9 @@ int ag_linear_prepack(struct ag_tensor *w)
 			return ag__err(AG_ENOMEM,
 				       "ag_linear_prepack: out of memory");
 	}
-	pthread_once(&pack_free_once, pack_free_set);
 	ag_k_gemm_pack_free(w->ext->pack);
 	w->ext->pack = NULL;
+	w->ext->pack_free = ag_k_gemm_pack_free;
 	if (w->dtype != AG_F32 || !mat_layout(w, w->shape[0], w->shape[1], &mw))
 		return 0;
 	w->ext->pack_version = ag_tensor_version(w);
