@@ -55,6 +55,7 @@ struct ddp_bucket {
 	void *buf;
 	int64_t numel;
 	int nparams;
+	size_t off; /* bytes into the shared data, with ddp->shm */
 	int pending; /* parameters not ready yet, under ddp->lock */
 	bool started;
 	bool done;
@@ -92,6 +93,8 @@ struct ag_ddp {
 	pthread_t prog;
 	pthread_cond_t prog_cv;
 	bool prog_on, prog_quit;
+	/* the buckets in memory the ranks share (shm.c), or NULL: MPI */
+	struct ag__shm *shm;
 	int world;
 	struct ag_ddp_stats stats; /* of the last (or running) backward */
 };
@@ -150,7 +153,8 @@ static int check_same(struct ag_module *m, int world,
 	/* options that decide the buckets and which collectives run */
 	mine[3] = o->bucket_bytes;
 	mine[4] = (uint64_t)o->find_unused_parameters |
-		  (uint64_t)o->no_broadcast_buffers << 1;
+		  (uint64_t)o->no_broadcast_buffers << 1 |
+		  (uint64_t)o->no_shared_memory << 2;
 	all = calloc((size_t)world * NDESC, sizeof(*all));
 	if (!all)
 		return ag_set_error(AG_ENOMEM, "%s: out of memory", fn_new);
@@ -167,12 +171,14 @@ static int check_same(struct ag_module *m, int world,
 			rc = ag_set_error(
 				AG_EINVAL,
 				"%s: rank %d's options differ from rank 0's: bucket_bytes %" PRIu64
-				", find_unused_parameters %d, no_broadcast_buffers %d against %" PRIu64
-				", %d, %d; every rank must pass the same",
+				", find_unused_parameters %d, no_broadcast_buffers %d, no_shared_memory %d against %" PRIu64
+				", %d, %d, %d; every rank must pass the same",
 				fn_new, r, all[NDESC * r + 3],
 				(int)(all[NDESC * r + 4] & 1),
-				(int)(all[NDESC * r + 4] >> 1), all[3],
-				(int)(all[4] & 1), (int)(all[4] >> 1));
+				(int)(all[NDESC * r + 4] >> 1 & 1),
+				(int)(all[NDESC * r + 4] >> 2 & 1), all[3],
+				(int)(all[4] & 1), (int)(all[4] >> 1 & 1),
+				(int)(all[4] >> 2 & 1));
 	if (bad >= 0)
 		rc = ag_set_error(
 			AG_EINVAL,
@@ -213,7 +219,7 @@ static int broadcast_buffers(struct ag_module *m)
  */
 static int make_buckets(struct ag_ddp *d)
 {
-	size_t cap = d->o.bucket_bytes, bytes = 0, limit;
+	size_t cap = d->o.bucket_bytes, bytes = 0, limit, off = 0;
 	struct ddp_bucket *b = NULL;
 
 	limit = cap < FIRST_BUCKET_BYTES ? cap : FIRST_BUCKET_BYTES;
@@ -242,6 +248,14 @@ static int make_buckets(struct ag_ddp *d)
 	}
 	for (int k = 0; k < d->nb; k++) {
 		b = &d->b[k];
+		b->pending = b->nparams;
+		b->req = MPI_REQUEST_NULL;
+		if (d->shm) {
+			b->off = off;
+			b->buf = (char *)ag__shm_data(d->shm) + off;
+			off += (b->numel * ag_dtype_size(b->dtype) + 63) & ~63;
+			continue;
+		}
 		if (b->numel > INT32_MAX)
 			return ag_set_error(
 				AG_EINVAL,
@@ -251,15 +265,13 @@ static int make_buckets(struct ag_ddp *d)
 		if (!b->buf)
 			return ag_set_error(AG_ENOMEM, "%s: out of memory",
 					    fn_new);
-		b->pending = b->nparams;
-		b->req = MPI_REQUEST_NULL;
 	}
 	return 0;
 }
 
 static void free_buckets(struct ag_ddp *d)
 {
-	for (int k = 0; k < d->nb; k++)
+	for (int k = 0; k < d->nb && !d->shm; k++)
 		free(d->b[k].buf);
 	free(d->b);
 	d->b = NULL;
@@ -295,6 +307,14 @@ static int start_ready(struct ag_ddp *d, bool from_hook)
 	while (d->next < d->nb && !d->b[d->next].pending && !rc) {
 		struct ddp_bucket *b = &d->b[d->next++];
 
+		d->stats.buckets++;
+		d->stats.buckets_overlapped += from_hook;
+		d->stats.bytes += (size_t)b->numel * ag_dtype_size(b->dtype);
+		if (d->shm) {
+			ag__shm_arrive(d->shm, (int)(b - d->b));
+			b->started = true;
+			continue;
+		}
 		ag__dist_lock();
 		rc = ag__dist_check(
 			MPI_Iallreduce(MPI_IN_PLACE, b->buf, (int)b->numel,
@@ -305,9 +325,6 @@ static int start_ready(struct ag_ddp *d, bool from_hook)
 		b->started = !rc;
 		if (b->started && d->prog_on)
 			pthread_cond_signal(&d->prog_cv);
-		d->stats.buckets++;
-		d->stats.buckets_overlapped += from_hook;
-		d->stats.bytes += (size_t)b->numel * ag_dtype_size(b->dtype);
 	}
 	return rc;
 }
@@ -322,6 +339,13 @@ static int progress(struct ag_ddp *d)
 
 		if (!b->started || b->done)
 			continue;
+		if (d->shm) {
+			/* the last rank in reduces, the others help */
+			b->done = ag__shm_reduce(d->shm, k, b->off, b->numel,
+						 b->dtype);
+			d->stats.buckets_done_early += b->done;
+			continue;
+		}
 		ag__dist_lock();
 		rc = ag__dist_check(MPI_Test(&b->req, &flag, MPI_STATUS_IGNORE),
 				    "ag_ddp", "MPI_Test");
@@ -391,7 +415,7 @@ static void *prog_main(void *arg)
 
 static int prog_start(struct ag_ddp *d)
 {
-	if (d->world == 1)
+	if (d->world == 1 || d->shm)
 		return 0;
 	if (pthread_cond_init(&d->prog_cv, NULL))
 		return ag_set_error(AG_ENOMEM, "%s: pthread_cond_init failed",
@@ -455,7 +479,10 @@ static int grad_ready(struct ag_tensor *grad, void *arg)
 			       (size_t)p->numel * esz);
 	if (rc)
 		return rc;
-	scale((char *)b->buf + p->off * esz, b->dtype, p->numel, d->world);
+	/* through shared memory the reduction itself divides */
+	if (!d->shm)
+		scale((char *)b->buf + p->off * esz, b->dtype, p->numel,
+		      d->world);
 	pthread_mutex_lock(&d->lock);
 	p->ready = true;
 	b->pending--;
@@ -505,6 +532,11 @@ static int wait_all(struct ag_ddp *d)
 
 		if (!b->started || b->done)
 			continue;
+		if (d->shm) {
+			ag__shm_wait(d->shm, k, b->off, b->numel, b->dtype);
+			b->done = true;
+			continue;
+		}
 		ag__dist_lock();
 		r = MPI_Wait(&b->req, MPI_STATUS_IGNORE);
 		ag__dist_unlock();
@@ -521,6 +553,8 @@ static void reset(struct ag_ddp *d)
 	for (int i = 0; i < d->np; i++)
 		d->p[i].ready = false;
 	for (int k = 0; k < d->nb; k++) {
+		if (d->shm && d->b[k].done)
+			ag__shm_next(d->shm, k, d->b[k].numel, d->b[k].dtype);
 		d->b[k].pending = d->b[k].nparams;
 		d->b[k].started = false;
 		d->b[k].done = false;
@@ -608,6 +642,50 @@ static int first_order(struct ag_ddp *d)
 	return 0;
 }
 
+/*
+ * Whether every rank set up its ddp: a rank that failed alone (out of
+ * memory) would otherwise leave the others waiting in their first
+ * reduction, or in freeing the shared buckets.
+ */
+static int agree(int rc)
+{
+	int bad = rc != 0, any = bad, r;
+
+	ag__dist_lock();
+	r = MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, ag__dist_comm());
+	ag__dist_unlock();
+	if (rc)
+		return rc;
+	if (r != MPI_SUCCESS)
+		return ag__dist_check(r, fn_new, "MPI_Allreduce");
+	if (any)
+		return ag_set_error(AG_EINVAL,
+				    "%s: another rank failed to set up its ddp",
+				    fn_new);
+	return 0;
+}
+
+/*
+ * With every rank on one node (and not opts.no_shared_memory), the
+ * buckets go in memory all ranks map: room for the parameters' gradients
+ * however the buckets are cut, each bucket 64-byte aligned.
+ */
+static int share_buckets(struct ag_ddp *d)
+{
+	size_t bytes = 0;
+	bool ok = d->world > 1 && !d->o.no_shared_memory;
+
+	for (int i = 0; i < d->np; i++) {
+		enum ag_dtype dt = ag_tensor_dtype(d->p[i].t);
+
+		bytes += (size_t)d->p[i].numel * ag_dtype_size(dt) + 64;
+		ok = ok && (dt == AG_F32 || dt == AG_F64);
+	}
+	if (!ok)
+		return 0;
+	return ag__shm_new(&d->shm, bytes, d->np);
+}
+
 static int hook_params(struct ag_ddp *d)
 {
 	for (int i = 0; i < d->np; i++) {
@@ -675,7 +753,10 @@ struct ag_ddp *ag_ddp_new(struct ag_module *module,
 		return NULL;
 	d = calloc(1, sizeof(*d));
 	if (!d) {
-		ag_set_error(AG_ENOMEM, "%s: out of memory", fn_new);
+		rc = ag_set_error(AG_ENOMEM, "%s: out of memory", fn_new);
+		/* the others learn it where they would have: in both */
+		agree(rc);
+		agree(rc);
 		return NULL;
 	}
 	pthread_mutex_init(&d->lock, NULL);
@@ -691,12 +772,16 @@ struct ag_ddp *ag_ddp_new(struct ag_module *module,
 		rc = take_params(d);
 	if (!rc)
 		rc = first_order(d);
+	rc = agree(rc); /* so that all or none take part in the next */
+	if (!rc)
+		rc = share_buckets(d);
 	if (!rc)
 		rc = make_buckets(d);
 	if (!rc)
 		rc = hook_params(d);
 	if (!rc)
 		rc = prog_start(d);
+	rc = agree(rc);
 	if (rc) {
 		ag_ddp_free(d);
 		return NULL;
@@ -731,7 +816,11 @@ int ag_ddp_stats(struct ag_ddp *d, struct ag_ddp_stats *st)
 	if (!d || !st)
 		return ag_set_error(AG_EINVAL, "ag_ddp_stats: NULL argument");
 	pthread_mutex_lock(&d->lock);
+	/* MPI's buckets advance in the progress thread, shared ones here */
+	if (d->shm && d->active)
+		progress(d);
 	*st = d->stats;
+	st->shared_memory = d->shm;
 	pthread_mutex_unlock(&d->lock);
 	return 0;
 }
@@ -744,13 +833,14 @@ void ag_ddp_free(struct ag_ddp *d)
 		ag_hook_remove(d->p[i].hook);
 	prog_stop(d);
 	/* a backward that failed midway left requests MPI must complete */
-	if (d->b)
+	if (d->b && !d->shm)
 		wait_all(d);
 	for (int i = 0; i < d->np; i++) {
 		ag_tensor_put(d->p[i].t);
 		free(d->p[i].name);
 	}
 	free_buckets(d);
+	ag__shm_free(d->shm);
 	free(d->order);
 	free(d->used);
 	free(d->p);

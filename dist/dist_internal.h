@@ -7,6 +7,10 @@
  * goes through ag__dist_lock()/unlock(): hooks call MPI from pool threads,
  * and MPI_THREAD_SERIALIZED is all the library asks of MPI.
  */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
 #include <mpi.h>
 
 #include <ag/dist.h>
@@ -28,5 +32,29 @@ MPI_Datatype ag__dist_type(enum ag_dtype dt);
 
 /* -AG_EINVAL unless ag_dist_init ran. */
 int ag__dist_need_init(const char *fn);
+
+/*
+ * DDP's buckets in memory every rank maps (shm.c), when all ranks run on
+ * one node.  ag__shm_new is collective: *out stays NULL (and 0 returns)
+ * when the ranks span nodes.  bytes is this rank's data; slots the most
+ * buckets.  ag__shm_free is collective too.
+ */
+struct ag__shm;
+int ag__shm_new(struct ag__shm **out, size_t bytes, int slots);
+void ag__shm_free(struct ag__shm *s);
+void *ag__shm_data(struct ag__shm *s); /* this rank's, 64-byte aligned */
+/* This rank's bucket in slot is full; true if it was the last rank in. */
+bool ag__shm_arrive(struct ag__shm *s, int slot);
+/*
+ * Reduces what is left to claim of slot's bucket (f32 or f64, off bytes
+ * into every rank's data) once every rank is in; true when all of it is
+ * the mean on every rank.  ag__shm_wait helps until then.
+ */
+bool ag__shm_reduce(struct ag__shm *s, int slot, size_t off, int64_t numel,
+		    enum ag_dtype dt);
+void ag__shm_wait(struct ag__shm *s, int slot, size_t off, int64_t numel,
+		  enum ag_dtype dt);
+/* After the slot's reduction was done on this rank: ready for the next. */
+void ag__shm_next(struct ag__shm *s, int slot, int64_t numel, enum ag_dtype dt);
 
 #endif /* AG_DIST_INTERNAL_H */

@@ -148,6 +148,13 @@ AG_API int ag_dist_sync_batchnorm(struct ag_module *m);
  * than one rank, each ddp has a thread that tests the buckets in flight
  * every 50 us (and sleeps while none is).
  *
+ * When every rank runs on one node the buckets are instead in memory the
+ * ranks share, and the hooks copy gradients undivided: a bucket every
+ * rank has filled is summed and divided in chunks by whichever ranks get
+ * to it first (the last rank to fill it, ranks waiting in the callback),
+ * with loads and stores; no thread is started.  Then ag_ddp_new() and
+ * ag_ddp_free() are collective: call them on every rank.
+ *
  * A parameter that got no gradient in a backward is reduced as zeros;
  * with find_unused_parameters it then gets the mean of the others (its
  * .grad untouched only if no rank used it), without it the backward fails
@@ -170,6 +177,14 @@ struct ag_ddp_opts {
 	size_t bucket_bytes;
 	bool find_unused_parameters;
 	bool no_broadcast_buffers; /* ag_ddp_forward leaves buffers alone */
+	/*
+	 * When every rank runs on one node, the buckets live in memory the
+	 * ranks share (an MPI-3 shared window) and are reduced there by
+	 * loads and stores, without MPI_Iallreduce; the mean is the same on
+	 * every rank, bitwise.  true: MPI_Iallreduce even then.  Across
+	 * nodes it is MPI_Iallreduce either way.
+	 */
+	bool no_shared_memory;
 };
 
 struct ag_ddp;
@@ -180,7 +195,8 @@ AG_API struct ag_ddp *ag_ddp_new(struct ag_module *module,
 AG_API struct ag_tensor *ag_ddp_forward(struct ag_ddp *ddp,
 					struct ag_tensor *x);
 AG_API int ag_ddp_no_sync(struct ag_ddp *ddp, bool on);
-AG_API void ag_ddp_free(struct ag_ddp *ddp); /* NULL is fine */
+/* NULL is fine; collective when the buckets are shared (above). */
+AG_API void ag_ddp_free(struct ag_ddp *ddp);
 
 /* What the last synchronised backward did, for tests and tuning. */
 struct ag_ddp_stats {
@@ -196,6 +212,8 @@ struct ag_ddp_stats {
 	 */
 	int buckets_done_early;
 	size_t bytes; /* all-reduced per backward */
+	/* the buckets are in memory the ranks share (ag_ddp_opts) */
+	bool shared_memory;
 };
 AG_API int ag_ddp_stats(struct ag_ddp *ddp, struct ag_ddp_stats *st);
 

@@ -182,9 +182,11 @@ static int same_on_every_rank(struct ag_module *m)
 	return 0;
 }
 
-static int train(size_t bucket_bytes, int threads)
+static int train(size_t bucket_bytes, int threads, bool no_shm)
 {
-	struct ag_ddp_opts o = { .bucket_bytes = bucket_bytes };
+	struct ag_ddp_opts o = { .bucket_bytes = bucket_bytes,
+				 .no_shared_memory = no_shm };
+	struct ag_ddp_stats st;
 	/* a different init on each rank: DDP starts from rank 0's */
 	struct ag_module *ref = mlp(1), *m = mlp(1 + rank);
 	struct ag_tensor *x, *y, *xs, *ys;
@@ -222,6 +224,8 @@ static int train(size_t bucket_bytes, int threads)
 	}
 	if (same_on_every_rank(m))
 		return 1;
+	/* mpirun runs the test's ranks on one node */
+	TAP_CHECK(ag_ddp_stats(d, &st) == 0 && st.shared_memory == !no_shm);
 	ag_ddp_free(d);
 	ag_optim_free(oref);
 	ag_optim_free(om);
@@ -236,13 +240,91 @@ static int train(size_t bucket_bytes, int threads)
 /* default buckets: the whole model in one */
 static int test_ddp_matches_one_process(void)
 {
-	return train(0, 1);
+	return train(0, 1, false);
 }
 
 /* a bucket per parameter, 2 pool threads per rank */
 static int test_ddp_small_buckets_2_threads(void)
 {
-	return train(1, 2);
+	return train(1, 2, false);
+}
+
+/* the same through MPI_Iallreduce, as across nodes */
+static int test_ddp_matches_one_process_mpi(void)
+{
+	return train(0, 1, true);
+}
+
+static int test_ddp_small_buckets_2_threads_mpi(void)
+{
+	return train(1, 2, true);
+}
+
+/*
+ * f32 buckets of many 64 KiB chunks (the shared path's unit of work),
+ * ranks with different gradients: every rank's .grad is their mean, with
+ * values chosen to be exact in f32.  loss = sum(l(x)), x = rank + 1
+ * everywhere, so weight.grad = 2 * (rank + 1) and bias.grad = 2.
+ */
+static int f32_mean(bool no_shm)
+{
+	struct ag_generator *g = ag_generator_new(13);
+	struct ag_module *m = ag_linear_new(700, 300, true, g);
+	struct ag_ddp_opts o = { .bucket_bytes = 1, /* one per parameter */
+				 .no_shared_memory = no_shm };
+	struct ag_ddp_stats st;
+	struct ag_ddp *d;
+	int64_t xs[2] = { 2, 700 };
+	float want = (float)(world + 1); /* 2 * mean of 1..world */
+
+	ag_generator_free(g);
+	d = ag_ddp_new(m, &o);
+	TAP_CHECKF(d, "%s", ag_errmsg());
+	for (int round = 0; round < 3; round++) {
+		struct ag_scope *s = ag_scope_begin();
+		struct ag_tensor *x = ag_full(AG_F32, 2, xs, rank + 1.0);
+		struct ag_tensor *w = ag_module_get_parameter(m, "weight");
+		struct ag_tensor *b = ag_module_get_parameter(m, "bias");
+		const float *gw, *gb;
+		int64_t bad = -1;
+
+		TAP_CHECKF(ag_backward(ag_sum(ag_module_forward(m, x)), NULL,
+				       NULL) == 0,
+			   "%s", ag_errmsg());
+		gw = ag_tensor_data(ag_tensor_grad(w));
+		gb = ag_tensor_data(ag_tensor_grad(b));
+		for (int64_t i = 0; i < 300 * 700 && bad < 0; i++)
+			if (gw[i] != want)
+				bad = i;
+		TAP_CHECKF(bad < 0, "round %d: weight.grad[%lld] = %g, not %g",
+			   round, (long long)bad, bad < 0 ? 0 : gw[bad], want);
+		for (int64_t i = 0; i < 300; i++)
+			TAP_CHECKF(gb[i] == 2.0f, "bias.grad[%lld] = %g",
+				   (long long)i, gb[i]);
+		TAP_CHECK(ag_ddp_stats(d, &st) == 0);
+		TAP_CHECKF(st.shared_memory == !no_shm && st.buckets == 2 &&
+				   st.bytes ==
+					   (700 * 300 + 300) * sizeof(float),
+			   "shared %d, %d buckets, %zu bytes", st.shared_memory,
+			   st.buckets, st.bytes);
+		ag_tensor_zero_grad(w);
+		ag_tensor_zero_grad(b);
+		ag_scope_end(s);
+	}
+	ag_ddp_free(d);
+	ag_module_put(m);
+	NO_LEAKS();
+	return 0;
+}
+
+static int test_f32_mean_in_chunks(void)
+{
+	return f32_mean(false);
+}
+
+static int test_f32_mean_in_chunks_mpi(void)
+{
+	return f32_mean(true);
 }
 
 /*
@@ -538,6 +620,14 @@ static int test_mismatched_options_fail_everywhere(void)
 		 world - 1);
 	TAP_CHECKF(ag_errcode() == AG_EINVAL && strstr(ag_errmsg(), want), "%s",
 		   ag_errmsg());
+	/* one rank asking for MPI while the others share memory */
+	o.bucket_bytes = 0;
+	o.no_shared_memory = rank == world - 1;
+	ag_clear_error();
+	TAP_CHECK(!ag_ddp_new(m, &o));
+	TAP_CHECKF(ag_errcode() == AG_EINVAL && strstr(ag_errmsg(), want) &&
+			   strstr(ag_errmsg(), "no_shared_memory 1"),
+		   "%s", ag_errmsg());
 	ag_module_put(m);
 	NO_LEAKS();
 	return 0;
@@ -712,6 +802,10 @@ static const struct tap_test tests[] = {
 	TAP_TEST(test_mpi_errors_map),
 	TAP_TEST(test_ddp_matches_one_process),
 	TAP_TEST(test_ddp_small_buckets_2_threads),
+	TAP_TEST(test_ddp_matches_one_process_mpi),
+	TAP_TEST(test_ddp_small_buckets_2_threads_mpi),
+	TAP_TEST(test_f32_mean_in_chunks),
+	TAP_TEST(test_f32_mean_in_chunks_mpi),
 	TAP_TEST(test_first_bucket_starts_while_nodes_pending),
 	TAP_TEST(test_buckets_rebuilt_in_ready_order),
 	TAP_TEST(test_first_bucket_holds_1_mib),
