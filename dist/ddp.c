@@ -16,6 +16,10 @@
  * Open MPI progresses a non-blocking collective only inside MPI calls:
  * each hook tests the buckets in flight, and so does a progress thread
  * between hooks, so they advance while the backward computes.
+ *
+ * When every rank is on one node the buckets live in memory the ranks
+ * share (shm.c) and the same points (start, test, wait) count the rank
+ * in, reduce chunks, and wait, with no MPI call and no progress thread.
  */
 #include <inttypes.h>
 #include <pthread.h>
