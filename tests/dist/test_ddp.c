@@ -263,9 +263,24 @@ static int test_ddp_small_buckets_2_threads_mpi(void)
 /*
  * f32 buckets of many 64 KiB chunks (the shared path's unit of work),
  * ranks with different gradients: every rank's .grad is their mean, with
- * values chosen to be exact in f32.  loss = sum(l(x)), x = rank + 1
- * everywhere, so weight.grad = 2 * (rank + 1) and bias.grad = 2.
+ * values chosen to be exact in f32.  loss = sum(l(x)), x = (rank + 1) *
+ * (round + 1) everywhere, so weight.grad = 2 * x and bias.grad = 2.  Each
+ * round a different rank is late into the reduction (a hook on the
+ * output's gradient sleeps) and another late out of it (it sleeps after
+ * the backward), so fast ranks refill their buckets for the next round
+ * while a slow one is still in the last: a stale or early read shows as
+ * the wrong round's value.
  */
+static struct ag_tensor *late(struct ag_tensor *g, void *arg)
+{
+	struct timespec ts = { 0, 2 * 1000 * 1000 };
+
+	(void)g;
+	if (*(int *)arg % world == rank)
+		nanosleep(&ts, NULL);
+	return NULL;
+}
+
 static int f32_mean(bool no_shm)
 {
 	struct ag_generator *g = ag_generator_new(13);
@@ -275,22 +290,30 @@ static int f32_mean(bool no_shm)
 	struct ag_ddp_stats st;
 	struct ag_ddp *d;
 	int64_t xs[2] = { 2, 700 };
-	float want = (float)(world + 1); /* 2 * mean of 1..world */
+	struct timespec nap = { 0, 1000 * 1000 };
 
 	ag_generator_free(g);
 	d = ag_ddp_new(m, &o);
 	TAP_CHECKF(d, "%s", ag_errmsg());
-	for (int round = 0; round < 3; round++) {
+	for (int round = 0; round < 12; round++) {
 		struct ag_scope *s = ag_scope_begin();
-		struct ag_tensor *x = ag_full(AG_F32, 2, xs, rank + 1.0);
+		struct ag_tensor *x =
+			ag_full(AG_F32, 2, xs, (rank + 1.0) * (round + 1));
 		struct ag_tensor *w = ag_module_get_parameter(m, "weight");
 		struct ag_tensor *b = ag_module_get_parameter(m, "bias");
+		struct ag_tensor *out = ag_module_forward(m, x);
+		/* 2 * mean of (1..world) * (round + 1) */
+		float want = (float)((world + 1) * (round + 1));
 		const float *gw, *gb;
 		int64_t bad = -1;
 
-		TAP_CHECKF(ag_backward(ag_sum(ag_module_forward(m, x)), NULL,
-				       NULL) == 0,
-			   "%s", ag_errmsg());
+		struct ag_hook *hk = ag_tensor_register_hook(out, late, &round);
+
+		TAP_CHECKF(ag_backward(ag_sum(out), NULL, NULL) == 0, "%s",
+			   ag_errmsg());
+		ag_hook_remove(hk);
+		if ((round + 1) % world == rank)
+			nanosleep(&nap, NULL);
 		gw = ag_tensor_data(ag_tensor_grad(w));
 		gb = ag_tensor_data(ag_tensor_grad(b));
 		for (int64_t i = 0; i < 300 * 700 && bad < 0; i++)
