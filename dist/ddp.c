@@ -449,9 +449,24 @@ static void prog_stop(struct ag_ddp *d)
 
 static int finish(void *arg);
 
+static int grad_ready_one(struct ag_tensor *grad, struct ddp_param *p);
+
+/*
+ * A rank whose backward fails in its hooks will not fill its shared
+ * buckets: the others, waiting for them, learn it and fail too.
+ */
 static int grad_ready(struct ag_tensor *grad, void *arg)
 {
 	struct ddp_param *p = arg;
+	int rc = grad_ready_one(grad, p);
+
+	if (rc && p->ddp->shm)
+		ag__shm_abandon(p->ddp->shm);
+	return rc;
+}
+
+static int grad_ready_one(struct ag_tensor *grad, struct ddp_param *p)
+{
 	struct ag_ddp *d = p->ddp;
 	struct ddp_bucket *b;
 	size_t esz;
@@ -463,6 +478,14 @@ static int grad_ready(struct ag_tensor *grad, void *arg)
 	if (d->no_sync) {
 		pthread_mutex_unlock(&d->lock);
 		return 0;
+	}
+	/* the reduction could never complete */
+	if (d->shm && ag__shm_abandoned(d->shm) >= 0) {
+		pthread_mutex_unlock(&d->lock);
+		return ag_set_error(
+			AG_EIO,
+			"ag_ddp: rank %d abandoned the ddp; free it on every rank",
+			ag__shm_abandoned(d->shm));
 	}
 	if (!d->active) {
 		rc = ag_queue_callback(finish, d);
@@ -537,8 +560,10 @@ static int wait_all(struct ag_ddp *d)
 		if (!b->started || b->done)
 			continue;
 		if (d->shm) {
-			ag__shm_wait(d->shm, k, b->off, b->numel, b->dtype);
-			b->done = true;
+			r = ag__shm_wait(d->shm, k, b->off, b->numel, b->dtype);
+			b->done = !r;
+			if (!rc)
+				rc = r;
 			continue;
 		}
 		ag__dist_lock();
@@ -844,6 +869,9 @@ void ag_ddp_free(struct ag_ddp *d)
 		free(d->p[i].name);
 	}
 	free_buckets(d);
+	/* nobody waits for this rank any more (collective from here) */
+	if (d->shm)
+		ag__shm_abandon(d->shm);
 	ag__shm_free(d->shm);
 	free(d->order);
 	free(d->used);

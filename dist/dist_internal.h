@@ -52,8 +52,15 @@ bool ag__shm_arrive(struct ag__shm *s, int slot);
  */
 bool ag__shm_reduce(struct ag__shm *s, int slot, size_t off, int64_t numel,
 		    enum ag_dtype dt);
-void ag__shm_wait(struct ag__shm *s, int slot, size_t off, int64_t numel,
-		  enum ag_dtype dt);
+int ag__shm_wait(struct ag__shm *s, int slot, size_t off, int64_t numel,
+		 enum ag_dtype dt);
+/*
+ * This rank will not fill its buckets again: ranks waiting for it (now
+ * or later) fail with AG_EIO naming the first rank that gave up, which
+ * ag__shm_abandoned returns (-1: none).
+ */
+void ag__shm_abandon(struct ag__shm *s);
+int ag__shm_abandoned(struct ag__shm *s);
 /* After the slot's reduction was done on this rank: ready for the next. */
 void ag__shm_next(struct ag__shm *s, int slot, int64_t numel, enum ag_dtype dt);
 

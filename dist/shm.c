@@ -46,6 +46,12 @@ struct shm_ctl {
 	char pad[CACHELINE - 3 * sizeof(uint64_t)];
 };
 
+/* After the slots' counters: who gave up on the ddp. */
+struct shm_state {
+	_Atomic int abandoned; /* 1 + the first rank that did, or 0 */
+	char pad[CACHELINE - sizeof(int)];
+};
+
 struct shm_base {
 	uint64_t arrived, chunks;
 };
@@ -55,6 +61,7 @@ struct ag__shm {
 	int world, slots;
 	char **seg; /* every rank's segment */
 	struct shm_ctl *ctl; /* in rank 0's segment */
+	struct shm_state *state; /* there too, after ctl[slots] */
 	struct shm_base *base; /* per slot, this rank's */
 	size_t ctl_bytes;
 };
@@ -152,11 +159,14 @@ int ag__shm_new(struct ag__shm **out, size_t bytes, int slots)
 	s->world = world;
 	s->slots = slots;
 	s->win = MPI_WIN_NULL;
-	s->ctl_bytes = round_up((size_t)slots * sizeof(struct shm_ctl), 4096);
+	s->ctl_bytes = round_up((size_t)slots * sizeof(struct shm_ctl) +
+					sizeof(struct shm_state),
+				4096);
 	ag__dist_lock();
 	rc = map_segments(s, comm, s->ctl_bytes + round_up(bytes, 4096));
 	if (!rc) {
 		s->ctl = (struct shm_ctl *)s->seg[0];
+		s->state = (struct shm_state *)(s->ctl + slots);
 		if (ag_dist_rank() == 0)
 			memset(s->ctl, 0, s->ctl_bytes);
 		/* nobody counts before rank 0 zeroed the counters */
@@ -324,17 +334,43 @@ bool ag__shm_reduce(struct ag__shm *s, int slot, size_t off, int64_t numel,
 	       first + n;
 }
 
+void ag__shm_abandon(struct ag__shm *s)
+{
+	int none = 0;
+
+	atomic_compare_exchange_strong_explicit(&s->state->abandoned, &none,
+						ag_dist_rank() + 1,
+						memory_order_acq_rel,
+						memory_order_acquire);
+}
+
+int ag__shm_abandoned(struct ag__shm *s)
+{
+	return atomic_load_explicit(&s->state->abandoned,
+				    memory_order_acquire) -
+	       1;
+}
+
 /*
  * Until the slot's reduction is done, helping with it: spins while the
  * others are about to finish, then yields the CPU (ranks may outnumber
- * cores), then sleeps.
+ * cores), then sleeps.  A rank that gave up (its backward failed before
+ * it filled the bucket, or it freed its ddp) would never come: then an
+ * error, within a nap.
  */
-void ag__shm_wait(struct ag__shm *s, int slot, size_t off, int64_t numel,
-		  enum ag_dtype dt)
+int ag__shm_wait(struct ag__shm *s, int slot, size_t off, int64_t numel,
+		 enum ag_dtype dt)
 {
 	struct timespec nap = { 0, 20000 };
+	int r;
 
 	for (unsigned i = 0; !ag__shm_reduce(s, slot, off, numel, dt); i++) {
+		r = ag__shm_abandoned(s);
+		if (r >= 0)
+			return ag_set_error(
+				AG_EIO,
+				"ag_ddp: rank %d abandoned the reduction (its backward failed, or it freed its ddp); free the ddp on every rank",
+				r);
 		if (i < 256)
 			cpu_relax();
 		else if (i < 4096)
@@ -342,6 +378,7 @@ void ag__shm_wait(struct ag__shm *s, int slot, size_t off, int64_t numel,
 		else
 			nanosleep(&nap, NULL);
 	}
+	return 0;
 }
 
 void ag__shm_next(struct ag__shm *s, int slot, int64_t numel, enum ag_dtype dt)

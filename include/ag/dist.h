@@ -153,7 +153,10 @@ AG_API int ag_dist_sync_batchnorm(struct ag_module *m);
  * rank has filled is summed and divided in chunks by whichever ranks get
  * to it first (the last rank to fill it, ranks waiting in the callback),
  * with loads and stores; no thread is started.  Then ag_ddp_new() and
- * ag_ddp_free() are collective: call them on every rank.
+ * ag_ddp_free() are collective: call them on every rank.  And a rank
+ * whose backward failed before it filled its buckets does not leave the
+ * others waiting: once it frees its ddp (or fails in a DDP hook), their
+ * backwards fail too, with AG_EIO naming it.
  *
  * A parameter that got no gradient in a backward is reduced as zeros;
  * with find_unused_parameters it then gets the mean of the others (its

@@ -602,6 +602,58 @@ static int test_mismatched_models_fail_everywhere(void)
 	return 0;
 }
 
+/*
+ * The last rank's backward fails before its first layer's gradients (a
+ * tensor hook on that layer's output fails), so it never fills their
+ * buckets.  With the buckets shared, the ranks waiting for them fail
+ * too, naming it, once it frees its ddp, instead of waiting forever;
+ * then every rank frees, and nothing leaks.
+ */
+static struct ag_tensor *fail_here(struct ag_tensor *g, void *arg)
+{
+	(void)g;
+	(void)arg;
+	ag_set_error(AG_EINVAL, "this rank's backward fails");
+	return NULL;
+}
+
+static int test_failed_backward_fails_everywhere(void)
+{
+	struct ag_module *m = mlp(7);
+	struct ag_scope *s = ag_scope_begin();
+	struct ag_tensor *x, *y, *h1, *out;
+	struct ag_hook *hk = NULL;
+	struct ag_ddp_stats st;
+	struct ag_ddp *d;
+	char want[64];
+	int rc;
+
+	batch(&x, &y);
+	d = ag_ddp_new(m, &(struct ag_ddp_opts){ .bucket_bytes = 1 });
+	TAP_CHECKF(d, "%s", ag_errmsg());
+	TAP_CHECK(ag_ddp_stats(d, &st) == 0 && st.shared_memory);
+	h1 = ag_module_forward(ag_module_get_child(m, "0"), x);
+	out = ag_module_forward(ag_module_get_child(m, "2"),
+				ag_module_forward(ag_module_get_child(m, "1"),
+						  h1));
+	if (rank == world - 1)
+		hk = ag_tensor_register_hook(h1, fail_here, NULL);
+	rc = ag_backward(ag_mse_loss(out, y), NULL, NULL);
+	TAP_CHECK(rc != 0);
+	snprintf(want, sizeof(want), "rank %d abandoned", world - 1);
+	TAP_CHECKF(strstr(ag_errmsg(), rank == world - 1 ?
+					       "this rank's backward fails" :
+					       want),
+		   "%s", ag_errmsg());
+	if (hk)
+		ag_hook_remove(hk);
+	ag_scope_end(s);
+	ag_ddp_free(d);
+	ag_module_put(m);
+	NO_LEAKS();
+	return 0;
+}
+
 /* NULL arguments: a clear error, no collective, so no rank waits. */
 static int test_null_arguments(void)
 {
@@ -835,6 +887,7 @@ static const struct tap_test tests[] = {
 	TAP_TEST(test_buckets_progress_between_hooks),
 	TAP_TEST(test_mismatched_models_fail_everywhere),
 	TAP_TEST(test_mismatched_options_fail_everywhere),
+	TAP_TEST(test_failed_backward_fails_everywhere),
 	TAP_TEST(test_null_arguments),
 	TAP_TEST(test_unused_parameters),
 	TAP_TEST(test_no_sync_accumulates),
