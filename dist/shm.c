@@ -225,82 +225,53 @@ bool ag__shm_arrive(struct ag__shm *s, int slot)
 	return n + 1 == s->base[slot].arrived + (uint64_t)s->world;
 }
 
-/* Two ranks, the common case on one node: one pass, no staging. */
-static void reduce2_f32(float *restrict a, float *restrict b, int64_t n)
-{
-	for (int64_t j = 0; j < n; j++) {
-		float v = (a[j] + b[j]) * 0.5f;
-
-		a[j] = v;
-		b[j] = v;
+/*
+ * Elements [lo, hi) of every rank's copy become their mean: summed in
+ * rank order SUB at a time on the stack, then stored to every rank.  Two
+ * ranks, the common case on one node, take one pass with no staging.
+ */
+#define DEFINE_REDUCE(sfx, T)                                                 \
+	static void reduce2_##sfx(T *restrict a, T *restrict b, int64_t n)    \
+	{                                                                     \
+		for (int64_t j = 0; j < n; j++) {                             \
+			T v = (a[j] + b[j]) * (T)0.5;                         \
+                                                                              \
+			a[j] = v;                                             \
+			b[j] = v;                                             \
+		}                                                             \
+	}                                                                     \
+                                                                              \
+	static void reduce_##sfx(struct ag__shm *s, size_t off, int64_t lo,   \
+				 int64_t hi)                                  \
+	{                                                                     \
+		T acc[SUB], k = (T)1 / (T)s->world;                           \
+                                                                              \
+		if (s->world == 2) {                                          \
+			reduce2_##sfx((T *)(data(s, 0) + off) + lo,           \
+				      (T *)(data(s, 1) + off) + lo, hi - lo); \
+			return;                                               \
+		}                                                             \
+		for (int64_t i = lo; i < hi; i += SUB) {                      \
+			int64_t n = hi - i < SUB ? hi - i : SUB;              \
+                                                                              \
+			memcpy(acc, (T *)(data(s, 0) + off) + i,              \
+			       n * sizeof(T));                                \
+			for (int r = 1; r < s->world; r++) {                  \
+				const T *src = (T *)(data(s, r) + off) + i;   \
+                                                                              \
+				for (int64_t j = 0; j < n; j++)               \
+					acc[j] += src[j];                     \
+			}                                                     \
+			for (int64_t j = 0; j < n; j++)                       \
+				acc[j] *= k;                                  \
+			for (int r = 0; r < s->world; r++)                    \
+				memcpy((T *)(data(s, r) + off) + i, acc,      \
+				       n * sizeof(T));                        \
+		}                                                             \
 	}
-}
 
-static void reduce2_f64(double *restrict a, double *restrict b, int64_t n)
-{
-	for (int64_t j = 0; j < n; j++) {
-		double v = (a[j] + b[j]) * 0.5;
-
-		a[j] = v;
-		b[j] = v;
-	}
-}
-
-/* Elements [lo, hi) of every rank's copy become their mean. */
-static void reduce_f32(struct ag__shm *s, size_t off, int64_t lo, int64_t hi)
-{
-	float acc[SUB], k = 1.0f / (float)s->world;
-
-	if (s->world == 2) {
-		reduce2_f32((float *)(data(s, 0) + off) + lo,
-			    (float *)(data(s, 1) + off) + lo, hi - lo);
-		return;
-	}
-	for (int64_t i = lo; i < hi; i += SUB) {
-		int64_t n = hi - i < SUB ? hi - i : SUB;
-
-		memcpy(acc, (float *)(data(s, 0) + off) + i, n * sizeof(float));
-		for (int r = 1; r < s->world; r++) {
-			const float *src = (float *)(data(s, r) + off) + i;
-
-			for (int64_t j = 0; j < n; j++)
-				acc[j] += src[j];
-		}
-		for (int64_t j = 0; j < n; j++)
-			acc[j] *= k;
-		for (int r = 0; r < s->world; r++)
-			memcpy((float *)(data(s, r) + off) + i, acc,
-			       n * sizeof(float));
-	}
-}
-
-static void reduce_f64(struct ag__shm *s, size_t off, int64_t lo, int64_t hi)
-{
-	double acc[SUB], k = 1.0 / s->world;
-
-	if (s->world == 2) {
-		reduce2_f64((double *)(data(s, 0) + off) + lo,
-			    (double *)(data(s, 1) + off) + lo, hi - lo);
-		return;
-	}
-	for (int64_t i = lo; i < hi; i += SUB) {
-		int64_t n = hi - i < SUB ? hi - i : SUB;
-
-		memcpy(acc, (double *)(data(s, 0) + off) + i,
-		       n * sizeof(double));
-		for (int r = 1; r < s->world; r++) {
-			const double *src = (double *)(data(s, r) + off) + i;
-
-			for (int64_t j = 0; j < n; j++)
-				acc[j] += src[j];
-		}
-		for (int64_t j = 0; j < n; j++)
-			acc[j] *= k;
-		for (int r = 0; r < s->world; r++)
-			memcpy((double *)(data(s, r) + off) + i, acc,
-			       n * sizeof(double));
-	}
-}
+DEFINE_REDUCE(f32, float)
+DEFINE_REDUCE(f64, double)
 
 bool ag__shm_reduce(struct ag__shm *s, int slot, size_t off, int64_t numel,
 		    enum ag_dtype dt)
