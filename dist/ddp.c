@@ -480,12 +480,9 @@ static int grad_ready_one(struct ag_tensor *grad, struct ddp_param *p)
 		return 0;
 	}
 	/* the reduction could never complete */
-	if (d->shm && ag__shm_abandoned(d->shm) >= 0) {
+	if (d->shm && (rc = ag__shm_check(d->shm))) {
 		pthread_mutex_unlock(&d->lock);
-		return ag_set_error(
-			AG_EIO,
-			"ag_ddp: rank %d abandoned the ddp; free it on every rank",
-			ag__shm_abandoned(d->shm));
+		return rc;
 	}
 	if (!d->active) {
 		rc = ag_queue_callback(finish, d);
@@ -672,29 +669,6 @@ static int first_order(struct ag_ddp *d)
 }
 
 /*
- * Whether every rank set up its ddp: a rank that failed alone (out of
- * memory) would otherwise leave the others waiting in their first
- * reduction, or in freeing the shared buckets.
- */
-static int agree(int rc)
-{
-	int bad = rc != 0, any = bad, r;
-
-	ag__dist_lock();
-	r = MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, ag__dist_comm());
-	ag__dist_unlock();
-	if (rc)
-		return rc;
-	if (r != MPI_SUCCESS)
-		return ag__dist_check(r, fn_new, "MPI_Allreduce");
-	if (any)
-		return ag_set_error(AG_EINVAL,
-				    "%s: another rank failed to set up its ddp",
-				    fn_new);
-	return 0;
-}
-
-/*
  * With every rank on one node (and not opts.no_shared_memory), the
  * buckets go in memory all ranks map: room for the parameters' gradients
  * however the buckets are cut, each bucket 64-byte aligned.
@@ -706,8 +680,12 @@ static int share_buckets(struct ag_ddp *d)
 
 	for (int i = 0; i < d->np; i++) {
 		enum ag_dtype dt = ag_tensor_dtype(d->p[i].t);
+		size_t sz = (size_t)d->p[i].numel * ag_dtype_size(dt) + 64;
 
-		bytes += (size_t)d->p[i].numel * ag_dtype_size(dt) + 64;
+		if (__builtin_add_overflow(bytes, sz, &bytes))
+			return ag_set_error(AG_ENOMEM,
+					    "%s: the gradients exceed memory",
+					    fn_new);
 		ok = ok && (dt == AG_F32 || dt == AG_F64);
 	}
 	if (!ok)
@@ -784,8 +762,8 @@ struct ag_ddp *ag_ddp_new(struct ag_module *module,
 	if (!d) {
 		rc = ag_set_error(AG_ENOMEM, "%s: out of memory", fn_new);
 		/* the others learn it where they would have: in both */
-		agree(rc);
-		agree(rc);
+		ag__dist_agree(rc, fn_new);
+		ag__dist_agree(rc, fn_new);
 		return NULL;
 	}
 	pthread_mutex_init(&d->lock, NULL);
@@ -801,7 +779,8 @@ struct ag_ddp *ag_ddp_new(struct ag_module *module,
 		rc = take_params(d);
 	if (!rc)
 		rc = first_order(d);
-	rc = agree(rc); /* so that all or none take part in the next */
+	rc = ag__dist_agree(
+		rc, fn_new); /* so that all or none take part in the next */
 	if (!rc)
 		rc = share_buckets(d);
 	if (!rc)
@@ -810,7 +789,7 @@ struct ag_ddp *ag_ddp_new(struct ag_module *module,
 		rc = hook_params(d);
 	if (!rc)
 		rc = prog_start(d);
-	rc = agree(rc);
+	rc = ag__dist_agree(rc, fn_new);
 	if (rc) {
 		ag_ddp_free(d);
 		return NULL;
@@ -869,9 +848,6 @@ void ag_ddp_free(struct ag_ddp *d)
 		free(d->p[i].name);
 	}
 	free_buckets(d);
-	/* nobody waits for this rank any more (collective from here) */
-	if (d->shm)
-		ag__shm_abandon(d->shm);
 	ag__shm_free(d->shm);
 	free(d->order);
 	free(d->used);

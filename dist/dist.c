@@ -80,6 +80,22 @@ MPI_Datatype ag__dist_type(enum ag_dtype dt)
 	}
 }
 
+int ag__dist_agree(int rc, const char *fn)
+{
+	int bad = rc != 0, any = bad, r;
+
+	ag__dist_lock();
+	r = MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, comm);
+	ag__dist_unlock();
+	if (rc)
+		return rc;
+	if (r != MPI_SUCCESS)
+		return ag__dist_check(r, fn, "MPI_Allreduce");
+	if (any)
+		return ag_set_error(AG_EINVAL, "%s: another rank failed", fn);
+	return 0;
+}
+
 int ag__dist_need_init(const char *fn)
 {
 	if (comm != MPI_COMM_NULL)

@@ -30,6 +30,13 @@ int ag__dist_check(int mpi_rc, const char *fn, const char *what);
 /* The MPI type of a libag dtype. */
 MPI_Datatype ag__dist_type(enum ag_dtype dt);
 
+/*
+ * Whether every rank got this far (rc 0 on all): one MPI_Allreduce, so a
+ * rank that failed alone (out of memory) fails them all instead of leaving
+ * them in the next collective.  Returns rc, or an error if another failed.
+ */
+int ag__dist_agree(int rc, const char *fn);
+
 /* -AG_EINVAL unless ag_dist_init ran. */
 int ag__dist_need_init(const char *fn);
 
@@ -37,7 +44,7 @@ int ag__dist_need_init(const char *fn);
  * DDP's buckets in memory every rank maps (shm.c), when all ranks run on
  * one node.  ag__shm_new is collective: *out stays NULL (and 0 returns)
  * when the ranks span nodes.  bytes is this rank's data; slots the most
- * buckets.  ag__shm_free is collective too.
+ * buckets.  ag__shm_free is collective too, and abandons (below).
  */
 struct ag__shm;
 int ag__shm_new(struct ag__shm **out, size_t bytes, int slots);
@@ -55,12 +62,12 @@ bool ag__shm_reduce(struct ag__shm *s, int slot, size_t off, int64_t numel,
 int ag__shm_wait(struct ag__shm *s, int slot, size_t off, int64_t numel,
 		 enum ag_dtype dt);
 /*
- * This rank will not fill its buckets again: ranks waiting for it (now
- * or later) fail with AG_EIO naming the first rank that gave up, which
- * ag__shm_abandoned returns (-1: none).
+ * This rank will not fill its buckets again (ag__shm_free does it too):
+ * ranks waiting for it, now or later, fail with AG_EIO naming the first
+ * rank that gave up, as ag__shm_check does once one has.
  */
 void ag__shm_abandon(struct ag__shm *s);
-int ag__shm_abandoned(struct ag__shm *s);
+int ag__shm_check(struct ag__shm *s);
 /* After the slot's reduction was done on this rank: ready for the next. */
 void ag__shm_next(struct ag__shm *s, int slot, int64_t numel, enum ag_dtype dt);
 

@@ -129,7 +129,7 @@ int ag__shm_new(struct ag__shm **out, size_t bytes, int slots)
 	MPI_Comm comm = ag__dist_comm();
 	struct ag__shm *s;
 	bool yes = false;
-	int rc, world = ag_dist_world_size(), ok, all_ok = 0;
+	int rc, world = ag_dist_world_size();
 
 	*out = NULL;
 	ag__dist_lock();
@@ -139,26 +139,20 @@ int ag__shm_new(struct ag__shm **out, size_t bytes, int slots)
 		return rc;
 	s = calloc(1, sizeof(*s));
 	if (s) {
+		s->win = MPI_WIN_NULL;
 		s->seg = calloc((size_t)world, sizeof(*s->seg));
 		s->base = calloc((size_t)(slots ? slots : 1), sizeof(*s->base));
 	}
-	ok = s && s->seg && s->base;
 	/* every rank takes part in the window, or none does */
-	ag__dist_lock();
-	rc = ag__dist_check(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN,
-					  comm),
-			    "ag_ddp", "MPI_Allreduce");
-	ag__dist_unlock();
-	if (!rc && !all_ok)
-		rc = ok ? ag_set_error(
-				  AG_ENOMEM,
-				  "ag_ddp: another rank ran out of memory") :
-			  ag_set_error(AG_ENOMEM, "ag_ddp: out of memory");
+	rc = ag__dist_agree(s && s->seg && s->base ?
+				    0 :
+				    ag_set_error(AG_ENOMEM,
+						 "ag_ddp: out of memory"),
+			    "ag_ddp");
 	if (rc)
 		goto fail;
 	s->world = world;
 	s->slots = slots;
-	s->win = MPI_WIN_NULL;
 	s->ctl_bytes = round_up((size_t)slots * sizeof(struct shm_ctl) +
 					sizeof(struct shm_state),
 				4096);
@@ -188,6 +182,9 @@ void ag__shm_free(struct ag__shm *s)
 {
 	if (!s)
 		return;
+	/* nobody waits for this rank any more (collective from here) */
+	if (s->state)
+		ag__shm_abandon(s);
 	if (s->win != MPI_WIN_NULL) {
 		ag__dist_lock();
 		MPI_Win_unlock_all(s->win);
@@ -315,11 +312,18 @@ void ag__shm_abandon(struct ag__shm *s)
 						memory_order_acquire);
 }
 
-int ag__shm_abandoned(struct ag__shm *s)
+int ag__shm_check(struct ag__shm *s)
 {
-	return atomic_load_explicit(&s->state->abandoned,
-				    memory_order_acquire) -
-	       1;
+	int r = atomic_load_explicit(&s->state->abandoned,
+				     memory_order_acquire) -
+		1;
+
+	if (r < 0)
+		return 0;
+	return ag_set_error(
+		AG_EIO,
+		"ag_ddp: rank %d abandoned the reduction (its backward failed, or it freed its ddp); free the ddp on every rank",
+		r);
 }
 
 /*
@@ -333,15 +337,12 @@ int ag__shm_wait(struct ag__shm *s, int slot, size_t off, int64_t numel,
 		 enum ag_dtype dt)
 {
 	struct timespec nap = { 0, 20000 };
-	int r;
+	int rc;
 
 	for (unsigned i = 0; !ag__shm_reduce(s, slot, off, numel, dt); i++) {
-		r = ag__shm_abandoned(s);
-		if (r >= 0)
-			return ag_set_error(
-				AG_EIO,
-				"ag_ddp: rank %d abandoned the reduction (its backward failed, or it freed its ddp); free the ddp on every rank",
-				r);
+		rc = ag__shm_check(s);
+		if (rc)
+			return rc;
 		if (i < 256)
 			cpu_relax();
 		else if (i < 4096)
