@@ -105,7 +105,8 @@ static int parse(int argc, char **argv, struct args *a)
 	}
 	if (strcmp(a->model, "mlp") && strcmp(a->model, "cnn"))
 		return usage("--model is mlp or cnn");
-	if (a->port > 65535 || a->max_requests < 0 || a->max_inflight < 0)
+	if (a->port > 65535 || a->max_requests < 0 || a->max_inflight < 0 ||
+	    a->max_inflight > 65536)
 		return usage("bad --port, --max-requests or --max-inflight");
 	return 0;
 }
@@ -153,61 +154,21 @@ static void answer(const char *line, char *out, size_t n)
 }
 
 /*
- * The admission gate (--max-inflight): a FIFO of waiters, each on its own
- * condition variable, so a finishing request wakes exactly the oldest
- * waiter and hands it its place.
+ * The admission gate (--max-inflight; NULL: no limit): a request takes a
+ * place before the model and gives it back before its answer is sent, so
+ * no place is held across the socket (include/ag/pool.h, ag_gate).
  */
-struct gate_waiter {
-	pthread_cond_t cv;
-	bool go;
-	struct gate_waiter *next;
-};
+static struct ag_gate *gate;
 
-static struct {
-	pthread_mutex_t lock;
-	long inflight, max; /* max 0: no gate */
-	struct gate_waiter *head, **tail;
-} gate = { .lock = PTHREAD_MUTEX_INITIALIZER, .tail = &gate.head };
-
-static void gate_enter(void)
+static void answer_gated(const char *line, char *out, size_t n)
 {
-	struct gate_waiter w = { .go = false };
-
-	if (!gate.max)
-		return;
-	pthread_mutex_lock(&gate.lock);
-	if (!gate.head && gate.inflight < gate.max) {
-		gate.inflight++;
-		pthread_mutex_unlock(&gate.lock);
+	if (gate && ag_gate_enter(gate)) {
+		snprintf(out, n, "error %s\n", ag_errmsg());
 		return;
 	}
-	pthread_cond_init(&w.cv, NULL);
-	*gate.tail = &w;
-	gate.tail = &w.next;
-	while (!w.go)
-		pthread_cond_wait(&w.cv, &gate.lock);
-	pthread_mutex_unlock(&gate.lock);
-	pthread_cond_destroy(&w.cv);
-}
-
-static void gate_leave(void)
-{
-	struct gate_waiter *w;
-
-	if (!gate.max)
-		return;
-	pthread_mutex_lock(&gate.lock);
-	w = gate.head;
-	if (w) { /* the place passes on: inflight stays */
-		gate.head = w->next;
-		if (!gate.head)
-			gate.tail = &gate.head;
-		w->go = true;
-		pthread_cond_signal(&w->cv);
-	} else {
-		gate.inflight--;
-	}
-	pthread_mutex_unlock(&gate.lock);
+	answer(line, out, n);
+	if (gate)
+		ag_gate_leave(gate);
 }
 
 /* Counts an answer; the one that reaches --max-requests stops the service. */
@@ -287,9 +248,7 @@ static void *conn_main(void *arg)
 				shutdown(listen_fd, SHUT_RDWR);
 				goto out;
 			}
-			gate_enter();
-			answer(buf, out, sizeof(out));
-			gate_leave();
+			answer_gated(buf, out, sizeof(out));
 			if (send_all(c->fd, out, strlen(out)))
 				goto out;
 			count_answer(c->a);
@@ -426,11 +385,16 @@ int main(int argc, char **argv)
 		ag_module_put(model);
 		return 1;
 	}
-	gate.max = a.max_inflight;
+	if (a.max_inflight && !(gate = ag_gate_new((int)a.max_inflight, 0))) {
+		fprintf(stderr, "serve: %s\n", ag_errmsg());
+		ag_module_put(model);
+		return 1;
+	}
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	rc = a.port < 0 ? serve_stdin(&a) : serve_tcp(&a);
 	fprintf(stderr, "serve: %ld answers\n", atomic_load(&answered));
+	ag_gate_free(gate);
 	ag_module_put(model);
 	ag_trim();
 	return rc;

@@ -52,4 +52,64 @@ AG_API int ag_parallel_for(int64_t n, int64_t grain,
 			   void (*fn)(int64_t begin, int64_t end, void *arg),
 			   void *arg);
 
+/*
+ * Admission gates: at most `slots` threads hold a place at once; the
+ * others wait in arrival order.  For a service with more request threads
+ * than cores: the kernel preempts a busy thread wherever its time slice
+ * ends, mid-request, and that request then waits for all the other
+ * threads' slices (tens to hundreds of ms at 64 threads on 2 CPUs); behind
+ * a gate with as many places as cores, requests are not preempted by each
+ * other and places move only at request boundaries.  docs/serving.md
+ * measures it.
+ *
+ * A request thread calls ag_gate_enter() before a request and
+ * ag_gate_leave() after it; a thread that runs requests back to back can
+ * instead stay in and call ag_gate_yield() between them, which hands its
+ * place on only once it has held it for the gate's quantum and someone
+ * waits (fewer hand-offs, each of which costs a sleep and a wake-up).  A
+ * thread must leave before it blocks on anything a waiting thread may be
+ * needed for, as with any lock; a place held when its thread exits is
+ * handed on.  A thread holds at most one place at a time.  A thread that
+ * has waited keeps a pipe (two descriptors) until it exits: a wake-up
+ * through a pipe runs the waiter on the waker's CPU.
+ */
+struct ag_gate;
+
+/*
+ * A gate of slots places (0: the number of online CPUs) whose holders
+ * yield after quantum_us microseconds (0: at every ag_gate_yield() that
+ * finds a waiter).  NULL with AG_EINVAL (slots < 0 or > 65536, quantum_us
+ * < 0) or AG_ENOMEM.
+ */
+AG_API struct ag_gate *ag_gate_new(int slots, int64_t quantum_us);
+
+/*
+ * Frees g; NULL is a no-op.  -AG_EBUSY, freeing nothing, while a place is
+ * held or a thread waits.
+ */
+AG_API int ag_gate_free(struct ag_gate *g);
+
+/*
+ * Takes a place at g, waiting behind the threads that came before.
+ * -AG_EINVAL if g is NULL or this thread holds a place (at any gate).
+ */
+AG_API int ag_gate_enter(struct ag_gate *g);
+
+/*
+ * Gives this thread's place at g to the oldest waiter, or frees it.
+ * -AG_EINVAL if this thread holds no place at g.
+ */
+AG_API int ag_gate_leave(struct ag_gate *g);
+
+/*
+ * A request boundary: if this thread has held its place for the quantum
+ * and a thread waits, the place goes to the oldest waiter and this thread
+ * waits behind the others; otherwise returns at once (an atomic load when
+ * nobody waits).  -AG_EINVAL if this thread holds no place at g.
+ */
+AG_API int ag_gate_yield(struct ag_gate *g);
+
+/* The number of threads waiting at g now (0 for NULL): a queue length. */
+AG_API int ag_gate_waiting(const struct ag_gate *g);
+
 #endif /* AG_POOL_H */

@@ -44,8 +44,12 @@ static void usage(FILE *f)
 	      "  --serve-requests N    serve: requests per thread (default: a budget per case)\n"
 	      "  --serve-seconds S     serve: no request starts after S seconds of a case\n"
 	      "                    (default 2; 0: no limit)\n"
-	      "  --serve-gate N    serve: at most N requests at once, the others queue\n"
-	      "                    in arrival order (the service's admission; default off)\n"
+	      "  --serve-gate N    serve: the request threads run behind an ag_gate of N\n"
+	      "                    places (at most N requests at once, the others queue\n"
+	      "                    in arrival order; default off)\n"
+	      "  --serve-quantum US  serve: how long a thread keeps its place at the gate\n"
+	      "                    before it yields to a waiter (default 1000; 0: after\n"
+	      "                    every request)\n"
 	      "  --serve-unpacked  serve: leave the linear weights unpacked (default:\n"
 	      "                    ag_linear_prepack, as a service would)\n"
 	      "  --serve-model M   serve: mlp or cnn only (default both)\n"
@@ -159,11 +163,12 @@ int main(int argc, char **argv)
 		{ "serve-soak", no_argument, NULL, 'K' },
 		{ "serve-seconds", required_argument, NULL, 'D' },
 		{ "serve-gate", required_argument, NULL, 'G' },
+		{ "serve-quantum", required_argument, NULL, 'Q' },
 		{ "serve-unpacked", no_argument, NULL, 'U' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct config c = { .serve_seconds = 2 };
+	struct config c = { .serve_seconds = 2, .serve_quantum_us = 1000 };
 	struct machine mc = { 0 };
 	bool sel[ARRAY_SIZE(workloads)] = { 0 }, any = false;
 	void *state[ARRAY_SIZE(workloads)] = { 0 };
@@ -174,7 +179,7 @@ int main(int argc, char **argv)
 	double t_start = bench_now();
 
 	mc.cores = sysconf(_SC_NPROCESSORS_ONLN);
-	while ((opt = getopt_long(argc, argv, "w:t:r:u:j:T:N:S:R:M:KD:G:qh",
+	while ((opt = getopt_long(argc, argv, "w:t:r:u:j:T:N:S:R:M:KD:G:Q:qh",
 				  opts, NULL)) != -1) {
 		switch (opt) {
 		case 'w':
@@ -245,6 +250,11 @@ int main(int argc, char **argv)
 			break;
 		case 'G':
 			if (parse_int("serve-gate", optarg, 1, &c.serve_gate))
+				return 2;
+			break;
+		case 'Q':
+			if (parse_int("serve-quantum", optarg, 0,
+				      &c.serve_quantum_us))
 				return 2;
 			break;
 		case 'D': {

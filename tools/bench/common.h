@@ -136,6 +136,7 @@ struct config {
 	bool serve_soak; /* also RSS after 10^6 requests */
 	double serve_seconds; /* no request starts later in a case; 0: none */
 	int serve_gate; /* requests running at once, the rest queue; 0: any */
+	int serve_quantum_us; /* how long a thread keeps its place at the gate */
 	bool serve_unpacked; /* no ag_linear_prepack */
 	const char *serve_models; /* "mlp", "cnn" or NULL: both */
 };

@@ -270,63 +270,13 @@ static double peak_rss_mib(void)
 /* -------------------------------------------------------- the threads */
 
 /*
- * --serve-gate N: at most N requests run at once, the others wait in
- * arrival order, each on its own condition variable (a leaving request
- * hands its place to the oldest waiter).  This is the service's side, not
- * libag's: with more busy request threads than cores, the kernel runs
- * them in turn, and a short request that is preempted waits a whole round
- * of the others' time slices; queueing at the door instead bounds the
- * tail by the queue's length.
+ * --serve-gate N: the request threads run behind an ag_gate of N places
+ * (include/ag/pool.h), as a service with more request threads than cores
+ * would: each thread enters before its first request, calls
+ * ag_gate_yield() at the start of every later one (inside the clock: the
+ * wait for a place is part of the request's latency) and leaves after its
+ * last.  --serve-quantum sets how long a thread keeps its place.
  */
-struct gate_waiter {
-	pthread_cond_t cond;
-	bool go;
-	struct gate_waiter *next;
-};
-
-struct gate {
-	pthread_mutex_t lock;
-	int free; /* places not taken */
-	struct gate_waiter *head, *tail;
-};
-
-static void gate_enter(struct gate *g, struct gate_waiter *w)
-{
-	pthread_mutex_lock(&g->lock);
-	if (g->free > 0 && !g->head) {
-		g->free--;
-		pthread_mutex_unlock(&g->lock);
-		return;
-	}
-	w->go = false;
-	w->next = NULL;
-	if (g->tail)
-		g->tail->next = w;
-	else
-		g->head = w;
-	g->tail = w;
-	while (!w->go)
-		pthread_cond_wait(&w->cond, &g->lock);
-	pthread_mutex_unlock(&g->lock);
-}
-
-static void gate_leave(struct gate *g)
-{
-	struct gate_waiter *w;
-
-	pthread_mutex_lock(&g->lock);
-	w = g->head;
-	if (w) { /* the place passes to w: free stays as it is */
-		g->head = w->next;
-		if (!g->head)
-			g->tail = NULL;
-		w->go = true;
-		pthread_cond_signal(&w->cond);
-	} else {
-		g->free++;
-	}
-	pthread_mutex_unlock(&g->lock);
-}
 
 /* A kind of request: which mode at which batch. */
 struct kind {
@@ -346,8 +296,7 @@ struct worker {
 	long requests;
 	double deadline; /* no request starts after it (bench_now()) */
 	pthread_barrier_t *start;
-	struct gate *gate; /* NULL: none */
-	struct gate_waiter waiter;
+	struct ag_gate *gate; /* NULL: none */
 	float *in, *out;
 	struct ag_tensor *targets[3]; /* per kind: i64 [b] */
 	struct hist h;
@@ -368,17 +317,18 @@ static void *worker_run(void *arg)
 		const struct kind *k = &kinds[ki];
 		double t0 = bench_now();
 
-		if (w->gate)
-			gate_enter(w->gate, &w->waiter);
+		if (w->gate &&
+		    (i ? ag_gate_yield(w->gate) : ag_gate_enter(w->gate)))
+			die("serve: %s", ag_errmsg());
 		if (serve_request(w->m, k->mode, k->b, w->in, w->targets[ki],
 				  w->out)) {
 			snprintf(w->err, sizeof(w->err), "%s", ag_errmsg());
 			w->failed = 1;
 		}
-		if (w->gate)
-			gate_leave(w->gate);
 		h_add(&w->h, bench_now() - t0);
 	}
+	if (w->gate && ag_gate_leave(w->gate))
+		die("serve: %s", ag_errmsg());
 	w->t_end = bench_now();
 	return NULL;
 }
@@ -390,7 +340,6 @@ static void worker_init(struct worker *w, const struct model *m,
 
 	memset(w, 0, sizeof(*w));
 	w->m = m;
-	pthread_cond_init(&w->waiter.cond, NULL);
 	w->in = xmalloc((size_t)n * sizeof(float));
 	w->out = xmalloc((size_t)n * sizeof(float));
 	for (int64_t i = 0; i < n; i++)
@@ -403,7 +352,6 @@ static void worker_free(struct worker *w)
 {
 	for (size_t k = 0; k < ARRAY_SIZE(kinds); k++)
 		ag_tensor_put(w->targets[k]);
-	pthread_cond_destroy(&w->waiter.cond);
 	free(w->in);
 	free(w->out);
 }
@@ -412,7 +360,7 @@ struct serve {
 	struct model m[2];
 	int nm;
 	struct worker *w; /* MAX_THREADS */
-	struct gate gate; /* --serve-gate */
+	struct ag_gate *gate; /* --serve-gate; NULL: none */
 	bool soaked;
 };
 
@@ -424,7 +372,7 @@ struct serve {
  */
 static double run_case(struct serve *st, const struct model *m,
 		       const struct kind *k, int t, long requests,
-		       double seconds, struct gate *gate, struct hist *h)
+		       double seconds, struct ag_gate *gate, struct hist *h)
 {
 	pthread_t tid[MAX_THREADS];
 	pthread_barrier_t start;
@@ -498,8 +446,7 @@ static void serve_case(struct serve *st, const struct config *c,
 
 	if (!h)
 		die("out of memory");
-	wall = run_case(st, m, k, t, r, c->serve_seconds,
-			c->serve_gate ? &st->gate : NULL, h);
+	wall = run_case(st, m, k, t, r, c->serve_seconds, st->gate, h);
 	snprintf(name, sizeof(name), "%s,B=%lld,T=%d,%s%s%s", m->name,
 		 (long long)k->b, t, k->mode == MODE_INFER ? "infer" : "grad",
 		 c->serve_gate ? ",gate" : "",
@@ -551,8 +498,9 @@ static void *serve_setup(const struct config *c, struct ag_generator *g)
 	struct serve *st = xmalloc(sizeof(*st));
 
 	memset(st, 0, sizeof(*st));
-	pthread_mutex_init(&st->gate.lock, NULL);
-	st->gate.free = c->serve_gate;
+	if (c->serve_gate &&
+	    !(st->gate = ag_gate_new(c->serve_gate, c->serve_quantum_us)))
+		die("serve: %s", ag_errmsg());
 	if (!c->serve_models || !strcmp(c->serve_models, "mlp"))
 		mlp_make(&st->m[st->nm++], c->quick ? quick_dims : dims, g);
 	if (!c->serve_models || !strcmp(c->serve_models, "cnn"))
@@ -661,7 +609,8 @@ static void serve_free(void *arg)
 	free(st->w);
 	for (int mi = 0; mi < st->nm; mi++)
 		model_free(&st->m[mi]);
-	pthread_mutex_destroy(&st->gate.lock);
+	if (ag_gate_free(st->gate))
+		die("serve: %s", ag_errmsg());
 	free(st);
 }
 

@@ -494,10 +494,12 @@ def serve_main(args, agb):
 
     Configurations, interleaved over rounds with the order rotating:
     libag; libtorch with at::set_num_threads(1) in each request thread
-    and ONE_THREAD_ENV (how libtorch services are deployed); libtorch-intra with its default
-    intra-op pool.  Prints each figure side by side with libag's speedup
-    over each (rates: libag/libtorch; latencies: libtorch/libag) and the
-    issue-16 goals against the per-thread libtorch.
+    and ONE_THREAD_ENV (how libtorch services are deployed); libtorch-intra
+    with its default intra-op pool; with --serve-gate N, also libag behind
+    an ag_gate of N places (libag-gate) and libtorch behind the same gate
+    (libtorch-gate, torch_bench's copy of it).  Prints each figure side by
+    side with libag's speedups (rates: libag/libtorch; latencies:
+    libtorch/libag) and the issue-16 goals against the per-thread libtorch.
     """
     cpp = build_cpp()
     if not cpp:
@@ -516,9 +518,14 @@ def serve_main(args, agb):
         extra += ["--serve-seconds", str(args.serve_seconds)]
     if args.quick:
         extra.append("--quick")
+    gate = ["--serve-gate", str(args.serve_gate),
+            "--serve-quantum", str(args.serve_quantum)]
     runs = [Run("libag", [agb] + extra, {}),
             Run("libtorch", [cpp] + extra, ONE_THREAD_ENV),
             Run("libtorch-intra", [cpp] + extra + ["--serve-intra"], {})]
+    if args.serve_gate:
+        runs += [Run("libag-gate", [agb] + extra + gate, {}),
+                 Run("libtorch-gate", [cpp] + extra + gate, ONE_THREAD_ENV)]
     configs = [r.config for r in runs]
     docs = {c: [] for c in configs}
     tmp = tempfile.mkdtemp(prefix="ag-serve-")
@@ -538,53 +545,65 @@ def serve_main(args, agb):
         res[c], o = merge(docs[c])
         if c == "libag":
             order = o
-    # libtorch-intra's cases end in ",intra": key them as libag's
-    intra = {}
-    for (wl, case, thr, metric), e in res["libtorch-intra"].items():
-        intra[(wl, case.replace(",intra", ""), thr, metric)] = e
-    res["libtorch-intra"] = intra
-    hdr = ["case", "metric", "unit", "libag", "libtorch", "libtorch-intra",
-           "x libtorch", "x intra"]
+        # ",intra" and ",gate" name the configuration: key as libag's
+        plain = {}
+        for (wl, case, thr, metric), e in res[c].items():
+            case = case.replace(",intra", "").replace(",gate", "")
+            plain[(wl, case, thr, metric)] = e
+        res[c] = plain
+    # (column, numerator config, denominator config)
+    ratios = [("x libtorch", "libag", "libtorch"),
+              ("x intra", "libag", "libtorch-intra")]
+    if args.serve_gate:
+        ratios += [("gate x libtorch", "libag-gate", "libtorch"),
+                   ("gate x gate", "libag-gate", "libtorch-gate")]
+    hdr = ["case", "metric", "unit"] + configs + [r[0] for r in ratios]
     lines = [hdr]
     for key in order:
         wl, case, thr, metric = key
         if wl != "serve":
             continue
         a = res["libag"].get(key)
-        b = res["libtorch"].get(key)
-        c = res["libtorch-intra"].get(key)
         unit = a["unit"] if a else "-"
-        sb = speedup(a, b, unit) if unit not in ("MiB", "req") else None
-        sc = speedup(a, c, unit) if unit not in ("MiB", "req") else None
-        lines.append([case, metric, unit,
-                      fmt(a and a.get("median")),
-                      fmt(b and b.get("median")),
-                      fmt(c and c.get("median")),
-                      "%.2fx" % sb if sb else "-",
-                      "%.2fx" % sc if sc else "-"])
+        row = [case.replace(",gate", ""), metric, unit]
+        row += [fmt(res[c].get(key) and res[c][key].get("median"))
+                for c in configs]
+        for _, num, den in ratios:
+            sp = None
+            if unit not in ("MiB", "req"):
+                sp = speedup(res[num].get(key), res[den].get(key), unit)
+            row.append("%.2fx" % sp if sp else "-")
+        lines.append(row)
     print_table(lines)
     rounds = args.rounds
     print("\nmedians of %d round(s) x %d rep(s); speedup = libag over "
           "libtorch (rates) or libtorch over libag (latencies)" %
           (rounds, args.reps))
+    if args.serve_gate:
+        print("gate: %d places, quantum %d us (ag_gate on libag's side, "
+              "torch_bench's copy of it on libtorch's)" %
+              (args.serve_gate, args.serve_quantum))
     if LOADS:
         print("1-min load average during the runs: %.2f-%.2f on %d CPUs" %
               (min(LOADS), max(LOADS), os.cpu_count() or 1))
-    print("\ngoals (issue 16, against libtorch with one thread per "
-          "request):")
-    for model in ("mlp", "cnn"):
-        for desc, tmpl, metric, want in SERVE_GOALS:
-            key = ("serve", tmpl % model, int(tmpl.split("T=")[1]
-                                              .split(",")[0]), metric)
-            a = res["libag"].get(key)
-            b = res["libtorch"].get(key)
-            if not a or not b:
-                continue
-            sp = speedup(a, b, a["unit"])
-            if sp is None:
-                continue
-            print("  %-4s %-42s %6.2fx  %s" %
-                  (model, desc, sp, "met" if sp >= want else "NOT met"))
+    pairs = [("libag", "libtorch")]
+    if args.serve_gate:
+        pairs += [("libag-gate", "libtorch"), ("libag-gate", "libtorch-gate")]
+    for num, den in pairs:
+        print("\ngoals (issue 16), %s against %s:" % (num, den))
+        for model in ("mlp", "cnn"):
+            for desc, tmpl, metric, want in SERVE_GOALS:
+                key = ("serve", tmpl % model, int(tmpl.split("T=")[1]
+                                                  .split(",")[0]), metric)
+                a = res[num].get(key)
+                b = res[den].get(key)
+                if not a or not b:
+                    continue
+                sp = speedup(a, b, a["unit"])
+                if sp is None:
+                    continue
+                print("  %-4s %-42s %6.2fx  %s" %
+                      (model, desc, sp, "met" if sp >= want else "NOT met"))
     return 0
 
 
@@ -749,6 +768,13 @@ def main():
     ap.add_argument("--serve-seconds", type=float,
                     help="no request starts after this many seconds of a "
                     "case, the same rule on both sides (default 2; 0: none)")
+    ap.add_argument("--serve-gate", type=int, default=os.cpu_count() or 1,
+                    metavar="N",
+                    help="also run both libraries behind an admission gate "
+                    "of N places (ag_gate; torch_bench has a copy); "
+                    "default the online CPUs, 0: not")
+    ap.add_argument("--serve-quantum", type=int, default=1000, metavar="US",
+                    help="the gate's quantum in microseconds (default 1000)")
     ap.add_argument("--no-write", action="store_true",
                     help="print the table only")
     ap.add_argument("--fashion-mnist", action="store_true",

@@ -10,7 +10,8 @@
  *               [--workload NAME]...
  *               [--serve-threads LIST] [--serve-requests N]
  *               [--serve-model mlp|cnn] [--serve-intra]
- *               [--serve-seconds S]
+ *               [--serve-seconds S] [--serve-gate N]
+ *               [--serve-quantum US]
  *
  * serve runs only when named, as in ag-bench.
  */
@@ -27,6 +28,7 @@
 #include <fstream>
 #include <thread>
 #include <map>
+#include <mutex>
 #include <set>
 #include <string>
 #include <vector>
@@ -390,6 +392,105 @@ double rss_mib()
 	return (double)res * (double)sysconf(_SC_PAGESIZE) / (1 << 20);
 }
 
+/*
+ * --serve-gate N: the same admission gate as libag's ag_gate
+ * (engine/pool/gate.c), written again here because this program must not
+ * link libag: N places, waiters in arrival order, each sleeping on its own
+ * thread's pipe, a place handed to the oldest waiter after the lock is
+ * dropped, and a holder that yields at a request boundary once it has held
+ * its place for the quantum and someone waits.  So that libtorch can be
+ * measured behind the gate libag's figures were measured behind.
+ */
+struct Gate {
+	struct Waiter {
+		int fd[2];
+		Waiter *next = nullptr;
+	};
+	std::mutex lock;
+	int free;
+	double quantum;
+	Waiter *head = nullptr, **tail = &head;
+	std::atomic<int> waiting{ 0 };
+
+	Gate(int slots, double quantum_s) : free(slots), quantum(quantum_s) {}
+
+	void wait_turn(Waiter &w, std::unique_lock<std::mutex> &l)
+	{
+		char c;
+
+		w.next = nullptr;
+		*tail = &w;
+		tail = &w.next;
+		waiting++;
+		l.unlock();
+		while (read(w.fd[0], &c, 1) != 1)
+			;
+	}
+	Waiter *release() /* under lock */
+	{
+		Waiter *w = head;
+
+		if (!w) {
+			free++;
+			return nullptr;
+		}
+		head = w->next;
+		if (!head)
+			tail = &head;
+		waiting--;
+		return w;
+	}
+	static void wake(Waiter *w)
+	{
+		char c = 0;
+
+		while (w && write(w->fd[1], &c, 1) != 1)
+			;
+	}
+	void enter(Waiter &w)
+	{
+		std::unique_lock<std::mutex> l(lock);
+
+		if (free > 0 && !head) {
+			free--;
+			return;
+		}
+		wait_turn(w, l);
+	}
+	void leave()
+	{
+		std::unique_lock<std::mutex> l(lock);
+		Waiter *w = release();
+
+		l.unlock();
+		wake(w);
+	}
+	/* since: when this thread took its place; updated */
+	void yield(Waiter &self, double &since, double t)
+	{
+		if (!waiting.load(std::memory_order_relaxed) ||
+		    t - since < quantum)
+			return;
+		std::unique_lock<std::mutex> l(lock);
+		if (!head) {
+			since = t;
+			return;
+		}
+		Waiter *w = release();
+		char c;
+
+		self.next = nullptr;
+		*tail = &self;
+		tail = &self.next;
+		waiting++;
+		l.unlock();
+		wake(w);
+		while (read(self.fd[0], &c, 1) != 1)
+			;
+		since = now();
+	}
+};
+
 long serve_budget(const ServeModel &m, const ServeKind &k, int t, int fixed)
 {
 	if (fixed)
@@ -405,7 +506,7 @@ long serve_budget(const ServeModel &m, const ServeKind &k, int t, int fixed)
  * (0: no limit) from the case's start, but each thread runs at least one.
  */
 void serve(Results &r, const ServeModel &m, const std::vector<int> &ts,
-	   int fixed, double seconds, bool intra,
+	   int fixed, double seconds, bool intra, int gate_n, double quantum,
 	   const std::vector<float> &input,
 	   const std::vector<torch::Tensor> &tgts)
 {
@@ -419,20 +520,36 @@ void serve(Results &r, const ServeModel &m, const std::vector<int> &ts,
 			std::atomic<int> ready{ 0 };
 			std::atomic<bool> go{ false };
 			double deadline = HUGE_VAL;
+			Gate gate(gate_n, quantum);
 			for (int i = 0; i < t; i++)
 				th.emplace_back([&, i]() {
 					if (!intra)
 						at::set_num_threads(1);
 					std::vector<float> out(32 * m.in);
+					Gate::Waiter w;
+					double since = 0;
+					if (gate_n && pipe(w.fd))
+						abort();
 					ready++;
 					while (!go.load())
 						std::this_thread::yield();
 					for (long j = 0; j < reqs &&
 					     (!j || now() <= deadline); j++) {
 						double t0 = now();
+						if (gate_n && !j) {
+							gate.enter(w);
+							since = now();
+						} else if (gate_n) {
+							gate.yield(w, since, t0);
+						}
 						serve_request(m, k, input.data(),
 							      tgts[ki], out.data());
 						h[i].add(now() - t0);
+					}
+					if (gate_n) {
+						gate.leave();
+						close(w.fd[0]);
+						close(w.fd[1]);
 					}
 					t_end[i] = now();
 				});
@@ -454,6 +571,7 @@ void serve(Results &r, const ServeModel &m, const std::vector<int> &ts,
 			std::string cs = m.name + ",B=" + std::to_string(k.b) +
 					 ",T=" + std::to_string(t) + "," +
 					 (k.grad ? "grad" : "infer") +
+					 (gate_n ? ",gate" : "") +
 					 (intra ? ",intra" : "");
 			r.record("serve", cs, t, "requests_per_s", "req/s",
 				 all.count / wall);
@@ -546,6 +664,7 @@ int main(int argc, char **argv)
 	int serve_requests = 0;
 	double serve_seconds = 2;
 	bool serve_intra = false;
+	int serve_gate = 0, serve_quantum_us = 1000;
 
 	for (int i = 1; i < argc; i++) {
 		std::string a = argv[i];
@@ -588,6 +707,10 @@ int main(int argc, char **argv)
 			serve_models = next();
 		else if (a == "--serve-intra")
 			serve_intra = true;
+		else if (a == "--serve-gate")
+			serve_gate = std::atoi(next().c_str());
+		else if (a == "--serve-quantum")
+			serve_quantum_us = std::atoi(next().c_str());
 		else {
 			fprintf(stderr, "torch_bench: unknown option %s\n",
 				a.c_str());
@@ -682,7 +805,7 @@ int main(int argc, char **argv)
 			gemm(r, c, ga, gb, threads);
 		for (auto &m : sm)
 			serve(r, m, serve_threads, serve_requests, serve_seconds,
-			      serve_intra,
+			      serve_intra, serve_gate, serve_quantum_us * 1e-6,
 			      serve_in, serve_tgt);
 	}
 
