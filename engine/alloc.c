@@ -81,9 +81,13 @@ struct free_block {
  * (BIG_TC_PER_CLASS, at most BIG_TC_BYTES in all, blocks up to
  * BIG_TC_BLOCK): a batch-1 forward makes a handful of 2-8 KiB activations,
  * and taking the global lock for each made every request thread of a
- * service wait on the others (ag-bench --workload serve).  ag_trim() frees
- * the global lists and its caller's cache, and bumps trim_epoch: every
- * other thread frees its own cache at its next big allocation or free.
+ * service wait on the others (ag-bench --workload serve).  Eight per class,
+ * not four: the cnn's batch-1 input-gradient request frees more than four
+ * blocks of some classes, and at 64 request threads four cost it 5-14% of
+ * its rate (docs/serving.md).  ag_trim() frees the global lists and its
+ * caller's cache, and bumps trim_epoch: every other thread frees its own
+ * cache at its next big allocation or free.  An ag_gate's places keep
+ * caches of the same kind (ag__big_cache, below).
  */
 #define BIG_BASE 100 /* header class of the first big class */
 #define BIG_MIN_SHIFT 11
@@ -91,7 +95,7 @@ struct free_block {
 #define BIG_NCLASS ((BIG_MAX_SHIFT - BIG_MIN_SHIFT) * 8)
 #define BIG_CACHE_MAX ((size_t)512 << 20)
 
-#define BIG_TC_PER_CLASS 4
+#define BIG_TC_PER_CLASS AG__BIG_TC_PER_CLASS
 #define BIG_TC_BYTES ((size_t)4 << 20)
 #define BIG_TC_BLOCK ((size_t)1 << 20)
 
@@ -243,6 +247,7 @@ struct cache {
 	size_t slab_left;
 	struct slab *cur; /* the slab being carved */
 	struct big_tc *big;
+	struct big_tc *bound; /* a gate place's, used instead of big */
 	bool registered;
 };
 
@@ -330,6 +335,7 @@ static void thread_exit(void *arg)
 		free(tc->big);
 		tc->big = NULL;
 	}
+	tc->bound = NULL; /* the gate's, not ours to free */
 	/* a destructor that runs later and frees registers again */
 	tc->registered = false;
 }
@@ -350,6 +356,8 @@ static struct big_tc *big_tc_get(bool make)
 {
 	struct cache *tc = &tcache;
 
+	if (tc->bound)
+		return tc->bound;
 	if (tc->big || !make)
 		return tc->big;
 	tc->big = calloc(1, sizeof(*tc->big));
@@ -360,6 +368,44 @@ static struct big_tc *big_tc_get(bool make)
 	if (!tc->registered)
 		register_thread(tc);
 	return tc->big;
+}
+
+/*
+ * Big-block caches that belong to an ag_gate's places (engine/pool/gate.c)
+ * rather than to threads.  While a thread holds a place, its big blocks
+ * come from and go to the place's cache: the next holder, usually woken on
+ * the CPU the last one left, reuses the activations that one freed, still
+ * in that CPU's cache, instead of its own blocks, cold after a wait for
+ * every other thread's turn.  Exclusive like a thread's: one holder at a
+ * time, handed over under the gate's lock.
+ */
+struct ag__big_cache *ag__big_cache_new(void)
+{
+	struct big_tc *bt = calloc(1, sizeof(*bt));
+
+	if (bt)
+		bt->epoch =
+			atomic_load_explicit(&trim_epoch, memory_order_relaxed);
+	return (struct ag__big_cache *)bt;
+}
+
+void ag__big_cache_free(struct ag__big_cache *c)
+{
+	struct big_tc *bt = (struct big_tc *)c;
+
+	if (!bt)
+		return;
+	big_tc_drain(bt);
+	free(bt);
+}
+
+void ag__big_cache_bind(struct ag__big_cache *c)
+{
+	struct cache *tc = &tcache;
+
+	if (c && !tc->registered)
+		register_thread(tc); /* so that thread exit unbinds */
+	tc->bound = (struct big_tc *)c;
 }
 
 /* A zeroed slab aligned to SLAB_BYTES, from the system; NULL if none. */

@@ -35,6 +35,19 @@ char *ag__strdup(const char *s);
 void ag__mfree(void *p);
 
 /*
+ * A big-block cache for an ag_gate place (alloc.c): bound to the calling
+ * thread (NULL: its own again), it serves the thread's big blocks.  new
+ * returns NULL when out of memory (no error set: the caller goes on
+ * without one).
+ */
+struct ag__big_cache;
+/* Big blocks a thread's or a place's cache keeps per class (alloc.c). */
+#define AG__BIG_TC_PER_CLASS 8
+struct ag__big_cache *ag__big_cache_new(void);
+void ag__big_cache_free(struct ag__big_cache *c);
+void ag__big_cache_bind(struct ag__big_cache *c);
+
+/*
  * Makes room for need elements of elem bytes in the array *p of *cap
  * elements, which came from ag__alloc (or is NULL): doubles the capacity
  * (at least 16 elements, at least need), copies the old elements and frees

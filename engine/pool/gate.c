@@ -21,6 +21,11 @@
  * the throughput of 64 threads, against 13% with a pipe; docs/serving.md).
  * A thread that cannot get a pipe (out of descriptors) waits on a
  * condition variable instead.
+ *
+ * Places have identities, and each keeps the big-block cache its holders
+ * allocate from (alloc.c, ag__big_cache): a thread that gets a place after
+ * waiting a whole round has its own buffers cold, while the place's were
+ * freed by the last holder a moment ago, usually on the same CPU.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -39,6 +44,7 @@
 struct gate_waiter {
 	struct gate_waiter *next;
 	int fd[2]; /* the thread's pipe; fd[0] -1: cond below instead */
+	int place; /* handed over with go */
 	bool go; /* under the gate's lock, for cond */
 	pthread_cond_t cond;
 };
@@ -46,7 +52,9 @@ struct gate_waiter {
 struct ag_gate {
 	pthread_mutex_t lock;
 	int slots;
-	int free; /* places not held and not being handed over */
+	int nfree; /* places not held and not being handed over... */
+	int *free_places; /* ...and which: [slots] */
+	struct ag__big_cache **cache; /* per place, made by its first holder */
 	int64_t quantum_ns;
 	struct gate_waiter *head, **tail;
 	atomic_int waiting; /* written under lock; read by yield without */
@@ -55,6 +63,7 @@ struct ag_gate {
 /* Per thread: the place it holds, since when, and its wake-up pipe. */
 struct gate_thread {
 	struct ag_gate *held;
+	int place;
 	int64_t since;
 	int fd[2]; /* -1: not made yet; -2: could not be made */
 	bool keyed;
@@ -133,18 +142,19 @@ static void enqueue(struct ag_gate *g, struct gate_waiter *w)
  * once, with this thread preempted holding the lock that every other
  * hand-off needs.  (Its frame lives until it has read the byte.)
  */
-static struct gate_waiter *release(struct ag_gate *g)
+static struct gate_waiter *release(struct ag_gate *g, int place)
 {
 	struct gate_waiter *w = g->head;
 
 	if (!w) {
-		g->free++;
+		g->free_places[g->nfree++] = place;
 		return NULL;
 	}
 	g->head = w->next;
 	if (!g->head)
 		g->tail = &g->head;
 	atomic_fetch_sub_explicit(&g->waiting, 1, memory_order_relaxed);
+	w->place = place;
 	w->go = true;
 	if (w->fd[0] >= 0)
 		return w;
@@ -199,9 +209,19 @@ struct ag_gate *ag_gate_new(int slots, int64_t quantum_us)
 	g = ag__calloc(1, sizeof(*g));
 	if (!g)
 		return NULL; /* AG_ENOMEM set */
+	g->free_places = ag__calloc((size_t)slots, sizeof(int));
+	g->cache = ag__calloc((size_t)slots, sizeof(*g->cache));
+	if (!g->free_places || !g->cache) {
+		ag__mfree(g->free_places);
+		ag__mfree(g->cache);
+		ag__mfree(g);
+		return NULL;
+	}
 	pthread_mutex_init(&g->lock, NULL);
 	g->slots = slots;
-	g->free = slots;
+	g->nfree = slots;
+	for (int i = 0; i < slots; i++)
+		g->free_places[i] = slots - 1 - i; /* place 0 first */
 	g->quantum_ns = quantum_us * 1000;
 	g->tail = &g->head;
 	atomic_init(&g->waiting, 0);
@@ -215,17 +235,40 @@ int ag_gate_free(struct ag_gate *g)
 	if (!g)
 		return 0;
 	pthread_mutex_lock(&g->lock);
-	busy = g->free != g->slots || g->head;
+	busy = g->nfree != g->slots || g->head;
 	pthread_mutex_unlock(&g->lock);
 	if (busy)
 		return ag__err(AG_EBUSY,
 			       "ag_gate_free: %d of %d places held, %d waiting",
-			       g->slots - g->free, g->slots,
+			       g->slots - g->nfree, g->slots,
 			       atomic_load_explicit(&g->waiting,
 						    memory_order_relaxed));
 	pthread_mutex_destroy(&g->lock);
+	for (int i = 0; i < g->slots; i++)
+		ag__big_cache_free(g->cache[i]);
+	ag__mfree(g->cache);
+	ag__mfree(g->free_places);
 	ag__mfree(g);
 	return 0;
+}
+
+/* The calling thread now holds place of g. */
+static void take(struct ag_gate *g, struct gate_thread *t, int place)
+{
+	/* the place is ours alone: its cache needs no lock */
+	if (!g->cache[place])
+		g->cache[place] = ag__big_cache_new();
+	ag__big_cache_bind(g->cache[place]);
+	t->held = g;
+	t->place = place;
+	t->since = now_ns();
+}
+
+/* The calling thread is about to let its place go. */
+static void untake(struct gate_thread *t)
+{
+	ag__big_cache_bind(NULL);
+	t->held = NULL;
 }
 
 int ag_gate_enter(struct ag_gate *g)
@@ -241,8 +284,8 @@ int ag_gate_enter(struct ag_gate *g)
 			       "gate already (ag_gate_leave it first)");
 	thread_register(t);
 	pthread_mutex_lock(&g->lock);
-	if (g->free > 0 && !g->head) {
-		g->free--;
+	if (g->nfree > 0 && !g->head) {
+		w.place = g->free_places[--g->nfree];
 		pthread_mutex_unlock(&g->lock);
 	} else {
 		waiter_init(&w, t);
@@ -250,8 +293,7 @@ int ag_gate_enter(struct ag_gate *g)
 		pthread_mutex_unlock(&g->lock);
 		sleep_queued(g, &w);
 	}
-	t->held = g;
-	t->since = now_ns();
+	take(g, t, w.place);
 	return 0;
 }
 
@@ -274,9 +316,9 @@ int ag_gate_leave(struct ag_gate *g)
 
 	if (rc)
 		return rc;
-	gate_tls.held = NULL;
+	untake(&gate_tls);
 	pthread_mutex_lock(&g->lock);
-	w = release(g);
+	w = release(g, gate_tls.place);
 	pthread_mutex_unlock(&g->lock);
 	wake(w);
 	return 0;
@@ -305,12 +347,13 @@ int ag_gate_yield(struct ag_gate *g)
 		t->since = now;
 		return 0;
 	}
-	w = release(g); /* our place goes to the head... */
+	untake(t);
+	w = release(g, t->place); /* our place goes to the head... */
 	enqueue(g, &self); /* ...and we queue behind the rest */
 	pthread_mutex_unlock(&g->lock);
 	wake(w);
 	sleep_queued(g, &self);
-	t->since = now_ns();
+	take(g, t, self.place);
 	return 0;
 }
 

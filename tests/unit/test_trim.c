@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include <ag/memory.h>
+#include <ag/pool.h>
 
 #include "common.h"
 #include "alloc.h"
@@ -78,9 +79,11 @@ Test(trim, thread_cache_is_bounded)
 		ag__free(p[i]);
 	if (PASSTHROUGH)
 		return;
-	/* 4 blocks per class in the thread, the rest globally */
-	cr_assert_leq(stats().big_thread_bytes, 4 * 8192);
-	cr_assert_geq(stats().big_global_bytes, 60 * 8192);
+	/* AG__BIG_TC_PER_CLASS blocks per class in the thread, the rest
+	 * globally */
+	cr_assert_leq(stats().big_thread_bytes, AG__BIG_TC_PER_CLASS * 8192);
+	cr_assert_geq(stats().big_global_bytes,
+		      (64 - AG__BIG_TC_PER_CLASS) * 8192);
 	ag_trim();
 	cr_assert_eq(stats().big_thread_bytes + stats().big_global_bytes, 0);
 }
@@ -219,4 +222,54 @@ Test(trim, grad_skips_unwanted_weight_grads)
 	ag_generator_free(g);
 	ag_scope_end(s);
 	AG_ASSERT_NO_LEAKS();
+}
+
+/* ---- an ag_gate place's cache (ag__big_cache) ---- */
+
+struct holder {
+	struct ag_gate *g;
+	void *p;
+	int rc;
+};
+
+/* Takes a place, allocates a big block, gives both back. */
+static void *alloc_at_place(void *arg)
+{
+	struct holder *h = arg;
+
+	h->rc = ag_gate_enter(h->g);
+	h->p = ag__alloc(8192);
+	ag__free(h->p);
+	h->rc |= ag_gate_leave(h->g);
+	return NULL;
+}
+
+/*
+ * The holders of a place share its big blocks: what one frees, the next
+ * one gets, though it is another thread and the first is still alive
+ * with a cache of its own.
+ */
+Test(trim, gate_place_keeps_big_blocks)
+{
+	struct ag_gate *g = ag_gate_new(1, 0);
+	struct holder a = { .g = g }, b = { .g = g };
+	pthread_t th;
+	void *own;
+
+	cr_assert_not_null(g);
+	ag_trim();
+	alloc_at_place(&a); /* this thread, which lives on */
+	cr_assert_eq(a.rc, 0);
+	cr_assert_eq(pthread_create(&th, NULL, alloc_at_place, &b), 0);
+	pthread_join(th, NULL);
+	cr_assert_eq(b.rc, 0);
+	own = ag__alloc(8192); /* outside the gate: this thread's own */
+	ag__free(own);
+	cr_assert_eq(ag_gate_free(g), 0);
+	if (PASSTHROUGH)
+		return;
+	cr_assert_eq(b.p, a.p, "the second holder got another block");
+	cr_assert_neq(own, a.p, "the place's block was in the thread's cache");
+	ag_trim();
+	cr_assert_eq(stats().big_thread_bytes + stats().big_global_bytes, 0);
 }
