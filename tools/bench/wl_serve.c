@@ -462,8 +462,9 @@ static void serve_case(struct serve *st, const struct config *c,
 }
 
 /*
- * Resident set under a long mixed load on 8 threads: after 10^4 requests
- * and, with --serve-soak, after 10^6; growth_pct compares the two.
+ * Resident set under a long mixed load on 8 threads (behind the gate if
+ * there is one): after 10^4 requests and, with --serve-soak, after 10^6;
+ * growth_pct compares the two.
  */
 static void serve_soak(struct serve *st, const struct config *c,
 		       const struct model *m)
@@ -476,12 +477,13 @@ static void serve_soak(struct serve *st, const struct config *c,
 
 	if (!h)
 		die("out of memory");
-	snprintf(name, sizeof(name), "%s,rss,T=%d,mixed", m->name, t);
-	run_case(st, m, NULL, t, first / t, 0, NULL, h);
+	snprintf(name, sizeof(name), "%s,rss,T=%d,mixed%s", m->name, t,
+		 st->gate ? ",gate" : "");
+	run_case(st, m, NULL, t, first / t, 0, st->gate, h);
 	r4 = rss_mib();
 	record("serve", name, t, "rss_mib_1e4", "MiB", r4);
 	if (c->serve_soak) {
-		run_case(st, m, NULL, t, (1000000 - first) / t, 0, NULL, h);
+		run_case(st, m, NULL, t, (1000000 - first) / t, 0, st->gate, h);
 		r6 = rss_mib();
 		record("serve", name, t, "rss_mib_1e6", "MiB", r6);
 		record("serve", name, t, "rss_growth_pct", "%",
