@@ -8,7 +8,10 @@
  * never get a .grad; the live counters return to zero.  A watchdog turns a
  * hang into a failure.  Run again with the weights packed
  * (ag_linear_prepack) after the first answers: the threads then race to
- * make the pack's primitive for batch 4.
+ * make the pack's primitive for batch 4.  And once more behind an ag_gate
+ * of 2 places handed on at every request (quantum 0): batch 32 makes big
+ * blocks, which then come from the places' caches, shared by threads in
+ * turn while ag_trim() drains them.
  */
 #include <math.h>
 #include <pthread.h>
@@ -17,6 +20,7 @@
 #include <string.h>
 
 #include <ag/ag.h>
+#include <ag/pool.h>
 
 #include "internal.h"
 #include "simd.h"
@@ -28,7 +32,7 @@
 #define IN 24
 #define HID 32
 #define OUT 10
-#define MAXB 4
+#define MAXB 32
 
 static struct ag_tensor *p[6]; /* W1 b1 W2 b2 W3 b3 */
 static atomic_bool trimming;
@@ -39,8 +43,11 @@ struct kind {
 	int64_t b;
 };
 
-static const struct kind kinds[] = { { false, 1 }, { false, 4 }, { true, 1 } };
-#define NKINDS 3
+static const struct kind kinds[] = { { false, 1 },
+				     { false, 4 },
+				     { true, 1 },
+				     { false, 32 } };
+#define NKINDS 4
 
 struct req_thread {
 	float in[MAXB * IN];
@@ -51,6 +58,7 @@ struct req_thread {
 };
 
 static struct req_thread rt[NTHREADS];
+static struct ag_gate *gate; /* NULL: none */
 
 static struct ag_tensor *forward(struct ag_tensor *h)
 {
@@ -94,12 +102,16 @@ static void *req_main(void *arg)
 	struct req_thread *r = arg;
 	float got[MAXB * IN];
 
+	if (gate && ag_gate_enter(gate)) {
+		r->failed++;
+		return NULL;
+	}
 	for (int i = 0; i < REQUESTS; i++) {
 		int ki = i % NKINDS;
 		const struct kind *k = &kinds[ki];
 		int n = (int)k->b * (k->grad ? IN : OUT);
 
-		if (request(r, k, got)) {
+		if ((gate && ag_gate_yield(gate)) || request(r, k, got)) {
 			snprintf(r->err, sizeof(r->err), "%s", ag_errmsg());
 			r->failed++;
 			break;
@@ -109,6 +121,8 @@ static void *req_main(void *arg)
 			      1e-6f + 1e-5f * fabsf(r->want[ki][j])))
 				r->bad++;
 	}
+	if (gate && ag_gate_leave(gate))
+		r->failed++;
 	return NULL;
 }
 
@@ -153,7 +167,7 @@ static void setup(void)
 	ag_generator_free(g);
 }
 
-static int answer_as_one(bool packed)
+static int answer_as_one(bool packed, bool gated)
 {
 	pthread_t th[NTHREADS], trimmer;
 	long failed = 0, bad = 0;
@@ -169,6 +183,8 @@ static int answer_as_one(bool packed)
 				   "%s", ag_errmsg());
 	for (int l = 0; l < 3 && packed; l++)
 		TAP_CHECKF(ag_linear_prepack(p[2 * l]) >= 0, "%s", ag_errmsg());
+	if (gated)
+		TAP_CHECK(gate = ag_gate_new(2, 0));
 	watchdog_arm("request threads", 300);
 	atomic_store(&trimming, true);
 	TAP_CHECK(!pthread_create(&trimmer, NULL, trim_main, NULL));
@@ -184,6 +200,8 @@ static int answer_as_one(bool packed)
 	atomic_store(&trimming, false);
 	pthread_join(trimmer, NULL);
 	watchdog_disarm();
+	TAP_CHECK(ag_gate_free(gate) == 0); /* every place came back */
+	gate = NULL;
 	TAP_CHECKF(failed == 0, "%ld requests failed", failed);
 	TAP_CHECKF(bad == 0, "%ld answers differ from one thread's", bad);
 	TAP_CHECK(atomic_load(&trims) > 0);
@@ -206,17 +224,23 @@ static int answer_as_one(bool packed)
 
 static int test_request_threads_answer_as_one(void)
 {
-	return answer_as_one(false);
+	return answer_as_one(false, false);
 }
 
 static int test_packed_weights_answer_as_one(void)
 {
-	return answer_as_one(true);
+	return answer_as_one(true, false);
+}
+
+static int test_gated_threads_answer_as_one(void)
+{
+	return answer_as_one(true, true);
 }
 
 static const struct tap_test tests[] = {
 	TAP_TEST(test_request_threads_answer_as_one),
 	TAP_TEST(test_packed_weights_answer_as_one),
+	TAP_TEST(test_gated_threads_answer_as_one),
 	{ 0 },
 };
 
