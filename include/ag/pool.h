@@ -72,6 +72,10 @@ AG_API int ag_parallel_for(int64_t n, int64_t grain,
  * handed on.  A thread holds at most one place at a time.  A thread that
  * has waited keeps a pipe (two descriptors) until it exits: a wake-up
  * through a pipe runs the waiter on the waker's CPU.
+ *
+ * Each place keeps the big buffers (activations) its holders free, up to
+ * 4 MiB, for its next holder, whose own would be cold after its wait;
+ * ag_trim() empties a place's at its next use, ag_gate_free() at once.
  */
 struct ag_gate;
 
