@@ -34,6 +34,9 @@ void *ag__aligned_alloc(size_t align, size_t size);
 char *ag__strdup(const char *s);
 void ag__mfree(void *p);
 
+/* Big blocks a thread's or a place's cache keeps per class (alloc.c). */
+#define AG__BIG_TC_PER_CLASS 8
+
 /*
  * A big-block cache for an ag_gate place (alloc.c): bound to the calling
  * thread (NULL: its own again), it serves the thread's big blocks.  new
@@ -41,8 +44,6 @@ void ag__mfree(void *p);
  * without one).
  */
 struct ag__big_cache;
-/* Big blocks a thread's or a place's cache keeps per class (alloc.c). */
-#define AG__BIG_TC_PER_CLASS 8
 struct ag__big_cache *ag__big_cache_new(void);
 void ag__big_cache_free(struct ag__big_cache *c);
 void ag__big_cache_bind(struct ag__big_cache *c);

@@ -26,18 +26,23 @@
  * allocate from (alloc.c, ag__big_cache): a thread that gets a place after
  * waiting a whole round has its own buffers cold, while the place's were
  * freed by the last holder a moment ago, usually on the same CPU.
+ *
+ * fork(): every gate is on a list so that the child can reset them (its
+ * only thread is the forking one): the queue was the parent's other
+ * threads, so it empties; their places come free; the caches of places
+ * they held may have been mid-change and are dropped, not freed.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdbool.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <ag/error.h>
 #include <ag/pool.h>
 
 #include "internal.h"
+#include "pool.h"
 
 #define GATE_MAX_SLOTS 65536
 
@@ -50,6 +55,7 @@ struct gate_waiter {
 };
 
 struct ag_gate {
+	struct ag__list link; /* on gates, under gates_lock */
 	pthread_mutex_t lock;
 	int slots;
 	int nfree; /* places not held and not being handed over... */
@@ -73,12 +79,13 @@ static AG_TLS struct gate_thread gate_tls = { .fd = { -1, -1 } };
 static pthread_key_t gate_key;
 static pthread_once_t gate_once = PTHREAD_ONCE_INIT;
 
+/* Every gate, for fork; the order is gates_lock, then a gate's lock. */
+static struct ag__list gates = AG_LIST_INIT(gates);
+static pthread_mutex_t gates_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static int64_t now_ns(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+	return (int64_t)ag__trace_now(); /* pool.h: CLOCK_MONOTONIC, ns */
 }
 
 /*
@@ -170,21 +177,32 @@ static void wake(struct gate_waiter *w)
 		;
 }
 
-/* Without g->lock: w, queued, sleeps until a place is handed to it. */
-static void sleep_queued(struct ag_gate *g, struct gate_waiter *w)
+/*
+ * Under g->lock, which it drops: the calling thread queues behind the
+ * others, wakes to (the place released into) w0 first, and sleeps until a
+ * place is handed to it; returns that place.
+ */
+static int wait_turn(struct ag_gate *g, struct gate_thread *t,
+		     struct gate_waiter *w0)
 {
+	struct gate_waiter w;
 	char c;
 
-	if (w->fd[0] >= 0) {
-		while (read(w->fd[0], &c, 1) != 1)
+	waiter_init(&w, t);
+	enqueue(g, &w);
+	pthread_mutex_unlock(&g->lock);
+	wake(w0);
+	if (w.fd[0] >= 0) {
+		while (read(w.fd[0], &c, 1) != 1)
 			; /* EINTR */
-		return;
+		return w.place;
 	}
 	pthread_mutex_lock(&g->lock);
-	while (!w->go)
-		pthread_cond_wait(&w->cond, &g->lock);
+	while (!w.go)
+		pthread_cond_wait(&w.cond, &g->lock);
 	pthread_mutex_unlock(&g->lock);
-	pthread_cond_destroy(&w->cond);
+	pthread_cond_destroy(&w.cond);
+	return w.place;
 }
 
 struct ag_gate *ag_gate_new(int slots, int64_t quantum_us)
@@ -225,6 +243,9 @@ struct ag_gate *ag_gate_new(int slots, int64_t quantum_us)
 	g->quantum_ns = quantum_us * 1000;
 	g->tail = &g->head;
 	atomic_init(&g->waiting, 0);
+	pthread_mutex_lock(&gates_lock);
+	ag__list_add(&g->link, &gates);
+	pthread_mutex_unlock(&gates_lock);
 	return g;
 }
 
@@ -234,9 +255,13 @@ int ag_gate_free(struct ag_gate *g)
 
 	if (!g)
 		return 0;
+	pthread_mutex_lock(&gates_lock);
 	pthread_mutex_lock(&g->lock);
 	busy = g->nfree != g->slots || g->head;
 	pthread_mutex_unlock(&g->lock);
+	if (!busy)
+		ag__list_del(&g->link);
+	pthread_mutex_unlock(&gates_lock);
 	if (busy)
 		return ag__err(AG_EBUSY,
 			       "ag_gate_free: %d of %d places held, %d waiting",
@@ -274,7 +299,7 @@ static void untake(struct gate_thread *t)
 int ag_gate_enter(struct ag_gate *g)
 {
 	struct gate_thread *t = &gate_tls;
-	struct gate_waiter w;
+	int place;
 
 	if (!g)
 		return ag__err(AG_EINVAL, "ag_gate_enter: gate is NULL");
@@ -285,15 +310,12 @@ int ag_gate_enter(struct ag_gate *g)
 	thread_register(t);
 	pthread_mutex_lock(&g->lock);
 	if (g->nfree > 0 && !g->head) {
-		w.place = g->free_places[--g->nfree];
+		place = g->free_places[--g->nfree];
 		pthread_mutex_unlock(&g->lock);
 	} else {
-		waiter_init(&w, t);
-		enqueue(g, &w);
-		pthread_mutex_unlock(&g->lock);
-		sleep_queued(g, &w);
+		place = wait_turn(g, t, NULL);
 	}
-	take(g, t, w.place);
+	take(g, t, place);
 	return 0;
 }
 
@@ -327,7 +349,7 @@ int ag_gate_leave(struct ag_gate *g)
 int ag_gate_yield(struct ag_gate *g)
 {
 	struct gate_thread *t = &gate_tls;
-	struct gate_waiter self, *w;
+	struct gate_waiter *w;
 	int64_t now;
 	int rc = holder_check(g, "ag_gate_yield");
 
@@ -338,26 +360,81 @@ int ag_gate_yield(struct ag_gate *g)
 	now = now_ns();
 	if (now - t->since < g->quantum_ns)
 		return 0;
-	waiter_init(&self, t);
 	pthread_mutex_lock(&g->lock);
 	if (!g->head) { /* the waiter took a place that came free */
 		pthread_mutex_unlock(&g->lock);
-		if (self.fd[0] < 0)
-			pthread_cond_destroy(&self.cond);
 		t->since = now;
 		return 0;
 	}
 	untake(t);
 	w = release(g, t->place); /* our place goes to the head... */
-	enqueue(g, &self); /* ...and we queue behind the rest */
-	pthread_mutex_unlock(&g->lock);
-	wake(w);
-	sleep_queued(g, &self);
-	take(g, t, self.place);
+	take(g, t, wait_turn(g, t, w)); /* ...and we queue behind the rest */
 	return 0;
 }
 
 int ag_gate_waiting(const struct ag_gate *g)
 {
 	return g ? atomic_load_explicit(&g->waiting, memory_order_relaxed) : 0;
+}
+
+static void gates_fork_prepare(void)
+{
+	struct ag__list *pos;
+
+	pthread_mutex_lock(&gates_lock);
+	ag__list_for_each(pos, &gates) pthread_mutex_lock(
+		&ag__list_entry(pos, struct ag_gate, link)->lock);
+}
+
+static void gates_fork_parent(void)
+{
+	struct ag__list *pos;
+
+	ag__list_for_each(pos, &gates) pthread_mutex_unlock(
+		&ag__list_entry(pos, struct ag_gate, link)->lock);
+	pthread_mutex_unlock(&gates_lock);
+}
+
+/*
+ * In the child, g as its one thread finds it: nobody waits, and every
+ * place but its own (if it holds one) is free.  The caches of places the
+ * parent's other threads held are dropped (they may have been mid-change).
+ */
+static void gate_fork_reset(struct ag_gate *g)
+{
+	int mine = gate_tls.held == g ? gate_tls.place : -1;
+	bool *keep = ag__calloc((size_t)g->slots, sizeof(bool));
+
+	for (int i = 0; keep && i < g->nfree; i++)
+		keep[g->free_places[i]] = true;
+	g->nfree = 0;
+	for (int p = g->slots - 1; p >= 0; p--) {
+		if (p != mine && !(keep && keep[p]))
+			g->cache[p] = NULL;
+		if (p != mine)
+			g->free_places[g->nfree++] = p;
+	}
+	ag__mfree(keep);
+	g->head = NULL;
+	g->tail = &g->head;
+	atomic_store_explicit(&g->waiting, 0, memory_order_relaxed);
+}
+
+static void gates_fork_child(void)
+{
+	struct ag__list *pos;
+
+	ag__list_for_each(pos, &gates)
+	{
+		struct ag_gate *g = ag__list_entry(pos, struct ag_gate, link);
+
+		gate_fork_reset(g);
+		pthread_mutex_unlock(&g->lock);
+	}
+	pthread_mutex_unlock(&gates_lock);
+}
+
+__attribute__((constructor)) static void gates_init(void)
+{
+	pthread_atfork(gates_fork_prepare, gates_fork_parent, gates_fork_child);
 }

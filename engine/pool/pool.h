@@ -112,7 +112,10 @@ static inline bool ag__trace_on(void)
 	return atomic_load_explicit(&ag__trace_enabled, memory_order_relaxed);
 }
 
-/* CLOCK_MONOTONIC in nanoseconds: the clock of ag__trace_slice(). */
+/*
+ * CLOCK_MONOTONIC in nanoseconds: the clock of ag__trace_slice() and of
+ * the gates' quanta (gate.c).
+ */
 uint64_t ag__trace_now(void);
 
 /*

@@ -76,6 +76,9 @@ AG_API int ag_parallel_for(int64_t n, int64_t grain,
  * Each place keeps the big buffers (activations) its holders free, up to
  * 4 MiB, for its next holder, whose own would be cold after its wait;
  * ag_trim() empties a place's at its next use, ag_gate_free() at once.
+ *
+ * In the child of fork() a gate has no waiters and every place is free
+ * but the forking thread's own, if it held one.
  */
 struct ag_gate;
 

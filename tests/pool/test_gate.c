@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <ag/ag.h>
@@ -250,11 +251,91 @@ static int test_exit_hands_on(void)
 	return 0;
 }
 
+/* ---- fork(): the child's gates are as its one thread finds them ---- */
+
+struct holding {
+	struct ag_gate *g;
+	pthread_mutex_t m;
+	pthread_cond_t c;
+	bool let_go;
+};
+
+/* Holds a place until told to let go. */
+static void *hold_place(void *arg)
+{
+	struct holding *h = arg;
+
+	if (ag_gate_enter(h->g))
+		return NULL;
+	pthread_mutex_lock(&h->m);
+	while (!h->let_go)
+		pthread_cond_wait(&h->c, &h->m);
+	pthread_mutex_unlock(&h->m);
+	ag_gate_leave(h->g);
+	return NULL;
+}
+
+/* In the child: 0 if the gate is usable and whole. */
+static int child_checks(struct ag_gate *g)
+{
+	alarm(30); /* a hang kills the child, and fails the test */
+	if (ag_gate_waiting(g) != 0)
+		return 1;
+	if (ag_gate_free(g) != -AG_EBUSY) /* our place is still ours */
+		return 2;
+	if (ag_gate_yield(g) || ag_gate_leave(g))
+		return 3;
+	if (ag_gate_enter(g) || ag_gate_leave(g)) /* a free place */
+		return 4;
+	return ag_gate_free(g) ? 5 : 0; /* every place came back */
+}
+
+static int test_fork_child_resets(void)
+{
+	struct holding h = { .g = ag_gate_new(2, 0),
+			     .m = PTHREAD_MUTEX_INITIALIZER,
+			     .c = PTHREAD_COND_INITIALIZER };
+	struct order o = { .g = h.g };
+	struct order_arg a = { &o, 1 };
+	pthread_t holder, waiter;
+	int status = -1;
+	pid_t pid;
+
+	TAP_CHECK(h.g && ag_gate_enter(h.g) == 0);
+	watchdog_arm("gate: fork", 60);
+	TAP_CHECK(!pthread_create(&holder, NULL, hold_place, &h));
+	TAP_CHECK(!pthread_create(&waiter, NULL, order_thread, &a));
+	wait_waiting(h.g, 1); /* both places held, one thread queued */
+	pid = fork();
+	if (pid == 0)
+		_exit(child_checks(h.g));
+	TAP_CHECK(pid > 0);
+	TAP_CHECK(waitpid(pid, &status, 0) == pid);
+	TAP_CHECKF(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		   "child status %#x", status);
+	pthread_mutex_lock(&h.m);
+	h.let_go = true;
+	pthread_cond_signal(&h.c);
+	pthread_mutex_unlock(&h.m);
+	pthread_join(holder, NULL);
+	pthread_join(waiter, NULL);
+	TAP_CHECK(atomic_load(&o.n) == 1);
+	TAP_CHECK(ag_gate_leave(h.g) == 0);
+	watchdog_disarm();
+	TAP_CHECK(ag_gate_free(h.g) == 0);
+	return 0;
+}
+
 static const struct tap_test tests[] = {
-	TAP_TEST(test_bad_arguments),	  TAP_TEST(test_misuse),
-	TAP_TEST(test_bound_enter_leave), TAP_TEST(test_bound_yield),
-	TAP_TEST(test_arrival_order),	  TAP_TEST(test_yield_quantum),
-	TAP_TEST(test_exit_hands_on),	  { 0 },
+	TAP_TEST(test_bad_arguments),
+	TAP_TEST(test_misuse),
+	TAP_TEST(test_bound_enter_leave),
+	TAP_TEST(test_bound_yield),
+	TAP_TEST(test_arrival_order),
+	TAP_TEST(test_yield_quantum),
+	TAP_TEST(test_exit_hands_on),
+	TAP_TEST(test_fork_child_resets),
+	{ 0 },
 };
 
 int main(void)

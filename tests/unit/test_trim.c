@@ -273,3 +273,25 @@ Test(trim, gate_place_keeps_big_blocks)
 	ag_trim();
 	cr_assert_eq(stats().big_thread_bytes + stats().big_global_bytes, 0);
 }
+
+/* Each allocation ag_gate_new makes can fail: NULL and AG_ENOMEM. */
+Test(trim, gate_new_out_of_memory)
+{
+	long n;
+	struct ag_gate *g;
+
+	ag__fault_set(0, false);
+	g = ag_gate_new(4, 0);
+	n = ag__fault_count();
+	ag__fault_set(-1, false);
+	cr_assert_not_null(g);
+	cr_assert_eq(ag_gate_free(g), 0);
+	cr_assert_geq(n, 3); /* the gate, its free list, its caches */
+	for (long k = 1; k <= n; k++) {
+		ag__fault_set(k, false);
+		g = ag_gate_new(4, 0);
+		ag__fault_set(-1, false);
+		cr_assert_null(g, "allocation %ld of %ld failed", k, n);
+		cr_assert_eq(ag_errcode(), AG_ENOMEM);
+	}
+}

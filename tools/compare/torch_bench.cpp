@@ -414,7 +414,8 @@ struct Gate {
 
 	Gate(int slots, double quantum_s) : free(slots), quantum(quantum_s) {}
 
-	void wait_turn(Waiter &w, std::unique_lock<std::mutex> &l)
+	/* under l, which it drops: queue, wake w0 (may be null), sleep */
+	void wait_turn(Waiter &w, std::unique_lock<std::mutex> &l, Waiter *w0)
 	{
 		char c;
 
@@ -423,6 +424,7 @@ struct Gate {
 		tail = &w.next;
 		waiting++;
 		l.unlock();
+		wake(w0);
 		while (read(w.fd[0], &c, 1) != 1)
 			;
 	}
@@ -455,7 +457,7 @@ struct Gate {
 			free--;
 			return;
 		}
-		wait_turn(w, l);
+		wait_turn(w, l, nullptr);
 	}
 	void leave()
 	{
@@ -476,17 +478,7 @@ struct Gate {
 			since = t;
 			return;
 		}
-		Waiter *w = release();
-		char c;
-
-		self.next = nullptr;
-		*tail = &self;
-		tail = &self.next;
-		waiting++;
-		l.unlock();
-		wake(w);
-		while (read(self.fd[0], &c, 1) != 1)
-			;
+		wait_turn(self, l, release());
 		since = now();
 	}
 };
